@@ -1,0 +1,57 @@
+"""The one-class split every data set is turned into (METHOD section 8)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class OneClassSplit:
+    """Images are uint8 [N, H, W, C] with C in {1, 3}; test_labels: 1 = anomaly, 0 = normal.
+
+    train: normal samples of the train split only. val: normal samples of the val split
+    (threshold calibration; may be empty). test: the whole test split.
+    files_*: source file paths for folder data sets (None for array data sets).
+    """
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+    val: np.ndarray
+    normal_classes: tuple = ()
+    class_names: dict = field(default_factory=dict)
+    test_classes: np.ndarray | None = None  # original class label of each test image
+    train_files: list | None = None
+    test_files: list | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for part in ("train", "test", "val"):
+            arr = getattr(self, part)
+            if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+                raise ValueError(
+                    f"{self.name}: {part} images must be uint8 [N, H, W, C] with C in (1, 3), "
+                    f"got {arr.dtype} {arr.shape}"
+                )
+        if len(self.train) == 0:
+            raise ValueError(f"{self.name}: the normal class has no training samples")
+        if len(self.test_labels) != len(self.test):
+            raise ValueError(f"{self.name}: {len(self.test)} test images but {len(self.test_labels)} labels")
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.shape[-1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.shape[1])
+
+    def summary(self) -> str:
+        n_anom = int(self.test_labels.sum())
+        return (
+            f"{self.name}: {len(self.train)} normal train, {len(self.val)} normal val, "
+            f"{len(self.test)} test ({len(self.test) - n_anom} normal / {n_anom} anomalous), "
+            f"{self.train.shape[1]}x{self.train.shape[2]}x{self.channels}"
+        )

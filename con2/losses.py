@@ -1,0 +1,69 @@
+"""Training objectives (METHOD section 5). Thin wrappers over `con2.ops`.
+
+View layout used everywhere in con2: for K contexts and 2 augmentations a batch of N
+samples gives M = 2KN views ordered as blocks [(context k, view v)] of N rows,
+block index 2k + v. `view_labels(N, K)` returns the matching label vectors.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import ops
+
+OBJECTIVES = ("con2", "context", "content", "simclr")
+
+
+def view_labels(n: int, n_contexts: int = 2, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context_labels, sample_ids), each [2 * n_contexts * n], for the con2 view layout."""
+    blocks = torch.arange(2 * n_contexts, device=device)
+    context_labels = (blocks // 2).repeat_interleave(n)
+    sample_ids = torch.arange(n, device=device).repeat(2 * n_contexts)
+    return context_labels, sample_ids
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """SupCon L_out over L2-normalised rows z [M, D]; rows without a positive contribute 0."""
+    _check_pair(z, labels)
+    return ops.supcon_loss(z, labels, temperature)
+
+
+def con2_loss(
+    z_context: torch.Tensor,
+    z_content: torch.Tensor,
+    context_labels: torch.Tensor,
+    sample_ids: torch.Tensor,
+    alpha: float,
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """L_Context (labels = context) + alpha * L_Content (labels = sample)."""
+    _check_pair(z_context, context_labels)
+    _check_pair(z_content, sample_ids)
+    if z_context.shape != z_content.shape:
+        raise ValueError(
+            f"z_context {tuple(z_context.shape)} and z_content {tuple(z_content.shape)} differ in shape"
+        )
+    return ops.con2_loss(z_context, z_content, context_labels, sample_ids, float(alpha), temperature)
+
+
+def context_only_loss(z_context, z_content, context_labels, sample_ids, alpha=1.0, temperature=0.07):
+    """Ablation: L_Context alone (the content head is unused)."""
+    return supcon_loss(z_context, context_labels, temperature)
+
+
+def content_only_loss(z_context, z_content, context_labels, sample_ids, alpha=1.0, temperature=0.07):
+    """Ablation: L_Content alone, not annealed (the context head is unused)."""
+    return supcon_loss(z_content, sample_ids, temperature)
+
+
+def simclr_loss(z: torch.Tensor, sample_ids: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent: SupCon where each view's only positive is the other view of its sample."""
+    return supcon_loss(z, sample_ids, temperature)
+
+
+def _check_pair(z: torch.Tensor, labels: torch.Tensor) -> None:
+    if z.dim() != 2:
+        raise ValueError(f"projections must be [M, D], got shape {tuple(z.shape)}")
+    if labels.shape != (z.shape[0],):
+        raise ValueError(f"labels must have shape [{z.shape[0]}], got {tuple(labels.shape)}")
+    if z.is_floating_point() is False:
+        raise TypeError(f"projections must be floating point, got {z.dtype}")

@@ -1,0 +1,71 @@
+"""The native-op boundary.
+
+Callers use these four functions only. Each dispatches to the C++/CUDA extension
+`con2._C` when it is built, enabled and has a kernel for the input's device, and to
+the pure-PyTorch reference in `con2.ops.reference` otherwise.
+Set CON2_DISABLE_EXT=1 to force the references.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import reference
+
+_native = None
+NATIVE_IMPORT_ERROR: str | None = None
+if os.environ.get("CON2_DISABLE_EXT", "0") not in ("1", "true", "yes"):
+    try:
+        from . import native as _native  # noqa: F811  (registers con2::* ops)
+    except Exception as exc:  # extension not built, or built against another torch
+        _native = None
+        NATIVE_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    NATIVE_IMPORT_ERROR = "disabled by CON2_DISABLE_EXT=1"
+
+
+def native_available(device: torch.device | str | None = None) -> bool:
+    """True when the extension is loaded and has kernels for `device` (cpu / cuda)."""
+    if _native is None:
+        return False
+    if device is None:
+        return True
+    return _native.has_kernels(torch.device(device).type)
+
+
+def native_status() -> dict[str, dict[str, bool]]:
+    """{op: {device_type: native?}} for `con2 info`."""
+    ops = ("con2_loss", "supcon_loss", "top1_cosine", "mahalanobis_sq")
+    devices = ("cpu", "cuda")
+    return {op: {d: native_available(d) for d in devices} for op in ops}
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    if native_available(z.device):
+        return _native.supcon_loss(z, labels, temperature)
+    return reference.supcon_loss(z, labels, temperature)
+
+
+def con2_loss(z_context, z_content, context_labels, sample_ids, alpha, temperature=0.07):
+    if native_available(z_context.device):
+        return _native.con2_loss(z_context, z_content, context_labels, sample_ids, float(alpha), temperature)
+    return reference.con2_loss(z_context, z_content, context_labels, sample_ids, float(alpha), temperature)
+
+
+def top1_cosine(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor | None = None):
+    if native_available(queries.device):
+        return _native.top1_cosine(queries, bank, bank_norms)
+    return reference.top1_cosine(queries, bank, bank_norms=bank_norms)
+
+
+def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
+    if native_available(x.device):
+        return _native.mahalanobis_sq(x, mean, whitening)
+    return reference.mahalanobis_sq(x, mean, whitening)
+
+
+__all__ = [
+    "supcon_loss", "con2_loss", "top1_cosine", "mahalanobis_sq",
+    "native_available", "native_status", "reference",
+]

@@ -1,0 +1,145 @@
+"""Pure-PyTorch reference implementations of the native ops.
+
+They are the test oracle for the C++/CUDA kernels and the runtime fallback when the
+extension (or a kernel for the input's device) is missing. Every function here
+computes in float32 (or float64 when given float64) whatever the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+# Intermediates (Q x N similarity blocks, Q x D whitened blocks) never exceed this.
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+# A finite "minus infinity": masking the diagonal with -inf makes rows of a
+# single-element batch all -inf, and logsumexp(-inf) - (-inf) is NaN.
+_MASKED = -1e9
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """SupCon "L_out": mean over anchors of the mean over positives of -log softmax.
+
+    z: [M, D] L2-normalised rows; labels: [M] integer labels (same label = positive pair).
+    The anchor itself is excluded from both the positives and the denominator.
+    Anchors without a positive contribute 0 to the mean (as SupContrast does).
+    """
+    z = z.to(_compute_dtype(z))
+    m = z.shape[0]
+    logits = (z @ z.T) / temperature
+    self_mask = torch.eye(m, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, _MASKED)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    n_pos = positives.sum(dim=1)
+    mean_log_prob_pos = (log_prob * positives).sum(dim=1) / n_pos.clamp(min=1)
+    return -mean_log_prob_pos.mean()
+
+
+def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, temperature: float = 0.07):
+    """L_Con2 = L_Context + alpha * L_Content (METHOD section 5)."""
+    return supcon_loss(z_context, context_labels, temperature) + alpha * supcon_loss(
+        z_content, sample_ids, temperature
+    )
+
+
+def _check_rows(name: str, t: torch.Tensor) -> None:
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D [rows, dim] tensor, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _rows_per_chunk(other_rows: int, itemsize: int, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // max(1, other_rows * itemsize))
+
+
+def check_top1_inputs(queries: torch.Tensor, bank: torch.Tensor) -> None:
+    _check_rows("queries", queries)
+    _check_rows("bank", bank)
+    if queries.shape[1] != bank.shape[1]:
+        raise ValueError(
+            f"queries have dimension {queries.shape[1]} but the bank has {bank.shape[1]}"
+        )
+    if queries.device != bank.device:
+        raise ValueError(f"queries are on {queries.device} but the bank is on {bank.device}")
+
+
+def row_norms(x: torch.Tensor, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """float32 L2 norms of the rows of x, computed in chunks; zero rows are an error."""
+    dtype = _compute_dtype(x)
+    rows = _rows_per_chunk(x.shape[1], 4, chunk_bytes)
+    norms = torch.cat([x[i : i + rows].to(dtype).norm(dim=1) for i in range(0, x.shape[0], rows)])
+    if not torch.isfinite(norms).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    zero = (norms == 0).nonzero()
+    if zero.numel():
+        raise ValueError(
+            f"{name} has {zero.numel()} zero vector(s) (first at row {zero[0].item()}): "
+            "cosine similarity is undefined for them"
+        )
+    return norms
+
+
+def top1_cosine(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    bank_norms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact nearest bank row by cosine similarity, for arbitrary (non-normalised) rows.
+
+    Returns (values [Q] float32, indices [Q] int64). Ties go to the lowest index.
+    The Q x N similarity matrix is produced in blocks of at most chunk_bytes.
+    """
+    check_top1_inputs(queries, bank)
+    dtype = _compute_dtype(queries)
+    q_unit = queries.to(dtype) / row_norms(queries, "queries", chunk_bytes)[:, None].to(dtype)
+    if bank_norms is None:
+        bank_norms = row_norms(bank, "bank", chunk_bytes)
+    inv_bank_norms = bank_norms.to(dtype).reciprocal()
+    n = bank.shape[0]
+    q_rows = min(q_unit.shape[0], 4096)
+    b_rows = _rows_per_chunk(q_rows, q_unit.element_size(), chunk_bytes)
+    best_val = torch.full((q_unit.shape[0],), -float("inf"), dtype=dtype, device=queries.device)
+    best_idx = torch.zeros(q_unit.shape[0], dtype=torch.int64, device=queries.device)
+    for q0 in range(0, q_unit.shape[0], q_rows):
+        q = q_unit[q0 : q0 + q_rows]
+        bv, bi = best_val[q0 : q0 + q_rows], best_idx[q0 : q0 + q_rows]
+        for b0 in range(0, n, b_rows):
+            block = bank[b0 : b0 + b_rows].to(dtype)
+            sims = (q @ block.T) * inv_bank_norms[b0 : b0 + b_rows]
+            val, idx = sims.max(dim=1)
+            better = val > bv  # strict: earlier blocks win ties
+            bv.copy_(torch.where(better, val, bv))
+            bi.copy_(torch.where(better, idx + b0, bi))
+    return best_val.float(), best_idx
+
+
+def mahalanobis_sq(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    whitening: torch.Tensor,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Per-row ||(x - mean) @ whitening||^2, chunked so Q x D blocks stay under chunk_bytes."""
+    _check_rows("x", x)
+    if mean.dim() != 1 or mean.shape[0] != x.shape[1]:
+        raise ValueError(f"mean must have shape [{x.shape[1]}], got {tuple(mean.shape)}")
+    if whitening.dim() != 2 or whitening.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"whitening must have shape [{x.shape[1]}, k], got {tuple(whitening.shape)}"
+        )
+    dtype = torch.float64 if torch.float64 in (x.dtype, whitening.dtype) else torch.float32
+    mean, whitening = mean.to(dtype), whitening.to(dtype)
+    rows = _rows_per_chunk(whitening.shape[1], 8, chunk_bytes)
+    out = [
+        ((x[i : i + rows].to(dtype) - mean) @ whitening).square().sum(dim=1)
+        for i in range(0, x.shape[0], rows)
+    ]
+    return torch.cat(out)
