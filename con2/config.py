@@ -1,0 +1,106 @@
+"""Typed configuration and the paper's per-data-set presets (METHOD section 6)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATASETS = ("digits", "breast", "pneumonia", "oct", "derma", "blood", "cifar10", "cifar100", "npz", "folder")
+CONTEXTS = ("invert", "flip", "equalize")
+OBJECTIVES = ("con2", "context", "content", "simclr")
+PIPELINES = ("auto", "tensor", "dali", "workers")
+
+# METHOD section 6: batch size in samples (a batch gives 4x as many views).
+PAPER_BATCH_SIZE = {
+    "breast": 64, "oct": 128, "pneumonia": 128, "derma": 128, "blood": 128,
+    "cifar10": 512, "cifar100": 512, "npz": 128, "folder": 128, "digits": 64,
+}
+PAPER_EPOCHS = 2048
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    context: str = "invert"  # one base context, or comma-separated for compositions
+    objective: str = "con2"
+    normal_class: list[str] | None = None
+    data_root: str = "data"
+    data_file: str | None = None  # the .npz of --dataset npz / cifar from an npz
+    image_size: int | None = None  # None: the data's own size
+    resolution: int | None = None  # MedMNIST file resolution (28, 64, 128, 224)
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    temperature: float = 0.07
+    amp: bool = False
+    seed: int = 0
+    width: int = 64  # ResNet18 base width; 64 is the paper's, smaller only for tests
+    device: str = "auto"
+    pipeline: str = "auto"
+    checkpoint_every: int = 10  # epochs
+    skip_bad_files: bool = False
+    split_seed: int = 0  # seeded split for npz/folder data without one
+    test_fraction: float = 0.3
+    max_train_samples: int | None = None  # subsample the train set (quick runs)
+    compile: bool = False
+    out: str = "runs/run"
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        def bad(msg):
+            raise ValueError(msg)
+
+        if self.dataset not in DATASETS:
+            bad(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        for c in self.context.split(","):
+            if c.strip() not in CONTEXTS:
+                bad(f"unknown context {c!r}; choose from {', '.join(CONTEXTS)}")
+        if self.objective not in OBJECTIVES:
+            bad(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if self.pipeline not in PIPELINES:
+            bad(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
+        if self.epochs < 1:
+            bad(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            bad(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0 or self.temperature <= 0:
+            bad("--lr and --temperature must be positive")
+        if self.image_size is not None and self.image_size < 8:
+            bad(f"--image-size must be >= 8, got {self.image_size}")
+        if self.dataset in ("npz", "folder", "derma", "blood", "cifar10", "cifar100") and not self.normal_class:
+            bad(f"--dataset {self.dataset} needs --normal-class")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def apply_preset(cfg: TrainConfig, preset: str | None, explicit: set[str]) -> TrainConfig:
+    """Fill fields the user did not set explicitly from a preset ('paper' or 'quick')."""
+    if preset is None:
+        return cfg
+    if preset == "paper":
+        values = {"epochs": PAPER_EPOCHS, "batch_size": PAPER_BATCH_SIZE.get(cfg.dataset, 128),
+                  "lr": 1e-3, "weight_decay": 1e-3, "checkpoint_every": 64}
+    elif preset == "quick":
+        values = {"epochs": 5, "batch_size": 32, "checkpoint_every": 1}
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose paper or quick")
+    for k, v in values.items():
+        if k not in explicit:
+            setattr(cfg, k, v)
+    return cfg
