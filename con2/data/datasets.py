@@ -1,0 +1,537 @@
+"""Data-set loaders: every source is turned into a OneClassSplit (METHOD sections 8 and 10).
+
+`load_split(cfg)` dispatches on `cfg.dataset`. All images are uint8 [N, H, W, C], C in {1, 3}.
+
+Splits, by source:
+
+* MedMNIST (breast, pneumonia, oct, derma, blood) and CIFAR: the official train/val/test split.
+  train = normal samples of train, val = normal samples of val (CIFAR has no val: empty),
+  test = the whole test split.
+* npz with only `images`/`labels`, and a folder without train/ test/ sub-folders: a seeded split
+  (`cfg.split_seed`) of the *normal* samples only; every anomalous sample goes to test, because
+  anomalies are never trained on and val is normal-only (threshold calibration).
+  Normals: round(test_fraction * n) to test, round(val_fraction * n) to val
+  (`cfg.extra["val_fraction"]`, default 0), the rest to train. `cfg.extra["n_train"]` instead
+  fixes the number of training normals; test then gets all normals not in train or val.
+  BR35H as METHOD section 10 suggests (1000 normal train; 500 normal + 1500 tumour test):
+  `extra={"n_train": 1000}` (the default test_fraction 0.3 gives 1050 / 450 instead).
+* digits (scikit-learn's 8x8 digits): a seeded per-class split, 60 % train / 10 % val / 30 % test
+  (test = `cfg.test_fraction`), so anomalies in test are the test part of the other digits.
+  Default normal digit "8", default size 16 px (see `load_digits_split`).
+
+Resizing: when `cfg.image_size` is set, images are resized to a square of that size
+(array data: bilinear with antialiasing; folder images: Pillow bicubic, aspect ratio not kept).
+`cfg.max_train_samples` subsamples the training normals with `cfg.split_seed`.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .split import OneClassSplit
+
+
+class DataError(ValueError):
+    """A data set cannot be loaded as asked; the message is one line saying why."""
+
+
+# --------------------------------------------------------------------------- class tables
+
+MEDMNIST = {
+    # flag -> (default normal labels or None when the user must choose, class names)
+    "breast": ((1,), {0: "malignant", 1: "normal, benign"}),
+    "pneumonia": ((0,), {0: "normal", 1: "pneumonia"}),
+    "oct": ((3,), {0: "choroidal neovascularization", 1: "diabetic macular edema", 2: "drusen", 3: "normal"}),
+    "derma": (None, {0: "actinic keratoses and intraepithelial carcinoma", 1: "basal cell carcinoma",
+                     2: "benign keratosis-like lesions", 3: "dermatofibroma", 4: "melanoma",
+                     5: "melanocytic nevi", 6: "vascular lesions"}),
+    "blood": (None, {0: "basophil", 1: "eosinophil", 2: "erythroblast", 3: "immature granulocytes",
+                     4: "lymphocyte", 5: "monocyte", 6: "neutrophil", 7: "platelet"}),
+}
+MEDMNIST_RESOLUTIONS = (28, 64, 128, 224)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+CIFAR100_SUPERCLASSES = (
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
+    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
+    "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "large_omnivores_and_herbivores",
+    "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees",
+    "vehicles_1", "vehicles_2",
+)
+# The standard CIFAR-100 fine label (index) -> superclass (value) table.
+CIFAR100_FINE_TO_COARSE = np.array([
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3,
+    3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
+    0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10,
+    16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19,
+    2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19,
+    18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+], dtype=np.int64)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"}
+DIGITS_DEFAULT_CLASS = "8"  # the digit raw-pixel nearest neighbour finds hardest (AUROC ~0.98, not 1.0)
+DIGITS_DEFAULT_SIZE = 16
+
+
+# --------------------------------------------------------------------------- entry point
+
+def load_split(cfg) -> OneClassSplit:
+    """The one-class split named by `cfg` (a con2.config.TrainConfig)."""
+    ds = cfg.dataset
+    if ds in MEDMNIST:
+        split = load_medmnist(cfg)
+    elif ds in ("cifar10", "cifar100"):
+        split = load_cifar(cfg)
+    elif ds == "npz":
+        split = load_npz(cfg)
+    elif ds == "folder":
+        split = load_folder(cfg)
+    elif ds == "digits":
+        split = load_digits_split(cfg)
+    else:
+        raise DataError(f"unknown dataset {ds!r}")
+    return _limit_train(split, cfg.max_train_samples, cfg.split_seed)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
+    """uint8 [N, H, W, C]; grayscale [N, H, W] gets a channel axis."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(f"{where}: expected images [N, H, W] or [N, H, W, 1|3], got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: expected uint8 images, got {images.dtype}")
+    return images
+
+
+def _labels(labels: np.ndarray) -> np.ndarray:
+    return np.asarray(labels).reshape(-1).astype(np.int64)  # MedMNIST labels are (N, 1)
+
+
+def _resolve_classes(requested, class_names: dict, dataset: str) -> tuple:
+    """Class indices for `requested` (indices as strings/ints, or names, case-insensitive)."""
+    by_name = {str(v).lower(): k for k, v in class_names.items()}
+    out = []
+    for r in requested:
+        key = str(r).strip()
+        if key.lstrip("-").isdigit() and int(key) in class_names:
+            out.append(int(key))
+        elif key.lower() in by_name:
+            out.append(by_name[key.lower()])
+        else:
+            raise DataError(f"{dataset}: unknown normal class {key!r}; available: {_available(class_names)}")
+    return tuple(sorted(set(out)))
+
+
+def _available(class_names: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(class_names.items()))
+
+
+def _empty_like(images: np.ndarray) -> np.ndarray:
+    return np.zeros((0,) + images.shape[1:], np.uint8)
+
+
+def _resize_array(images: np.ndarray, size: int | None) -> np.ndarray:
+    """Resize uint8 [N, H, W, C] to size x size (bilinear, antialiased), in chunks to bound memory."""
+    if size is None or len(images) == 0 or images.shape[1:3] == (size, size):
+        return images
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((len(images), size, size, images.shape[-1]), np.uint8)
+    for i in range(0, len(images), 4096):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 4096])).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[i:i + 4096] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, meta: dict) -> OneClassSplit:
+    """Build the split from labelled parts {"train": (x, y), "val": (x, y) or None, "test": (x, y)}."""
+    tr_x, tr_y = parts["train"]
+    te_x, te_y = parts["test"]
+    va = parts.get("val")
+    is_normal = lambda y: np.isin(y, normal)  # noqa: E731
+    train = tr_x[is_normal(tr_y)]
+    if len(train) == 0:
+        names = ", ".join(repr(class_names.get(c, c)) for c in normal)
+        raise DataError(f"{name}: normal class {names} has no training samples; "
+                        f"classes available: {_available(class_names)}")
+    val = va[0][is_normal(va[1])] if va is not None else _empty_like(train)
+    meta = {"in_memory": True, "normal_class_names": [class_names.get(c, str(c)) for c in normal], **meta}
+    return OneClassSplit(
+        name=name,
+        train=_resize_array(train, image_size),
+        val=_resize_array(val, image_size),
+        test=_resize_array(te_x, image_size),
+        test_labels=(~is_normal(te_y)).astype(np.int64),
+        normal_classes=tuple(normal),
+        class_names=dict(class_names),
+        test_classes=te_y.astype(np.int64),
+        meta=meta,
+    )
+
+
+def _seeded_normal_split(labels: np.ndarray, normal: tuple, cfg) -> dict:
+    """Indices {"train", "val", "test"}: normals split by fractions, every anomaly to test (module docstring)."""
+    rng = np.random.default_rng(cfg.split_seed)
+    normal_idx = rng.permutation(np.flatnonzero(np.isin(labels, normal)))
+    n = len(normal_idx)
+    n_val = int(round(float(cfg.extra.get("val_fraction", 0.0)) * n))
+    if cfg.extra.get("n_train") is not None:
+        n_train = int(cfg.extra["n_train"])
+        if not 0 < n_train <= n - n_val:
+            raise DataError(f"n_train={n_train} must be in 1..{n - n_val} ({n} normal samples, {n_val} for val)")
+        n_test = n - n_train - n_val
+    else:
+        n_test = int(round(cfg.test_fraction * n))
+    test_normal, val, train = np.split(normal_idx, [n_test, n_test + n_val])
+    anomalies = np.flatnonzero(~np.isin(labels, normal))
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(np.concatenate([test_normal, anomalies]))}
+
+
+def _limit_train(split: OneClassSplit, max_n: int | None, seed: int) -> OneClassSplit:
+    if max_n is None or len(split.train) <= max_n:
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(len(split.train), max_n, replace=False))
+    split.train = split.train[keep]
+    if split.train_files is not None:
+        split.train_files = [split.train_files[i] for i in keep]
+    split.meta["max_train_samples"] = max_n
+    return split
+
+
+def _load_npz(path: Path, required: tuple, hint: str = "") -> dict:
+    """All arrays of an .npz, checking the required keys are there."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}{hint}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # corrupt or not an npz
+        raise DataError(f"cannot read {path}: {e}") from e
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing keys {', '.join(missing)} (has: {', '.join(sorted(arrays)) or 'none'})")
+    return arrays
+
+
+# --------------------------------------------------------------------------- MedMNIST
+
+def medmnist_path(cfg) -> Path:
+    """Where the official file is expected: <data_root>/<flag>mnist[_<res>].npz (or cfg.data_file)."""
+    if cfg.data_file:
+        return Path(cfg.data_file)
+    res = cfg.resolution or 28
+    if res not in MEDMNIST_RESOLUTIONS:
+        raise DataError(f"--resolution must be one of {MEDMNIST_RESOLUTIONS}, got {res}")
+    suffix = "" if res == 28 else f"_{res}"
+    return Path(cfg.data_root) / f"{cfg.dataset}mnist{suffix}.npz"
+
+
+def _medmnist_download(flag: str, path: Path, res: int) -> bool:
+    """Fetch the official file through the optional `medmnist` package; False when that is impossible."""
+    try:
+        import medmnist  # optional dependency
+        info = medmnist.INFO[f"{flag}mnist"]
+        cls = getattr(medmnist, info["python_class"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {} if res == 28 else {"size": res}
+        cls(split="train", download=True, root=str(path.parent), **kwargs)
+    except Exception:  # not installed, no network, old version without `size`
+        return False
+    return path.is_file()
+
+
+def load_medmnist(cfg) -> OneClassSplit:
+    flag = cfg.dataset
+    default_normal, names = MEDMNIST[flag]
+    if cfg.normal_class:
+        normal = _resolve_classes(cfg.normal_class, names, flag)
+    elif default_normal is None:
+        raise DataError(f"--dataset {flag} needs --normal-class; available: {_available(names)}")
+    else:
+        normal = default_normal
+    path = medmnist_path(cfg)
+    res = cfg.resolution or 28
+    if not path.is_file() and not cfg.data_file:
+        _medmnist_download(flag, path, res)
+    hint = ("; put the official MedMNIST file there (https://zenodo.org/records/10519652) or "
+            "`pip install medmnist` with network access to download it")
+    z = _load_npz(path, tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")), hint)
+    parts = {s: (_as_nhwc(z[f"{s}_images"], f"{path}:{s}_images"), _labels(z[f"{s}_labels"]))
+             for s in ("train", "val", "test")}
+    return _one_class(f"{flag}mnist", parts, normal, names, cfg.image_size,
+                      {"source": str(path), "split": "official", "resolution": res})
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+def _cifar_arrays(cfg, which: str) -> tuple[dict, str]:
+    """(train/test images and labels, source) from an npz if one is there, else torchvision's files."""
+    npz = Path(cfg.data_file) if cfg.data_file else Path(cfg.data_root) / f"{which}.npz"
+    if cfg.data_file or npz.is_file():
+        z = _load_npz(npz, ("train_images", "train_labels", "test_images", "test_labels"))
+        return z, str(npz)
+    import torchvision
+
+    ds_cls = torchvision.datasets.CIFAR10 if which == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        tr = ds_cls(cfg.data_root, train=True, download=False)
+        te = ds_cls(cfg.data_root, train=False, download=False)
+    except RuntimeError as e:
+        folder = "cifar-10-batches-py" if which == "cifar10" else "cifar-100-python"
+        raise DataError(
+            f"{which} not found: expected {npz} or torchvision's {Path(cfg.data_root) / folder} ({e}); "
+            f"download with `python -c \"import torchvision; torchvision.datasets."
+            f"{ds_cls.__name__}('{cfg.data_root}', download=True)\"`") from e
+    return {"train_images": tr.data, "train_labels": np.array(tr.targets),
+            "test_images": te.data, "test_labels": np.array(te.targets)}, f"torchvision:{cfg.data_root}"
+
+
+def load_cifar(cfg) -> OneClassSplit:
+    """CIFAR-10: one class normal (index or name). CIFAR-100: one of the 20 superclasses normal."""
+    which = cfg.dataset
+    z, source = _cifar_arrays(cfg, which)
+    if which == "cifar10":
+        names = dict(enumerate(CIFAR10_CLASSES))
+        to_label = _labels
+    else:
+        names = dict(enumerate(CIFAR100_SUPERCLASSES))
+        if "train_coarse_labels" in z and "test_coarse_labels" in z:  # superclass labels stored: use them
+            z = {**z, "train_labels": z["train_coarse_labels"], "test_labels": z["test_coarse_labels"]}
+            to_label = _labels
+        else:  # fine labels 0..99 -> superclass
+            to_label = lambda y: CIFAR100_FINE_TO_COARSE[_labels(y)]  # noqa: E731
+    if not cfg.normal_class:
+        raise DataError(f"--dataset {which} needs --normal-class; available: {_available(names)}")
+    normal = _resolve_classes(cfg.normal_class, names, which)
+    parts = {s: (_as_nhwc(z[f"{s}_images"], f"{source}:{s}_images"), to_label(z[f"{s}_labels"]))
+             for s in ("train", "test")}
+    return _one_class(which, parts, normal, names, cfg.image_size, {"source": source, "split": "official"})
+
+
+# --------------------------------------------------------------------------- generic npz
+
+def load_npz(cfg) -> OneClassSplit:
+    """An array file with train_/test_ (optionally val_) images+labels, or images+labels only.
+
+    With images/labels only the seeded split of the module docstring is used. Normal classes are
+    given by label value; optional `class_names` (str array) names the labels in order.
+    """
+    if not cfg.data_file:
+        raise DataError("--dataset npz needs --data-file PATH.npz")
+    path = Path(cfg.data_file)
+    z = _load_npz(path, ())
+    if all(k in z for k in ("train_images", "train_labels", "test_images", "test_labels")):
+        parts = {s: (_as_nhwc(z[f"{s}_images"], f"{path}:{s}_images"), _labels(z[f"{s}_labels"]))
+                 for s in ("train", "val", "test") if f"{s}_images" in z}
+        all_labels = np.concatenate([y for _, y in parts.values()])
+        split_kind = "given"
+    elif "images" in z and "labels" in z:
+        images, labels = _as_nhwc(z["images"], f"{path}:images"), _labels(z["labels"])
+        all_labels = labels
+        split_kind = "seeded"
+    else:
+        raise DataError(f"{path}: needs keys train_images/train_labels/test_images/test_labels or images/labels "
+                        f"(has: {', '.join(sorted(z)) or 'none'})")
+    values = sorted(int(v) for v in np.unique(all_labels))
+    given_names = [str(s) for s in z["class_names"]] if "class_names" in z else None
+    names = {v: (given_names[v] if given_names and v < len(given_names) else str(v)) for v in values}
+    if not cfg.normal_class:
+        raise DataError(f"--dataset npz needs --normal-class; available: {_available(names)}")
+    normal = _resolve_classes(cfg.normal_class, names, path.name)
+    meta = {"source": str(path), "split": split_kind}
+    if split_kind == "seeded":
+        idx = _seeded_normal_split(labels, normal, cfg)
+        parts = {s: (images[i], labels[i]) for s, i in idx.items()}
+        meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
+                    n_train=cfg.extra.get("n_train"), val_fraction=cfg.extra.get("val_fraction", 0.0))
+    return _one_class(path.stem, parts, normal, names, cfg.image_size, meta)
+
+
+# --------------------------------------------------------------------------- digits
+
+def load_digits_split(cfg) -> OneClassSplit:
+    """scikit-learn's 8x8 digits (0..16 scaled to 0..255), one digit normal (default "8").
+
+    Upscaled to 16 px by default (cfg.image_size overrides; 8 keeps the native size) so the
+    network's feature maps do not shrink to 1x1 too early. Seeded per-class split:
+    test_fraction (0.3) to test, 10 % (extra["val_fraction"]) to val, the rest (60 %) to train.
+    Digit 8 is the default because raw-pixel nearest neighbour does not already solve it.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int64)
+    names = {i: str(i) for i in range(10)}
+    normal = _resolve_classes(cfg.normal_class or [DIGITS_DEFAULT_CLASS], names, "digits")
+    rng = np.random.default_rng(cfg.split_seed)
+    val_fraction = float(cfg.extra.get("val_fraction", 0.1))
+    idx = {"train": [], "val": [], "test": []}
+    for c in range(10):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(cfg.test_fraction * len(members)))
+        n_val = int(round(val_fraction * len(members)))
+        for part, sel in zip(("test", "val", "train"), np.split(members, [n_test, n_test + n_val])):
+            idx[part].append(sel)
+    parts = {s: (images[np.sort(np.concatenate(v))], labels[np.sort(np.concatenate(v))]) for s, v in idx.items()}
+    size = cfg.image_size or DIGITS_DEFAULT_SIZE
+    return _one_class("digits", parts, normal, names, size,
+                      {"source": "sklearn.datasets.load_digits", "split": "seeded per class",
+                       "split_seed": cfg.split_seed})
+
+
+# --------------------------------------------------------------------------- image folders
+
+def _list_images(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursively), sorted; hidden files and other suffixes ignored."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _class_dirs(root: Path) -> dict[str, list[Path]]:
+    return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+
+
+def _decode(path: Path, size: int | None) -> np.ndarray:
+    """One image as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour), resized to size x size when set."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grayscale: scale to 8 bit instead of clipping (convert("L") would clip).
+            arr = (np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).round().astype(np.uint8)
+            img = Image.fromarray(arr)
+        elif img.mode in ("1", "L", "LA", "F"):
+            img = img.convert("L")
+        else:  # RGB, RGBA, P, CMYK, YCbCr, ...
+            img = img.convert("RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BICUBIC)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _decode_all(files: list[Path], size: int | None, skip_bad: bool) -> tuple[list, list[Path]]:
+    """Decoded arrays (None where skipped) in file order, and the files skipped; threads overlap I/O and decode."""
+    def safe(p):
+        try:
+            return _decode(p, size), None
+        except Exception as e:  # any decoder failure: truncated, not an image, unsupported
+            return None, f"{p}: {type(e).__name__}: {e}"
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(safe, files))
+    bad = [(p, err) for p, (_, err) in zip(files, results) if err is not None]
+    if bad and not skip_bad:
+        raise DataError(f"cannot read image {bad[0][1]} (use --skip-bad-files to skip unreadable files)")
+    return [a for a, _ in results], [p for p, _ in bad]
+
+
+def _check_sizes(arrays: list[np.ndarray], files: list[Path]) -> tuple[int, int]:
+    """The common (H, W); all images must share one size (else --image-size is needed)."""
+    h, w = arrays[0].shape[:2] if arrays else (1, 1)
+    for a, f in zip(arrays, files):
+        if a.shape[:2] != (h, w):
+            raise DataError(f"images differ in size ({files[0]} is {w}x{h}, {f} is {a.shape[1]}x{a.shape[0]}); "
+                            f"pass --image-size to resize them all")
+    return h, w
+
+
+def _stack(arrays: list[np.ndarray], hw: tuple[int, int], channels: int) -> np.ndarray:
+    """[N, H, W, C]; grayscale images get 3 equal channels when the data set has colour images."""
+    if not arrays:
+        return np.zeros((0, *hw, channels), np.uint8)
+    if channels == 3:
+        arrays = [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
+    return np.stack(arrays)
+
+
+def load_folder(cfg) -> OneClassSplit:
+    """An image-folder tree: <root>/<class>/... or <root>/{train,val,test}/<class>/...
+
+    cfg.normal_class names one or more class folders. Without train/ and test/ the seeded split of
+    the module docstring is used (normals split, the other classes all to test). Images are decoded
+    with Pillow: all grayscale -> 1 channel, any colour image -> every image RGB. With cfg.image_size
+    every image is resized to that square (bicubic, aspect not kept); without it all images must
+    already share one size. Unreadable files raise a DataError naming the file, or with
+    cfg.skip_bad_files are dropped and counted in meta["skipped_files"].
+    """
+    root = Path(cfg.data_root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    if not cfg.normal_class:
+        raise DataError("--dataset folder needs --normal-class (one or more class folder names)")
+    has_tree = (root / "train").is_dir() and (root / "test").is_dir()
+    if has_tree:
+        trees = {s: _class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
+    else:
+        trees = {"all": _class_dirs(root)}
+    class_list = sorted({c for t in trees.values() for c in t})
+    if not class_list:
+        raise DataError(f"{root}: no class sub-folders found")
+    names = dict(enumerate(class_list))
+    unknown = [c for c in cfg.normal_class if c not in class_list]
+    if unknown:
+        raise DataError(f"{root}: no class folder {unknown[0]!r}; available: {', '.join(class_list)}")
+    normal = tuple(sorted(class_list.index(c) for c in cfg.normal_class))
+
+    # Flatten every part to (files, labels) before decoding so one decode pass serves all parts.
+    def flat(tree):
+        files = [f for c in class_list for f in tree.get(c, [])]
+        labels = np.array([class_list.index(c) for c in class_list for _ in tree.get(c, [])], np.int64)
+        return files, labels
+
+    if has_tree:
+        listed = {s: flat(t) for s, t in trees.items()}
+        # Only normal samples of train/val are used: decode just those.
+        for s in ("train", "val"):
+            if s in listed:
+                f, y = listed[s]
+                keep = np.isin(y, normal)
+                listed[s] = ([p for p, k in zip(f, keep) if k], y[keep])
+    else:
+        files, labels = flat(trees["all"])
+        idx = _seeded_normal_split(labels, normal, cfg)
+        listed = {s: ([files[i] for i in ix], labels[ix]) for s, ix in idx.items()}
+
+    all_files = [f for s in listed for f in listed[s][0]]
+    decoded, skipped = _decode_all(all_files, cfg.image_size, cfg.skip_bad_files)
+    good = [a for a in decoded if a is not None]
+    channels = 3 if any(a.shape[-1] == 3 for a in good) else 1
+
+    parts, part_files, pos = {}, {}, 0
+    for s, (files, labels) in listed.items():
+        arrs = decoded[pos:pos + len(files)]
+        pos += len(files)
+        ok = [i for i, a in enumerate(arrs) if a is not None]
+        part_files[s] = [str(files[i]) for i in ok]
+        parts[s] = ([arrs[i] for i in ok], labels[ok])
+    hw = _check_sizes([a for s in parts for a in parts[s][0]], [f for s in parts for f in part_files[s]])
+    parts = {s: (_stack(a, hw, channels), y) for s, (a, y) in parts.items()}
+    parts.setdefault("val", None)
+
+    meta = {"source": str(root), "split": "given" if has_tree else "seeded",
+            "skipped_files": len(skipped), "skipped_paths": [str(p) for p in skipped]}
+    if not has_tree:
+        meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
+                    n_train=cfg.extra.get("n_train"), val_fraction=cfg.extra.get("val_fraction", 0.0))
+    if "val" in part_files:
+        meta["val_files"] = part_files["val"]
+    split = _one_class(root.name, parts, normal, names, None, meta)
+    split.train_files, split.test_files = part_files["train"], part_files["test"]
+    return split

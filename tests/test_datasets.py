@@ -1,0 +1,235 @@
+"""Data-set loaders: real shared files when present, small fake files and folders otherwise."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from con2.config import TrainConfig
+from con2.data.datasets import CIFAR100_FINE_TO_COARSE, CIFAR100_SUPERCLASSES, DataError, load_split
+
+
+def shared_data() -> Path:
+    """../shared/data beside the checkout, or $CON2_SHARED_DATA."""
+    env = os.environ.get("CON2_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def need(name: str) -> Path:
+    path = shared_data() / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**kw)
+
+
+def check_split(s, n_train, n_val, n_test, n_anom):
+    assert (len(s.train), len(s.val), len(s.test), int(s.test_labels.sum())) == (n_train, n_val, n_test, n_anom)
+    for part in (s.train, s.val, s.test):
+        assert part.dtype == np.uint8 and part.ndim == 4
+    assert len(s.test_classes) == len(s.test)
+
+
+# --------------------------------------------------------------------------- real files
+
+def test_breastmnist_official_split():
+    need("breastmnist.npz")
+    s = load_split(cfg(dataset="breast", data_root=str(shared_data())))
+    check_split(s, 399, 57, 156, 42)
+    assert s.normal_classes == (1,) and s.train.shape[1:] == (28, 28, 1)
+    assert set(s.test_classes[s.test_labels == 1]) == {0}
+
+
+def test_breastmnist_64():
+    need("breastmnist_64.npz")
+    s = load_split(cfg(dataset="breast", resolution=64, data_root=str(shared_data())))
+    check_split(s, 399, 57, 156, 42)
+    assert s.train.shape[1:] == (64, 64, 1)
+
+
+def test_pneumoniamnist_official_split():
+    need("pneumoniamnist.npz")
+    s = load_split(cfg(dataset="pneumonia", data_root=str(shared_data())))
+    check_split(s, 1214, 135, 624, 390)
+    assert s.normal_classes == (0,)
+
+
+def test_br35h_seeded_split():
+    path = need("br35h_64.npz")
+    # METHOD section 10: 1000 normals for training, other 500 normals + 1500 tumours for testing.
+    s = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"], extra={"n_train": 1000}))
+    check_split(s, 1000, 0, 2000, 1500)
+    assert s.train.shape[1:] == (64, 64, 1)
+    s2 = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"]))  # test_fraction 0.3
+    check_split(s2, 1050, 0, 1950, 1500)
+    s3 = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"], extra={"n_train": 1000}))
+    assert np.array_equal(s.train, s3.train)  # seeded: reproducible
+
+
+def test_cifar10_npz_class0():
+    need("cifar10.npz")
+    s = load_split(cfg(dataset="cifar10", normal_class=["airplane"], data_root=str(shared_data())))
+    check_split(s, 5000, 0, 10000, 9000)
+    assert s.train.shape[1:] == (32, 32, 3) and s.normal_classes == (0,)
+
+
+# --------------------------------------------------------------------------- fake MedMNIST files
+
+def write_medmnist(path: Path, n_classes: int, size=28, channels=1, n=(40, 10, 20), seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, k in zip(("train", "val", "test"), n):
+        shape = (k, size, size) + ((channels,) if channels == 3 else ())
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(k) % n_classes).reshape(-1, 1).astype(np.uint8)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_oct_default_normal_class(tmp_path):
+    a = write_medmnist(tmp_path / "octmnist.npz", 4)
+    s = load_split(cfg(dataset="oct", data_root=str(tmp_path)))
+    assert s.normal_classes == (3,)
+    check_split(s, 10, 2, 20, 15)
+    assert np.array_equal(s.train, a["train_images"][3::4, ..., None])
+
+
+def test_derma_needs_normal_class_and_reads_64(tmp_path):
+    write_medmnist(tmp_path / "dermamnist_64.npz", 7, size=64, channels=3, n=(70, 14, 21))
+    with pytest.raises(DataError, match="needs --normal-class"):
+        load_split(cfg(dataset="derma", data_root=str(tmp_path), resolution=64))
+    s = load_split(cfg(dataset="derma", data_root=str(tmp_path), resolution=64, normal_class=["melanocytic nevi"]))
+    assert s.normal_classes == (5,) and s.train.shape == (10, 64, 64, 3)
+    check_split(s, 10, 2, 21, 18)
+
+
+def test_blood_by_index_with_resize(tmp_path):
+    write_medmnist(tmp_path / "bloodmnist.npz", 8, channels=3, n=(80, 16, 24))
+    s = load_split(cfg(dataset="blood", data_root=str(tmp_path), normal_class=["6"], image_size=32))
+    assert s.normal_classes == (6,) and s.train.shape == (10, 32, 32, 3) and s.test.shape == (24, 32, 32, 3)
+    with pytest.raises(DataError, match="unknown normal class 'nope'"):
+        load_split(cfg(dataset="blood", data_root=str(tmp_path), normal_class=["nope"]))
+
+
+def test_medmnist_missing_file_names_path(tmp_path):
+    with pytest.raises(DataError, match=r"breastmnist\.npz"):
+        load_split(cfg(dataset="breast", data_root=str(tmp_path)))
+
+
+def test_max_train_samples(tmp_path):
+    write_medmnist(tmp_path / "octmnist.npz", 4)
+    s = load_split(cfg(dataset="oct", data_root=str(tmp_path), max_train_samples=4))
+    assert len(s.train) == 4
+
+
+# --------------------------------------------------------------------------- npz / cifar
+
+def test_npz_missing_keys(tmp_path):
+    np.savez(tmp_path / "x.npz", foo=np.zeros(3))
+    with pytest.raises(DataError, match="needs keys"):
+        load_split(cfg(dataset="npz", data_file=str(tmp_path / "x.npz"), normal_class=["0"]))
+    with pytest.raises(DataError, match="not found"):
+        load_split(cfg(dataset="npz", data_file=str(tmp_path / "absent.npz"), normal_class=["0"]))
+
+
+def test_npz_normal_class_without_samples(tmp_path):
+    imgs = np.zeros((6, 8, 8), np.uint8)
+    np.savez(tmp_path / "d.npz", train_images=imgs, train_labels=np.zeros(6, np.uint8),
+             test_images=imgs, test_labels=np.array([0, 1, 2, 0, 1, 2], np.uint8))
+    with pytest.raises(DataError, match="'2' has no training samples.*available"):
+        load_split(cfg(dataset="npz", data_file=str(tmp_path / "d.npz"), normal_class=["2"]))
+    s = load_split(cfg(dataset="npz", data_file=str(tmp_path / "d.npz"), normal_class=["0"]))
+    check_split(s, 6, 0, 6, 4)
+    assert s.val.shape == (0, 8, 8, 1)
+
+
+def test_cifar_npz_fake_and_missing(tmp_path):
+    rng = np.random.default_rng(0)
+    fine = np.arange(200) % 100
+    np.savez(tmp_path / "cifar100.npz", train_images=rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8),
+             train_labels=fine, test_images=rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8), test_labels=fine)
+    s = load_split(cfg(dataset="cifar100", data_root=str(tmp_path), normal_class=["4"]))
+    check_split(s, 10, 0, 200, 190)  # 5 fine classes x 2 images
+    assert set(s.test_classes) == set(range(20))
+    with pytest.raises(DataError, match="cifar10 not found"):
+        load_split(cfg(dataset="cifar10", data_root=str(tmp_path), normal_class=["0"]))
+
+
+def test_cifar100_superclass_table():
+    assert len(CIFAR100_FINE_TO_COARSE) == 100 and len(CIFAR100_SUPERCLASSES) == 20
+    assert np.array_equal(np.bincount(CIFAR100_FINE_TO_COARSE, minlength=20), np.full(20, 5))
+    # Spot checks: apple -> fruit_and_vegetables, beaver -> aquatic_mammals, tractor -> vehicles_2.
+    assert CIFAR100_SUPERCLASSES[CIFAR100_FINE_TO_COARSE[0]] == "fruit_and_vegetables"
+    assert CIFAR100_SUPERCLASSES[CIFAR100_FINE_TO_COARSE[4]] == "aquatic_mammals"
+    assert CIFAR100_SUPERCLASSES[CIFAR100_FINE_TO_COARSE[89]] == "vehicles_2"
+
+
+# --------------------------------------------------------------------------- digits
+
+def test_digits_default():
+    s = load_split(cfg(dataset="digits"))
+    assert s.normal_classes == (8,) and s.train.shape[1:] == (16, 16, 1)
+    assert 0 < len(s.val) < len(s.train) and s.test_labels.mean() > 0.8
+    assert load_split(cfg(dataset="digits", image_size=8)).train.shape[1:] == (8, 8, 1)
+
+
+# --------------------------------------------------------------------------- folders
+
+def save(path: Path, size=(20, 20), mode="L", fmt=None, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path, fmt)
+
+
+def test_folder_with_train_test_tree_mixed_modes(tmp_path):
+    for i in range(4):
+        save(tmp_path / "train" / "good" / f"{i}.png", seed=i)
+        save(tmp_path / "train" / "bad" / f"{i}.png", seed=i)  # anomalies in train are ignored
+    for i in range(3):
+        save(tmp_path / "test" / "good" / f"{i}.jpg", mode="RGB", seed=i)
+        save(tmp_path / "test" / "bad" / f"{i}.png", seed=10 + i)
+    for i in range(2):
+        save(tmp_path / "val" / "good" / f"{i}.png", seed=20 + i)
+    (tmp_path / "test" / "bad" / "notes.txt").write_text("not an image")
+    s = load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["good"]))
+    check_split(s, 4, 2, 6, 3)
+    assert s.channels == 3  # one RGB image makes the whole set RGB
+    assert len(s.train_files) == 4 and len(s.test_files) == 6
+    assert all("/train/good/" in f for f in s.train_files)
+    assert s.class_names == {0: "bad", 1: "good"} and s.meta["skipped_files"] == 0
+
+
+def test_folder_seeded_split_grayscale_resized(tmp_path):
+    for i in range(10):
+        save(tmp_path / "normal" / f"{i}.png", size=(20 + i, 16), seed=i)
+    for i in range(5):
+        save(tmp_path / "tumour" / f"{i}.jpeg", size=(30, 30), fmt="JPEG", seed=i)
+    with pytest.raises(DataError, match="differ in size"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["normal"]))
+    s = load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["normal"], image_size=12))
+    check_split(s, 7, 0, 8, 5)  # 30 % of 10 normals to test, all tumours to test
+    assert s.train.shape == (7, 12, 12, 1)
+    assert not set(s.train_files) & set(s.test_files)
+    with pytest.raises(DataError, match="no class folder 'x'.*normal, tumour"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["x"], image_size=12))
+
+
+def test_folder_corrupt_image(tmp_path):
+    for i in range(5):
+        save(tmp_path / "a" / f"{i}.png", seed=i)
+        save(tmp_path / "b" / f"{i}.png", seed=i)
+    broken = tmp_path / "a" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match="broken.png"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["a"]))
+    s = load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["a"], skip_bad_files=True))
+    assert s.meta["skipped_files"] == 1 and s.meta["skipped_paths"] == [str(broken)]
+    assert len(s.train) + int((s.test_labels == 0).sum()) == 5
+    assert str(broken) not in s.train_files + s.test_files
