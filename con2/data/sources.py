@@ -49,16 +49,27 @@ class TensorBatchSource:
         return slice(lo, min(stop, lo + per))
 
     def step_generator(self, epoch: int, step: int) -> torch.Generator:
+        # rank-independent: every rank draws the same views as one process would
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + step * 97 + self.rank)
+        g.manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + step)
         return g
 
     def batches_from(self, epoch: int, start_step: int = 0):
-        """Yield (step, views) for steps start_step.. of this epoch."""
+        """Yield (step, views) for steps start_step.. of this epoch.
+
+        Under DDP each rank makes the views of the whole global batch (cheap next to the
+        network) and keeps its samples' rows, so world size never changes the augmentations.
+        """
         perm = epoch_permutation(len(self.images), self.seed, epoch)
         for step in range(start_step, self.steps_per_epoch):
-            idx = perm[self.local_slice(*self.batches[step])].to(self.device)
-            yield step, self.pipeline(self.images[idx], self.step_generator(epoch, step))
+            start, stop = self.batches[step]
+            idx = perm[start:stop].to(self.device)
+            views = self.pipeline(self.images[idx], self.step_generator(epoch, step))
+            if self.world > 1:
+                local = self.local_slice(start, stop)
+                blocks = views.view(-1, stop - start, *views.shape[1:])
+                views = blocks[:, local.start - start : local.stop - start].reshape(-1, *views.shape[1:])
+            yield step, views
 
 
 def make_batch_source(kind: str, split: OneClassSplit, contexts, view_cfg, batch_size, seed, device,

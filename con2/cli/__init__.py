@@ -1,0 +1,1 @@
+"""Command-line interface: argparse subcommands only; the work is done by the API."""

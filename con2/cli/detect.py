@@ -1,0 +1,216 @@
+"""`con2 score`, `evaluate`, `predict`, `sweep`, `report`: parsing only, the work is in the API."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from ..scoring import AGGREGATES, BANK_DTYPES, SCORERS
+
+
+def _views(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--views must be an integer, got {text!r}") from None
+    if v < 0 or v % 2:
+        raise argparse.ArgumentTypeError(
+            f"--views must be 0 (one deterministic view) or an even number >= 2, got {v}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {v}")
+    return v
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) -> None:
+    p.add_argument("--views", type=_views, default=40,
+                   help="test-time views: even A >= 2 (half original, half context), or 0 for one plain view")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive, default=256, help="images per encoder call")
+    p.add_argument("--bank-dtype", choices=tuple(BANK_DTYPES), default="float32", help="storage of the NND bank")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test-time view draws")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    if scorer_choice:
+        p.add_argument("--scorer", choices=SCORERS, default="nnd")
+
+
+def _run_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, type=Path, help="a trained run directory (con2 train --out)")
+
+
+# ----------------------------------------------------------------------------- score
+
+def _score(args) -> None:
+    from ..data import load_split
+    from ..evaluate import run_scorer
+    from ..scoring import aggregate
+    from ..train import load_run
+
+    cfg, model = load_run(args.run, device=args.device)
+    split = load_split(cfg)
+    images = {"test": split.test, "val": split.val, "train": split.train}[args.split]
+    if not len(images):
+        raise ValueError(f"the {args.split} split of {args.run} is empty")
+    scorer = run_scorer(model, cfg, split, args.views, (args.scorer,), args.aggregate, args.seed, args.batch_size,
+                        args.bank_dtype, not args.quiet)
+    per_view = scorer.score_views(images)[args.scorer]
+    scores = aggregate(per_view, args.aggregate).numpy()
+    labels = split.test_labels if args.split == "test" else [0] * len(images)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        w = csv.writer(out)
+        extra = [f"view{i}" for i in range(per_view.shape[1])] if args.per_view else []
+        w.writerow(["index", "label", f"{args.scorer}_{args.aggregate}", *extra])
+        for i, s in enumerate(scores):
+            row = [i, int(labels[i]), repr(float(s))]
+            if args.per_view:
+                row += [repr(float(v)) for v in per_view[i]]
+            w.writerow(row)
+    finally:
+        if args.out:
+            out.close()
+            print(f"wrote {len(scores)} {args.split} scores to {args.out}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def _evaluate(args) -> None:
+    from ..evaluate import evaluate_run, format_metrics
+
+    m = evaluate_run(args.run, views=args.views, scorers=args.scorers, aggregate=args.aggregate, device=args.device,
+                     seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
+                     target_fpr=args.target_fpr, per_view=args.per_view, progress=not args.quiet)
+    print(f"{m['dataset']}: {m['n_test']} test images ({m['n_test_anomalous']} anomalous), "
+          f"{m['views']} test-time views, aggregate {m['aggregate']}")
+    print(format_metrics(m))
+    print(f"wrote {Path(args.run) / 'metrics.json'}")
+
+
+# ----------------------------------------------------------------------------- predict
+
+def _predict(args) -> None:
+    from ..predict import predict_files
+
+    rows = predict_files(args.run, args.inputs, scorer=args.scorer, views=args.views, aggregate=args.aggregate,
+                         target_fpr=args.target_fpr, threshold=args.threshold, device=args.device,
+                         seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
+                         progress=not args.quiet)
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, out, indent=2)
+            out.write("\n")
+        else:
+            w = csv.DictWriter(out, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    finally:
+        if args.out:
+            out.close()
+
+
+# ----------------------------------------------------------------------------- sweep
+
+def _sweep(args) -> None:
+    from ..sweep import run_sweep
+    from .train_cmd import config_from_args
+
+    if args.normal_class is not None:
+        raise ValueError("con2 sweep takes --classes, not --normal-class")
+    if args.seed is not None:
+        raise ValueError("con2 sweep takes --seeds, not --seed")
+    from ..sweep import dataset_classes
+
+    classes = dataset_classes(args.dataset) if args.classes == ["all"] else args.classes
+    out = args.out
+    # the base config; normal class, seed and run directory are set per run by the sweep
+    args.out, args.normal_class = str(Path(out) / "base"), [classes[0]]
+    base = config_from_args(args)
+    run_sweep(base, classes, args.seeds, out, views=args.views, aggregate=args.aggregate,
+              eval_batch_size=args.eval_batch_size, progress=not args.quiet)
+    print((Path(out) / "results.md").read_text())
+    print(f"wrote {Path(out) / 'results.md'}, results.csv, runs.csv, manifest.json")
+
+
+# ----------------------------------------------------------------------------- report
+
+def _report(args) -> None:
+    from ..report import build_report
+
+    path = build_report(args.run, out=args.out, views=args.views, device=args.device,
+                        max_points=args.max_points, progress=not args.quiet)
+    print(f"wrote {path}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="anomaly scores of a run's test (or val/train) images")
+    _run_dir(p)
+    _scoring_options(p, scorer_choice=True)
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--per-view", action="store_true", help="also write every view's score")
+    p.add_argument("--out", default=None, help="CSV file (default: stdout)")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("evaluate", help="AUROC / AUPR / FPR95 of both scorers on the run's test split")
+    _run_dir(p)
+    _scoring_options(p)
+    p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS))
+    p.add_argument("--target-fpr", type=_fraction, default=0.05, help="threshold calibrated on val normals")
+    p.add_argument("--per-view", action="store_true", help="also write scores_views.npz")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="score image files and label them with a calibrated threshold")
+    _run_dir(p)
+    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    _scoring_options(p, scorer_choice=True)
+    p.add_argument("--target-fpr", type=_fraction, default=0.05,
+                   help="false-positive rate on the run's val normals that sets the threshold")
+    p.add_argument("--threshold", type=float, default=None, help="use this threshold instead of calibrating")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--out", default=None, help="output file (default: stdout)")
+    p.set_defaults(func=_predict)
+
+    from .train_cmd import add_train_options
+
+    p = sub.add_parser("sweep", help="train + evaluate every (normal class, seed); resumable")
+    add_train_options(p)
+    p.add_argument("--classes", nargs="+", required=True, help="normal classes, or 'all'")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--out", required=True, help="sweep folder (manifest, runs, tables)")
+    p.add_argument("--views", type=_views, default=40)
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean")
+    p.add_argument("--eval-batch-size", type=_positive, default=256)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a run")
+    _run_dir(p)
+    p.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--views", type=_views, default=40, help="test-time views, if the run is not evaluated yet")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-points", type=_positive, default=300, help="samples per group in the PCA")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=_report)

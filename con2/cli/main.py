@@ -1,0 +1,40 @@
+"""`con2` entry point: builds the parser from each command module's register()."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, no usage dump
+        self.exit(2, f"con2: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import detect, train_cmd
+
+    parser = _Parser(prog="con2", description="Con2 self-supervised image anomaly detection")
+    parser.add_argument("--version", action="version", version=f"con2 {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train_cmd.register(sub)
+    detect.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"con2 {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

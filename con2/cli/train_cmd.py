@@ -1,0 +1,88 @@
+"""`con2 train`, `con2 info`, `con2 demo`."""
+from __future__ import annotations
+
+import argparse
+
+from ..config import CONTEXTS, DATASETS, OBJECTIVES, PIPELINES, TrainConfig, apply_preset
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by train and sweep; defaults None so presets can tell what was set."""
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--context", default="invert",
+                   help=f"one of {', '.join(CONTEXTS)}, or a comma list for composed contexts")
+    p.add_argument("--objective", choices=OBJECTIVES, default="con2",
+                   help="con2 (paper), context / content (loss ablations), simclr (baseline)")
+    p.add_argument("--normal-class", nargs="+", default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or cifar from an npz)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--resolution", type=int, choices=(28, 64, 128, 224), default=None,
+                   help="MedMNIST file resolution")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="samples per step (each gives 4 views)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on the GPU")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--width", type=int, default=None, help="ResNet18 base width (64 = paper)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--pipeline", choices=PIPELINES, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None, help="epochs between checkpoints")
+    p.add_argument("--skip-bad-files", action="store_true", default=None)
+    p.add_argument("--split-seed", type=int, default=None)
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--preset", choices=("paper", "quick"), default=None)
+
+
+_FIELDS = ("dataset", "context", "objective", "normal_class", "data_root", "data_file", "image_size", "resolution",
+           "epochs", "batch_size", "lr", "weight_decay", "temperature", "amp", "seed", "width", "device",
+           "pipeline", "checkpoint_every", "skip_bad_files", "split_seed", "max_train_samples", "compile", "out")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    explicit = {f for f in _FIELDS if getattr(args, f, None) is not None}
+    cfg = TrainConfig(**{f: getattr(args, f) for f in explicit})
+    if "out" not in explicit:
+        cfg.out = f"runs/{cfg.dataset}-{cfg.context.replace(',', '+')}-{cfg.objective}-s{cfg.seed}"
+    return apply_preset(cfg, args.preset, explicit).validate()
+
+
+def _train(args):
+    from ..train import train
+
+    cfg = config_from_args(args)
+    run_dir = train(cfg, resume=args.resume)
+    print(f"trained model in {run_dir}")
+
+
+def _info(args):
+    from ..info import info_text
+
+    print(info_text())
+
+
+def _demo(args):
+    from ..demo import run_demo
+
+    run_demo(out=args.out, epochs=args.epochs, normal_class=args.normal_class)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a Con2 model on normal images")
+    add_train_options(p)
+    p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<context>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("info", help="versions, devices and which optional parts are available")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("demo", help="train on scikit-learn's digits and compare with the untrained encoder")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--normal-class", default=None)
+    p.set_defaults(func=_demo)

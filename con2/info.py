@@ -1,0 +1,43 @@
+"""What `con2 info` prints: versions, devices, and which optional parts work here."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import __version__
+
+
+def _optional_version(module: str) -> str:
+    try:
+        mod = __import__(module)
+        return getattr(mod, "__version__", "installed")
+    except Exception as exc:  # broken installs count as missing
+        return f"not available ({type(exc).__name__})"
+
+
+def info_text() -> str:
+    from . import ops
+
+    lines = [
+        f"con2 {__version__}",
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"CUDA build {torch.version.cuda or 'none'}",
+        f"CUDA available: {torch.cuda.is_available()}"
+        + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""),
+        f"CPU threads: {torch.get_num_threads()}",
+        "native ops (con2._C): " + ("loaded" if ops.native_available() else f"not loaded ({ops.NATIVE_IMPORT_ERROR})"),
+    ]
+    for op, devices in ops.native_status().items():
+        where = ", ".join(f"{d}={'native' if ok else 'reference'}" for d, ok in devices.items())
+        lines.append(f"  {op}: {where}")
+    try:
+        from .data.pipeline_info import available_pipelines
+
+        lines.append("view pipelines:")
+        lines += [f"  {k}: {v}" for k, v in available_pipelines().items()]
+    except ImportError:
+        lines.append("view pipelines: tensor")
+    for name in ("faiss", "medmnist", "nvidia.dali"):
+        lines.append(f"{name}: {_optional_version(name)}")
+    return "\n".join(lines)

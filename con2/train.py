@@ -1,0 +1,317 @@
+"""The Con2 training loop (METHOD section 6).
+
+AdamW + per-step cosine schedule + alpha annealed linearly 0 -> 1; optional bf16 autocast
+on the GPU; atomic checkpoints that resume exactly (step, LR, alpha, optimizer, RNG);
+DDP under torchrun with the same global-batch semantics as one process.
+
+Run directory: config.json, metrics.jsonl, checkpoint.pt (resumable), and at the end
+model.safetensors + model.json (the trained Con2Model).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import TrainConfig
+from .data import ContextSet, OneClassSplit, ViewConfig, load_split
+from .data.sources import make_batch_source
+from .distributed import convert_batchnorm
+from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
+from .model import Con2Model
+
+MODEL_FORMAT = "con2-model/1"
+CHECKPOINT_FORMAT = "con2-checkpoint/1"
+LOG_EVERY = 10  # steps between metrics lines inside an epoch
+
+
+# --------------------------------------------------------------------------- setup
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def context_set(cfg: TrainConfig) -> ContextSet | None:
+    """The training contexts; None for the SimCLR baseline (original context only)."""
+    return None if cfg.objective == "simclr" else ContextSet(cfg.context)
+
+
+def view_config(cfg: TrainConfig, split: OneClassSplit) -> ViewConfig:
+    return ViewConfig(size=cfg.image_size or split.image_size)
+
+
+def build_model(cfg: TrainConfig, split: OneClassSplit) -> Con2Model:
+    return Con2Model(in_channels=split.channels, image_size=cfg.image_size or split.image_size, width=cfg.width)
+
+
+def objective_loss(cfg: TrainConfig, z_context, z_content, context_labels, sample_ids, alpha):
+    if cfg.objective == "con2":
+        return con2_loss(z_context, z_content, context_labels, sample_ids, alpha, cfg.temperature)
+    if cfg.objective == "context":
+        return context_only_loss(z_context, z_content, context_labels, sample_ids, alpha, cfg.temperature)
+    if cfg.objective == "content":
+        return content_only_loss(z_context, z_content, context_labels, sample_ids, alpha, cfg.temperature)
+    return simclr_loss(z_content, sample_ids, cfg.temperature)
+
+
+def schedule(cfg: TrainConfig, step: int, total: int) -> tuple[float, float]:
+    """(learning rate, alpha) at a global step: cosine annealing and a linear 0 -> 1 ramp."""
+    frac = step / max(1, total)
+    lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * frac))
+    alpha = step / max(1, total - 1)
+    return lr, min(1.0, alpha)
+
+
+# --------------------------------------------------------------------------- distributed
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _gather_projections(z_context, z_content, n_local, n_contexts, offset, world):
+    """All ranks' projections (autograd-aware) and the matching global labels."""
+    ctx, ids = view_labels(n_local, n_contexts, device=z_context.device)
+    ids = ids + offset
+    if world == 1:
+        return z_context, z_content, ctx, ids
+    from torch.distributed.nn.functional import all_gather
+
+    zc = torch.cat(all_gather(z_context))
+    zs = torch.cat(all_gather(z_content))
+    labels = [torch.empty_like(ctx) for _ in range(world)]
+    dist.all_gather(labels, ctx)
+    sample = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(sample, ids)
+    return zc, zs, torch.cat(labels), torch.cat(sample)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_model(model: Con2Model, run_dir: Path) -> None:
+    """The final model as safetensors (no pickle) plus its architecture as JSON."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = run_dir / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+    os.replace(tmp, run_dir / "model.safetensors")
+    info = {"format": MODEL_FORMAT, "con2_version": __version__, "architecture": model.architecture()}
+    (run_dir / "model.json").write_text(json.dumps(info, indent=2))
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, Con2Model]:
+    """The config and trained model of a finished run, in eval mode."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "model.json", "model.safetensors"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(
+                f"{run_dir} is not a finished con2 run: {name} is missing (train it, or --resume it)"
+            )
+    cfg = TrainConfig.load(run_dir / "config.json")
+    info = json.loads((run_dir / "model.json").read_text())
+    if info.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{run_dir}/model.json has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
+    model = Con2Model(**info["architecture"])
+    state = load_file(str(run_dir / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{run_dir}/model.safetensors does not match a con2 model with {info['architecture']}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return cfg, model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
+
+
+# --------------------------------------------------------------------------- training
+
+class _Interrupt:
+    """Turns SIGTERM into KeyboardInterrupt so a killed job checkpoints before leaving."""
+
+    def __enter__(self):
+        self.old = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            self.old = None
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool = True,
+          resume: bool = False, stop_after_steps: int | None = None) -> Path:
+    """Train a Con2 (or ablation / SimCLR) model; returns the run directory.
+
+    stop_after_steps: leave (after checkpointing) once this many global steps are done;
+    for tests of resume and for time-boxed jobs.
+    """
+    cfg.validate()
+    rank, world, local_rank = _dist_env()
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    run_dir = Path(cfg.out)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and ckpt_path.exists():
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+        (run_dir / "config.json").write_text(cfg.to_json())
+
+    torch.manual_seed(cfg.seed)
+    split = split if split is not None else load_split(cfg)
+    if progress and rank == 0:
+        print(split.summary(), flush=True)
+    contexts = context_set(cfg)
+    model = build_model(cfg, split).to(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1:
+        model = convert_batchnorm(model, device)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None)
+    else:
+        ddp = model
+    forward = torch.compile(ddp) if cfg.compile else ddp
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    amp = cfg.amp and on_gpu  # bf16 autocast on the GPU; float32 on the CPU
+    source = make_batch_source(cfg.pipeline, split, contexts, view_config(cfg, split), cfg.batch_size, cfg.seed,
+                               device, channels_last=on_gpu, rank=rank, world=world)
+    steps_per_epoch = source.steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    n_contexts = source.pipeline.n_contexts if hasattr(source, "pipeline") else (len(contexts) if contexts else 1)
+
+    global_step = 0
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{ckpt_path} is not a con2 checkpoint (format {ckpt.get('format')!r})")
+        saved = TrainConfig.from_dict(ckpt["config"])
+        for key in ("dataset", "context", "objective", "batch_size", "epochs", "image_size", "width", "seed"):
+            if getattr(saved, key) != getattr(cfg, key):
+                raise ValueError(f"--resume: {key} was {getattr(saved, key)!r} in {ckpt_path}, now {getattr(cfg, key)!r}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"])
+        global_step = int(ckpt["global_step"])
+        if progress and rank == 0:
+            print(f"resuming {run_dir} at step {global_step}/{total}", flush=True)
+    elif resume and rank == 0 and progress:
+        print(f"--resume: no checkpoint in {run_dir}, starting fresh", flush=True)
+
+    def checkpoint():
+        if rank != 0:
+            return
+        _atomic_save({
+            "format": CHECKPOINT_FORMAT, "con2_version": __version__, "config": json.loads(cfg.to_json()),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "global_step": global_step, "rng": _rng_state(),
+        }, ckpt_path)
+
+    log = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=global_step, unit="step", dynamic_ncols=True)
+    model.train()
+    t_last, views_since = time.perf_counter(), 0
+    try:
+        with _Interrupt():
+            while global_step < total:
+                epoch, start_step = divmod(global_step, steps_per_epoch)
+                for step, views in source.batches_from(epoch, start_step):
+                    lr, alpha = schedule(cfg, global_step, total)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    n_local = views.shape[0] // (2 * n_contexts)
+                    offset = source.local_slice(*source.batches[step]).start if world > 1 else 0
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        z_context, z_content = forward(views)
+                    zc, zs, ctx, ids = _gather_projections(z_context.float(), z_content.float(), n_local,
+                                                           n_contexts, offset, world)
+                    loss = objective_loss(cfg, zc, zs, ctx, ids, alpha)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss became {loss.item()} at step {global_step}; lower --lr or disable --amp")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    global_step += 1
+                    views_since += views.shape[0] * world
+                    last_in_epoch = step == steps_per_epoch - 1
+                    if global_step % LOG_EVERY == 0 or last_in_epoch or global_step == total:
+                        now = time.perf_counter()
+                        rate = views_since / max(now - t_last, 1e-9)
+                        t_last, views_since = now, 0
+                        if log:
+                            log.write(json.dumps({"epoch": epoch, "step": step, "global_step": global_step,
+                                                  "loss": loss.item(), "lr": lr, "alpha": alpha,
+                                                  "views_per_s": rate}) + "\n")
+                            log.flush()
+                        if bar:
+                            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", views_s=f"{rate:.0f}", refresh=False)
+                    if bar:
+                        bar.update(1)
+                    if last_in_epoch and ((epoch + 1) % cfg.checkpoint_every == 0):
+                        checkpoint()
+                    if stop_after_steps is not None and global_step >= stop_after_steps:
+                        checkpoint()
+                        return run_dir
+    except KeyboardInterrupt:
+        checkpoint()
+        if rank == 0:
+            print(f"\ninterrupted at step {global_step}/{total}; checkpoint saved. Continue with --resume --out {run_dir}",
+                  flush=True)
+        raise
+    finally:
+        if bar:
+            bar.close()
+        if log:
+            log.close()
+    checkpoint()
+    if rank == 0:
+        save_model(model, run_dir)
+    if world > 1:
+        dist.barrier()
+    return run_dir

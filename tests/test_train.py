@@ -1,0 +1,142 @@
+"""Training loop: schedule, resume determinism, interruption, DDP equivalence, CLI errors."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from con2.config import TrainConfig
+from con2.data import OneClassSplit
+from con2.train import load_run, schedule, train
+
+
+def tiny_split(n=24, size=12, channels=1, seed=0):
+    x = np.random.RandomState(seed).randint(0, 256, (n, size, size, channels), dtype=np.uint8)
+    return OneClassSplit("tiny", x, x[:6], np.array([0, 1] * 3), x[:0])
+
+
+def tiny_cfg(out, **kw):
+    base = dict(dataset="digits", epochs=2, batch_size=8, width=4, out=str(out), checkpoint_every=1, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(run_dir):
+    _, model = load_run(run_dir)
+    return model.state_dict()
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0 if atol == 0 else 1e-4, msg=k)
+
+
+def test_schedule_cosine_and_alpha_ramp():
+    cfg = TrainConfig(lr=1e-3)
+    assert schedule(cfg, 0, 100) == (pytest.approx(1e-3), 0.0)
+    lr_mid, alpha_mid = schedule(cfg, 50, 100)
+    assert lr_mid == pytest.approx(5e-4) and alpha_mid == pytest.approx(50 / 99)
+    lr_end, alpha_end = schedule(cfg, 99, 100)
+    assert lr_end < 1e-6 and alpha_end == 1.0
+
+
+@pytest.mark.parametrize("stop_at", [3, 5])  # epoch boundary (3 steps/epoch) and mid-epoch
+def test_resume_gives_identical_weights(tmp_path, stop_at):
+    split = tiny_split()
+    straight = train(tiny_cfg(tmp_path / "a"), split, progress=False)
+    cfg = tiny_cfg(tmp_path / "b")
+    train(cfg, split, progress=False, stop_after_steps=stop_at)
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == stop_at
+    train(cfg, split, progress=False, resume=True)
+    assert_same_weights(weights(straight), weights(tmp_path / "b"))
+    lines = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["global_step"] == 6 and lines[-1]["alpha"] == 1.0
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    split = tiny_split()
+    train(tiny_cfg(tmp_path / "a", epochs=1), split, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_cfg(tmp_path / "a", epochs=1), split, progress=False)
+
+
+def test_resume_with_other_settings_fails(tmp_path):
+    split = tiny_split()
+    train(tiny_cfg(tmp_path / "a"), split, progress=False, stop_after_steps=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(tiny_cfg(tmp_path / "a", batch_size=4), split, progress=False, resume=True)
+
+
+@pytest.mark.parametrize("objective", ["context", "content", "simclr"])
+def test_objectives_train(tmp_path, objective):
+    run = train(tiny_cfg(tmp_path / objective, epochs=1, objective=objective, context="flip"),
+                tiny_split(channels=3), progress=False)
+    assert (run / "model.safetensors").exists()
+
+
+def test_more_than_two_contexts(tmp_path):
+    run = train(tiny_cfg(tmp_path / "k4", epochs=1, context="invert,flip"), tiny_split(), progress=False)
+    cfg, model = load_run(run)
+    assert cfg.context == "invert,flip"
+
+
+def test_load_run_rejects_foreign_weights(tmp_path):
+    run = train(tiny_cfg(tmp_path / "a", epochs=1), tiny_split(), progress=False)
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, str(run / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not match"):
+        load_run(run)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_SCRIPT = r"""
+import sys, numpy as np
+sys.path.insert(0, {root!r})
+from tests.test_train import tiny_cfg, tiny_split
+from con2.train import train
+train(tiny_cfg({out!r}, epochs=1, batch_size=8), tiny_split(), progress=False)
+"""
+
+
+def test_ddp_world_size_2_matches_one_process(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    single = train(tiny_cfg(tmp_path / "single", epochs=1, batch_size=8), tiny_split(), progress=False)
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(root=root, out=str(tmp_path / "ddp")))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert_same_weights(weights(single), weights(tmp_path / "ddp"), atol=1e-4)
+
+
+def test_cli_bad_arguments_give_one_line():
+    from con2.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--dataset", "nope"])
+    assert exc.value.code == 2
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="unknown configuration keys: colour"):
+        TrainConfig.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match="unknown context"):
+        TrainConfig(context="rotate").validate()
+    with pytest.raises(ValueError, match="needs --normal-class"):
+        TrainConfig(dataset="cifar10").validate()
