@@ -1,0 +1,328 @@
+"""`Con2Detector`: a PyOD / scikit-learn style front end (fit / decision_function / predict).
+
+Image inputs (uint8, 0..255; anything else is an error):
+- numpy arrays are channels-last, as PIL / OpenCV / con2's OneClassSplit: [N, H, W] (grayscale)
+  or [N, H, W, C] with C in {1, 3};
+- torch tensors are channels-first, as torchvision: [N, H, W] (grayscale) or [N, C, H, W];
+- `fit` also takes a `con2.data.OneClassSplit` (its train images; its val normals, if any,
+  calibrate the threshold).
+
+`fit(X)` holds out a seeded `calibration_fraction` of the normals (unless the split has val
+normals), trains the encoder on the rest with `con2.train.train`, encodes the train bank under
+the test-time views and sets `threshold_` so that `target_fpr` of the held-out normals score
+above it (`con2.metrics.calibrate_threshold`). `decision_scores_` are those held-out scores
+(scores of the training images themselves are meaningless for S_NND: each finds itself).
+
+`save(path)` writes ONE safetensors file: encoder weights, the NND bank and / or the Gaussian
+statistics, the calibration scores; the options, the state (threshold, input shape, views) and
+the con2 version as JSON in the header metadata, with a SHA-256 over all tensors and that JSON.
+`Con2Detector.load(path)` never unpickles; a bundle from another con2 version, of another
+format, or whose contents do not match the digest fails with `BundleError`. The digest
+detects corruption and edits by tools that do not know to recompute it; it is not a signature.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import TrainConfig
+from .data import ContextSet, OneClassSplit, ViewConfig
+from .metrics import calibrate_threshold
+from .model import Con2Model
+from .scoring import AGGREGATES, BANK_DTYPES, SCORERS, FeatureBank, Gaussian, View, ViewEncoder, aggregate
+
+BUNDLE_FORMAT = "con2-detector/1"
+
+
+class BundleError(ValueError):
+    """A detector bundle cannot be loaded: wrong format or version, or tampered with."""
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+def as_nhwc(X, name: str = "X") -> np.ndarray:
+    """uint8 [N, H, W, C] numpy from the documented input layouts, else a clear error."""
+    if isinstance(X, torch.Tensor):
+        t = X.detach().cpu()
+        if t.dtype != torch.uint8:
+            raise TypeError(f"{name} must be uint8 images in 0..255, got a {t.dtype} tensor")
+        if t.dim() == 3:
+            t = t[:, None]
+        if t.dim() != 4 or t.shape[1] not in (1, 3):
+            raise ValueError(f"{name}: torch tensors must be [N, H, W] or [N, C, H, W] with C in (1, 3), "
+                             f"got shape {tuple(X.shape)}")
+        return t.permute(0, 2, 3, 1).contiguous().numpy()
+    if isinstance(X, OneClassSplit):
+        return X.train
+    arr = np.asarray(X)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 images in 0..255, got dtype {arr.dtype} "
+                        "(convert floats in [0, 1] with (x * 255).round().astype(np.uint8))")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise ValueError(f"{name}: numpy arrays must be [N, H, W] or [N, H, W, C] with C in (1, 3), "
+                         f"got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} holds no images")
+    return np.ascontiguousarray(arr)
+
+
+class Con2Detector:
+    """Con2 one-class anomaly detector. Options use the CLI flag names (dashes -> underscores)."""
+
+    def __init__(self, *, context: str = "invert", objective: str = "con2", epochs: int = 20,
+                 batch_size: int = 64, image_size: int | None = None, scorer: str = "nnd", views: int = 40,
+                 aggregate: str = "mean", device: str = "auto", seed: int = 0, amp: bool = False,
+                 lr: float = 1e-3, weight_decay: float = 1e-3, temperature: float = 0.07, width: int = 64,
+                 target_fpr: float = 0.05, contamination: float | None = None,
+                 calibration_fraction: float = 0.1, bank_dtype: str = "float32", score_batch_size: int = 256,
+                 out: str | None = None, progress: bool = True):
+        self.context, self.objective, self.epochs, self.batch_size = context, objective, epochs, batch_size
+        self.image_size, self.scorer, self.views, self.aggregate = image_size, scorer, views, aggregate
+        self.device, self.seed, self.amp, self.lr = device, seed, amp, lr
+        self.weight_decay, self.temperature, self.width = weight_decay, temperature, width
+        self.target_fpr, self.contamination = target_fpr, contamination
+        self.calibration_fraction, self.bank_dtype = calibration_fraction, bank_dtype
+        self.score_batch_size, self.out, self.progress = score_batch_size, out, progress
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    _PARAMS = ("context", "objective", "epochs", "batch_size", "image_size", "scorer", "views", "aggregate",
+               "device", "seed", "amp", "lr", "weight_decay", "temperature", "width", "target_fpr",
+               "contamination", "calibration_fraction", "bank_dtype", "score_batch_size", "out", "progress")
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._PARAMS}
+
+    def set_params(self, **params) -> "Con2Detector":
+        for k, v in params.items():
+            if k not in self._PARAMS:
+                raise ValueError(f"unknown parameter {k!r}; valid: {', '.join(self._PARAMS)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        return f"Con2Detector({', '.join(f'{k}={getattr(self, k)!r}' for k in self._PARAMS)})"
+
+    def _check_params(self) -> float:
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if self.bank_dtype not in BANK_DTYPES:
+            raise ValueError(f"bank_dtype must be one of {', '.join(BANK_DTYPES)}, got {self.bank_dtype!r}")
+        fpr = self.target_fpr if self.contamination is None else self.contamination
+        if not 0 <= fpr < 1:
+            raise ValueError(f"target_fpr / contamination must be in [0, 1), got {fpr}")
+        if not 0 < self.calibration_fraction < 1:
+            raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}")
+        return fpr
+
+    def _train_config(self, out: str) -> TrainConfig:
+        return TrainConfig(dataset="npz", normal_class=["normal"], context=self.context, objective=self.objective,
+                           epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
+                           lr=self.lr, weight_decay=self.weight_decay, temperature=self.temperature,
+                           amp=self.amp, seed=self.seed, width=self.width, device=self.device,
+                           checkpoint_every=max(1, self.epochs), out=out).validate()
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None) -> "Con2Detector":
+        """Train on normal images X (y is ignored, as in PyOD)."""
+        from .train import context_set, load_run, resolve_device, train, view_config
+
+        target_fpr = self._check_params()
+        if isinstance(X, OneClassSplit) and len(X.val):
+            train_imgs, cal_imgs = X.train, X.val
+        else:
+            images = as_nhwc(X)
+            n = len(images)
+            n_cal = int(round(self.calibration_fraction * n))
+            if n_cal < 1 or n - n_cal < 2:
+                raise ValueError(f"{n} normal images are too few to train on and hold out "
+                                 f"{self.calibration_fraction:.0%} for threshold calibration")
+            perm = np.random.default_rng(self.seed).permutation(n)
+            train_imgs, cal_imgs = images[np.sort(perm[n_cal:])], images[np.sort(perm[:n_cal])]
+        split = OneClassSplit(name="detector", train=train_imgs, test=cal_imgs,
+                              test_labels=np.zeros(len(cal_imgs), dtype=np.int64), val=cal_imgs)
+        tmp = None
+        out = self.out
+        if out is None:
+            tmp = tempfile.mkdtemp(prefix="con2-detector-")
+            out = tmp
+        try:
+            cfg = self._train_config(out)
+            run_dir = train(cfg, split=split, progress=self.progress)
+            _, model = load_run(run_dir, device=resolve_device(self.device))
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.model_ = model
+        self.view_cfg_ = view_config(cfg, split)
+        self.contexts_ = context_set(cfg)
+        self.input_shape_ = tuple(int(s) for s in train_imgs.shape[1:])  # H, W, C
+        encoder = self._encoder()
+        self.bank_ = FeatureBank.build(encoder, _nchw(train_imgs), scorers=(self.scorer,), bank_dtype=self.bank_dtype)
+        self.decision_scores_ = self.decision_function(cal_imgs)
+        self.threshold_ = calibrate_threshold(self.decision_scores_, target_fpr)
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        return self
+
+    def _encoder(self) -> ViewEncoder:
+        from .scoring import view_plan
+
+        device = next(self.model_.parameters()).device
+        return ViewEncoder(self.model_.encode, self.view_cfg_, self.contexts_, view_plan(self.views, self.contexts_),
+                           seed=self.seed, batch_size=self.score_batch_size, device=device, progress=self.progress)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "bank_"):
+            raise NotFittedError("this Con2Detector is not fitted yet: call fit(X) or Con2Detector.load(path) first")
+
+    def _query(self, X) -> torch.Tensor:
+        images = as_nhwc(X)
+        h, w, c = self.input_shape_
+        if images.shape[-1] != c:
+            raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}")
+        if images.shape[1:3] != (h, w):
+            raise ValueError(f"X images are {images.shape[1]}x{images.shape[2]} px, "
+                             f"the detector was fitted on {h}x{w} px")
+        return _nchw(images)
+
+    # ------------------------------------------------------------------ scoring
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly scores [N] (float64; higher = more anomalous)."""
+        self._check_fitted()
+        per_view = self.bank_.score_views(self._encoder(), self._query(X), (self.scorer,))[self.scorer]
+        return aggregate(per_view, self.aggregate).numpy()
+
+    def score_samples(self, X) -> np.ndarray:
+        """scikit-learn convention: higher = more normal (the negated decision_function)."""
+        return -self.decision_function(X)
+
+    def predict(self, X) -> np.ndarray:
+        """1 = anomaly (score > threshold_), 0 = normal."""
+        return (self.decision_function(X) > self.threshold_).astype(int)
+
+    # ------------------------------------------------------------------ bundle
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in self.model_.encoder.state_dict().items()}
+        b = self.bank_
+        if b.nnd is not None:
+            t["bank.nnd"] = b.nnd.cpu().contiguous()
+            t["bank.nnd_norms"] = b.nnd_norms.cpu().contiguous()
+        if b.gaussians is not None:
+            t["bank.lh_mean"] = torch.stack([g.mean for g in b.gaussians]).cpu().contiguous()
+            t["bank.lh_whitening"] = torch.stack([g.whitening for g in b.gaussians]).cpu().contiguous()
+            t["bank.lh_logdet"] = torch.tensor([g.logdet for g in b.gaussians], dtype=torch.float64)
+            t["bank.lh_shrinkage"] = torch.tensor([g.shrinkage for g in b.gaussians], dtype=torch.float64)
+        t["calibration.scores"] = torch.from_numpy(np.ascontiguousarray(self.decision_scores_, dtype=np.float64))
+        return t
+
+    def _state(self) -> dict:
+        return {
+            "threshold": self.threshold_, "input_shape": list(self.input_shape_),
+            "architecture": self.model_.architecture(), "view_config": _view_cfg_json(self.view_cfg_),
+            "contexts": self.contexts_.name if self.contexts_ is not None else None,
+            "plan": [[v.index, v.context, v.augmented] for v in self.bank_.plan],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector as one .safetensors bundle (see the module docstring)."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        tensors = self._tensors()
+        meta = {"format": BUNDLE_FORMAT, "con2_version": __version__,
+                "params": json.dumps({k: v for k, v in self.get_params().items()}, sort_keys=True),
+                "state": json.dumps(self._state(), sort_keys=True)}
+        meta["sha256"] = _digest(tensors, meta)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "Con2Detector":
+        """Load a bundle written by `save`; never unpickles."""
+        from safetensors import safe_open
+
+        from .train import resolve_device
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no detector bundle at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:
+            raise BundleError(f"{path} is not a readable safetensors bundle ({type(exc).__name__}: {exc})") from exc
+        if meta.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{path} is not a con2 detector bundle (format {meta.get('format')!r}, "
+                              f"expected {BUNDLE_FORMAT!r})")
+        if meta.get("con2_version") != __version__:
+            raise BundleError(f"{path} was written by con2 {meta.get('con2_version')}, this is con2 {__version__}; "
+                              "refit the detector with this version")
+        if meta.get("sha256") != _digest(tensors, meta):
+            raise BundleError(f"{path} has been modified since it was saved: its SHA-256 does not match its contents")
+        try:
+            params, state = json.loads(meta["params"]), json.loads(meta["state"])
+            det = cls(**params)
+            det.device = device
+            dev = resolve_device(det.device)
+            model = Con2Model(**state["architecture"])
+            enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+            model.encoder.load_state_dict(enc, strict=True)
+            det.model_ = model.to(dev).eval()
+            det.view_cfg_ = ViewConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in state["view_config"].items()})
+            det.contexts_ = ContextSet(state["contexts"]) if state["contexts"] else None
+            det.input_shape_ = tuple(state["input_shape"])
+            det.threshold_ = float(state["threshold"])
+            plan = [View(int(i), int(c), bool(a)) for i, c, a in state["plan"]]
+            gaussians = None
+            if "bank.lh_mean" in tensors:
+                gaussians = [Gaussian(m.to(dev), w.to(dev), float(ld), float(sh)) for m, w, ld, sh in zip(
+                    tensors["bank.lh_mean"], tensors["bank.lh_whitening"], tensors["bank.lh_logdet"],
+                    tensors["bank.lh_shrinkage"])]
+            nnd = tensors.get("bank.nnd")
+            norms = tensors.get("bank.nnd_norms")
+            det.bank_ = FeatureBank(plan, nnd.to(dev) if nnd is not None else None,
+                                    norms.to(dev) if norms is not None else None, gaussians)
+            det.decision_scores_ = tensors["calibration.scores"].numpy()
+            det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
+        except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{path} is an inconsistent con2 bundle: {type(exc).__name__}: {exc}") from exc
+        return det
+
+
+def _nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _view_cfg_json(cfg: ViewConfig) -> dict:
+    import dataclasses
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """SHA-256 over the metadata (less the digest itself) and every tensor's name, dtype, shape, bytes."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

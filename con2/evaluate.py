@@ -1,0 +1,135 @@
+"""Evaluate a trained run on its one-class test split: both scorers, AUROC / AUPR / FPR95.
+
+`evaluate_run(run_dir)` writes into the run directory:
+  metrics.json      the metrics of every scorer and the settings used
+  scores.csv        per test sample: index, label (1 = anomaly), class, one column per scorer
+  scores_views.npz  (per_view=True) the [Q, A] per-view scores of every scorer, and the labels
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import OneClassSplit
+from .metrics import calibrate_threshold, detection_metrics
+from .scoring import SCORERS, Scorer, aggregate, check_scorers, to_nchw
+
+METRICS_FILE = "metrics.json"
+SCORES_FILE = "scores.csv"
+VIEWS_FILE = "scores_views.npz"
+
+
+def run_scorer(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40, scorers: Iterable[str] = SCORERS,
+               aggregate: str = "mean", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
+               progress: bool = True) -> Scorer:
+    """A Scorer with the train bank of `split` encoded by `model` under the run's views and contexts."""
+    from .train import context_set, view_config
+
+    return Scorer(model, view_config(cfg, split), context_set(cfg), split.train, views=views, scorers=scorers,
+                  aggregate=aggregate, seed=seed, batch_size=batch_size, bank_dtype=bank_dtype, progress=progress)
+
+
+def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40,
+                   scorers: Iterable[str] = SCORERS, aggregate: str = "mean", seed: int = 0,
+                   batch_size: int = 256, bank_dtype: str = "float32", target_fpr: float = 0.05,
+                   progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metrics, {scorer: [Q] test scores, scorer + '_views': [Q, A]}) of a model on a split."""
+    scorers = check_scorers(scorers)
+    labels = np.asarray(split.test_labels).astype(int)
+    if labels.min() == labels.max():
+        raise ValueError(f"{split.name}: the test split needs normal and anomalous samples to be evaluated")
+    t0 = time.perf_counter()
+    scorer = run_scorer(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype, progress)
+    per_view = scorer.score_views(split.test, scorers)
+    val_scores = scorer.score(split.val, scorers) if len(split.val) else None
+    metrics: dict = {
+        "dataset": split.name, "normal_classes": [int(c) for c in split.normal_classes],
+        "context": cfg.context, "objective": cfg.objective, "views": views, "aggregate": aggregate,
+        "scoring_seed": seed, "n_train": int(len(split.train)), "n_val": int(len(split.val)),
+        "n_test": int(len(labels)), "n_test_anomalous": int(labels.sum()),
+    }
+    scores: dict[str, np.ndarray] = {}
+    for s in scorers:
+        test = aggregate_np(per_view[s], aggregate)
+        scores[s] = test
+        scores[f"{s}_views"] = per_view[s].numpy()
+        m = detection_metrics(labels, test)
+        if val_scores is not None:
+            t = calibrate_threshold(val_scores[s].numpy(), target_fpr)
+            flagged = test > t
+            m["threshold"] = {"target_fpr": target_fpr, "value": t, "calibrated_on": f"{len(split.val)} val normals",
+                              "test_fpr": float(flagged[labels == 0].mean()),
+                              "test_tpr": float(flagged[labels == 1].mean())}
+        metrics[s] = m
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    return metrics, scores
+
+
+def aggregate_np(per_view: torch.Tensor, how: str) -> np.ndarray:
+    return aggregate(per_view, how).numpy()
+
+
+def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = SCORERS, aggregate: str = "mean",
+                 device: str = "auto", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
+                 target_fpr: float = 0.05, per_view: bool = False, split: OneClassSplit | None = None,
+                 progress: bool = True, write: bool = True) -> dict:
+    """Score a finished run's test split with every scorer; writes metrics.json and scores.csv."""
+    from .data import load_split
+    from .train import load_run
+
+    run_dir = Path(run_dir)
+    cfg, model = load_run(run_dir, device=device)
+    split = split if split is not None else load_split(cfg)
+    metrics, scores = evaluate_model(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype,
+                                     target_fpr, progress)
+    metrics = {"run": str(run_dir), **metrics}
+    if write:
+        write_results(run_dir, metrics, scores, split, per_view)
+    return metrics
+
+
+def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSplit, per_view: bool = False) -> None:
+    names = [s for s in SCORERS if s in scores]
+    labels = np.asarray(split.test_labels).astype(int)
+    classes = split.test_classes if split.test_classes is not None else np.full(len(labels), -1)
+    tmp = run_dir / (SCORES_FILE + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "label", "class", *names])
+        for i in range(len(labels)):
+            w.writerow([i, int(labels[i]), int(classes[i]), *(repr(float(scores[s][i])) for s in names)])
+    os.replace(tmp, run_dir / SCORES_FILE)
+    if per_view:
+        np.savez(run_dir / VIEWS_FILE, labels=labels, **{s: scores[f"{s}_views"] for s in names})
+    tmp = run_dir / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, run_dir / METRICS_FILE)
+
+
+def read_scores(run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(labels, {scorer: scores}) from a run's scores.csv."""
+    path = Path(run_dir) / SCORES_FILE
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{path} holds no scores")
+    labels = np.array([int(r["label"]) for r in rows])
+    return labels, {s: np.array([float(r[s]) for r in rows]) for s in SCORERS if s in rows[0]}
+
+
+def format_metrics(metrics: dict) -> str:
+    """A small Markdown table of the metrics of every scorer."""
+    lines = ["| scorer | AUROC | AUPR | FPR@95TPR |", "|---|---|---|---|"]
+    for s in SCORERS:
+        if s in metrics:
+            m = metrics[s]
+            lines.append(f"| {s} | {m['auroc'] * 100:.2f} | {m['aupr'] * 100:.2f} | {m['fpr95'] * 100:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""Detection metrics (anomalies are the positive class) and threshold calibration."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(int).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"{labels.size} labels but {scores.size} scores")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (normal) or 1 (anomaly)")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} score(s) are NaN or infinite")
+    if labels.min() == labels.max():
+        raise ValueError("both normal (0) and anomalous (1) samples are needed for this metric")
+    return labels, scores
+
+
+def auroc(labels, scores) -> float:
+    labels, scores = _check(labels, scores)
+    return float(roc_auc_score(labels, scores))
+
+
+def aupr(labels, scores) -> float:
+    """Average precision with anomalies as positives."""
+    labels, scores = _check(labels, scores)
+    return float(average_precision_score(labels, scores))
+
+
+def fpr_at_tpr(labels, scores, tpr: float = 0.95) -> float:
+    """The smallest false-positive rate at which at least `tpr` of the anomalies are detected."""
+    labels, scores = _check(labels, scores)
+    fpr, tprs, _ = roc_curve(labels, scores)
+    return float(fpr[np.searchsorted(tprs, tpr - 1e-12, side="left")])
+
+
+def detection_metrics(labels, scores) -> dict[str, float]:
+    return {"auroc": auroc(labels, scores), "aupr": aupr(labels, scores), "fpr95": fpr_at_tpr(labels, scores)}
+
+
+def calibrate_threshold(normal_scores, target_fpr: float = 0.05, conservative: bool = False) -> float:
+    """A threshold t on held-out *normal* scores; predict anomaly when score > t.
+
+    Default (empirical): t is the (k+1)-th largest calibration score with k = floor(target_fpr * n),
+    so on the calibration data exactly floor(target_fpr * n) / n <= target_fpr of the scores lie
+    above t (fewer with ties).
+
+    Finite samples: for a new normal sample exchangeable with the n calibration samples the
+    expected false-positive rate of that threshold is (k + 1) / (n + 1), which exceeds the
+    target when n is small (n = 10, target 0.05: 1/11 = 0.09). `conservative=True` picks
+    k = ceil(target_fpr * (n + 1)) - 1 instead (split-conformal), which guarantees an expected
+    FPR <= target_fpr; with n + 1 < 1 / target_fpr no calibration score can, and the largest
+    one is used with a warning.
+    """
+    s = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())[::-1]
+    if s.size == 0:
+        raise ValueError("threshold calibration needs at least one held-out normal score")
+    if not np.isfinite(s).all():
+        raise ValueError("calibration scores contain NaN or infinite values")
+    if not 0 <= target_fpr < 1:
+        raise ValueError(f"target FPR must be in [0, 1), got {target_fpr}")
+    n = s.size
+    if conservative:
+        k = math.floor(target_fpr * (n + 1) + 1e-9) - 1
+        if k < 0:
+            warnings.warn(
+                f"{n} calibration samples cannot guarantee a false-positive rate of {target_fpr}: "
+                f"at least {math.ceil(1 / target_fpr) - 1} are needed; using the largest score",
+                stacklevel=2,
+            )
+            k = 0
+        k = min(k, n - 1)
+    else:
+        k = int(math.floor(target_fpr * n + 1e-9))
+        if k >= n:
+            k = n - 1
+    return float(s[k])
+
+
+def false_positive_rate(normal_scores, threshold: float) -> float:
+    s = np.asarray(normal_scores, dtype=np.float64)
+    return float((s > threshold).mean())

@@ -1,0 +1,201 @@
+"""`con2 report`: one self-contained HTML page about a trained run (figures as PNG data URIs).
+
+Sections: metrics of both scorers; ROC curves; score histograms (normal vs anomalous); a 2-D PCA of
+the train / normal-test / anomalous-test representations in both contexts with a line joining
+each sample's two contexts (the paper's Fig. 1); a grid of context augmentations and random views
+(Fig. 5); the silhouette score of the context clusters (App. E.4).
+
+Representations for the PCA and the silhouette score are g(x) and g(t_C(x)) under the
+deterministic view (no augmentation), L2-normalised. The silhouette score uses the Euclidean
+distance between those unit vectors (a monotone function of the cosine distance), labels = context.
+Scores come from the run's scores.csv (written by `con2 evaluate`); when it is missing the run is
+evaluated first.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .evaluate import METRICS_FILE, SCORES_FILE, evaluate_run, format_metrics, read_scores
+
+
+def _subplots(nrows=1, ncols=1, figsize=(5, 4), **kw):
+    """A figure on the Agg canvas without pyplot (no global backend switch, no display)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def roc_figure(labels: np.ndarray, scores: dict[str, np.ndarray]):
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = _subplots(figsize=(4.5, 4.2))
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(labels, s)
+        ax.plot(fpr, tpr, label=f"S_{name.upper()} (AUROC {roc_auc_score(labels, s) * 100:.1f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (anomaly = positive)")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def histogram_figure(labels: np.ndarray, scores: dict[str, np.ndarray]):
+
+    fig, axes = _subplots(1, len(scores), figsize=(4.5 * len(scores), 3.4), squeeze=False)
+    for ax, (name, s) in zip(axes[0], scores.items()):
+        bins = np.histogram_bin_edges(s, bins=40)
+        ax.hist(s[labels == 0], bins=bins, alpha=0.6, density=True, label="normal")
+        ax.hist(s[labels == 1], bins=bins, alpha=0.6, density=True, label="anomalous")
+        ax.set(title=f"S_{name.upper()}", xlabel="anomaly score", ylabel="density")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def pca_figure(groups: dict[str, tuple[np.ndarray, np.ndarray]], context_label: str, max_lines: int = 60):
+    """groups: name -> (g(x) [n, d], g(t_C(x)) [n, d]) unit rows. One PCA fitted on all of them."""
+    from sklearn.decomposition import PCA
+
+    allz = np.concatenate([np.concatenate(p) for p in groups.values()])
+    pca = PCA(n_components=2).fit(allz)
+    fig, ax = _subplots(figsize=(6.5, 5.5))
+    colours = {"train": "tab:blue", "test normal": "tab:green", "test anomalous": "tab:red"}
+    for name, (orig, ctx) in groups.items():
+        a, b = pca.transform(orig), pca.transform(ctx)
+        c = colours.get(name, None)
+        k = min(len(a), max_lines)
+        for i in range(k):
+            ax.plot([a[i, 0], b[i, 0]], [a[i, 1], b[i, 1]], color=c, alpha=0.15, lw=0.7)
+        ax.scatter(a[:, 0], a[:, 1], s=10, color=c, marker="o", label=f"{name}, original")
+        ax.scatter(b[:, 0], b[:, 1], s=14, color=c, marker="x", label=f"{name}, {context_label}")
+    ev = pca.explained_variance_ratio_ * 100
+    ax.set(xlabel=f"PC 1 ({ev[0]:.0f} %)", ylabel=f"PC 2 ({ev[1]:.0f} %)",
+           title="Representations g(x) in both contexts (lines join each sample's pair)")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def augmentation_figure(images: torch.Tensor, contexts, view_cfg, n_views: int = 3, seed: int = 0):
+    """Rows: each context of a few train images, then random SimCLR views of each context."""
+
+    from .data.views import apply_views, sample_view_params
+
+    labels = contexts.labels() if contexts is not None else ["original"]
+    rows = []
+    for k, lab in enumerate(labels):
+        x = contexts.apply(k, images) if contexts is not None else images
+        rows.append((lab, x.float() / 255))
+        g = torch.Generator().manual_seed(seed + k)
+        for v in range(n_views):
+            p = sample_view_params(len(x), x.shape[2], x.shape[3], view_cfg, g, x.device)
+            rows.append((f"{lab}, view {v + 1}", apply_views(x, p, view_cfg) * view_cfg.std + view_cfg.mean))
+    n = images.shape[0]
+    fig, axes = _subplots(len(rows), n, figsize=(1.1 * n, 1.15 * len(rows)), squeeze=False)
+    for r, (lab, x) in enumerate(rows):
+        for i in range(n):
+            img = x[i].clamp(0, 1).permute(1, 2, 0).numpy()
+            ax = axes[r, i]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(lab, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle("Context augmentations and random test-time views", fontsize=9)
+    return fig
+
+
+def _unit(f: torch.Tensor) -> np.ndarray:
+    return (f / f.norm(dim=1, keepdim=True)).numpy()
+
+
+def _subsample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if len(images) <= n:
+        return images
+    return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, views: int = 40, device: str = "auto",
+                 max_points: int = 300, seed: int = 0, progress: bool = True) -> Path:
+    """Write the run's report.html (or `out`) and return its path."""
+    from sklearn.metrics import silhouette_score
+
+    from .data import ContextSet, load_split
+    from .scoring import View, ViewEncoder
+    from .train import load_run, view_config
+
+    run_dir = Path(run_dir)
+    cfg, model = load_run(run_dir, device=device)
+    split = load_split(cfg)
+    if not (run_dir / SCORES_FILE).exists():
+        evaluate_run(run_dir, views=views, device=device, split=split, progress=progress)
+    labels, scores = read_scores(run_dir)
+    if len(labels) != len(split.test):
+        raise ValueError(f"{run_dir}/{SCORES_FILE} has {len(labels)} rows but the test split has "
+                         f"{len(split.test)} images; rerun `con2 evaluate --run {run_dir}`")
+    metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).exists() else {}
+
+    # contexts: the run's; the SimCLR baseline is shown with the context named in its config
+    contexts = ContextSet(cfg.context)
+    context_label = contexts.labels()[1]
+    view_cfg = view_config(cfg, split)
+    encoder = ViewEncoder(model.encode, view_cfg, contexts, [View(0, 0, False), View(1, 1, False)],
+                          device=next(model.parameters()).device)
+
+    def pair(images: np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        return _unit(encoder.encode(x, encoder.plan[0], 0).cpu()), _unit(encoder.encode(x, encoder.plan[1], 0).cpu())
+
+    test_labels = np.asarray(split.test_labels).astype(int)
+    groups = {"train": pair(_subsample(split.train, max_points, seed)),
+              "test normal": pair(_subsample(split.test[test_labels == 0], max_points, seed)),
+              "test anomalous": pair(_subsample(split.test[test_labels == 1], max_points, seed))}
+    z = np.concatenate([np.concatenate([o for o, _ in groups.values()]), np.concatenate([c for _, c in groups.values()])])
+    ctx = np.repeat([0, 1], len(z) // 2)
+    silhouette = float(silhouette_score(z, ctx, metric="euclidean"))
+
+    aug_images = torch.from_numpy(np.ascontiguousarray(_subsample(split.train, 8, seed))).permute(0, 3, 1, 2)
+    figures = [
+        ("ROC curves", roc_figure(labels, scores)),
+        ("Score histograms", histogram_figure(labels, scores)),
+        ("Representations in both contexts (PCA)", pca_figure(groups, context_label)),
+        ("Context augmentations", augmentation_figure(aug_images.contiguous(), contexts, view_cfg)),
+    ]
+    body = [f"<h1>con2 report: {html.escape(str(run_dir))}</h1>",
+            f"<p>{html.escape(split.summary())}. Context <b>{html.escape(cfg.context)}</b>, objective "
+            f"<b>{html.escape(cfg.objective)}</b>, {cfg.epochs} epochs, seed {cfg.seed}.</p>"]
+    if metrics:
+        body.append(f"<h2>Metrics</h2><p>test-time views: {metrics.get('views')}, aggregate: "
+                    f"{html.escape(str(metrics.get('aggregate')))}</p>" + _md_table_html(format_metrics(metrics)))
+    body.append(f"<h2>Context clusters</h2><p>Silhouette score of [g(x); g(t_C(x))] with labels = context "
+                f"({len(z)} representations, unit vectors, Euclidean): <b id='silhouette'>{silhouette:.3f}</b> "
+                "(&gt; 0: context clusters present; App. E.4).</p>")
+    for title, fig in figures:
+        body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{_png(fig)}'>")
+    body.append(f"<h2>Configuration</h2><pre>{html.escape(cfg.to_json())}</pre>")
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>con2 report</title><style>"
+            "body{font-family:sans-serif;max-width:1000px;margin:2em auto}img{max-width:100%}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
+            + "\n".join(body) + "</body></html>")
+    out = Path(out) if out else run_dir / "report.html"
+    out.write_text(page)
+    return out
+
+
+def _md_table_html(md: str) -> str:
+    rows = [r.strip("|").split("|") for r in md.splitlines() if not r.startswith("|---")]
+    head, *rest = rows
+    h = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
+    b = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rest)
+    return f"<table><tr>{h}</tr>{b}</table>"

@@ -1,0 +1,410 @@
+"""Anomaly scores from representations g(x) under test-time views (METHOD section 7).
+
+    S(x) = agg_i s(x_i; t_i),   x_i = x for i <= A/2,   x_i = t_C(x) for i > A/2
+
+Each view i draws its random SimCLR augmentation t_i per sample from a generator seeded by
+(seed, i, role), so the train bank of view i and the queries of view i see the same *kind*
+of view (same context, same augmentation distribution) and every draw is reproducible: the
+same images in the same order always get the same scores, whatever the batch size.
+
+View counts (decided here, the paper only uses A = 40):
+- ``views=0``: one deterministic view, the original image resized and normalised, no
+  augmentation and no context transform. Quick checks and the demo.
+- ``views=A`` with A even and >= 2: A/2 augmented views of the original and A/2 of the
+  context-transformed image t_C(x) (for K > 2 contexts, context 1 = the first base transform).
+  Odd A (A = 1 included) is rejected: it cannot be split in halves, and "original only" is
+  what ``views=0`` is for.
+- Runs without contexts (``--objective simclr``, the SimCLR / SSD baselines) use the
+  original image for all A views: those encoders never saw t_C.
+
+Scorers, per view, on the encoder output g (not the heads):
+- ``nnd``: -max_j cos(g(t(x)), g(t(x'_j))) over the train bank (``con2.ops.top1_cosine``).
+- ``lh``: Gaussian negative log-likelihood of g/||g||, mean and covariance fitted per view in
+  float64 with Ledoit-Wolf shrinkage (the sample covariance is singular whenever n < d),
+  evaluated through a Cholesky factor L of the covariance: W = L^{-T} by triangular solve,
+  NLL = 0.5 (||(z - mu) W||^2 + log det Sigma + d log 2 pi)  (``con2.ops.mahalanobis_sq``).
+NaN / inf representations and all-zero representations (cosine and normalisation are
+undefined) raise ``NonFiniteFeatures`` naming the view and the sample; they are never scored.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import ops
+from .data.contexts import ContextSet
+from .data.views import ViewConfig, apply_views, normalize_only, sample_view_params
+
+SCORERS = ("nnd", "lh")
+AGGREGATES = ("mean", "max")
+BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+ROLE_BANK, ROLE_QUERY = 0, 1
+# Banks above this size get their memory use printed.
+LARGE_BANK_BYTES = 256 * 2**20
+
+
+class NonFiniteFeatures(ValueError):
+    """A representation is NaN, infinite or all-zero: the sample cannot be scored."""
+
+
+@dataclass(frozen=True)
+class View:
+    """One test-time view: which context the image is moved to and whether it is augmented."""
+
+    index: int
+    context: int  # 0 = original, k = ContextSet.compositions[k]
+    augmented: bool
+
+
+def view_plan(views: int, contexts: ContextSet | None, context_index: int = 1) -> list[View]:
+    """The A views of METHOD section 7 (see the module docstring for views=0 and odd A)."""
+    if not isinstance(views, (int, np.integer)) or isinstance(views, bool):
+        raise TypeError(f"views must be an integer, got {views!r}")
+    views = int(views)
+    if views == 0:
+        return [View(0, 0, False)]
+    if views < 0 or views % 2:
+        raise ValueError(
+            f"views must be 0 (one deterministic view of the original) or an even number >= 2 "
+            f"(half on the original, half on the context-transformed image), got {views}"
+        )
+    if contexts is None:
+        return [View(i, 0, True) for i in range(views)]
+    if not 1 <= context_index < len(contexts):
+        raise ValueError(f"context_index must be in 1..{len(contexts) - 1}, got {context_index}")
+    half = views // 2
+    return [View(i, 0 if i < half else context_index, True) for i in range(views)]
+
+
+def view_generator(seed: int, view: int, role: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(((int(seed) * 1_000_003 + view) * 7 + role) % (2**63 - 1))
+    return g
+
+
+def check_images(images: torch.Tensor, channels: int | None = None, size: tuple[int, int] | None = None,
+                 name: str = "images") -> torch.Tensor:
+    """uint8 [N, C, H, W] with the expected channels / spatial size, else a clear error."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(f"{name} must be uint8 in 0..255, got {images.dtype}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must be [N, C, H, W], got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"{name} have {images.shape[1]} channel(s), the model expects {channels}")
+    if size is not None and tuple(images.shape[2:]) != tuple(size):
+        raise ValueError(
+            f"{name} are {images.shape[2]}x{images.shape[3]} px, the model was trained on {size[0]}x{size[1]} px"
+        )
+    return images
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
+
+
+class ViewEncoder:
+    """Encodes uint8 image sets under the views of a plan, in chunks, with finiteness checks.
+
+    encode_fn: [B, C, size, size] normalised float -> [B, d] representations (e.g. Con2Model.encode).
+    """
+
+    def __init__(self, encode_fn: Callable[[torch.Tensor], torch.Tensor], view_cfg: ViewConfig,
+                 contexts: ContextSet | None, plan: Sequence[View], seed: int = 0, batch_size: int = 256,
+                 device: torch.device | str = "cpu", progress: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if any(v.context != 0 for v in plan) and contexts is None:
+            raise ValueError("the view plan uses a context transform but no contexts were given")
+        self.encode_fn = encode_fn
+        self.view_cfg = view_cfg
+        self.contexts = contexts
+        self.plan = list(plan)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.progress = progress
+
+    @classmethod
+    def for_model(cls, model, view_cfg, contexts, views: int, **kw) -> "ViewEncoder":
+        model.eval()
+        device = next(model.parameters()).device
+        kw.setdefault("device", device)
+        return cls(model.encode, view_cfg, contexts, view_plan(views, contexts), **kw)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def _context(self, view: View, x: torch.Tensor) -> torch.Tensor:
+        return x if view.context == 0 else self.contexts.apply(view.context, x)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, view: View, role: int, pbar=None) -> torch.Tensor:
+        """[N, d] float32 representations of uint8 images [N, C, H, W] under one view."""
+        n, _, h, w = images.shape
+        params = None
+        if view.augmented:
+            g = view_generator(self.seed, view.index, role, self.device)
+            params = sample_view_params(n, h, w, self.view_cfg, g, self.device)
+        out = []
+        for i in range(0, n, self.batch_size):
+            x = self._context(view, images[i : i + self.batch_size].to(self.device))
+            if params is None:
+                x = normalize_only(x, self.view_cfg)
+            else:
+                sl = slice(i, i + self.batch_size)
+                chunk = type(params)(params.boxes[sl], params.hflip[sl], params.factors[sl],
+                                     params.order[sl], params.gray[sl])
+                x = apply_views(x, chunk, self.view_cfg)
+            f = self.encode_fn(x).float()
+            check_features(f, view, offset=i)
+            out.append(f)
+            if pbar is not None:
+                pbar.update(len(x))
+        return torch.cat(out)
+
+
+def check_features(f: torch.Tensor, view: View, offset: int = 0) -> None:
+    if f.dim() != 2:
+        raise ValueError(f"the encoder returned shape {tuple(f.shape)}, expected [batch, dim]")
+    bad = ~torch.isfinite(f).all(dim=1)
+    if bad.any():
+        j = int(bad.nonzero()[0]) + offset
+        raise NonFiniteFeatures(
+            f"{int(bad.sum())} representation(s) contain NaN or inf under test-time view {view.index} "
+            f"(first: sample {j}); the encoder weights or the input are broken, refusing to score"
+        )
+    zero = (f == 0).all(dim=1)
+    if zero.any():
+        j = int(zero.nonzero()[0]) + offset
+        raise NonFiniteFeatures(
+            f"{int(zero.sum())} representation(s) are all zero under test-time view {view.index} "
+            f"(first: sample {j}); cosine similarity and L2 normalisation are undefined for them"
+        )
+
+
+# ----------------------------------------------------------------------------- Gaussian (S_LH)
+
+def ledoit_wolf(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(mean [d], shrunk covariance [d, d], shrinkage) of rows z, in float64.
+
+    Ledoit & Wolf (2004) closed form, the same estimator as sklearn.covariance.ledoit_wolf
+    (1/n sample covariance shrunk towards mu * I, mu = tr(S) / d).
+    """
+    z = z.to(torch.float64)
+    n, d = z.shape
+    mean = z.mean(dim=0)
+    x = z - mean
+    s = (x.T @ x) / n
+    mu = torch.trace(s) / d
+    delta = ((s - mu * torch.eye(d, dtype=s.dtype, device=s.device)) ** 2).sum() / d
+    x2 = x**2
+    beta = ((x2.T @ x2).sum() / n - (s**2).sum()) / (d * n)
+    beta = torch.minimum(beta, delta)
+    shrinkage = 0.0 if float(delta) == 0.0 else float(beta / delta)
+    cov = (1 - shrinkage) * s
+    cov.diagonal().add_(shrinkage * mu)
+    return mean, cov, shrinkage
+
+
+@dataclass
+class Gaussian:
+    """mean [d] float64, whitening W = L^{-T} [d, d] float64 with Sigma = L L^T, log det Sigma."""
+
+    mean: torch.Tensor
+    whitening: torch.Tensor
+    logdet: float
+    shrinkage: float
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, jitter: float = 1e-6) -> "Gaussian":
+        """Fit on L2-normalised rows z [n, d], n >= 2. A ridge of jitter * tr(Sigma)/d keeps the
+        Cholesky factorisation defined for degenerate data (e.g. all rows equal)."""
+        if z.shape[0] < 2:
+            raise ValueError(f"the Gaussian scorer needs at least 2 train samples, got {z.shape[0]}")
+        mean, cov, shrinkage = ledoit_wolf(z)
+        d = cov.shape[0]
+        ridge = max(jitter * float(torch.trace(cov)) / d, 1e-12)
+        cov.diagonal().add_(ridge)
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if int(info) != 0:
+            raise ValueError("the shrunk covariance is not positive definite; the train representations are degenerate")
+        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+        # L^{-1} by triangular solve, W = L^{-T}: ||(z - mu) W||^2 = (z - mu)^T Sigma^{-1} (z - mu)
+        whitening = torch.linalg.solve_triangular(chol, eye, upper=False).T.contiguous()
+        logdet = 2.0 * float(torch.log(chol.diagonal()).sum())
+        return cls(mean, whitening, logdet, shrinkage)
+
+    def nll(self, z: torch.Tensor) -> torch.Tensor:
+        """-log N(z | mean, Sigma) per row (float64), z already L2-normalised."""
+        d = self.mean.shape[0]
+        m = ops.mahalanobis_sq(z, self.mean, self.whitening).to(torch.float64)
+        return 0.5 * (m + self.logdet + d * math.log(2 * math.pi))
+
+
+def unit_rows(f: torch.Tensor) -> torch.Tensor:
+    return f / f.norm(dim=1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------- feature bank
+
+@dataclass
+class FeatureBank:
+    """The train set under every test-time view: NND banks and / or per-view Gaussians.
+
+    nnd: [A, n, d] representations (float32 or float16), nnd_norms: [A, n] float32 row norms.
+    gaussians: one Gaussian per view.
+    """
+
+    plan: list[View]
+    nnd: torch.Tensor | None = None
+    nnd_norms: torch.Tensor | None = None
+    gaussians: list[Gaussian] | None = None
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        return tuple(s for s, have in (("nnd", self.nnd is not None), ("lh", self.gaussians is not None)) if have)
+
+    @classmethod
+    def build(cls, encoder: ViewEncoder, train: torch.Tensor, scorers: Iterable[str] = SCORERS,
+              bank_dtype: str = "float32", log: Callable[[str], None] | None = None) -> "FeatureBank":
+        scorers = check_scorers(scorers)
+        if bank_dtype not in BANK_DTYPES:
+            raise ValueError(f"bank_dtype must be one of {', '.join(BANK_DTYPES)}, got {bank_dtype!r}")
+        check_images(train, name="train images")
+        log = log or (lambda msg: print(msg, file=sys.stderr))
+        n, a = train.shape[0], len(encoder)
+        nnd = norms = gaussians = None
+        with _progress(n * a, "encoding train bank", encoder.progress) as pbar:
+            for view in encoder.plan:
+                f = encoder.encode(train, view, ROLE_BANK, pbar)
+                if nnd is None and "nnd" in scorers:
+                    nbytes = a * n * f.shape[1] * BANK_DTYPES[bank_dtype].itemsize
+                    if nbytes >= LARGE_BANK_BYTES:
+                        log(f"NND feature bank: {a} views x {n} samples x {f.shape[1]} dims "
+                            f"{bank_dtype} = {nbytes / 2**20:.0f} MiB")
+                    nnd = torch.empty((a, n, f.shape[1]), dtype=BANK_DTYPES[bank_dtype], device=f.device)
+                    norms = torch.empty((a, n), dtype=torch.float32, device=f.device)
+                if nnd is not None:
+                    nnd[view.index] = f.to(nnd.dtype)
+                    norms[view.index] = ops.reference.row_norms(nnd[view.index], "train bank").float()
+                if "lh" in scorers:
+                    gaussians = (gaussians or []) + [Gaussian.fit(unit_rows(f))]
+        return cls(list(encoder.plan), nnd, norms, gaussians)
+
+    def nbytes(self) -> int:
+        total = 0
+        if self.nnd is not None:
+            total += self.nnd.numel() * self.nnd.element_size() + self.nnd_norms.numel() * 4
+        for gs in self.gaussians or []:
+            total += (gs.mean.numel() + gs.whitening.numel()) * 8
+        return total
+
+    @torch.no_grad()
+    def score_views(self, encoder: ViewEncoder, images: torch.Tensor, scorers: Iterable[str] = SCORERS
+                    ) -> dict[str, torch.Tensor]:
+        """{scorer: [Q, A] float64 per-view scores} of uint8 images [Q, C, H, W]."""
+        scorers = check_scorers(scorers)
+        missing = [s for s in scorers if s not in self.scorers]
+        if missing:
+            raise ValueError(f"this bank was built without the {', '.join(missing)} scorer; "
+                             f"available: {', '.join(self.scorers) or 'none'}")
+        if [(v.context, v.augmented) for v in encoder.plan] != [(v.context, v.augmented) for v in self.plan]:
+            raise ValueError(f"the encoder's {len(encoder.plan)} test-time views do not match the "
+                             f"bank's {len(self.plan)}; rebuild the bank with the same views")
+        check_images(images, name="query images")
+        q, a = images.shape[0], len(self.plan)
+        out = {s: torch.empty((q, a), dtype=torch.float64) for s in scorers}
+        with _progress(q * a, "scoring", encoder.progress) as pbar:
+            for view in self.plan:
+                f = encoder.encode(images, view, ROLE_QUERY, pbar)
+                if "nnd" in out:
+                    bank = self.nnd[view.index]
+                    f_nnd = f.to(bank.device)
+                    sim, _ = ops.top1_cosine(f_nnd, bank, bank_norms=self.nnd_norms[view.index])
+                    out["nnd"][:, view.index] = -sim.double().cpu()
+                if "lh" in out:
+                    gs = self.gaussians[view.index]
+                    out["lh"][:, view.index] = gs.nll(unit_rows(f).to(gs.mean.device)).cpu()
+        for s, v in out.items():
+            if not torch.isfinite(v).all():
+                raise NonFiniteFeatures(f"the {s} scorer produced non-finite scores; refusing to return them")
+        return out
+
+
+def check_scorers(scorers: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(scorers, str):
+        scorers = (scorers,)
+    scorers = tuple(scorers)
+    bad = [s for s in scorers if s not in SCORERS]
+    if bad or not scorers:
+        raise ValueError(f"unknown scorer {bad[0] if bad else '(none)'!r}; choose from {', '.join(SCORERS)}")
+    return scorers
+
+
+def aggregate(per_view: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """[Q, A] per-view scores -> [Q] (mean: the paper's S(x); max: the most anomalous view)."""
+    if how == "mean":
+        return per_view.mean(dim=1)
+    if how == "max":
+        return per_view.max(dim=1).values
+    raise ValueError(f"unknown aggregate {how!r}; choose from {', '.join(AGGREGATES)}")
+
+
+def to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, C] / [N, H, W] numpy (the OneClassSplit layout) -> uint8 [N, C, H, W] tensor."""
+    if isinstance(images, torch.Tensor):
+        return images
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
+
+
+class Scorer:
+    """A model + views + bank: the one object that turns images into anomaly scores.
+
+    >>> s = Scorer(model, view_cfg, contexts, train_u8, views=40, scorers=("nnd", "lh"))
+    >>> s.score(test_u8)["nnd"]   # [Q] float64, higher = more anomalous
+    """
+
+    def __init__(self, model, view_cfg: ViewConfig, contexts: ContextSet | None, train, views: int = 40,
+                 scorers: Iterable[str] = SCORERS, aggregate: str = "mean", seed: int = 0,
+                 batch_size: int = 256, bank_dtype: str = "float32", progress: bool = False,
+                 bank: FeatureBank | None = None):
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}")
+        self.model = model
+        self.aggregate = aggregate
+        self.encoder = ViewEncoder.for_model(model, view_cfg, contexts, views, seed=seed,
+                                             batch_size=batch_size, progress=progress)
+        self.channels = model.in_channels
+        if bank is None:
+            train = check_images(to_nchw(train), channels=self.channels, name="train images")
+            self.input_size = tuple(train.shape[2:])
+            bank = FeatureBank.build(self.encoder, train, scorers, bank_dtype)
+        else:
+            self.input_size = None
+        self.bank = bank
+
+    def score_views(self, images, scorers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        images = check_images(to_nchw(images), channels=self.channels, size=self.input_size)
+        return self.bank.score_views(self.encoder, images, scorers or self.bank.scorers)
+
+    def score(self, images, scorers: Iterable[str] | None = None, per_view: bool = False):
+        """{scorer: [Q] aggregated scores}; with per_view, also {scorer + '_views': [Q, A]}."""
+        views = self.score_views(images, scorers)
+        out = {s: aggregate(v, self.aggregate) for s, v in views.items()}
+        if per_view:
+            out.update({f"{s}_views": v for s, v in views.items()})
+        return out

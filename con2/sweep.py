@@ -1,0 +1,179 @@
+"""One-class sweeps: every (normal class, seed) of a data set, trained and evaluated, then tabulated.
+
+The sweep folder holds `manifest.json` (the base config, the evaluation settings and every run's
+status and metrics), one run directory per (class, seed), and at the end `results.md` /
+`results.csv` (per class: AUROC mean ± std over seeds for each scorer; last row: mean ± std over
+all classes and seeds) and `runs.csv` (one row per run). Standard deviations are sample standard
+deviations (ddof = 1; 0 for a single value).
+
+Resuming: rerunning the same command continues where it stopped. Runs marked done are not
+touched; a run whose model exists is only evaluated; a half-trained run continues from its
+checkpoint (`train(..., resume=True)`). The manifest is rewritten atomically after every run.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .config import TrainConfig
+from .scoring import SCORERS
+
+MANIFEST = "manifest.json"
+SWEEP_FORMAT = "con2-sweep/1"
+# Fields of the base config that may differ between the sweep's runs or between invocations.
+_PER_RUN = ("normal_class", "seed", "out", "device", "pipeline", "checkpoint_every", "compile", "extra")
+
+
+def dataset_classes(dataset: str) -> list[str]:
+    """The normal classes `--classes all` means for a data set."""
+    from .data.datasets import MEDMNIST
+
+    if dataset in ("cifar10", "digits"):
+        return [str(i) for i in range(10)]
+    if dataset == "cifar100":
+        return [str(i) for i in range(20)]  # the 20 superclasses
+    if dataset in MEDMNIST:
+        default, names = MEDMNIST[dataset]
+        return [str(c) for c in (default if default is not None else sorted(names))]
+    raise ValueError(f"--classes all: the classes of --dataset {dataset} are not known; list them explicitly")
+
+
+def run_name(cls: str, seed: int) -> str:
+    return f"class-{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(cls))}-seed{seed}"
+
+
+def _base_dict(cfg: TrainConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {k: v for k, v in d.items() if k not in _PER_RUN}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def load_manifest(out: Path, base: TrainConfig, eval_settings: dict) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        return {"format": SWEEP_FORMAT, "base_config": _base_dict(base), "eval": eval_settings, "runs": {}}
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != SWEEP_FORMAT:
+        raise ValueError(f"{path} is not a con2 sweep manifest")
+    old, new = manifest["base_config"], _base_dict(base)
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        k = diff[0]
+        raise ValueError(f"{out} holds a sweep with {k}={old.get(k)!r}, now {k}={new.get(k)!r}; "
+                         "use another --out to start a different sweep")
+    if manifest.get("eval") != eval_settings:
+        raise ValueError(f"{out} was evaluated with {manifest.get('eval')}, now {eval_settings}; "
+                         "use the same evaluation options or another --out")
+    return manifest
+
+
+def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[int], out: str | Path,
+              views: int = 40, aggregate: str = "mean", scorers: Sequence[str] = SCORERS,
+              eval_batch_size: int = 256, progress: bool = True) -> dict:
+    """Train and evaluate every (class, seed); returns the summary (also written as results.md/csv)."""
+    from . import train as train_mod
+    from .evaluate import evaluate_run
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if classes == "all" or list(classes) == ["all"]:
+        classes = dataset_classes(base.dataset)
+    classes, seeds = [str(c) for c in classes], [int(s) for s in seeds]
+    if not classes or not seeds:
+        raise ValueError("a sweep needs at least one class and one seed")
+    eval_settings = {"views": views, "aggregate": aggregate, "scorers": list(scorers)}
+    manifest = load_manifest(out, base, eval_settings)
+    todo = [(c, s) for c in classes for s in seeds]
+    for c, s in todo:
+        key = run_name(c, s)
+        entry = manifest["runs"].setdefault(key, {"class": c, "seed": s, "dir": key, "status": "pending"})
+    _write_json(out / MANIFEST, manifest)
+    for i, (c, s) in enumerate(todo, 1):
+        key = run_name(c, s)
+        entry = manifest["runs"][key]
+        if entry["status"] == "done":
+            if progress:
+                print(f"[{i}/{len(todo)}] {key}: done, skipped", flush=True)
+            continue
+        run_dir = out / key
+        cfg = dataclasses.replace(base, normal_class=[c], seed=s, out=str(run_dir), extra=dict(base.extra)).validate()
+        if not (run_dir / "model.safetensors").exists():
+            if progress:
+                print(f"[{i}/{len(todo)}] {key}: training", flush=True)
+            entry["status"] = "training"
+            _write_json(out / MANIFEST, manifest)
+            train_mod.train(cfg, progress=progress, resume=True)
+        if progress:
+            print(f"[{i}/{len(todo)}] {key}: evaluating", flush=True)
+        metrics = evaluate_run(run_dir, views=views, scorers=scorers, aggregate=aggregate,
+                               device=base.device, batch_size=eval_batch_size, progress=progress)
+        entry.update(status="done", metrics={k: metrics[k] for k in scorers})
+        _write_json(out / MANIFEST, manifest)
+    summary = summarize(manifest, [run_name(c, s) for c, s in todo], classes, scorers)
+    write_tables(out, summary, manifest, [run_name(c, s) for c, s in todo], scorers)
+    return summary
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def summarize(manifest: dict, keys: list[str], classes: list[str], scorers: Sequence[str]) -> dict:
+    """{'classes': {class: {scorer: (mean, std, n)}}, 'all': {scorer: (mean, std, n)}} of AUROC."""
+    runs = [manifest["runs"][k] for k in keys if manifest["runs"][k]["status"] == "done"]
+    per_class = {}
+    for c in classes:
+        rs = [r for r in runs if r["class"] == c]
+        per_class[c] = {s: (*_mean_std([r["metrics"][s]["auroc"] for r in rs]), len(rs)) for s in scorers if rs}
+    overall = {s: (*_mean_std([r["metrics"][s]["auroc"] for r in runs]), len(runs)) for s in scorers if runs}
+    return {"classes": per_class, "all": overall}
+
+
+def _fmt(ms) -> str:
+    return f"{ms[0] * 100:.1f} ± {ms[1] * 100:.1f}"
+
+
+def write_tables(out: Path, summary: dict, manifest: dict, keys: list[str], scorers: Sequence[str]) -> None:
+    base = manifest["base_config"]
+    head = "| class | runs | " + " | ".join(f"AUROC {s.upper()} (%)" for s in scorers) + " |"
+    lines = [f"# Sweep: {base['dataset']}, context {base['context']}, objective {base['objective']}, "
+             f"{base['epochs']} epochs", "", head, "|" + "---|" * (2 + len(scorers))]
+    for c, row in summary["classes"].items():
+        if row:
+            n = next(iter(row.values()))[2]
+            lines.append(f"| {c} | {n} | " + " | ".join(_fmt(row[s]) for s in scorers) + " |")
+    if summary["all"]:
+        n = next(iter(summary["all"].values()))[2]
+        lines.append(f"| **mean over classes and seeds** | {n} | "
+                     + " | ".join(f"**{_fmt(summary['all'][s])}**" for s in scorers) + " |")
+    lines += ["", "Mean ± sample standard deviation of the test AUROC; test-time views: "
+              f"{manifest['eval']['views']}, aggregate: {manifest['eval']['aggregate']}."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["class", "runs", *[f"{s}_auroc_{x}" for s in scorers for x in ("mean", "std")]])
+        for c, row in list(summary["classes"].items()) + [("all", summary["all"])]:
+            if row:
+                n = next(iter(row.values()))[2]
+                w.writerow([c, n, *[f"{row[s][i]:.6f}" for s in scorers for i in (0, 1)]])
+    with open(out / "runs.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["class", "seed", "status", *[f"{s}_{m}" for s in scorers for m in ("auroc", "aupr", "fpr95")]])
+        for k in keys:
+            r = manifest["runs"][k]
+            vals = [f"{r['metrics'][s][m]:.6f}" if r["status"] == "done" else "" for s in scorers
+                    for m in ("auroc", "aupr", "fpr95")]
+            w.writerow([r["class"], r["seed"], r["status"], *vals])
