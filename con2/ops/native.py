@@ -1,0 +1,116 @@
+"""Python side of the native extension `con2._C` (the torch.ops.con2.* ops).
+
+Importing this module loads the compiled library (which registers the op schemas and
+their CPU / CUDA kernels), registers fake (meta) implementations so torch.compile can
+trace the ops without graph breaks, and registers autograd for the loss.
+
+Autocast policy: the ops take float32, float64, bfloat16 or float16 inputs and always
+compute in float32 (float64 for float64 inputs); they have no Autocast kernel, so under
+autocast they fall through and receive the tensors as given. The loss returns a float32
+(or float64) scalar; gradients come back in the dtype of z.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+
+from .. import _C  # noqa: F401  (loads the library: registers torch.ops.con2.*)
+
+_OPS = ("supcon_fwd", "supcon_bwd", "top1_cosine", "mahalanobis_sq")
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def has_kernels(device_type: str, op: str | None = None) -> bool:
+    """True when every op (or `op`) has a kernel for `device_type` ("cpu" / "cuda")."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
+    names = _OPS if op is None else (op,)
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"con2::{n}", key) for n in names)
+
+
+# ---------------------------------------------------------------- fake kernels
+@torch.library.register_fake("con2::supcon_fwd")
+def _supcon_fwd_fake(z, labels, temperature):
+    torch._check(z.dim() == 2, lambda: "z must be 2-D")
+    m = z.shape[0]
+    dtype = _compute_dtype(z)
+    return z.new_empty((), dtype=dtype), z.new_empty((m,), dtype=dtype), z.new_empty((m,), dtype=dtype)
+
+
+@torch.library.register_fake("con2::supcon_bwd")
+def _supcon_bwd_fake(grad, z, labels, lse, npos, temperature):
+    return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("con2::top1_cosine")
+def _top1_fake(queries, bank, bank_norms):
+    q = queries.shape[0]
+    return queries.new_empty((q,), dtype=torch.float32), queries.new_empty((q,), dtype=torch.int64)
+
+
+@torch.library.register_fake("con2::mahalanobis_sq")
+def _maha_fake(x, mean, whitening):
+    dtype = torch.float64 if torch.float64 in (x.dtype, whitening.dtype) else torch.float32
+    return x.new_empty((x.shape[0],), dtype=dtype)
+
+
+# ---------------------------------------------------------------- autograd
+def _supcon_setup_context(ctx, inputs, output):
+    z, labels, temperature = inputs
+    _, lse, npos = output
+    ctx.save_for_backward(z, labels, lse, npos)
+    ctx.temperature = temperature
+
+
+def _supcon_backward(ctx, grad_loss, grad_lse, grad_npos):
+    # lse / npos are auxiliary outputs for the backward; gradients through them are not
+    # supported (they are never used by the loss wrappers below).
+    z, labels, lse, npos = ctx.saved_tensors
+    grad_z = None
+    if ctx.needs_input_grad[0]:
+        grad_z = torch.ops.con2.supcon_bwd(grad_loss, z, labels, lse, npos, ctx.temperature)
+    return grad_z, None, None
+
+
+torch.library.register_autograd(
+    "con2::supcon_fwd", _supcon_backward, setup_context=_supcon_setup_context
+)
+
+
+# ---------------------------------------------------------------- wrappers
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """SupCon L_out (see reference.supcon_loss); float32 (float64) scalar."""
+    return torch.ops.con2.supcon_fwd(z, labels, float(temperature))[0]
+
+
+def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, temperature: float = 0.07):
+    """L_Con2 = L_Context + alpha * L_Content, each head one native SupCon call."""
+    ctx_loss = torch.ops.con2.supcon_fwd(z_context, context_labels, float(temperature))[0]
+    if isinstance(alpha, (int, float)) and alpha == 0:
+        return ctx_loss
+    content = torch.ops.con2.supcon_fwd(z_content, sample_ids, float(temperature))[0]
+    return ctx_loss + alpha * content
+
+
+def top1_cosine(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor | None = None):
+    """Exact nearest bank row by cosine similarity: (values float32 [Q], indices int64 [Q])."""
+    reference.check_top1_inputs(queries, bank)
+    if queries.dtype == torch.float64 or bank.dtype == torch.float64:
+        return reference.top1_cosine(queries, bank, bank_norms=bank_norms)
+    reference.row_norms(queries, "queries")  # raises the reference's errors on zero / NaN rows
+    if bank_norms is None:
+        bank_norms = reference.row_norms(bank, "bank")
+    return torch.ops.con2.top1_cosine(queries, bank, bank_norms)
+
+
+def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
+    """Per-row ||(x - mean) @ whitening||^2 (float64 if x or whitening is, else float32)."""
+    if x.dim() != 2 or x.shape[0] == 0 or mean.dim() != 1 or whitening.dim() != 2 \
+            or mean.shape[0] != x.shape[1] or whitening.shape[0] != x.shape[1]:
+        return reference.mahalanobis_sq(x, mean, whitening)  # raises the reference's errors
+    return torch.ops.con2.mahalanobis_sq(x, mean, whitening)

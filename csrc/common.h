@@ -1,0 +1,70 @@
+// Shared helpers for the con2 native ops (header-only, no torch/extension.h).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace con2 {
+
+// The loss and the scorers compute in float64 when given float64, float32 otherwise
+// (bf16 / fp16 inputs are upcast; accumulation is always float32 or better).
+inline at::ScalarType compute_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Rows per block so that a [rows, cols] scratch block stays around `bytes`.
+inline int64_t block_rows(int64_t cols, int64_t elem_size, int64_t bytes, int64_t lo, int64_t hi) {
+  int64_t r = bytes / std::max<int64_t>(1, cols * elem_size);
+  return std::max<int64_t>(lo, std::min<int64_t>(hi, r));
+}
+
+inline void check_loss_inputs(const at::Tensor& z, const at::Tensor& labels, double temperature) {
+  TORCH_CHECK(z.dim() == 2, "con2: z must be a 2-D [M, D] tensor, got ", z.sizes());
+  TORCH_CHECK(z.size(0) >= 1, "con2: z is empty");
+  TORCH_CHECK(z.is_floating_point(), "con2: z must be floating point, got ", z.scalar_type());
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == z.size(0),
+              "con2: labels must have shape [", z.size(0), "], got ", labels.sizes());
+  TORCH_CHECK(!labels.is_floating_point() && !labels.is_complex(),
+              "con2: labels must be an integer tensor, got ", labels.scalar_type());
+  TORCH_CHECK(labels.device() == z.device(), "con2: labels are on ", labels.device(),
+              " but z is on ", z.device());
+  TORCH_CHECK(temperature > 0, "con2: temperature must be > 0, got ", temperature);
+}
+
+// exp() that GCC/Clang auto-vectorise (Cephes expf polynomial, ~1 ulp on [-87, 88]);
+// returns exactly 0 below -87 (including -inf) and is only used for arguments <= ~0.
+template <typename T>
+inline T vexp(T x) {
+  return std::exp(x);
+}
+
+template <>
+inline float vexp<float>(float x) {
+  // Branch-free so that loops calling it vectorise (needs -fno-trapping-math).
+  const float lo = -87.0f;
+  const float xc = std::min(std::max(x, lo), 88.0f);
+  const float t = xc * 1.44269504088896341f;
+  const float fn = (t + 12582912.0f) - 12582912.0f;  // round to nearest, |t| < 2^22
+  const int32_t n = static_cast<int32_t>(fn);
+  float r = xc - fn * 0.693359375f;
+  r = r + fn * 2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const int32_t bits = (n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(float));
+  return p * scale * static_cast<float>(x >= lo);
+}
+
+}  // namespace con2

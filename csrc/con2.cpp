@@ -1,0 +1,18 @@
+// Op schemas of the con2 native extension. Kernels live in csrc/cpu/*.cpp and
+// csrc/cuda/*.cu and register themselves per dispatch key with TORCH_LIBRARY_IMPL.
+#include <torch/library.h>
+
+TORCH_LIBRARY(con2, m) {
+  // SupCon "L_out" forward. Returns (loss [], lse [M], npos [M]): lse is the
+  // log-sum-exp of s_ij / temperature over j != i, npos the number of positives;
+  // both are saved for the backward, which recomputes the similarity tiles.
+  m.def("supcon_fwd(Tensor z, Tensor labels, float temperature) -> (Tensor, Tensor, Tensor)");
+  // Gradient of the loss w.r.t. z given the upstream scalar gradient `grad`.
+  m.def(
+      "supcon_bwd(Tensor grad, Tensor z, Tensor labels, Tensor lse, Tensor npos, "
+      "float temperature) -> Tensor");
+  // Exact nearest bank row by cosine similarity: (values [Q] float32, indices [Q] int64).
+  m.def("top1_cosine(Tensor queries, Tensor bank, Tensor bank_norms) -> (Tensor, Tensor)");
+  // Per-row ||(x - mean) @ whitening||^2.
+  m.def("mahalanobis_sq(Tensor x, Tensor mean, Tensor whitening) -> Tensor");
+}

@@ -1,0 +1,183 @@
+// CPU SupCon / Con2 loss: forward and backward.
+//
+// The M x M similarity is produced one row block at a time (at::mm into a bounded
+// scratch block, a few MB) and reduced in place with fused, auto-vectorised loops:
+// forward keeps per-row log-sum-exp, positive sum and positive count; backward
+// recomputes the block, turns it into H = G + G^T restricted to those rows (the
+// similarity is symmetric, so G_ji is available from the same block) and does one
+// GEMM dz[rows] = H[rows] @ z. Positive masks come from comparing labels inside the
+// loops and are never stored. Extra memory: O(M*D + block*M).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../common.h"
+
+namespace con2 {
+namespace {
+
+constexpr int64_t kLanes = 8;
+constexpr int64_t kBlockBytes = 8 << 20;
+
+template <typename T>
+void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv_tau,
+              T* lse, T* npos, T* rowloss, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t i = r0 + r;
+    T* s = S + r * M;
+    const int64_t li = lab[i];
+    if (M == 1) {
+      lse[i] = 0;
+      npos[i] = 0;
+      rowloss[i] = 0;
+      continue;
+    }
+    // max over j != i and the positive sum / count (self included, removed below)
+    T mx[kLanes], ps[kLanes], pc[kLanes];
+    for (int64_t k = 0; k < kLanes; ++k) {
+      mx[k] = -std::numeric_limits<T>::infinity();
+      ps[k] = 0;
+      pc[k] = 0;
+    }
+    const int64_t main = M - M % kLanes;
+    for (int64_t j = 0; j < main; j += kLanes) {
+      for (int64_t k = 0; k < kLanes; ++k) {
+        const T v = s[j + k];
+        const bool pos = lab[j + k] == li;
+        const bool self = (j + k) == i;
+        mx[k] = (!self && v > mx[k]) ? v : mx[k];
+        ps[k] += pos ? v : T(0);
+        pc[k] += pos ? T(1) : T(0);
+      }
+    }
+    T m = -std::numeric_limits<T>::infinity(), possum = 0, cnt = 0;
+    for (int64_t k = 0; k < kLanes; ++k) {
+      m = std::max(m, mx[k]);
+      possum += ps[k];
+      cnt += pc[k];
+    }
+    for (int64_t j = main; j < M; ++j) {
+      const T v = s[j];
+      if (j != i && v > m) m = v;
+      if (lab[j] == li) {
+        possum += v;
+        cnt += 1;
+      }
+    }
+    possum -= s[i];
+    cnt -= 1;
+    // sum of exp((s_j - max) / tau) over j != i: the self entry of the scratch block is
+    // set to -inf so that the loop needs no branch (vexp(-inf) == 0).
+    s[i] = -std::numeric_limits<T>::infinity();
+    const T mt = m * inv_tau;
+    T se[kLanes];
+    for (int64_t k = 0; k < kLanes; ++k) se[k] = 0;
+    for (int64_t j = 0; j < main; j += kLanes) {
+      for (int64_t k = 0; k < kLanes; ++k) se[k] += vexp<T>(s[j + k] * inv_tau - mt);
+    }
+    T sum = 0;
+    for (int64_t k = 0; k < kLanes; ++k) sum += se[k];
+    for (int64_t j = main; j < M; ++j) sum += vexp<T>(s[j] * inv_tau - mt);
+    const T l = mt + std::log(sum);
+    lse[i] = l;
+    npos[i] = cnt;
+    rowloss[i] = cnt > 0 ? l - possum * inv_tau / cnt : T(0);
+  }
+}
+
+template <typename T>
+void bwd_rows(T* S, int64_t r0, int64_t M, const int64_t* lab, T inv_tau, T coef, const T* lse,
+              const T* w, const T* invp, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t i = r0 + r;
+    T* s = S + r * M;
+    const int64_t li = lab[i];
+    const T lse_i = lse[i], w_i = w[i], invp_i = invp[i];
+    for (int64_t j = 0; j < M; ++j) {
+      const T v = s[j] * inv_tau;
+      const T pos = lab[j] == li ? (invp_i + invp[j]) : T(0);
+      const T h = w_i * vexp<T>(v - lse_i) + w[j] * vexp<T>(v - lse[j]) - pos;
+      s[j] = coef * h;
+    }
+    s[i] = 0;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cpu(const at::Tensor& z,
+                                                             const at::Tensor& labels,
+                                                             double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  const auto ct = compute_dtype(z);
+  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const int64_t M = zc.size(0);
+  auto opts = zc.options();
+  at::Tensor lse = at::empty({M}, opts), npos = at::empty({M}, opts), rowloss = at::empty({M}, opts);
+  const int64_t B = block_rows(M, zc.element_size(), kBlockBytes, 16, M);
+  at::Tensor buf = at::empty({B, M}, opts);
+  const at::Tensor zt = zc.t();
+  AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_fwd_cpu", [&] {
+    const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
+    for (int64_t r0 = 0; r0 < M; r0 += B) {
+      const int64_t rb = std::min(B, M - r0);
+      at::Tensor S = buf.narrow(0, 0, rb);
+      at::mm_out(S, zc.narrow(0, r0, rb), zt);
+      scalar_t* sp = S.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, rb, 4, [&](int64_t b, int64_t e) {
+        fwd_rows<scalar_t>(sp, rb, r0, M, lab.const_data_ptr<int64_t>(), inv_tau,
+                           lse.mutable_data_ptr<scalar_t>(), npos.mutable_data_ptr<scalar_t>(),
+                           rowloss.mutable_data_ptr<scalar_t>(), b, e);
+      });
+    }
+  });
+  at::Tensor loss = rowloss.sum().div_(static_cast<double>(M));
+  return {loss, lse, npos};
+}
+
+at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& labels,
+                          const at::Tensor& lse, const at::Tensor& npos, double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  const auto ct = compute_dtype(z);
+  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const int64_t M = zc.size(0);
+  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
+  TORCH_CHECK(lse.numel() == M && npos.numel() == M, "con2: lse / npos must have M entries");
+  const at::Tensor lse_c = lse.to(ct).contiguous();
+  const at::Tensor np = npos.to(ct);
+  const at::Tensor w = (np > 0).to(ct).contiguous();
+  const at::Tensor invp = (w / np.clamp_min(1)).contiguous();
+  const double g = grad.to(at::kDouble).item<double>();
+  auto opts = zc.options();
+  at::Tensor dz = at::empty_like(zc);
+  const int64_t B = block_rows(M, zc.element_size(), kBlockBytes, 16, M);
+  at::Tensor buf = at::empty({B, M}, opts);
+  const at::Tensor zt = zc.t();
+  AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_bwd_cpu", [&] {
+    const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
+    const scalar_t coef = static_cast<scalar_t>(g / (static_cast<double>(M) * temperature));
+    for (int64_t r0 = 0; r0 < M; r0 += B) {
+      const int64_t rb = std::min(B, M - r0);
+      at::Tensor S = buf.narrow(0, 0, rb);
+      at::mm_out(S, zc.narrow(0, r0, rb), zt);
+      scalar_t* sp = S.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, rb, 4, [&](int64_t b, int64_t e) {
+        bwd_rows<scalar_t>(sp, r0, M, lab.const_data_ptr<int64_t>(), inv_tau, coef,
+                           lse_c.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                           invp.const_data_ptr<scalar_t>(), b, e);
+      });
+      at::Tensor out = dz.narrow(0, r0, rb);
+      at::mm_out(out, S, zc);
+    }
+  });
+  return dz.to(z.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(con2, CPU, m) {
+  m.impl("supcon_fwd", &supcon_fwd_cpu);
+  m.impl("supcon_bwd", &supcon_bwd_cpu);
+}
+
+}  // namespace con2
