@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from con2.metrics import (aupr, auroc, calibrate_threshold, detection_metrics, false_positive_rate,
+                          fpr_at_tpr)
+
+
+def test_perfect_and_reversed_rankings():
+    y = np.array([0, 0, 0, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    assert auroc(y, s) == 1.0 and aupr(y, s) == 1.0 and fpr_at_tpr(y, s) == 0.0
+    assert auroc(y, -s) == 0.0 and fpr_at_tpr(y, -s) == 1.0
+
+
+def test_auroc_counts_pairs_and_ties():
+    y = np.array([0, 0, 1, 1])
+    s = np.array([0.1, 0.5, 0.5, 0.9])  # pairs: (0.5 vs 0.5) is a tie -> 0.5
+    assert auroc(y, s) == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+
+
+def test_fpr95_by_hand():
+    # 20 anomalies: 95 % TPR = 19 of them; the 19th highest anomaly is at 1.0, above 2 of 10 normals
+    y = np.r_[np.zeros(10), np.ones(20)]
+    s = np.r_[np.arange(10) / 10 + 0.05, np.r_[0.0, np.full(19, 1.0)]]
+    assert fpr_at_tpr(y, s, 0.95) == 0.0
+    s[9] = 1.5  # one normal above every anomaly
+    assert fpr_at_tpr(y, s, 0.95) == pytest.approx(0.1)
+
+
+def test_metrics_reject_bad_input():
+    with pytest.raises(ValueError, match="both"):
+        auroc([0, 0], [1, 2])
+    with pytest.raises(ValueError, match="NaN"):
+        detection_metrics([0, 1], [0.0, np.nan])
+    with pytest.raises(ValueError, match="labels"):
+        auroc([0, 2], [1, 2])
+
+
+@pytest.mark.parametrize("n", [20, 101, 1000])
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.2])
+def test_threshold_hits_target_fpr_on_calibration_data(n, target):
+    scores = np.random.default_rng(n).normal(size=n)
+    t = calibrate_threshold(scores, target)
+    assert false_positive_rate(scores, t) == pytest.approx(np.floor(target * n + 1e-9) / n)
+    assert false_positive_rate(scores, t) <= target
+
+
+def test_conservative_threshold_and_small_samples():
+    s = np.random.default_rng(0).normal(size=99)
+    t = calibrate_threshold(s, 0.05, conservative=True)  # k = floor(0.05 * 100) - 1 = 4 above
+    assert false_positive_rate(s, t) == pytest.approx(4 / 99)
+    with pytest.warns(UserWarning, match="cannot guarantee"):
+        calibrate_threshold(s[:10], 0.05, conservative=True)
+    assert false_positive_rate(s[:10], calibrate_threshold(s[:10], 0.05)) == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate_threshold([], 0.05)

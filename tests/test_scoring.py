@@ -1,0 +1,234 @@
+"""Scoring: the two native-op boundaries against NumPy/SciPy, S_LH with n < d, the test-time-view
+formula, finiteness checks, float16 banks and batch-size invariance."""
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import mahalanobis
+from scipy.stats import multivariate_normal
+
+from con2 import ops
+from con2.data import ContextSet, ViewConfig
+from con2.model import Con2Model
+from con2.scoring import (FeatureBank, Gaussian, NonFiniteFeatures, Scorer, View, ViewEncoder, aggregate,
+                          ledoit_wolf, view_plan)
+
+IDENTITY_VIEWS = ViewConfig(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
+
+
+def np_top1(q, b):
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+    s = qn @ bn.T
+    return s.max(1), s.argmax(1)
+
+
+# ----------------------------------------------------------------------------- top1_cosine
+
+def test_top1_cosine_matches_numpy():
+    g = torch.Generator().manual_seed(0)
+    q, b = torch.randn(37, 64, generator=g), torch.randn(501, 64, generator=g)
+    v, i = ops.top1_cosine(q, b)
+    ev, ei = np_top1(q.double().numpy(), b.double().numpy())
+    np.testing.assert_allclose(v.numpy(), ev, atol=1e-5)
+    np.testing.assert_array_equal(i.numpy(), ei)
+
+
+def test_top1_cosine_ties_go_to_lowest_index_and_scale_is_ignored():
+    b = torch.randn(10, 16)
+    b[7] = b[2] * 4.0  # same direction, later index (power of two: an exact tie)
+    v, i = ops.top1_cosine(b[2:3] * 0.5, b)
+    assert i.item() == 2 and v.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_top1_cosine_rejects_zero_vectors():
+    b = torch.randn(5, 8)
+    with pytest.raises(ValueError, match="zero vector"):
+        ops.top1_cosine(torch.zeros(2, 8), b)
+    b[3] = 0
+    with pytest.raises(ValueError, match="zero vector"):
+        ops.top1_cosine(torch.randn(2, 8), b)
+
+
+def test_top1_cosine_non_contiguous_inputs():
+    q = torch.randn(64, 20)[:, ::2]  # strided columns
+    b = torch.randn(10, 300).T  # transposed
+    assert not q.is_contiguous() and not b.is_contiguous()
+    v, i = ops.top1_cosine(q, b)
+    v2, i2 = ops.top1_cosine(q.contiguous(), b.contiguous())
+    torch.testing.assert_close(v, v2)
+    torch.testing.assert_close(i, i2)
+
+
+def test_top1_cosine_float16_bank_within_tolerance():
+    q, b = torch.randn(50, 512), torch.randn(2000, 512)
+    v32, _ = ops.top1_cosine(q, b)
+    v16, _ = ops.top1_cosine(q, b.half())
+    assert (v32 - v16).abs().max() < 2e-3
+
+
+# ----------------------------------------------------------------------------- mahalanobis / LH
+
+def test_mahalanobis_sq_matches_scipy():
+    rng = np.random.default_rng(1)
+    d = 12
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T + d * np.eye(d)
+    mean = rng.normal(size=d)
+    x = rng.normal(size=(30, d))
+    g = Gaussian.fit  # noqa: F841 (the whitening below is what Gaussian builds)
+    chol = np.linalg.cholesky(cov)
+    w = np.linalg.inv(chol).T  # oracle only; con2 uses a triangular solve
+    got = ops.mahalanobis_sq(torch.from_numpy(x)[:, :].T.contiguous().T, torch.from_numpy(mean), torch.from_numpy(w))
+    vi = np.linalg.inv(cov)
+    want = np.array([mahalanobis(r, mean, vi) ** 2 for r in x])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9)
+
+
+def test_ledoit_wolf_matches_sklearn():
+    from sklearn.covariance import ledoit_wolf as sk_lw
+
+    z = torch.randn(40, 30, dtype=torch.float64)
+    _, cov, shrink = ledoit_wolf(z)
+    sk_cov, sk_shrink = sk_lw(z.numpy())
+    np.testing.assert_allclose(cov.numpy(), sk_cov, atol=1e-12)
+    assert shrink == pytest.approx(sk_shrink)
+
+
+def test_lh_with_fewer_samples_than_dims_is_finite_and_ranks_a_shift_higher():
+    g = torch.Generator().manual_seed(0)
+    d, n = 128, 40  # n < d: the sample covariance is singular
+    center = torch.randn(d, generator=g)
+    train = center + 0.3 * torch.randn(n, d, generator=g)
+    unit = lambda t: t / t.norm(dim=1, keepdim=True)  # noqa: E731
+    gauss = Gaussian.fit(unit(train))
+    same = center + 0.3 * torch.randn(20, d, generator=g)
+    shifted = center + 1.5 * torch.randn(d, generator=g) + 0.3 * torch.randn(20, d, generator=g)
+    s_same, s_shift = gauss.nll(unit(same)), gauss.nll(unit(shifted))
+    assert torch.isfinite(s_same).all() and torch.isfinite(s_shift).all()
+    assert s_shift.min() > s_same.max()
+    # the NLL is the exact Gaussian NLL of the fitted (shrunk) covariance
+    _, cov, _ = ledoit_wolf(unit(train))
+    cov.diagonal().add_(1e-6 * float(torch.trace(cov)) / d)
+    want = -multivariate_normal(gauss.mean.numpy(), cov.numpy()).logpdf(unit(same).double().numpy())
+    np.testing.assert_allclose(s_same.numpy(), want, rtol=1e-8)
+
+
+def test_gaussian_needs_two_samples():
+    with pytest.raises(ValueError, match="at least 2"):
+        Gaussian.fit(torch.randn(1, 8))
+
+
+# ----------------------------------------------------------------------------- view plan
+
+def test_view_plan_halves_and_special_counts():
+    ctx = ContextSet("invert")
+    plan = view_plan(6, ctx)
+    assert [v.context for v in plan] == [0, 0, 0, 1, 1, 1] and all(v.augmented for v in plan)
+    assert view_plan(0, ctx) == [View(0, 0, False)]
+    assert all(v.context == 0 for v in view_plan(4, None))  # SimCLR runs: original only
+    assert [v.context for v in view_plan(4, ContextSet("invert,flip"))] == [0, 0, 1, 1]
+    for bad in (1, 3, -2):
+        with pytest.raises(ValueError, match="even"):
+            view_plan(bad, ctx)
+
+
+def mean_pixel_encoder(x: torch.Tensor) -> torch.Tensor:
+    """A deterministic 'model': [mean pixel, 1] (normalised pixels, so invert negates the mean)."""
+    return torch.stack([x.mean(dim=(1, 2, 3)), torch.ones(len(x))], dim=1)
+
+
+def test_test_time_views_put_the_context_on_the_second_half():
+    ctx = ContextSet("invert")
+    imgs = torch.full((3, 1, 8, 8), 200, dtype=torch.uint8)
+    enc = ViewEncoder(mean_pixel_encoder, IDENTITY_VIEWS, ctx, view_plan(4, ctx), batch_size=2)
+    m = (200 / 255 - 0.5) / 0.5
+    means = [enc.encode(imgs, v, 0)[:, 0] for v in enc.plan]
+    for v, got in zip(enc.plan, means):
+        want = m if v.index < 2 else -m
+        torch.testing.assert_close(got, torch.full((3,), want))
+    # bank and queries of the same view see the same kind of view: an identical image scores ~-1
+    bank = FeatureBank.build(enc, imgs, scorers=("nnd",), log=lambda s: None)
+    per_view = bank.score_views(enc, imgs[:1], ("nnd",))["nnd"]
+    assert per_view.shape == (1, 4)
+    torch.testing.assert_close(per_view, torch.full((1, 4), -1.0, dtype=torch.float64))
+
+
+def test_view_draws_are_reproducible_and_differ_between_views():
+    ctx = ContextSet("flip")
+    cfg = ViewConfig(size=8)
+    imgs = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    enc = ViewEncoder(lambda x: x.flatten(1), cfg, ctx, view_plan(4, ctx), seed=3, batch_size=2)
+    a = enc.encode(imgs, enc.plan[0], 0)
+    torch.testing.assert_close(a, enc.encode(imgs, enc.plan[0], 0))
+    assert not torch.allclose(a, enc.encode(imgs, enc.plan[1], 0))
+    enc_big = ViewEncoder(lambda x: x.flatten(1), cfg, ctx, view_plan(4, ctx), seed=3, batch_size=64)
+    torch.testing.assert_close(a, enc_big.encode(imgs, enc.plan[0], 0))  # batch size does not matter
+
+
+def test_nan_and_zero_features_are_reported_not_scored():
+    def nan_encoder(x):
+        f = mean_pixel_encoder(x)
+        f[1, 0] = float("nan")
+        return f
+
+    ctx = ContextSet("invert")
+    imgs = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    enc = ViewEncoder(nan_encoder, IDENTITY_VIEWS, ctx, view_plan(0, ctx))
+    with pytest.raises(NonFiniteFeatures, match="NaN or inf.*sample 1"):
+        FeatureBank.build(enc, imgs, log=lambda s: None)
+    enc = ViewEncoder(lambda x: torch.zeros(len(x), 4), IDENTITY_VIEWS, ctx, view_plan(0, ctx))
+    with pytest.raises(NonFiniteFeatures, match="all zero"):
+        FeatureBank.build(enc, imgs, log=lambda s: None)
+
+
+# ----------------------------------------------------------------------------- on a tiny model
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = Con2Model(in_channels=3, image_size=12, width=8).eval()
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (24, 3, 12, 12), dtype=torch.uint8, generator=g)
+    test = torch.randint(0, 256, (10, 3, 12, 12), dtype=torch.uint8, generator=g)
+    return model, train, test
+
+
+def test_scorer_on_a_tiny_model(tiny):
+    model, train, test = tiny
+    s = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=4, batch_size=7)
+    out = s.score(test, per_view=True)
+    for name in ("nnd", "lh"):
+        assert out[name].shape == (10,) and torch.isfinite(out[name]).all()
+        assert out[f"{name}_views"].shape == (10, 4)
+        torch.testing.assert_close(out[name], out[f"{name}_views"].mean(1))
+        torch.testing.assert_close(aggregate(out[f"{name}_views"], "max"), out[f"{name}_views"].max(1).values)
+    assert (out["nnd"] >= -1 - 1e-6).all() and (out["nnd"] <= 1 + 1e-6).all()
+    # same draws whatever the batch size
+    s2 = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=4, batch_size=256)
+    torch.testing.assert_close(s2.score(test)["nnd"], out["nnd"], atol=1e-5, rtol=0)
+    # train images find themselves under the deterministic view
+    s0 = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=0)
+    torch.testing.assert_close(s0.score(train[:5])["nnd"], torch.full((5,), -1.0, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+
+
+def test_float16_bank_scores_close_to_float32(tiny):
+    model, train, test = tiny
+    a = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=2, scorers=("nnd",))
+    b = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=2, scorers=("nnd",),
+               bank_dtype="float16")
+    assert b.bank.nnd.dtype == torch.float16
+    assert (a.score(test)["nnd"] - b.score(test)["nnd"]).abs().max() < 2e-3
+
+
+def test_wrong_images_fail_clearly(tiny):
+    model, train, test = tiny
+    s = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=0, scorers=("nnd",))
+    with pytest.raises(ValueError, match="channel"):
+        s.score(test[:, :1])
+    with pytest.raises(ValueError, match="px"):
+        s.score(torch.zeros(2, 3, 10, 10, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        s.score(test.float())
+    with pytest.raises(ValueError, match="without the lh scorer"):
+        s.score(test, scorers=("lh",))
