@@ -1,0 +1,129 @@
+"""Run one row of the paper's tables: paper preset, several seeds, both scorers, 40 views.
+
+    python benchmarks/reproduce/run.py ROW [ROW ...] --data-root DIR [--seeds 0 1 2]
+        [--epochs N] [--parallel P] [--results benchmarks/reproduce/results.jsonl]
+
+Seeds (and rows) run as parallel processes (--parallel) so small models share one GPU.
+Each finished row appends one JSON line to the results file: AUROC mean +- std and per seed
+for both scorers, the schedule, wall time, training views/s, device and commit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rows import ROWS  # noqa: E402
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def run_seed(row_name: str, seed: int, args: dict) -> dict:
+    import torch
+
+    from con2.config import TrainConfig, apply_preset
+    from con2.evaluate import evaluate_run
+
+    row = ROWS[row_name]
+    out = Path(args["runs"]) / f"{row_name}-s{seed}"
+    cfg = TrainConfig(dataset=row.dataset, context=row.context, objective=row.objective, seed=seed,
+                      data_root=args["data_root"], resolution=row.resolution, out=str(out), amp=args["amp"],
+                      normal_class=list(row.normal_class) if row.normal_class else None,
+                      data_file=str(Path(args["data_root"]) / row.data_file) if row.data_file else None,
+                      extra=dict(row.extra))
+    explicit = {"epochs"} if args["epochs"] else set()
+    if args["epochs"]:
+        cfg.epochs = args["epochs"]
+    if args["width"]:
+        cfg.width = args["width"]
+    if args["max_train_samples"]:
+        cfg.max_train_samples = args["max_train_samples"]
+    if args["batch_size"]:
+        cfg.batch_size, explicit = args["batch_size"], explicit | {"batch_size"}
+    apply_preset(cfg, "paper", explicit)
+    cfg.checkpoint_every = max(cfg.epochs, 1)  # runs are short-lived on a lent machine
+    from con2.train import train
+
+    t0 = time.perf_counter()
+    train(cfg, progress=False, resume=True)
+    train_s = time.perf_counter() - t0
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [l["views_per_s"] for l in lines[len(lines) // 10:]] or [0.0]
+    metrics = evaluate_run(out, views=args["views"], progress=False)
+    return {"seed": seed, "nnd": metrics["nnd"]["auroc"], "lh": metrics["lh"]["auroc"],
+            "train_s": round(train_s, 1), "eval_s": metrics["seconds"], "views_per_s": round(statistics.median(rates)),
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def summarise(row_name: str, seeds: list[dict], wall: float, args: dict) -> dict:
+    row = ROWS[row_name]
+    out = {"row": row_name, "dataset": row.dataset, "context": row.context, "objective": row.objective,
+           "paper": row.paper, "paper_scorer": row.scorer, "epochs": seeds[0]["epochs"],
+           "batch_size": seeds[0]["batch_size"], "views": args["views"], "amp": args["amp"],
+           "seeds": seeds, "wall_s": round(wall, 1), "device": seeds[0]["device"], "commit": _commit(),
+           "date": time.strftime("%Y-%m-%d"), "extra": row.extra}
+    for s in ("nnd", "lh"):
+        vals = [100 * r[s] for r in seeds]
+        out[s] = {"mean": round(statistics.mean(vals), 2),
+                  "std": round(statistics.stdev(vals), 2) if len(vals) > 1 else 0.0,
+                  "per_seed": [round(v, 2) for v in vals]}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("rows", nargs="+", help=f"row names: {', '.join(ROWS)}")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=None, help="shorten the paper schedule (stated in results)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--views", type=int, default=40)
+    p.add_argument("--width", type=int, default=None, help="ResNet18 width (64 = paper; smaller for smoke tests)")
+    p.add_argument("--max-train-samples", type=int, default=None, help="smoke tests only")
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--runs", default="runs/reproduce")
+    p.add_argument("--results", default=str(Path(__file__).with_name("results.jsonl")))
+    a = p.parse_args(argv)
+    unknown = [r for r in a.rows if r not in ROWS]
+    if unknown:
+        p.error(f"unknown row {unknown[0]!r}; known: {', '.join(ROWS)}")
+    args = vars(a)
+    jobs = [(r, s) for r in a.rows for s in a.seeds]
+    t0 = {r: time.perf_counter() for r in a.rows}
+    done: dict[str, list] = {r: [] for r in a.rows}
+    with ProcessPoolExecutor(max_workers=a.parallel, mp_context=__import__("multiprocessing").get_context("spawn")) as ex:
+        futures = {ex.submit(run_seed, r, s, args): (r, s) for r, s in jobs}
+        for fut in __import__("concurrent.futures").futures.as_completed(futures):
+            r, s = futures[fut]
+            res = fut.result()
+            print(f"{r} seed {s}: NND {100 * res['nnd']:.2f}  LH {100 * res['lh']:.2f}  "
+                  f"train {res['train_s']:.0f}s  {res['views_per_s']} views/s", flush=True)
+            done[r].append(res)
+            if len(done[r]) == len(a.seeds):
+                summary = summarise(r, sorted(done[r], key=lambda x: x["seed"]), time.perf_counter() - t0[r], args)
+                with open(a.results, "a") as f:
+                    f.write(json.dumps(summary) + "\n")
+                print(f"== {r}: NND {summary['nnd']['mean']:.1f} ± {summary['nnd']['std']:.1f}  "
+                      f"LH {summary['lh']['mean']:.1f} ± {summary['lh']['std']:.1f}  (paper {r and ROWS[r].paper})",
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

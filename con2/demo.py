@@ -1,0 +1,43 @@
+"""`con2 demo` / `make demo`: train on scikit-learn's digits (real data shipped with a
+dependency) and show what training adds over the same encoder untrained."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .config import TrainConfig
+from .data import load_split
+from .evaluate import evaluate_model, evaluate_run, format_metrics
+from .train import build_model, train
+
+# Sized for a 2-core CPU: a few minutes in all. Digit 8 is the hardest digit for raw
+# nearest neighbours (raw-pixel AUROC 0.98; digit 0 would be 1.0 untrained).
+DEMO = dict(dataset="digits", context="invert", normal_class=["8"], epochs=30, batch_size=32, width=16,
+            checkpoint_every=5, device="auto")
+DEMO_VIEWS = 8
+
+
+def run_demo(out: str = "runs/demo", epochs: int | None = None, normal_class: str | None = None) -> dict:
+    cfg = TrainConfig(**DEMO, out=out)
+    if epochs:
+        cfg.epochs = epochs
+    if normal_class is not None:
+        cfg.normal_class = [str(normal_class)]
+    cfg.validate()
+    t0 = time.perf_counter()
+    split = load_split(cfg)
+    print(split.summary())
+    torch.manual_seed(cfg.seed)
+    untrained = build_model(cfg, split).eval()
+    before, _ = evaluate_model(untrained, cfg, split, views=DEMO_VIEWS, progress=False)
+    train(cfg, split, resume=True)  # an interrupted demo continues where it stopped
+    after = evaluate_run(out, views=DEMO_VIEWS, split=split, progress=False)
+    print(f"\nDigits, normal digit {cfg.normal_class[0]}, context {cfg.context}, {cfg.epochs} epochs, "
+          f"ResNet18 width {cfg.width}, {DEMO_VIEWS} test-time views")
+    print(f"{'scorer':<8} {'AUROC untrained':>16} {'AUROC trained':>14}")
+    for s in ("nnd", "lh"):
+        print(f"{s:<8} {before[s]['auroc']:>16.4f} {after[s]['auroc']:>14.4f}")
+    print(f"\n{format_metrics(after)}")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; run folder {out}")
+    return {"untrained": before, "trained": after}
