@@ -24,13 +24,23 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _has_kernel(op: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"con2::{op}", key)
+
+
+# Kernels are registered when the library loads, so availability is fixed from here on;
+# a plain dict keeps has_kernels() traceable by torch.compile (no graph break).
+_KERNELS = {
+    dev: {op: _has_kernel(op, key) for op in _OPS} for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+}
+_ALL_KERNELS = {dev: all(ops.values()) for dev, ops in _KERNELS.items()}
+
+
 def has_kernels(device_type: str, op: str | None = None) -> bool:
     """True when every op (or `op`) has a kernel for `device_type` ("cpu" / "cuda")."""
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    names = _OPS if op is None else (op,)
-    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"con2::{n}", key) for n in names)
+    if op is None:
+        return _ALL_KERNELS.get(device_type, False)
+    return _KERNELS.get(device_type, {}).get(op, False)
 
 
 # ---------------------------------------------------------------- fake kernels

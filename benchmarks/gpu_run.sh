@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Build con2._C with CUDA kernels on the GPU machine, run the GPU tests and the GPU
+# benchmarks, and write everything to $OUT (default ./gpu-out).
+#
+#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|all]     (default: all)
+#
+# Stages can run in separate calls (each device call is limited to 10 minutes; the
+# build outputs stay in the working tree between calls while the machine is warm).
+set -uo pipefail
+STAGE="${1:-all}"
+PY="${PY:-/opt/torch/.venv/bin/python3}"
+[ -x "$PY" ] || PY="$(command -v python3)"
+OUT="${OUT:-$PWD/gpu-out}"
+mkdir -p "$OUT"
+export FORCE_CUDA=1
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-16}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+rc=0
+
+log() { echo "[gpu_run] $*" | tee -a "$OUT/gpu_run.log"; }
+
+build() {
+  log "python: $PY"; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$OUT/gpu_run.log"
+  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+  nvcc --version > "$OUT/nvcc.txt" 2>&1 || true
+  local t0=$SECONDS
+  # build in place (no install, no network); pip -e is the fallback
+  if "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+    log "build_ext --inplace ok ($((SECONDS - t0)) s)"
+  elif "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . -v >> "$OUT/build.log" 2>&1; then
+    log "pip install -e ok ($((SECONDS - t0)) s)"
+  else
+    log "BUILD FAILED (see build.log)"; tail -40 "$OUT/build.log"; return 1
+  fi
+  grep "\[con2\]" "$OUT/build.log" | tee -a "$OUT/gpu_run.log"
+}
+
+smoke() {
+  "$PY" - <<'PYEOF' 2>&1 | tee "$OUT/smoke.txt"
+import torch, torch.nn.functional as F
+from con2.ops import native, reference
+print("cuda kernels:", native.has_kernels("cuda"))
+torch.manual_seed(0)
+for m, d, c in [(1, 8, 1), (2, 8, 1), (37, 16, 5), (2048, 128, 4), (5000, 256, 1000)]:
+    z = F.normalize(torch.randn(m, d, device="cuda"), dim=1)
+    lab = torch.randint(0, c, (m,), device="cuda")
+    out = []
+    for fn in (native.supcon_loss, reference.supcon_loss):
+        x = z.clone().requires_grad_(True); l = fn(x, lab, 0.07); l.backward(); out.append((l.item(), x.grad))
+    print(f"loss M={m}: native {out[0][0]:.6f} ref {out[1][0]:.6f} max|dgrad| {(out[0][1]-out[1][1]).abs().max().item():.3e}")
+for q, n, d, dt in [(100, 50000, 512, torch.float32), (1024, 200000, 512, torch.float32), (64, 30000, 128, torch.bfloat16)]:
+    Q = torch.randn(q, d, device="cuda", dtype=dt); B = torch.randn(n, d, device="cuda", dtype=dt)
+    v, i = native.top1_cosine(Q, B); vr, ir = reference.top1_cosine(Q, B)
+    print(f"top1 Q={q} N={n} {dt}: index equal {(i == ir).float().mean().item():.6f} max|dv| {(v - vr).abs().max().item():.3e}")
+x = torch.randn(100000, 512, device="cuda"); mu = torch.randn(512, device="cuda"); W = torch.randn(512, 512, device="cuda") / 23
+a = native.mahalanobis_sq(x, mu, W); r = reference.mahalanobis_sq(x, mu, W)
+print(f"mahalanobis max rel err {((a - r).abs() / r).max().item():.3e}")
+PYEOF
+}
+
+tests() {
+  "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --junitxml="$OUT/tests_gpu.xml" 2>&1 | tee "$OUT/tests_gpu.txt" | tail -30
+  return "${PIPESTATUS[0]}"
+}
+
+bench() {
+  CON2_BENCH_FULL=1 "$PY" -m pytest benchmarks/test_bench_ops.py -m gpu -q -p no:cacheprovider \
+    --benchmark-json="$OUT/bench_gpu.json" --benchmark-columns=min,median,mean,stddev,rounds \
+    2>&1 | tee "$OUT/bench_gpu.txt" | tail -80
+  return "${PIPESTATUS[0]}"
+}
+
+case "$STAGE" in
+  build) build || rc=1 ;;
+  smoke) smoke || rc=1 ;;
+  test) tests || rc=1 ;;
+  bench) bench || rc=1 ;;
+  all) { build && smoke && tests; } || rc=1; bench || rc=1 ;;
+  *) echo "usage: $0 [build|smoke|test|bench|all]"; exit 2 ;;
+esac
+log "stage $STAGE finished rc=$rc"
+exit $rc

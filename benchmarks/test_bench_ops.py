@@ -1,0 +1,279 @@
+"""Benchmarks of the native ops against their PyTorch baselines (pytest-benchmark).
+
+Every case checks correctness against the reference before it is timed, and the
+PyTorch baseline is timed in the same run (same group). Default sizes suit a small
+CPU; CON2_BENCH_FULL=1 adds the large cases (loss M=8192, top1 N=1e6, mahalanobis
+Q=1e6). GPU cases are marked `gpu` and skipped without CUDA.
+
+    pytest benchmarks/ --benchmark-json=bench.json              # CPU defaults
+    CON2_BENCH_FULL=1 pytest benchmarks/ -m gpu --benchmark-json=gpu.json
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from con2.ops import reference
+
+try:
+    from con2.ops import native
+except Exception as exc:
+    pytest.skip(f"con2._C not available: {exc}", allow_module_level=True)
+
+try:
+    import faiss
+except Exception:
+    faiss = None
+
+FULL = os.environ.get("CON2_BENCH_FULL", "0") == "1"
+full_only = pytest.mark.skipif(not FULL, reason="set CON2_BENCH_FULL=1")
+HAS_CUDA = torch.cuda.is_available() and native.has_kernels("cuda")
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]),
+]
+TEMPERATURE = 0.07
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rounds(device, seconds_hint):
+    """Rounds so that a case takes a few seconds on this device."""
+    if device == "cuda":
+        return 30
+    return max(2, min(10, int(6 / max(seconds_hint, 1e-3))))
+
+
+_compiled = {}
+
+
+def _compiled_reference():
+    if "loss" not in _compiled:
+        _compiled["loss"] = torch.compile(reference.supcon_loss, dynamic=False)
+    return _compiled["loss"]
+
+
+# ------------------------------------------------------------------------- loss
+LOSS_M = [256, 2048, pytest.param(8192, marks=full_only)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("m", LOSS_M)
+@pytest.mark.parametrize("impl", ["native", "eager", "compiled"])
+def test_loss_fwd_bwd(benchmark, device, m, impl):
+    d = 128
+    g = torch.Generator().manual_seed(m)
+    z = F.normalize(torch.randn(m, d, generator=g), dim=1).to(device)
+    labels = torch.randint(0, 4, (m,), generator=g).to(device)
+    fn = {"native": native.supcon_loss, "eager": reference.supcon_loss, "compiled": None}[impl]
+    if impl == "compiled":
+        fn = _compiled_reference()
+
+    def run():
+        x = z.detach().requires_grad_(True)
+        loss = fn(x, labels, TEMPERATURE)
+        loss.backward()
+        _sync(device)
+        return loss.detach(), x.grad
+
+    # correctness before timing
+    l_ref, g_ref = (lambda x: (reference.supcon_loss(x, labels, TEMPERATURE), x))(z.detach().requires_grad_(True))
+    l_ref.backward()
+    loss, grad = run()
+    torch.testing.assert_close(loss, l_ref.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, g_ref.grad, rtol=1e-3, atol=1e-6)
+    del l_ref, g_ref
+    import time
+
+    t0 = time.perf_counter()
+    run()
+    hint = time.perf_counter() - t0
+    benchmark.group = f"loss fwd+bwd {device} M={m} D={d}"
+    benchmark.extra_info.update(device=device, M=m, D=d, impl=impl)
+    benchmark.pedantic(run, rounds=_rounds(device, hint), warmup_rounds=1)
+
+
+def _peak_extra_bytes_cpu(impl: str, m: int, d: int) -> int:
+    """Peak RSS growth of one loss fwd+bwd in a fresh process (torch allocations are invisible to tracemalloc)."""
+    code = f"""
+import json, resource, torch, torch.nn.functional as F
+from con2.ops import native, reference
+torch.manual_seed(0)
+z = F.normalize(torch.randn({m}, {d}), dim=1).requires_grad_(True)
+labels = torch.randint(0, 4, ({m},))
+fn = native.supcon_loss if {impl!r} == "native" else reference.supcon_loss
+small = F.normalize(torch.randn(64, {d}), dim=1).requires_grad_(True)
+fn(small, labels[:64], 0.07).backward()   # warm up allocator / thread pools
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn(z, labels, 0.07).backward()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps((after - before) * 1024))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["native", "eager"])
+def test_loss_peak_memory(benchmark, device, impl):
+    m = 8192 if (FULL or device == "cuda") else 4096
+    d = 128
+    if device == "cpu":
+        extra = _peak_extra_bytes_cpu(impl, m, d)
+    else:
+        z = F.normalize(torch.randn(m, d, device=device), dim=1).requires_grad_(True)
+        labels = torch.randint(0, 4, (m,), device=device)
+        fn = native.supcon_loss if impl == "native" else reference.supcon_loss
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(z, labels, TEMPERATURE).backward()
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - base
+    benchmark.group = f"loss peak memory {device} M={m} D={d}"
+    benchmark.extra_info.update(device=device, M=m, D=d, impl=impl, peak_extra_mib=round(extra / 2**20, 1))
+    print(f"\n[peak memory] {device} {impl} M={m} D={d}: {extra / 2**20:.1f} MiB")
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+# ------------------------------------------------------------------------- top1
+TOP1_N = [1_000, 10_000, 100_000, pytest.param(1_000_000, marks=full_only)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", TOP1_N)
+@pytest.mark.parametrize("q", [128, 1024])
+@pytest.mark.parametrize("impl", ["native", "mm_max", "faiss"])
+def test_top1(benchmark, device, n, q, impl):
+    d = 512
+    g = torch.Generator().manual_seed(n + q)
+    bank = torch.randn(n, d, generator=g).to(device)
+    queries = torch.randn(q, d, generator=g).to(device)
+    norms = reference.row_norms(bank, "bank")  # precomputed once per bank, for every impl
+    inv = norms.reciprocal()
+
+    if impl == "native":
+        def run():
+            out = native.top1_cosine(queries, bank, norms)
+            _sync(device)
+            return out
+    elif impl == "mm_max":
+        if n * q * 4 > 6 * 2**30:
+            pytest.skip("Q x N similarity too large to materialise")
+
+        def run():
+            qu = queries / queries.norm(dim=1, keepdim=True)
+            out = torch.mm(qu, bank.T).mul_(inv).max(dim=1)
+            _sync(device)
+            return out
+    else:
+        if faiss is None:
+            pytest.skip("faiss not installed")
+        unit = F.normalize(bank, dim=1)
+        if device == "cuda":
+            if not hasattr(faiss, "StandardGpuResources"):
+                pytest.skip("faiss-gpu not installed")
+            res = faiss.StandardGpuResources()
+            index = faiss.GpuIndexFlatIP(res, d)
+            index.add(unit.cpu().numpy())
+        else:
+            index = faiss.IndexFlatIP(d)
+            index.add(unit.numpy())
+
+        def run():
+            qu = F.normalize(queries, dim=1).cpu().numpy()
+            vals, idx = index.search(qu, 1)
+            return torch.from_numpy(vals[:, 0]), torch.from_numpy(idx[:, 0])
+
+    # correctness before timing
+    v_ref, i_ref = reference.top1_cosine(queries, bank, bank_norms=norms)
+    vals, idx = run()
+    if impl == "faiss":  # float32 summation order differs: allow rare near-tie swaps
+        assert (idx.to(i_ref.device) == i_ref).float().mean() >= 0.999
+    else:
+        assert torch.equal(idx, i_ref)
+    torch.testing.assert_close(vals.float().to(v_ref.device), v_ref, rtol=1e-4, atol=1e-5)
+    import time
+
+    t0 = time.perf_counter()
+    run()
+    hint = time.perf_counter() - t0
+    benchmark.group = f"top1 {device} N={n} Q={q} D={d}"
+    benchmark.extra_info.update(device=device, N=n, Q=q, D=d, impl=impl)
+    benchmark.pedantic(run, rounds=_rounds(device, hint), warmup_rounds=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_top1_peak_memory(benchmark, device):
+    """Peak extra memory of native top1 at N=1e6 (CPU: RSS growth in a fresh process)."""
+    if device == "cpu" and not FULL:
+        pytest.skip("set CON2_BENCH_FULL=1")
+    n, q, d = 1_000_000, 1024, 512
+    if device == "cpu":
+        code = f"""
+import json, resource, torch
+from con2.ops import native
+torch.manual_seed(0)
+bank = torch.randn({n}, {d}); queries = torch.randn({q}, {d}); norms = bank.norm(dim=1)
+native.top1_cosine(queries[:8], bank[:5000], norms[:5000])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+native.top1_cosine(queries, bank, norms)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps((after - before) * 1024))
+"""
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        extra = int(json.loads(out.stdout.strip().splitlines()[-1]))
+    else:
+        bank = torch.randn(n, d, device=device)
+        queries = torch.randn(q, d, device=device)
+        norms = bank.norm(dim=1)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        native.top1_cosine(queries, bank, norms)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - base
+    benchmark.group = f"top1 peak memory {device} N={n} Q={q} D={d}"
+    benchmark.extra_info.update(device=device, N=n, Q=q, D=d, peak_extra_mib=round(extra / 2**20, 1))
+    print(f"\n[peak memory] top1 {device} N={n} Q={q}: {extra / 2**20:.1f} MiB")
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+# ------------------------------------------------------------------------- mahalanobis
+MAHA_Q = [10_000, 100_000, pytest.param(1_000_000, marks=full_only)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("q", MAHA_Q)
+@pytest.mark.parametrize("impl", ["native", "reference"])
+def test_mahalanobis(benchmark, device, q, impl):
+    d = 512
+    g = torch.Generator().manual_seed(q)
+    x = torch.randn(q, d, generator=g).to(device)
+    mean = torch.randn(d, generator=g).to(device)
+    w = (torch.randn(d, d, generator=g) / d**0.5).to(device)
+    fn = native.mahalanobis_sq if impl == "native" else reference.mahalanobis_sq
+
+    def run():
+        out = fn(x, mean, w)
+        _sync(device)
+        return out
+
+    torch.testing.assert_close(run(), reference.mahalanobis_sq(x, mean, w), rtol=1e-4, atol=1e-3)
+    import time
+
+    t0 = time.perf_counter()
+    run()
+    hint = time.perf_counter() - t0
+    benchmark.group = f"mahalanobis {device} Q={q} D={d}"
+    benchmark.extra_info.update(device=device, Q=q, D=d, impl=impl)
+    benchmark.pedantic(run, rounds=_rounds(device, hint), warmup_rounds=1)

@@ -1,0 +1,167 @@
+// CUDA SupCon / Con2 loss: forward and backward.
+//
+// Same blocked scheme as the CPU kernel: the M x M similarity is produced one row block
+// at a time by cuBLAS (float32, into a scratch block of at most 32 MB) and reduced by
+// the kernels below: forward = one thread block per row (max, positive sum / count,
+// sum of exp, all in float32 or float64); backward = an elementwise kernel that turns
+// the recomputed block into H = G + G^T for those rows, then one GEMM dz = H @ z.
+// Positive masks are derived from the label vector inside the kernels.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../common.h"
+#include "cuda_utils.cuh"
+
+namespace con2 {
+namespace {
+
+using cuda::kThreads;
+
+constexpr int64_t kBlockBytes = 32 << 20;
+
+template <typename T>
+__global__ void supcon_fwd_rows_kernel(const T* __restrict__ S, int64_t M, int64_t r0,
+                                       const int64_t* __restrict__ lab, T inv_tau, T* __restrict__ lse,
+                                       T* __restrict__ npos, T* __restrict__ rowloss) {
+  __shared__ T shm[32];
+  const int64_t r = blockIdx.x;
+  const int64_t i = r0 + r;
+  if (M == 1) {
+    if (threadIdx.x == 0) {
+      lse[i] = T(0);
+      npos[i] = T(0);
+      rowloss[i] = T(0);
+    }
+    return;
+  }
+  const T* s = S + r * M;
+  const int64_t li = lab[i];
+  T mx = cuda::neg_inf<T>(), ps = T(0), pc = T(0);
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
+    if (j == i) continue;
+    const T v = s[j];
+    mx = v > mx ? v : mx;
+    if (lab[j] == li) {
+      ps += v;
+      pc += T(1);
+    }
+  }
+  mx = cuda::block_reduce(mx, cuda::MaxOp(), cuda::neg_inf<T>(), shm);
+  ps = cuda::block_reduce(ps, cuda::SumOp(), T(0), shm);
+  pc = cuda::block_reduce(pc, cuda::SumOp(), T(0), shm);
+  const T mt = mx * inv_tau;
+  T se = T(0);
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
+    if (j != i) se += cuda::dexp(s[j] * inv_tau - mt);
+  }
+  se = cuda::block_reduce(se, cuda::SumOp(), T(0), shm);
+  if (threadIdx.x == 0) {
+    const T l = mt + cuda::dlog(se);
+    lse[i] = l;
+    npos[i] = pc;
+    rowloss[i] = pc > T(0) ? l - ps * inv_tau / pc : T(0);
+  }
+}
+
+template <typename T>
+__global__ void supcon_bwd_h_kernel(T* __restrict__ S, int64_t M, int64_t r0, const int64_t* __restrict__ lab,
+                                    T inv_tau, const T* __restrict__ grad, T scale, const T* __restrict__ lse,
+                                    const T* __restrict__ w, const T* __restrict__ invp) {
+  const int64_t r = blockIdx.y;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= M) return;
+  const int64_t i = r0 + r;
+  T* s = S + r * M;
+  T h = T(0);
+  if (j != i) {
+    const T v = s[j] * inv_tau;
+    const T pos = lab[j] == lab[i] ? invp[i] + invp[j] : T(0);
+    h = w[i] * cuda::dexp(v - lse[i]) + w[j] * cuda::dexp(v - lse[j]) - pos;
+    h = h * (grad[0] * scale);
+  }
+  s[j] = h;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const at::Tensor& z, const at::Tensor& labels,
+                                                              double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  c10::cuda::CUDAGuard guard(z.device());
+  const auto ct = compute_dtype(z);
+  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const int64_t M = zc.size(0);
+  auto opts = zc.options();
+  at::Tensor lse = at::empty({M}, opts), npos = at::empty({M}, opts), rowloss = at::empty({M}, opts);
+  const int64_t B = std::min<int64_t>(65535, block_rows(M, zc.element_size(), kBlockBytes, 16, M));
+  at::Tensor buf = at::empty({B * M}, opts);
+  const at::Tensor zt = zc.t();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_fwd_cuda", [&] {
+    const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
+    for (int64_t r0 = 0; r0 < M; r0 += B) {
+      const int64_t rb = std::min(B, M - r0);
+      at::Tensor S = buf.narrow(0, 0, rb * M).view({rb, M});
+      at::mm_out(S, zc.narrow(0, r0, rb), zt);
+      supcon_fwd_rows_kernel<scalar_t><<<static_cast<unsigned>(rb), kThreads, 0, stream>>>(
+          S.const_data_ptr<scalar_t>(), M, r0, lab.const_data_ptr<int64_t>(), inv_tau,
+          lse.mutable_data_ptr<scalar_t>(), npos.mutable_data_ptr<scalar_t>(),
+          rowloss.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  at::Tensor loss = rowloss.sum().div_(static_cast<double>(M));
+  return {loss, lse, npos};
+}
+
+at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& labels,
+                           const at::Tensor& lse, const at::Tensor& npos, double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  c10::cuda::CUDAGuard guard(z.device());
+  const auto ct = compute_dtype(z);
+  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const int64_t M = zc.size(0);
+  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
+  TORCH_CHECK(lse.numel() == M && npos.numel() == M, "con2: lse / npos must have M entries");
+  const at::Tensor g = grad.reshape({1}).to(zc.options()).contiguous();
+  const at::Tensor lse_c = lse.to(ct).contiguous();
+  const at::Tensor np = npos.to(ct);
+  const at::Tensor w = (np > 0).to(ct).contiguous();
+  const at::Tensor invp = (w / np.clamp_min(1)).contiguous();
+  auto opts = zc.options();
+  at::Tensor dz = at::empty_like(zc);
+  const int64_t B = std::min<int64_t>(65535, block_rows(M, zc.element_size(), kBlockBytes, 16, M));
+  at::Tensor buf = at::empty({B * M}, opts);
+  const at::Tensor zt = zc.t();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_bwd_cuda", [&] {
+    const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
+    const scalar_t scale = static_cast<scalar_t>(1.0 / (static_cast<double>(M) * temperature));
+    for (int64_t r0 = 0; r0 < M; r0 += B) {
+      const int64_t rb = std::min(B, M - r0);
+      at::Tensor S = buf.narrow(0, 0, rb * M).view({rb, M});
+      at::mm_out(S, zc.narrow(0, r0, rb), zt);
+      const dim3 grid(static_cast<unsigned>((M + kThreads - 1) / kThreads), static_cast<unsigned>(rb));
+      supcon_bwd_h_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+          S.mutable_data_ptr<scalar_t>(), M, r0, lab.const_data_ptr<int64_t>(), inv_tau,
+          g.const_data_ptr<scalar_t>(), scale, lse_c.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          invp.const_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      at::Tensor out = dz.narrow(0, r0, rb);
+      at::mm_out(out, S, zc);
+    }
+  });
+  return dz.to(z.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(con2, CUDA, m) {
+  m.impl("supcon_fwd", &supcon_fwd_cuda);
+  m.impl("supcon_bwd", &supcon_bwd_cuda);
+}
+
+}  // namespace con2

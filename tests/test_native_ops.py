@@ -1,0 +1,279 @@
+"""Tests of the native ops (con2._C) against the pure-PyTorch references.
+
+Parametrised over devices (cpu; cuda marked `gpu`, skipped without a GPU or without
+CUDA kernels) and dtypes. Skipped entirely when the extension is not built.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import con2.ops as ops
+from con2.ops import reference
+
+try:
+    from con2.ops import native
+except Exception as exc:  # extension not built / built against another torch
+    pytest.skip(f"con2._C not available: {exc}", allow_module_level=True)
+
+
+def _cuda_ok() -> bool:
+    return torch.cuda.is_available() and native.has_kernels("cuda")
+
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")],
+    ),
+]
+LOSS_DTYPES = [torch.float32, torch.bfloat16, torch.float64]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-4, atol=1e-5) if dtype != torch.float64 else dict(rtol=1e-9, atol=1e-10)
+
+
+def _batch(m, d, n_classes, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = F.normalize(torch.randn(m, d, generator=g, dtype=torch.float64), dim=1).to(dtype).to(device)
+    labels = torch.randint(0, n_classes, (m,), generator=g).to(device)
+    return z, labels
+
+
+def _loss_and_grad(fn, z, labels, temperature=0.07):
+    z = z.detach().clone().requires_grad_(True)
+    loss = fn(z, labels, temperature)
+    (grad,) = torch.autograd.grad(loss, z)
+    return loss.detach(), grad
+
+
+# ------------------------------------------------------------------ loss values / grads
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOSS_DTYPES, ids=str)
+@pytest.mark.parametrize("m,d,n_classes", [(1, 8, 1), (2, 8, 1), (37, 16, 5), (300, 64, 4), (257, 128, 200)])
+def test_supcon_matches_reference(device, dtype, m, d, n_classes):
+    z, labels = _batch(m, d, n_classes, device, dtype)
+    l_nat, g_nat = _loss_and_grad(native.supcon_loss, z, labels)
+    l_ref, g_ref = _loss_and_grad(reference.supcon_loss, z, labels)
+    assert l_nat.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert g_nat.dtype == dtype and g_nat.shape == z.shape
+    assert torch.isfinite(l_nat) and torch.isfinite(g_nat.float()).all()
+    torch.testing.assert_close(l_nat, l_ref, **_tol(dtype))
+    if dtype == torch.bfloat16:  # both gradients are rounded to bf16 at the end
+        torch.testing.assert_close(g_nat.float(), g_ref.float(), rtol=1e-2, atol=1e-4)
+    else:
+        torch.testing.assert_close(g_nat, g_ref, **_tol(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_con2_loss_matches_reference(device):
+    zc, cl = _batch(96, 32, 4, device, seed=1)
+    zs, _ = _batch(96, 32, 4, device, seed=2)
+    sid = torch.arange(96, device=device) // 4
+    for alpha in (0.0, 0.3, 1.0):
+        a = [t.clone().requires_grad_() for t in (zc, zs)]
+        b = [t.clone().requires_grad_() for t in (zc, zs)]
+        ln = ops.con2_loss(a[0], a[1], cl, sid, alpha, 0.1)
+        lr = reference.con2_loss(b[0], b[1], cl, sid, alpha, 0.1)
+        torch.testing.assert_close(ln, lr, rtol=1e-5, atol=1e-6)
+        gn = torch.autograd.grad(ln, a, allow_unused=True)
+        gr = torch.autograd.grad(lr, b)
+        for x, y in zip(gn, gr):
+            torch.testing.assert_close(torch.zeros_like(y) if x is None else x, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dispatcher_uses_native(device):
+    if ops._native is None:
+        pytest.skip(f"dispatcher uses the references: {ops.NATIVE_IMPORT_ERROR}")
+    assert ops.native_available(device)
+    z, labels = _batch(20, 8, 3, device)
+    torch.testing.assert_close(ops.supcon_loss(z, labels), reference.supcon_loss(z, labels), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(device):
+    z, labels = _batch(10, 5, 3, device, torch.float64, seed=3)
+    labels[-1] = 99  # one anchor without positives
+    z.requires_grad_(True)
+    fn = lambda x: torch.ops.con2.supcon_fwd(x, labels, 0.5)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-6)
+    # unnormalised rows and a small temperature as well
+    z2 = (torch.randn(9, 4, dtype=torch.float64, device=device) * 0.5).requires_grad_(True)
+    lab2 = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 0], device=device)
+    assert torch.autograd.gradcheck(lambda x: torch.ops.con2.supcon_fwd(x, lab2, 0.1)[0], (z2,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_loss_nan_free_edge_cases(device, dtype):
+    # M = 1 (no positives, empty denominator), duplicate rows, bf16
+    for z, labels in [
+        (F.normalize(torch.randn(1, 16), dim=1), torch.zeros(1, dtype=torch.long)),
+        (F.normalize(torch.ones(8, 16), dim=1), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])),
+        (F.normalize(torch.randn(1, 16), dim=1).repeat(6, 1), torch.arange(6)),
+    ]:
+        z, labels = z.to(device, dtype), labels.to(device)
+        l_nat, g_nat = _loss_and_grad(native.supcon_loss, z, labels, 0.05)
+        l_ref, g_ref = _loss_and_grad(reference.supcon_loss, z, labels, 0.05)
+        assert torch.isfinite(l_nat) and torch.isfinite(g_nat.float()).all()
+        torch.testing.assert_close(l_nat, l_ref.float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(g_nat.float(), g_ref.float(), rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_non_contiguous(device):
+    base, labels2 = _batch(80, 64, 4, device)
+    z = base[::2, ::2]  # strided rows and columns
+    labels = labels2[::2]
+    assert not z.is_contiguous() and not labels.is_contiguous()
+    l_nat, g_nat = _loss_and_grad(native.supcon_loss, z, labels)
+    l_ref, g_ref = _loss_and_grad(reference.supcon_loss, z.contiguous(), labels.contiguous())
+    torch.testing.assert_close(l_nat, l_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_nat, g_ref, rtol=1e-4, atol=1e-6)
+    zt = base[:40].t().contiguous().t()  # column-major
+    l2, g2 = _loss_and_grad(native.supcon_loss, zt, labels2[:40])
+    l3, g3 = _loss_and_grad(reference.supcon_loss, base[:40], labels2[:40])
+    torch.testing.assert_close(l2, l3, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g2, g3, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_cpu_large_m_matches_reference():
+    z, labels = _batch(2048, 128, 4, "cpu", seed=5)
+    l_nat, g_nat = _loss_and_grad(native.supcon_loss, z, labels)
+    l_ref, g_ref = _loss_and_grad(reference.supcon_loss, z, labels)
+    torch.testing.assert_close(l_nat, l_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_nat, g_ref, rtol=1e-3, atol=1e-7)
+
+
+def test_loss_under_autocast_cpu():
+    z, labels = _batch(64, 32, 4, "cpu")
+    w = torch.randn(32, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = z @ w  # bf16 under autocast
+        loss = native.supcon_loss(F.normalize(h, dim=1), labels)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(w.grad).all()
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def step(zc, zs, cl, sid):
+        return ops.con2_loss(F.normalize(zc, dim=1), F.normalize(zs, dim=1), cl, sid, 0.5, 0.1)
+
+    zc, cl = _batch(32, 16, 4, "cpu", seed=7)
+    zs, _ = _batch(32, 16, 4, "cpu", seed=8)
+    sid = torch.arange(32) // 4
+    compiled = torch.compile(step, fullgraph=True)
+    a = [t.clone().requires_grad_() for t in (zc, zs)]
+    b = [t.clone().requires_grad_() for t in (zc, zs)]
+    lc = compiled(*a, cl, sid)
+    le = step(*b, cl, sid)
+    torch.testing.assert_close(lc, le)
+    lc.backward()
+    le.backward()
+    torch.testing.assert_close(a[0].grad, b[0].grad)
+    torch.testing.assert_close(a[1].grad, b[1].grad)
+
+
+# ------------------------------------------------------------------ opcheck
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_all_ops(device):
+    z, labels = _batch(12, 8, 3, device)
+    zr = z.clone().requires_grad_(True)
+    torch.library.opcheck(torch.ops.con2.supcon_fwd.default, (zr, labels, 0.2))
+    _, lse, npos = torch.ops.con2.supcon_fwd(z, labels, 0.2)
+    grad = torch.ones((), device=device)
+    torch.library.opcheck(torch.ops.con2.supcon_bwd.default, (grad, z, labels, lse, npos, 0.2))
+    q = torch.randn(5, 8, device=device)
+    b = torch.randn(30, 8, device=device)
+    torch.library.opcheck(torch.ops.con2.top1_cosine.default, (q, b, b.norm(dim=1)))
+    x = torch.randn(7, 8, device=device)
+    torch.library.opcheck(torch.ops.con2.mahalanobis_sq.default, (x, torch.randn(8, device=device), torch.randn(8, 6, device=device)))
+
+
+# ------------------------------------------------------------------ top1_cosine
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("q,n,d", [(1, 1, 4), (33, 5000, 64), (130, 20000, 96)])
+def test_top1_matches_reference(device, dtype, q, n, d):
+    g = torch.Generator().manual_seed(q + n)
+    queries = torch.randn(q, d, generator=g).to(device, dtype)
+    bank = (torch.randn(n, d, generator=g) * (0.5 + torch.rand(n, 1, generator=g))).to(device, dtype)
+    v_nat, i_nat = native.top1_cosine(queries, bank)
+    v_ref, i_ref = reference.top1_cosine(queries, bank)
+    assert v_nat.dtype == torch.float32 and i_nat.dtype == torch.int64
+    assert torch.equal(i_nat, i_ref)
+    torch.testing.assert_close(v_nat, v_ref, rtol=1e-5, atol=1e-6)
+    norms = reference.row_norms(bank, "bank")
+    v2, i2 = native.top1_cosine(queries, bank, norms)
+    assert torch.equal(i2, i_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_top1_non_contiguous_and_duplicates(device):
+    g = torch.Generator().manual_seed(11)
+    queries = torch.randn(64, 40, generator=g).to(device)[::2, ::2]
+    bank = torch.randn(3000, 40, generator=g).to(device)[::3, ::2]
+    v, i = native.top1_cosine(queries, bank)
+    v_ref, i_ref = reference.top1_cosine(queries.contiguous(), bank.contiguous())
+    assert torch.equal(i, i_ref)
+    torch.testing.assert_close(v, v_ref, rtol=1e-5, atol=1e-6)
+    # exact ties: duplicated bank rows -> lowest index, as in the reference
+    dup = torch.cat([bank[:10], bank[:10]])
+    _, i_dup = native.top1_cosine(bank[:10] * 2.0, dup)
+    assert torch.equal(i_dup.cpu(), torch.arange(10))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_top1_errors_match_reference(device):
+    q = torch.randn(4, 8, device=device)
+    bank = torch.randn(10, 8, device=device)
+    bank[3] = 0
+    for args in [(q, bank), (torch.zeros(2, 8, device=device), bank[:3]), (q, torch.randn(5, 7, device=device))]:
+        with pytest.raises(ValueError) as e_ref:
+            reference.top1_cosine(*args)
+        with pytest.raises(ValueError) as e_nat:
+            native.top1_cosine(*args)
+        assert str(e_nat.value) == str(e_ref.value)
+
+
+# ------------------------------------------------------------------ mahalanobis
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_mahalanobis_matches_reference(device, dtype):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1000, 48, generator=g).to(device, dtype)
+    mean = torch.randn(48, generator=g).to(device)
+    w = (torch.randn(48, 30, generator=g) / 7).to(device)
+    if dtype == torch.float64:
+        w = w.double()
+    out = native.mahalanobis_sq(x, mean, w)
+    ref = reference.mahalanobis_sq(x, mean, w)
+    assert out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, rtol=1e-5 if dtype != torch.float64 else 1e-10, atol=1e-5)
+    xs = x.float()[:, ::2] if dtype != torch.float64 else x[:, ::2]
+    out2 = native.mahalanobis_sq(xs, mean[::2], w[::2])
+    torch.testing.assert_close(out2, reference.mahalanobis_sq(xs.contiguous(), mean[::2], w[::2]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError):
+        native.mahalanobis_sq(x, mean[:5], w)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+def test_cpu_cuda_agree():
+    z, labels = _batch(500, 64, 7, "cpu", seed=9)
+    l_cpu, g_cpu = _loss_and_grad(native.supcon_loss, z, labels)
+    l_gpu, g_gpu = _loss_and_grad(native.supcon_loss, z.cuda(), labels.cuda())
+    torch.testing.assert_close(l_gpu.cpu(), l_cpu, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_gpu.cpu(), g_cpu, rtol=1e-4, atol=1e-6)
+    q, b = torch.randn(100, 64), torch.randn(50000, 64)
+    _, i_cpu = native.top1_cosine(q, b)
+    _, i_gpu = native.top1_cosine(q.cuda(), b.cuda())
+    assert torch.equal(i_gpu.cpu(), i_cpu)
