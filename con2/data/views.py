@@ -99,19 +99,32 @@ def sample_view_params(m: int, height: int, width: int, cfg: ViewConfig, g, devi
     return ViewParams(boxes, hflip, factors, order, gray)
 
 
-def resized_crop(x: torch.Tensor, boxes: torch.Tensor, hflip: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop boxes (top, left, h, w) out of float images x [M,C,H,W], resize to size, flip."""
-    m, _, height, width = x.shape
+def crop_grid(boxes: torch.Tensor, hflip: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """grid_sample grid [M, size, size, 2] for crop boxes (top, left, h, w) resized to size.
+
+    Sample positions are those of torch's bilinear resize of the cropped image
+    (align_corners=False: src = (dst + 0.5) * h / size - 0.5), clamped into the crop as resize
+    clamps at the image edge, so the result equals crop-then-resize (antialias=False).
+    """
     top, left, h, w = boxes.unbind(1)
-    # affine map from output [-1,1] coords to input [-1,1] coords (align_corners=False)
-    sx = w / width
-    sy = h / height
-    cx = (2 * left + w) / width - 1
-    cy = (2 * top + h) / height - 1
-    sx = torch.where(hflip, -sx, sx)
-    zeros = torch.zeros_like(sx)
-    theta = torch.stack([torch.stack([sx, zeros, cx], 1), torch.stack([zeros, sy, cy], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), [m, x.shape[1], size, size], align_corners=False)
+    j = torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5
+    xs = left[:, None] + j * (w / size)[:, None] - 0.5
+    ys = top[:, None] + j * (h / size)[:, None] - 0.5
+    xs = torch.minimum(torch.maximum(xs, left[:, None]), (left + w - 1)[:, None])
+    ys = torch.minimum(torch.maximum(ys, top[:, None]), (top + h - 1)[:, None])
+    xs = torch.where(hflip[:, None], xs.flip(1), xs)  # horizontal flip after the resize
+    # pixel -> normalised coordinates for grid_sample(align_corners=False)
+    xs = (2 * xs + 1) / width - 1
+    ys = (2 * ys + 1) / height - 1
+    m = boxes.shape[0]
+    return torch.stack([xs[:, None, :].expand(m, size, size), ys[:, :, None].expand(m, size, size)], dim=-1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, hflip: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop boxes (top, left, h, w) out of float images x [M,C,H,W], resize to size (bilinear,
+    no antialias), then flip the rows of `hflip` horizontally."""
+    _, _, height, width = x.shape
+    grid = crop_grid(boxes.to(torch.float32), hflip, size, height, width).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -141,54 +154,72 @@ def adjust_saturation(x, f):
     return _blend(x, _gray(x), f)
 
 
-def adjust_hue(x, f):
-    """torchvision's _rgb2hsv -> shift hue -> _hsv2rgb, batched with per-row factors."""
+def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """torchvision's rgb->hsv, hue shift by per-row f [M], hsv->rgb, on float images in [0, 1].
+
+    The hsv->rgb step uses the closed form c = v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6
+    (n = 5, 3, 1 for r, g, b), which equals torchvision's six-way select up to rounding and costs
+    a few elementwise passes instead of a [M, 3, 6, H, W] select.
+    """
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    eqc = maxc == minc
+    minc, maxc = torch.aminmax(x, dim=1)
     cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_div = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    h = torch.remainder(h + f.view(-1, 1, 1), 1.0)
-    v = maxc
-    i = torch.floor(h * 6.0)
-    fr = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * fr)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - fr))).clamp(0.0, 1.0)
-    mask = i.unsqueeze(1) == torch.arange(6, device=x.device).view(-1, 1, 1)
-    a1 = torch.stack((v, q, p, p, t, v), dim=1)
-    a2 = torch.stack((t, v, v, q, p, p), dim=1)
-    a3 = torch.stack((p, p, t, v, v, q), dim=1)
-    a4 = torch.stack((a1, a2, a3), dim=1)  # [M, 3, 6, H, W]
-    return torch.einsum("...ijk,...xijk->...xjk", mask.to(x.dtype), a4)
+    crd = torch.where(cr == 0, torch.ones_like(cr), cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    h6 = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h6 = torch.remainder(h6 + 6.0 * f.view(-1, 1, 1).to(x.dtype), 6.0)
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + h6.unsqueeze(1), 6.0)
+    w = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return maxc.unsqueeze(1) - cr.unsqueeze(1) * w
 
 
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 _IDENTITY = (1.0, 1.0, 1.0, 0.0)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
-def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """The four jitter ops in a per-view random order. At each of the 4 steps every
-    op runs with the identity factor except on the views whose turn it is."""
+def _blend_step(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation are all clamp(f*x + (1-f)*y) with y = 0, the mean
+    grey level or the grey image: one lerp covers the three, each row with its own op.
+    Rows whose op is hue (or saturation on 1-channel images) get f = 1, i.e. stay as they are."""
+    gray = _gray(x)
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    op4 = op.view(-1, 1, 1, 1)
+    y = torch.where(op4 == CONTRAST, mean, torch.where(op4 == SATURATION, gray, torch.zeros_like(mean)))
+    keep = (op4 == HUE) | ((op4 == SATURATION) & (x.shape[1] == 1))
+    fb = torch.where(keep, torch.ones_like(f.view(-1, 1, 1, 1)), f.view(-1, 1, 1, 1)).to(x.dtype)
+    return torch.lerp(y.expand_as(x), x, fb).clamp_(0, 1)
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, dense_hue: bool = False) -> torch.Tensor:
+    """ColorJitter with per-view factors [M, 4] (brightness, contrast, saturation, hue) applied
+    in a per-view order [M, 4] (order[:, s] = op at step s), as torchvision's ColorJitter.
+
+    Each of the 4 steps is one blend pass plus a hue pass on the rows whose turn it is. The hue
+    rows are gathered (a data-dependent index, cheap on CPU); `dense_hue` instead computes hue for
+    every row and selects, which keeps shapes static for torch.compile.
+    """
+    rows = torch.arange(x.shape[0], device=x.device)
     for step in range(4):
-        for op_id, op in enumerate(_JITTER_OPS):
-            turn = order[:, step] == op_id
-            f = torch.where(turn, factors[:, op_id], torch.full_like(factors[:, op_id], _IDENTITY[op_id]))
-            if op_id == 3 and not bool(((f != 0) & turn).any()):
-                continue  # hue is the costly one; skip it when no view shifts hue now
-            view_shape = (-1, 1, 1, 1) if op_id < 3 else (-1,)
-            x = op(x, f.view(view_shape))
+        op = order[:, step]
+        f = factors[rows, op]
+        x = _blend_step(x, op, f)
+        if x.shape[1] == 1:
+            continue
+        hue_rows = (op == HUE) & (f != 0)
+        if dense_hue:
+            x = torch.where(hue_rows.view(-1, 1, 1, 1), adjust_hue(x, torch.where(hue_rows, f, 0.0)), x)
+        else:
+            idx = hue_rows.nonzero().squeeze(1)
+            if idx.numel():
+                # x is this function's own tensor here (made by _blend_step): update in place;
+                # x[idx] rather than index_select, which is many times slower on CPU
+                x.index_copy_(0, idx, adjust_hue(x[idx], f[idx]))
     return x
 
 
@@ -198,27 +229,80 @@ def random_grayscale(x: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
     return torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
 
 
-def apply_views(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig, dtype=torch.float32) -> torch.Tensor:
-    """uint8 [M,C,H,W] + per-view params -> normalised float views [M,C,size,size]."""
+def _views_float(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig, dense_hue: bool) -> torch.Tensor:
     x = x_u8.float().div_(255.0)
     x = resized_crop(x, params.boxes, params.hflip, cfg.size)
-    x = color_jitter(x, params.factors, params.order)
+    x = color_jitter(x, params.factors, params.order, dense_hue=dense_hue)
     x = random_grayscale(x, params.gray)
-    x = (x - cfg.mean) / cfg.std
-    return x.to(dtype)
+    return (x - cfg.mean) / cfg.std
+
+
+# CPU: views are made in chunks whose float working set stays cache-sized; the eager path makes
+# ~30 elementwise passes, which stream through DRAM when the whole batch is one tensor.
+CPU_CHUNK_BYTES = 1 << 23
+
+
+def _chunk_views(params: ViewParams, sl: slice) -> ViewParams:
+    return ViewParams(params.boxes[sl], params.hflip[sl], params.factors[sl], params.order[sl], params.gray[sl])
+
+
+def apply_views(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig, dtype=torch.float32,
+                channels_last: bool = False) -> torch.Tensor:
+    """uint8 [M,C,H,W] + per-view params -> normalised float views [M,C,size,size]."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    m, c = x_u8.shape[:2]
+    per_view = 4 * c * max(cfg.size * cfg.size, x_u8.shape[2] * x_u8.shape[3])
+    chunk = m if x_u8.device.type != "cpu" else max(1, CPU_CHUNK_BYTES // per_view)
+    if chunk >= m:
+        return _views_float(x_u8, params, cfg, dense_hue=False).to(dtype=dtype, memory_format=fmt)
+    out = torch.empty((m, c, cfg.size, cfg.size), dtype=dtype, device=x_u8.device).contiguous(memory_format=fmt)
+    for i in range(0, m, chunk):
+        sl = slice(i, i + chunk)
+        out[sl] = _views_float(x_u8[sl], _chunk_views(params, sl), cfg, dense_hue=False)
+    return out
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_views(cfg: ViewConfig, dtype, channels_last: bool):
+    """torch.compile of the whole view function (crop + jitter + grey + normalise + cast):
+    Inductor fuses the ~60 elementwise passes of the eager path into a few kernels."""
+    key = (cfg, dtype, channels_last)
+    if key not in _COMPILED:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+        def fn(x_u8, boxes, hflip, factors, order, gray):
+            x = _views_float(x_u8, ViewParams(boxes, hflip, factors, order, gray), cfg, dense_hue=True)
+            return x.to(dtype=dtype, memory_format=fmt)
+
+        _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _COMPILED[key]
+
+
+def apply_views_compiled(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig, dtype=torch.float32,
+                         channels_last: bool = False) -> torch.Tensor:
+    """apply_views through torch.compile (meant for CUDA; same values up to float rounding)."""
+    fn = _compiled_views(cfg, dtype, channels_last)
+    return fn(x_u8, params.boxes, params.hflip, params.factors, params.order, params.gray)
 
 
 class TensorViewPipeline:
     """uint8 samples [N,C,H,W] -> 2KN views in the con2 layout (see con2.losses.view_labels).
 
     With `contexts=None` (SimCLR) only the original context is used: 2N views.
+    `compile`: None = torch.compile the view function on CUDA inputs (eager elsewhere, and
+    eager again if compiling fails); True/False force it.
     """
 
-    def __init__(self, contexts: ContextSet | None, cfg: ViewConfig, dtype=torch.float32, channels_last=False):
+    def __init__(self, contexts: ContextSet | None, cfg: ViewConfig, dtype=torch.float32, channels_last=False,
+                 compile: bool | None = None):
         self.contexts = contexts
         self.cfg = cfg
         self.dtype = dtype
         self.channels_last = channels_last
+        self.compile = compile
+        self._compile_failed = False
 
     @property
     def n_contexts(self) -> int:
@@ -230,17 +314,30 @@ class TensorViewPipeline:
             return x_u8
         return torch.cat(self.contexts.apply_all(x_u8))
 
+    def _use_compile(self, device: torch.device) -> bool:
+        if self._compile_failed:
+            return False
+        if self.compile is None:
+            return device.type == "cuda"
+        return self.compile
+
     def __call__(self, x_u8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if x_u8.dtype != torch.uint8 or x_u8.dim() != 4:
             raise ValueError(f"expected uint8 [N,C,H,W] images, got {x_u8.dtype} {tuple(x_u8.shape)}")
         n = x_u8.shape[0]
         per_context = self.context_images(x_u8).view(self.n_contexts, 1, n, *x_u8.shape[1:])
+        # block 2k+v = context k, view v (each sample's two views draw independent params)
         both = per_context.expand(-1, 2, -1, -1, -1, -1).reshape(-1, *x_u8.shape[1:])
         params = sample_view_params(both.shape[0], x_u8.shape[2], x_u8.shape[3], self.cfg, generator, x_u8.device)
-        views = apply_views(both, params, self.cfg, self.dtype)
-        if self.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        return views
+        if self._use_compile(x_u8.device):
+            try:
+                return apply_views_compiled(both, params, self.cfg, self.dtype, self.channels_last)
+            except Exception as e:  # noqa: BLE001 - any Inductor/Triton failure: stay correct, go eager
+                import warnings
+
+                warnings.warn(f"torch.compile of the view pipeline failed ({type(e).__name__}: {e}); using eager")
+                self._compile_failed = True
+        return apply_views(both, params, self.cfg, self.dtype, self.channels_last)
 
 
 def normalize_only(x_u8: torch.Tensor, cfg: ViewConfig, dtype=torch.float32) -> torch.Tensor:

@@ -1,0 +1,182 @@
+"""NVIDIA DALI view pipeline for image folders (--pipeline dali; optional extra `con2[dali]`).
+
+Files are read by `fn.readers.file` in this epoch's order, decoded by `fn.decoders.image`
+("mixed", i.e. nvJPEG, on a GPU; "cpu" without one), resized to the split's image size, put into
+every context (invert = 255 - x, flip = `fn.flip(vertical=1)`, equalize = `fn.equalize`) and given
+two independent SimCLR views per context (`fn.random_resized_crop`, `fn.brightness_contrast`,
+`fn.saturation`, `fn.hue`, grey via `fn.saturation(0)`, mirror + normalise in
+`fn.crop_mirror_normalize`). Output: the con2 layout, block 2k+v = context k, view v.
+
+Where DALI differs from torchvision (the tensor and worker pipelines), see docs/PERFORMANCE.md:
+* equalize: `fn.equalize` is OpenCV's equalizeHist per channel (lut = round((cdf - cdf_min) * 255 /
+  (N - cdf_min))); torchvision follows PIL (step = (N - count of the last used level) // 255,
+  lut = (cdf_before + step // 2) // step). Levels differ by a few grey values; both are monotone
+  and spread the histogram, so the context is the same in kind, not bit-identical.
+* colour jitter runs in a fixed order (brightness+contrast, saturation, hue) instead of a random
+  order per view; contrast blends towards the mid-grey 128 (DALI's contrast_center), not the
+  image's mean grey; saturation and hue are linear maps in YIQ space (hue rotates the IQ plane by
+  the angle, in degrees: factor * 360) rather than torchvision's HSV hue shift; each op rounds to
+  uint8 as torchvision does on PIL images.
+* random grey is `fn.saturation(0)` (DALI's luma weights), applied after the jitter as torchvision.
+* the crop box sampler is DALI's own (same area/aspect ranges, 10 attempts, centre fallback) and the
+  resize is DALI's antialiased linear filter.
+* randomness comes from DALI's per-pipeline seed, derived from (seed, epoch, rank, start step): runs
+  are deterministic for a given (seed, epoch, world size), but a resumed epoch or a different world
+  size draws different (equally distributed) views, unlike the tensor and worker sources.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .contexts import ContextSet
+from .sources import epoch_permutation, global_batches
+from .split import OneClassSplit
+from .views import ViewConfig
+
+
+def _import():
+    import nvidia.dali as dali  # noqa: F401
+
+    return dali
+
+
+def available() -> bool:
+    try:
+        _import()
+        return True
+    except Exception:  # noqa: BLE001 - a broken install counts as missing
+        return False
+
+
+def status() -> str:
+    """One line for `con2 info`: the version, or why DALI cannot be used."""
+    try:
+        dali = _import()
+    except Exception as e:  # noqa: BLE001
+        return f"not available ({type(e).__name__}: {e}; pip install 'con2[dali]')"
+    where = "GPU decode + augmentation" if torch.cuda.is_available() else "CPU pipelines only (no CUDA device)"
+    return f"nvidia-dali {dali.__version__}: {where}"
+
+
+def _build(files, batch_size, contexts, cfg, channels, hw, seed, device_id, num_threads):
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = device_id is not None
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                  prefetch_queue_depth=2, exec_dynamic=True)
+    def pipe():
+        encoded, _ = fn.readers.file(files=files, random_shuffle=False, name="reader")
+        img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu",
+                                output_type=types.GRAY if channels == 1 else types.RGB)
+        img = fn.resize(img, resize_x=hw[1], resize_y=hw[0], interp_type=types.INTERP_CUBIC, antialias=True)
+        outs = []
+        compositions = [()] if contexts is None else contexts.compositions
+        for comp in compositions:
+            c = img
+            for name in comp:
+                if name == "invert":
+                    c = fn.cast(255 - c, dtype=types.UINT8)
+                elif name == "flip":
+                    c = fn.flip(c, horizontal=0, vertical=1)
+                elif name == "equalize":
+                    c = fn.equalize(c)
+            for _ in range(2):
+                outs.append(_view(c, cfg, channels, fn, types))
+        return tuple(outs)
+
+    return pipe()
+
+
+def _view(c, cfg: ViewConfig, channels, fn, types):
+    x = fn.random_resized_crop(c, size=[cfg.size, cfg.size], random_area=list(cfg.scale),
+                               random_aspect_ratio=list(cfg.ratio), num_attempts=10, antialias=True)
+    b, con, s, h = cfg.jitter
+    # ops whose probability or strength is 0 are left out of the graph (exact identity, less work)
+    if cfg.jitter_p > 0 and (b > 0 or con > 0):
+        on = fn.random.coin_flip(probability=cfg.jitter_p)
+        bf = fn.random.uniform(range=[max(0.0, 1 - b), 1 + b])
+        cf = fn.random.uniform(range=[max(0.0, 1 - con), 1 + con])
+        x = fn.brightness_contrast(x, brightness=on * bf + (1 - on), contrast=on * cf + (1 - on))
+        if channels == 3:
+            sf = fn.random.uniform(range=[max(0.0, 1 - s), 1 + s])
+            x = fn.saturation(x, saturation=on * sf + (1 - on))
+            hf = fn.random.uniform(range=[-h, h])
+            x = fn.hue(x, hue=on * hf * 360.0)
+    if channels == 3 and cfg.gray_p > 0:
+        g = fn.random.coin_flip(probability=cfg.gray_p)
+        x = fn.saturation(x, saturation=fn.cast(1 - g, dtype=types.FLOAT))
+    mirror = fn.random.coin_flip(probability=cfg.hflip_p) if cfg.hflip_p > 0 else 0
+    return fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW", mirror=mirror,
+                                    mean=[255.0 * cfg.mean] * channels, std=[255.0 * cfg.std] * channels)
+
+
+def _to_torch(tl, device: torch.device) -> torch.Tensor:
+    t = tl.as_tensor()
+    if device.type == "cuda" and hasattr(t, "__dlpack__"):
+        return torch.from_dlpack(t).clone()
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        out = torch.empty(t.shape(), dtype=torch.float32, device=device)
+        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(t))
+
+
+class DaliBatchSource:
+    """Views of split.train_files made by DALI; same interface as TensorBatchSource."""
+
+    kind = "dali"
+
+    def __init__(self, split: OneClassSplit, contexts: ContextSet | None, view_cfg: ViewConfig, batch_size: int,
+                 seed: int, device: torch.device, dtype=torch.float32, channels_last=False, rank=0, world=1,
+                 num_threads: int = 2):
+        if not available():
+            raise RuntimeError(f"--pipeline dali: {status()}")
+        if not split.train_files:
+            raise ValueError(f"--pipeline dali needs an image-folder data set ({split.name} has no train files)")
+        self.files = [str(f) for f in split.train_files]
+        self.channels, self.hw = split.channels, tuple(int(v) for v in split.train.shape[1:3])
+        self.contexts, self.cfg = contexts, view_cfg
+        self.batch_size = min(batch_size, len(self.files))
+        self.batches = global_batches(len(self.files), self.batch_size)
+        self.seed, self.device, self.dtype = seed, torch.device(device), dtype
+        self.channels_last, self.rank, self.world = channels_last, rank, world
+        self.num_threads = num_threads
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def local_slice(self, start: int, stop: int) -> slice:
+        per = -(-(stop - start) // self.world)
+        lo = start + self.rank * per
+        return slice(lo, min(stop, lo + per))
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        return epoch_permutation(len(self.files), self.seed, epoch)
+
+    def batches_from(self, epoch: int, start_step: int = 0):
+        """Yield (step, views) for steps start_step.. of this epoch (one DALI pipeline per call)."""
+        steps = list(range(start_step, self.steps_per_epoch))
+        if not steps:
+            return
+        perm = self.epoch_order(epoch).tolist()
+        slices = [self.local_slice(*self.batches[s]) for s in steps]
+        n_local = slices[0].stop - slices[0].start
+        files = [self.files[perm[p]] for sl in slices for p in range(sl.start, sl.stop)]
+        device_id = self.device.index or 0 if self.device.type == "cuda" else None
+        pipe_seed = ((self.seed * 1_000_003 + epoch) * 1009 + self.rank * 101 + start_step) % (2**31 - 1)
+        pipe = _build(files, n_local, self.contexts, self.cfg, self.channels, self.hw, pipe_seed, device_id,
+                      self.num_threads)
+        pipe.build()
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        try:
+            for step in steps:
+                outs = pipe.run()
+                views = torch.cat([_to_torch(o, self.device) for o in outs])
+                yield step, views.to(self.device).to(dtype=self.dtype, memory_format=fmt)
+        finally:
+            del pipe

@@ -1,0 +1,136 @@
+"""Per-sample torchvision view pipeline in DataLoader worker processes (--pipeline workers).
+
+The classic SimCLR input pipeline: each worker takes one sample, applies every context, then two
+independent torchvision views per context (PIL: RandomResizedCrop(size, scale=(0.08, 1)) with
+antialiasing, RandomHorizontalFlip, RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+RandomGrayscale(0.2), normalise 0.5/0.5). The collate puts the 2K views of the batch in the con2
+layout (block 2k+v = context k, view v; see con2.losses.view_labels).
+
+It is the reference the tensor pipeline is benchmarked against, and the fallback for image
+folders too large to hold in memory when DALI is missing.
+
+Determinism: every sample reseeds torch's RNG from (seed, epoch, position in the epoch) before its
+transforms, so views do not depend on the number of workers, on which worker ran the sample, on the
+DDP world size, or on where a resumed epoch starts.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .contexts import ContextSet
+from .sources import epoch_permutation, global_batches
+from .split import OneClassSplit
+from .views import ViewConfig
+
+
+def view_transform(cfg: ViewConfig, channels: int) -> v2.Compose:
+    """torchvision's SimCLR view T on a PIL image -> float tensor [C, size, size]."""
+    return v2.Compose([
+        v2.RandomResizedCrop(cfg.size, scale=cfg.scale, ratio=cfg.ratio, antialias=True),
+        v2.RandomHorizontalFlip(cfg.hflip_p),
+        v2.RandomApply([v2.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
+        v2.RandomGrayscale(cfg.gray_p),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([cfg.mean] * channels, [cfg.std] * channels),
+    ])
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 100_003 + position) % (2**63)
+
+
+def load_image(path: str, channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 [H, W, C] from a file, in the split's channel count and (H, W)."""
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.BICUBIC)
+        a = np.asarray(img, dtype=np.uint8)
+    return a[..., None] if a.ndim == 2 else a
+
+
+class _ViewDataset(Dataset):
+    """Item (epoch, position, sample index) -> the sample's 2K views [2K, C, S, S]."""
+
+    def __init__(self, images, files, channels, hw, contexts, cfg, seed):
+        self.images, self.files, self.channels, self.hw = images, files, channels, hw
+        self.contexts, self.cfg, self.seed = contexts, cfg, seed
+        self.transform = view_transform(cfg, channels)
+
+    def __len__(self):
+        return len(self.files) if self.images is None else len(self.images)
+
+    def _sample(self, i: int) -> torch.Tensor:
+        a = self.images[i] if self.images is not None else load_image(self.files[i], self.channels, self.hw)
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+
+    def __getitem__(self, item):
+        epoch, position, i = item
+        x = self._sample(i)
+        ctx = [x] if self.contexts is None else self.contexts.apply_all(x)
+        torch.manual_seed(sample_seed(self.seed, epoch, position))
+        views = []
+        for c in ctx:
+            pil = Image.fromarray(c[0].numpy() if self.channels == 1 else c.permute(1, 2, 0).numpy())
+            views += [self.transform(pil), self.transform(pil)]
+        return torch.stack(views)
+
+
+def _collate(items: list[torch.Tensor]) -> torch.Tensor:
+    # [N, 2K, C, S, S] -> [2K * N, C, S, S]: block 2k+v holds view v of context k of every sample
+    x = torch.stack(items)
+    return x.transpose(0, 1).reshape(-1, *x.shape[2:])
+
+
+class WorkerBatchSource:
+    """DataLoader (num_workers processes) over split.train, or over split.train_files when the
+    split is not held in memory (meta["in_memory"] is False)."""
+
+    kind = "workers"
+
+    def __init__(self, split: OneClassSplit, contexts: ContextSet | None, view_cfg: ViewConfig, batch_size: int,
+                 seed: int, device: torch.device, dtype=torch.float32, channels_last=False, rank=0, world=1,
+                 num_workers: int = 2):
+        from_files = split.train_files is not None and split.meta.get("in_memory") is False
+        images = None if from_files else split.train
+        files = list(split.train_files) if from_files else None
+        n = len(files) if from_files else len(images)
+        self.dataset = _ViewDataset(images, files, split.channels, tuple(split.train.shape[1:3]) if len(split.train) else None,
+                                    contexts, view_cfg, seed)
+        self.n = n
+        self.batch_size = min(batch_size, n)
+        self.batches = global_batches(n, self.batch_size)
+        self.seed, self.device, self.dtype = seed, torch.device(device), dtype
+        self.channels_last, self.rank, self.world = channels_last, rank, world
+        self.num_workers = num_workers
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def local_slice(self, start: int, stop: int) -> slice:
+        per = -(-(stop - start) // self.world)
+        lo = start + self.rank * per
+        return slice(lo, min(stop, lo + per))
+
+    def _batch_items(self, epoch: int, start_step: int) -> list[list[tuple[int, int, int]]]:
+        perm = epoch_permutation(self.n, self.seed, epoch).tolist()
+        out = []
+        for step in range(start_step, self.steps_per_epoch):
+            sl = self.local_slice(*self.batches[step])
+            out.append([(epoch, pos, perm[pos]) for pos in range(sl.start, sl.stop)])
+        return out
+
+    def batches_from(self, epoch: int, start_step: int = 0):
+        """Yield (step, views) for steps start_step.. of this epoch."""
+        loader = DataLoader(self.dataset, batch_sampler=self._batch_items(epoch, start_step), collate_fn=_collate,
+                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                             persistent_workers=False, prefetch_factor=2 if self.num_workers else None)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for step, views in enumerate(loader, start=start_step):
+            yield step, views.to(self.device, non_blocking=True).to(dtype=self.dtype, memory_format=fmt)

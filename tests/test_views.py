@@ -1,0 +1,312 @@
+"""The tensor view pipeline against torchvision, its random parameters, and the batch sources."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from con2.data import views as V
+from con2.data.contexts import ContextSet, equalize, invert, vflip
+from con2.data.split import OneClassSplit
+from con2.data.sources import TensorBatchSource, make_batch_source
+from con2.losses import view_labels
+
+
+def _imgs(n=6, c=3, h=20, w=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, h, w), generator=g, dtype=torch.uint8)
+
+
+NO_AUG = V.ViewConfig(size=20, scale=(1.0, 1.0), ratio=(1.2, 1.2), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
+
+
+# --- deterministic parts, exact against torchvision --------------------------------------------
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_context_transforms_match_torchvision(c):
+    x = _imgs(c=c)
+    assert torch.equal(invert(x), TF.invert(x))
+    assert torch.equal(vflip(x), TF.vertical_flip(x))
+    assert torch.equal(equalize(x), torch.stack([TF.equalize(xi) for xi in x]))  # batched == per image
+    assert torch.equal(x.flip(-1), TF.horizontal_flip(x))
+
+
+def test_equalize_rgb_per_channel():
+    x = _imgs(n=2, c=3)
+    per_channel = torch.cat([TF.equalize(x[:, i : i + 1]) for i in range(3)], dim=1)
+    assert torch.equal(equalize(x), per_channel)
+
+
+def test_grayscale_matches_torchvision():
+    x = _imgs().float() / 255
+    gray = torch.tensor([True, False, True, False, True, False])
+    out = V.random_grayscale(x, gray)
+    ref = TF.rgb_to_grayscale(x, num_output_channels=3)
+    assert torch.allclose(out[gray], ref[gray], atol=1e-6)
+    assert torch.equal(out[~gray], x[~gray])
+
+
+@pytest.mark.parametrize("box,flip", [((0, 0, 20, 24), False), ((3, 5, 9, 7), False), ((2, 1, 17, 13), True),
+                                      ((4, 6, 8, 8), True), ((0, 0, 1, 1), False)])
+@pytest.mark.parametrize("size", [16, 32])
+def test_resized_crop_matches_torchvision(box, flip, size):
+    x = _imgs(n=1).float() / 255
+    out = V.resized_crop(x, torch.tensor([box], dtype=torch.float32), torch.tensor([flip]), size)
+    ref = TF.resized_crop(x, *box, size=[size, size], antialias=False)
+    if flip:
+        ref = TF.horizontal_flip(ref)
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+def test_resized_crop_batched_per_row_boxes():
+    x = _imgs(n=4).float() / 255
+    boxes = torch.tensor([[0, 0, 20, 24], [1, 2, 10, 12], [5, 5, 15, 3], [0, 10, 7, 14]], dtype=torch.float32)
+    flip = torch.tensor([False, True, False, True])
+    out = V.resized_crop(x, boxes, flip, 12)
+    for i in range(4):
+        ref = TF.resized_crop(x[i], *[int(b) for b in boxes[i]], size=[12, 12], antialias=False)
+        ref = TF.horizontal_flip(ref) if flip[i] else ref
+        assert torch.allclose(out[i], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_color_jitter_ops_match_torchvision(c):
+    x = _imgs(n=5, c=c).float() / 255
+    f = torch.tensor([0.6, 0.9, 1.0, 1.2, 1.4])
+    hue = torch.tensor([-0.1, -0.03, 0.0, 0.05, 0.1])
+    for i in range(5):
+        xi = x[i : i + 1]
+        torch.testing.assert_close(V.adjust_brightness(xi, f[i]), TF.adjust_brightness(xi, f[i].item()))
+        torch.testing.assert_close(V.adjust_contrast(xi, f[i]), TF.adjust_contrast(xi, f[i].item()))
+        torch.testing.assert_close(V.adjust_saturation(xi, f[i]), TF.adjust_saturation(xi, f[i].item()))
+    # hue with one factor per row, in one call
+    ref = torch.cat([TF.adjust_hue(x[i : i + 1], hue[i].item()) for i in range(5)])
+    torch.testing.assert_close(V.adjust_hue(x, hue), ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_color_jitter_per_view_order_matches_torchvision(dense):
+    x = _imgs(n=8).float() / 255
+    g = torch.Generator().manual_seed(3)
+    factors = torch.stack([torch.rand(8, generator=g) * 0.8 + 0.6 for _ in range(3)]
+                          + [torch.rand(8, generator=g) * 0.2 - 0.1], 1)
+    factors[5] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # a view without jitter
+    order = torch.rand(8, 4, generator=g).argsort(1)
+    out = V.color_jitter(x, factors, order, dense_hue=dense)
+    fns = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(8):
+        ref = x[i]
+        for op in order[i].tolist():
+            ref = fns[op](ref, factors[i, op].item())
+        torch.testing.assert_close(out[i], ref, atol=5e-5, rtol=0)
+
+
+# --- random parameters ----------------------------------------------------------------------
+
+def test_view_param_ranges_and_rates():
+    cfg = V.ViewConfig(size=32)
+    m, h, w = 20000, 64, 48
+    p = V.sample_view_params(m, h, w, cfg, torch.Generator().manual_seed(0), "cpu")
+    top, left, bh, bw = p.boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + bh <= h).all() and (left + bw <= w).all()
+    area = bh * bw / (h * w)
+    assert area.min() >= 0.08 - 0.02 and area.max() <= 1.0
+    # same distribution as torchvision's get_params (rejection of boxes that do not fit included)
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    img = torch.zeros(1, h, w)
+    ref = torch.tensor([RandomResizedCrop.get_params(img, cfg.scale, cfg.ratio) for _ in range(3000)], dtype=torch.float32)
+    ref_area = ref[:, 2] * ref[:, 3] / (h * w)
+    assert area.mean() == pytest.approx(ref_area.mean().item(), abs=0.02)
+    assert area.std() == pytest.approx(ref_area.std().item(), abs=0.02)
+    assert (bw / bh).log().mean() == pytest.approx((ref[:, 3] / ref[:, 2]).log().mean().item(), abs=0.02)
+    ratio = bw / bh
+    inner = (area > 0.2)  # small boxes have coarse rounded ratios
+    assert ratio[inner].min() >= 0.75 * 0.9 and ratio[inner].max() <= 4 / 3 * 1.1
+    assert p.hflip.float().mean() == pytest.approx(0.5, abs=0.02)
+    jittered = (p.factors != torch.tensor([1.0, 1.0, 1.0, 0.0])).any(1)
+    assert jittered.float().mean() == pytest.approx(0.8, abs=0.02)
+    f = p.factors[jittered]
+    assert f[:, :3].min() >= 0.6 and f[:, :3].max() <= 1.4 and f[:, 3].abs().max() <= 0.1
+    assert p.gray.float().mean() == pytest.approx(0.2, abs=0.02)
+    # each op is equally likely at each step, orders are permutations
+    assert torch.equal(p.order.sort(1).values, torch.arange(4).expand(m, 4))
+    assert torch.allclose(torch.bincount(p.order[:, 0], minlength=4).float() / m, torch.full((4,), 0.25), atol=0.02)
+    # per-view independence: flip and grey draws are uncorrelated
+    corr = torch.corrcoef(torch.stack([p.hflip.float(), p.gray.float(), area]))
+    assert corr[0, 1].abs() < 0.03 and corr[0, 2].abs() < 0.03
+
+
+def test_crop_fallback_and_boxes_inside_small_images():
+    cfg = V.ViewConfig(size=8, scale=(0.9, 1.0), ratio=(3.0, 4.0))  # impossible on a square: fallback
+    p = V.sample_view_params(50, 10, 10, cfg, torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(p.boxes[0], torch.tensor([3.0, 0.0, 3.0, 10.0]))  # centre crop, ratio clamped to 3
+
+
+# --- the pipeline and its layout --------------------------------------------------------------
+
+@pytest.mark.parametrize("names", ["invert", "flip", "equalize", "invert,flip"])
+def test_each_block_is_its_context(names):
+    ctx = ContextSet(names)
+    x = _imgs(n=5, c=3, h=20, w=20)
+    cfg = V.ViewConfig(size=20, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
+    out = V.TensorViewPipeline(ctx, cfg)(x, torch.Generator().manual_seed(0))
+    assert out.shape == (2 * len(ctx) * 5, 3, 20, 20)
+    blocks = out.view(2 * len(ctx), 5, 3, 20, 20)
+    context_labels, sample_ids = view_labels(5, len(ctx))
+    for b in range(2 * len(ctx)):
+        k = b // 2
+        ref = (ctx.apply(k, x).float() / 255 - 0.5) / 0.5
+        torch.testing.assert_close(blocks[b], ref, atol=1e-5, rtol=0)
+        assert (context_labels.view(-1, 5)[b] == k).all() and torch.equal(sample_ids.view(-1, 5)[b], torch.arange(5))
+
+
+def test_views_differ_and_randomness_is_per_sample():
+    x = _imgs(n=1, h=32, w=32).expand(8, -1, -1, -1).contiguous()  # one image 8 times
+    out = V.TensorViewPipeline(ContextSet("invert"), V.ViewConfig(size=16))(x, torch.Generator().manual_seed(1))
+    blocks = out.view(4, 8, -1)
+    assert not torch.allclose(blocks[0], blocks[1])  # the two views of a sample differ
+    # same image, different sample slots -> different views
+    d = torch.cdist(blocks[0], blocks[0])
+    assert (d + torch.eye(8) * 1e9).min() > 1e-3
+
+
+@pytest.mark.parametrize("dtype,cl", [(torch.float32, False), (torch.bfloat16, True)])
+def test_output_dtype_and_layout(dtype, cl):
+    x = _imgs(n=4, h=16, w=16)
+    out = V.TensorViewPipeline(ContextSet("flip"), V.ViewConfig(size=8), dtype=dtype, channels_last=cl)(x)
+    assert out.dtype == dtype and out.shape == (16, 3, 8, 8)
+    assert out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert out.float().min() >= -1.0 and out.float().max() <= 1.0
+
+
+def test_cpu_chunking_does_not_change_views(monkeypatch):
+    x = _imgs(n=6, h=16, w=16)
+    p = V.TensorViewPipeline(ContextSet("invert"), V.ViewConfig(size=16))
+    a = p(x, torch.Generator().manual_seed(5))
+    monkeypatch.setattr(V, "CPU_CHUNK_BYTES", 1)  # one view per chunk
+    b = p(x, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_single_channel_pipeline():
+    x = _imgs(n=3, c=1, h=16, w=16)
+    out = V.TensorViewPipeline(ContextSet("equalize"), V.ViewConfig(size=12))(x, torch.Generator().manual_seed(0))
+    assert out.shape == (12, 1, 12, 12) and torch.isfinite(out).all()
+
+
+# --- batch sources ----------------------------------------------------------------------------
+
+def _split(n=12, size=16, c=3):
+    rng = np.random.default_rng(0)
+    tr = rng.integers(0, 256, (n, size, size, c), dtype=np.uint8)
+    return OneClassSplit("t", tr, tr[:4], np.zeros(4, np.int64), tr[:0])
+
+
+def test_tensor_source_determinism_and_ddp_slices():
+    sp, ctx, cfg = _split(), ContextSet("invert"), V.ViewConfig(size=8)
+    src = TensorBatchSource(sp.train, ctx, cfg, 6, seed=3, device="cpu")
+    a = dict(src.batches_from(1))
+    b = dict(src.batches_from(1, start_step=1))
+    assert torch.equal(a[1], b[1])  # resume mid-epoch gives the same views
+    assert not torch.equal(a[0], dict(src.batches_from(2))[0])
+    ranks = [dict(TensorBatchSource(sp.train, ctx, cfg, 6, 3, "cpu", rank=r, world=2).batches_from(1)) for r in (0, 1)]
+    for step in a:
+        full = a[step].view(4, 6, -1)
+        local = torch.cat([ranks[r][step].view(4, 3, -1) for r in (0, 1)], dim=1)
+        assert torch.equal(full, local)
+
+
+def test_worker_source_shapes_and_determinism():
+    sp = _split(n=8)
+    src = make_batch_source("workers", sp, ContextSet("invert"), V.ViewConfig(size=8), 4, 1, "cpu")
+    src.num_workers = 0
+    a = dict(src.batches_from(0))
+    assert len(a) == 2 and a[0].shape == (16, 3, 8, 8) and a[0].dtype == torch.float32
+    assert a[0].min() >= -1 and a[0].max() <= 1
+    src.num_workers = 2  # worker processes and assignment do not change the views
+    b = dict(src.batches_from(0))
+    assert all(torch.equal(a[s], b[s]) for s in a)
+    assert torch.equal(dict(src.batches_from(0, start_step=1))[1], a[1])
+
+
+def test_worker_source_contexts_without_augmentation():
+    sp = _split(n=4)
+    cfg = V.ViewConfig(size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
+    ctx = ContextSet("invert,flip")
+    src = make_batch_source("workers", sp, ctx, cfg, 4, 0, "cpu")
+    src.num_workers = 0
+    views = next(src.batches_from(0))[1].view(8, 4, 3, 16, 16)
+    perm = __import__("con2.data.sources", fromlist=["x"]).epoch_permutation(4, 0, 0)
+    x = torch.from_numpy(sp.train).permute(0, 3, 1, 2)[perm]
+    for b in range(8):
+        ref = (ctx.apply(b // 2, x).float() / 255 - 0.5) / 0.5
+        torch.testing.assert_close(views[b], ref, atol=1e-6, rtol=0)
+
+
+# --- DALI (CPU pipelines here) ---------------------------------------------------------------
+
+def _folder_split(tmp_path, n=6, size=24, c=3):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    arrs, files = [], []
+    for i in range(n):
+        a = rng.integers(0, 256, (size, size, c), dtype=np.uint8)
+        a[: size // 2] //= 2  # some structure so vflip is visible
+        ext = "png"  # lossless: context correctness is checked exactly
+        p = tmp_path / f"img{i}.{ext}"
+        Image.fromarray(a[..., 0] if c == 1 else a).save(p)
+        arrs.append(a)
+    tr = np.stack(arrs)
+    files = [str(tmp_path / f"img{i}.png") for i in range(n)]
+    return OneClassSplit("f", tr, tr[:2], np.zeros(2, np.int64), tr[:0], train_files=files,
+                         meta={"in_memory": False})
+
+
+@pytest.fixture
+def dali():
+    from con2.data import dali as d
+
+    if not d.available():
+        pytest.skip("nvidia-dali not installed")
+    return d
+
+
+@pytest.mark.parametrize("c", [3, 1])
+def test_dali_shapes_ranges_and_contexts(dali, tmp_path, c):
+    sp = _folder_split(tmp_path, c=c)
+    cfg = V.ViewConfig(size=24, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
+    ctx = ContextSet("invert,flip")
+    src = dali.DaliBatchSource(sp, ctx, cfg, 3, 0, "cpu")
+    steps = dict(src.batches_from(0))
+    assert len(steps) == 2
+    v = steps[0]
+    assert v.shape == (8 * 3, c, 24, 24) and v.dtype == torch.float32 and v.device.type == "cpu"
+    blocks = v.view(8, 3, c, 24, 24)
+    perm = src.epoch_order(0)
+    x = torch.from_numpy(sp.train).permute(0, 3, 1, 2)[perm[:3]]
+    for b in range(8):
+        ref = (ctx.apply(b // 2, x).float() / 255 - 0.5) / 0.5
+        torch.testing.assert_close(blocks[b], ref, atol=1e-5, rtol=0)
+    # and with the full augmentation: ranges, views differ, deterministic per (seed, epoch)
+    src = dali.DaliBatchSource(sp, ctx, V.ViewConfig(size=16), 3, 0, "cpu", dtype=torch.bfloat16, channels_last=True)
+    a = dict(src.batches_from(1))
+    b = dict(src.batches_from(1))
+    assert a[0].dtype == torch.bfloat16 and a[0].shape == (24, c, 16, 16)
+    assert a[0].is_contiguous(memory_format=torch.channels_last)
+    assert a[0].float().min() >= -1.0 and a[0].float().max() <= 1.0
+    assert torch.equal(a[0], b[0])
+    blocks = a[0].float().reshape(8, 3, -1)
+    assert not torch.allclose(blocks[0], blocks[1])
+
+
+def test_available_pipelines():
+    from con2.data.pipeline_info import available_pipelines
+
+    info = available_pipelines()
+    assert set(info) == {"tensor", "workers", "dali"} and info["tensor"] and info["dali"]
