@@ -1,0 +1,79 @@
+"""Fit rows into a lent GPU's time: start them on the paper schedule, measure the real step
+rate with all processes sharing the GPU, and restart once on a shortened schedule (stated in
+the results) if the paper schedule cannot finish inside --budget-s.
+
+    python benchmarks/reproduce/device_job.py ROW [ROW ...] --data-root .carry/data --budget-s 480
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def measured_views_per_s(runs: Path) -> float | None:
+    """Median over processes of the latest training rate (views/s), past start-up."""
+    rates = []
+    for m in runs.glob("*/metrics.jsonl"):
+        lines = [json.loads(l) for l in m.read_text().splitlines()]
+        if len(lines) >= 3:  # the first lines include start-up and cuDNN autotuning
+            rates.append(lines[-1]["views_per_s"])
+    return sorted(rates)[len(rates) // 2] if rates else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("rows", nargs="+")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--budget-s", type=float, required=True)
+    p.add_argument("--probe-s", type=float, default=75)
+    p.add_argument("--steps-per-epoch", type=int, required=True, help="of the rows (same data set)")
+    p.add_argument("--epochs", type=int, default=2048)
+    p.add_argument("--eval-s", type=float, default=60, help="time kept for the 40-view evaluation")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--results", default=str(HERE / "results.jsonl"))
+    a = p.parse_args(argv)
+    t_start = time.perf_counter()
+    n_proc = len(a.rows) * len(a.seeds)
+
+    def launch(epochs: int, runs: Path):
+        cmd = [sys.executable, str(HERE / "run.py"), *a.rows, "--data-root", a.data_root, "--epochs", str(epochs),
+               "--parallel", str(n_proc), "--runs", str(runs), "--results", a.results, "--seeds", *map(str, a.seeds)]
+        print("$", " ".join(cmd), flush=True)
+        return subprocess.Popen(cmd, start_new_session=True)  # its own group: killed whole
+
+    runs = Path("runs/device-probe")
+    shutil.rmtree(runs, ignore_errors=True)
+    proc = launch(a.epochs, runs)
+    time.sleep(a.probe_s)
+    views_s = measured_views_per_s(runs) if proc.poll() is None else None
+    if views_s:
+        cfg = json.loads(next(runs.glob("*/config.json")).read_text())
+        step_rate = views_s / ((2 if cfg["objective"] == "simclr" else 4) * cfg["batch_size"])
+        need = a.epochs * a.steps_per_epoch / step_rate + a.eval_s
+        left = a.budget_s - (time.perf_counter() - t_start)
+        print(f"probe: {step_rate:.1f} steps/s per process; the schedule needs {need:.0f} s more, {left:.0f} s left",
+              flush=True)
+        if need > left:
+            os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker processes
+            proc.wait()
+            time.sleep(3)
+            # a restart pays start-up again: keep a margin for it
+            usable = a.budget_s - (time.perf_counter() - t_start) - a.eval_s - 40
+            epochs = max(1, int(usable * step_rate / a.steps_per_epoch))
+            print(f"shortening the schedule to {epochs} epochs", flush=True)
+            shutil.rmtree(runs, ignore_errors=True)
+            proc = launch(epochs, runs)
+    return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
