@@ -24,6 +24,8 @@ from rows import ROWS  # noqa: E402
 
 
 def _commit() -> str:
+    if os.environ.get("CON2_COMMIT"):  # the GPU machine gets a copy of the tree without .git
+        return os.environ["CON2_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent).stdout.strip() or "unknown"
