@@ -1,0 +1,143 @@
+"""View pipeline throughput: the batched tensor pipeline vs the torchvision DataLoader baseline.
+
+One batch = 512 samples x 2 contexts (invert) x 2 views = 2048 views, at 32 px and at 224 px.
+CPU: TensorViewPipeline (eager, chunked) vs WorkerBatchSource (torchvision, 2 worker processes),
+timed in the same run. GPU (marked `gpu`, skipped without CUDA): the tensor pipeline eager and
+torch.compile'd, and its time relative to one ResNet18 training step (Con2Model, forward +
+backward, bf16 autocast, channels_last) on the same 2048 views.
+
+    pytest benchmarks/test_bench_views.py --benchmark-json=views.json
+    CON2_BENCH_VIEWS_N=128 pytest benchmarks/test_bench_views.py     # smaller batches
+    python benchmarks/test_bench_views.py --gpu                      # GPU table without pytest
+Every case checks its output (shape, range, layout) before it is timed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from con2.data.contexts import ContextSet
+from con2.data.split import OneClassSplit
+from con2.data.views import TensorViewPipeline, ViewConfig
+
+N = int(os.environ.get("CON2_BENCH_VIEWS_N", "512"))
+SIZES = [32, 224]
+HAS_CUDA = torch.cuda.is_available()
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]
+
+
+def _images(n, size, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _check(views, n, size):
+    assert views.shape == (4 * n, 3, size, size)
+    assert torch.isfinite(views).all() and views.min() >= -1 and views.max() <= 1
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cpu_tensor_pipeline(benchmark, size):
+    x = torch.from_numpy(_images(N, size)).permute(0, 3, 1, 2).contiguous()
+    pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(size))
+    g = torch.Generator().manual_seed(0)
+    _check(pipe(x, g), N, size)
+    benchmark.group = f"views-cpu-{size}px"
+    benchmark.pedantic(pipe, args=(x, g), rounds=3 if size <= 64 else 1, iterations=1, warmup_rounds=0)
+    benchmark.extra_info["views_per_s"] = 4 * N / benchmark.stats.stats.mean
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cpu_worker_dataloader(benchmark, size):
+    from con2.data.workers import WorkerBatchSource
+
+    imgs = _images(N, size)
+    split = OneClassSplit("bench", imgs, imgs[:1], np.zeros(1, np.int64), imgs[:0])
+    src = WorkerBatchSource(split, ContextSet("invert"), ViewConfig(size), N, 0, "cpu", num_workers=2)
+    epoch = iter(range(10**6))
+
+    def one_batch():  # one epoch = one batch; the 2 workers' start-up is included
+        (_, views), = list(src.batches_from(next(epoch)))
+        return views
+
+    _check(one_batch(), N, size)
+    benchmark.group = f"views-cpu-{size}px"
+    benchmark.pedantic(one_batch, rounds=3 if size <= 64 else 1, iterations=1, warmup_rounds=0)
+    benchmark.extra_info["views_per_s"] = 4 * N / benchmark.stats.stats.mean
+
+
+def _cuda_time(fn, reps=20):
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
+def gpu_case(size, compile_, n=N):
+    """(pipeline ms, train-step ms) for 4n views on the GPU; checks eager == compiled first."""
+    from con2.model import Con2Model
+
+    dev = torch.device("cuda")
+    x = torch.from_numpy(_images(n, size)).permute(0, 3, 1, 2).contiguous().to(dev)
+    pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), dtype=torch.bfloat16, channels_last=True,
+                              compile=compile_)
+    ref = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), compile=False)
+    out = pipe(x, torch.Generator(dev).manual_seed(0))
+    _check(out.float(), n, size)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    if compile_:
+        diff = (out.float() - ref(x, torch.Generator(dev).manual_seed(0))).abs().max().item()
+        assert diff < 2e-2, diff  # bf16 output
+    g = torch.Generator(dev).manual_seed(1)
+    t_pipe = _cuda_time(lambda: pipe(x, g))
+
+    model = Con2Model(3, size).to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            zc, zs = model(out)
+            loss = (zc.float().sum() + zs.float().sum()) * 0
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t_step = _cuda_time(step, reps=10)
+    return t_pipe, t_step
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_gpu_tensor_pipeline(benchmark, size, compile_):
+    t_pipe, t_step = gpu_case(size, compile_)
+    benchmark.group = f"views-cuda-{size}px"
+    benchmark.extra_info.update(pipeline_ms=t_pipe, train_step_ms=t_step, ratio=t_pipe / t_step,
+                                views_per_s=4 * N / t_pipe * 1e3)
+    benchmark.pedantic(lambda: None, rounds=1)  # timed with CUDA events above
+
+
+if __name__ == "__main__" and "--gpu" in sys.argv:
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, {4 * N} views (N={N}, K=2)")
+    for size in SIZES:
+        for c in (False, True):
+            t0 = time.perf_counter()
+            try:
+                tp, ts = gpu_case(size, c)
+                print(f"{size:4d}px {'compiled' if c else 'eager   '}: pipeline {tp:8.3f} ms  "
+                      f"({4 * N / tp * 1e3:,.0f} views/s)  train step {ts:8.3f} ms  ratio {tp / ts:.3f}  "
+                      f"[case wall {time.perf_counter() - t0:.0f} s]", flush=True)
+            except Exception as e:  # report and go on with the other cases
+                print(f"{size:4d}px {'compiled' if c else 'eager'}: FAILED {type(e).__name__}: {e}", flush=True)
