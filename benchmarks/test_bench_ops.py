@@ -102,10 +102,28 @@ def test_loss_fwd_bwd(benchmark, device, m, impl):
     benchmark.pedantic(run, rounds=_rounds(device, hint), warmup_rounds=1)
 
 
+_RSS_SAMPLER = """
+import os, threading, time
+_page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * _page
+class Peak:
+    def __enter__(self):
+        self.base = rss(); self.peak = self.base; self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True); self.t.start(); return self
+    def run(self):
+        while not self.stop:
+            self.peak = max(self.peak, rss()); time.sleep(0.0005)
+    def __exit__(self, *a):
+        self.stop = True; self.t.join(); self.peak = max(self.peak, rss())
+"""
+
+
 def _peak_extra_bytes_cpu(impl: str, m: int, d: int) -> int:
     """Peak RSS growth of one loss fwd+bwd in a fresh process (torch allocations are invisible to tracemalloc)."""
-    code = f"""
-import json, resource, torch, torch.nn.functional as F
+    code = _RSS_SAMPLER + f"""
+import json, torch, torch.nn.functional as F
 from con2.ops import native, reference
 torch.manual_seed(0)
 z = F.normalize(torch.randn({m}, {d}), dim=1).requires_grad_(True)
@@ -113,10 +131,9 @@ labels = torch.randint(0, 4, ({m},))
 fn = native.supcon_loss if {impl!r} == "native" else reference.supcon_loss
 small = F.normalize(torch.randn(64, {d}), dim=1).requires_grad_(True)
 fn(small, labels[:64], 0.07).backward()   # warm up allocator / thread pools
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-fn(z, labels, 0.07).backward()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps((after - before) * 1024))
+with Peak() as p:
+    fn(z, labels, 0.07).backward()
+print(json.dumps(p.peak - p.base))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -199,8 +216,10 @@ def test_top1(benchmark, device, n, q, impl):
     vals, idx = run()
     if impl == "faiss":  # float32 summation order differs: allow rare near-tie swaps
         assert (idx.to(i_ref.device) == i_ref).float().mean() >= 0.999
-    else:
-        assert torch.equal(idx, i_ref)
+    else:  # equal except at float32 near-ties (|dv| <= 2e-6), which a different summation order may flip
+        same = idx.to(i_ref.device) == i_ref
+        assert bool((same | ((vals.float().to(v_ref.device) - v_ref).abs() <= 2e-6)).all())
+        assert same.float().mean() >= 0.999
     torch.testing.assert_close(vals.float().to(v_ref.device), v_ref, rtol=1e-4, atol=1e-5)
     import time
 
@@ -219,16 +238,15 @@ def test_top1_peak_memory(benchmark, device):
         pytest.skip("set CON2_BENCH_FULL=1")
     n, q, d = 1_000_000, 1024, 512
     if device == "cpu":
-        code = f"""
-import json, resource, torch
+        code = _RSS_SAMPLER + f"""
+import json, torch
 from con2.ops import native
 torch.manual_seed(0)
 bank = torch.randn({n}, {d}); queries = torch.randn({q}, {d}); norms = bank.norm(dim=1)
 native.top1_cosine(queries[:8], bank[:5000], norms[:5000])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-native.top1_cosine(queries, bank, norms)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps((after - before) * 1024))
+with Peak() as p:
+    native.top1_cosine(queries, bank, norms)
+print(json.dumps(p.peak - p.base))
 """
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         extra = int(json.loads(out.stdout.strip().splitlines()[-1]))

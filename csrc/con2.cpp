@@ -11,6 +11,9 @@ TORCH_LIBRARY(con2, m) {
   m.def(
       "supcon_bwd(Tensor grad, Tensor z, Tensor labels, Tensor lse, Tensor npos, "
       "float temperature) -> Tensor");
+  // Loss and its gradient w.r.t. z for an upstream gradient of 1 (compute dtype), in one
+  // call: used when z requires grad, so the similarity is computed once when it fits.
+  m.def("supcon_fwd_bwd(Tensor z, Tensor labels, float temperature) -> (Tensor, Tensor)");
   // Exact nearest bank row by cosine similarity: (values [Q] float32, indices [Q] int64).
   m.def("top1_cosine(Tensor queries, Tensor bank, Tensor bank_norms) -> (Tensor, Tensor)");
   // Per-row ||(x - mean) @ whitening||^2.

@@ -5,9 +5,10 @@ their CPU / CUDA kernels), registers fake (meta) implementations so torch.compil
 trace the ops without graph breaks, and registers autograd for the loss.
 
 Autocast policy: the ops take float32, float64, bfloat16 or float16 inputs and always
-compute in float32 (float64 for float64 inputs); they have no Autocast kernel, so under
-autocast they fall through and receive the tensors as given. The loss returns a float32
-(or float64) scalar; gradients come back in the dtype of z.
+compute in float32 (float64 for float64 inputs). Under autocast (cpu / cuda) their
+Autocast kernels cast floating inputs to float32 and run with autocast disabled, so the
+GEMMs inside the kernels are not downcast. The loss returns a float32 (or float64)
+scalar; outside autocast, gradients come back in the dtype of z.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from . import reference
 
 from .. import _C  # noqa: F401  (loads the library: registers torch.ops.con2.*)
 
-_OPS = ("supcon_fwd", "supcon_bwd", "top1_cosine", "mahalanobis_sq")
+_OPS = ("supcon_fwd", "supcon_bwd", "supcon_fwd_bwd", "top1_cosine", "mahalanobis_sq")
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -57,6 +58,13 @@ def _supcon_bwd_fake(grad, z, labels, lse, npos, temperature):
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("con2::supcon_fwd_bwd")
+def _supcon_fwd_bwd_fake(z, labels, temperature):
+    torch._check(z.dim() == 2, lambda: "z must be 2-D")
+    dtype = _compute_dtype(z)
+    return z.new_empty((), dtype=dtype), z.new_empty(tuple(z.shape), dtype=dtype)
+
+
 @torch.library.register_fake("con2::top1_cosine")
 def _top1_fake(queries, bank, bank_norms):
     q = queries.shape[0]
@@ -67,6 +75,12 @@ def _top1_fake(queries, bank, bank_norms):
 def _maha_fake(x, mean, whitening):
     dtype = torch.float64 if torch.float64 in (x.dtype, whitening.dtype) else torch.float32
     return x.new_empty((x.shape[0],), dtype=dtype)
+
+
+# ---------------------------------------------------------------- autocast
+for _op in _OPS:
+    for _dev in ("cpu", "cuda"):
+        torch.library.register_autocast(f"con2::{_op}", _dev, torch.float32)
 
 
 # ---------------------------------------------------------------- autograd
@@ -92,19 +106,49 @@ torch.library.register_autograd(
 )
 
 
+def _fwd_bwd_setup_context(ctx, inputs, output):
+    z = inputs[0]
+    ctx.save_for_backward(output[1])
+    ctx.z_dtype = z.dtype
+
+
+def _fwd_bwd_backward(ctx, grad_loss, grad_dz):
+    # The gradient was computed in the forward (for an upstream gradient of 1);
+    # gradients flowing into the dz output itself are not supported (never used).
+    (dz,) = ctx.saved_tensors
+    grad_z = None
+    if ctx.needs_input_grad[0]:
+        grad_z = (dz * grad_loss.to(dz.dtype)).to(ctx.z_dtype)
+    return grad_z, None, None
+
+
+torch.library.register_autograd(
+    "con2::supcon_fwd_bwd", _fwd_bwd_backward, setup_context=_fwd_bwd_setup_context
+)
+
+
 # ---------------------------------------------------------------- wrappers
+def _supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    # With grad: the fused op computes loss and gradient together (the similarity is
+    # computed once when it fits the scratch budget) and saves only dz, O(M*D).
+    # Without grad: forward only.
+    if torch.is_grad_enabled() and z.requires_grad:
+        return torch.ops.con2.supcon_fwd_bwd(z, labels, float(temperature))[0]
+    return torch.ops.con2.supcon_fwd(z, labels, float(temperature))[0]
+
+
+
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """SupCon L_out (see reference.supcon_loss); float32 (float64) scalar."""
-    return torch.ops.con2.supcon_fwd(z, labels, float(temperature))[0]
+    return _supcon(z, labels, temperature)
 
 
 def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, temperature: float = 0.07):
     """L_Con2 = L_Context + alpha * L_Content, each head one native SupCon call."""
-    ctx_loss = torch.ops.con2.supcon_fwd(z_context, context_labels, float(temperature))[0]
+    ctx_loss = _supcon(z_context, context_labels, temperature)
     if isinstance(alpha, (int, float)) and alpha == 0:
         return ctx_loss
-    content = torch.ops.con2.supcon_fwd(z_content, sample_ids, float(temperature))[0]
-    return ctx_loss + alpha * content
+    return ctx_loss + alpha * _supcon(z_content, sample_ids, temperature)
 
 
 def top1_cosine(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor | None = None):

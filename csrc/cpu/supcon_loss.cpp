@@ -17,7 +17,9 @@ namespace con2 {
 namespace {
 
 constexpr int64_t kLanes = 8;
-constexpr int64_t kBlockBytes = 8 << 20;
+// Scratch similarity block: row blocks of at most this many bytes. When the whole M x M
+// similarity fits (M <= ~2900 in float32), the fused forward+backward computes it once.
+constexpr int64_t kBlockBytes = 32 << 20;
 
 template <typename T>
 void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv_tau,
@@ -134,24 +136,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cpu(const at::Tensor& 
   return {loss, lse, npos};
 }
 
-at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& labels,
-                          const at::Tensor& lse, const at::Tensor& npos, double temperature) {
-  check_loss_inputs(z, labels, temperature);
-  const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.to(ct).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).contiguous();
+// dz (compute dtype) for upstream gradient g, recomputing the similarity blocks.
+at::Tensor supcon_bwd_impl(const at::Tensor& zc, const at::Tensor& lab, const at::Tensor& lse,
+                           const at::Tensor& npos, double g, double temperature) {
+  const auto ct = zc.scalar_type();
   const int64_t M = zc.size(0);
-  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
-  TORCH_CHECK(lse.numel() == M && npos.numel() == M, "con2: lse / npos must have M entries");
   const at::Tensor lse_c = lse.to(ct).contiguous();
   const at::Tensor np = npos.to(ct);
   const at::Tensor w = (np > 0).to(ct).contiguous();
   const at::Tensor invp = (w / np.clamp_min(1)).contiguous();
-  const double g = grad.to(at::kDouble).item<double>();
-  auto opts = zc.options();
   at::Tensor dz = at::empty_like(zc);
   const int64_t B = block_rows(M, zc.element_size(), kBlockBytes, 16, M);
-  at::Tensor buf = at::empty({B, M}, opts);
+  at::Tensor buf = at::empty({B, M}, zc.options());
   const at::Tensor zt = zc.t();
   AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_bwd_cpu", [&] {
     const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
@@ -170,7 +166,59 @@ at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at:
       at::mm_out(out, S, zc);
     }
   });
-  return dz.to(z.scalar_type());
+  return dz;
+}
+
+at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& labels,
+                          const at::Tensor& lse, const at::Tensor& npos, double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
+  TORCH_CHECK(lse.numel() == z.size(0) && npos.numel() == z.size(0), "con2: lse / npos must have M entries");
+  const at::Tensor zc = z.to(compute_dtype(z)).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const double g = grad.to(at::kDouble).item<double>();
+  return supcon_bwd_impl(zc, lab, lse, npos, g, temperature).to(z.scalar_type());
+}
+
+// Loss and d loss / dz (for an upstream gradient of 1, compute dtype) in one call. When
+// the whole similarity fits in the scratch budget it is computed once and reused for the
+// gradient (2 GEMMs instead of 3); otherwise forward and backward run blockwise.
+std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const at::Tensor& labels,
+                                                      double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  const auto ct = compute_dtype(z);
+  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const int64_t M = zc.size(0);
+  const int64_t B = block_rows(M, zc.element_size(), kBlockBytes, 16, M);
+  if (B < M) {
+    auto [loss, lse, npos] = supcon_fwd_cpu(zc, lab, temperature);
+    return {loss, supcon_bwd_impl(zc, lab, lse, npos, 1.0, temperature)};
+  }
+  auto opts = zc.options();
+  at::Tensor lse = at::empty({M}, opts), npos = at::empty({M}, opts), rowloss = at::empty({M}, opts);
+  at::Tensor S = at::mm(zc, zc.t());
+  at::Tensor dz = at::empty_like(zc);
+  at::Tensor loss;
+  AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_fwd_bwd_cpu", [&] {
+    const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
+    scalar_t* sp = S.mutable_data_ptr<scalar_t>();
+    const int64_t* lp = lab.const_data_ptr<int64_t>();
+    at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
+      fwd_rows<scalar_t>(sp, M, 0, M, lp, inv_tau, lse.mutable_data_ptr<scalar_t>(),
+                         npos.mutable_data_ptr<scalar_t>(), rowloss.mutable_data_ptr<scalar_t>(), b, e);
+    });
+    loss = rowloss.sum().div_(static_cast<double>(M));
+    const at::Tensor w = (npos > 0).to(ct).contiguous();
+    const at::Tensor invp = (w / npos.clamp_min(1)).contiguous();
+    const scalar_t coef = static_cast<scalar_t>(1.0 / (static_cast<double>(M) * temperature));
+    at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
+      bwd_rows<scalar_t>(sp, 0, M, lp, inv_tau, coef, lse.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                         invp.const_data_ptr<scalar_t>(), b, e);
+    });
+    at::mm_out(dz, S, zc);
+  });
+  return {loss, dz};
 }
 
 }  // namespace
@@ -178,6 +226,7 @@ at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at:
 TORCH_LIBRARY_IMPL(con2, CPU, m) {
   m.impl("supcon_fwd", &supcon_fwd_cpu);
   m.impl("supcon_bwd", &supcon_bwd_cpu);
+  m.impl("supcon_fwd_bwd", &supcon_fwd_bwd_cpu);
 }
 
 }  // namespace con2

@@ -20,7 +20,9 @@ namespace {
 
 using cuda::kThreads;
 
-constexpr int64_t kBlockBytes = 32 << 20;
+// Scratch similarity block budget; when all of M x M fits (M <= 4096 in float32) the
+// fused forward+backward computes it once and reuses it for the gradient.
+constexpr int64_t kBlockBytes = 64 << 20;
 
 template <typename T>
 __global__ void supcon_fwd_rows_kernel(const T* __restrict__ S, int64_t M, int64_t r0,
@@ -116,25 +118,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const at::Tensor&
   return {loss, lse, npos};
 }
 
-at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& labels,
-                           const at::Tensor& lse, const at::Tensor& npos, double temperature) {
-  check_loss_inputs(z, labels, temperature);
-  c10::cuda::CUDAGuard guard(z.device());
-  const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.to(ct).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).contiguous();
+// dz (compute dtype) for the upstream gradient `g` (a 1-element tensor on the device).
+at::Tensor supcon_bwd_impl(const at::Tensor& zc, const at::Tensor& lab, const at::Tensor& lse,
+                           const at::Tensor& npos, const at::Tensor& g, double temperature,
+                           at::Tensor S_full /* optional: precomputed M x M similarity, overwritten */) {
+  const auto ct = zc.scalar_type();
   const int64_t M = zc.size(0);
-  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
-  TORCH_CHECK(lse.numel() == M && npos.numel() == M, "con2: lse / npos must have M entries");
-  const at::Tensor g = grad.reshape({1}).to(zc.options()).contiguous();
   const at::Tensor lse_c = lse.to(ct).contiguous();
   const at::Tensor np = npos.to(ct);
   const at::Tensor w = (np > 0).to(ct).contiguous();
   const at::Tensor invp = (w / np.clamp_min(1)).contiguous();
-  auto opts = zc.options();
   at::Tensor dz = at::empty_like(zc);
-  const int64_t B = std::min<int64_t>(65535, block_rows(M, zc.element_size(), kBlockBytes, 16, M));
-  at::Tensor buf = at::empty({B * M}, opts);
+  const int64_t B = S_full.defined()
+                        ? M
+                        : std::min<int64_t>(65535, block_rows(M, zc.element_size(), kBlockBytes, 16, M));
+  at::Tensor buf = S_full.defined() ? S_full.view({-1}) : at::empty({B * M}, zc.options());
   const at::Tensor zt = zc.t();
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_bwd_cuda", [&] {
@@ -143,7 +141,7 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at
     for (int64_t r0 = 0; r0 < M; r0 += B) {
       const int64_t rb = std::min(B, M - r0);
       at::Tensor S = buf.narrow(0, 0, rb * M).view({rb, M});
-      at::mm_out(S, zc.narrow(0, r0, rb), zt);
+      if (!S_full.defined()) at::mm_out(S, zc.narrow(0, r0, rb), zt);
       const dim3 grid(static_cast<unsigned>((M + kThreads - 1) / kThreads), static_cast<unsigned>(rb));
       supcon_bwd_h_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
           S.mutable_data_ptr<scalar_t>(), M, r0, lab.const_data_ptr<int64_t>(), inv_tau,
@@ -154,7 +152,50 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at
       at::mm_out(out, S, zc);
     }
   });
-  return dz.to(z.scalar_type());
+  return dz;
+}
+
+at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& labels,
+                           const at::Tensor& lse, const at::Tensor& npos, double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
+  TORCH_CHECK(lse.numel() == z.size(0) && npos.numel() == z.size(0), "con2: lse / npos must have M entries");
+  c10::cuda::CUDAGuard guard(z.device());
+  const auto ct = compute_dtype(z);
+  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const at::Tensor g = grad.reshape({1}).to(zc.options()).contiguous();
+  return supcon_bwd_impl(zc, lab, lse, npos, g, temperature, at::Tensor()).to(z.scalar_type());
+}
+
+// Loss and d loss / dz for an upstream gradient of 1 (compute dtype). When M x M fits in
+// the scratch budget the similarity is computed once and reused (2 GEMMs instead of 3).
+std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cuda(const at::Tensor& z, const at::Tensor& labels,
+                                                       double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  c10::cuda::CUDAGuard guard(z.device());
+  const auto ct = compute_dtype(z);
+  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const int64_t M = zc.size(0);
+  const int64_t B = std::min<int64_t>(65535, block_rows(M, zc.element_size(), kBlockBytes, 16, M));
+  const at::Tensor one = at::ones({1}, zc.options());
+  if (B < M) {
+    auto [loss, lse, npos] = supcon_fwd_cuda(zc, lab, temperature);
+    return {loss, supcon_bwd_impl(zc, lab, lse, npos, one, temperature, at::Tensor())};
+  }
+  auto opts = zc.options();
+  at::Tensor lse = at::empty({M}, opts), npos = at::empty({M}, opts), rowloss = at::empty({M}, opts);
+  at::Tensor S = at::mm(zc, zc.t());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_fwd_bwd_cuda", [&] {
+    supcon_fwd_rows_kernel<scalar_t><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(
+        S.const_data_ptr<scalar_t>(), M, 0, lab.const_data_ptr<int64_t>(), static_cast<scalar_t>(1.0 / temperature),
+        lse.mutable_data_ptr<scalar_t>(), npos.mutable_data_ptr<scalar_t>(), rowloss.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  at::Tensor loss = rowloss.sum().div_(static_cast<double>(M));
+  return {loss, supcon_bwd_impl(zc, lab, lse, npos, one, temperature, S)};
 }
 
 }  // namespace
@@ -162,6 +203,7 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at
 TORCH_LIBRARY_IMPL(con2, CUDA, m) {
   m.impl("supcon_fwd", &supcon_fwd_cuda);
   m.impl("supcon_bwd", &supcon_bwd_cuda);
+  m.impl("supcon_fwd_bwd", &supcon_fwd_bwd_cuda);
 }
 
 }  // namespace con2
