@@ -167,7 +167,7 @@ class DaliBatchSource:
         slices = [self.local_slice(*self.batches[s]) for s in steps]
         n_local = slices[0].stop - slices[0].start
         files = [self.files[perm[p]] for sl in slices for p in range(sl.start, sl.stop)]
-        device_id = self.device.index or 0 if self.device.type == "cuda" else None
+        device_id = (self.device.index or 0) if self.device.type == "cuda" else None  # None: CPU-only pipeline
         pipe_seed = ((self.seed * 1_000_003 + epoch) * 1009 + self.rank * 101 + start_step) % (2**31 - 1)
         pipe = _build(files, n_local, self.contexts, self.cfg, self.channels, self.hw, pipe_seed, device_id,
                       self.num_threads)
