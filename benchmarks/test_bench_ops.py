@@ -66,9 +66,9 @@ def _compiled_reference():
 LOSS_M = [256, 2048, pytest.param(8192, marks=full_only)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("m", LOSS_M)
 @pytest.mark.parametrize("impl", ["native", "eager", "compiled"])
+@pytest.mark.parametrize("m", LOSS_M)
+@pytest.mark.parametrize("device", DEVICES)
 def test_loss_fwd_bwd(benchmark, device, m, impl):
     d = 128
     g = torch.Generator().manual_seed(m)
@@ -139,8 +139,8 @@ print(json.dumps(p.peak - p.base))
     return int(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["native", "eager"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_loss_peak_memory(benchmark, device, impl):
     m = 8192 if (FULL or device == "cuda") else 4096
     d = 128
@@ -166,10 +166,10 @@ def test_loss_peak_memory(benchmark, device, impl):
 TOP1_N = [1_000, 10_000, 100_000, pytest.param(1_000_000, marks=full_only)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("n", TOP1_N)
-@pytest.mark.parametrize("q", [128, 1024])
 @pytest.mark.parametrize("impl", ["native", "mm_max", "faiss"])
+@pytest.mark.parametrize("q", [128, 1024])
+@pytest.mark.parametrize("n", TOP1_N)
+@pytest.mark.parametrize("device", DEVICES)
 def test_top1(benchmark, device, n, q, impl):
     d = 512
     g = torch.Generator().manual_seed(n + q)
@@ -270,9 +270,9 @@ print(json.dumps(p.peak - p.base))
 MAHA_Q = [10_000, 100_000, pytest.param(1_000_000, marks=full_only)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("q", MAHA_Q)
 @pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("q", MAHA_Q)
+@pytest.mark.parametrize("device", DEVICES)
 def test_mahalanobis(benchmark, device, q, impl):
     d = 512
     g = torch.Generator().manual_seed(q)

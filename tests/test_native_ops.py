@@ -197,6 +197,21 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(a[1].grad, b[1].grad)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_direct_op_calls_with_grad_requiring_inputs(device):
+    # The kernels must not trip autograd checks (out= GEMMs) when called directly.
+    z, labels = _batch(16, 8, 3, device)
+    z.requires_grad_(True)
+    loss, lse, npos = torch.ops.con2.supcon_fwd(z, labels, 0.1)
+    assert not lse.requires_grad and not npos.requires_grad
+    dz = torch.ops.con2.supcon_bwd(torch.ones((), device=device), z, labels, lse, npos, 0.1)
+    _, dz2 = torch.ops.con2.supcon_fwd_bwd(z, labels, 0.1)
+    torch.testing.assert_close(dz, dz2.to(dz.dtype))
+    bank = torch.randn(50, 8, device=device, requires_grad=True)
+    native.top1_cosine(torch.randn(3, 8, device=device, requires_grad=True), bank)
+    native.mahalanobis_sq(z, torch.zeros(8, device=device, requires_grad=True), torch.eye(8, device=device, requires_grad=True))
+
+
 # ------------------------------------------------------------------ opcheck
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_all_ops(device):

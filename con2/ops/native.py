@@ -87,6 +87,7 @@ for _op in _OPS:
 def _supcon_setup_context(ctx, inputs, output):
     z, labels, temperature = inputs
     _, lse, npos = output
+    ctx.mark_non_differentiable(lse, npos)
     ctx.save_for_backward(z, labels, lse, npos)
     ctx.temperature = temperature
 
@@ -108,6 +109,7 @@ torch.library.register_autograd(
 
 def _fwd_bwd_setup_context(ctx, inputs, output):
     z = inputs[0]
+    ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
     ctx.z_dtype = z.dtype
 

@@ -37,8 +37,8 @@ at::Tensor mahalanobis_sq_cpu(const at::Tensor& x, const at::Tensor& mean, const
   const auto ct = (x.scalar_type() == at::kDouble || whitening.scalar_type() == at::kDouble)
                       ? at::kDouble
                       : at::kFloat;
-  const at::Tensor W = whitening.to(ct).contiguous();
-  const at::Tensor mu = mean.to(ct);
+  const at::Tensor W = whitening.detach().to(ct).contiguous();
+  const at::Tensor mu = mean.detach().to(ct);
   const int64_t Q = x.size(0), D = x.size(1), K = W.size(1);
   at::Tensor out = at::empty({Q}, x.options().dtype(ct));
   const int64_t R = std::min<int64_t>(Q, block_rows(std::max(D, K), at::elementSize(ct), 16 << 20, 256, 16384));
@@ -48,7 +48,7 @@ at::Tensor mahalanobis_sq_cpu(const at::Tensor& x, const at::Tensor& mean, const
     for (int64_t r0 = 0; r0 < Q; r0 += R) {
       const int64_t rb = std::min(R, Q - r0);
       at::Tensor xc = xbuf.narrow(0, 0, rb);
-      at::sub_out(xc, x.narrow(0, r0, rb).to(ct), mu);
+      at::sub_out(xc, x.detach().narrow(0, r0, rb).to(ct), mu);
       at::Tensor Y = ybuf.narrow(0, 0, rb);
       at::mm_out(Y, xc, W);
       const scalar_t* yp = Y.const_data_ptr<scalar_t>();

@@ -34,43 +34,46 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv
       rowloss[i] = 0;
       continue;
     }
-    // max over j != i and the positive sum / count (self included, removed below)
-    T mx[kLanes], ps[kLanes], pc[kLanes];
+    // Three short passes over the (cache-resident) row, each a branch-free loop over
+    // kLanes accumulators that the compiler vectorises:
+    // 1. positive sum / count (self included here, removed below)
+    T ps[kLanes], pc[kLanes], mx[kLanes];
     for (int64_t k = 0; k < kLanes; ++k) {
-      mx[k] = -std::numeric_limits<T>::infinity();
       ps[k] = 0;
       pc[k] = 0;
+      mx[k] = -std::numeric_limits<T>::infinity();
     }
     const int64_t main = M - M % kLanes;
     for (int64_t j = 0; j < main; j += kLanes) {
       for (int64_t k = 0; k < kLanes; ++k) {
-        const T v = s[j + k];
-        const bool pos = lab[j + k] == li;
-        const bool self = (j + k) == i;
-        mx[k] = (!self && v > mx[k]) ? v : mx[k];
-        ps[k] += pos ? v : T(0);
-        pc[k] += pos ? T(1) : T(0);
+        const T p = static_cast<T>(lab[j + k] == li);
+        ps[k] += p * s[j + k];
+        pc[k] += p;
       }
     }
-    T m = -std::numeric_limits<T>::infinity(), possum = 0, cnt = 0;
+    T possum = 0, cnt = 0;
     for (int64_t k = 0; k < kLanes; ++k) {
-      m = std::max(m, mx[k]);
       possum += ps[k];
       cnt += pc[k];
     }
     for (int64_t j = main; j < M; ++j) {
-      const T v = s[j];
-      if (j != i && v > m) m = v;
       if (lab[j] == li) {
-        possum += v;
+        possum += s[j];
         cnt += 1;
       }
     }
     possum -= s[i];
     cnt -= 1;
-    // sum of exp((s_j - max) / tau) over j != i: the self entry of the scratch block is
-    // set to -inf so that the loop needs no branch (vexp(-inf) == 0).
+    // 2. max over j != i: the self entry of the scratch row becomes -inf from here on
+    //    (vexp(-inf) == 0 in pass 3, and the backward treats j == i separately).
     s[i] = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < main; j += kLanes) {
+      for (int64_t k = 0; k < kLanes; ++k) mx[k] = std::max(mx[k], s[j + k]);
+    }
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t k = 0; k < kLanes; ++k) m = std::max(m, mx[k]);
+    for (int64_t j = main; j < M; ++j) m = std::max(m, s[j]);
+    // 3. sum of exp((s_j - max) / tau) over j != i
     const T mt = m * inv_tau;
     T se[kLanes];
     for (int64_t k = 0; k < kLanes; ++k) se[k] = 0;
@@ -110,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cpu(const at::Tensor& 
                                                              double temperature) {
   check_loss_inputs(z, labels, temperature);
   const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor zc = z.detach().to(ct).contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const int64_t M = zc.size(0);
   auto opts = zc.options();
@@ -174,7 +177,7 @@ at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at:
   check_loss_inputs(z, labels, temperature);
   TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
   TORCH_CHECK(lse.numel() == z.size(0) && npos.numel() == z.size(0), "con2: lse / npos must have M entries");
-  const at::Tensor zc = z.to(compute_dtype(z)).contiguous();
+  const at::Tensor zc = z.detach().to(compute_dtype(z)).contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const double g = grad.to(at::kDouble).item<double>();
   return supcon_bwd_impl(zc, lab, lse, npos, g, temperature).to(z.scalar_type());
@@ -187,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const
                                                       double temperature) {
   check_loss_inputs(z, labels, temperature);
   const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor zc = z.detach().to(ct).contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const int64_t M = zc.size(0);
   const int64_t B = block_rows(M, zc.element_size(), kBlockBytes, 16, M);

@@ -66,11 +66,12 @@ std::tuple<at::Tensor, at::Tensor> top1_cosine_cpu(const at::Tensor& queries, co
   TORCH_CHECK(bank_norms.dim() == 1 && bank_norms.size(0) == bank.size(0),
               "con2: bank_norms must have shape [", bank.size(0), "]");
   const auto ct = compute_dtype(queries);
-  const at::Tensor q = queries.to(ct);
+  const at::Tensor q = queries.detach().to(ct);
   const std::vector<int64_t> dims{1};
   const at::Tensor q_unit =
       (q / at::linalg_vector_norm(q, 2, at::IntArrayRef(dims), true, std::nullopt)).contiguous();
-  const at::Tensor inv = bank_norms.to(ct).reciprocal().contiguous();
+  const at::Tensor bank_d = bank.detach();
+  const at::Tensor inv = bank_norms.detach().to(ct).reciprocal().contiguous();
   const int64_t Q = q_unit.size(0), N = bank.size(0);
   at::Tensor best_val = at::full({Q}, -std::numeric_limits<double>::infinity(), q_unit.options());
   at::Tensor best_idx = at::zeros({Q}, q_unit.options().dtype(at::kLong));
@@ -80,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor> top1_cosine_cpu(const at::Tensor& queries, co
   AT_DISPATCH_FLOATING_TYPES(ct, "con2_top1_cosine_cpu", [&] {
     for (int64_t b0 = 0; b0 < N; b0 += NB) {
       const int64_t nb = std::min(NB, N - b0);
-      const at::Tensor blk = bank.narrow(0, b0, nb).to(ct);
+      const at::Tensor blk = bank_d.narrow(0, b0, nb).to(ct);
       const at::Tensor blk_t = blk.t();
       const scalar_t* invp = inv.const_data_ptr<scalar_t>() + b0;
       for (int64_t q0 = 0; q0 < Q; q0 += QB) {

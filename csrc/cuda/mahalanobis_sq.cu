@@ -37,8 +37,8 @@ at::Tensor mahalanobis_sq_cuda(const at::Tensor& x, const at::Tensor& mean, cons
   c10::cuda::CUDAGuard guard(x.device());
   const auto ct = (x.scalar_type() == at::kDouble || whitening.scalar_type() == at::kDouble) ? at::kDouble
                                                                                               : at::kFloat;
-  const at::Tensor W = whitening.to(ct).contiguous();
-  const at::Tensor mu = mean.to(ct);
+  const at::Tensor W = whitening.detach().to(ct).contiguous();
+  const at::Tensor mu = mean.detach().to(ct);
   const int64_t Q = x.size(0), D = x.size(1), K = W.size(1);
   at::Tensor out = at::empty({Q}, x.options().dtype(ct));
   const int64_t R = std::min<int64_t>(Q, block_rows(std::max(D, K), at::elementSize(ct), 32 << 20, 256, 1 << 20));
@@ -49,7 +49,7 @@ at::Tensor mahalanobis_sq_cuda(const at::Tensor& x, const at::Tensor& mean, cons
     for (int64_t r0 = 0; r0 < Q; r0 += R) {
       const int64_t rb = std::min(R, Q - r0);
       at::Tensor xc = xbuf.narrow(0, 0, rb * D).view({rb, D});
-      at::sub_out(xc, x.narrow(0, r0, rb).to(ct), mu);
+      at::sub_out(xc, x.detach().narrow(0, r0, rb).to(ct), mu);
       at::Tensor Y = ybuf.narrow(0, 0, rb * K).view({rb, K});
       at::mm_out(Y, xc, W);
       const int64_t rows_per_block = kThreads / 32;

@@ -92,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const at::Tensor&
   check_loss_inputs(z, labels, temperature);
   c10::cuda::CUDAGuard guard(z.device());
   const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor zc = z.detach().to(ct).contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const int64_t M = zc.size(0);
   auto opts = zc.options();
@@ -162,7 +162,7 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at
   TORCH_CHECK(lse.numel() == z.size(0) && npos.numel() == z.size(0), "con2: lse / npos must have M entries");
   c10::cuda::CUDAGuard guard(z.device());
   const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor zc = z.detach().to(ct).contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const at::Tensor g = grad.reshape({1}).to(zc.options()).contiguous();
   return supcon_bwd_impl(zc, lab, lse, npos, g, temperature, at::Tensor()).to(z.scalar_type());
@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cuda(const at::Tensor& z, cons
   check_loss_inputs(z, labels, temperature);
   c10::cuda::CUDAGuard guard(z.device());
   const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.to(ct).contiguous();
+  const at::Tensor zc = z.detach().to(ct).contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const int64_t M = zc.size(0);
   const int64_t B = std::min<int64_t>(65535, block_rows(M, zc.element_size(), kBlockBytes, 16, M));

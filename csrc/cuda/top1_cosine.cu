@@ -90,13 +90,13 @@ std::tuple<at::Tensor, at::Tensor> top1_cosine_cuda(const at::Tensor& queries, c
                   bank.scalar_type() == at::kHalf,
               "con2: top1_cosine (CUDA) supports float32 / bfloat16 / float16 banks");
   c10::cuda::CUDAGuard guard(queries.device());
-  const at::Tensor q = queries.to(at::kFloat);
+  const at::Tensor q = queries.detach().to(at::kFloat);
   const std::vector<int64_t> dims{1};
   const at::Tensor q_unit =
       (q / at::linalg_vector_norm(q, 2, at::IntArrayRef(dims), true, std::nullopt)).contiguous();
   const at::Tensor q16 = q_unit.to(at::kBFloat16);
-  const at::Tensor bank_c = bank.contiguous();
-  const at::Tensor inv = bank_norms.to(at::kFloat).reciprocal().contiguous();
+  const at::Tensor bank_c = bank.detach().contiguous();
+  const at::Tensor inv = bank_norms.detach().to(at::kFloat).reciprocal().contiguous();
   const int64_t Q = q_unit.size(0), N = bank_c.size(0), D = q_unit.size(1);
   const int64_t QB = std::min<int64_t>(Q, 4096);
   const int64_t NB = std::min<int64_t>(N, block_rows(QB, 2, kScratchBytes, 1024, int64_t(1) << 20));
