@@ -11,10 +11,10 @@ from .data import load_split
 from .evaluate import evaluate_model, evaluate_run, format_metrics
 from .train import build_model, train
 
-# Sized for a 2-core CPU: a few minutes in all. Digit 8 is the hardest digit for raw
-# nearest neighbours (raw-pixel AUROC 0.98; digit 0 would be 1.0 untrained).
-DEMO = dict(dataset="digits", context="invert", normal_class=["8"], epochs=30, batch_size=32, width=16,
-            checkpoint_every=5, device="auto")
+# Sized for a 2-core CPU (about 4 minutes): native 8 px digits, a ResNet18 of width 8, 600 steps.
+# Digit 8 is the hardest digit for raw nearest neighbours (raw-pixel AUROC 0.98; digit 0 is 1.0).
+DEMO = dict(dataset="digits", context="invert", normal_class=["8"], image_size=8, epochs=200, batch_size=32,
+            width=8, lr=2e-3, checkpoint_every=20, device="auto")
 DEMO_VIEWS = 8
 
 
