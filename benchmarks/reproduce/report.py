@@ -59,6 +59,9 @@ def render(results: dict[str, dict]) -> str:
             out.append(f"| {ctx} | {len(rs)} | {statistics.mean(r['nnd']['mean'] for r in rs):.1f} | "
                        f"{statistics.mean(r['lh']['mean'] for r in rs):.1f} | {rs[0]['extra'].get('paper_mean')} | "
                        f"{rs[0]['extra'].get('paper_mean_lh')} |")
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        out += ["", notes.read_text().rstrip()]
     missing = [n for n in ROWS if n not in results]
     if missing:
         out += ["", "## Not run yet", "", ", ".join(f"`{n}`" for n in missing)]
