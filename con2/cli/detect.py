@@ -143,7 +143,7 @@ def _sweep(args) -> None:
     from ..sweep import dataset_classes
 
     classes = dataset_classes(args.dataset) if args.classes == ["all"] else args.classes
-    out = args.out
+    out = args.out or f"runs/sweep-{args.dataset}-{args.context.replace(',', '+')}-{args.objective}"
     # the base config; normal class, seed and run directory are set per run by the sweep
     args.out, args.normal_class = str(Path(out) / "base"), [classes[0]]
     base = config_from_args(args)
@@ -197,7 +197,8 @@ def register(sub) -> None:
     add_train_options(p)
     p.add_argument("--classes", nargs="+", required=True, help="normal classes, or 'all'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--out", required=True, help="sweep folder (manifest, runs, tables)")
+    p.add_argument("--out", default=None,
+                   help="sweep folder: manifest, runs, tables (default runs/sweep-<dataset>-<context>-<objective>)")
     p.add_argument("--views", type=_views, default=40)
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean")
     p.add_argument("--eval-batch-size", type=_positive, default=256)
