@@ -210,7 +210,9 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         model = model.to(memory_format=torch.channels_last)
     if world > 1:
         model = convert_batchnorm(model, device)
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None)
+        # the ablations and SimCLR leave one projection head out of the loss
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None,
+                                                        find_unused_parameters=cfg.objective != "con2")
     else:
         ddp = model
     forward = torch.compile(ddp) if cfg.compile else ddp

@@ -115,3 +115,12 @@ def test_bad_shapes_are_clear():
         supcon_loss(z, torch.zeros(7, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[M, D\]"):
         supcon_loss(z[0], torch.zeros(4, dtype=torch.long))
+
+
+def test_alpha_zero_still_gives_the_content_head_a_zero_gradient():
+    # AdamW and DDP treat a None gradient as an unused parameter: native and reference must agree
+    z1 = unit(8, 4, 20, torch.float32).requires_grad_(True)
+    z2 = unit(8, 4, 21, torch.float32).requires_grad_(True)
+    ctx, ids = view_labels(2, 2)
+    con2_loss(z1, z2, ctx, ids, 0.0).backward()
+    assert z2.grad is not None and torch.count_nonzero(z2.grad) == 0

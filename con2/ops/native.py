@@ -147,9 +147,9 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
 
 def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, temperature: float = 0.07):
     """L_Con2 = L_Context + alpha * L_Content, each head one native SupCon call."""
+    # no shortcut at alpha == 0: the content head must get a (zero) gradient, as with the
+    # reference, or AdamW and DDP would treat it as unused
     ctx_loss = _supcon(z_context, context_labels, temperature)
-    if isinstance(alpha, (int, float)) and alpha == 0:
-        return ctx_loss
     return ctx_loss + alpha * _supcon(z_content, sample_ids, temperature)
 
 
