@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .contexts import ContextSet
-from .sources import epoch_permutation, global_batches
+from .sources import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
 
@@ -125,7 +125,7 @@ def _to_torch(tl, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.array(t))
 
 
-class DaliBatchSource:
+class DaliBatchSource(GlobalBatches):
     """Views of split.train_files made by DALI; same interface as TensorBatchSource."""
 
     kind = "dali"
@@ -140,20 +140,10 @@ class DaliBatchSource:
         self.files = [str(f) for f in split.train_files]
         self.channels, self.hw = split.channels, tuple(int(v) for v in split.train.shape[1:3])
         self.contexts, self.cfg = contexts, view_cfg
-        self.batch_size = min(batch_size, len(self.files))
-        self.batches = global_batches(len(self.files), self.batch_size)
+        self.init_batches(len(self.files), batch_size, rank, world)
         self.seed, self.device, self.dtype = seed, torch.device(device), dtype
-        self.channels_last, self.rank, self.world = channels_last, rank, world
+        self.channels_last = channels_last
         self.num_threads = num_threads
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.batches)
-
-    def local_slice(self, start: int, stop: int) -> slice:
-        per = -(-(stop - start) // self.world)
-        lo = start + self.rank * per
-        return slice(lo, min(stop, lo + per))
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         return epoch_permutation(len(self.files), self.seed, epoch)

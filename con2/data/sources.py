@@ -25,18 +25,13 @@ def global_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(i * batch_size, min(n, (i + 1) * batch_size)) for i in range(steps)]
 
 
-class TensorBatchSource:
-    """In-memory data held once on the training device as uint8; views made there."""
+class GlobalBatches:
+    """Bookkeeping every source shares: the global batches of an epoch and each rank's share."""
 
-    kind = "tensor"
-
-    def __init__(self, images: np.ndarray, contexts: ContextSet | None, view_cfg: ViewConfig, batch_size: int,
-                 seed: int, device: torch.device, dtype=torch.float32, channels_last=False, rank=0, world=1):
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
-        self.pipeline = TensorViewPipeline(contexts, view_cfg, dtype=dtype, channels_last=channels_last)
-        self.batch_size = min(batch_size, len(images))
-        self.seed, self.device, self.rank, self.world = seed, device, rank, world
-        self.batches = global_batches(len(images), self.batch_size)
+    def init_batches(self, n: int, batch_size: int, rank: int, world: int) -> None:
+        self.batch_size = min(batch_size, n)
+        self.batches = global_batches(n, self.batch_size)
+        self.rank, self.world = rank, world
 
     @property
     def steps_per_epoch(self) -> int:
@@ -47,6 +42,19 @@ class TensorBatchSource:
         per = -(-(stop - start) // self.world)
         lo = start + self.rank * per
         return slice(lo, min(stop, lo + per))
+
+
+class TensorBatchSource(GlobalBatches):
+    """In-memory data held once on the training device as uint8; views made there."""
+
+    kind = "tensor"
+
+    def __init__(self, images: np.ndarray, contexts: ContextSet | None, view_cfg: ViewConfig, batch_size: int,
+                 seed: int, device: torch.device, dtype=torch.float32, channels_last=False, rank=0, world=1):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        self.pipeline = TensorViewPipeline(contexts, view_cfg, dtype=dtype, channels_last=channels_last)
+        self.seed, self.device = seed, device
+        self.init_batches(len(images), batch_size, rank, world)
 
     def step_generator(self, epoch: int, step: int) -> torch.Generator:
         # rank-independent: every rank draws the same views as one process would

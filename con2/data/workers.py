@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .contexts import ContextSet
-from .sources import epoch_permutation, global_batches
+from .sources import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
 
@@ -87,7 +87,7 @@ def _collate(items: list[torch.Tensor]) -> torch.Tensor:
     return x.transpose(0, 1).reshape(-1, *x.shape[2:])
 
 
-class WorkerBatchSource:
+class WorkerBatchSource(GlobalBatches):
     """DataLoader (num_workers processes) over split.train, or over split.train_files when the
     split is not held in memory (meta["in_memory"] is False)."""
 
@@ -103,20 +103,10 @@ class WorkerBatchSource:
         self.dataset = _ViewDataset(images, files, split.channels, tuple(split.train.shape[1:3]) if len(split.train) else None,
                                     contexts, view_cfg, seed)
         self.n = n
-        self.batch_size = min(batch_size, n)
-        self.batches = global_batches(n, self.batch_size)
+        self.init_batches(n, batch_size, rank, world)
         self.seed, self.device, self.dtype = seed, torch.device(device), dtype
-        self.channels_last, self.rank, self.world = channels_last, rank, world
+        self.channels_last = channels_last
         self.num_workers = num_workers
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.batches)
-
-    def local_slice(self, start: int, stop: int) -> slice:
-        per = -(-(stop - start) // self.world)
-        lo = start + self.rank * per
-        return slice(lo, min(stop, lo + per))
 
     def _batch_items(self, epoch: int, start_step: int) -> list[list[tuple[int, int, int]]]:
         perm = epoch_permutation(self.n, self.seed, epoch).tolist()
