@@ -46,6 +46,17 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _time(benchmark, run, on, group, **info):
+    """Time `run` after one untimed call that sizes the number of rounds."""
+    import time
+
+    t0 = time.perf_counter()
+    run()
+    benchmark.group = group
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(run, rounds=_rounds(on, time.perf_counter() - t0), warmup_rounds=1)
+
+
 def _rounds(device, seconds_hint):
     """Rounds so that a case takes a few seconds on this device."""
     if device == "cuda":
@@ -92,14 +103,7 @@ def test_loss_fwd_bwd(benchmark, device, m, impl):
     torch.testing.assert_close(loss, l_ref.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad, g_ref.grad, rtol=1e-3, atol=1e-6)
     del l_ref, g_ref
-    import time
-
-    t0 = time.perf_counter()
-    run()
-    hint = time.perf_counter() - t0
-    benchmark.group = f"loss fwd+bwd {device} M={m} D={d}"
-    benchmark.extra_info.update(device=device, M=m, D=d, impl=impl)
-    benchmark.pedantic(run, rounds=_rounds(device, hint), warmup_rounds=1)
+    _time(benchmark, run, device, f"loss fwd+bwd {device} M={m} D={d}", device=device, M=m, D=d, impl=impl)
 
 
 _RSS_SAMPLER = """
@@ -221,14 +225,7 @@ def test_top1(benchmark, device, n, q, impl):
         assert bool((same | ((vals.float().to(v_ref.device) - v_ref).abs() <= 2e-6)).all())
         assert same.float().mean() >= 0.999
     torch.testing.assert_close(vals.float().to(v_ref.device), v_ref, rtol=1e-4, atol=1e-5)
-    import time
-
-    t0 = time.perf_counter()
-    run()
-    hint = time.perf_counter() - t0
-    benchmark.group = f"top1 {device} N={n} Q={q} D={d}"
-    benchmark.extra_info.update(device=device, N=n, Q=q, D=d, impl=impl)
-    benchmark.pedantic(run, rounds=_rounds(device, hint), warmup_rounds=1)
+    _time(benchmark, run, device, f"top1 {device} N={n} Q={q} D={d}", device=device, N=n, Q=q, D=d, impl=impl)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -287,11 +284,4 @@ def test_mahalanobis(benchmark, device, q, impl):
         return out
 
     torch.testing.assert_close(run(), reference.mahalanobis_sq(x, mean, w), rtol=1e-4, atol=1e-3)
-    import time
-
-    t0 = time.perf_counter()
-    run()
-    hint = time.perf_counter() - t0
-    benchmark.group = f"mahalanobis {device} Q={q} D={d}"
-    benchmark.extra_info.update(device=device, Q=q, D=d, impl=impl)
-    benchmark.pedantic(run, rounds=_rounds(device, hint), warmup_rounds=1)
+    _time(benchmark, run, device, f"mahalanobis {device} Q={q} D={d}", device=device, Q=q, D=d, impl=impl)

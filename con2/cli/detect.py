@@ -10,35 +10,23 @@ from pathlib import Path
 from ..scoring import AGGREGATES, BANK_DTYPES, SCORERS
 
 
-def _views(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--views must be an integer, got {text!r}") from None
-    if v < 0 or v % 2:
-        raise argparse.ArgumentTypeError(
-            f"--views must be 0 (one deterministic view) or an even number >= 2, got {v}")
-    return v
+def _checked(convert, ok, expected: str):
+    """An argparse type: convert the text, then check it, naming what was expected."""
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {v}")
+        return v
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+_views = _checked(int, lambda v: v >= 0 and v % 2 == 0,
+                  "--views 0 (one deterministic view) or an even number >= 2")
+_fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_positive = _checked(int, lambda v: v >= 1, "a positive integer")
 
 
 def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) -> None:
