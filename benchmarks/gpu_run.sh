@@ -49,6 +49,18 @@ for m, d, c in [(1, 8, 1), (2, 8, 1), (37, 16, 5), (2048, 128, 4), (5000, 256, 1
     for fn in (native.supcon_loss, reference.supcon_loss):
         x = z.clone().requires_grad_(True); l = fn(x, lab, 0.07); l.backward(); out.append((l.item(), x.grad))
     print(f"loss M={m}: native {out[0][0]:.6f} ref {out[1][0]:.6f} max|dgrad| {(out[0][1]-out[1][1]).abs().max().item():.3e}")
+for m, d in [(1, 8), (130, 128), (2048, 128), (5000, 256)]:  # fused two-head kernels vs reference
+    zc = F.normalize(torch.randn(m, d, device="cuda"), dim=1); zs = F.normalize(torch.randn(m, d, device="cuda"), dim=1)
+    cl = torch.randint(0, 2, (m,), device="cuda"); sid = torch.arange(m, device="cuda") // 4
+    try:
+        losses, dzc, dzs = torch.ops.con2.con2_fwd_bwd(zc, zs, cl, sid, 0.07, True)
+        errs = []
+        for i, (z, lab, dz) in enumerate(((zc, cl, dzc), (zs, sid, dzs))):
+            x = z.clone().requires_grad_(True); l = reference.supcon_loss(x, lab, 0.07); l.backward()
+            errs.append(f"head{i} loss {losses[i].item():.6f} ref {l.item():.6f} max|dgrad| {(dz - x.grad).abs().max().item():.3e}")
+        print(f"fused M={m} D={d}:", "; ".join(errs))
+    except Exception as exc:
+        print(f"fused M={m} D={d}: FAILED {type(exc).__name__}: {exc}")
 for q, n, d, dt in [(100, 50000, 512, torch.float32), (1024, 200000, 512, torch.float32), (64, 30000, 128, torch.bfloat16)]:
     Q = torch.randn(q, d, device="cuda", dtype=dt); B = torch.randn(n, d, device="cuda", dtype=dt)
     v, i = native.top1_cosine(Q, B); vr, ir = reference.top1_cosine(Q, B)

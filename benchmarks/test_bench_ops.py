@@ -106,6 +106,60 @@ def test_loss_fwd_bwd(benchmark, device, m, impl):
     _time(benchmark, run, device, f"loss fwd+bwd {device} M={m} D={d}", device=device, M=m, D=d, impl=impl)
 
 
+_compiled_con2 = {}
+
+
+def _con2_impl(impl):
+    if impl == "compiled":
+        if "fn" not in _compiled_con2:
+            _compiled_con2["fn"] = torch.compile(reference.con2_loss, dynamic=False)
+        return _compiled_con2["fn"]
+    if impl in ("native", "fused"):
+        fused = impl == "fused"
+        return lambda zc, zs, cl, sid, alpha, tau: _con2_native(zc, zs, cl, sid, alpha, tau, fused)  # noqa: E731
+    return reference.con2_loss
+
+
+def _con2_native(zc, zs, cl, sid, alpha, tau, fused):
+    losses = torch.ops.con2.con2_fwd_bwd(zc, zs, cl, sid, tau, fused)[0]
+    return losses[0] + alpha * losses[1]
+
+
+@pytest.mark.parametrize("impl", ["native", "fused", "eager", "compiled"])
+@pytest.mark.parametrize("m", LOSS_M)
+@pytest.mark.parametrize("device", DEVICES)
+def test_con2_loss_fwd_bwd(benchmark, device, m, impl):
+    """The training call: both heads (D = 128), context labels and sample ids as in a Con2 batch.
+    native = blocked kernels (default), fused = the single-pass tiled CUDA kernels."""
+    if impl == "fused" and device != "cuda":
+        pytest.skip("the fused kernels are CUDA kernels (CPU: tests/test_fused_loss_emu.py)")
+    d, alpha = 128, 0.5
+    g = torch.Generator().manual_seed(m)
+    zc = F.normalize(torch.randn(m, d, generator=g), dim=1).to(device)
+    zs = F.normalize(torch.randn(m, d, generator=g), dim=1).to(device)
+    n = m // 4
+    cl = (torch.arange(m) // (2 * n) % 2).to(device)  # blocks (context k, view v) of n rows
+    sid = (torch.arange(m) % n).to(device)
+    fn = _con2_impl(impl)
+
+    def run():
+        a, b = zc.detach().requires_grad_(True), zs.detach().requires_grad_(True)
+        loss = fn(a, b, cl, sid, alpha, TEMPERATURE)
+        loss.backward()
+        _sync(device)
+        return loss.detach(), a.grad, b.grad
+
+    ra, rb = zc.detach().requires_grad_(True), zs.detach().requires_grad_(True)
+    ref = reference.con2_loss(ra, rb, cl, sid, alpha, TEMPERATURE)
+    ref.backward()
+    loss, ga, gb = run()
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ga, ra.grad, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(gb, rb.grad, rtol=1e-3, atol=1e-6)
+    del ref, ra, rb
+    _time(benchmark, run, device, f"con2 loss fwd+bwd {device} M={m} D={d}", device=device, M=m, D=d, impl=impl)
+
+
 _RSS_SAMPLER = """
 import os, threading, time
 _page = os.sysconf("SC_PAGE_SIZE")

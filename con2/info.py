@@ -31,6 +31,9 @@ def info_text() -> str:
     for op, devices in ops.native_status().items():
         where = ", ".join(f"{d}={'native' if ok else 'reference'}" for d, ok in devices.items())
         lines.append(f"  {op}: {where}")
+    if ops.native_available("cuda"):
+        kernel = ops._native.CUDA_LOSS_KERNEL
+        lines.append(f"  CUDA Con2 loss kernels: {kernel} (CON2_CUDA_LOSS=blocked|fused)")
     try:
         from .data.pipeline_info import available_pipelines
 

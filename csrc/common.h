@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <tuple>
 
 namespace con2 {
 
@@ -35,6 +36,26 @@ inline void check_loss_inputs(const at::Tensor& z, const at::Tensor& labels, dou
               " but z is on ", z.device());
   TORCH_CHECK(temperature > 0, "con2: temperature must be > 0, got ", temperature);
 }
+
+// Validates the two heads' inputs of con2_fwd_bwd (same M, dtype and device) and each head's.
+inline void check_con2_inputs(const at::Tensor& z_context, const at::Tensor& z_content,
+                              const at::Tensor& context_labels, const at::Tensor& sample_ids, double temperature) {
+  check_loss_inputs(z_context, context_labels, temperature);
+  check_loss_inputs(z_content, sample_ids, temperature);
+  TORCH_CHECK(z_context.size(0) == z_content.size(0), "con2: z_context has ", z_context.size(0),
+              " rows but z_content has ", z_content.size(0));
+  TORCH_CHECK(z_context.scalar_type() == z_content.scalar_type(), "con2: z_context is ", z_context.scalar_type(),
+              " but z_content is ", z_content.scalar_type());
+  TORCH_CHECK(z_context.device() == z_content.device(), "con2: z_context is on ", z_context.device(),
+              " but z_content is on ", z_content.device());
+}
+
+// Per-head SupCon loss and gradient (upstream gradient 1, compute dtype); the kernels of
+// the supcon_fwd_bwd op, also used by con2_fwd_bwd.
+std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const at::Tensor& labels,
+                                                      double temperature);
+std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cuda(const at::Tensor& z, const at::Tensor& labels,
+                                                       double temperature);
 
 // exp() that GCC/Clang auto-vectorise (Cephes expf polynomial, ~1 ulp on [-87, 88]);
 // returns exactly 0 below -87 (including -inf) and is only used for arguments <= ~0.

@@ -14,6 +14,13 @@ TORCH_LIBRARY(con2, m) {
   // Loss and its gradient w.r.t. z for an upstream gradient of 1 (compute dtype), in one
   // call: used when z requires grad, so the similarity is computed once when it fits.
   m.def("supcon_fwd_bwd(Tensor z, Tensor labels, float temperature) -> (Tensor, Tensor)");
+  // Both heads of the Con2 loss in one call: (losses [2] = (L_Context, L_Content), d
+  // L_Context / d z_context, d L_Content / d z_content), gradients for an upstream gradient
+  // of 1 in the compute dtype. `fused` selects the single-pass tiled CUDA kernels
+  // (csrc/cuda/con2_fused.cuh) over two blocked supcon_fwd_bwd calls; CPU ignores it.
+  m.def(
+      "con2_fwd_bwd(Tensor z_context, Tensor z_content, Tensor context_labels, Tensor sample_ids, "
+      "float temperature, bool fused=False) -> (Tensor, Tensor, Tensor)");
   // Exact nearest bank row by cosine similarity: (values [Q] float32, indices [Q] int64).
   m.def("top1_cosine(Tensor queries, Tensor bank, Tensor bank_norms) -> (Tensor, Tensor)");
   // Per-row ||(x - mean) @ whitening||^2.

@@ -116,6 +116,10 @@ def test_gradcheck_float64(device):
     for op in (torch.ops.con2.supcon_fwd, torch.ops.con2.supcon_fwd_bwd):  # separate / fused backward
         fn = lambda x: op(x, labels, 0.5)[0]  # noqa: E731
         assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-6)
+    zs = torch.randn(10, 3, dtype=torch.float64, device=device, requires_grad=True)
+    sid = torch.arange(10, device=device) // 2
+    both = lambda a, b: torch.ops.con2.con2_fwd_bwd(a, b, labels, sid, 0.5)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(both, (z, zs), eps=1e-6, atol=1e-6)
     # unnormalised rows and a small temperature as well
     z2 = (torch.randn(9, 4, dtype=torch.float64, device=device) * 0.5).requires_grad_(True)
     lab2 = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 0], device=device)
@@ -222,6 +226,10 @@ def test_opcheck_all_ops(device):
     _, lse, npos = torch.ops.con2.supcon_fwd(z, labels, 0.2)
     grad = torch.ones((), device=device)
     torch.library.opcheck(torch.ops.con2.supcon_bwd.default, (grad, z, labels, lse, npos, 0.2))
+    zs = torch.randn(12, 6, device=device).requires_grad_(True)
+    sid = torch.arange(12, device=device) // 4
+    for fused in (False, True):
+        torch.library.opcheck(torch.ops.con2.con2_fwd_bwd.default, (zr, zs, labels, sid, 0.2, fused))
     q = torch.randn(5, 8, device=device)
     b = torch.randn(30, 8, device=device)
     torch.library.opcheck(torch.ops.con2.top1_cosine.default, (q, b, b.norm(dim=1)))
@@ -294,6 +302,40 @@ def test_mahalanobis_matches_reference(device, dtype):
     torch.testing.assert_close(out2, reference.mahalanobis_sq(xs.contiguous(), mean[::2], w[::2]), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError):
         native.mahalanobis_sq(x, mean[:5], w)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m,d", [(1, 8), (2, 8), (37, 16), (130, 128), (2048, 128), (3001, 200), (16384, 128)])
+def test_fused_cuda_loss_matches_reference(dtype, m, d):
+    # the single-pass tiled kernels (fused=True) on the GPU, both heads, vs the reference
+    zc, cl = _batch(m, d, 2, "cuda", dtype, seed=m)
+    zs, _ = _batch(m, d, 2, "cuda", dtype, seed=m + 1)
+    sid = torch.arange(m, device="cuda") // 4
+    losses, dzc, dzs = torch.ops.con2.con2_fwd_bwd(zc, zs, cl, sid, 0.07, True)
+    for i, (z, lab, dz) in enumerate(((zc, cl, dzc), (zs, sid, dzs))):
+        if m > 4096:  # the reference's M x M tensors: compare with the blocked kernel instead
+            loss, grad = torch.ops.con2.supcon_fwd_bwd(z.float(), lab, 0.07)
+        else:
+            loss, grad = _loss_and_grad(reference.supcon_loss, z.float(), lab)
+        torch.testing.assert_close(losses[i], loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(dz, grad, rtol=1e-4, atol=1e-6 + 1e-5 * grad.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+def test_fused_cuda_loss_memory_is_linear():
+    m, d = 16384, 128
+    zc, cl = _batch(m, d, 2, "cuda")
+    sid = torch.arange(m, device="cuda") // 4
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    torch.ops.con2.con2_fwd_bwd(zc, zc, cl, sid, 0.07, True)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra < 4 * m * d * 4 + (1 << 20), f"{extra / 2**20:.1f} MiB"  # two dz + small stats
 
 
 @pytest.mark.gpu

@@ -12,13 +12,23 @@ scalar; outside autocast, gradients come back in the dtype of z.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import reference
 
 from .. import _C  # noqa: F401  (loads the library: registers torch.ops.con2.*)
 
-_OPS = ("supcon_fwd", "supcon_bwd", "supcon_fwd_bwd", "top1_cosine", "mahalanobis_sq")
+_OPS = ("supcon_fwd", "supcon_bwd", "supcon_fwd_bwd", "con2_fwd_bwd", "top1_cosine", "mahalanobis_sq")
+
+# Which CUDA kernels compute the Con2 loss during training: "blocked" (cuBLAS row blocks +
+# row kernels, validated on the H100) or "fused" (the single-pass tiled tensor-core kernels of
+# csrc/cuda/con2_fused.cuh, checked on the CPU through the CUDA emulator, not yet on a GPU).
+CUDA_LOSS_KERNEL = os.environ.get("CON2_CUDA_LOSS", "blocked").strip().lower()
+if CUDA_LOSS_KERNEL not in ("blocked", "fused"):
+    raise ValueError(f"CON2_CUDA_LOSS must be 'blocked' or 'fused', got {CUDA_LOSS_KERNEL!r}")
+_FUSED = CUDA_LOSS_KERNEL == "fused"
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -63,6 +73,17 @@ def _supcon_fwd_bwd_fake(z, labels, temperature):
     torch._check(z.dim() == 2, lambda: "z must be 2-D")
     dtype = _compute_dtype(z)
     return z.new_empty((), dtype=dtype), z.new_empty(tuple(z.shape), dtype=dtype)
+
+
+@torch.library.register_fake("con2::con2_fwd_bwd")
+def _con2_fwd_bwd_fake(z_context, z_content, context_labels, sample_ids, temperature, fused=False):
+    torch._check(z_context.dim() == 2 and z_content.dim() == 2, lambda: "z must be 2-D")
+    dtype = _compute_dtype(z_context)
+    return (
+        z_context.new_empty((2,), dtype=dtype),
+        z_context.new_empty(tuple(z_context.shape), dtype=dtype),
+        z_content.new_empty(tuple(z_content.shape), dtype=dtype),
+    )
 
 
 @torch.library.register_fake("con2::top1_cosine")
@@ -129,6 +150,24 @@ torch.library.register_autograd(
 )
 
 
+def _con2_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.save_for_backward(output[1], output[2])
+    ctx.z_dtypes = (inputs[0].dtype, inputs[1].dtype)
+
+
+def _con2_backward(ctx, grad_losses, grad_dz0, grad_dz1):
+    # Gradients were computed in the forward for upstream gradients of 1; scale per head.
+    dz0, dz1 = ctx.saved_tensors
+    g = grad_losses.to(dz0.dtype)
+    grad0 = (dz0 * g[0]).to(ctx.z_dtypes[0]) if ctx.needs_input_grad[0] else None
+    grad1 = (dz1 * g[1]).to(ctx.z_dtypes[1]) if ctx.needs_input_grad[1] else None
+    return grad0, grad1, None, None, None, None
+
+
+torch.library.register_autograd("con2::con2_fwd_bwd", _con2_backward, setup_context=_con2_setup_context)
+
+
 # ---------------------------------------------------------------- wrappers
 def _supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     # With grad: the fused op computes loss and gradient together (the similarity is
@@ -146,9 +185,15 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
 
 
 def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, temperature: float = 0.07):
-    """L_Con2 = L_Context + alpha * L_Content, each head one native SupCon call."""
+    """L_Con2 = L_Context + alpha * L_Content; with grad, both heads in one native call."""
     # no shortcut at alpha == 0: the content head must get a (zero) gradient, as with the
     # reference, or AdamW and DDP would treat it as unused
+    if (torch.is_grad_enabled() and (z_context.requires_grad or z_content.requires_grad)
+            and z_context.dtype == z_content.dtype):
+        losses = torch.ops.con2.con2_fwd_bwd(
+            z_context, z_content, context_labels, sample_ids, float(temperature), _FUSED
+        )[0]
+        return losses[0] + alpha * losses[1]
     ctx_loss = _supcon(z_context, context_labels, temperature)
     return ctx_loss + alpha * _supcon(z_content, sample_ids, temperature)
 

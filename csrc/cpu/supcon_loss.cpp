@@ -183,6 +183,8 @@ at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at:
   return supcon_bwd_impl(zc, lab, lse, npos, g, temperature).to(z.scalar_type());
 }
 
+}  // namespace
+
 // Loss and d loss / dz (for an upstream gradient of 1, compute dtype) in one call. When
 // the whole similarity fits in the scratch budget it is computed once and reused for the
 // gradient (2 GEMMs instead of 3); otherwise forward and backward run blockwise.
@@ -223,8 +225,6 @@ std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const
   });
   return {loss, dz};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(con2, CPU, m) {
   m.impl("supcon_fwd", &supcon_fwd_cpu);

@@ -168,6 +168,8 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at
   return supcon_bwd_impl(zc, lab, lse, npos, g, temperature, at::Tensor()).to(z.scalar_type());
 }
 
+}  // namespace
+
 // Loss and d loss / dz for an upstream gradient of 1 (compute dtype). When M x M fits in
 // the scratch budget the similarity is computed once and reused (2 GEMMs instead of 3).
 std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cuda(const at::Tensor& z, const at::Tensor& labels,
@@ -197,8 +199,6 @@ std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cuda(const at::Tensor& z, cons
   at::Tensor loss = rowloss.sum().div_(static_cast<double>(M));
   return {loss, supcon_bwd_impl(zc, lab, lse, npos, one, temperature, S)};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(con2, CUDA, m) {
   m.impl("supcon_fwd", &supcon_fwd_cuda);

@@ -1,0 +1,57 @@
+// con2_fwd_bwd on CUDA: the fused tiled kernels of con2_fused.cuh when asked for (and when
+// they apply: float32 / bf16 / fp16 inputs, D <= 256), else the two heads through the
+// blocked cuBLAS SupCon kernel (csrc/cuda/supcon_loss.cu).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../common.h"
+#include "con2_fused.cuh"
+
+namespace con2 {
+namespace {
+
+struct CudaLaunch {
+  cudaStream_t stream;
+  template <typename... KArgs, typename... Args>
+  void operator()(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) const {
+    if (smem > 48 * 1024) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    }
+    kernel<<<grid, block, smem, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+bool fused_applies(const at::Tensor& z0, const at::Tensor& z1) {
+  return z0.scalar_type() != at::kDouble && z0.size(1) <= fused::kMaxDim && z1.size(1) <= fused::kMaxDim;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_cuda(const at::Tensor& z_context,
+                                                                  const at::Tensor& z_content,
+                                                                  const at::Tensor& context_labels,
+                                                                  const at::Tensor& sample_ids, double temperature,
+                                                                  bool fused) {
+  check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature);
+  c10::cuda::CUDAGuard guard(z_context.device());
+  if (!fused || !fused_applies(z_context, z_content)) {
+    auto [l0, dz0] = supcon_fwd_bwd_cuda(z_context, context_labels, temperature);
+    auto [l1, dz1] = supcon_fwd_bwd_cuda(z_content, sample_ids, temperature);
+    return {at::stack({l0, l1}), dz0, dz1};
+  }
+  const bool exact = z_context.scalar_type() != at::kFloat;  // bf16 / fp16 values are exact in tf32
+  const at::Tensor z0 = z_context.detach().to(at::kFloat).contiguous();
+  const at::Tensor z1 = z_content.detach().to(at::kFloat).contiguous();
+  const at::Tensor l0 = context_labels.to(at::kLong).contiguous();
+  const at::Tensor l1 = sample_ids.to(at::kLong).contiguous();
+  return fused::con2_fwd_bwd(z0, z1, l0, l1, temperature, exact,
+                             CudaLaunch{c10::cuda::getCurrentCUDAStream().stream()});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(con2, CUDA, m) { m.impl("con2_fwd_bwd", &con2_fwd_bwd_cuda); }
+
+}  // namespace con2

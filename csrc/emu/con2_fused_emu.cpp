@@ -1,0 +1,37 @@
+// Test-only: the fused CUDA Con2 loss kernels (csrc/cuda/con2_fused.cuh) run on the CPU
+// through the CUDA emulator (cuda_emu.h), registered as torch.ops.con2_emu.con2_fwd_bwd.
+// Built on demand by tests/test_fused_loss_emu.py, never part of con2._C.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "emu/cuda_emu.h"
+#include "cuda/con2_fused.cuh"
+
+namespace {
+
+struct EmuLaunch {
+  template <typename... KArgs, typename... Args>
+  void operator()(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) const {
+    con2_emu::launch(kernel, grid, block, smem, args...);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_emu(const at::Tensor& z_context,
+                                                                 const at::Tensor& z_content,
+                                                                 const at::Tensor& context_labels,
+                                                                 const at::Tensor& sample_ids, double temperature) {
+  TORCH_CHECK(z_context.size(1) <= con2::fused::kMaxDim && z_content.size(1) <= con2::fused::kMaxDim,
+              "con2_emu: D > 256");
+  const bool exact = z_context.scalar_type() != at::kFloat;
+  return con2::fused::con2_fwd_bwd(z_context.to(at::kFloat).contiguous(), z_content.to(at::kFloat).contiguous(),
+                                   context_labels.to(at::kLong).contiguous(), sample_ids.to(at::kLong).contiguous(),
+                                   temperature, exact, EmuLaunch{});
+}
+
+}  // namespace
+
+TORCH_LIBRARY(con2_emu, m) {
+  m.def("con2_fwd_bwd(Tensor z_context, Tensor z_content, Tensor context_labels, Tensor sample_ids, "
+        "float temperature) -> (Tensor, Tensor, Tensor)");
+  m.impl("con2_fwd_bwd", c10::DispatchKey::CPU, &con2_fwd_bwd_emu);
+}
