@@ -28,6 +28,7 @@ class TrainConfig:
     data_root: str = "data"
     data_file: str | None = None  # the .npz of --dataset npz / cifar from an npz
     image_size: int | None = None  # None: the data's own size
+    center_crop: int | None = None  # then a centred square of this size (paper: 256 -> 224)
     resolution: int | None = None  # MedMNIST file resolution (28, 64, 128, 224)
     epochs: int = 20
     batch_size: int = 64
@@ -69,6 +70,10 @@ class TrainConfig:
             bad("--lr and --temperature must be positive")
         if self.image_size is not None and self.image_size < 8:
             bad(f"--image-size must be >= 8, got {self.image_size}")
+        if self.center_crop is not None and self.center_crop < 8:
+            bad(f"--center-crop must be >= 8, got {self.center_crop}")
+        if self.center_crop is not None and self.image_size is not None and self.center_crop > self.image_size:
+            bad(f"--center-crop {self.center_crop} is larger than --image-size {self.image_size}")
         if self.dataset in ("npz", "folder", "derma", "blood", "cifar10", "cifar100") and not self.normal_class:
             bad(f"--dataset {self.dataset} needs --normal-class")
         return self

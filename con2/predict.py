@@ -54,6 +54,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
                   batch_size: int = 256, bank_dtype: str = "float32", progress: bool = True) -> list[dict]:
     """[{file, score, anomaly, threshold}] for every image under `inputs`."""
     from .data import load_split
+    from .data.datasets import center_crop_array
     from .evaluate import run_scorer
     from .metrics import calibrate_threshold
     from .train import load_run
@@ -61,7 +62,11 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     files = list_inputs(inputs)
     cfg, model = load_run(run_dir, device=device)
     split = load_split(cfg)
-    images = read_images(files, split.train.shape[1:3], split.channels)
+    if cfg.center_crop is not None:  # the run's pre-processing: resize, then the centred crop
+        pre = (cfg.image_size,) * 2 if cfg.image_size else split.train.shape[1:3]
+        images = center_crop_array(read_images(files, pre, split.channels), cfg.center_crop)
+    else:
+        images = read_images(files, split.train.shape[1:3], split.channels)
     if threshold is None and not len(split.val):
         raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold")
     s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress)

@@ -179,6 +179,24 @@ def test_digits_default():
     assert load_split(cfg(dataset="digits", image_size=8)).train.shape[1:] == (8, 8, 1)
 
 
+def test_resize_then_center_crop_is_the_papers_preprocessing():
+    import torch
+    from torchvision.transforms import v2
+
+    plain = load_split(cfg(dataset="digits", image_size=32))
+    s = load_split(cfg(dataset="digits", image_size=32, center_crop=28))
+    assert s.train.shape[1:] == (28, 28, 1) and s.test.shape[1:] == (28, 28, 1) and len(s.val) == len(plain.val)
+    expected = v2.CenterCrop(28)(torch.from_numpy(plain.test).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(s.test, expected)
+    odd = load_split(cfg(dataset="digits", image_size=31, center_crop=28)).train  # torchvision's rounding
+    ref = v2.CenterCrop(28)(torch.from_numpy(load_split(cfg(dataset="digits", image_size=31)).train).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(odd, ref.permute(0, 2, 3, 1).numpy())
+    with pytest.raises(DataError, match="larger than the 16x16 images"):
+        load_split(cfg(dataset="digits", center_crop=20))
+    with pytest.raises(ValueError, match="larger than --image-size"):
+        cfg(dataset="digits", image_size=20, center_crop=24).validate()
+
+
 # --------------------------------------------------------------------------- folders
 
 def save(path: Path, size=(20, 20), mode="L", fmt=None, seed=0):

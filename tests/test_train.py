@@ -140,3 +140,23 @@ def test_config_rejects_unknown_keys_and_bad_values():
         TrainConfig(context="rotate").validate()
     with pytest.raises(ValueError, match="needs --normal-class"):
         TrainConfig(dataset="cifar10").validate()
+
+
+def test_predict_applies_the_runs_center_crop(tmp_path):
+    from PIL import Image
+
+    from con2.data import load_split
+    from con2.evaluate import run_scorer
+    from con2.predict import predict_files
+
+    cfg = tiny_cfg(tmp_path / "run", epochs=1, image_size=12, center_crop=10, max_train_samples=24)
+    run = train(cfg, progress=False)
+    uncropped = load_split(TrainConfig(dataset="digits", image_size=12)).test[:5]
+    for i, img in enumerate(uncropped):
+        Image.fromarray(img[:, :, 0]).save(tmp_path / f"{i}.png")
+    got = predict_files(run, [tmp_path / f"{i}.png" for i in range(5)], views=2, threshold=0.0, progress=False)
+    cfg, model = load_run(run, device="cpu")
+    split = load_split(cfg)
+    assert split.test.shape[1:] == (10, 10, 1)
+    want = run_scorer(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:5])["nnd"].numpy()
+    np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)

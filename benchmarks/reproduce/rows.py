@@ -12,6 +12,8 @@ class Row:
     paper: float | None  # AUROC % (S_NND) reported by the paper
     objective: str = "con2"
     resolution: int | None = None
+    image_size: int | None = None   # resize to this square, then
+    center_crop: int | None = None  # keep the centred square (paper: 256 -> 224)
     data_file: str | None = None
     normal_class: tuple[str, ...] | None = None
     extra: dict = field(default_factory=dict)
@@ -24,8 +26,12 @@ def _rows() -> list[Row]:
     for res in (28, 64):
         for ctx, paper in (("invert", 81.7), ("flip", 81.7), ("equalize", 72.2)):
             rows.append(Row(f"breast{res}-{ctx}", "breast", ctx, paper, resolution=res if res != 28 else None))
+    # the paper's own pre-processing (METHOD section 6): resize 256, centre-crop 224, ImageNet stem
+    for ctx, paper in (("invert", 81.7), ("flip", 81.7), ("equalize", 72.2)):
+        rows.append(Row(f"breast224-{ctx}", "breast", ctx, paper, image_size=256, center_crop=224))
     for ctx, paper in (("invert", 91.1), ("flip", 92.8), ("equalize", 93.9)):
         rows.append(Row(f"pneumonia-{ctx}", "pneumonia", ctx, paper))
+        rows.append(Row(f"pneumonia224-{ctx}", "pneumonia", ctx, paper, image_size=256, center_crop=224))
     rows.append(Row("br35h-invert", "npz", "invert", 100.0, data_file="br35h_64.npz", normal_class=("0",),
                     extra={"n_train": 1000}))
     for ctx, paper, lh in (("flip", 95.3, 94.7), ("invert", 94.6, 93.7)):

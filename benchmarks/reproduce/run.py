@@ -43,6 +43,7 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
     out = Path(args["runs"]) / f"{row_name}-s{seed}"
     cfg = TrainConfig(dataset=row.dataset, context=row.context, objective=row.objective, seed=seed,
                       data_root=args["data_root"], resolution=row.resolution, out=str(out), amp=args["amp"],
+                      image_size=row.image_size, center_crop=row.center_crop,
                       normal_class=list(row.normal_class) if row.normal_class else None,
                       data_file=str(Path(args["data_root"]) / row.data_file) if row.data_file else None,
                       extra=dict(row.extra))
@@ -68,6 +69,7 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
     return {"seed": seed, "nnd": metrics["nnd"]["auroc"], "lh": metrics["lh"]["auroc"],
             "train_s": round(train_s, 1), "eval_s": metrics["seconds"], "views_per_s": round(statistics.median(rates)),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+            "center_crop": cfg.center_crop,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 

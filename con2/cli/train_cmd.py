@@ -16,7 +16,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normal-class", nargs="+", default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or cifar from an npz)")
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None, help="resize every image to this square")
+    p.add_argument("--center-crop", type=int, default=None,
+                   help="then keep the centred square of this size (the paper's MedMNIST pre-processing: "
+                        "--image-size 256 --center-crop 224)")
     p.add_argument("--resolution", type=int, choices=(28, 64, 128, 224), default=None,
                    help="MedMNIST file resolution")
     p.add_argument("--epochs", type=int, default=None)
@@ -37,7 +40,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=("paper", "quick"), default=None)
 
 
-_FIELDS = ("dataset", "context", "objective", "normal_class", "data_root", "data_file", "image_size", "resolution",
+_FIELDS = ("dataset", "context", "objective", "normal_class", "data_root", "data_file", "image_size", "center_crop",
+           "resolution",
            "epochs", "batch_size", "lr", "weight_decay", "temperature", "amp", "seed", "width", "device",
            "pipeline", "checkpoint_every", "skip_bad_files", "split_seed", "max_train_samples", "compile", "out")
 

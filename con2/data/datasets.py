@@ -20,10 +20,14 @@ Splits, by source:
   Default normal digit "8", default size 16 px (see `load_digits_split`).
 
 Resizing: when `cfg.image_size` is set, images are resized to a square of that size
-(array data: bilinear with antialiasing; folder images: Pillow bicubic, aspect ratio not kept).
+(array data: bilinear with antialiasing; folder images: Pillow bicubic, aspect ratio not kept);
+then `cfg.center_crop` keeps the centred square of that size (the paper's MedMNIST / BR35H /
+Pneumonia pre-processing is resize 256, centre-crop 224).
 `cfg.max_train_samples` subsamples the training normals with `cfg.split_seed`.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +102,7 @@ def load_split(cfg) -> OneClassSplit:
         split = load_digits_split(cfg)
     else:
         raise DataError(f"unknown dataset {ds!r}")
+    split = _center_crop_split(split, getattr(cfg, "center_crop", None))
     return _limit_train(split, cfg.max_train_samples, cfg.split_seed)
 
 
@@ -155,6 +160,24 @@ def _resize_array(images: np.ndarray, size: int | None) -> np.ndarray:
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[i:i + 4096] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
+
+
+def center_crop_array(images: np.ndarray, size: int | None) -> np.ndarray:
+    """The centred size x size square of uint8 [N, H, W, C] (torchvision's CenterCrop offsets)."""
+    if size is None:
+        return images
+    h, w = images.shape[1:3]
+    if size > h or size > w:
+        raise DataError(f"--center-crop {size} is larger than the {h}x{w} images; resize them first (--image-size)")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return np.ascontiguousarray(images[:, top:top + size, left:left + size])
+
+
+def _center_crop_split(split: OneClassSplit, size: int | None) -> OneClassSplit:
+    if size is None:
+        return split
+    return dataclasses.replace(split, train=center_crop_array(split.train, size),
+                               val=center_crop_array(split.val, size), test=center_crop_array(split.test, size))
 
 
 def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, meta: dict) -> OneClassSplit:
