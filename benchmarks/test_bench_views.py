@@ -1,9 +1,10 @@
 """View pipeline throughput: the batched tensor pipeline vs the torchvision DataLoader baseline.
 
 One batch = 512 samples x 2 contexts (invert) x 2 views = 2048 views, at 32 px and at 224 px.
-CPU: TensorViewPipeline (eager, chunked) vs WorkerBatchSource (torchvision, 2 worker processes),
-timed in the same run. GPU (marked `gpu`, skipped without CUDA): the tensor pipeline eager and
-torch.compile'd, and its time relative to one ResNet18 training step (Con2Model, forward +
+CPU: TensorViewPipeline with the native simclr_views kernel and with the torch ops (eager,
+chunked) vs WorkerBatchSource (torchvision, 2 worker processes), timed in the same run. GPU
+(marked `gpu`, skipped without CUDA): the torch ops eager and torch.compile'd and the native
+CUDA kernel, and each one's time relative to one ResNet18 training step (Con2Model, forward +
 backward, bf16 autocast, channels_last) on the same 2048 views.
 
     pytest benchmarks/test_bench_views.py --benchmark-json=views.json
@@ -40,10 +41,16 @@ def _check(views, n, size):
     assert torch.isfinite(views).all() and views.min() >= -1 and views.max() <= 1
 
 
+@pytest.mark.parametrize("impl", ["native", "torch"])
 @pytest.mark.parametrize("size", SIZES)
-def test_cpu_tensor_pipeline(benchmark, size):
+def test_cpu_tensor_pipeline(benchmark, size, impl):
+    """native = the simclr_views kernel (csrc/cpu), torch = the batched torch ops (its reference)."""
+    from con2 import ops
+
+    if impl == "native" and not ops.native_views_kernel("cpu"):
+        pytest.skip("con2._C has no simclr_views kernel")
     x = torch.from_numpy(_images(N, size)).permute(0, 3, 1, 2).contiguous()
-    pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(size))
+    pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), native=impl == "native")
     g = torch.Generator().manual_seed(0)
     _check(pipe(x, g), N, size)
     benchmark.group = f"views-cpu-{size}px"
@@ -84,19 +91,20 @@ def _cuda_time(fn, reps=20):
     return float(np.median(times))
 
 
-def gpu_case(size, compile_, n=N):
-    """(pipeline ms, train-step ms) for 4n views on the GPU; checks eager == compiled first."""
+def gpu_case(size, mode, n=N):
+    """(pipeline ms, train-step ms) for 4n views on the GPU; mode eager / compiled (torch ops) or
+    native (the simclr_views CUDA kernel); checks against eager first."""
     from con2.model import Con2Model
 
     dev = torch.device("cuda")
     x = torch.from_numpy(_images(n, size)).permute(0, 3, 1, 2).contiguous().to(dev)
     pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), dtype=torch.bfloat16, channels_last=True,
-                              compile=compile_)
-    ref = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), compile=False)
+                              compile=mode == "compiled", native=mode == "native")
+    ref = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), compile=False, native=False)
     out = pipe(x, torch.Generator(dev).manual_seed(0))
     _check(out.float(), n, size)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    if compile_:
+    if mode != "eager":
         diff = (out.float() - ref(x, torch.Generator(dev).manual_seed(0))).abs().max().item()
         assert diff < 2e-2, diff  # bf16 output
     g = torch.Generator(dev).manual_seed(1)
@@ -118,11 +126,11 @@ def gpu_case(size, compile_, n=N):
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("mode", ["eager", "compiled", "native"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-def test_gpu_tensor_pipeline(benchmark, size, compile_):
-    t_pipe, t_step = gpu_case(size, compile_)
+def test_gpu_tensor_pipeline(benchmark, size, mode):
+    t_pipe, t_step = gpu_case(size, mode)
     benchmark.group = f"views-cuda-{size}px"
     benchmark.extra_info.update(pipeline_ms=t_pipe, train_step_ms=t_step, ratio=t_pipe / t_step,
                                 views_per_s=4 * N / t_pipe * 1e3)
@@ -132,12 +140,12 @@ def test_gpu_tensor_pipeline(benchmark, size, compile_):
 if __name__ == "__main__" and "--gpu" in sys.argv:
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, {4 * N} views (N={N}, K=2)")
     for size in SIZES:
-        for c in (False, True):
+        for mode in ("eager", "compiled", "native"):
             t0 = time.perf_counter()
             try:
-                tp, ts = gpu_case(size, c)
-                print(f"{size:4d}px {'compiled' if c else 'eager   '}: pipeline {tp:8.3f} ms  "
+                tp, ts = gpu_case(size, mode)
+                print(f"{size:4d}px {mode:8s}: pipeline {tp:8.3f} ms  "
                       f"({4 * N / tp * 1e3:,.0f} views/s)  train step {ts:8.3f} ms  ratio {tp / ts:.3f}  "
                       f"[case wall {time.perf_counter() - t0:.0f} s]", flush=True)
             except Exception as e:  # report and go on with the other cases
-                print(f"{size:4d}px {'compiled' if c else 'eager'}: FAILED {type(e).__name__}: {e}", flush=True)
+                print(f"{size:4d}px {mode}: FAILED {type(e).__name__}: {e}", flush=True)

@@ -50,6 +50,27 @@ inline void check_con2_inputs(const at::Tensor& z_context, const at::Tensor& z_c
               " but z_content is on ", z_content.device());
 }
 
+// simclr_views inputs: uint8 [S, C, H, W] images (C = 1 or 3), per view a source index and
+// the random parameters of con2.data.views.ViewParams.
+inline void check_views_inputs(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
+                               const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
+                               const at::Tensor& gray, int64_t size, at::ScalarType dtype) {
+  TORCH_CHECK(images.dim() == 4 && images.scalar_type() == at::kByte,
+              "con2: simclr_views expects uint8 [S, C, H, W] images, got ", images.scalar_type(), " ", images.sizes());
+  TORCH_CHECK(images.size(1) == 1 || images.size(1) == 3, "con2: images must have 1 or 3 channels, got ", images.size(1));
+  TORCH_CHECK(images.size(2) >= 1 && images.size(3) >= 1, "con2: empty images");
+  const int64_t m = source.numel();
+  TORCH_CHECK(source.dim() == 1 && !source.is_floating_point(), "con2: source must be an integer [M] tensor");
+  TORCH_CHECK(boxes.sizes() == at::IntArrayRef({m, 4}) && factors.sizes() == at::IntArrayRef({m, 4}) &&
+                  order.sizes() == at::IntArrayRef({m, 4}) && hflip.numel() == m && gray.numel() == m,
+              "con2: boxes / factors / order must be [M, 4] and hflip / gray [M] for M = ", m, " views");
+  TORCH_CHECK(size >= 1, "con2: size must be >= 1, got ", size);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "con2: views are float32, bfloat16 or float16, not ", dtype);
+  for (const at::Tensor* t : {&source, &boxes, &hflip, &factors, &order, &gray})
+    TORCH_CHECK(t->device() == images.device(), "con2: view parameters must be on ", images.device());
+}
+
 // Per-head SupCon loss and gradient (upstream gradient 1, compute dtype); the kernels of
 // the supcon_fwd_bwd op, also used by con2_fwd_bwd.
 std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const at::Tensor& labels,

@@ -21,6 +21,13 @@ TORCH_LIBRARY(con2, m) {
   m.def(
       "con2_fwd_bwd(Tensor z_context, Tensor z_content, Tensor context_labels, Tensor sample_ids, "
       "float temperature, bool fused=False) -> (Tensor, Tensor, Tensor)");
+  // SimCLR views of uint8 images [S, C, H, W]: view i crops boxes[i] = (top, left, h, w) out of
+  // images[source[i]], resizes it to size x size (bilinear), flips it when hflip[i], applies
+  // colour jitter factors[i] (brightness, contrast, saturation, hue) in the order order[i],
+  // greys it when gray[i], normalises with (mean, std): [M, C, size, size] of `dtype`.
+  m.def(
+      "simclr_views(Tensor images, Tensor source, Tensor boxes, Tensor hflip, Tensor factors, Tensor order, "
+      "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last) -> Tensor");
   // Exact nearest bank row by cosine similarity: (values [Q] float32, indices [Q] int64).
   m.def("top1_cosine(Tensor queries, Tensor bank, Tensor bank_norms) -> (Tensor, Tensor)");
   // Per-row ||(x - mean) @ whitening||^2.

@@ -186,7 +186,7 @@ def test_output_dtype_and_layout(dtype, cl):
 
 def test_cpu_chunking_does_not_change_views(monkeypatch):
     x = _imgs(n=6, h=16, w=16)
-    p = V.TensorViewPipeline(ContextSet("invert"), V.ViewConfig(size=16))
+    p = V.TensorViewPipeline(ContextSet("invert"), V.ViewConfig(size=16), native=False)
     a = p(x, torch.Generator().manual_seed(5))
     monkeypatch.setattr(V, "CPU_CHUNK_BYTES", 1)  # one view per chunk
     b = p(x, torch.Generator().manual_seed(5))
@@ -197,6 +197,70 @@ def test_single_channel_pipeline():
     x = _imgs(n=3, c=1, h=16, w=16)
     out = V.TensorViewPipeline(ContextSet("equalize"), V.ViewConfig(size=12))(x, torch.Generator().manual_seed(0))
     assert out.shape == (12, 1, 12, 12) and torch.isfinite(out).all()
+
+
+# --- the native simclr_views kernel against the torch ops ----------------------------------------
+
+def _native_or_skip(device="cpu"):
+    from con2 import ops
+
+    if not ops.native_views(device):
+        pytest.skip(f"no native simclr_views kernel for {device}")
+
+
+@pytest.mark.parametrize("names,c,h,w,size,dtype,cl", [
+    ("invert", 3, 20, 24, 16, torch.float32, False),
+    ("equalize", 1, 28, 28, 28, torch.float32, False),
+    ("invert,flip", 3, 13, 9, 32, torch.bfloat16, True),   # upsampling, non-square, K = 4
+    ("flip", 3, 64, 64, 24, torch.float16, False),
+])
+def test_native_views_match_torch_ops(names, c, h, w, size, dtype, cl):
+    _native_or_skip()
+    x = _imgs(n=7, c=c, h=h, w=w, seed=size)
+    make = lambda native: V.TensorViewPipeline(ContextSet(names), V.ViewConfig(size=size), dtype=dtype,  # noqa: E731
+                                               channels_last=cl, native=native)
+    got = make(None)(x, torch.Generator().manual_seed(3))
+    want = make(False)(x, torch.Generator().manual_seed(3))
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    tol = dict(rtol=0, atol=5e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    assert (got.float() - want.float()).abs().mean() < 1e-5 if dtype == torch.float32 else True
+
+
+def test_native_views_opcheck_and_errors():
+    _native_or_skip()
+    x = _imgs(n=3, h=12, w=12)
+    cfg = V.ViewConfig(size=8)
+    p = V.sample_view_params(5, 12, 12, cfg, torch.Generator().manual_seed(0), "cpu")
+    src = torch.tensor([0, 1, 2, 2, 0])
+    args = (x, src, p.boxes, p.hflip, p.factors, p.order, p.gray, 8, 0.5, 0.5)
+    torch.library.opcheck(torch.ops.con2.simclr_views.default, args + (torch.float32, False))
+    torch.library.opcheck(torch.ops.con2.simclr_views.default, args + (torch.bfloat16, True))
+    with pytest.raises(RuntimeError, match=r"source indices must be in \[0, 3\)"):
+        torch.ops.con2.simclr_views(x, src + 1, *args[2:], torch.float32, False)
+    with pytest.raises(RuntimeError, match="uint8"):
+        torch.ops.con2.simclr_views(x.float(), *args[1:], torch.float32, False)
+    with pytest.raises(RuntimeError, match=r"\[M, 4\]"):
+        torch.ops.con2.simclr_views(x, src[:4], *args[2:], torch.float32, False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("c,size", [(1, 28), (3, 32), (3, 224)])
+def test_native_views_cuda_match_torch_ops(c, size):
+    from con2 import ops
+
+    if ops._native is None or not ops._native.has_kernels("cuda", "simclr_views"):
+        pytest.skip("no CUDA simclr_views kernel")
+    x = _imgs(n=64, c=c, h=size, w=size).cuda()
+    cfg = V.ViewConfig(size=size)
+    p = V.sample_view_params(128, size, size, cfg, None, "cuda")
+    src = torch.arange(128, device="cuda") % 64
+    got = torch.ops.con2.simclr_views(x, src, p.boxes, p.hflip, p.factors, p.order, p.gray, size, 0.5, 0.5,
+                                      torch.float32, True)
+    want = V.apply_views(x[src], p, cfg)
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-4)
 
 
 # --- batch sources ----------------------------------------------------------------------------

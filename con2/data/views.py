@@ -7,6 +7,10 @@ CPU tensors (tests, CPU training) and on the GPU.
 Differences from torchvision's PIL pipeline, by design: colour jitter works on float
 images (no uint8 rounding between its four steps) and the crop is resampled with
 bilinear grid sampling (no antialiasing when a large crop is shrunk).
+
+The ops here are also the reference of the native `simclr_views` kernel (csrc/), which makes
+the same views from the same parameters in one pass per view; TensorViewPipeline uses it
+where con2.ops.native_views allows.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import ops
 from .contexts import ContextSet
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
@@ -287,16 +292,26 @@ def apply_views_compiled(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig
     return fn(x_u8, params.boxes, params.hflip, params.factors, params.order, params.gray)
 
 
+def view_sources(n_contexts: int, n: int, device) -> torch.Tensor:
+    """Source image of every view for context-major images [K*N]: block 2k+v (context k, view v)
+    of N rows reads images[k*N : (k+1)*N]."""
+    rows = torch.arange(2 * n_contexts * n, device=device)
+    return (rows // (2 * n)) * n + rows % n
+
+
 class TensorViewPipeline:
     """uint8 samples [N,C,H,W] -> 2KN views in the con2 layout (see con2.losses.view_labels).
 
     With `contexts=None` (SimCLR) only the original context is used: 2N views.
-    `compile`: None = torch.compile the view function on CUDA inputs (eager elsewhere, and
-    eager again if compiling fails); True/False force it.
+    `native`: None = the native simclr_views kernel where con2.ops.native_views says so (CPU
+    with the extension built; CUDA with CON2_CUDA_VIEWS=native); True / False force it / the torch ops.
+    `compile` (torch ops on CUDA): None = torch.compile the view function on CUDA inputs (eager
+    elsewhere, and eager again if compiling fails); True/False force it.
     """
 
     def __init__(self, contexts: ContextSet | None, cfg: ViewConfig, dtype=torch.float32, channels_last=False,
-                 compile: bool | None = None):
+                 compile: bool | None = None, native: bool | None = None):
+        self.native = native
         self.contexts = contexts
         self.cfg = cfg
         self.dtype = dtype
@@ -314,6 +329,13 @@ class TensorViewPipeline:
             return x_u8
         return torch.cat(self.contexts.apply_all(x_u8))
 
+    def _use_native(self, device: torch.device) -> bool:
+        if self.native is None:
+            return ops.native_views(device)
+        if self.native and not ops.native_views_kernel(device):
+            raise RuntimeError(f"native=True but con2._C has no simclr_views kernel for {device.type}")
+        return bool(self.native)
+
     def _use_compile(self, device: torch.device) -> bool:
         if self._compile_failed:
             return False
@@ -325,6 +347,13 @@ class TensorViewPipeline:
         if x_u8.dtype != torch.uint8 or x_u8.dim() != 4:
             raise ValueError(f"expected uint8 [N,C,H,W] images, got {x_u8.dtype} {tuple(x_u8.shape)}")
         n = x_u8.shape[0]
+        if self._use_native(x_u8.device):
+            # one kernel: each view reads its source image directly (no expanded copy)
+            images = self.context_images(x_u8)
+            params = sample_view_params(2 * images.shape[0], x_u8.shape[2], x_u8.shape[3], self.cfg, generator,
+                                        x_u8.device)
+            return ops.simclr_views(images, view_sources(self.n_contexts, n, x_u8.device), params, self.cfg.size,
+                                    self.cfg.mean, self.cfg.std, self.dtype, self.channels_last)
         per_context = self.context_images(x_u8).view(self.n_contexts, 1, n, *x_u8.shape[1:])
         # block 2k+v = context k, view v (each sample's two views draw independent params)
         both = per_context.expand(-1, 2, -1, -1, -1, -1).reshape(-1, *x_u8.shape[1:])

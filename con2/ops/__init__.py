@@ -38,7 +38,34 @@ def native_status() -> dict[str, dict[str, bool]]:
     """{op: {device_type: native?}} for `con2 info`."""
     ops = ("con2_loss", "supcon_loss", "top1_cosine", "mahalanobis_sq")
     devices = ("cpu", "cuda")
-    return {op: {d: native_available(d) for d in devices} for op in ops}
+    status = {op: {d: native_available(d) for d in devices} for op in ops}
+    status["simclr_views"] = {d: native_views_kernel(d) for d in devices}
+    return status
+
+
+# Which kernels make the SimCLR views on CUDA: "compiled" (torch.compile of the tensor pipeline,
+# measured on the H100) or "native" (the block-per-view kernel of csrc/cuda/simclr_views.cuh,
+# checked on the CPU through the CUDA emulator, not yet on a GPU). The CPU always uses its native
+# kernel when the extension is built.
+CUDA_VIEWS_KERNEL = os.environ.get("CON2_CUDA_VIEWS", "compiled").strip().lower()
+if CUDA_VIEWS_KERNEL not in ("compiled", "native"):
+    raise ValueError(f"CON2_CUDA_VIEWS must be 'compiled' or 'native', got {CUDA_VIEWS_KERNEL!r}")
+
+
+def native_views_kernel(device: torch.device | str) -> bool:
+    """True when the extension has a simclr_views kernel for `device`."""
+    return _native is not None and _native.has_kernels(torch.device(device).type, "simclr_views")
+
+
+def native_views(device: torch.device | str) -> bool:
+    """True when the views for `device` are made by the native simclr_views kernel by default."""
+    device = torch.device(device)
+    return native_views_kernel(device) and (device.type == "cpu" or CUDA_VIEWS_KERNEL == "native")
+
+
+def simclr_views(images, source, params, size, mean, std, dtype=torch.float32, channels_last=False):
+    """Native SimCLR views (see con2.data.views.TensorViewPipeline); needs native_views(device)."""
+    return _native.simclr_views(images, source, params, size, mean, std, dtype, channels_last)
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
@@ -67,5 +94,5 @@ def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor)
 
 __all__ = [
     "supcon_loss", "con2_loss", "top1_cosine", "mahalanobis_sq",
-    "native_available", "native_status", "reference",
+    "native_available", "native_status", "native_views", "native_views_kernel", "simclr_views", "reference",
 ]

@@ -21,6 +21,7 @@ from . import reference
 from .. import _C  # noqa: F401  (loads the library: registers torch.ops.con2.*)
 
 _OPS = ("supcon_fwd", "supcon_bwd", "supcon_fwd_bwd", "con2_fwd_bwd", "top1_cosine", "mahalanobis_sq")
+_DATA_OPS = ("simclr_views",)  # no autocast / autograd: uint8 in, views out
 
 # Which CUDA kernels compute the Con2 loss during training: "blocked" (cuBLAS row blocks +
 # row kernels, validated on the H100) or "fused" (the single-pass tiled tensor-core kernels of
@@ -42,9 +43,9 @@ def _has_kernel(op: str, key: str) -> bool:
 # Kernels are registered when the library loads, so availability is fixed from here on;
 # a plain dict keeps has_kernels() traceable by torch.compile (no graph break).
 _KERNELS = {
-    dev: {op: _has_kernel(op, key) for op in _OPS} for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    dev: {op: _has_kernel(op, key) for op in _OPS + _DATA_OPS} for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
 }
-_ALL_KERNELS = {dev: all(ops.values()) for dev, ops in _KERNELS.items()}
+_ALL_KERNELS = {dev: all(ops[o] for o in _OPS) for dev, ops in _KERNELS.items()}
 
 
 def has_kernels(device_type: str, op: str | None = None) -> bool:
@@ -84,6 +85,12 @@ def _con2_fwd_bwd_fake(z_context, z_content, context_labels, sample_ids, tempera
         z_context.new_empty(tuple(z_context.shape), dtype=dtype),
         z_content.new_empty(tuple(z_content.shape), dtype=dtype),
     )
+
+
+@torch.library.register_fake("con2::simclr_views")
+def _simclr_views_fake(images, source, boxes, hflip, factors, order, gray, size, mean, std, dtype, channels_last):
+    out = images.new_empty((source.shape[0], images.shape[1], size, size), dtype=dtype)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 @torch.library.register_fake("con2::top1_cosine")
@@ -207,6 +214,13 @@ def top1_cosine(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Ten
     if bank_norms is None:
         bank_norms = reference.row_norms(bank, "bank")
     return torch.ops.con2.top1_cosine(queries, bank, bank_norms)
+
+
+def simclr_views(images, source, params, size: int, mean: float, std: float, dtype=torch.float32,
+                 channels_last: bool = False) -> torch.Tensor:
+    """con2::simclr_views for con2.data.views.ViewParams (see csrc/con2.cpp)."""
+    return torch.ops.con2.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order,
+                                       params.gray, int(size), float(mean), float(std), dtype, bool(channels_last))
 
 
 def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:

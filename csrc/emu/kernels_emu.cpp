@@ -1,11 +1,12 @@
-// Test-only: the fused CUDA Con2 loss kernels (csrc/cuda/con2_fused.cuh) run on the CPU
-// through the CUDA emulator (cuda_emu.h), registered as torch.ops.con2_emu.con2_fwd_bwd.
+// Test-only: the CUDA kernels of csrc/cuda/*.cuh (the fused Con2 loss, the SimCLR views) run
+// on the CPU through the CUDA emulator (cuda_emu.h), as torch.ops.con2_emu.*.
 // Built on demand by tests/test_fused_loss_emu.py, never part of con2._C.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "emu/cuda_emu.h"
 #include "cuda/con2_fused.cuh"
+#include "cuda/simclr_views.cuh"
 
 namespace {
 
@@ -28,10 +29,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_emu(const at::Tensor
                                    temperature, exact, EmuLaunch{});
 }
 
+at::Tensor simclr_views_emu(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
+                            const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
+                            const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
+                            bool channels_last) {
+  return con2::views::simclr_views_device(images, source, boxes, hflip, factors, order, gray, size, mean, std,
+                                          dtype, channels_last, EmuLaunch{});
+}
+
 }  // namespace
 
 TORCH_LIBRARY(con2_emu, m) {
   m.def("con2_fwd_bwd(Tensor z_context, Tensor z_content, Tensor context_labels, Tensor sample_ids, "
         "float temperature) -> (Tensor, Tensor, Tensor)");
   m.impl("con2_fwd_bwd", c10::DispatchKey::CPU, &con2_fwd_bwd_emu);
+  m.def("simclr_views(Tensor images, Tensor source, Tensor boxes, Tensor hflip, Tensor factors, Tensor order, "
+        "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last) -> Tensor");
+  m.impl("simclr_views", c10::DispatchKey::CPU, &simclr_views_emu);
 }

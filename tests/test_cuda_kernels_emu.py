@@ -1,11 +1,12 @@
-"""The fused CUDA Con2 loss kernels (csrc/cuda/con2_fused.cuh), run on the CPU.
+"""The CUDA kernels (csrc/cuda/*.cuh: the fused Con2 loss, the SimCLR views), run on the CPU.
 
 There is no GPU here (CI has none either), so the very device code that nvcc compiles is
 built as plain C++ against a small CUDA emulator (csrc/emu/cuda_emu.h: threads, barriers,
 warp shuffles, dynamic shared memory, tf32 wmma with CUDA's alignment rules) and checked
-against the PyTorch reference: values, gradients, both heads, padding of M and D, bf16 /
-fp16 inputs, the NaN-free edge cases. On a GPU the same checks run against the real
-kernels in tests/test_native_ops.py (`fused=True`, marked gpu).
+against the PyTorch references. Loss: values, gradients, both heads, padding of M and D, bf16 /
+fp16 inputs, the NaN-free edge cases; views: the tensor pipeline on the same parameters. On a
+GPU the same checks run against the real kernels (tests/test_native_ops.py `fused=True`,
+tests/test_views.py, marked gpu).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def emu():
     build.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(
         name="con2_cuda_emu",
-        sources=[str(ROOT / "csrc/emu/con2_fused_emu.cpp"), str(ROOT / "csrc/emu/emu_self_check.cpp")],
+        sources=[str(ROOT / "csrc/emu/kernels_emu.cpp"), str(ROOT / "csrc/emu/emu_self_check.cpp")],
         extra_include_paths=[str(ROOT / "csrc")],
         extra_cflags=["-O2"],
         build_directory=str(build),
@@ -109,3 +110,26 @@ def test_emulator_computes_wmma_and_shuffles(emu):
 def test_emulator_reports_faults(emu, mode, message):
     with pytest.raises(RuntimeError, match=message):
         emu.self_check(torch.rand(16, 8) + 0.1, torch.rand(8, 16), mode)
+
+
+# ------------------------------------------------------------------ SimCLR views kernel
+@pytest.mark.parametrize(
+    "c,h,size,dtype,channels_last",
+    [(1, 28, 28, torch.float32, False), (3, 17, 24, torch.float32, True), (3, 32, 16, torch.bfloat16, True)],
+)
+def test_views_kernel_matches_tensor_pipeline(emu, c, h, size, dtype, channels_last):
+    from con2.data.views import ViewConfig, apply_views, sample_view_params
+
+    g = torch.Generator().manual_seed(c * h)
+    images = torch.randint(0, 256, (6, c, h, h + 3), dtype=torch.uint8, generator=g)
+    source = torch.tensor([0, 1, 2, 3, 4, 5, 5, 0, 2, 1])
+    cfg = ViewConfig(size=size)
+    params = sample_view_params(len(source), h, h + 3, cfg, g, "cpu")
+    params.factors[0] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # one view without jitter
+    want = apply_views(images[source], params, cfg, dtype, channels_last)
+    got = emu.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order, params.gray,
+                           size, cfg.mean, cfg.std, dtype, channels_last)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    tol = dict(rtol=0, atol=5e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got.float(), want.float(), **tol)

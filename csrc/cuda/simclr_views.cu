@@ -1,0 +1,35 @@
+// simclr_views on CUDA: the block-per-view kernel of simclr_views.cuh.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "simclr_views.cuh"
+
+namespace con2 {
+namespace {
+
+struct CudaLaunch {
+  cudaStream_t stream;
+  template <typename... KArgs, typename... Args>
+  void operator()(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) const {
+    kernel<<<grid, block, smem, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+at::Tensor simclr_views_cuda(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
+                             const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
+                             const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
+                             bool channels_last) {
+  c10::cuda::CUDAGuard guard(images.device());
+  return views::simclr_views_device(images, source, boxes, hflip, factors, order, gray, size, mean, std, dtype,
+                                    channels_last, CudaLaunch{c10::cuda::getCurrentCUDAStream().stream()});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(con2, CUDA, m) { m.impl("simclr_views", &simclr_views_cuda); }
+
+}  // namespace con2

@@ -1,0 +1,107 @@
+// Per-pixel maths of the SimCLR view op (simclr_views), shared by the CPU kernel, the CUDA
+// kernel and the CUDA emulator build. Each function transcribes the float32 arithmetic of
+// the PyTorch path in con2/data/views.py (crop_grid + grid_sample, _blend_step's lerp,
+// adjust_hue's closed form, _gray), operation for operation, so the two agree to rounding.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(CON2_CUDA_EMU)
+#define CON2_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define CON2_HD inline __attribute__((always_inline))  // inlined into the CPU loops, which then vectorise
+#else
+#define CON2_HD inline
+#endif
+
+namespace con2 {
+namespace views {
+
+enum Op : int { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3 };
+
+// ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
+CON2_HD float luma(float r, float g, float b) { return 0.2989f * r + 0.587f * g + 0.114f * b; }
+
+// Written with compares (not fminf / fmaxf) so that CPU loops calling it vectorise.
+CON2_HD float clamp01(float v) {
+  v = v < 0.0f ? 0.0f : v;
+  return v > 1.0f ? 1.0f : v;
+}
+
+// clamp(torch.lerp(start, end, w), 0, 1) with torch's two-sided lerp formula.
+CON2_HD float lerp_clamp(float start, float end, float w) {
+  const float v = w < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
+  return clamp01(v);
+}
+
+// torch.remainder(a, 6). PyTorch takes fmod and shifts negatives by 6; for |a| < 12 (always
+// the case here: a hue sextant plus at most 6 * 0.5) a - 6 floor(a / 6) gives the same floats
+// and, unlike fmodf, vectorises.
+CON2_HD float remainder6(float a) { return a - 6.0f * floorf(a / 6.0f); }
+
+// adjust_hue: RGB -> hue sextant, shift by f (in turns), back with c = v - (v - min) w.
+CON2_HD void hue_shift(float& r, float& g, float& b, float f) {
+  const float mx_rg = r > g ? r : g, mn_rg = r < g ? r : g;
+  const float maxc = mx_rg > b ? mx_rg : b, minc = mn_rg < b ? mn_rg : b;
+  const float cr = maxc - minc;
+  const float crd = cr == 0.0f ? 1.0f : cr;
+  const float rc = (maxc - r) / crd, gc = (maxc - g) / crd, bc = (maxc - b) / crd;
+  const bool is_r = maxc == r, is_g = maxc == g && !is_r;
+  float h6 = is_r ? bc - gc : (is_g ? 2.0f + rc - bc : 4.0f + gc - rc);
+  h6 = remainder6(h6 + 6.0f * f);
+  const float kr = remainder6(5.0f + h6), kg = remainder6(3.0f + h6), kb = remainder6(1.0f + h6);
+  r = maxc - cr * clamp01(kr < 4.0f - kr ? kr : 4.0f - kr);
+  g = maxc - cr * clamp01(kg < 4.0f - kg ? kg : 4.0f - kg);
+  b = maxc - cr * clamp01(kb < 4.0f - kb ? kb : 4.0f - kb);
+}
+
+// Source coordinate (in pixels, as grid_sample sees it) of output index t along one axis for
+// a crop starting at `start` of length `len` resized to `size`: crop_grid's sample position,
+// clamped into the crop, through the normalised grid and back, clipped to the border.
+CON2_HD float source_coord(int t, float start, float len, int size, int extent) {
+  const float j = static_cast<float>(t) + 0.5f;
+  float x = start + j * (len / static_cast<float>(size)) - 0.5f;
+  x = fminf(fmaxf(x, start), start + len - 1.0f);
+  const float g = (2.0f * x + 1.0f) / static_cast<float>(extent) - 1.0f;       // crop_grid
+  const float ix = ((g + 1.0f) * static_cast<float>(extent) - 1.0f) / 2.0f;     // grid_sample
+  return fminf(fmaxf(ix, 0.0f), static_cast<float>(extent - 1));                // border padding
+}
+
+CON2_HD float unit(uint8_t v) { return static_cast<float>(v) / 255.0f; }  // as x_u8.float().div_(255)
+
+// Bilinear sample of one uint8 plane [h, w] at (iy, ix) with grid_sample's weights and sum
+// order (nw, ne, sw, se); taps past the last row / column carry zero weight and are skipped.
+CON2_HD float bilinear(const uint8_t* plane, int h, int w, float iy, float ix) {
+  const float fx0 = floorf(ix), fy0 = floorf(iy);
+  const int x0 = static_cast<int>(fx0), y0 = static_cast<int>(fy0);
+  const bool x1 = x0 + 1 < w, y1 = y0 + 1 < h;
+  const float wx0 = fx0 + 1.0f - ix, wx1 = ix - fx0, wy0 = fy0 + 1.0f - iy, wy1 = iy - fy0;
+  float v = unit(plane[y0 * w + x0]) * (wx0 * wy0);
+  if (x1) v += unit(plane[y0 * w + x0 + 1]) * (wx1 * wy0);
+  if (y1) v += unit(plane[(y0 + 1) * w + x0]) * (wx0 * wy1);
+  if (x1 && y1) v += unit(plane[(y0 + 1) * w + x0 + 1]) * (wx1 * wy1);
+  return v;
+}
+
+// One colour-jitter step on one pixel (c channels in v). `mean` is the contrast step's mean
+// grey level of the whole view before this step; unused by the other ops.
+CON2_HD void jitter_step(float* v, int c, int op, float f, float mean) {
+  if (op == kBrightness) {
+    for (int k = 0; k < c; ++k) v[k] = lerp_clamp(0.0f, v[k], f);
+  } else if (op == kContrast) {
+    for (int k = 0; k < c; ++k) v[k] = lerp_clamp(mean, v[k], f);
+  } else if (op == kSaturation) {
+    if (c == 3) {
+      const float y = luma(v[0], v[1], v[2]);
+      for (int k = 0; k < 3; ++k) v[k] = lerp_clamp(y, v[k], f);
+    }
+  } else if (c == 3 && f != 0.0f) {  // hue
+    hue_shift(v[0], v[1], v[2], f);
+  }
+}
+
+CON2_HD float pixel_gray(const float* v, int c) { return c == 3 ? luma(v[0], v[1], v[2]) : v[0]; }
+
+}  // namespace views
+}  // namespace con2
