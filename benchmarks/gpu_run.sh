@@ -2,7 +2,7 @@
 # Build con2._C with CUDA kernels on the GPU machine, run the GPU tests and the GPU
 # benchmarks, and write everything to $OUT (default ./gpu-out).
 #
-#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|all]     (default: all)
+#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|all]     (default: all but views)
 #
 # Stages can run in separate calls (each device call is limited to 10 minutes; the
 # build outputs stay in the working tree between calls while the machine is warm).
@@ -83,13 +83,19 @@ bench() {
   return "${PIPESTATUS[0]}"
 }
 
+views() {  # the view pipeline table: torch ops eager / compiled and the native simclr_views kernel
+  "$PY" benchmarks/test_bench_views.py --gpu 2>&1 | tee "$OUT/views_gpu.txt"
+  return "${PIPESTATUS[0]}"
+}
+
 case "$STAGE" in
   build) build || rc=1 ;;
+  views) views || rc=1 ;;
   smoke) smoke || rc=1 ;;
   test) tests || rc=1 ;;
   bench) bench || rc=1 ;;
   all) { build && smoke && tests; } || rc=1; bench || rc=1 ;;
-  *) echo "usage: $0 [build|smoke|test|bench|all]"; exit 2 ;;
+  *) echo "usage: $0 [build|smoke|test|bench|views|all]"; exit 2 ;;
 esac
 log "stage $STAGE finished rc=$rc"
 exit $rc
