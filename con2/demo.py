@@ -18,8 +18,9 @@ DEMO = dict(dataset="digits", context="invert", normal_class=["8"], image_size=8
 DEMO_VIEWS = 8
 
 
-def run_demo(out: str = "runs/demo", epochs: int | None = None, normal_class: str | None = None) -> dict:
-    cfg = TrainConfig(**DEMO, out=out)
+def run_demo(out: str = "runs/demo", epochs: int | None = None, normal_class: str | None = None,
+             seed: int = 0) -> dict:
+    cfg = TrainConfig(**DEMO, out=out, seed=seed)
     if epochs:
         cfg.epochs = epochs
     if normal_class is not None:

@@ -71,7 +71,7 @@ def _info(args):
 def _demo(args):
     from ..demo import run_demo
 
-    run_demo(out=args.out, epochs=args.epochs, normal_class=args.normal_class)
+    run_demo(out=args.out, epochs=args.epochs, normal_class=args.normal_class, seed=args.seed)
 
 
 def register(sub) -> None:
@@ -89,4 +89,5 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--normal-class", default=None)
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
