@@ -154,7 +154,7 @@ template <int kDp, bool kExact>
 __global__ void __launch_bounds__(kThreads) stats_kernel(Params p) {
   using L = Layout<kDp>;
   CON2_DYNAMIC_SMEM(smem);
-  const Head h = p.head[blockIdx.y];
+  const Head h = blockIdx.y == 0 ? p.head[0] : p.head[1];  // no dynamic index into parameter space (a local copy)
   float* zi = smem + L::zi;
   float* zj = smem + L::zj;
   float* s = smem + L::s;
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(Params p) {
   constexpr int ld = L::ld;
   constexpr int kFrags = kDp / 32;  // output column fragments per warp
   CON2_DYNAMIC_SMEM(smem);
-  const Head h = p.head[blockIdx.y];
+  const Head h = blockIdx.y == 0 ? p.head[0] : p.head[1];  // no dynamic index into parameter space (a local copy)
   float* zi = smem + L::zi;
   float* zj = smem + L::zj;
   float* s = smem + L::s;
