@@ -68,6 +68,11 @@ for q, n, d, dt in [(100, 50000, 512, torch.float32), (1024, 200000, 512, torch.
 x = torch.randn(100000, 512, device="cuda"); mu = torch.randn(512, device="cuda"); W = torch.randn(512, 512, device="cuda") / 23
 a = native.mahalanobis_sq(x, mu, W); r = reference.mahalanobis_sq(x, mu, W)
 print(f"mahalanobis max rel err {((a - r).abs() / r).max().item():.3e}")
+try:
+    f = torch.ops.con2.mahalanobis_sq(x, mu, W, True)
+    print(f"mahalanobis fused max rel err {((f - r).abs() / r).max().item():.3e}")
+except Exception as exc:
+    print(f"mahalanobis fused: FAILED {type(exc).__name__}: {exc}")
 PYEOF
 }
 

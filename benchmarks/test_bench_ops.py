@@ -321,16 +321,20 @@ print(json.dumps(p.peak - p.base))
 MAHA_Q = [10_000, 100_000, pytest.param(1_000_000, marks=full_only)]
 
 
-@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("impl", ["native", "fused", "reference"])
 @pytest.mark.parametrize("q", MAHA_Q)
 @pytest.mark.parametrize("device", DEVICES)
 def test_mahalanobis(benchmark, device, q, impl):
+    """native = the default kernel (blocked on CUDA), fused = the one-pass CUDA kernel."""
+    if impl == "fused" and device != "cuda":
+        pytest.skip("the fused kernel is a CUDA kernel (CPU: tests/test_cuda_kernels_emu.py)")
     d = 512
     g = torch.Generator().manual_seed(q)
     x = torch.randn(q, d, generator=g).to(device)
     mean = torch.randn(d, generator=g).to(device)
     w = (torch.randn(d, d, generator=g) / d**0.5).to(device)
-    fn = native.mahalanobis_sq if impl == "native" else reference.mahalanobis_sq
+    fn = {"native": native.mahalanobis_sq, "reference": reference.mahalanobis_sq,
+          "fused": lambda a, b, c: torch.ops.con2.mahalanobis_sq(a, b, c, True)}[impl]
 
     def run():
         out = fn(x, mean, w)

@@ -34,6 +34,8 @@ def info_text() -> str:
     if ops.native_available("cuda"):
         kernel = ops._native.CUDA_LOSS_KERNEL
         lines.append(f"  CUDA Con2 loss kernels: {kernel} (CON2_CUDA_LOSS=blocked|fused)")
+        maha = ops._native.CUDA_MAHALANOBIS_KERNEL
+        lines.append(f"  CUDA mahalanobis_sq kernel: {maha} (CON2_CUDA_MAHALANOBIS=blocked|fused)")
     try:
         from .data.pipeline_info import available_pipelines
 

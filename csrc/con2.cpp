@@ -30,6 +30,7 @@ TORCH_LIBRARY(con2, m) {
       "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last) -> Tensor");
   // Exact nearest bank row by cosine similarity: (values [Q] float32, indices [Q] int64).
   m.def("top1_cosine(Tensor queries, Tensor bank, Tensor bank_norms) -> (Tensor, Tensor)");
-  // Per-row ||(x - mean) @ whitening||^2.
-  m.def("mahalanobis_sq(Tensor x, Tensor mean, Tensor whitening) -> Tensor");
+  // Per-row ||(x - mean) @ whitening||^2. `fused` selects the one-pass tensor-core CUDA kernel
+  // (csrc/cuda/mahalanobis_fused.cuh) for float32 work with D <= 512; CPU ignores it.
+  m.def("mahalanobis_sq(Tensor x, Tensor mean, Tensor whitening, bool fused=False) -> Tensor");
 }

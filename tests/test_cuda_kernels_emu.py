@@ -133,3 +133,17 @@ def test_views_kernel_matches_tensor_pipeline(emu, c, h, size, dtype, channels_l
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     tol = dict(rtol=0, atol=5e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+# ------------------------------------------------------------------ one-pass Mahalanobis kernel
+@pytest.mark.parametrize("q,d,k,dtype", [(70, 40, 33, torch.float32), (65, 96, 130, torch.float32),
+                                         (3, 512, 16, torch.float32), (50, 64, 64, torch.bfloat16)])
+def test_mahalanobis_kernel_matches_reference(emu, q, d, k, dtype):
+    g = torch.Generator().manual_seed(q + d + k)
+    x = torch.randn(q, d, generator=g).to(dtype)
+    mean = torch.randn(d, generator=g)
+    w = torch.randn(d, k, generator=g) / d**0.5
+    got = emu.mahalanobis_sq(x, mean, w)
+    want = ((x.double() - mean.double()) @ w.double()).pow(2).sum(1)
+    assert got.dtype == torch.float32 and got.shape == (q,)
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)

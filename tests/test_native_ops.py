@@ -234,7 +234,9 @@ def test_opcheck_all_ops(device):
     b = torch.randn(30, 8, device=device)
     torch.library.opcheck(torch.ops.con2.top1_cosine.default, (q, b, b.norm(dim=1)))
     x = torch.randn(7, 8, device=device)
-    torch.library.opcheck(torch.ops.con2.mahalanobis_sq.default, (x, torch.randn(8, device=device), torch.randn(8, 6, device=device)))
+    for fused in (False, True):
+        torch.library.opcheck(torch.ops.con2.mahalanobis_sq.default,
+                              (x, torch.randn(8, device=device), torch.randn(8, 6, device=device), fused))
 
 
 # ------------------------------------------------------------------ top1_cosine
@@ -321,6 +323,20 @@ def test_fused_cuda_loss_matches_reference(dtype, m, d):
             loss, grad = _loss_and_grad(reference.supcon_loss, z.float(), lab)
         torch.testing.assert_close(losses[i], loss, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(dz, grad, rtol=1e-4, atol=1e-6 + 1e-5 * grad.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+@pytest.mark.parametrize("q,d,k,dtype", [(1, 8, 8, torch.float32), (1000, 200, 77, torch.float32),
+                                         (100_000, 512, 512, torch.float32), (4096, 512, 512, torch.bfloat16)])
+def test_fused_cuda_mahalanobis_matches_reference(q, d, k, dtype):
+    g = torch.Generator().manual_seed(q)
+    x = torch.randn(q, d, generator=g).to(dtype).cuda()
+    mean = torch.randn(d, generator=g).cuda()
+    w = (torch.randn(d, k, generator=g) / d**0.5).cuda()
+    got = torch.ops.con2.mahalanobis_sq(x, mean, w, True)
+    want = ((x.double() - mean.double()) @ w.double()).pow(2).sum(1)
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)
 
 
 @pytest.mark.gpu

@@ -30,6 +30,11 @@ CUDA_LOSS_KERNEL = os.environ.get("CON2_CUDA_LOSS", "blocked").strip().lower()
 if CUDA_LOSS_KERNEL not in ("blocked", "fused"):
     raise ValueError(f"CON2_CUDA_LOSS must be 'blocked' or 'fused', got {CUDA_LOSS_KERNEL!r}")
 _FUSED = CUDA_LOSS_KERNEL == "fused"
+# Likewise for mahalanobis_sq: "blocked" (cuBLAS + row reduction, measured) or "fused" (one pass,
+# csrc/cuda/mahalanobis_fused.cuh, checked through the CUDA emulator).
+CUDA_MAHALANOBIS_KERNEL = os.environ.get("CON2_CUDA_MAHALANOBIS", "blocked").strip().lower()
+if CUDA_MAHALANOBIS_KERNEL not in ("blocked", "fused"):
+    raise ValueError(f"CON2_CUDA_MAHALANOBIS must be 'blocked' or 'fused', got {CUDA_MAHALANOBIS_KERNEL!r}")
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -100,7 +105,7 @@ def _top1_fake(queries, bank, bank_norms):
 
 
 @torch.library.register_fake("con2::mahalanobis_sq")
-def _maha_fake(x, mean, whitening):
+def _maha_fake(x, mean, whitening, fused=False):
     dtype = torch.float64 if torch.float64 in (x.dtype, whitening.dtype) else torch.float32
     return x.new_empty((x.shape[0],), dtype=dtype)
 
@@ -228,4 +233,4 @@ def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor)
     if x.dim() != 2 or x.shape[0] == 0 or mean.dim() != 1 or whitening.dim() != 2 \
             or mean.shape[0] != x.shape[1] or whitening.shape[0] != x.shape[1]:
         return reference.mahalanobis_sq(x, mean, whitening)  # raises the reference's errors
-    return torch.ops.con2.mahalanobis_sq(x, mean, whitening)
+    return torch.ops.con2.mahalanobis_sq(x, mean, whitening, CUDA_MAHALANOBIS_KERNEL == "fused")

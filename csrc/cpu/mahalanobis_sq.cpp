@@ -29,7 +29,8 @@ void sqnorm_rows(const T* Y, int64_t K, T* out, int64_t begin, int64_t end) {
   }
 }
 
-at::Tensor mahalanobis_sq_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& whitening) {
+at::Tensor mahalanobis_sq_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& whitening,
+                             bool /*fused: CUDA only*/) {
   TORCH_CHECK(x.dim() == 2 && x.size(0) > 0, "con2: x must be a non-empty [Q, D] tensor");
   TORCH_CHECK(mean.dim() == 1 && mean.size(0) == x.size(1), "con2: mean must have shape [D]");
   TORCH_CHECK(whitening.dim() == 2 && whitening.size(0) == x.size(1),

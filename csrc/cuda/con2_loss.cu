@@ -8,22 +8,11 @@
 #include <torch/library.h>
 
 #include "../common.h"
+#include "cuda_utils.cuh"
 #include "con2_fused.cuh"
 
 namespace con2 {
 namespace {
-
-struct CudaLaunch {
-  cudaStream_t stream;
-  template <typename... KArgs, typename... Args>
-  void operator()(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) const {
-    if (smem > 48 * 1024) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    }
-    kernel<<<grid, block, smem, stream>>>(args...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-};
 
 bool fused_applies(const at::Tensor& z0, const at::Tensor& z1) {
   return z0.scalar_type() != at::kDouble && z0.size(1) <= fused::kMaxDim && z1.size(1) <= fused::kMaxDim;
@@ -47,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_cuda(const at::Tenso
   const at::Tensor l0 = context_labels.to(at::kLong).contiguous();
   const at::Tensor l1 = sample_ids.to(at::kLong).contiguous();
   return fused::con2_fwd_bwd(z0, z1, l0, l1, temperature, exact,
-                             CudaLaunch{c10::cuda::getCurrentCUDAStream().stream()});
+                             cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 //
 // Rows are processed in blocks (scratch <= 2 x 32 MB): centre, one cuBLAS GEMM against W
 // (float32; TF32 only if torch.backends.cuda.matmul.allow_tf32 is set), and a warp-per-row
-// squared-norm reduction kernel.
+// squared-norm reduction kernel. With `fused` (float32 work, D <= 512): the one-pass tensor-core
+// kernel of mahalanobis_fused.cuh instead.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,6 +12,7 @@
 
 #include "../common.h"
 #include "cuda_utils.cuh"
+#include "mahalanobis_fused.cuh"
 
 namespace con2 {
 namespace {
@@ -30,13 +32,19 @@ __global__ void sqnorm_rows_kernel(const T* __restrict__ Y, int64_t rows, int64_
   if (lane == 0) out[row] = acc;
 }
 
-at::Tensor mahalanobis_sq_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& whitening) {
+at::Tensor mahalanobis_sq_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& whitening,
+                               bool fused) {
   TORCH_CHECK(x.dim() == 2 && x.size(0) > 0, "con2: x must be a non-empty [Q, D] tensor");
   TORCH_CHECK(mean.dim() == 1 && mean.size(0) == x.size(1), "con2: mean must have shape [D]");
   TORCH_CHECK(whitening.dim() == 2 && whitening.size(0) == x.size(1), "con2: whitening must have shape [D, k]");
   c10::cuda::CUDAGuard guard(x.device());
   const auto ct = (x.scalar_type() == at::kDouble || whitening.scalar_type() == at::kDouble) ? at::kDouble
                                                                                               : at::kFloat;
+  if (fused && ct == at::kFloat && x.size(1) <= maha::kMaxDim) {
+    return maha::mahalanobis_fused(x.detach().to(at::kFloat).contiguous(), mean.detach().to(at::kFloat).contiguous(),
+                                   whitening.detach().to(at::kFloat).contiguous(),
+                                   cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
+  }
   const at::Tensor W = whitening.detach().to(ct).contiguous();
   const at::Tensor mu = mean.detach().to(ct);
   const int64_t Q = x.size(0), D = x.size(1), K = W.size(1);

@@ -5,19 +5,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_utils.cuh"
 #include "simclr_views.cuh"
 
 namespace con2 {
 namespace {
-
-struct CudaLaunch {
-  cudaStream_t stream;
-  template <typename... KArgs, typename... Args>
-  void operator()(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) const {
-    kernel<<<grid, block, smem, stream>>>(args...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-};
 
 at::Tensor simclr_views_cuda(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
                              const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
@@ -25,7 +17,7 @@ at::Tensor simclr_views_cuda(const at::Tensor& images, const at::Tensor& source,
                              bool channels_last) {
   c10::cuda::CUDAGuard guard(images.device());
   return views::simclr_views_device(images, source, boxes, hflip, factors, order, gray, size, mean, std, dtype,
-                                    channels_last, CudaLaunch{c10::cuda::getCurrentCUDAStream().stream()});
+                                    channels_last, cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
 }
 
 }  // namespace

@@ -36,39 +36,41 @@ struct ViewArgs {
   bool channels_last;
 };
 
-// Pixel p of view `view` through the crop and the jitter steps [0, steps); v gets c values.
+// Pixel p of view `view` through the crop and the jitter steps [0, steps); v gets kC values.
+template <int kC>
 __device__ __forceinline__ void view_pixel(const ViewArgs& a, const uint8_t* img, const float* box, bool flip,
                                            const float* fac, const int64_t* ord, int steps, float contrast_mean,
                                            int p, float* v) {
   const int i = p / a.size, j = p - i * a.size;
   const float iy = source_coord(i, box[0], box[2], a.size, a.h);
   const float ix = source_coord(flip ? a.size - 1 - j : j, box[1], box[3], a.size, a.w);
-  for (int k = 0; k < a.c; ++k) v[k] = bilinear(img + k * a.h * a.w, a.h, a.w, iy, ix);
+  for (int k = 0; k < kC; ++k) v[k] = bilinear(img + k * a.h * a.w, a.h, a.w, iy, ix);
   for (int s = 0; s < steps; ++s) {
     const int op = static_cast<int>(ord[s]);
-    jitter_step(v, a.c, op, fac[op], contrast_mean);
+    jitter_step(v, kC, op, fac[op], contrast_mean);
   }
 }
 
-template <typename out_t>
+// kC (1 or 3) is a template parameter so that the pixel stays in registers.
+template <typename out_t, int kC>
 __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* out) {
   CON2_DYNAMIC_SMEM(red);  // 32 floats for the block reduction
   const int64_t view = blockIdx.x;
-  const uint8_t* img = a.images + a.source[view] * a.c * a.h * a.w;
+  const uint8_t* img = a.images + a.source[view] * kC * a.h * a.w;
   const float* box = a.boxes + 4 * view;
   const float* fac = a.factors + 4 * view;
   const int64_t* ord = a.order + 4 * view;
   const bool flip = a.hflip[view], grey = a.gray[view];
   const int P = a.size * a.size;
-  float v[3];
+  float v[kC];
   float contrast_mean = 0.0f;
   if (fac[kContrast] != 1.0f) {  // lerp with weight 1 is the identity: no mean needed
     int kc = 0;
     while (ord[kc] != kContrast) ++kc;
     float sum = 0.0f;
     for (int p = threadIdx.x; p < P; p += kViewThreads) {
-      view_pixel(a, img, box, flip, fac, ord, kc, 0.0f, p, v);
-      sum += pixel_gray(v, a.c);
+      view_pixel<kC>(a, img, box, flip, fac, ord, kc, 0.0f, p, v);
+      sum += pixel_gray(v, kC);
     }
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
@@ -77,13 +79,15 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
     for (int w = 0; w < kViewThreads / 32; ++w) total += red[w];  // same order in every thread
     contrast_mean = total / static_cast<float>(P);
   }
-  out_t* o = out + view * a.c * P;
+  out_t* o = out + view * kC * P;
   for (int p = threadIdx.x; p < P; p += kViewThreads) {
-    view_pixel(a, img, box, flip, fac, ord, 4, contrast_mean, p, v);
-    if (grey && a.c == 3) v[0] = v[1] = v[2] = luma(v[0], v[1], v[2]);
-    for (int k = 0; k < a.c; ++k) {
+    view_pixel<kC>(a, img, box, flip, fac, ord, 4, contrast_mean, p, v);
+    if constexpr (kC == 3) {
+      if (grey) v[0] = v[1] = v[2] = luma(v[0], v[1], v[2]);
+    }
+    for (int k = 0; k < kC; ++k) {
       const out_t x = static_cast<out_t>((v[k] - a.mean) / a.std);
-      o[a.channels_last ? p * a.c + k : k * P + p] = x;
+      o[a.channels_last ? p * kC + k : k * P + p] = x;
     }
   }
 }
@@ -117,7 +121,8 @@ at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& sourc
                 static_cast<int>(img.size(3)), static_cast<int>(size), static_cast<float>(mean),
                 static_cast<float>(std), channels_last};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "con2_simclr_views_device", [&] {
-    launch(&views_kernel<scalar_t>, dim3(static_cast<unsigned>(m)), dim3(kViewThreads), 32 * sizeof(float), args,
+    auto kernel = args.c == 3 ? &views_kernel<scalar_t, 3> : &views_kernel<scalar_t, 1>;
+    launch(kernel, dim3(static_cast<unsigned>(m)), dim3(kViewThreads), 32 * sizeof(float), args,
            out.mutable_data_ptr<scalar_t>());
   });
   return out;

@@ -1,4 +1,4 @@
-// Test-only: the CUDA kernels of csrc/cuda/*.cuh (the fused Con2 loss, the SimCLR views) run
+// Test-only: the CUDA kernels of csrc/cuda/*.cuh (fused Con2 loss, SimCLR views, Mahalanobis) run
 // on the CPU through the CUDA emulator (cuda_emu.h), as torch.ops.con2_emu.*.
 // Built on demand by tests/test_fused_loss_emu.py, never part of con2._C.
 #include <ATen/ATen.h>
@@ -6,6 +6,7 @@
 
 #include "emu/cuda_emu.h"
 #include "cuda/con2_fused.cuh"
+#include "cuda/mahalanobis_fused.cuh"
 #include "cuda/simclr_views.cuh"
 
 namespace {
@@ -37,6 +38,12 @@ at::Tensor simclr_views_emu(const at::Tensor& images, const at::Tensor& source, 
                                           dtype, channels_last, EmuLaunch{});
 }
 
+at::Tensor mahalanobis_emu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& whitening) {
+  TORCH_CHECK(x.size(1) <= con2::maha::kMaxDim, "con2_emu: D > 512");
+  return con2::maha::mahalanobis_fused(x.to(at::kFloat).contiguous(), mean.to(at::kFloat).contiguous(),
+                                       whitening.to(at::kFloat).contiguous(), EmuLaunch{});
+}
+
 }  // namespace
 
 TORCH_LIBRARY(con2_emu, m) {
@@ -46,4 +53,6 @@ TORCH_LIBRARY(con2_emu, m) {
   m.def("simclr_views(Tensor images, Tensor source, Tensor boxes, Tensor hflip, Tensor factors, Tensor order, "
         "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last) -> Tensor");
   m.impl("simclr_views", c10::DispatchKey::CPU, &simclr_views_emu);
+  m.def("mahalanobis_sq(Tensor x, Tensor mean, Tensor whitening) -> Tensor");
+  m.impl("mahalanobis_sq", c10::DispatchKey::CPU, &mahalanobis_emu);
 }
