@@ -178,6 +178,16 @@ class Peak:
 """
 
 
+def _cuda_peak_extra_bytes(run) -> int:
+    """Peak CUDA memory that `run()` allocates beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
 def _peak_extra_bytes_cpu(impl: str, m: int, d: int) -> int:
     """Peak RSS growth of one loss fwd+bwd in a fresh process (torch allocations are invisible to tracemalloc)."""
     code = _RSS_SAMPLER + f"""
@@ -208,12 +218,7 @@ def test_loss_peak_memory(benchmark, device, impl):
         z = F.normalize(torch.randn(m, d, device=device), dim=1).requires_grad_(True)
         labels = torch.randint(0, 4, (m,), device=device)
         fn = native.supcon_loss if impl == "native" else reference.supcon_loss
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn(z, labels, TEMPERATURE).backward()
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - base
+        extra = _cuda_peak_extra_bytes(lambda: fn(z, labels, TEMPERATURE).backward())
     benchmark.group = f"loss peak memory {device} M={m} D={d}"
     benchmark.extra_info.update(device=device, M=m, D=d, impl=impl, peak_extra_mib=round(extra / 2**20, 1))
     print(f"\n[peak memory] {device} {impl} M={m} D={d}: {extra / 2**20:.1f} MiB")
@@ -305,12 +310,7 @@ print(json.dumps(p.peak - p.base))
         bank = torch.randn(n, d, device=device)
         queries = torch.randn(q, d, device=device)
         norms = bank.norm(dim=1)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        native.top1_cosine(queries, bank, norms)
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - base
+        extra = _cuda_peak_extra_bytes(lambda: native.top1_cosine(queries, bank, norms))
     benchmark.group = f"top1 peak memory {device} N={n} Q={q} D={d}"
     benchmark.extra_info.update(device=device, N=n, Q=q, D=d, peak_extra_mib=round(extra / 2**20, 1))
     print(f"\n[peak memory] top1 {device} N={n} Q={q}: {extra / 2**20:.1f} MiB")

@@ -37,6 +37,29 @@ inline void check_loss_inputs(const at::Tensor& z, const at::Tensor& labels, dou
   TORCH_CHECK(temperature > 0, "con2: temperature must be > 0, got ", temperature);
 }
 
+// The loss kernels' working copies: z in the compute dtype, labels int64, both contiguous.
+struct LossInputs {
+  at::Tensor z, labels;
+};
+inline LossInputs prepare_loss_inputs(const at::Tensor& z, const at::Tensor& labels, double temperature) {
+  check_loss_inputs(z, labels, temperature);
+  return {z.detach().to(compute_dtype(z)).contiguous(), labels.to(at::kLong).contiguous()};
+}
+
+inline void check_supcon_bwd_inputs(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& lse,
+                                    const at::Tensor& npos) {
+  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
+  TORCH_CHECK(lse.numel() == z.size(0) && npos.numel() == z.size(0), "con2: lse / npos must have M entries");
+}
+
+inline void check_top1_inputs(const at::Tensor& queries, const at::Tensor& bank, const at::Tensor& bank_norms) {
+  TORCH_CHECK(queries.dim() == 2 && bank.dim() == 2 && queries.size(1) == bank.size(1),
+              "con2: top1_cosine expects [Q, D] queries and an [N, D] bank");
+  TORCH_CHECK(queries.size(0) > 0 && bank.size(0) > 0, "con2: top1_cosine got an empty input");
+  TORCH_CHECK(bank_norms.dim() == 1 && bank_norms.size(0) == bank.size(0),
+              "con2: bank_norms must have shape [", bank.size(0), "]");
+}
+
 // Validates the two heads' inputs of con2_fwd_bwd (same M, dtype and device) and each head's.
 inline void check_con2_inputs(const at::Tensor& z_context, const at::Tensor& z_content,
                               const at::Tensor& context_labels, const at::Tensor& sample_ids, double temperature) {
@@ -51,10 +74,15 @@ inline void check_con2_inputs(const at::Tensor& z_context, const at::Tensor& z_c
 }
 
 // simclr_views inputs: uint8 [S, C, H, W] images (C = 1 or 3), per view a source index and
-// the random parameters of con2.data.views.ViewParams.
-inline void check_views_inputs(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
-                               const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
-                               const at::Tensor& gray, int64_t size, at::ScalarType dtype) {
+// the random parameters of con2.data.views.ViewParams; prepared as contiguous working copies
+// (float32 boxes / factors, int64 source / order, bool flags) plus the output in its layout.
+struct ViewInputs {
+  at::Tensor images, source, boxes, hflip, factors, order, gray, out;
+};
+inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
+                                      const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
+                                      const at::Tensor& gray, int64_t size, at::ScalarType dtype,
+                                      bool channels_last) {
   TORCH_CHECK(images.dim() == 4 && images.scalar_type() == at::kByte,
               "con2: simclr_views expects uint8 [S, C, H, W] images, got ", images.scalar_type(), " ", images.sizes());
   TORCH_CHECK(images.size(1) == 1 || images.size(1) == 3, "con2: images must have 1 or 3 channels, got ", images.size(1));
@@ -69,6 +97,17 @@ inline void check_views_inputs(const at::Tensor& images, const at::Tensor& sourc
               "con2: views are float32, bfloat16 or float16, not ", dtype);
   for (const at::Tensor* t : {&source, &boxes, &hflip, &factors, &order, &gray})
     TORCH_CHECK(t->device() == images.device(), "con2: view parameters must be on ", images.device());
+  ViewInputs v{images.contiguous(),           source.to(at::kLong).contiguous(), boxes.to(at::kFloat).contiguous(),
+               hflip.to(at::kBool).contiguous(), factors.to(at::kFloat).contiguous(), order.to(at::kLong).contiguous(),
+               gray.to(at::kBool).contiguous(), at::Tensor()};
+  if (m > 0) {  // one host sync, so a bad index is an error rather than a read out of bounds
+    const at::Tensor range = at::stack({v.source.min(), v.source.max()}).cpu();
+    const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>(), n = images.size(0);
+    TORCH_CHECK(lo >= 0 && hi < n, "con2: source indices must be in [0, ", n, "), got [", lo, ", ", hi, "]");
+  }
+  v.out = at::empty({m, images.size(1), size, size}, images.options().dtype(dtype));
+  if (channels_last) v.out = v.out.contiguous(at::MemoryFormat::ChannelsLast);
+  return v;
 }
 
 // Per-head SupCon loss and gradient (upstream gradient 1, compute dtype); the kernels of

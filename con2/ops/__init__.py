@@ -18,7 +18,8 @@ NATIVE_IMPORT_ERROR: str | None = None
 if os.environ.get("CON2_DISABLE_EXT", "0") not in ("1", "true", "yes"):
     try:
         from . import native as _native  # noqa: F811  (registers con2::* ops)
-    except Exception as exc:  # extension not built, or built against another torch
+    except (ImportError, OSError, RuntimeError) as exc:  # not built, or built against another torch
+        # (a bad CON2_CUDA_* setting is a ValueError and stops here, not a silent fallback)
         _native = None
         NATIVE_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 else:
@@ -43,15 +44,6 @@ def native_status() -> dict[str, dict[str, bool]]:
     return status
 
 
-# Which kernels make the SimCLR views on CUDA: "compiled" (torch.compile of the tensor pipeline,
-# measured on the H100) or "native" (the block-per-view kernel of csrc/cuda/simclr_views.cuh,
-# checked on the CPU through the CUDA emulator, not yet on a GPU). The CPU always uses its native
-# kernel when the extension is built.
-CUDA_VIEWS_KERNEL = os.environ.get("CON2_CUDA_VIEWS", "compiled").strip().lower()
-if CUDA_VIEWS_KERNEL not in ("compiled", "native"):
-    raise ValueError(f"CON2_CUDA_VIEWS must be 'compiled' or 'native', got {CUDA_VIEWS_KERNEL!r}")
-
-
 def native_views_kernel(device: torch.device | str) -> bool:
     """True when the extension has a simclr_views kernel for `device`."""
     return _native is not None and _native.has_kernels(torch.device(device).type, "simclr_views")
@@ -60,7 +52,7 @@ def native_views_kernel(device: torch.device | str) -> bool:
 def native_views(device: torch.device | str) -> bool:
     """True when the views for `device` are made by the native simclr_views kernel by default."""
     device = torch.device(device)
-    return native_views_kernel(device) and (device.type == "cpu" or CUDA_VIEWS_KERNEL == "native")
+    return native_views_kernel(device) and (device.type == "cpu" or _native.CUDA_VIEWS_KERNEL == "native")
 
 
 def simclr_views(images, source, params, size, mean, std, dtype=torch.float32, channels_last=False):

@@ -23,18 +23,26 @@ from .. import _C  # noqa: F401  (loads the library: registers torch.ops.con2.*)
 _OPS = ("supcon_fwd", "supcon_bwd", "supcon_fwd_bwd", "con2_fwd_bwd", "top1_cosine", "mahalanobis_sq")
 _DATA_OPS = ("simclr_views",)  # no autocast / autograd: uint8 in, views out
 
-# Which CUDA kernels compute the Con2 loss during training: "blocked" (cuBLAS row blocks +
-# row kernels, validated on the H100) or "fused" (the single-pass tiled tensor-core kernels of
-# csrc/cuda/con2_fused.cuh, checked on the CPU through the CUDA emulator, not yet on a GPU).
-CUDA_LOSS_KERNEL = os.environ.get("CON2_CUDA_LOSS", "blocked").strip().lower()
-if CUDA_LOSS_KERNEL not in ("blocked", "fused"):
-    raise ValueError(f"CON2_CUDA_LOSS must be 'blocked' or 'fused', got {CUDA_LOSS_KERNEL!r}")
+
+def _kernel_choice(var: str, choices: tuple[str, ...]) -> str:
+    """The CUDA kernel named by environment variable `var`; the first choice by default."""
+    value = os.environ.get(var, choices[0]).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{var} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+# Which CUDA kernels to use where a newer one is written but not yet validated on a GPU; the
+# first choice of each is the one measured on the H100. Loss: "blocked" (cuBLAS row blocks + row
+# kernels) or "fused" (single-pass tiled tensor-core kernels, csrc/cuda/con2_fused.cuh).
+# mahalanobis_sq: "blocked" (cuBLAS + row reduction) or "fused" (one pass,
+# csrc/cuda/mahalanobis_fused.cuh). Views: "compiled" (torch.compile of the torch ops) or "native"
+# (block-per-view kernel, csrc/cuda/simclr_views.cuh). The new ones are checked on the CPU through
+# the CUDA emulator (tests/test_cuda_kernels_emu.py).
+CUDA_LOSS_KERNEL = _kernel_choice("CON2_CUDA_LOSS", ("blocked", "fused"))
+CUDA_MAHALANOBIS_KERNEL = _kernel_choice("CON2_CUDA_MAHALANOBIS", ("blocked", "fused"))
+CUDA_VIEWS_KERNEL = _kernel_choice("CON2_CUDA_VIEWS", ("compiled", "native"))
 _FUSED = CUDA_LOSS_KERNEL == "fused"
-# Likewise for mahalanobis_sq: "blocked" (cuBLAS + row reduction, measured) or "fused" (one pass,
-# csrc/cuda/mahalanobis_fused.cuh, checked through the CUDA emulator).
-CUDA_MAHALANOBIS_KERNEL = os.environ.get("CON2_CUDA_MAHALANOBIS", "blocked").strip().lower()
-if CUDA_MAHALANOBIS_KERNEL not in ("blocked", "fused"):
-    raise ValueError(f"CON2_CUDA_MAHALANOBIS must be 'blocked' or 'fused', got {CUDA_MAHALANOBIS_KERNEL!r}")
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:

@@ -121,31 +121,25 @@ at::Tensor simclr_views_cpu(const at::Tensor& images, const at::Tensor& source, 
                             const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                             const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
                             bool channels_last) {
-  check_views_inputs(images, source, boxes, hflip, factors, order, gray, size, dtype);
-  const at::Tensor img = images.contiguous();
-  const at::Tensor src = source.to(at::kLong).contiguous();
-  const at::Tensor bx = boxes.to(at::kFloat).contiguous(), fc = factors.to(at::kFloat).contiguous();
-  const at::Tensor od = order.to(at::kLong).contiguous();
-  const at::Tensor hf = hflip.to(at::kBool).contiguous(), gr = gray.to(at::kBool).contiguous();
-  const int64_t m = src.numel(), n_img = img.size(0);
+  const ViewInputs v = prepare_view_inputs(images, source, boxes, hflip, factors, order, gray, size, dtype,
+                                           channels_last);
+  const at::Tensor &img = v.images, &src = v.source, &bx = v.boxes, &fc = v.factors, &od = v.order;
+  const at::Tensor &hf = v.hflip, &gr = v.gray;
+  at::Tensor out = v.out;
+  const int64_t m = src.numel(), sz = size;
   const int c = static_cast<int>(img.size(1)), h = static_cast<int>(img.size(2)), w = static_cast<int>(img.size(3));
-  const int64_t lo = src.numel() ? src.min().item<int64_t>() : 0, hi = src.numel() ? src.max().item<int64_t>() : 0;
-  TORCH_CHECK(lo >= 0 && hi < n_img, "con2: source indices must be in [0, ", n_img, "), got [", lo, ", ", hi, "]");
-  const int64_t sz = size;
-  at::Tensor out = at::empty({m, c, sz, sz}, img.options().dtype(dtype));
-  if (channels_last) out = out.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t per_view = c * sz * sz;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "con2_simclr_views_cpu", [&] {
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, m, 1, [&](int64_t b, int64_t e) {
       Scratch sc;
       sc.buf.resize(per_view);
-      for (int64_t v = b; v < e; ++v) {
-        make_view<scalar_t>(img.const_data_ptr<uint8_t>() + src.const_data_ptr<int64_t>()[v] * c * h * w, c, h, w,
-                            static_cast<int>(sz), bx.const_data_ptr<float>() + 4 * v, hf.const_data_ptr<bool>()[v],
-                            fc.const_data_ptr<float>() + 4 * v, od.const_data_ptr<int64_t>() + 4 * v,
-                            gr.const_data_ptr<bool>()[v], static_cast<float>(mean), static_cast<float>(std),
-                            sc, op + v * per_view, channels_last);
+      for (int64_t i = b; i < e; ++i) {
+        make_view<scalar_t>(img.const_data_ptr<uint8_t>() + src.const_data_ptr<int64_t>()[i] * c * h * w, c, h, w,
+                            static_cast<int>(sz), bx.const_data_ptr<float>() + 4 * i, hf.const_data_ptr<bool>()[i],
+                            fc.const_data_ptr<float>() + 4 * i, od.const_data_ptr<int64_t>() + 4 * i,
+                            gr.const_data_ptr<bool>()[i], static_cast<float>(mean), static_cast<float>(std),
+                            sc, op + i * per_view, channels_last);
       }
     });
   });

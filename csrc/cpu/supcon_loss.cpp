@@ -111,10 +111,8 @@ void bwd_rows(T* S, int64_t r0, int64_t M, const int64_t* lab, T inv_tau, T coef
 std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cpu(const at::Tensor& z,
                                                              const at::Tensor& labels,
                                                              double temperature) {
-  check_loss_inputs(z, labels, temperature);
-  const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.detach().to(ct).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const auto [zc, lab] = prepare_loss_inputs(z, labels, temperature);
+  const auto ct = zc.scalar_type();
   const int64_t M = zc.size(0);
   auto opts = zc.options();
   at::Tensor lse = at::empty({M}, opts), npos = at::empty({M}, opts), rowloss = at::empty({M}, opts);
@@ -174,11 +172,8 @@ at::Tensor supcon_bwd_impl(const at::Tensor& zc, const at::Tensor& lab, const at
 
 at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& labels,
                           const at::Tensor& lse, const at::Tensor& npos, double temperature) {
-  check_loss_inputs(z, labels, temperature);
-  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
-  TORCH_CHECK(lse.numel() == z.size(0) && npos.numel() == z.size(0), "con2: lse / npos must have M entries");
-  const at::Tensor zc = z.detach().to(compute_dtype(z)).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const auto [zc, lab] = prepare_loss_inputs(z, labels, temperature);
+  check_supcon_bwd_inputs(grad, z, lse, npos);
   const double g = grad.to(at::kDouble).item<double>();
   return supcon_bwd_impl(zc, lab, lse, npos, g, temperature).to(z.scalar_type());
 }
@@ -190,10 +185,8 @@ at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z, const at:
 // gradient (2 GEMMs instead of 3); otherwise forward and backward run blockwise.
 std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const at::Tensor& labels,
                                                       double temperature) {
-  check_loss_inputs(z, labels, temperature);
-  const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.detach().to(ct).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const auto [zc, lab] = prepare_loss_inputs(z, labels, temperature);
+  const auto ct = zc.scalar_type();
   const int64_t M = zc.size(0);
   const int64_t B = block_rows(M, zc.element_size(), kBlockBytes, 16, M);
   if (B < M) {

@@ -60,11 +60,7 @@ void argmax_rows(const T* S, int64_t nb, int64_t b0, const T* inv, T* best_val, 
 
 std::tuple<at::Tensor, at::Tensor> top1_cosine_cpu(const at::Tensor& queries, const at::Tensor& bank,
                                                    const at::Tensor& bank_norms) {
-  TORCH_CHECK(queries.dim() == 2 && bank.dim() == 2 && queries.size(1) == bank.size(1),
-              "con2: top1_cosine expects [Q, D] queries and an [N, D] bank");
-  TORCH_CHECK(queries.size(0) > 0 && bank.size(0) > 0, "con2: top1_cosine got an empty input");
-  TORCH_CHECK(bank_norms.dim() == 1 && bank_norms.size(0) == bank.size(0),
-              "con2: bank_norms must have shape [", bank.size(0), "]");
+  check_top1_inputs(queries, bank, bank_norms);
   const auto ct = compute_dtype(queries);
   const at::Tensor q = queries.detach().to(ct);
   const std::vector<int64_t> dims{1};

@@ -70,6 +70,27 @@ struct Layout {  // shared-memory carve-up, in floats; every part starts 32-byte
   static constexpr size_t bytes = sizeof(float) * floats;
 };
 
+struct Tiles {  // this block's shared-memory tiles (Layout's parts as pointers)
+  float* zi;       // [kRows][ld] anchor rows
+  float* zj;       // [kCols][ld] column rows
+  float* s;        // [kRows][kSLd] similarity, then H
+  int64_t* lab_j;  // [kCols] column labels
+  float* lse_j;    // [kCols] column stats (grad kernel)
+  float* w_j;
+  float* invp_j;
+};
+
+template <int kDp>
+__device__ __forceinline__ Tiles carve(float* smem) {
+  using L = Layout<kDp>;
+  return {smem + L::zi, smem + L::zj, smem + L::s, reinterpret_cast<int64_t*>(smem + L::labels),
+          smem + L::lse,  smem + L::w,  smem + L::invp};
+}
+
+// The head of this block, chosen by a branch: a run-time index into the kernel's parameter
+// array would make a local copy of it.
+__device__ __forceinline__ Head block_head(const Params& p) { return blockIdx.y == 0 ? p.head[0] : p.head[1]; }
+
 // Rows [r0, r0 + nrows) of z into dst (row stride Layout::ld), zero-padded past M and D.
 template <int kDp>
 __device__ __forceinline__ void load_rows(float* dst, const float* z, int64_t r0, int nrows, int64_t m, int dim) {
@@ -112,13 +133,11 @@ __device__ __forceinline__ void merge_lse(float& mx, float& se, float omx, float
 
 template <int kDp, bool kExact>
 __global__ void __launch_bounds__(kThreads) stats_kernel(Params p) {
-  using L = Layout<kDp>;
   CON2_DYNAMIC_SMEM(smem);
-  const Head h = blockIdx.y == 0 ? p.head[0] : p.head[1];  // no dynamic index into parameter space (a local copy)
-  float* zi = smem + L::zi;
-  float* zj = smem + L::zj;
-  float* s = smem + L::s;
-  int64_t* lab_j = reinterpret_cast<int64_t*>(smem + L::labels);
+  const Head h = block_head(p);
+  const Tiles t = carve<kDp>(smem);
+  float *zi = t.zi, *zj = t.zj, *s = t.s;
+  int64_t* lab_j = t.lab_j;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int row = threadIdx.x / kSubs, sub = threadIdx.x % kSubs;
   const int64_t i = r0 + row;
@@ -168,18 +187,13 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(Params p) {
 
 template <int kDp, bool kExact>
 __global__ void __launch_bounds__(kThreads) grad_kernel(Params p) {
-  using L = Layout<kDp>;
-  constexpr int ld = L::ld;
+  constexpr int ld = Layout<kDp>::ld;
   constexpr int kFrags = kDp / 32;  // output column fragments per warp
   CON2_DYNAMIC_SMEM(smem);
-  const Head h = blockIdx.y == 0 ? p.head[0] : p.head[1];  // no dynamic index into parameter space (a local copy)
-  float* zi = smem + L::zi;
-  float* zj = smem + L::zj;
-  float* s = smem + L::s;
-  int64_t* lab_j = reinterpret_cast<int64_t*>(smem + L::labels);
-  float* lse_j = smem + L::lse;
-  float* w_j = smem + L::w;
-  float* invp_j = smem + L::invp;
+  const Head h = block_head(p);
+  const Tiles t = carve<kDp>(smem);
+  float *zi = t.zi, *zj = t.zj, *s = t.s, *lse_j = t.lse_j, *w_j = t.w_j, *invp_j = t.invp_j;
+  int64_t* lab_j = t.lab_j;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int row = threadIdx.x / kSubs, sub = threadIdx.x % kSubs;
   const int64_t i = r0 + row;
@@ -242,14 +256,20 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(Params p) {
 
 inline int padded_dim(int64_t d) { return d <= 32 ? 32 : d <= 64 ? 64 : d <= 128 ? 128 : 256; }
 
-// Both heads' losses [2] and gradients (float32) for an upstream gradient of 1.
-// `launch(kernel, grid, block, smem_bytes, params)` runs a kernel (CUDA or the CPU emulator).
-// z_* are float32 contiguous [M, D <= 256]; labels int64 contiguous; `exact`: the values are
-// representable in tf32 (they came from bf16 / fp16).
+// Both heads' losses [2] and gradients (float32) for an upstream gradient of 1, for float32 /
+// bf16 / fp16 z_context, z_content [M, D <= 256] (validated by the caller). bf16 / fp16 values
+// are exact in tf32, so their products skip the split. `launch(kernel, grid, block,
+// smem_bytes, params)` runs a kernel (CUDA or the CPU emulator).
 template <typename Launch>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z0, const at::Tensor& z1,
-                                                             const at::Tensor& l0, const at::Tensor& l1,
-                                                             double temperature, bool exact, Launch&& launch) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_context, const at::Tensor& z_content,
+                                                             const at::Tensor& context_labels,
+                                                             const at::Tensor& sample_ids, double temperature,
+                                                             Launch&& launch) {
+  const bool exact = z_context.scalar_type() != at::kFloat;
+  const at::Tensor z0 = z_context.detach().to(at::kFloat).contiguous();
+  const at::Tensor z1 = z_content.detach().to(at::kFloat).contiguous();
+  const at::Tensor l0 = context_labels.to(at::kLong).contiguous();
+  const at::Tensor l1 = sample_ids.to(at::kLong).contiguous();
   const int64_t m = z0.size(0);
   auto opts = z0.options();
   at::Tensor stats = at::empty({3, 2, m}, opts);  // lse, npos, rowloss per head

@@ -30,12 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_cuda(const at::Tenso
     auto [l1, dz1] = supcon_fwd_bwd_cuda(z_content, sample_ids, temperature);
     return {at::stack({l0, l1}), dz0, dz1};
   }
-  const bool exact = z_context.scalar_type() != at::kFloat;  // bf16 / fp16 values are exact in tf32
-  const at::Tensor z0 = z_context.detach().to(at::kFloat).contiguous();
-  const at::Tensor z1 = z_content.detach().to(at::kFloat).contiguous();
-  const at::Tensor l0 = context_labels.to(at::kLong).contiguous();
-  const at::Tensor l1 = sample_ids.to(at::kLong).contiguous();
-  return fused::con2_fwd_bwd(z0, z1, l0, l1, temperature, exact,
+  return fused::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature,
                              cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
 }
 

@@ -88,11 +88,16 @@ __global__ void __launch_bounds__(kThreads) maha_kernel(Args a) {
   if ((lane & 1) == 0 && row < a.q) a.out[row] = rowsum;
 }
 
-// out [Q] float32 for float32 x [Q, D <= 512], mean [D], w [D, K], all contiguous.
+// out [Q] float32 for x [Q, D <= 512], mean [D], w [D, K] (validated by the caller; working
+// copies in float32, contiguous).
 template <typename Launch>
-at::Tensor mahalanobis_fused(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& w, Launch&& launch) {
+at::Tensor mahalanobis_fused(const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& w_in,
+                             Launch&& launch) {
+  const at::Tensor x = x_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor mean = mean_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor w = w_in.detach().to(at::kFloat).contiguous();
   const int64_t q = x.size(0);
-  at::Tensor out = at::empty({q}, x.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({q}, x.options());
   const int dp = padded_dim(x.size(1));
   Args args{x.const_data_ptr<float>(), mean.const_data_ptr<float>(), w.const_data_ptr<float>(),
             out.mutable_data_ptr<float>(), q, static_cast<int>(x.size(1)), dp, static_cast<int>(w.size(1))};

@@ -41,9 +41,7 @@ at::Tensor mahalanobis_sq_cuda(const at::Tensor& x, const at::Tensor& mean, cons
   const auto ct = (x.scalar_type() == at::kDouble || whitening.scalar_type() == at::kDouble) ? at::kDouble
                                                                                               : at::kFloat;
   if (fused && ct == at::kFloat && x.size(1) <= maha::kMaxDim) {
-    return maha::mahalanobis_fused(x.detach().to(at::kFloat).contiguous(), mean.detach().to(at::kFloat).contiguous(),
-                                   whitening.detach().to(at::kFloat).contiguous(),
-                                   cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
+    return maha::mahalanobis_fused(x, mean, whitening, cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
   }
   const at::Tensor W = whitening.detach().to(ct).contiguous();
   const at::Tensor mu = mean.detach().to(ct);

@@ -99,33 +99,22 @@ at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& sourc
                                const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                                const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
                                bool channels_last, Launch&& launch) {
-  check_views_inputs(images, source, boxes, hflip, factors, order, gray, size, dtype);
-  const at::Tensor img = images.contiguous();
-  const at::Tensor src = source.to(at::kLong).contiguous();
-  const at::Tensor bx = boxes.to(at::kFloat).contiguous(), fc = factors.to(at::kFloat).contiguous();
-  const at::Tensor od = order.to(at::kLong).contiguous();
-  const at::Tensor hf = hflip.to(at::kBool).contiguous(), gr = gray.to(at::kBool).contiguous();
-  const int64_t m = src.numel();
-  if (m > 0) {  // one sync, so a bad index is an error rather than a read out of bounds
-    const at::Tensor range = at::stack({src.min(), src.max()}).cpu();
-    const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < img.size(0), "con2: source indices must be in [0, ", img.size(0), "), got [", lo,
-                ", ", hi, "]");
-  }
-  at::Tensor out = at::empty({m, img.size(1), size, size}, img.options().dtype(dtype));
-  if (channels_last) out = out.contiguous(at::MemoryFormat::ChannelsLast);
-  if (m == 0) return out;
-  ViewArgs args{img.const_data_ptr<uint8_t>(), src.const_data_ptr<int64_t>(), bx.const_data_ptr<float>(),
-                hf.const_data_ptr<bool>(), fc.const_data_ptr<float>(), od.const_data_ptr<int64_t>(),
-                gr.const_data_ptr<bool>(), static_cast<int>(img.size(1)), static_cast<int>(img.size(2)),
-                static_cast<int>(img.size(3)), static_cast<int>(size), static_cast<float>(mean),
-                static_cast<float>(std), channels_last};
+  ViewInputs v = prepare_view_inputs(images, source, boxes, hflip, factors, order, gray, size, dtype, channels_last);
+  const int64_t m = v.source.numel();
+  if (m == 0) return v.out;
+  ViewArgs args{v.images.const_data_ptr<uint8_t>(), v.source.const_data_ptr<int64_t>(),
+                v.boxes.const_data_ptr<float>(),           v.hflip.const_data_ptr<bool>(),
+                v.factors.const_data_ptr<float>(),         v.order.const_data_ptr<int64_t>(),
+                v.gray.const_data_ptr<bool>(),             static_cast<int>(v.images.size(1)),
+                static_cast<int>(v.images.size(2)),        static_cast<int>(v.images.size(3)),
+                static_cast<int>(size),                    static_cast<float>(mean),
+                static_cast<float>(std),                   channels_last};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "con2_simclr_views_device", [&] {
     auto kernel = args.c == 3 ? &views_kernel<scalar_t, 3> : &views_kernel<scalar_t, 1>;
     launch(kernel, dim3(static_cast<unsigned>(m)), dim3(kViewThreads), 32 * sizeof(float), args,
-           out.mutable_data_ptr<scalar_t>());
+           v.out.mutable_data_ptr<scalar_t>());
   });
-  return out;
+  return v.out;
 }
 
 }  // namespace views

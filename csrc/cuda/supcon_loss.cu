@@ -89,11 +89,9 @@ __global__ void supcon_bwd_h_kernel(T* __restrict__ S, int64_t M, int64_t r0, co
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const at::Tensor& z, const at::Tensor& labels,
                                                               double temperature) {
-  check_loss_inputs(z, labels, temperature);
   c10::cuda::CUDAGuard guard(z.device());
-  const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.detach().to(ct).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const auto [zc, lab] = prepare_loss_inputs(z, labels, temperature);
+  const auto ct = zc.scalar_type();
   const int64_t M = zc.size(0);
   auto opts = zc.options();
   at::Tensor lse = at::empty({M}, opts), npos = at::empty({M}, opts), rowloss = at::empty({M}, opts);
@@ -157,13 +155,9 @@ at::Tensor supcon_bwd_impl(const at::Tensor& zc, const at::Tensor& lab, const at
 
 at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& labels,
                            const at::Tensor& lse, const at::Tensor& npos, double temperature) {
-  check_loss_inputs(z, labels, temperature);
-  TORCH_CHECK(grad.numel() == 1, "con2: supcon_bwd expects a scalar gradient");
-  TORCH_CHECK(lse.numel() == z.size(0) && npos.numel() == z.size(0), "con2: lse / npos must have M entries");
   c10::cuda::CUDAGuard guard(z.device());
-  const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.detach().to(ct).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const auto [zc, lab] = prepare_loss_inputs(z, labels, temperature);
+  check_supcon_bwd_inputs(grad, z, lse, npos);
   const at::Tensor g = grad.reshape({1}).to(zc.options()).contiguous();
   return supcon_bwd_impl(zc, lab, lse, npos, g, temperature, at::Tensor()).to(z.scalar_type());
 }
@@ -174,11 +168,9 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at
 // the scratch budget the similarity is computed once and reused (2 GEMMs instead of 3).
 std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cuda(const at::Tensor& z, const at::Tensor& labels,
                                                        double temperature) {
-  check_loss_inputs(z, labels, temperature);
   c10::cuda::CUDAGuard guard(z.device());
-  const auto ct = compute_dtype(z);
-  const at::Tensor zc = z.detach().to(ct).contiguous();
-  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const auto [zc, lab] = prepare_loss_inputs(z, labels, temperature);
+  const auto ct = zc.scalar_type();
   const int64_t M = zc.size(0);
   const int64_t B = std::min<int64_t>(65535, block_rows(M, zc.element_size(), kBlockBytes, 16, M));
   const at::Tensor one = at::ones({1}, zc.options());

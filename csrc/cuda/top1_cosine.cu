@@ -80,11 +80,7 @@ __global__ void decode_kernel(const unsigned long long* __restrict__ keys, int64
 
 std::tuple<at::Tensor, at::Tensor> top1_cosine_cuda(const at::Tensor& queries, const at::Tensor& bank,
                                                     const at::Tensor& bank_norms) {
-  TORCH_CHECK(queries.dim() == 2 && bank.dim() == 2 && queries.size(1) == bank.size(1),
-              "con2: top1_cosine expects [Q, D] queries and an [N, D] bank");
-  TORCH_CHECK(queries.size(0) > 0 && bank.size(0) > 0, "con2: top1_cosine got an empty input");
-  TORCH_CHECK(bank_norms.dim() == 1 && bank_norms.size(0) == bank.size(0),
-              "con2: bank_norms must have shape [", bank.size(0), "]");
+  check_top1_inputs(queries, bank, bank_norms);
   TORCH_CHECK(bank.size(0) < (int64_t(1) << 32) - 1, "con2: top1_cosine supports < 2^32 - 1 bank rows");
   TORCH_CHECK(bank.scalar_type() == at::kFloat || bank.scalar_type() == at::kBFloat16 ||
                   bank.scalar_type() == at::kHalf,

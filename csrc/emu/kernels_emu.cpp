@@ -24,10 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_emu(const at::Tensor
                                                                  const at::Tensor& sample_ids, double temperature) {
   TORCH_CHECK(z_context.size(1) <= con2::fused::kMaxDim && z_content.size(1) <= con2::fused::kMaxDim,
               "con2_emu: D > 256");
-  const bool exact = z_context.scalar_type() != at::kFloat;
-  return con2::fused::con2_fwd_bwd(z_context.to(at::kFloat).contiguous(), z_content.to(at::kFloat).contiguous(),
-                                   context_labels.to(at::kLong).contiguous(), sample_ids.to(at::kLong).contiguous(),
-                                   temperature, exact, EmuLaunch{});
+  return con2::fused::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, EmuLaunch{});
 }
 
 at::Tensor simclr_views_emu(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
@@ -40,8 +37,7 @@ at::Tensor simclr_views_emu(const at::Tensor& images, const at::Tensor& source, 
 
 at::Tensor mahalanobis_emu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& whitening) {
   TORCH_CHECK(x.size(1) <= con2::maha::kMaxDim, "con2_emu: D > 512");
-  return con2::maha::mahalanobis_fused(x.to(at::kFloat).contiguous(), mean.to(at::kFloat).contiguous(),
-                                       whitening.to(at::kFloat).contiguous(), EmuLaunch{});
+  return con2::maha::mahalanobis_fused(x, mean, whitening, EmuLaunch{});
 }
 
 }  // namespace
