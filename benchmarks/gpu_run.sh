@@ -2,7 +2,7 @@
 # Build con2._C with CUDA kernels on the GPU machine, run the GPU tests and the GPU
 # benchmarks, and write everything to $OUT (default ./gpu-out).
 #
-#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|all]     (default: all but views)
+#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|throughput|all]  (default: all but views, throughput)
 #
 # Stages can run in separate calls (each device call is limited to 10 minutes; the
 # build outputs stay in the working tree between calls while the machine is warm).
@@ -77,7 +77,7 @@ PYEOF
 }
 
 tests() {
-  "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --junitxml="$OUT/tests_gpu.xml" 2>&1 | tee "$OUT/tests_gpu.txt" | tail -30
+  "$PY" -m pytest tests -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_gpu.txt" | tail -30
   return "${PIPESTATUS[0]}"
 }
 
@@ -93,14 +93,27 @@ views() {  # the view pipeline table: torch ops eager / compiled and the native 
   return "${PIPESTATUS[0]}"
 }
 
+throughput() {  # the whole Con2 step (views, forward, loss, backward, AdamW), AMP, batch 512 = 2048 views
+  local data="${DATA_ROOT:-.carry/data}"
+  for size in 32 224; do
+    for views in compiled native; do
+      CON2_CUDA_VIEWS=$views "$PY" benchmarks/train_throughput.py --dataset breast --data-root "$data" \
+        --image-size $size --batch-size 512 --steps 10 --warmup 3 --amp 2>&1 | sed "s/^/[views=$views] /" \
+        | tee -a "$OUT/throughput.txt"
+    done
+  done
+  return 0
+}
+
 case "$STAGE" in
   build) build || rc=1 ;;
   views) views || rc=1 ;;
+  throughput) throughput || rc=1 ;;
   smoke) smoke || rc=1 ;;
   test) tests || rc=1 ;;
   bench) bench || rc=1 ;;
   all) { build && smoke && tests; } || rc=1; bench || rc=1 ;;
-  *) echo "usage: $0 [build|smoke|test|bench|views|all]"; exit 2 ;;
+  *) echo "usage: $0 [build|smoke|test|bench|views|throughput|all]"; exit 2 ;;
 esac
 log "stage $STAGE finished rc=$rc"
 exit $rc

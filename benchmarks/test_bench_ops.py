@@ -321,13 +321,27 @@ print(json.dumps(p.peak - p.base))
 MAHA_Q = [10_000, 100_000, pytest.param(1_000_000, marks=full_only)]
 
 
+@pytest.mark.parametrize("precision", ["highest", "high"])
 @pytest.mark.parametrize("impl", ["native", "fused", "reference"])
 @pytest.mark.parametrize("q", MAHA_Q)
 @pytest.mark.parametrize("device", DEVICES)
-def test_mahalanobis(benchmark, device, q, impl):
-    """native = the default kernel (blocked on CUDA), fused = the one-pass CUDA kernel."""
+def test_mahalanobis(benchmark, device, q, impl, precision):
+    """native = the default kernel (blocked on CUDA), fused = the one-pass CUDA kernel.
+    precision = torch.set_float32_matmul_precision: "high" lets cuBLAS (native and reference
+    alike) use TF32 tensor cores; the fused kernel is 3xTF32 either way."""
     if impl == "fused" and device != "cuda":
         pytest.skip("the fused kernel is a CUDA kernel (CPU: tests/test_cuda_kernels_emu.py)")
+    if precision == "high" and (device != "cuda" or impl == "fused"):
+        pytest.skip("TF32 is a CUDA matmul setting; the fused kernel ignores it")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        _mahalanobis_case(benchmark, device, q, impl, precision)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _mahalanobis_case(benchmark, device, q, impl, precision):
     d = 512
     g = torch.Generator().manual_seed(q)
     x = torch.randn(q, d, generator=g).to(device)
@@ -341,5 +355,8 @@ def test_mahalanobis(benchmark, device, q, impl):
         _sync(device)
         return out
 
-    torch.testing.assert_close(run(), reference.mahalanobis_sq(x, mean, w), rtol=1e-4, atol=1e-3)
-    _time(benchmark, run, device, f"mahalanobis {device} Q={q} D={d}", device=device, Q=q, D=d, impl=impl)
+    want = ((x[:4096].double() - mean.double()) @ w.double()).pow(2).sum(1)
+    rtol = 1e-4 if precision == "highest" else 1e-2  # TF32 keeps 10 mantissa bits
+    torch.testing.assert_close(run()[:4096].double(), want, rtol=rtol, atol=1e-3)
+    _time(benchmark, run, device, f"mahalanobis {device} Q={q} D={d} {precision}", device=device, Q=q, D=d,
+          impl=impl, precision=precision)

@@ -105,8 +105,8 @@ inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor
     const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>(), n = images.size(0);
     TORCH_CHECK(lo >= 0 && hi < n, "con2: source indices must be in [0, ", n, "), got [", lo, ", ", hi, "]");
   }
-  v.out = at::empty({m, images.size(1), size, size}, images.options().dtype(dtype));
-  if (channels_last) v.out = v.out.contiguous(at::MemoryFormat::ChannelsLast);
+  v.out = at::empty({m, images.size(1), size, size}, images.options().dtype(dtype),  // no relayout copy
+                    channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   return v;
 }
 

@@ -336,7 +336,10 @@ def test_fused_cuda_mahalanobis_matches_reference(q, d, k, dtype):
     w = (torch.randn(d, k, generator=g) / d**0.5).cuda()
     got = torch.ops.con2.mahalanobis_sq(x, mean, w, True)
     want = ((x.double() - mean.double()) @ w.double()).pow(2).sum(1)
-    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)
+    # 3xTF32 on the H100 measured 1.4e-5 relative (2026-11-22), against 2e-6 in the emulator,
+    # whose tensor-core products accumulate in exact float32: the hardware's accumulation is
+    # coarser. Still 70x tighter than one-pass TF32 (~1e-3).
+    torch.testing.assert_close(got.double(), want, rtol=5e-5, atol=1e-6)
 
 
 @pytest.mark.gpu

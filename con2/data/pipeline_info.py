@@ -16,7 +16,7 @@ def available_pipelines() -> dict[str, str]:
     cuda = torch.cuda.is_available()
     out = {
         "tensor": "views made on the training device: CPU " + how("cpu")
-                  + (f"; CUDA {how('cuda')} (CON2_CUDA_VIEWS=compiled|native)" if cuda else ""),
+                  + (f"; CUDA {how('cuda')} (CON2_CUDA_VIEWS=native|compiled)" if cuda else ""),
         "workers": f"torchvision {torchvision.__version__} DataLoader worker processes (PIL)",
     }
     from . import dali

@@ -304,7 +304,7 @@ class TensorViewPipeline:
 
     With `contexts=None` (SimCLR) only the original context is used: 2N views.
     `native`: None = the native simclr_views kernel where con2.ops.native_views says so (CPU
-    with the extension built; CUDA with CON2_CUDA_VIEWS=native); True / False force it / the torch ops.
+    with the extension built, CUDA too unless CON2_CUDA_VIEWS=compiled); True / False force it / the torch ops.
     `compile` (torch ops on CUDA): None = torch.compile the view function on CUDA inputs (eager
     elsewhere, and eager again if compiling fails); True/False force it.
     """

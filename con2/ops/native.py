@@ -33,15 +33,15 @@ def _kernel_choice(var: str, choices: tuple[str, ...]) -> str:
 
 
 # Which CUDA kernels to use where a newer one is written but not yet validated on a GPU; the
-# first choice of each is the one measured on the H100. Loss: "blocked" (cuBLAS row blocks + row
-# kernels) or "fused" (single-pass tiled tensor-core kernels, csrc/cuda/con2_fused.cuh).
-# mahalanobis_sq: "blocked" (cuBLAS + row reduction) or "fused" (one pass,
-# csrc/cuda/mahalanobis_fused.cuh). Views: "compiled" (torch.compile of the torch ops) or "native"
-# (block-per-view kernel, csrc/cuda/simclr_views.cuh). The new ones are checked on the CPU through
-# the CUDA emulator (tests/test_cuda_kernels_emu.py).
+# The first choice of each is the default, the faster one measured on the H100 (docs/PERFORMANCE.md).
+# Loss: "blocked" (cuBLAS row blocks + row kernels) or "fused" (single-pass tiled tensor-core
+# kernels, csrc/cuda/con2_fused.cuh; 5.7x slower at M = 2048). mahalanobis_sq: "blocked" (cuBLAS +
+# row reduction) or "fused" (one pass, csrc/cuda/mahalanobis_fused.cuh; 4.2x slower). Views:
+# "native" (block-per-view kernel, csrc/cuda/simclr_views.cuh; 4.1x faster at 224 px) or
+# "compiled" (torch.compile of the torch ops).
 CUDA_LOSS_KERNEL = _kernel_choice("CON2_CUDA_LOSS", ("blocked", "fused"))
 CUDA_MAHALANOBIS_KERNEL = _kernel_choice("CON2_CUDA_MAHALANOBIS", ("blocked", "fused"))
-CUDA_VIEWS_KERNEL = _kernel_choice("CON2_CUDA_VIEWS", ("compiled", "native"))
+CUDA_VIEWS_KERNEL = _kernel_choice("CON2_CUDA_VIEWS", ("native", "compiled"))
 _FUSED = CUDA_LOSS_KERNEL == "fused"
 
 

@@ -22,6 +22,7 @@ namespace con2 {
 namespace views {
 
 constexpr int kViewThreads = 256;
+constexpr int kMaxViewSize = 8192;  // the per-axis taps of a view live in shared memory (197 KB)
 
 struct ViewArgs {
   const uint8_t* images;  // [S, C, H, W]
@@ -36,41 +37,86 @@ struct ViewArgs {
   bool channels_last;
 };
 
-// Pixel p of view `view` through the crop and the jitter steps [0, steps); v gets kC values.
+// Shared memory of a block: the byte -> [0, 1] table, then per axis the first bilinear tap
+// of every output index and its two weights (the CPU kernel's Taps), then 32 floats for the
+// block reduction. Everything per pixel that does not depend on both coordinates is computed
+// once per view, so a pixel costs table lookups and the jitter arithmetic.
+inline int64_t view_smem_bytes(int size) { return (256 + 6 * size + 32) * 4; }
+
+// One view's jitter steps, read once into registers: op and factor of step s.
+struct Steps {
+  int op[4];
+  float f[4];
+};
+
+// Pixel (i, j) through the crop and the jitter steps [0, steps); v gets kC values.
 template <int kC>
-__device__ __forceinline__ void view_pixel(const ViewArgs& a, const uint8_t* img, const float* box, bool flip,
-                                           const float* fac, const int64_t* ord, int steps, float contrast_mean,
-                                           int p, float* v) {
-  const int i = p / a.size, j = p - i * a.size;
-  const float iy = source_coord(i, box[0], box[2], a.size, a.h);
-  const float ix = source_coord(flip ? a.size - 1 - j : j, box[1], box[3], a.size, a.w);
-  for (int k = 0; k < kC; ++k) v[k] = bilinear(img + k * a.h * a.w, a.h, a.w, iy, ix);
-  for (int s = 0; s < steps; ++s) {
-    const int op = static_cast<int>(ord[s]);
-    jitter_step(v, kC, op, fac[op], contrast_mean);
+__device__ __forceinline__ void view_pixel(const ViewArgs& a, const uint8_t* img, const float* unit_of,
+                                           const int* tx, const float* wx, const int* ty, const float* wy,
+                                           const Steps& st, int steps, float contrast_mean, int i, int j,
+                                           float* v) {
+  const int x0 = tx[j], y0 = ty[i];
+  const bool x1 = x0 + 1 < a.w, y1 = y0 + 1 < a.h;
+  const float wx0 = wx[2 * j], wx1 = wx[2 * j + 1], wy0 = wy[2 * i], wy1 = wy[2 * i + 1];
+#pragma unroll
+  for (int k = 0; k < kC; ++k) {  // grid_sample's weights and sum order (nw, ne, sw, se)
+    const uint8_t* row = img + (k * a.h + y0) * a.w + x0;
+    float s = unit_of[row[0]] * (wx0 * wy0);
+    if (x1) s += unit_of[row[1]] * (wx1 * wy0);
+    if (y1) s += unit_of[row[a.w]] * (wx0 * wy1);
+    if (x1 && y1) s += unit_of[row[a.w + 1]] * (wx1 * wy1);
+    v[k] = s;
   }
+#pragma unroll
+  for (int s = 0; s < 4; ++s)
+    if (s < steps) jitter_step(v, kC, st.op[s], st.f[s], contrast_mean);
 }
 
 // kC (1 or 3) is a template parameter so that the pixel stays in registers.
 template <typename out_t, int kC>
 __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* out) {
-  CON2_DYNAMIC_SMEM(red);  // 32 floats for the block reduction
+  CON2_DYNAMIC_SMEM(smem);
+  float* unit_of = smem;
+  int* tx = reinterpret_cast<int*>(unit_of + 256);
+  int* ty = tx + a.size;
+  float* wx = reinterpret_cast<float*>(ty + a.size);
+  float* wy = wx + 2 * a.size;
+  float* red = wy + 2 * a.size;
   const int64_t view = blockIdx.x;
   const uint8_t* img = a.images + a.source[view] * kC * a.h * a.w;
   const float* box = a.boxes + 4 * view;
-  const float* fac = a.factors + 4 * view;
-  const int64_t* ord = a.order + 4 * view;
   const bool flip = a.hflip[view], grey = a.gray[view];
+  Steps st;
+  int kc = 0;  // the contrast step's position
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    st.op[s] = static_cast<int>(a.order[4 * view + s]);
+    st.f[s] = a.factors[4 * view + st.op[s]];
+    if (st.op[s] == kContrast) kc = s;
+  }
+  for (int t = threadIdx.x; t < 256; t += kViewThreads) unit_of[t] = unit(static_cast<uint8_t>(t));
+  for (int t = threadIdx.x; t < 2 * a.size; t += kViewThreads) {
+    const bool is_x = t < a.size;
+    const int u = is_x ? t : t - a.size;
+    const float c = is_x ? source_coord(flip ? a.size - 1 - u : u, box[1], box[3], a.size, a.w)
+                         : source_coord(u, box[0], box[2], a.size, a.h);
+    const float f0 = floorf(c);
+    (is_x ? tx : ty)[u] = static_cast<int>(f0);
+    float* w = (is_x ? wx : wy) + 2 * u;
+    w[0] = f0 + 1.0f - c;
+    w[1] = c - f0;
+  }
+  __syncthreads();
   const int P = a.size * a.size;
   float v[kC];
   float contrast_mean = 0.0f;
-  if (fac[kContrast] != 1.0f) {  // lerp with weight 1 is the identity: no mean needed
-    int kc = 0;
-    while (ord[kc] != kContrast) ++kc;
+  if (st.f[kc] != 1.0f) {  // lerp with weight 1 is the identity: no mean needed
     float sum = 0.0f;
+    int i = threadIdx.x / a.size, j = threadIdx.x - i * a.size;
     for (int p = threadIdx.x; p < P; p += kViewThreads) {
-      view_pixel<kC>(a, img, box, flip, fac, ord, kc, 0.0f, p, v);
+      view_pixel<kC>(a, img, unit_of, tx, wx, ty, wy, st, kc, 0.0f, i, j, v);
       sum += pixel_gray(v, kC);
+      for (j += kViewThreads; j >= a.size; j -= a.size) ++i;
     }
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
@@ -80,15 +126,18 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
     contrast_mean = total / static_cast<float>(P);
   }
   out_t* o = out + view * kC * P;
+  int i = threadIdx.x / a.size, j = threadIdx.x - i * a.size;
   for (int p = threadIdx.x; p < P; p += kViewThreads) {
-    view_pixel<kC>(a, img, box, flip, fac, ord, 4, contrast_mean, p, v);
+    view_pixel<kC>(a, img, unit_of, tx, wx, ty, wy, st, 4, contrast_mean, i, j, v);
     if constexpr (kC == 3) {
       if (grey) v[0] = v[1] = v[2] = luma(v[0], v[1], v[2]);
     }
+#pragma unroll
     for (int k = 0; k < kC; ++k) {
       const out_t x = static_cast<out_t>((v[k] - a.mean) / a.std);
       o[a.channels_last ? p * kC + k : k * P + p] = x;
     }
+    for (j += kViewThreads; j >= a.size; j -= a.size) ++i;
   }
 }
 
@@ -99,6 +148,8 @@ at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& sourc
                                const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                                const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
                                bool channels_last, Launch&& launch) {
+  TORCH_CHECK(size <= kMaxViewSize, "con2: the CUDA simclr_views kernel makes views of at most ", kMaxViewSize,
+              " px, not ", size, " (CON2_CUDA_VIEWS=compiled uses the torch ops)");
   ViewInputs v = prepare_view_inputs(images, source, boxes, hflip, factors, order, gray, size, dtype, channels_last);
   const int64_t m = v.source.numel();
   if (m == 0) return v.out;
@@ -111,7 +162,7 @@ at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& sourc
                 static_cast<float>(std),                   channels_last};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "con2_simclr_views_device", [&] {
     auto kernel = args.c == 3 ? &views_kernel<scalar_t, 3> : &views_kernel<scalar_t, 1>;
-    launch(kernel, dim3(static_cast<unsigned>(m)), dim3(kViewThreads), 32 * sizeof(float), args,
+    launch(kernel, dim3(static_cast<unsigned>(m)), dim3(kViewThreads), view_smem_bytes(static_cast<int>(size)), args,
            v.out.mutable_data_ptr<scalar_t>());
   });
   return v.out;
