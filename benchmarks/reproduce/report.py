@@ -28,6 +28,8 @@ def load(path: Path) -> dict[str, dict]:
 
 
 def fmt(d: dict) -> str:
+    if len(d.get("per_seed", [])) == 1:  # no spread to report from one seed
+        return f"{d['mean']:.1f} (1 seed)"
     return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
 
