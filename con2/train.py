@@ -242,7 +242,18 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     elif resume and rank == 0 and progress:
         print(f"--resume: no checkpoint in {run_dir}, starting fresh", flush=True)
 
+    # First step whose loss was not finite, kept on the device: testing the loss on the host every
+    # step would stall the GPU queue each step. Read where the host waits anyway (metrics lines,
+    # at least once per epoch) and before every checkpoint, so no non-finite state is ever saved.
+    nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)
+
+    def check_finite():
+        bad = int(nonfinite_at)
+        if bad >= 0:
+            raise FloatingPointError(f"loss became non-finite (nan or inf) at step {bad}; lower --lr or disable --amp")
+
     def checkpoint():
+        check_finite()
         if rank != 0:
             return
         _atomic_save({
@@ -274,8 +285,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                     zc, zs, ctx, ids = _gather_projections(z_context.float(), z_content.float(), n_local,
                                                            n_contexts, offset, world)
                     loss = objective_loss(cfg, zc, zs, ctx, ids, alpha)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss became {loss.item()} at step {global_step}; lower --lr or disable --amp")
+                    nonfinite_at = torch.where(torch.isfinite(loss) | (nonfinite_at >= 0), nonfinite_at, global_step)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -283,6 +293,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                     views_since += views.shape[0] * world
                     last_in_epoch = step == steps_per_epoch - 1
                     if global_step % LOG_EVERY == 0 or last_in_epoch or global_step == total:
+                        check_finite()
                         now = time.perf_counter()
                         rate = views_since / max(now - t_last, 1e-9)
                         t_last, views_since = now, 0

@@ -60,6 +60,25 @@ def test_resume_gives_identical_weights(tmp_path, stop_at):
     assert lines[-1]["global_step"] == 6 and lines[-1]["alpha"] == 1.0
 
 
+def test_nonfinite_loss_stops_training_and_is_never_checkpointed(tmp_path, monkeypatch):
+    import con2.train as train_mod
+
+    real, calls = train_mod.objective_loss, []
+
+    def nan_at_step_4(*args):
+        calls.append(1)
+        loss = real(*args)
+        return loss * float("nan") if len(calls) == 5 else loss  # the 5th step is global step 4
+
+    monkeypatch.setattr(train_mod, "objective_loss", nan_at_step_4)
+    with pytest.raises(FloatingPointError, match="non-finite .* at step 4"):
+        train(tiny_cfg(tmp_path / "r"), tiny_split(), progress=False)  # 3 steps per epoch
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == 3  # the end of epoch 1; the failing epoch saved nothing
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     split = tiny_split()
     train(tiny_cfg(tmp_path / "a", epochs=1), split, progress=False)
