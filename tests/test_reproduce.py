@@ -27,3 +27,14 @@ def test_harness_runs_a_row_and_renders_results(tmp_path):
                     "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
     text = out.read_text()
     assert "| breast28-invert |" in text and "81.7" in text and "Not run yet" in text
+
+
+def test_device_job_fits_the_schedule_to_the_time_left():
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from device_job import fit_epochs
+
+    # BreastMNIST at 224 px on the H100: 6 steps per epoch, 29.5 steps/s per process
+    assert fit_epochs(2048, 6, 29.5, 420) == 2048  # 417 s of training fits
+    assert fit_epochs(2048, 6, 29.5, 367) == 1804  # does not: the most whole epochs that do
+    assert fit_epochs(2048, 6, 29.5, 0.01) == 1    # never zero
+

@@ -3,6 +3,9 @@ rate with all processes sharing the GPU, and restart once on a shortened schedul
 the results) if the paper schedule cannot finish inside --budget-s.
 
     python benchmarks/reproduce/device_job.py ROW [ROW ...] --data-root .carry/data --budget-s 480
+
+With --steps-per-s (a step rate measured before, per process, with the same processes sharing
+the GPU) there is no probe: the schedule is fitted once and the runs start once.
 """
 from __future__ import annotations
 
@@ -29,6 +32,12 @@ def measured_views_per_s(runs: Path) -> float | None:
     return sorted(rates)[len(rates) // 2] if rates else None
 
 
+def fit_epochs(epochs: int, steps_per_epoch: int, steps_per_s: float, seconds: float) -> int:
+    """The paper's `epochs` if they fit in `seconds` of training at `steps_per_s`, else the most
+    that do (at least 1)."""
+    return max(1, min(epochs, int(seconds * steps_per_s / steps_per_epoch)))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("rows", nargs="+")
@@ -38,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-epoch", type=int, required=True, help="of the rows (same data set)")
     p.add_argument("--epochs", type=int, default=2048)
     p.add_argument("--eval-s", type=float, default=60, help="time kept for the 40-view evaluation")
+    p.add_argument("--steps-per-s", type=float, default=None, help="known step rate per process: no probe")
+    p.add_argument("--startup-s", type=float, default=30, help="process start-up kept aside with --steps-per-s")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--results", default=str(HERE / "results.jsonl"))
     a = p.parse_args(argv)
@@ -52,6 +63,10 @@ def main(argv=None) -> int:
 
     runs = Path("runs/device-probe")
     shutil.rmtree(runs, ignore_errors=True)
+    if a.steps_per_s:
+        epochs = fit_epochs(a.epochs, a.steps_per_epoch, a.steps_per_s, a.budget_s - a.eval_s - a.startup_s)
+        print(f"known rate {a.steps_per_s:.1f} steps/s per process: {epochs} epochs", flush=True)
+        return launch(epochs, runs).wait()
     proc = launch(a.epochs, runs)
     time.sleep(a.probe_s)
     views_s = measured_views_per_s(runs) if proc.poll() is None else None
@@ -68,7 +83,7 @@ def main(argv=None) -> int:
             time.sleep(3)
             # a restart pays start-up again: keep a margin for it
             usable = a.budget_s - (time.perf_counter() - t_start) - a.eval_s - 40
-            epochs = max(1, int(usable * step_rate / a.steps_per_epoch))
+            epochs = fit_epochs(a.epochs, a.steps_per_epoch, step_rate, usable)
             print(f"shortening the schedule to {epochs} epochs", flush=True)
             shutil.rmtree(runs, ignore_errors=True)
             proc = launch(epochs, runs)
