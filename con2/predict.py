@@ -62,11 +62,9 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     files = list_inputs(inputs)
     cfg, model = load_run(run_dir, device=device)
     split = load_split(cfg)
-    if cfg.center_crop is not None:  # the run's pre-processing: resize, then the centred crop
-        pre = (cfg.image_size,) * 2 if cfg.image_size else split.train.shape[1:3]
-        images = center_crop_array(read_images(files, pre, split.channels), cfg.center_crop)
-    else:
-        images = read_images(files, split.train.shape[1:3], split.channels)
+    # the run's pre-processing: resize (to the pre-crop size when the run crops), then the centred crop
+    size = (cfg.image_size,) * 2 if cfg.image_size and cfg.center_crop else split.train.shape[1:3]
+    images = center_crop_array(read_images(files, size, split.channels), cfg.center_crop)
     if threshold is None and not len(split.val):
         raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold")
     s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress)

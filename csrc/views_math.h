@@ -70,18 +70,18 @@ CON2_HD float source_coord(int t, float start, float len, int size, int extent) 
 
 CON2_HD float unit(uint8_t v) { return static_cast<float>(v) / 255.0f; }  // as x_u8.float().div_(255)
 
-// Bilinear sample of one uint8 plane [h, w] at (iy, ix) with grid_sample's weights and sum
-// order (nw, ne, sw, se); taps past the last row / column carry zero weight and are skipped.
-CON2_HD float bilinear(const uint8_t* plane, int h, int w, float iy, float ix) {
-  const float fx0 = floorf(ix), fy0 = floorf(iy);
-  const int x0 = static_cast<int>(fx0), y0 = static_cast<int>(fy0);
-  const bool x1 = x0 + 1 < w, y1 = y0 + 1 < h;
-  const float wx0 = fx0 + 1.0f - ix, wx1 = ix - fx0, wy0 = fy0 + 1.0f - iy, wy1 = iy - fy0;
-  float v = unit(plane[y0 * w + x0]) * (wx0 * wy0);
-  if (x1) v += unit(plane[y0 * w + x0 + 1]) * (wx1 * wy0);
-  if (y1) v += unit(plane[(y0 + 1) * w + x0]) * (wx0 * wy1);
-  if (x1 && y1) v += unit(plane[(y0 + 1) * w + x0 + 1]) * (wx1 * wy1);
-  return v;
+// The bilinear tap of output index t along one axis (grid_sample's weights, same floats): the
+// first source index and its weight, and the weight of the next index, which is inside the
+// image when i0 + 1 < extent (else its weight is skipped).
+struct Tap {
+  int i0;
+  float w0, w1;
+};
+
+CON2_HD Tap axis_tap(int t, float start, float len, int size, int extent, bool flip) {
+  const float x = source_coord(flip ? size - 1 - t : t, start, len, size, extent);
+  const float f0 = floorf(x);
+  return {static_cast<int>(f0), f0 + 1.0f - x, x - f0};
 }
 
 // One colour-jitter step on one pixel (c channels in v). `mean` is the contrast step's mean

@@ -28,7 +28,6 @@ Pneumonia pre-processing is resize 256, centre-crop 224).
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

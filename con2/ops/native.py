@@ -32,13 +32,13 @@ def _kernel_choice(var: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-# Which CUDA kernels to use where a newer one is written but not yet validated on a GPU; the
-# The first choice of each is the default, the faster one measured on the H100 (docs/PERFORMANCE.md).
-# Loss: "blocked" (cuBLAS row blocks + row kernels) or "fused" (single-pass tiled tensor-core
-# kernels, csrc/cuda/con2_fused.cuh; 5.7x slower at M = 2048). mahalanobis_sq: "blocked" (cuBLAS +
-# row reduction) or "fused" (one pass, csrc/cuda/mahalanobis_fused.cuh; 4.2x slower). Views:
-# "native" (block-per-view kernel, csrc/cuda/simclr_views.cuh; 4.1x faster at 224 px) or
-# "compiled" (torch.compile of the torch ops).
+# Which CUDA kernel runs where there are two; the first choice of each is the default, the faster
+# one on the H100 (docs/PERFORMANCE.md). Loss: "blocked" (cuBLAS row blocks + row kernels) or
+# "fused" (single-pass tiled tensor-core kernels, csrc/cuda/con2_fused.cuh; 5.5x the GPU time at
+# M = 2048, 2.7x slower at 8192). mahalanobis_sq: "blocked" (cuBLAS + row reduction) or "fused"
+# (one pass, csrc/cuda/mahalanobis_fused.cuh; 4.2x slower). Views: "native" (block-per-view
+# kernel, csrc/cuda/simclr_views.cuh; 4.1x faster at 224 px) or "compiled" (torch.compile of the
+# torch ops).
 CUDA_LOSS_KERNEL = _kernel_choice("CON2_CUDA_LOSS", ("blocked", "fused"))
 CUDA_MAHALANOBIS_KERNEL = _kernel_choice("CON2_CUDA_MAHALANOBIS", ("blocked", "fused"))
 CUDA_VIEWS_KERNEL = _kernel_choice("CON2_CUDA_VIEWS", ("native", "compiled"))

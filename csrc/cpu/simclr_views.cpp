@@ -17,8 +17,7 @@ namespace {
 
 using namespace views;
 
-// Per axis, the bilinear taps of every output index: first tap, its weight, the second's
-// weight and whether the second tap is inside the image (grid_sample's weights, same floats).
+// Per axis, the bilinear taps (axis_tap) of every output index, and whether the second is inside.
 struct Taps {
   std::vector<int> i0;
   std::vector<float> w0, w1;
@@ -26,12 +25,11 @@ struct Taps {
   void build(int size, float start, float len, int extent, bool flip) {
     i0.resize(size), w0.resize(size), w1.resize(size), in1.resize(size);
     for (int t = 0; t < size; ++t) {
-      const float ix = source_coord(flip ? size - 1 - t : t, start, len, size, extent);
-      const float f0 = std::floor(ix);
-      i0[t] = static_cast<int>(f0);
-      w0[t] = f0 + 1.0f - ix;
-      w1[t] = ix - f0;
-      in1[t] = i0[t] + 1 < extent;
+      const Tap tap = axis_tap(t, start, len, size, extent, flip);
+      i0[t] = tap.i0;
+      w0[t] = tap.w0;
+      w1[t] = tap.w1;
+      in1[t] = tap.i0 + 1 < extent;
     }
   }
 };
@@ -43,7 +41,7 @@ struct Scratch {  // per thread
 
 float kByteToUnit[256];  // v / 255 exactly as x_u8.float().div_(255) rounds it
 const bool kTableReady = [] {
-  for (int v = 0; v < 256; ++v) kByteToUnit[v] = static_cast<float>(v) / 255.0f;
+  for (int v = 0; v < 256; ++v) kByteToUnit[v] = unit(static_cast<uint8_t>(v));
   return true;
 }();
 

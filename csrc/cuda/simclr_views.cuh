@@ -95,16 +95,13 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
     if (st.op[s] == kContrast) kc = s;
   }
   for (int t = threadIdx.x; t < 256; t += kViewThreads) unit_of[t] = unit(static_cast<uint8_t>(t));
-  for (int t = threadIdx.x; t < 2 * a.size; t += kViewThreads) {
+  for (int t = threadIdx.x; t < 2 * a.size; t += kViewThreads) {  // columns, then rows
     const bool is_x = t < a.size;
     const int u = is_x ? t : t - a.size;
-    const float c = is_x ? source_coord(flip ? a.size - 1 - u : u, box[1], box[3], a.size, a.w)
-                         : source_coord(u, box[0], box[2], a.size, a.h);
-    const float f0 = floorf(c);
-    (is_x ? tx : ty)[u] = static_cast<int>(f0);
-    float* w = (is_x ? wx : wy) + 2 * u;
-    w[0] = f0 + 1.0f - c;
-    w[1] = c - f0;
+    const Tap tap = is_x ? axis_tap(u, box[1], box[3], a.size, a.w, flip) : axis_tap(u, box[0], box[2], a.size, a.h, false);
+    (is_x ? tx : ty)[u] = tap.i0;
+    (is_x ? wx : wy)[2 * u] = tap.w0;
+    (is_x ? wx : wy)[2 * u + 1] = tap.w1;
   }
   __syncthreads();
   const int P = a.size * a.size;
