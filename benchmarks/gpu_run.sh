@@ -3,6 +3,7 @@
 # benchmarks, and write everything to $OUT (default ./gpu-out).
 #
 #   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|throughput|all]  (default: all but views, throughput)
+#   BENCH_K=con2_loss bash benchmarks/gpu_run.sh bench   # a subset of the GPU benchmarks (pytest -k)
 #
 # Stages can run in separate calls (each device call is limited to 10 minutes; the
 # build outputs stay in the working tree between calls while the machine is warm).
@@ -82,7 +83,7 @@ tests() {
 }
 
 bench() {
-  CON2_BENCH_FULL=1 "$PY" -m pytest benchmarks/test_bench_ops.py -m gpu -q -p no:cacheprovider \
+  CON2_BENCH_FULL=1 "$PY" -m pytest benchmarks/test_bench_ops.py -m gpu -q -p no:cacheprovider ${BENCH_K:+-k "$BENCH_K"} \
     --benchmark-json="$OUT/bench_gpu.json" --benchmark-columns=min,median,mean,stddev,rounds \
     2>&1 | tee "$OUT/bench_gpu.txt" | tail -80
   return "${PIPESTATUS[0]}"

@@ -42,6 +42,10 @@ def emu():
     return torch.ops.con2_emu
 
 
+# The two CUDA loss drivers: the fused tiled kernels and the two-head blocked path (the default).
+LOSS_KERNELS = ("con2_fwd_bwd", "con2_two_head")
+
+
 def _heads(m, d0, d1, n_samples, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     z0 = F.normalize(torch.randn(m, d0, generator=g, dtype=torch.float64), dim=1).to(dtype)
@@ -68,31 +72,40 @@ def _reference(z, labels, temperature):
         (33, 7, 9, 2, torch.float16),
     ],
 )
-def test_fused_kernels_match_reference(emu, m, d0, d1, n_samples, dtype):
+@pytest.mark.parametrize("kernel", LOSS_KERNELS)
+def test_loss_kernels_match_reference(emu, kernel, m, d0, d1, n_samples, dtype):
     z0, z1, context, samples = _heads(m, d0, d1, n_samples, dtype, seed=m)
-    losses, dz0, dz1 = emu.con2_fwd_bwd(z0, z1, context, samples, 0.07)
+    losses, dz0, dz1 = getattr(emu, kernel)(z0, z1, context, samples, 0.07)
     for i, (z, labels, dz) in enumerate(((z0, context, dz0), (z1, samples, dz1))):
         loss, grad = _reference(z, labels, 0.07)
         torch.testing.assert_close(losses[i], loss, rtol=2e-6, atol=2e-6)
         torch.testing.assert_close(dz, grad, rtol=1e-4, atol=2e-6 * grad.abs().max().item())
 
 
-def test_fused_kernels_edge_cases(emu):
+@pytest.mark.parametrize("kernel", LOSS_KERNELS)
+def test_loss_kernels_edge_cases(emu, kernel):
+    run = getattr(emu, kernel)
     # M = 1 (no other row at all), a pair, rows without positives, duplicate rows, tau = 1
     for m, labels in [(1, [0]), (2, [0, 1]), (2, [3, 3]), (5, [0, 1, 2, 3, 4])]:
         z = F.normalize(torch.randn(m, 8), dim=1)
         lab = torch.tensor(labels)
-        losses, dz0, dz1 = emu.con2_fwd_bwd(z, z, lab, lab, 1.0)
+        losses, dz0, dz1 = run(z, z, lab, lab, 1.0)
         loss, grad = _reference(z, lab, 1.0)
         assert torch.isfinite(losses).all() and torch.isfinite(dz0).all()
         torch.testing.assert_close(losses, torch.stack([loss, loss]), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(dz0, grad, rtol=1e-5, atol=1e-6)
     z = F.normalize(torch.randn(3, 8), dim=1).repeat(24, 1)  # 72 rows, three distinct
     lab = torch.arange(72) % 2
-    losses, dz0, _ = emu.con2_fwd_bwd(z, z, lab, lab, 0.05)
+    losses, dz0, _ = run(z, z, lab, lab, 0.05)
     loss, grad = _reference(z, lab, 0.05)
     torch.testing.assert_close(losses[0], loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dz0, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_two_head_kernel_refuses_what_exceeds_its_scratch(emu):
+    z = torch.zeros(3000, 4)  # 2 x 3000^2 floats > 64 MB: the CUDA op takes the per-head path
+    with pytest.raises(RuntimeError, match="scratch budget"):
+        emu.con2_two_head(z, z, torch.zeros(3000, dtype=torch.long), torch.zeros(3000, dtype=torch.long), 0.1)
 
 
 def test_emulator_computes_wmma_and_shuffles(emu):

@@ -310,12 +310,14 @@ def test_mahalanobis_matches_reference(device, dtype):
 @pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("m,d", [(1, 8), (2, 8), (37, 16), (130, 128), (2048, 128), (3001, 200), (16384, 128)])
-def test_fused_cuda_loss_matches_reference(dtype, m, d):
-    # the single-pass tiled kernels (fused=True) on the GPU, both heads, vs the reference
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "default"])
+def test_cuda_loss_kernels_match_reference(fused, dtype, m, d):
+    # both heads on the GPU vs the reference: the single-pass tiled kernels (fused=True), and the
+    # default (the two-head kernels up to M = 2896, the per-head row-blocked path above)
     zc, cl = _batch(m, d, 2, "cuda", dtype, seed=m)
     zs, _ = _batch(m, d, 2, "cuda", dtype, seed=m + 1)
     sid = torch.arange(m, device="cuda") // 4
-    losses, dzc, dzs = torch.ops.con2.con2_fwd_bwd(zc, zs, cl, sid, 0.07, True)
+    losses, dzc, dzs = torch.ops.con2.con2_fwd_bwd(zc, zs, cl, sid, 0.07, fused)
     for i, (z, lab, dz) in enumerate(((zc, cl, dzc), (zs, sid, dzs))):
         if m > 4096:  # the reference's M x M tensors: compare with the blocked kernel instead
             loss, grad = torch.ops.con2.supcon_fwd_bwd(z.float(), lab, 0.07)

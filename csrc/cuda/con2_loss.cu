@@ -1,6 +1,7 @@
 // con2_fwd_bwd on CUDA: the fused tiled kernels of con2_fused.cuh when asked for (and when
-// they apply: float32 / bf16 / fp16 inputs, D <= 256), else the two heads through the
-// blocked cuBLAS SupCon kernel (csrc/cuda/supcon_loss.cu).
+// they apply: float32 / bf16 / fp16 inputs, D <= 256); else both heads in shared launches
+// (con2_two_head.cuh) when their similarities fit its scratch budget; else each head through
+// the row-blocked cuBLAS SupCon kernel (csrc/cuda/supcon_loss.cu).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,6 +11,7 @@
 #include "../common.h"
 #include "cuda_utils.cuh"
 #include "con2_fused.cuh"
+#include "con2_two_head.cuh"
 
 namespace con2 {
 namespace {
@@ -25,13 +27,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_cuda(const at::Tenso
                                                                   bool fused) {
   check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature);
   c10::cuda::CUDAGuard guard(z_context.device());
-  if (!fused || !fused_applies(z_context, z_content)) {
-    auto [l0, dz0] = supcon_fwd_bwd_cuda(z_context, context_labels, temperature);
-    auto [l1, dz1] = supcon_fwd_bwd_cuda(z_content, sample_ids, temperature);
-    return {at::stack({l0, l1}), dz0, dz1};
+  const cuda::StreamLaunch launch{c10::cuda::getCurrentCUDAStream().stream()};
+  if (fused && fused_applies(z_context, z_content)) {
+    return fused::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, launch);
   }
-  return fused::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature,
-                             cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
+  if (two_head::applies(z_context, z_content)) {
+    return two_head::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, launch);
+  }
+  auto [l0, dz0] = supcon_fwd_bwd_cuda(z_context, context_labels, temperature);
+  auto [l1, dz1] = supcon_fwd_bwd_cuda(z_content, sample_ids, temperature);
+  return {at::stack({l0, l1}), dz0, dz1};
 }
 
 }  // namespace

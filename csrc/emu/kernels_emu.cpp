@@ -1,4 +1,4 @@
-// Test-only: the CUDA kernels of csrc/cuda/*.cuh (fused Con2 loss, SimCLR views, Mahalanobis) run
+// Test-only: the CUDA kernels of csrc/cuda/*.cuh (fused and two-head Con2 loss, SimCLR views, Mahalanobis) run
 // on the CPU through the CUDA emulator (cuda_emu.h), as torch.ops.con2_emu.*.
 // Built on demand by tests/test_fused_loss_emu.py, never part of con2._C.
 #include <ATen/ATen.h>
@@ -6,6 +6,7 @@
 
 #include "emu/cuda_emu.h"
 #include "cuda/con2_fused.cuh"
+#include "cuda/con2_two_head.cuh"
 #include "cuda/mahalanobis_fused.cuh"
 #include "cuda/simclr_views.cuh"
 
@@ -27,6 +28,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_emu(const at::Tensor
   return con2::fused::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, EmuLaunch{});
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_two_head_emu(const at::Tensor& z_context,
+                                                                  const at::Tensor& z_content,
+                                                                  const at::Tensor& context_labels,
+                                                                  const at::Tensor& sample_ids, double temperature) {
+  TORCH_CHECK(con2::two_head::applies(z_context, z_content), "con2_emu: the similarities exceed the scratch budget");
+  return con2::two_head::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, EmuLaunch{});
+}
+
 at::Tensor simclr_views_emu(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
                             const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                             const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
@@ -46,6 +55,9 @@ TORCH_LIBRARY(con2_emu, m) {
   m.def("con2_fwd_bwd(Tensor z_context, Tensor z_content, Tensor context_labels, Tensor sample_ids, "
         "float temperature) -> (Tensor, Tensor, Tensor)");
   m.impl("con2_fwd_bwd", c10::DispatchKey::CPU, &con2_fwd_bwd_emu);
+  m.def("con2_two_head(Tensor z_context, Tensor z_content, Tensor context_labels, Tensor sample_ids, "
+        "float temperature) -> (Tensor, Tensor, Tensor)");
+  m.impl("con2_two_head", c10::DispatchKey::CPU, &con2_two_head_emu);
   m.def("simclr_views(Tensor images, Tensor source, Tensor boxes, Tensor hflip, Tensor factors, Tensor order, "
         "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last) -> Tensor");
   m.impl("simclr_views", c10::DispatchKey::CPU, &simclr_views_emu);

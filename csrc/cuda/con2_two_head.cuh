@@ -1,0 +1,171 @@
+// Both heads of the Con2 loss, forward and backward, in 7 launches: when the two M x M
+// similarity matrices fit the scratch budget (M <= 2896 in float32), the heads share every
+// kernel launch instead of running the per-head blocked path twice (~19 launches with its
+// small ATen ops). At the training sizes (M ~ 2048) the loss is bound by host launch overhead,
+// not by the GPU (docs/PERFORMANCE.md), so the launch count is what sets its speed.
+//
+//   S_h = Z_h Z_h^T                       (2 GEMMs, cuBLAS)
+//   row statistics of both heads          (1 kernel: max, log-sum-exp, positives, row loss)
+//   the two losses                        (1 kernel, deterministic block sum)
+//   H_h = G_h + G_h^T, overwriting S_h    (1 kernel, positive masks from the labels)
+//   dZ_h = H_h Z_h                        (2 GEMMs)
+//
+// Same maths as csrc/cuda/supcon_loss.cu (METHOD §4; dL/dZ = (G + G^T) Z since S is a Gram
+// matrix). Compiles with nvcc and, after csrc/emu/cuda_emu.h, as C++ on the CPU.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+
+#ifndef CON2_CUDA_EMU
+#include <cuda_runtime.h>
+#endif
+#ifndef CON2_DYNAMIC_SMEM
+#define CON2_DYNAMIC_SMEM(name) extern __shared__ __align__(128) float name[]
+#endif
+
+#include "reduce.cuh"
+
+namespace con2 {
+namespace two_head {
+
+constexpr int kThreads = 256;
+constexpr int64_t kScratchBytes = 64 << 20;  // both similarity matrices, float32
+constexpr size_t kSmemBytes = 32 * sizeof(float);  // block reductions
+
+// float32 / bf16 / fp16 heads (float64 keeps the per-head path) whose similarities fit.
+inline bool applies(const at::Tensor& z_context, const at::Tensor& z_content) {
+  const int64_t m = z_context.size(0);
+  return z_context.scalar_type() != at::kDouble && z_content.scalar_type() != at::kDouble &&
+         2 * m * m * static_cast<int64_t>(sizeof(float)) <= kScratchBytes;
+}
+
+struct Args {
+  float* s;                    // [2, M, M]: similarities, then the gradient weights H
+  const int64_t* labels[2];    // [M] per head
+  float* lse;                  // [2, M]
+  float* has_pos;              // [2, M]: 1 where the anchor has a positive, else 0
+  float* inv_pos;              // [2, M]: has_pos / number of positives
+  float* rowloss;              // [2, M]
+  float* losses;               // [2]
+  int64_t m;
+  float inv_tau, scale;        // 1 / tau, 1 / (M tau)
+};
+
+// The head's labels; a branch, not a run-time index into the parameter array (which would
+// put the array on a stack frame).
+__device__ __forceinline__ const int64_t* head_labels(const Args& a, int head) {
+  return head == 0 ? a.labels[0] : a.labels[1];
+}
+
+// One block per (anchor row, head): max, positive sum and count, log-sum-exp over j != i.
+__global__ void __launch_bounds__(kThreads) row_stats_kernel(Args a) {
+  CON2_DYNAMIC_SMEM(red);
+  const int head = static_cast<int>(blockIdx.y);
+  const int64_t i = blockIdx.x, m = a.m, o = head * m + i;
+  const int64_t* lab = head_labels(a, head);
+  const float* s = a.s + o * m;
+  const int64_t li = lab[i];
+  float mx = -INFINITY, ps = 0.0f, pc = 0.0f;
+  for (int64_t j = threadIdx.x; j < m; j += kThreads) {
+    if (j == i) continue;
+    const float v = s[j];
+    mx = v > mx ? v : mx;
+    if (lab[j] == li) {
+      ps += v;
+      pc += 1.0f;
+    }
+  }
+  mx = cuda::block_reduce(mx, cuda::MaxOp(), -INFINITY, red);
+  ps = cuda::block_reduce(ps, cuda::SumOp(), 0.0f, red);
+  pc = cuda::block_reduce(pc, cuda::SumOp(), 0.0f, red);
+  const float mt = mx * a.inv_tau;
+  float se = 0.0f;
+  for (int64_t j = threadIdx.x; j < m; j += kThreads) {
+    if (j != i) se += expf(s[j] * a.inv_tau - mt);
+  }
+  se = cuda::block_reduce(se, cuda::SumOp(), 0.0f, red);
+  if (threadIdx.x == 0) {
+    const bool any = pc > 0.0f;                 // M == 1: no other row, no positive
+    const float l = m > 1 ? mt + logf(se) : 0.0f;
+    a.lse[o] = l;
+    a.has_pos[o] = any ? 1.0f : 0.0f;
+    a.inv_pos[o] = any ? 1.0f / pc : 0.0f;
+    a.rowloss[o] = any ? l - ps * a.inv_tau / pc : 0.0f;
+  }
+}
+
+// One block: losses[h] = mean of head h's row losses (fixed summation order: deterministic).
+__global__ void __launch_bounds__(kThreads) losses_kernel(Args a) {
+  CON2_DYNAMIC_SMEM(red);
+  for (int head = 0; head < 2; ++head) {
+    float t = 0.0f;
+    for (int64_t j = threadIdx.x; j < a.m; j += kThreads) t += a.rowloss[head * a.m + j];
+    t = cuda::block_reduce(t, cuda::SumOp(), 0.0f, red);
+    if (threadIdx.x == 0) a.losses[head] = t / static_cast<float>(a.m);
+  }
+}
+
+// H_ij = (w_i p_ij + w_j p_ji - [l_i = l_j] (1/n_i + 1/n_j)) / (M tau), j != i; 0 on the diagonal.
+// Grid (column blocks, M rows, 2 heads); overwrites S in place.
+__global__ void __launch_bounds__(kThreads) grad_weights_kernel(Args a) {
+  const int head = static_cast<int>(blockIdx.z);
+  const int64_t m = a.m, i = blockIdx.y;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (j >= m) return;
+  const int64_t* lab = head_labels(a, head);
+  const int64_t base = head * m;
+  float* s = a.s + (base + i) * m;
+  float h = 0.0f;
+  if (j != i) {
+    const float v = s[j] * a.inv_tau;
+    const float pos = lab[j] == lab[i] ? a.inv_pos[base + i] + a.inv_pos[base + j] : 0.0f;
+    h = a.has_pos[base + i] * expf(v - a.lse[base + i]) + a.has_pos[base + j] * expf(v - a.lse[base + j]) - pos;
+    h *= a.scale;
+  }
+  s[j] = h;
+}
+
+// Losses [2] and float32 gradients of both heads for an upstream gradient of 1. Inputs are
+// validated by the caller and must satisfy applies(). `launch(kernel, grid, block,
+// smem_bytes, args)` runs a kernel (CUDA or the CPU emulator); the GEMMs are ATen's.
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_context, const at::Tensor& z_content,
+                                                             const at::Tensor& context_labels,
+                                                             const at::Tensor& sample_ids, double temperature,
+                                                             Launch&& launch) {
+  const at::Tensor z0 = z_context.detach().to(at::kFloat).contiguous();
+  const at::Tensor z1 = z_content.detach().to(at::kFloat).contiguous();
+  const at::Tensor l0 = context_labels.to(at::kLong).contiguous();
+  const at::Tensor l1 = sample_ids.to(at::kLong).contiguous();
+  const int64_t m = z0.size(0);
+  auto opts = z0.options();
+  at::Tensor s = at::empty({2, m, m}, opts);
+  at::Tensor s0 = s.select(0, 0), s1 = s.select(0, 1);
+  at::mm_out(s0, z0, z0.t());
+  at::mm_out(s1, z1, z1.t());
+  at::Tensor stats = at::empty({4, 2, m}, opts);  // lse, has_pos, inv_pos, rowloss
+  at::Tensor losses = at::empty({2}, opts);
+  Args args{s.mutable_data_ptr<float>(),
+            {l0.const_data_ptr<int64_t>(), l1.const_data_ptr<int64_t>()},
+            stats[0].mutable_data_ptr<float>(),
+            stats[1].mutable_data_ptr<float>(),
+            stats[2].mutable_data_ptr<float>(),
+            stats[3].mutable_data_ptr<float>(),
+            losses.mutable_data_ptr<float>(),
+            m,
+            static_cast<float>(1.0 / temperature),
+            static_cast<float>(1.0 / (static_cast<double>(m) * temperature))};
+  const auto rows = static_cast<unsigned>(m);
+  launch(&row_stats_kernel, dim3(rows, 2), dim3(kThreads), kSmemBytes, args);
+  launch(&losses_kernel, dim3(1), dim3(kThreads), kSmemBytes, args);
+  launch(&grad_weights_kernel, dim3(static_cast<unsigned>((m + kThreads - 1) / kThreads), rows, 2), dim3(kThreads),
+         size_t{0}, args);
+  return {losses, at::mm(s0, z0), at::mm(s1, z1)};
+}
+
+}  // namespace two_head
+}  // namespace con2
