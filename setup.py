@@ -101,7 +101,7 @@ def extension_config():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
 
     rel = lambda p: os.path.relpath(p, ROOT)  # noqa: E731
-    sources = [rel(os.path.join(CSRC, "con2.cpp")), rel(os.path.join(CSRC, "module.cpp"))]
+    sources = [rel(os.path.join(CSRC, f)) for f in ("con2.cpp", "autograd.cpp", "module.cpp")]
     sources += sorted(rel(p) for p in glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math"] + _host_simd_flags()
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]

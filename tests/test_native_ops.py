@@ -202,6 +202,27 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_con2_loss_under_autocast(device):
+    # con2_fwd_bwd's autocast and autograd are C++ (csrc/autograd.cpp): bf16 heads are upcast,
+    # the loss is float32, and the gradients reach the bf16 producer in its dtype
+    zc, cl = _batch(64, 32, 4, device, seed=3)
+    zs, _ = _batch(64, 32, 4, device, seed=4)
+    sid = torch.arange(64, device=device) // 4
+    w = torch.eye(32, device=device).requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        hc, hs = zc @ w, zs @ w
+        assert hc.dtype == torch.bfloat16
+        loss = ops.con2_loss(hc, hs, cl, sid, 0.5, 0.1)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    ref_w = torch.eye(32, device=device).requires_grad_()
+    ref = reference.con2_loss(zc.bfloat16().float() @ ref_w, zs.bfloat16().float() @ ref_w, cl, sid, 0.5, 0.1)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad, ref_w.grad, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_direct_op_calls_with_grad_requiring_inputs(device):
     # The kernels must not trip autograd checks (out= GEMMs) when called directly.
     z, labels = _batch(16, 8, 3, device)

@@ -2,7 +2,8 @@
 
 Importing this module loads the compiled library (which registers the op schemas and
 their CPU / CUDA kernels), registers fake (meta) implementations so torch.compile can
-trace the ops without graph breaks, and registers autograd for the loss.
+trace the ops without graph breaks, and registers autograd for the single-head loss (the
+two-head training op con2_fwd_bwd has its autograd and autocast in C++, csrc/autograd.cpp).
 
 Autocast policy: the ops take float32, float64, bfloat16 or float16 inputs and always
 compute in float32 (float64 for float64 inputs). Under autocast (cpu / cuda) their
@@ -121,6 +122,8 @@ def _maha_fake(x, mean, whitening, fused=False):
 
 # ---------------------------------------------------------------- autocast
 for _op in _OPS:
+    if _op == "con2_fwd_bwd":  # autograd and autocast in C++ (csrc/autograd.cpp): the training call
+        continue
     for _dev in ("cpu", "cuda"):
         torch.library.register_autocast(f"con2::{_op}", _dev, torch.float32)
 
@@ -171,22 +174,6 @@ torch.library.register_autograd(
 )
 
 
-def _con2_setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1], output[2])
-    ctx.save_for_backward(output[1], output[2])
-    ctx.z_dtypes = (inputs[0].dtype, inputs[1].dtype)
-
-
-def _con2_backward(ctx, grad_losses, grad_dz0, grad_dz1):
-    # Gradients were computed in the forward for upstream gradients of 1; scale per head.
-    dz0, dz1 = ctx.saved_tensors
-    g = grad_losses.to(dz0.dtype)
-    grad0 = (dz0 * g[0]).to(ctx.z_dtypes[0]) if ctx.needs_input_grad[0] else None
-    grad1 = (dz1 * g[1]).to(ctx.z_dtypes[1]) if ctx.needs_input_grad[1] else None
-    return grad0, grad1, None, None, None, None
-
-
-torch.library.register_autograd("con2::con2_fwd_bwd", _con2_backward, setup_context=_con2_setup_context)
 
 
 # ---------------------------------------------------------------- wrappers

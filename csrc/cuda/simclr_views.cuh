@@ -49,6 +49,14 @@ struct Steps {
   float f[4];
 };
 
+#ifdef __CUDA_ARCH__
+// A byte as a float in two full-rate instructions (2^23 + b, minus 2^23) instead of a
+// conversion, which runs at a quarter of the rate.
+__device__ __forceinline__ float byte_float(uint8_t b) {
+  return __int_as_float(0x4B000000 | static_cast<int>(b)) - 8388608.0f;
+}
+#endif
+
 // Pixel (i, j) through the crop and the jitter steps [0, steps); v gets kC values.
 template <int kC>
 __device__ __forceinline__ void view_pixel(const ViewArgs& a, const uint8_t* img, const float* unit_of,
@@ -61,11 +69,21 @@ __device__ __forceinline__ void view_pixel(const ViewArgs& a, const uint8_t* img
 #pragma unroll
   for (int k = 0; k < kC; ++k) {  // grid_sample's weights and sum order (nw, ne, sw, se)
     const uint8_t* row = img + (k * a.h + y0) * a.w + x0;
+#ifdef __CUDA_ARCH__
+    // The GPU interpolates the bytes and scales by 1/255 once (within 2 ulp of the table's
+    // floats): table lookups with data-dependent indices conflict on shared-memory banks.
+    float s = byte_float(row[0]) * (wx0 * wy0);
+    if (x1) s += byte_float(row[1]) * (wx1 * wy0);
+    if (y1) s += byte_float(row[a.w]) * (wx0 * wy1);
+    if (x1 && y1) s += byte_float(row[a.w + 1]) * (wx1 * wy1);
+    v[k] = s * (1.0f / 255.0f);
+#else
     float s = unit_of[row[0]] * (wx0 * wy0);
     if (x1) s += unit_of[row[1]] * (wx1 * wy0);
     if (y1) s += unit_of[row[a.w]] * (wx0 * wy1);
     if (x1 && y1) s += unit_of[row[a.w + 1]] * (wx1 * wy1);
     v[k] = s;
+#endif
   }
 #pragma unroll
   for (int s = 0; s < 4; ++s)
