@@ -1,14 +1,16 @@
-// Both heads of the Con2 loss, forward and backward, in 7 launches: when the two M x M
-// similarity matrices fit the scratch budget (M <= 2896 in float32), the heads share every
-// kernel launch instead of running the per-head blocked path twice (~19 launches with its
-// small ATen ops). At the training sizes (M ~ 2048) the loss is bound by host launch overhead,
-// not by the GPU (docs/PERFORMANCE.md), so the launch count is what sets its speed.
+// Both heads of the Con2 loss, forward and backward, in 6 launches: when the two M x M
+// similarity matrices fit the scratch budget (M <= 2896 in float32) and the heads have the
+// same width, the heads share every launch instead of running the per-head blocked path
+// twice (~19 launches with its small ATen ops). At the training sizes (M ~ 2048) the loss is
+// bound by host launch overhead, not by the GPU (docs/PERFORMANCE.md), so the launch count is
+// what sets its speed.
 //
-//   S_h = Z_h Z_h^T                       (2 GEMMs, cuBLAS)
+//   Z = [Z_0; Z_1]                        (1 copy)
+//   S_h = Z_h Z_h^T                       (1 batched GEMM)
 //   row statistics of both heads          (1 kernel: max, log-sum-exp, positives, row loss)
 //   the two losses                        (1 kernel, deterministic block sum)
 //   H_h = G_h + G_h^T, overwriting S_h    (1 kernel, positive masks from the labels)
-//   dZ_h = H_h Z_h                        (2 GEMMs)
+//   dZ_h = H_h Z_h                        (1 batched GEMM)
 //
 // Same maths as csrc/cuda/supcon_loss.cu (METHOD §4; dL/dZ = (G + G^T) Z since S is a Gram
 // matrix). Compiles with nvcc and, after csrc/emu/cuda_emu.h, as C++ on the CPU.
@@ -36,12 +38,21 @@ constexpr int kThreads = 256;
 constexpr int64_t kScratchBytes = 64 << 20;  // both similarity matrices, float32
 constexpr size_t kSmemBytes = 32 * sizeof(float);  // block reductions
 
-// float32 / bf16 / fp16 heads (float64 keeps the per-head path) whose similarities fit.
+// float32 / bf16 / fp16 heads of one width (float64 keeps the per-head path) whose
+// similarities fit.
 inline bool applies(const at::Tensor& z_context, const at::Tensor& z_content) {
   const int64_t m = z_context.size(0);
   return z_context.scalar_type() != at::kDouble && z_content.scalar_type() != at::kDouble &&
-         2 * m * m * static_cast<int64_t>(sizeof(float)) <= kScratchBytes;
+         z_context.size(1) == z_content.size(1) && 2 * m * m * static_cast<int64_t>(sizeof(float)) <= kScratchBytes;
 }
+
+// The driver's two batched GEMMs over the heads (z: [2, M, D], s / h: [2, M, M], float32,
+// contiguous), through ATen: the CPU emulator's (and the reference for the CUDA op's cuBLAS
+// calls in csrc/cuda/con2_loss.cu).
+struct AtenGemm {
+  void gram(at::Tensor& s, const at::Tensor& z) const { at::bmm_out(s, z, z.transpose(1, 2)); }
+  void times(at::Tensor& dz, const at::Tensor& h, const at::Tensor& z) const { at::bmm_out(dz, h, z); }
+};
 
 struct Args {
   float* s;                    // [2, M, M]: similarities, then the gradient weights H
@@ -129,24 +140,22 @@ __global__ void __launch_bounds__(kThreads) grad_weights_kernel(Args a) {
   s[j] = h;
 }
 
-// Losses [2] and float32 gradients of both heads for an upstream gradient of 1. Inputs are
-// validated by the caller and must satisfy applies(). `launch(kernel, grid, block,
-// smem_bytes, args)` runs a kernel (CUDA or the CPU emulator); the GEMMs are ATen's.
-template <typename Launch>
+// Losses [2] and float32 gradients of both heads for an upstream gradient of 1 (the two
+// gradients are the halves of one [2, M, D] buffer; they do not overlap). Inputs are validated
+// by the caller and must satisfy applies(). `launch(kernel, grid, block, smem_bytes, args)`
+// runs a kernel (CUDA or the CPU emulator); `gemm` does the batched GEMMs (AtenGemm's contract).
+template <typename Launch, typename Gemm>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_context, const at::Tensor& z_content,
                                                              const at::Tensor& context_labels,
                                                              const at::Tensor& sample_ids, double temperature,
-                                                             Launch&& launch) {
-  const at::Tensor z0 = z_context.detach().to(at::kFloat).contiguous();
-  const at::Tensor z1 = z_content.detach().to(at::kFloat).contiguous();
+                                                             Launch&& launch, const Gemm& gemm) {
+  const at::Tensor z = at::stack({z_context.detach(), z_content.detach()}).to(at::kFloat);  // [2, M, D]
   const at::Tensor l0 = context_labels.to(at::kLong).contiguous();
   const at::Tensor l1 = sample_ids.to(at::kLong).contiguous();
-  const int64_t m = z0.size(0);
-  auto opts = z0.options();
+  const int64_t m = z.size(1);
+  auto opts = z.options();
   at::Tensor s = at::empty({2, m, m}, opts);
-  at::Tensor s0 = s.select(0, 0), s1 = s.select(0, 1);
-  at::mm_out(s0, z0, z0.t());
-  at::mm_out(s1, z1, z1.t());
+  gemm.gram(s, z);
   at::Tensor stats = at::empty({4, 2, m}, opts);  // lse, has_pos, inv_pos, rowloss
   at::Tensor losses = at::empty({2}, opts);
   Args args{s.mutable_data_ptr<float>(),
@@ -164,7 +173,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_
   launch(&losses_kernel, dim3(1), dim3(kThreads), kSmemBytes, args);
   launch(&grad_weights_kernel, dim3(static_cast<unsigned>((m + kThreads - 1) / kThreads), rows, 2), dim3(kThreads),
          size_t{0}, args);
-  return {losses, at::mm(s0, z0), at::mm(s1, z1)};
+  at::Tensor dz = at::empty_like(z);
+  gemm.times(dz, s, z);
+  return {losses, dz.select(0, 0), dz.select(0, 1)};
 }
 
 }  // namespace two_head

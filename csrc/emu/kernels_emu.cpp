@@ -32,8 +32,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_two_head_emu(const at::Tenso
                                                                   const at::Tensor& z_content,
                                                                   const at::Tensor& context_labels,
                                                                   const at::Tensor& sample_ids, double temperature) {
-  TORCH_CHECK(con2::two_head::applies(z_context, z_content), "con2_emu: the similarities exceed the scratch budget");
-  return con2::two_head::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, EmuLaunch{});
+  TORCH_CHECK(con2::two_head::applies(z_context, z_content), "con2_emu: two_head does not apply (heads of different widths, "
+              "or similarities over the scratch budget)");
+  return con2::two_head::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, EmuLaunch{},
+                                      con2::two_head::AtenGemm{});
 }
 
 at::Tensor simclr_views_emu(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
