@@ -76,22 +76,6 @@ def _host_simd_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
 
 
-def _cuda_library_includes(cuda_home: str | None) -> list[str]:
-    """Header folders of the pip CUDA wheels (nvidia/cu13/include, nvidia/cublas/include, ...)
-    when the toolkit has no cuBLAS headers: ATen's CUDA BLAS header (used by the loss for its
-    batched GEMMs) includes cublas / cusparse / cusolver headers, which minimal toolkits lack."""
-    if cuda_home and any(os.path.exists(os.path.join(cuda_home, sub, "cublas_v2.h"))
-                         for sub in ("include", "targets/x86_64-linux/include")):
-        return []
-    try:
-        import nvidia  # namespace package of the nvidia-* wheels that torch depends on
-    except ImportError:
-        return []
-    headers = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
-    return sorted({inc for base in nvidia.__path__ for inc in glob.glob(os.path.join(base, "*", "include"))
-                   if any(os.path.exists(os.path.join(inc, h)) for h in headers)})
-
-
 def extension_config():
     """(ext_modules, cmdclass) for con2._C, or ([], {}) when there is nothing to build."""
     if _truthy("CON2_NO_EXT") or not os.path.exists(os.path.join(CSRC, "con2.cpp")):
@@ -121,9 +105,7 @@ def extension_config():
     sources += sorted(rel(p) for p in glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math"] + _host_simd_flags()
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
-    include_dirs = [CSRC]
     if with_cuda:
-        include_dirs += _cuda_library_includes(cuda_home)
         sources += sorted(rel(p) for p in glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
         ext_cls = cx.CUDAExtension
         extra = {"cxx": cxx, "nvcc": nvcc}
@@ -136,14 +118,13 @@ def extension_config():
         f"[con2]   CUDA kernels: {'yes' if with_cuda else 'no'} ({why})\n"
         f"[con2]   CUDA_HOME: {cuda_home} (from {cuda_source})\n"
         f"[con2]   TORCH_CUDA_ARCH_LIST: {os.environ.get('TORCH_CUDA_ARCH_LIST') if with_cuda else '-'}\n"
-        f"[con2]   extra include dirs: {' '.join(include_dirs[1:]) or '-'}\n"
         f"[con2]   cxx flags: {' '.join(cxx)}\n"
         f"[con2]   sources: {' '.join(sources)}"
     )
     ext = ext_cls(
         name="con2._C",
         sources=sources,
-        include_dirs=include_dirs,
+        include_dirs=[CSRC],
         extra_compile_args=extra,
     )
     return [ext], {"build_ext": cx.BuildExtension.with_options(use_ninja=True)}

@@ -38,3 +38,27 @@ def test_device_job_fits_the_schedule_to_the_time_left():
     assert fit_epochs(2048, 6, 29.5, 367) == 1804  # does not: the most whole epochs that do
     assert fit_epochs(2048, 6, 29.5, 0.01) == 1    # never zero
 
+
+
+def test_report_merges_seeds_run_in_separate_calls(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from report import load, render
+
+    def entry(seed, nnd, epochs, commit):
+        s = {"seed": seed, "nnd": nnd, "lh": nnd - 0.1, "views_per_s": 100, "image_size": 256, "center_crop": 224}
+        return {"row": "breast224-invert", "objective": "con2", "paper": 81.7, "paper_scorer": "nnd",
+                "epochs": epochs, "batch_size": 64, "views": 40, "seeds": [s], "wall_s": 10.0,
+                "device": "GPU", "commit": commit, "nnd": {}, "lh": {}}
+
+    results = tmp_path / "results.jsonl"
+    lines = [entry(0, 0.70, 1806, "a"), entry(0, 0.80, 2048, "b"), entry(1, 0.60, 2048, "c"),
+             entry(1, 0.70, 2048, "d")]  # seed 1 re-run: the newest wins
+    results.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rows = load(results)
+    assert set(rows) == {"breast224-invert", "breast224-invert (1806 epochs)"}
+    full = rows["breast224-invert"]
+    assert full["nnd"]["per_seed"] == [80.0, 70.0] and full["nnd"]["mean"] == 75.0
+    assert full["nnd"]["std"] == 7.07 and full["commit"] == "b, d" and full["wall_s"] == 20.0
+    assert rows["breast224-invert (1806 epochs)"]["nnd"]["per_seed"] == [70.0]
+    text = render(rows)
+    assert "--seeds 0 1 --epochs 2048" in text and "--seeds 0 --epochs 1806" in text

@@ -2,7 +2,10 @@
 
     python benchmarks/reproduce/report.py [--results FILE] [--out docs/RESULTS.md]
 
-The newest entry of each row wins; CIFAR-10 per-class rows are also averaged per context.
+Seeds of one row run in separate calls (one GPU call fits one 224 px run) are merged when they
+share the schedule (epochs, batch, test-time views, training size), the newest entry of each seed
+winning; a run of the same row on another schedule stays a line of its own, labelled with it.
+CIFAR-10 per-class rows are also averaged per context.
 """
 from __future__ import annotations
 
@@ -17,14 +20,51 @@ sys.path.insert(0, str(HERE))
 from rows import ROWS  # noqa: E402
 
 
+def _schedule(r: dict) -> tuple:
+    first = r["seeds"][0] if r["seeds"] else {}
+    return (r["epochs"], r["batch_size"], r.get("views"), r.get("objective"), first.get("image_size"),
+            first.get("center_crop"))
+
+
+def _summary(values: list[float]) -> dict:
+    return {"mean": round(statistics.mean(values), 2),
+            "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+            "per_seed": [round(v, 2) for v in values]}
+
+
+def merge(entries: list[dict]) -> dict:
+    """One row from entries of the same row and schedule: the newest entry of each seed."""
+    seeds: dict[int, tuple[dict, dict]] = {}
+    for e in entries:
+        for s in e["seeds"]:
+            seeds[s["seed"]] = (s, e)
+    order = sorted(seeds)
+    merged = dict(entries[-1])
+    merged["seeds"] = [seeds[k][0] for k in order]
+    for scorer in ("nnd", "lh"):
+        merged[scorer] = _summary([100 * seeds[k][0][scorer] for k in order])
+    merged["wall_s"] = sum({id(e): e["wall_s"] for _, e in seeds.values()}.values())
+    merged["commit"] = ", ".join(dict.fromkeys(seeds[k][1]["commit"] for k in order))
+    return merged
+
+
 def load(path: Path) -> dict[str, dict]:
-    latest: dict[str, dict] = {}
+    """Row label -> merged row; the label is the row's name, plus its schedule when the row was
+    also run on another one (the newest schedule keeps the plain name)."""
+    groups: dict[tuple, list[dict]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                latest[r["row"]] = r
-    return latest
+                groups.setdefault((r["row"], _schedule(r)), []).append(r)
+    newest: dict[str, tuple] = {}
+    for (row, sched) in groups:
+        newest[row] = sched  # dicts keep insertion order: the last schedule seen is the newest
+    out: dict[str, dict] = {}
+    for (row, sched), entries in groups.items():
+        label = row if newest[row] == sched else f"{row} ({sched[0]} epochs)"
+        out[label] = merge(entries)
+    return out
 
 
 def fmt(d: dict) -> str:
@@ -44,7 +84,7 @@ def render(results: dict[str, dict]) -> str:
     for name, r in results.items():
         ours = r[r.get("paper_scorer", "nnd")]["mean"]
         delta = f"{ours - r['paper']:+.1f}" if r.get("paper") is not None else "–"
-        cmd = (f"`python benchmarks/reproduce/run.py {name} --data-root .carry/data --seeds "
+        cmd = (f"`python benchmarks/reproduce/run.py {r['row']} --data-root .carry/data --seeds "
                f"{' '.join(str(s['seed']) for s in r['seeds'])} --epochs {r['epochs']}`")
         paper = "–" if r.get("paper") is None else f"{r['paper']}" + (" (LH)" if r.get("paper_scorer") == "lh" else "")
         out.append(f"| {name} | {r['objective']} | {r['epochs']} × {r['batch_size']} | {fmt(r['nnd'])} | {fmt(r['lh'])} | "
@@ -52,7 +92,7 @@ def render(results: dict[str, dict]) -> str:
                    f"{statistics.median(s['views_per_s'] for s in r['seeds']):.0f} | {r['device']} | {r['commit']} | {cmd} |")
     cifar = {}
     for name, r in results.items():
-        if name.startswith("cifar10-"):
+        if name.startswith("cifar10-") and name == r["row"]:
             cifar.setdefault(r["context"], []).append(r)
     if cifar:
         out += ["", "## CIFAR-10 one-class, mean over the classes run", "",
@@ -64,7 +104,8 @@ def render(results: dict[str, dict]) -> str:
     notes = HERE / "NOTES.md"
     if notes.exists():
         out += ["", notes.read_text().rstrip()]
-    missing = [n for n in ROWS if n not in results]
+    done = {r["row"] for r in results.values()}
+    missing = [n for n in ROWS if n not in done]
     if missing:
         out += ["", "## Not run yet", "", ", ".join(f"`{n}`" for n in missing)]
     return "\n".join(out) + "\n"

@@ -46,14 +46,6 @@ inline bool applies(const at::Tensor& z_context, const at::Tensor& z_content) {
          z_context.size(1) == z_content.size(1) && 2 * m * m * static_cast<int64_t>(sizeof(float)) <= kScratchBytes;
 }
 
-// The driver's two batched GEMMs over the heads (z: [2, M, D], s / h: [2, M, M], float32,
-// contiguous), through ATen: the CPU emulator's (and the reference for the CUDA op's cuBLAS
-// calls in csrc/cuda/con2_loss.cu).
-struct AtenGemm {
-  void gram(at::Tensor& s, const at::Tensor& z) const { at::bmm_out(s, z, z.transpose(1, 2)); }
-  void times(at::Tensor& dz, const at::Tensor& h, const at::Tensor& z) const { at::bmm_out(dz, h, z); }
-};
-
 struct Args {
   float* s;                    // [2, M, M]: similarities, then the gradient weights H
   const int64_t* labels[2];    // [M] per head
@@ -143,19 +135,19 @@ __global__ void __launch_bounds__(kThreads) grad_weights_kernel(Args a) {
 // Losses [2] and float32 gradients of both heads for an upstream gradient of 1 (the two
 // gradients are the halves of one [2, M, D] buffer; they do not overlap). Inputs are validated
 // by the caller and must satisfy applies(). `launch(kernel, grid, block, smem_bytes, args)`
-// runs a kernel (CUDA or the CPU emulator); `gemm` does the batched GEMMs (AtenGemm's contract).
-template <typename Launch, typename Gemm>
+// runs a kernel (CUDA or the CPU emulator); the batched GEMMs are ATen's (cuBLAS on the GPU).
+template <typename Launch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_context, const at::Tensor& z_content,
                                                              const at::Tensor& context_labels,
                                                              const at::Tensor& sample_ids, double temperature,
-                                                             Launch&& launch, const Gemm& gemm) {
+                                                             Launch&& launch) {
   const at::Tensor z = at::stack({z_context.detach(), z_content.detach()}).to(at::kFloat);  // [2, M, D]
   const at::Tensor l0 = context_labels.to(at::kLong).contiguous();
   const at::Tensor l1 = sample_ids.to(at::kLong).contiguous();
   const int64_t m = z.size(1);
   auto opts = z.options();
   at::Tensor s = at::empty({2, m, m}, opts);
-  gemm.gram(s, z);
+  at::bmm_out(s, z, z.transpose(1, 2));
   at::Tensor stats = at::empty({4, 2, m}, opts);  // lse, has_pos, inv_pos, rowloss
   at::Tensor losses = at::empty({2}, opts);
   Args args{s.mutable_data_ptr<float>(),
@@ -174,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_
   launch(&grad_weights_kernel, dim3(static_cast<unsigned>((m + kThreads - 1) / kThreads), rows, 2), dim3(kThreads),
          size_t{0}, args);
   at::Tensor dz = at::empty_like(z);
-  gemm.times(dz, s, z);
+  at::bmm_out(dz, s, z);
   return {losses, dz.select(0, 0), dz.select(0, 1)};
 }
 

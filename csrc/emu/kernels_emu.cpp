@@ -34,8 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_two_head_emu(const at::Tenso
                                                                   const at::Tensor& sample_ids, double temperature) {
   TORCH_CHECK(con2::two_head::applies(z_context, z_content), "con2_emu: two_head does not apply (heads of different widths, "
               "or similarities over the scratch budget)");
-  return con2::two_head::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, EmuLaunch{},
-                                      con2::two_head::AtenGemm{});
+  return con2::two_head::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, EmuLaunch{});
 }
 
 at::Tensor simclr_views_emu(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
