@@ -35,7 +35,8 @@ def _kernel_choice(var: str, choices: tuple[str, ...]) -> str:
 
 
 # Which CUDA kernel runs where there are two; the first choice of each is the default, the faster
-# one on the H100 (docs/PERFORMANCE.md). Loss: "blocked" (cuBLAS row blocks + row kernels) or
+# one on the H100 (docs/PERFORMANCE.md). Loss: "blocked" (both heads in shared launches,
+# csrc/cuda/con2_two_head.cuh, up to M = 2896; beyond, cuBLAS row blocks per head) or
 # "fused" (single-pass tiled tensor-core kernels, csrc/cuda/con2_fused.cuh; 5.5x the GPU time at
 # M = 2048, 2.7x slower at 8192). mahalanobis_sq: "blocked" (cuBLAS + row reduction) or "fused"
 # (one pass, csrc/cuda/mahalanobis_fused.cuh; 4.2x slower). Views: "native" (block-per-view

@@ -37,7 +37,8 @@ struct ViewArgs {
   bool channels_last;
 };
 
-// Shared memory of a block: the byte -> [0, 1] table, then per axis the first bilinear tap
+// Shared memory of a block: the byte -> [0, 1] table (read by the CPU emulator build; the GPU
+// converts bytes arithmetically, see view_pixel), then per axis the first bilinear tap
 // of every output index and its two weights (the CPU kernel's Taps), then 32 floats for the
 // block reduction. Everything per pixel that does not depend on both coordinates is computed
 // once per view, so a pixel costs table lookups and the jitter arithmetic.
