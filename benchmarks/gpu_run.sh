@@ -2,7 +2,7 @@
 # Build con2._C with CUDA kernels on the GPU machine, run the GPU tests and the GPU
 # benchmarks, and write everything to $OUT (default ./gpu-out).
 #
-#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|throughput|all]  (default: all but views, throughput)
+#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|throughput|ncu_views|all]  (default: all but the last three)
 #   BENCH_K=con2_loss bash benchmarks/gpu_run.sh bench   # a subset of the GPU benchmarks (pytest -k)
 #
 # Stages can run in separate calls (each device call is limited to 10 minutes; the
@@ -94,6 +94,25 @@ views() {  # the view pipeline table: torch ops eager / compiled and the native 
   return "${PIPESTATUS[0]}"
 }
 
+ncu_views() {  # Nsight Compute on one 224 px launch of the CUDA view kernel (text report; not run yet)
+  local ncu; ncu="$(command -v ncu || echo /usr/local/cuda/bin/ncu)"
+  cat > "$OUT/views_once.py" <<'PYEOF'
+import torch
+from con2.data.contexts import ContextSet
+from con2.data.views import TensorViewPipeline, ViewConfig
+x = torch.randint(0, 256, (512, 3, 224, 224), dtype=torch.uint8, device="cuda")
+pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(224), dtype=torch.bfloat16, channels_last=True, native=True)
+g = torch.Generator("cuda").manual_seed(0)
+for _ in range(5):
+    pipe(x, g)
+torch.cuda.synchronize()
+PYEOF
+  "$ncu" --kernel-name regex:views_kernel --launch-skip 3 --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section WarpStateStats --section InstructionStats \
+    --section MemoryWorkloadAnalysis "$PY" "$OUT/views_once.py" > "$OUT/ncu_views.txt" 2>&1
+  local rc=$?; rm -f "$OUT/views_once.py"; tail -60 "$OUT/ncu_views.txt"; return $rc
+}
+
 throughput() {  # the whole Con2 step (views, forward, loss, backward, AdamW), AMP, batch 512 = 2048 views
   local data="${DATA_ROOT:-.carry/data}"
   for size in 32 224; do
@@ -110,11 +129,12 @@ case "$STAGE" in
   build) build || rc=1 ;;
   views) views || rc=1 ;;
   throughput) throughput || rc=1 ;;
+  ncu_views) ncu_views || rc=1 ;;
   smoke) smoke || rc=1 ;;
   test) tests || rc=1 ;;
   bench) bench || rc=1 ;;
   all) { build && smoke && tests; } || rc=1; bench || rc=1 ;;
-  *) echo "usage: $0 [build|smoke|test|bench|views|throughput|all]"; exit 2 ;;
+  *) echo "usage: $0 [build|smoke|test|bench|views|throughput|ncu_views|all]"; exit 2 ;;
 esac
 log "stage $STAGE finished rc=$rc"
 exit $rc
