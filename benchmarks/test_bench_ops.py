@@ -134,7 +134,7 @@ def test_con2_loss_fwd_bwd(benchmark, device, m, impl):
     native = the default kernels (CUDA: both heads in shared launches up to M = 2896, then row-blocked
     per head), fused = the single-pass tiled CUDA kernels."""
     if impl == "fused" and device != "cuda":
-        pytest.skip("the fused kernels are CUDA kernels (CPU: tests/test_fused_loss_emu.py)")
+        pytest.skip("the fused kernels are CUDA kernels (CPU: tests/test_cuda_kernels_emu.py)")
     d, alpha = 128, 0.5
     g = torch.Generator().manual_seed(m)
     zc = F.normalize(torch.randn(m, d, generator=g), dim=1).to(device)

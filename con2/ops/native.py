@@ -175,8 +175,6 @@ torch.library.register_autograd(
 )
 
 
-
-
 # ---------------------------------------------------------------- wrappers
 def _supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     # With grad: the fused op computes loss and gradient together (the similarity is

@@ -16,7 +16,7 @@
 // Products run on tf32 tensor cores with the 3xTF32 split (a = hi + lo; a.b ~ hi.hi + hi.lo +
 // lo.hi), which keeps float32 accuracy; inputs that came from bf16 / fp16 are exact in tf32,
 // so their Z products skip the split (kExact). This header compiles with nvcc and, with
-// csrc/emu/cuda_emu.h included first, as plain C++ on the CPU (tests/test_fused_loss_emu.py).
+// csrc/emu/cuda_emu.h included first, as plain C++ on the CPU (tests/test_cuda_kernels_emu.py).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -16,7 +16,6 @@
 namespace con2 {
 namespace {
 
-
 bool fused_applies(const at::Tensor& z0, const at::Tensor& z1) {
   return z0.scalar_type() != at::kDouble && z0.size(1) <= fused::kMaxDim && z1.size(1) <= fused::kMaxDim;
 }

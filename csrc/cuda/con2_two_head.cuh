@@ -12,8 +12,8 @@
 //   H_h = G_h + G_h^T, overwriting S_h    (1 kernel, positive masks from the labels)
 //   dZ_h = H_h Z_h                        (1 batched GEMM)
 //
-// Same maths as csrc/cuda/supcon_loss.cu (METHOD §4; dL/dZ = (G + G^T) Z since S is a Gram
-// matrix). Compiles with nvcc and, after csrc/emu/cuda_emu.h, as C++ on the CPU.
+// Per-row maths shared with csrc/cuda/supcon_loss.cu (supcon_rows.cuh; METHOD §4; dL/dZ =
+// (G + G^T) Z since S is a Gram matrix). Compiles with nvcc and, after csrc/emu/cuda_emu.h, as C++ on the CPU.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,7 +29,7 @@
 #define CON2_DYNAMIC_SMEM(name) extern __shared__ __align__(128) float name[]
 #endif
 
-#include "reduce.cuh"
+#include "supcon_rows.cuh"
 
 namespace con2 {
 namespace two_head {
@@ -69,35 +69,13 @@ __global__ void __launch_bounds__(kThreads) row_stats_kernel(Args a) {
   CON2_DYNAMIC_SMEM(red);
   const int head = static_cast<int>(blockIdx.y);
   const int64_t i = blockIdx.x, m = a.m, o = head * m + i;
-  const int64_t* lab = head_labels(a, head);
-  const float* s = a.s + o * m;
-  const int64_t li = lab[i];
-  float mx = -INFINITY, ps = 0.0f, pc = 0.0f;
-  for (int64_t j = threadIdx.x; j < m; j += kThreads) {
-    if (j == i) continue;
-    const float v = s[j];
-    mx = v > mx ? v : mx;
-    if (lab[j] == li) {
-      ps += v;
-      pc += 1.0f;
-    }
-  }
-  mx = cuda::block_reduce(mx, cuda::MaxOp(), -INFINITY, red);
-  ps = cuda::block_reduce(ps, cuda::SumOp(), 0.0f, red);
-  pc = cuda::block_reduce(pc, cuda::SumOp(), 0.0f, red);
-  const float mt = mx * a.inv_tau;
-  float se = 0.0f;
-  for (int64_t j = threadIdx.x; j < m; j += kThreads) {
-    if (j != i) se += expf(s[j] * a.inv_tau - mt);
-  }
-  se = cuda::block_reduce(se, cuda::SumOp(), 0.0f, red);
+  const cuda::RowStats<float> st = cuda::row_stats(a.s + o * m, m, i, head_labels(a, head), a.inv_tau, red);
   if (threadIdx.x == 0) {
-    const bool any = pc > 0.0f;                 // M == 1: no other row, no positive
-    const float l = m > 1 ? mt + logf(se) : 0.0f;
-    a.lse[o] = l;
+    const bool any = st.npos > 0.0f;
+    a.lse[o] = st.lse;
     a.has_pos[o] = any ? 1.0f : 0.0f;
-    a.inv_pos[o] = any ? 1.0f / pc : 0.0f;
-    a.rowloss[o] = any ? l - ps * a.inv_tau / pc : 0.0f;
+    a.inv_pos[o] = any ? 1.0f / st.npos : 0.0f;
+    a.rowloss[o] = st.loss;
   }
 }
 
@@ -124,9 +102,8 @@ __global__ void __launch_bounds__(kThreads) grad_weights_kernel(Args a) {
   float* s = a.s + (base + i) * m;
   float h = 0.0f;
   if (j != i) {
-    const float v = s[j] * a.inv_tau;
-    const float pos = lab[j] == lab[i] ? a.inv_pos[base + i] + a.inv_pos[base + j] : 0.0f;
-    h = a.has_pos[base + i] * expf(v - a.lse[base + i]) + a.has_pos[base + j] * expf(v - a.lse[base + j]) - pos;
+    h = cuda::grad_weight(s[j] * a.inv_tau, lab[j] == lab[i], a.lse[base + i], a.lse[base + j], a.has_pos[base + i],
+                          a.has_pos[base + j], a.inv_pos[base + i], a.inv_pos[base + j]);
     h *= a.scale;
   }
   s[j] = h;

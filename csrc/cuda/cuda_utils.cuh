@@ -4,24 +4,12 @@
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
-#include <cmath>
-
 #include "reduce.cuh"
 
 namespace con2 {
 namespace cuda {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float dexp(float x) { return expf(x); }
-__device__ __forceinline__ double dexp(double x) { return exp(x); }
-__device__ __forceinline__ float dlog(float x) { return logf(x); }
-__device__ __forceinline__ double dlog(double x) { return log(x); }
-
-template <typename T>
-__device__ __forceinline__ T neg_inf() {
-  return -static_cast<T>(INFINITY);
-}
 
 // Launches kernels on a stream for the host drivers of the *.cuh kernels, which take a launcher
 // so that the same driver also runs under the CPU emulator (csrc/emu). Raises the dynamic

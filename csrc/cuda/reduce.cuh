@@ -1,9 +1,22 @@
-// Warp and block reductions shared by the con2 CUDA kernels. No CUDA runtime header, so the
-// kernels that use them also build under the CPU emulator (csrc/emu/cuda_emu.h).
+// Warp and block reductions and float / double math helpers shared by the con2 CUDA kernels.
+// No CUDA runtime header, so the kernels that use them also build under the CPU emulator
+// (csrc/emu/cuda_emu.h).
 #pragma once
+
+#include <cmath>
 
 namespace con2 {
 namespace cuda {
+
+__device__ __forceinline__ float dexp(float x) { return expf(x); }
+__device__ __forceinline__ double dexp(double x) { return exp(x); }
+__device__ __forceinline__ float dlog(float x) { return logf(x); }
+__device__ __forceinline__ double dlog(double x) { return log(x); }
+
+template <typename T>
+__device__ __forceinline__ T neg_inf() {
+  return -static_cast<T>(INFINITY);
+}
 
 struct MaxOp {
   template <typename T>

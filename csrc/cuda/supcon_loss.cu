@@ -14,6 +14,7 @@
 
 #include "../common.h"
 #include "cuda_utils.cuh"
+#include "supcon_rows.cuh"
 
 namespace con2 {
 namespace {
@@ -29,42 +30,12 @@ __global__ void supcon_fwd_rows_kernel(const T* __restrict__ S, int64_t M, int64
                                        const int64_t* __restrict__ lab, T inv_tau, T* __restrict__ lse,
                                        T* __restrict__ npos, T* __restrict__ rowloss) {
   __shared__ T shm[32];
-  const int64_t r = blockIdx.x;
-  const int64_t i = r0 + r;
-  if (M == 1) {
-    if (threadIdx.x == 0) {
-      lse[i] = T(0);
-      npos[i] = T(0);
-      rowloss[i] = T(0);
-    }
-    return;
-  }
-  const T* s = S + r * M;
-  const int64_t li = lab[i];
-  T mx = cuda::neg_inf<T>(), ps = T(0), pc = T(0);
-  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-    if (j == i) continue;
-    const T v = s[j];
-    mx = v > mx ? v : mx;
-    if (lab[j] == li) {
-      ps += v;
-      pc += T(1);
-    }
-  }
-  mx = cuda::block_reduce(mx, cuda::MaxOp(), cuda::neg_inf<T>(), shm);
-  ps = cuda::block_reduce(ps, cuda::SumOp(), T(0), shm);
-  pc = cuda::block_reduce(pc, cuda::SumOp(), T(0), shm);
-  const T mt = mx * inv_tau;
-  T se = T(0);
-  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
-    if (j != i) se += cuda::dexp(s[j] * inv_tau - mt);
-  }
-  se = cuda::block_reduce(se, cuda::SumOp(), T(0), shm);
+  const int64_t r = blockIdx.x, i = r0 + r;
+  const cuda::RowStats<T> st = cuda::row_stats(S + r * M, M, i, lab, inv_tau, shm);
   if (threadIdx.x == 0) {
-    const T l = mt + cuda::dlog(se);
-    lse[i] = l;
-    npos[i] = pc;
-    rowloss[i] = pc > T(0) ? l - ps * inv_tau / pc : T(0);
+    lse[i] = st.lse;
+    npos[i] = st.npos;
+    rowloss[i] = st.loss;
   }
 }
 
@@ -79,9 +50,7 @@ __global__ void supcon_bwd_h_kernel(T* __restrict__ S, int64_t M, int64_t r0, co
   T* s = S + r * M;
   T h = T(0);
   if (j != i) {
-    const T v = s[j] * inv_tau;
-    const T pos = lab[j] == lab[i] ? invp[i] + invp[j] : T(0);
-    h = w[i] * cuda::dexp(v - lse[i]) + w[j] * cuda::dexp(v - lse[j]) - pos;
+    h = cuda::grad_weight(s[j] * inv_tau, lab[j] == lab[i], lse[i], lse[j], w[i], w[j], invp[i], invp[j]);
     h = h * (grad[0] * scale);
   }
   s[j] = h;

@@ -1,4 +1,4 @@
-// Test-only kernels that check the CUDA emulator itself (tests/test_fused_loss_emu.py):
+// Test-only kernels that check the CUDA emulator itself (tests/test_cuda_kernels_emu.py):
 // a wmma product and a warp shuffle reduction with known answers, and the faults the
 // emulator must report instead of computing garbage or hanging.
 #include <ATen/ATen.h>

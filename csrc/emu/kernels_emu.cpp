@@ -1,6 +1,6 @@
 // Test-only: the CUDA kernels of csrc/cuda/*.cuh (fused and two-head Con2 loss, SimCLR views, Mahalanobis) run
 // on the CPU through the CUDA emulator (cuda_emu.h), as torch.ops.con2_emu.*.
-// Built on demand by tests/test_fused_loss_emu.py, never part of con2._C.
+// Built on demand by tests/test_cuda_kernels_emu.py, never part of con2._C.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
