@@ -117,7 +117,9 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
       contrast_f = st.f[s];
     }
   }
+#ifndef __CUDA_ARCH__  // only the emulator build reads the table (view_pixel)
   for (int t = threadIdx.x; t < 256; t += kViewThreads) unit_of[t] = unit(static_cast<uint8_t>(t));
+#endif
   for (int t = threadIdx.x; t < 2 * a.size; t += kViewThreads) {  // columns, then rows
     const bool is_x = t < a.size;
     const int u = is_x ? t : t - a.size;
