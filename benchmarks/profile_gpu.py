@@ -3,7 +3,10 @@ Con2 loss (fwd+bwd; blocked, fused, eager) and of the view pipeline (eager torch
 
     python benchmarks/profile_gpu.py loss [M ...]
     python benchmarks/profile_gpu.py views [size ...]
+    python benchmarks/profile_gpu.py view_parts [size ...]   # host and GPU time of each part of the native pipeline
 """
+import time
+
 import sys
 
 import torch
@@ -61,6 +64,45 @@ def views(sizes, n=512):
             show(f"views {size}px, n={n} ({4 * n} views) {mode}", lambda: pipe(x, g))
 
 
+def view_parts(sizes, n=512, reps=30):
+    """Median host time (enqueue) and GPU time (events, synchronised) of each step of the native
+    view pipeline, and of the whole call."""
+    from con2.data import views as V
+
+    def timed(fn):
+        fn(); torch.cuda.synchronize()  # noqa: E702
+        host, gpu = [], []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter(); a.record(); fn(); b.record()  # noqa: E702
+            host.append((time.perf_counter() - t0) * 1e3)
+            torch.cuda.synchronize()
+            gpu.append(a.elapsed_time(b))
+        return sorted(host)[reps // 2], sorted(gpu)[reps // 2]
+
+    for size in sizes:
+        x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=dev)
+        cfg = ViewConfig(size)
+        pipe = TensorViewPipeline(ContextSet("invert"), cfg, dtype=torch.bfloat16, channels_last=True, native=True)
+        g = torch.Generator(dev).manual_seed(0)
+        images = pipe.context_images(x)
+        p = V.sample_view_params(4 * n, size, size, cfg, g, dev)
+        src = V.view_sources(2, n, dev)
+        parts = {
+            "context images": lambda: pipe.context_images(x),
+            "params, compiled": lambda: V.sample_view_params(4 * n, size, size, cfg, g, dev, compile=True),
+            "params, eager": lambda: V.sample_view_params(4 * n, size, size, cfg, g, dev, compile=False),
+            "view sources": lambda: V.view_sources(2, n, dev),
+            "simclr_views op": lambda: ops.simclr_views(images, src, p, size, 0.5, 0.5, torch.bfloat16, True),
+            "whole pipeline": lambda: pipe(x, g),
+        }
+        for name, fn in parts.items():
+            host, gpu = timed(fn)
+            print(f"views {size}px n={n}: {name:18s} host {host:7.3f} ms  events {gpu:7.3f} ms", flush=True)
+
+
 if __name__ == "__main__":
     what, args = sys.argv[1], [int(a) for a in sys.argv[2:]]
-    {"loss": lambda: loss(args or [2048, 8192]), "views": lambda: views(args or [32, 224])}[what]()
+    {"loss": lambda: loss(args or [2048, 8192]), "views": lambda: views(args or [32, 224]),
+     "view_parts": lambda: view_parts(args or [32, 224])}[what]()

@@ -98,8 +98,10 @@ def gpu_case(size, mode, n=N):
 
     dev = torch.device("cuda")
     x = torch.from_numpy(_images(n, size)).permute(0, 3, 1, 2).contiguous().to(dev)
+    # native: the kernel with the default compile setting (random parameters derived by a compiled
+    # function, as in training); eager: no compilation at all
     pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), dtype=torch.bfloat16, channels_last=True,
-                              compile=mode == "compiled", native=mode == "native")
+                              compile={"eager": False, "compiled": True, "native": None}[mode], native=mode == "native")
     ref = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), compile=False, native=False)
     out = pipe(x, torch.Generator(dev).manual_seed(0))
     _check(out.float(), n, size)

@@ -50,10 +50,27 @@ class Con2FwdBwd : public torch::autograd::Function<Con2FwdBwd> {
       const at::Tensor gc = g.to(saved[0].scalar_type());
       const auto dtype0 = static_cast<at::ScalarType>(ctx->saved_data["dtype0"].toInt());
       const auto dtype1 = static_cast<at::ScalarType>(ctx->saved_data["dtype1"].toInt());
-      if (ctx->needs_input_grad(0)) grad0 = saved[0].mul(gc.select(0, 0)).to(dtype0);
-      if (ctx->needs_input_grad(1)) grad1 = saved[1].mul(gc.select(0, 1)).to(dtype1);
+      if (const at::Tensor both = adjacent_halves(saved[0], saved[1]); both.defined()) {
+        const at::Tensor scaled = both.mul(gc.view({2, 1, 1}));  // one launch for both heads
+        if (ctx->needs_input_grad(0)) grad0 = scaled.select(0, 0).to(dtype0);
+        if (ctx->needs_input_grad(1)) grad1 = scaled.select(0, 1).to(dtype1);
+      } else {
+        if (ctx->needs_input_grad(0)) grad0 = saved[0].mul(gc.select(0, 0)).to(dtype0);
+        if (ctx->needs_input_grad(1)) grad1 = saved[1].mul(gc.select(0, 1)).to(dtype1);
+      }
     }
     return {grad0, grad1, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+ private:
+  // [2, M, D] view of the two heads' gradients when they are the contiguous halves of one buffer
+  // (the two-head kernels return them so); undefined otherwise.
+  static at::Tensor adjacent_halves(const at::Tensor& a, const at::Tensor& b) {
+    if (a.dim() != 2 || a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type() || !a.is_contiguous() ||
+        !b.is_contiguous() || !a.is_alias_of(b) || b.storage_offset() != a.storage_offset() + a.numel()) {
+      return at::Tensor();
+    }
+    return a.as_strided({2, a.size(0), a.size(1)}, {a.numel(), a.size(1), 1}, a.storage_offset());
   }
 };
 

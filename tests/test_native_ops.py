@@ -397,3 +397,93 @@ def test_cpu_cuda_agree():
     v, i = native.top1_cosine(q, b)
     v_ref, i_ref = reference.top1_cosine(q, b)
     _assert_top1_equal(v, i, v_ref, i_ref)
+
+
+def _con2_reference_grads(zc, zs, cl, sid, alpha=0.5):
+    a, b = zc.detach().float().requires_grad_(True), zs.detach().float().requires_grad_(True)
+    loss = reference.con2_loss(a, b, cl, sid, alpha, 0.07)
+    loss.backward()
+    return loss.detach(), a.grad, b.grad
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_graph_loss_replays_fresh_inputs_and_keeps_saved_gradients(dtype):
+    # the two-head loss replays a CUDA graph with fixed buffers: every call must see its own
+    # inputs, and a second forward before the first backward must not change the first's gradients
+    m, d = 256, 32
+    batches = [(_batch(m, d, 2, "cuda", dtype, seed=s)[0], _batch(m, d, 2, "cuda", dtype, seed=s + 50)[0]) for s in range(3)]
+    cl = torch.arange(m, device="cuda") // (m // 2)
+    sid = torch.arange(m, device="cuda") % (m // 4)
+    leaves, losses = [], []
+    for zc, zs in batches:  # three forwards, then the backwards in reverse order
+        a, b = zc.detach().requires_grad_(True), zs.detach().requires_grad_(True)
+        leaves.append((a, b))
+        losses.append(ops.con2_loss(a, b, cl, sid, 0.5, 0.07))
+    for (zc, zs), (a, b), loss in reversed(list(zip(batches, leaves, losses))):
+        loss.backward()
+        ref, ga, gb = _con2_reference_grads(zc, zs, cl, sid)
+        torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.grad.float(), ga, rtol=2e-2 if dtype != torch.float32 else 1e-4, atol=1e-5)
+        torch.testing.assert_close(b.grad.float(), gb, rtol=2e-2 if dtype != torch.float32 else 1e-4, atol=1e-5)
+        assert a.grad.dtype == dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+def test_cuda_graph_loss_on_side_streams_and_inside_a_user_graph():
+    m, d = 512, 64
+    zc, _ = _batch(m, d, 2, "cuda", seed=1)
+    zs, _ = _batch(m, d, 2, "cuda", seed=2)
+    cl = torch.arange(m, device="cuda") // (m // 2)
+    sid = torch.arange(m, device="cuda") % (m // 4)
+    ref, ga, gb = _con2_reference_grads(zc, zs, cl, sid)
+    # alternate the default stream and two side streams with the same (cached) graph
+    streams = [torch.cuda.current_stream(), torch.cuda.Stream(), torch.cuda.Stream()]
+    for s in streams * 2:
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            losses, dzc, dzs = torch.ops.con2.con2_fwd_bwd(zc, zs, cl, sid, 0.07, False)
+        torch.cuda.current_stream().wait_stream(s)
+        torch.testing.assert_close(torch.dot(losses, torch.tensor([1.0, 0.5], device="cuda")), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(dzc, ga, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(dzs * 0.5, gb, rtol=1e-4, atol=1e-5)
+    # inside a graph the user captures, the op runs its plain path (a graph cannot launch ours)
+    static_c, static_s = zc.clone(), zs.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.ops.con2.con2_fwd_bwd(static_c, static_s, cl, sid, 0.07, False)  # warm-up
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out_losses, out_dzc, _ = torch.ops.con2.con2_fwd_bwd(static_c, static_s, cl, sid, 0.07, False)
+    zc2, _ = _batch(m, d, 2, "cuda", seed=3)
+    static_c.copy_(zc2)
+    g.replay()
+    torch.cuda.synchronize()
+    ref2, ga2, _ = _con2_reference_grads(zc2, zs, cl, sid)
+    torch.testing.assert_close(torch.dot(out_losses, torch.tensor([1.0, 0.5], device="cuda")), ref2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out_dzc, ga2, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+def test_cuda_graphs_can_be_switched_off():
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, torch.nn.functional as F\n"
+        "from con2.ops import native, reference\n"
+        "z = F.normalize(torch.randn(300, 16, device='cuda'), dim=1); lab = torch.arange(300, device='cuda') % 7\n"
+        "losses, dz, _ = torch.ops.con2.con2_fwd_bwd(z, z, lab, lab, 0.1, False)\n"
+        "x = z.clone().requires_grad_(True); l = reference.supcon_loss(x, lab, 0.1); l.backward()\n"
+        "torch.testing.assert_close(losses[0], l.detach(), rtol=1e-5, atol=1e-6)\n"
+        "torch.testing.assert_close(dz, x.grad, rtol=1e-4, atol=1e-6)\n"
+        "print('ok')\n"
+    )
+    env = {**__import__("os").environ, "CON2_CUDA_GRAPHS": "0"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -51,20 +51,33 @@ class ViewParams:
     gray: torch.Tensor  # [M] bool
 
 
-def _uniform(lo, hi, shape, g, device):
-    return torch.rand(shape, generator=g, device=device) * (hi - lo) + lo
+# Columns of the one uniform draw per view that every random parameter is derived from (one
+# launch instead of ~15 on the GPU; the derivation is elementwise, so torch.compile fuses it).
+CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params: first of 10 valid draws
+_U_SCALE, _U_RATIO = slice(0, CROP_TRIES), slice(CROP_TRIES, 2 * CROP_TRIES)
+_U_TOP, _U_LEFT, _U_HFLIP = 2 * CROP_TRIES, 2 * CROP_TRIES + 1, 2 * CROP_TRIES + 2
+_U_FACTORS = slice(2 * CROP_TRIES + 3, 2 * CROP_TRIES + 7)
+_U_JITTER = 2 * CROP_TRIES + 7
+_U_ORDER = slice(2 * CROP_TRIES + 8, 2 * CROP_TRIES + 12)
+_U_GRAY = 2 * CROP_TRIES + 12
+N_UNIFORMS = 2 * CROP_TRIES + 13
 
 
-def sample_crop_boxes(m: int, height: int, width: int, cfg: ViewConfig, g, device, tries: int = 10):
-    """torchvision RandomResizedCrop.get_params, vectorised: first of `tries` valid draws."""
+def _between(u, lo, hi):
+    return u * (hi - lo) + lo
+
+
+def crop_boxes_from_uniforms(u: torch.Tensor, height: int, width: int, cfg: ViewConfig) -> torch.Tensor:
+    """torchvision RandomResizedCrop.get_params, vectorised: the first of CROP_TRIES valid
+    draws, else torchvision's fallback centre crop. u: the [M, N_UNIFORMS] draw."""
     area = height * width
-    target = area * _uniform(cfg.scale[0], cfg.scale[1], (m, tries), g, device)
-    log_ratio = _uniform(math.log(cfg.ratio[0]), math.log(cfg.ratio[1]), (m, tries), g, device)
-    ratio = log_ratio.exp()
+    target = area * _between(u[:, _U_SCALE], cfg.scale[0], cfg.scale[1])
+    ratio = _between(u[:, _U_RATIO], math.log(cfg.ratio[0]), math.log(cfg.ratio[1])).exp()
     w = (target * ratio).sqrt().round()
     h = (target / ratio).sqrt().round()
     ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((m,), -1, device=device))
+    found = ok.any(1)
+    pick = ok.to(torch.uint8).argmax(1, keepdim=True)  # first valid try (0 when none: unused)
     # fallback as torchvision: centre crop with the ratio clamped into range
     in_ratio = width / height
     if in_ratio < cfg.ratio[0]:
@@ -73,35 +86,54 @@ def sample_crop_boxes(m: int, height: int, width: int, cfg: ViewConfig, g, devic
         fh, fw = height, round(height * cfg.ratio[1])
     else:
         fw, fh = width, height
-    rows = torch.arange(m, device=device)
-    pick = first.clamp(min=0)
-    w_sel = torch.where(first >= 0, w[rows, pick], torch.full_like(w[:, 0], fw))
-    h_sel = torch.where(first >= 0, h[rows, pick], torch.full_like(h[:, 0], fh))
-    u = torch.rand((m, 2), generator=g, device=device)
-    top = torch.where(first >= 0, (u[:, 0] * (height - h_sel + 1)).floor(), torch.full_like(h_sel, (height - fh) // 2))
-    left = torch.where(first >= 0, (u[:, 1] * (width - w_sel + 1)).floor(), torch.full_like(w_sel, (width - fw) // 2))
+    w_sel = torch.where(found, w.gather(1, pick).squeeze(1), float(fw))
+    h_sel = torch.where(found, h.gather(1, pick).squeeze(1), float(fh))
+    top = torch.where(found, (u[:, _U_TOP] * (height - h_sel + 1)).floor(), float((height - fh) // 2))
+    left = torch.where(found, (u[:, _U_LEFT] * (width - w_sel + 1)).floor(), float((width - fw) // 2))
     return torch.stack([top, left, h_sel, w_sel], dim=1)
 
 
-def sample_view_params(m: int, height: int, width: int, cfg: ViewConfig, g, device) -> ViewParams:
-    boxes = sample_crop_boxes(m, height, width, cfg, g, device)
-    hflip = torch.rand(m, generator=g, device=device) < cfg.hflip_p
-    b, c, s, h = cfg.jitter
-    factors = torch.stack(
-        [
-            _uniform(max(0.0, 1 - b), 1 + b, (m,), g, device),
-            _uniform(max(0.0, 1 - c), 1 + c, (m,), g, device),
-            _uniform(max(0.0, 1 - s), 1 + s, (m,), g, device),
-            _uniform(-h, h, (m,), g, device),
-        ],
-        dim=1,
-    )
-    apply_jitter = torch.rand(m, generator=g, device=device) < cfg.jitter_p
-    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)
-    factors = torch.where(apply_jitter[:, None], factors, identity)
-    order = torch.rand((m, 4), generator=g, device=device).argsort(dim=1)
-    gray = torch.rand(m, generator=g, device=device) < cfg.gray_p
-    return ViewParams(boxes, hflip, factors, order, gray)
+def view_params_from_uniforms(u: torch.Tensor, height: int, width: int, cfg: ViewConfig):
+    """(boxes, hflip, factors, order, gray) of ViewParams from the [M, N_UNIFORMS] draw."""
+    boxes = crop_boxes_from_uniforms(u, height, width, cfg)
+    hflip = u[:, _U_HFLIP] < cfg.hflip_p
+    apply_jitter = u[:, _U_JITTER] < cfg.jitter_p
+    uf = u[:, _U_FACTORS]
+    columns = []
+    for k, (spread, identity) in enumerate(zip(cfg.jitter, (1.0, 1.0, 1.0, 0.0))):
+        lo, hi = (max(0.0, 1 - spread), 1 + spread) if k < 3 else (-spread, spread)
+        columns.append(torch.where(apply_jitter, _between(uf[:, k], lo, hi), identity))
+    factors = torch.stack(columns, dim=1)
+    order = u[:, _U_ORDER].argsort(dim=1)  # a uniformly random permutation of the four ops
+    gray = u[:, _U_GRAY] < cfg.gray_p
+    return boxes, hflip, factors, order, gray
+
+
+_COMPILED_PARAMS: dict = {}
+
+
+def sample_view_params(m: int, height: int, width: int, cfg: ViewConfig, g, device,
+                       compile: bool = False) -> ViewParams:
+    """Independent random parameters for m views of height x width images. With compile=True
+    (meant for CUDA) the derivation from the uniforms runs through torch.compile: a few fused
+    kernels where the eager ops take ~50 launches, whose host time was a third of the native view
+    pipeline's time at 224 px (docs/PERFORMANCE.md). Falls back to eager if compiling fails."""
+    u = torch.rand((m, N_UNIFORMS), generator=g, device=device)
+    if compile:
+        key = (cfg, height, width)
+        fn = _COMPILED_PARAMS.get(key)
+        if fn is None:
+            fn = _COMPILED_PARAMS[key] = torch.compile(
+                lambda u: view_params_from_uniforms(u, height, width, cfg), dynamic=False, fullgraph=True)
+        if fn is not False:
+            try:
+                return ViewParams(*fn(u))
+            except Exception as e:  # noqa: BLE001 - any Inductor/Triton failure: stay correct, go eager
+                import warnings
+
+                warnings.warn(f"torch.compile of the view parameters failed ({type(e).__name__}: {e}); using eager")
+                _COMPILED_PARAMS[key] = False
+    return ViewParams(*view_params_from_uniforms(u, height, width, cfg))
 
 
 def crop_grid(boxes: torch.Tensor, hflip: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
@@ -305,8 +337,9 @@ class TensorViewPipeline:
     With `contexts=None` (SimCLR) only the original context is used: 2N views.
     `native`: None = the native simclr_views kernel where con2.ops.native_views says so (CPU
     with the extension built, CUDA too unless CON2_CUDA_VIEWS=compiled); True / False force it / the torch ops.
-    `compile` (torch ops on CUDA): None = torch.compile the view function on CUDA inputs (eager
-    elsewhere, and eager again if compiling fails); True/False force it.
+    `compile`: None = torch.compile, on CUDA inputs, the view function of the torch-ops path and
+    the derivation of the random parameters (both paths); eager elsewhere, and eager again if
+    compiling fails. True/False force it.
     """
 
     def __init__(self, contexts: ContextSet | None, cfg: ViewConfig, dtype=torch.float32, channels_last=False,
@@ -318,6 +351,7 @@ class TensorViewPipeline:
         self.channels_last = channels_last
         self.compile = compile
         self._compile_failed = False
+        self._sources: dict = {}
 
     @property
     def n_contexts(self) -> int:
@@ -328,6 +362,15 @@ class TensorViewPipeline:
         if self.contexts is None:
             return x_u8
         return torch.cat(self.contexts.apply_all(x_u8))
+
+    def _view_sources(self, n: int, device: torch.device) -> torch.Tensor:
+        # the same few batch sizes every step: build each once (5 launches a step otherwise)
+        key = (n, device)
+        if key not in self._sources:
+            if len(self._sources) >= 8:
+                self._sources.clear()
+            self._sources[key] = view_sources(self.n_contexts, n, device)
+        return self._sources[key]
 
     def _use_native(self, device: torch.device) -> bool:
         if self.native is None:
@@ -351,8 +394,8 @@ class TensorViewPipeline:
             # one kernel: each view reads its source image directly (no expanded copy)
             images = self.context_images(x_u8)
             params = sample_view_params(2 * images.shape[0], x_u8.shape[2], x_u8.shape[3], self.cfg, generator,
-                                        x_u8.device)
-            return ops.simclr_views(images, view_sources(self.n_contexts, n, x_u8.device), params, self.cfg.size,
+                                        x_u8.device, compile=self._use_compile(x_u8.device))
+            return ops.simclr_views(images, self._view_sources(n, x_u8.device), params, self.cfg.size,
                                     self.cfg.mean, self.cfg.std, self.dtype, self.channels_last)
         per_context = self.context_images(x_u8).view(self.n_contexts, 1, n, *x_u8.shape[1:])
         # block 2k+v = context k, view v (each sample's two views draw independent params)

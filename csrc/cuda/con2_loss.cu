@@ -1,6 +1,7 @@
 // con2_fwd_bwd on CUDA: the fused tiled kernels of con2_fused.cuh when asked for (and when
 // they apply: float32 / bf16 / fp16 inputs, D <= 256); else both heads in shared launches
-// (con2_two_head.cuh) when they have one width and their similarities fit its scratch budget;
+// (con2_two_head.cuh, replayed from a CUDA graph: two_head_graph.cuh) when they have one width
+// and their similarities fit its scratch budget;
 // else each head through the row-blocked cuBLAS SupCon kernel (csrc/cuda/supcon_loss.cu).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -12,6 +13,7 @@
 #include "cuda_utils.cuh"
 #include "con2_fused.cuh"
 #include "con2_two_head.cuh"
+#include "two_head_graph.cuh"
 
 namespace con2 {
 namespace {
@@ -32,6 +34,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_cuda(const at::Tenso
     return fused::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, launch);
   }
   if (two_head::applies(z_context, z_content)) {
+    if (auto out = two_head::graph_cache().run(z_context, z_content, context_labels, sample_ids, temperature)) {
+      return *std::move(out);
+    }
     return two_head::con2_fwd_bwd(z_context, z_content, context_labels, sample_ids, temperature, launch);
   }
   auto [l0, dz0] = supcon_fwd_bwd_cuda(z_context, context_labels, temperature);

@@ -109,18 +109,14 @@ __global__ void __launch_bounds__(kThreads) grad_weights_kernel(Args a) {
   s[j] = h;
 }
 
-// Losses [2] and float32 gradients of both heads for an upstream gradient of 1 (the two
-// gradients are the halves of one [2, M, D] buffer; they do not overlap). Inputs are validated
-// by the caller and must satisfy applies(). `launch(kernel, grid, block, smem_bytes, args)`
-// runs a kernel (CUDA or the CPU emulator); the batched GEMMs are ATen's (cuBLAS on the GPU).
+// The core: losses [2] and float32 gradients dZ [2, M, D] of the stacked heads z [2, M, D]
+// (float32, contiguous; labels int64, contiguous) for an upstream gradient of 1. Allocates its
+// scratch and outputs and launches nothing else, so a CUDA graph can capture it
+// (csrc/cuda/two_head_graph.cuh). `launch(kernel, grid, block, smem_bytes, args)` runs a
+// kernel (CUDA or the CPU emulator); the batched GEMMs are ATen's (cuBLAS on the GPU).
 template <typename Launch>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_context, const at::Tensor& z_content,
-                                                             const at::Tensor& context_labels,
-                                                             const at::Tensor& sample_ids, double temperature,
-                                                             Launch&& launch) {
-  const at::Tensor z = at::stack({z_context.detach(), z_content.detach()}).to(at::kFloat);  // [2, M, D]
-  const at::Tensor l0 = context_labels.to(at::kLong).contiguous();
-  const at::Tensor l1 = sample_ids.to(at::kLong).contiguous();
+std::tuple<at::Tensor, at::Tensor> stacked_fwd_bwd(const at::Tensor& z, const at::Tensor& l0, const at::Tensor& l1,
+                                                   double temperature, Launch&& launch) {
   const int64_t m = z.size(1);
   auto opts = z.options();
   at::Tensor s = at::empty({2, m, m}, opts);
@@ -144,6 +140,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_
          size_t{0}, args);
   at::Tensor dz = at::empty_like(z);
   at::bmm_out(dz, s, z);
+  return {losses, dz};
+}
+
+// Losses [2] and float32 gradients of both heads (the two gradients are the halves of one
+// [2, M, D] buffer; they do not overlap). Inputs are validated by the caller and must satisfy
+// applies().
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd(const at::Tensor& z_context, const at::Tensor& z_content,
+                                                             const at::Tensor& context_labels,
+                                                             const at::Tensor& sample_ids, double temperature,
+                                                             Launch&& launch) {
+  const at::Tensor z = at::stack({z_context.detach(), z_content.detach()}).to(at::kFloat);  // [2, M, D]
+  auto [losses, dz] = stacked_fwd_bwd(z, context_labels.to(at::kLong).contiguous(), sample_ids.to(at::kLong).contiguous(),
+                                      temperature, launch);
   return {losses, dz.select(0, 0), dz.select(0, 1)};
 }
 

@@ -9,6 +9,8 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cassert>
+#include <stdexcept>
 
 #ifndef CON2_CUDA_EMU
 #include <cuda_runtime.h>
@@ -57,6 +59,21 @@ __device__ __forceinline__ float byte_float(uint8_t b) {
   return __int_as_float(0x4B000000 | static_cast<int>(b)) - 8388608.0f;
 }
 #endif
+
+// Every view's source index inside the images, else a device-side assertion as in PyTorch's
+// CUDA indexing (a host-side check would cost a sync per batch). A kernel of its own: the check
+// inside views_kernel cost it 15 registers, hence occupancy.
+__global__ void __launch_bounds__(kViewThreads) check_sources_kernel(const int64_t* source, int64_t m, int64_t n) {
+  const int64_t v = static_cast<int64_t>(blockIdx.x) * kViewThreads + threadIdx.x;
+  if (v < m && (source[v] < 0 || source[v] >= n)) {
+#ifdef __CUDA_ARCH__
+    __assert_fail("con2 simclr_views: a view's source index is outside [0, number of images)", __FILE__, __LINE__,
+                  __func__);
+#else
+    throw std::out_of_range("con2 simclr_views: a view's source index is outside [0, number of images)");
+#endif
+  }
+}
 
 // Pixel (i, j) through the crop and the jitter steps [0, steps); v gets kC values.
 template <int kC>
@@ -182,6 +199,10 @@ at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& sourc
                 static_cast<int>(v.images.size(2)),        static_cast<int>(v.images.size(3)),
                 static_cast<int>(size),                    static_cast<float>(mean),
                 static_cast<float>(1.0 / std),             channels_last};
+  if (!images.device().is_cpu()) {  // (on the CPU, prepare_view_inputs checked them)
+    launch(&check_sources_kernel, dim3(static_cast<unsigned>((m + kViewThreads - 1) / kViewThreads)), dim3(kViewThreads),
+           size_t{0}, args.source, m, v.images.size(0));
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "con2_simclr_views_device", [&] {
     auto kernel = args.c == 3 ? &views_kernel<scalar_t, 3> : &views_kernel<scalar_t, 1>;
     launch(kernel, dim3(static_cast<unsigned>(m)), dim3(kViewThreads), view_smem_bytes(static_cast<int>(size)), args,
