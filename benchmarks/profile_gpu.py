@@ -5,9 +5,8 @@ Con2 loss (fwd+bwd; blocked, fused, eager) and of the view pipeline (eager torch
     python benchmarks/profile_gpu.py views [size ...]
     python benchmarks/profile_gpu.py view_parts [size ...]   # host and GPU time of each part of the native pipeline
 """
-import time
-
 import sys
+import time
 
 import torch
 import torch.nn.functional as F

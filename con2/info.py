@@ -1,7 +1,6 @@
 """What `con2 info` prints: versions, devices, and which optional parts work here."""
 from __future__ import annotations
 
-import os
 import platform
 
 import torch
@@ -34,7 +33,7 @@ def info_text() -> str:
         lines.append(f"  {op}: {where}")
     if ops.native_available("cuda"):
         kernel = ops._native.CUDA_LOSS_KERNEL
-        graphs = "off" if os.environ.get("CON2_CUDA_GRAPHS", "1").strip().lower() in ("0", "false", "no") else "on"
+        graphs = "on" if ops._native.CUDA_GRAPHS else "off"
         lines.append(f"  CUDA Con2 loss kernels: {kernel} (CON2_CUDA_LOSS=blocked|fused), "
                      f"CUDA graph replay {graphs} (CON2_CUDA_GRAPHS=1|0)")
         maha = ops._native.CUDA_MAHALANOBIS_KERNEL

@@ -15,6 +15,7 @@ where con2.ops.native_views allows.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -129,8 +130,6 @@ def sample_view_params(m: int, height: int, width: int, cfg: ViewConfig, g, devi
             try:
                 return ViewParams(*fn(u))
             except Exception as e:  # noqa: BLE001 - any Inductor/Triton failure: stay correct, go eager
-                import warnings
-
                 warnings.warn(f"torch.compile of the view parameters failed ({type(e).__name__}: {e}); using eager")
                 _COMPILED_PARAMS[key] = False
     return ViewParams(*view_params_from_uniforms(u, height, width, cfg))
@@ -405,8 +404,6 @@ class TensorViewPipeline:
             try:
                 return apply_views_compiled(both, params, self.cfg, self.dtype, self.channels_last)
             except Exception as e:  # noqa: BLE001 - any Inductor/Triton failure: stay correct, go eager
-                import warnings
-
                 warnings.warn(f"torch.compile of the view pipeline failed ({type(e).__name__}: {e}); using eager")
                 self._compile_failed = True
         return apply_views(both, params, self.cfg, self.dtype, self.channels_last)

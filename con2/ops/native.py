@@ -45,6 +45,9 @@ def _kernel_choice(var: str, choices: tuple[str, ...]) -> str:
 CUDA_LOSS_KERNEL = _kernel_choice("CON2_CUDA_LOSS", ("blocked", "fused"))
 CUDA_MAHALANOBIS_KERNEL = _kernel_choice("CON2_CUDA_MAHALANOBIS", ("blocked", "fused"))
 CUDA_VIEWS_KERNEL = _kernel_choice("CON2_CUDA_VIEWS", ("native", "compiled"))
+# Replay of the two-head loss from a CUDA graph (csrc/cuda/two_head_graph.cuh, which reads the same
+# variable: "0" switches it off); validated here like the kernel choices.
+CUDA_GRAPHS = _kernel_choice("CON2_CUDA_GRAPHS", ("1", "0")) == "1"
 _FUSED = CUDA_LOSS_KERNEL == "fused"
 
 

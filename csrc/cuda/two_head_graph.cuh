@@ -18,13 +18,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
-#include <cstdlib>
 #include <atomic>
-#include <cstring>
+#include <cstdlib>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "con2_two_head.cuh"
@@ -107,7 +107,7 @@ class GraphCache {
     C10_CUDA_CHECK(cudaStreamIsCapturing(stream.stream(), &capturing));
     if (capturing != cudaStreamCaptureStatusNone) return std::nullopt;
 
-    const at::Tensor z0 = z_context.detach().contiguous(), z1 = z_content.detach().contiguous();
+    const at::Tensor z0 = z_context.contiguous(), z1 = z_content.contiguous();
     const at::Tensor l0 = context_labels.to(at::kLong).contiguous(), l1 = sample_ids.to(at::kLong).contiguous();
     const GraphKey key{z0.get_device(), z0.size(0), z0.size(1), temperature};
     std::lock_guard<std::mutex> lock(mutex_);
@@ -212,9 +212,13 @@ class GraphCache {
 
   std::mutex mutex_;
   std::list<std::unique_ptr<GraphEntry>> entries_;
-  std::atomic<bool> disabled_{[] {
+  std::atomic<bool> disabled_{[] {  // CON2_CUDA_GRAPHS=0 (con2.ops.native validates the value)
     const char* v = std::getenv("CON2_CUDA_GRAPHS");
-    return v != nullptr && (std::strcmp(v, "0") == 0 || std::strcmp(v, "false") == 0 || std::strcmp(v, "no") == 0);
+    if (v == nullptr) return false;
+    std::string s(v);
+    s.erase(0, s.find_first_not_of(" \t"));
+    s.erase(s.find_last_not_of(" \t") + 1);
+    return s == "0";
   }()};
 };
 
