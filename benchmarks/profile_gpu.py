@@ -85,20 +85,19 @@ def view_parts(sizes, n=512, reps=30):
         cfg = ViewConfig(size)
         pipe = TensorViewPipeline(ContextSet("invert"), cfg, dtype=torch.bfloat16, channels_last=True, native=True)
         g = torch.Generator(dev).manual_seed(0)
-        images = pipe.context_images(x)
+        images, src, code = pipe.kernel_inputs(x)
         p = V.sample_view_params(4 * n, size, size, cfg, g, dev)
-        src = V.view_sources(2, n, dev)
         parts = {
-            "context images": lambda: pipe.context_images(x),
+            "context images (cat; not made since the kernel inverts)": lambda: pipe.context_images(x),
             "params, compiled": lambda: V.sample_view_params(4 * n, size, size, cfg, g, dev, compile=True),
             "params, eager": lambda: V.sample_view_params(4 * n, size, size, cfg, g, dev, compile=False),
-            "view sources": lambda: V.view_sources(2, n, dev),
-            "simclr_views op": lambda: ops.simclr_views(images, src, p, size, 0.5, 0.5, torch.bfloat16, True),
+            "view sources + codes (cached)": lambda: pipe.kernel_inputs(x),
+            "simclr_views op": lambda: ops.simclr_views(images, src, p, size, 0.5, 0.5, torch.bfloat16, True, code),
             "whole pipeline": lambda: pipe(x, g),
         }
         for name, fn in parts.items():
             host, gpu = timed(fn)
-            print(f"views {size}px n={n}: {name:18s} host {host:7.3f} ms  events {gpu:7.3f} ms", flush=True)
+            print(f"views {size}px n={n}: {name:40s} host {host:7.3f} ms  events {gpu:7.3f} ms", flush=True)
 
 
 if __name__ == "__main__":

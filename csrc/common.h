@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <tuple>
 
 namespace con2 {
@@ -73,16 +74,17 @@ inline void check_con2_inputs(const at::Tensor& z_context, const at::Tensor& z_c
               " but z_content is on ", z_content.device());
 }
 
-// simclr_views inputs: uint8 [S, C, H, W] images (C = 1 or 3), per view a source index and
-// the random parameters of con2.data.views.ViewParams; prepared as contiguous working copies
-// (float32 boxes / factors, int64 source / order, bool flags) plus the output in its layout.
+// simclr_views inputs: uint8 [S, C, H, W] images (C = 1 or 3), per view a source index,
+// the random parameters of con2.data.views.ViewParams and an optional context code; prepared as
+// contiguous working copies (float32 boxes / factors, int64 source / order / context, bool flags)
+// plus the output in its layout. `context` stays undefined when the op got none.
 struct ViewInputs {
-  at::Tensor images, source, boxes, hflip, factors, order, gray, out;
+  at::Tensor images, source, boxes, hflip, factors, order, gray, context, out;
 };
 inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
                                       const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                                       const at::Tensor& gray, int64_t size, at::ScalarType dtype,
-                                      bool channels_last) {
+                                      bool channels_last, const std::optional<at::Tensor>& context) {
   TORCH_CHECK(images.dim() == 4 && images.scalar_type() == at::kByte,
               "con2: simclr_views expects uint8 [S, C, H, W] images, got ", images.scalar_type(), " ", images.sizes());
   TORCH_CHECK(images.size(1) == 1 || images.size(1) == 3, "con2: images must have 1 or 3 channels, got ", images.size(1));
@@ -92,20 +94,33 @@ inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor
   TORCH_CHECK(boxes.sizes() == at::IntArrayRef({m, 4}) && factors.sizes() == at::IntArrayRef({m, 4}) &&
                   order.sizes() == at::IntArrayRef({m, 4}) && hflip.numel() == m && gray.numel() == m,
               "con2: boxes / factors / order must be [M, 4] and hflip / gray [M] for M = ", m, " views");
+  const bool has_context = context.has_value() && context->defined();
+  if (has_context)
+    TORCH_CHECK(context->dim() == 1 && context->numel() == m && !context->is_floating_point() &&
+                    context->scalar_type() != at::kBool,
+                "con2: context must be an integer [M] tensor of context codes for M = ", m, " views, got ",
+                context->scalar_type(), " ", context->sizes());
   TORCH_CHECK(size >= 1, "con2: size must be >= 1, got ", size);
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "con2: views are float32, bfloat16 or float16, not ", dtype);
   for (const at::Tensor* t : {&source, &boxes, &hflip, &factors, &order, &gray})
     TORCH_CHECK(t->device() == images.device(), "con2: view parameters must be on ", images.device());
+  if (has_context) TORCH_CHECK(context->device() == images.device(), "con2: context must be on ", images.device());
   ViewInputs v{images.contiguous(),           source.to(at::kLong).contiguous(), boxes.to(at::kFloat).contiguous(),
                hflip.to(at::kBool).contiguous(), factors.to(at::kFloat).contiguous(), order.to(at::kLong).contiguous(),
-               gray.to(at::kBool).contiguous(), at::Tensor()};
-  // On the CPU a bad index is an error here; the CUDA kernel checks each view's index itself (a
+               gray.to(at::kBool).contiguous(), has_context ? context->to(at::kLong).contiguous() : at::Tensor(),
+               at::Tensor()};
+  // On the CPU a bad index or code is an error here; the CUDA kernel checks each view's itself (a
   // check here would cost a host sync per batch, stalling the training loop's run-ahead).
   if (m > 0 && images.device().is_cpu()) {
     const at::Tensor range = at::stack({v.source.min(), v.source.max()}).cpu();
     const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>(), n = images.size(0);
     TORCH_CHECK(lo >= 0 && hi < n, "con2: source indices must be in [0, ", n, "), got [", lo, ", ", hi, "]");
+    if (has_context) {
+      const int64_t clo = v.context.min().item<int64_t>(), chi = v.context.max().item<int64_t>();
+      TORCH_CHECK(clo >= 0 && chi <= 3, "con2: context codes must be in [0, 3] (bit 0 invert, bit 1 vertical flip), got [",
+                  clo, ", ", chi, "]");
+    }
   }
   v.out = at::empty({m, images.size(1), size, size}, images.options().dtype(dtype),  // no relayout copy
                     channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);

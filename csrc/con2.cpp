@@ -25,9 +25,12 @@ TORCH_LIBRARY(con2, m) {
   // images[source[i]], resizes it to size x size (bilinear), flips it when hflip[i], applies
   // colour jitter factors[i] (brightness, contrast, saturation, hue) in the order order[i],
   // greys it when gray[i], normalises with (mean, std): [M, C, size, size] of `dtype`.
+  // context[i] (optional, integer [M]) is a context transform applied to the source image before
+  // the crop, while its pixels are read: bit 0 inverts (255 - x), bit 1 flips vertically.
   m.def(
       "simclr_views(Tensor images, Tensor source, Tensor boxes, Tensor hflip, Tensor factors, Tensor order, "
-      "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last) -> Tensor");
+      "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last, "
+      "Tensor? context=None) -> Tensor");
   // Exact nearest bank row by cosine similarity: (values [Q] float32, indices [Q] int64).
   m.def("top1_cosine(Tensor queries, Tensor bank, Tensor bank_norms) -> (Tensor, Tensor)");
   // Per-row ||(x - mean) @ whitening||^2. `fused` selects the one-pass tensor-core CUDA kernel

@@ -20,6 +20,11 @@ namespace views {
 
 enum Op : int { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3 };
 
+// Bits of a view's context code (con2.data.contexts): the context transforms the op applies to
+// the source image while reading it, before the crop. Both map pixels one to one, so no context
+// image is ever made: inversion reads 255 - x, the vertical flip reads row h - 1 - y.
+enum ContextBit : int { kContextInvert = 1, kContextVFlip = 2 };
+
 // ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
 CON2_HD float luma(float r, float g, float b) { return 0.2989f * r + 0.587f * g + 0.114f * b; }
 

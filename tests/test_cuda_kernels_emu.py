@@ -145,9 +145,13 @@ def test_views_kernel_matches_tensor_pipeline(emu, c, h, size, dtype, channels_l
     cfg = ViewConfig(size=size)
     params = sample_view_params(len(source), h, h + 3, cfg, g, "cpu")
     params.factors[0] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # one view without jitter
-    want = apply_views(images[source], params, cfg, dtype, channels_last)
+    code = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 3, 1])  # context transforms read by the kernel
+    made = images[source]
+    made = torch.where((code & 1).bool().view(-1, 1, 1, 1), 255 - made, made)
+    made = torch.where((code & 2).bool().view(-1, 1, 1, 1), made.flip(-2), made)
+    want = apply_views(made, params, cfg, dtype, channels_last)
     got = emu.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order, params.gray,
-                           size, cfg.mean, cfg.std, dtype, channels_last)
+                           size, cfg.mean, cfg.std, dtype, channels_last, code)
     assert got.dtype == dtype and got.shape == want.shape
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     tol = dict(rtol=0, atol=5e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)

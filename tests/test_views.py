@@ -149,12 +149,33 @@ def test_crop_fallback_and_boxes_inside_small_images():
 
 # --- the pipeline and its layout --------------------------------------------------------------
 
-@pytest.mark.parametrize("names", ["invert", "flip", "equalize", "invert,flip"])
-def test_each_block_is_its_context(names):
+CONTEXT_SETS = ["invert", "flip", "equalize", "invert,flip", "invert,equalize", "equalize,flip", "flip,equalize,invert"]
+
+
+@pytest.mark.parametrize("names", CONTEXT_SETS)
+def test_kernel_plan_makes_every_context(names):
+    # the native kernel's contexts: a materialised block, then the code's invert / flip while reading
+    ctx = ContextSet(names)
+    x = _imgs(n=4, c=3, h=12, w=10)
+    blocks, per_context = ctx.kernel_plan()
+    assert blocks[0] == () and len(per_context) == len(ctx)
+    for k, (b, code) in enumerate(per_context):
+        y = ContextSet.apply_names(blocks[b], x)
+        y = 255 - y if code & 1 else y
+        y = y.flip(-2) if code & 2 else y
+        assert torch.equal(y, ctx.apply(k, x)), (names, ctx.compositions[k], blocks[b], code)
+    # only equalizing contexts are made, once per distinct part without the flip
+    with_equalize = {tuple(n for n in c if n != "flip") for c in ctx.compositions if "equalize" in c}
+    assert sorted(blocks[1:]) == sorted(with_equalize)
+
+
+@pytest.mark.parametrize("native", [False, None])
+@pytest.mark.parametrize("names", CONTEXT_SETS)
+def test_each_block_is_its_context(names, native):
     ctx = ContextSet(names)
     x = _imgs(n=5, c=3, h=20, w=20)
     cfg = V.ViewConfig(size=20, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
-    out = V.TensorViewPipeline(ctx, cfg)(x, torch.Generator().manual_seed(0))
+    out = V.TensorViewPipeline(ctx, cfg, native=native)(x, torch.Generator().manual_seed(0))
     assert out.shape == (2 * len(ctx) * 5, 3, 20, 20)
     blocks = out.view(2 * len(ctx), 5, 3, 20, 20)
     context_labels, sample_ids = view_labels(5, len(ctx))
@@ -213,6 +234,8 @@ def _native_or_skip(device="cpu"):
     ("equalize", 1, 28, 28, 28, torch.float32, False),
     ("invert,flip", 3, 13, 9, 32, torch.bfloat16, True),   # upsampling, non-square, K = 4
     ("flip", 3, 64, 64, 24, torch.float16, False),
+    ("invert,flip", 1, 17, 23, 20, torch.float32, True),
+    ("flip,equalize,invert", 3, 16, 16, 12, torch.float32, False),  # K = 8, half of them materialised
 ])
 def test_native_views_match_torch_ops(names, c, h, w, size, dtype, cl):
     _native_or_skip()
@@ -243,6 +266,32 @@ def test_native_views_opcheck_and_errors():
         torch.ops.con2.simclr_views(x.float(), *args[1:], torch.float32, False)
     with pytest.raises(RuntimeError, match=r"\[M, 4\]"):
         torch.ops.con2.simclr_views(x, src[:4], *args[2:], torch.float32, False)
+    code = torch.tensor([0, 1, 2, 3, 1])
+    torch.library.opcheck(torch.ops.con2.simclr_views.default, args + (torch.float32, True, code))
+    with pytest.raises(RuntimeError, match=r"context codes must be in \[0, 3\]"):
+        torch.ops.con2.simclr_views(x, *args[1:], torch.float32, False, code + 1)
+    with pytest.raises(RuntimeError, match="context must be an integer \\[M\\] tensor"):
+        torch.ops.con2.simclr_views(x, *args[1:], torch.float32, False, code[:3])
+    with pytest.raises(RuntimeError, match="context must be an integer"):
+        torch.ops.con2.simclr_views(x, *args[1:], torch.float32, False, code.float())
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_native_context_codes_match_context_images(c):
+    # the op's context code = the context image made first: exact, as the kernel reads the same bytes
+    _native_or_skip()
+    x = _imgs(n=4, c=c, h=15, w=11, seed=c)
+    cfg = V.ViewConfig(size=13)
+    src = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    code = torch.tensor([0, 1, 2, 3, 1, 2, 3, 0])
+    p = V.sample_view_params(8, 15, 11, cfg, torch.Generator().manual_seed(c), "cpu")
+    made = torch.stack([(lambda y: y.flip(-2) if k & 2 else y)(255 - x[i] if k & 1 else x[i])
+                        for i, k in zip(src.tolist(), code.tolist())])
+    got = torch.ops.con2.simclr_views(x, src, p.boxes, p.hflip, p.factors, p.order, p.gray, 13, 0.5, 0.5,
+                                      torch.float32, False, code)
+    want = torch.ops.con2.simclr_views(made, torch.arange(8), p.boxes, p.hflip, p.factors, p.order, p.gray, 13, 0.5,
+                                       0.5, torch.float32, False)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.gpu
@@ -291,14 +340,25 @@ def test_native_views_cuda_match_torch_ops(c, size):
 
     if ops._native is None or not ops._native.has_kernels("cuda", "simclr_views"):
         pytest.skip("no CUDA simclr_views kernel")
-    x = _imgs(n=64, c=c, h=size, w=size).cuda()
+    x = _imgs(n=64, c=c, h=size, w=size + 3).cuda()
     cfg = V.ViewConfig(size=size)
-    p = V.sample_view_params(128, size, size, cfg, None, "cuda")
+    p = V.sample_view_params(128, size, size + 3, cfg, None, "cuda")
     src = torch.arange(128, device="cuda") % 64
+    code = torch.arange(128, device="cuda") // 32  # every context code: none, invert, flip, both
     got = torch.ops.con2.simclr_views(x, src, p.boxes, p.hflip, p.factors, p.order, p.gray, size, 0.5, 0.5,
-                                      torch.float32, True)
-    want = V.apply_views(x[src], p, cfg)
+                                      torch.float32, True, code)
+    made = x[src]
+    made = torch.where((code & 1).bool().view(-1, 1, 1, 1), 255 - made, made)
+    made = torch.where((code & 2).bool().view(-1, 1, 1, 1), made.flip(-2), made)
+    want = V.apply_views(made, p, cfg)
     torch.testing.assert_close(got, want, rtol=0, atol=5e-4)
+    # the pipeline (invert fused into the kernel) against the torch ops on the same draws
+    for names in ("invert", "flip,equalize"):
+        # eager parameters in both: the compiled derivation may round a box side differently
+        make = lambda native: V.TensorViewPipeline(ContextSet(names), cfg, compile=False, native=native)  # noqa: E731
+        got = make(True)(x, torch.Generator("cuda").manual_seed(5))
+        want = make(False)(x, torch.Generator("cuda").manual_seed(5))
+        torch.testing.assert_close(got, want, rtol=0, atol=5e-4)
 
 
 # --- batch sources ----------------------------------------------------------------------------

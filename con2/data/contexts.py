@@ -32,6 +32,10 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
 
 BASE_CONTEXTS: dict[str, ContextFn] = {"invert": invert, "flip": vflip, "equalize": equalize}
 
+# Context codes of the native view kernel (csrc/views_math.h ContextBit): the transforms it applies
+# itself while it reads a source pixel, so their images are never made.
+KERNEL_CONTEXT_BITS = {"invert": 1, "flip": 2}
+
 
 class ContextSet:
     """The K contexts of one configuration; context 0 is always the identity."""
@@ -69,9 +73,38 @@ class ContextSet:
         """Context k of uint8 images x [..., C, H, W]."""
         if x.dtype != torch.uint8:
             raise TypeError(f"context transforms take uint8 images, got {x.dtype}")
-        for name in self.compositions[k]:
-            x = BASE_CONTEXTS[name](x)
-        return x
+        return self.apply_names(self.compositions[k], x)
 
     def apply_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [self.apply(k, x) for k in range(len(self))]
+
+    def kernel_plan(self) -> tuple[list[tuple[str, ...]], list[tuple[int, int]]]:
+        """How the native view kernel makes the K contexts without a copy per context.
+
+        Returns (blocks, per_context): the image blocks to materialise (compositions of base
+        transforms; block 0 is always the originals, i.e. ()) and for each context k the pair
+        (block index, kernel code) such that context k = the kernel's code applied to that block.
+        Invert and flip map pixels one to one, so the kernel reads them from the originals. Equalize
+        depends on the image's histogram and is materialised together with the inverts before it;
+        a flip commutes with it (it permutes pixels: same histogram, same lookup table), so flips
+        stay in the code.
+        """
+        blocks: list[tuple[str, ...]] = [()]
+        per_context = []
+        for comp in self.compositions:
+            if "equalize" in comp:
+                block = tuple(n for n in comp if n != "flip")
+                code = KERNEL_CONTEXT_BITS["flip"] if "flip" in comp else 0
+            else:
+                block, code = (), sum(KERNEL_CONTEXT_BITS[n] for n in comp)
+            if block not in blocks:
+                blocks.append(block)
+            per_context.append((blocks.index(block), code))
+        return blocks, per_context
+
+    @staticmethod
+    def apply_names(names: Sequence[str], x: torch.Tensor) -> torch.Tensor:
+        """The composition `names` (base transforms in order) of uint8 images x."""
+        for name in names:
+            x = BASE_CONTEXTS[name](x)
+        return x

@@ -323,11 +323,16 @@ def apply_views_compiled(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig
     return fn(x_u8, params.boxes, params.hflip, params.factors, params.order, params.gray)
 
 
-def view_sources(n_contexts: int, n: int, device) -> torch.Tensor:
-    """Source image of every view for context-major images [K*N]: block 2k+v (context k, view v)
-    of N rows reads images[k*N : (k+1)*N]."""
-    rows = torch.arange(2 * n_contexts * n, device=device)
-    return (rows // (2 * n)) * n + rows % n
+def kernel_view_inputs(contexts: ContextSet | None, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source, context code) of every view for the native kernel. Views are context-major, as
+    con2.losses.view_labels expects: view block 2k+v (context k, view v) of N rows reads sample i
+    of image block b_k with the kernel applying code c_k, where (b_k, c_k) =
+    contexts.kernel_plan()[1][k]; the images are the plan's blocks, block-major [B*N]."""
+    plan = [(0, 0)] if contexts is None else contexts.kernel_plan()[1]
+    block = torch.tensor([b for b, _ in plan], device=device).repeat_interleave(2 * n)
+    code = torch.tensor([c for _, c in plan], device=device).repeat_interleave(2 * n)
+    sample = torch.arange(2 * len(plan) * n, device=device) % n
+    return block * n + sample, code
 
 
 class TensorViewPipeline:
@@ -362,14 +367,20 @@ class TensorViewPipeline:
             return x_u8
         return torch.cat(self.contexts.apply_all(x_u8))
 
-    def _view_sources(self, n: int, device: torch.device) -> torch.Tensor:
-        # the same few batch sizes every step: build each once (5 launches a step otherwise)
+    def kernel_inputs(self, x_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, source, context code) for the native kernel: the image blocks of
+        ContextSet.kernel_plan (just x_u8, no copy, unless a context equalizes) and per view its
+        source row and the context transform the kernel applies while reading it."""
+        n, device = x_u8.shape[0], x_u8.device
+        blocks = [()] if self.contexts is None else self.contexts.kernel_plan()[0]
+        images = x_u8 if len(blocks) == 1 else torch.cat([ContextSet.apply_names(b, x_u8) for b in blocks])
+        # the same few batch sizes every step: build each once (a few launches a step otherwise)
         key = (n, device)
         if key not in self._sources:
             if len(self._sources) >= 8:
                 self._sources.clear()
-            self._sources[key] = view_sources(self.n_contexts, n, device)
-        return self._sources[key]
+            self._sources[key] = kernel_view_inputs(self.contexts, n, device)
+        return (images, *self._sources[key])
 
     def _use_native(self, device: torch.device) -> bool:
         if self.native is None:
@@ -390,12 +401,13 @@ class TensorViewPipeline:
             raise ValueError(f"expected uint8 [N,C,H,W] images, got {x_u8.dtype} {tuple(x_u8.shape)}")
         n = x_u8.shape[0]
         if self._use_native(x_u8.device):
-            # one kernel: each view reads its source image directly (no expanded copy)
-            images = self.context_images(x_u8)
-            params = sample_view_params(2 * images.shape[0], x_u8.shape[2], x_u8.shape[3], self.cfg, generator,
+            # one kernel: each view reads its source image directly (no expanded copy), through
+            # its context transform (no context images either, except for equalize)
+            images, source, code = self.kernel_inputs(x_u8)
+            params = sample_view_params(source.shape[0], x_u8.shape[2], x_u8.shape[3], self.cfg, generator,
                                         x_u8.device, compile=self._use_compile(x_u8.device))
-            return ops.simclr_views(images, self._view_sources(n, x_u8.device), params, self.cfg.size,
-                                    self.cfg.mean, self.cfg.std, self.dtype, self.channels_last)
+            return ops.simclr_views(images, source, params, self.cfg.size, self.cfg.mean, self.cfg.std, self.dtype,
+                                    self.channels_last, context=code)
         per_context = self.context_images(x_u8).view(self.n_contexts, 1, n, *x_u8.shape[1:])
         # block 2k+v = context k, view v (each sample's two views draw independent params)
         both = per_context.expand(-1, 2, -1, -1, -1, -1).reshape(-1, *x_u8.shape[1:])

@@ -55,9 +55,9 @@ def native_views(device: torch.device | str) -> bool:
     return native_views_kernel(device) and (device.type == "cpu" or _native.CUDA_VIEWS_KERNEL == "native")
 
 
-def simclr_views(images, source, params, size, mean, std, dtype=torch.float32, channels_last=False):
+def simclr_views(images, source, params, size, mean, std, dtype=torch.float32, channels_last=False, context=None):
     """Native SimCLR views (see con2.data.views.TensorViewPipeline); needs native_views(device)."""
-    return _native.simclr_views(images, source, params, size, mean, std, dtype, channels_last)
+    return _native.simclr_views(images, source, params, size, mean, std, dtype, channels_last, context)
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:

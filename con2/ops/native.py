@@ -107,7 +107,8 @@ def _con2_fwd_bwd_fake(z_context, z_content, context_labels, sample_ids, tempera
 
 
 @torch.library.register_fake("con2::simclr_views")
-def _simclr_views_fake(images, source, boxes, hflip, factors, order, gray, size, mean, std, dtype, channels_last):
+def _simclr_views_fake(images, source, boxes, hflip, factors, order, gray, size, mean, std, dtype, channels_last,
+                       context=None):
     out = images.new_empty((source.shape[0], images.shape[1], size, size), dtype=dtype)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
@@ -233,10 +234,12 @@ def top1_cosine(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Ten
 
 
 def simclr_views(images, source, params, size: int, mean: float, std: float, dtype=torch.float32,
-                 channels_last: bool = False) -> torch.Tensor:
-    """con2::simclr_views for con2.data.views.ViewParams (see csrc/con2.cpp)."""
+                 channels_last: bool = False, context: torch.Tensor | None = None) -> torch.Tensor:
+    """con2::simclr_views for con2.data.views.ViewParams (see csrc/con2.cpp); `context`: per view a
+    code of con2.data.contexts.KERNEL_CONTEXT_BITS the kernel applies while reading the source."""
     return torch.ops.con2.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order,
-                                       params.gray, int(size), float(mean), float(std), dtype, bool(channels_last))
+                                       params.gray, int(size), float(mean), float(std), dtype, bool(channels_last),
+                                       context)
 
 
 def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:

@@ -39,26 +39,34 @@ struct Scratch {  // per thread
   Taps tx, ty;
 };
 
-float kByteToUnit[256];  // v / 255 exactly as x_u8.float().div_(255) rounds it
+float kByteToUnit[256];          // v / 255 exactly as x_u8.float().div_(255) rounds it
+float kInvertedByteToUnit[256];  // (255 - v) / 255: the inverted image's floats
 const bool kTableReady = [] {
-  for (int v = 0; v < 256; ++v) kByteToUnit[v] = unit(static_cast<uint8_t>(v));
+  for (int v = 0; v < 256; ++v) {
+    kByteToUnit[v] = unit(static_cast<uint8_t>(v));
+    kInvertedByteToUnit[v] = unit(static_cast<uint8_t>(255 - v));
+  }
   return true;
 }();
 
 template <typename out_t>
 void make_view(const uint8_t* img, int c, int h, int w, int size, const float* box, bool flip, const float* fac,
-               const int64_t* ord, bool grey, float mean, float std, Scratch& sc, out_t* out, bool channels_last) {
+               const int64_t* ord, bool grey, int context, float mean, float std, Scratch& sc, out_t* out,
+               bool channels_last) {
   const int P = size * size;
   float* buf = sc.buf.data();
   sc.ty.build(size, box[0], box[2], h, false);
   sc.tx.build(size, box[1], box[3], w, flip);
   const Taps& tx = sc.tx;
   const Taps& ty = sc.ty;
+  // the context transform, applied while reading: row y of the flipped image is row h - 1 - y
+  const float* to_unit = context & kContextInvert ? kInvertedByteToUnit : kByteToUnit;
+  const bool vflip = context & kContextVFlip;
   for (int k = 0; k < c; ++k) {
     const uint8_t* plane = img + k * h * w;
     for (int i = 0; i < size; ++i) {
-      const uint8_t* row0 = plane + ty.i0[i] * w;
-      const uint8_t* row1 = ty.in1[i] ? row0 + w : row0;
+      const uint8_t* row0 = plane + (vflip ? h - 1 - ty.i0[i] : ty.i0[i]) * w;
+      const uint8_t* row1 = ty.in1[i] ? (vflip ? row0 - w : row0 + w) : row0;
       const float wy0 = ty.w0[i], wy1 = ty.w1[i];
       const bool y1 = ty.in1[i];
       float* dst = buf + k * P + i * size;
@@ -67,10 +75,10 @@ void make_view(const uint8_t* img, int c, int h, int w, int size, const float* b
         const bool x1 = tx.in1[j];
         const int xb = x1 ? x0 + 1 : x0;
         float v = 0.0f;  // nw, ne, sw, se as grid_sample sums them
-        v += kByteToUnit[row0[x0]] * (tx.w0[j] * wy0);
-        if (x1) v += kByteToUnit[row0[xb]] * (tx.w1[j] * wy0);
-        if (y1) v += kByteToUnit[row1[x0]] * (tx.w0[j] * wy1);
-        if (x1 && y1) v += kByteToUnit[row1[xb]] * (tx.w1[j] * wy1);
+        v += to_unit[row0[x0]] * (tx.w0[j] * wy0);
+        if (x1) v += to_unit[row0[xb]] * (tx.w1[j] * wy0);
+        if (y1) v += to_unit[row1[x0]] * (tx.w0[j] * wy1);
+        if (x1 && y1) v += to_unit[row1[xb]] * (tx.w1[j] * wy1);
         dst[j] = v;
       }
     }
@@ -118,9 +126,10 @@ void make_view(const uint8_t* img, int c, int h, int w, int size, const float* b
 at::Tensor simclr_views_cpu(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
                             const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                             const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
-                            bool channels_last) {
+                            bool channels_last, const std::optional<at::Tensor>& context) {
   const ViewInputs v = prepare_view_inputs(images, source, boxes, hflip, factors, order, gray, size, dtype,
-                                           channels_last);
+                                           channels_last, context);
+  const int64_t* codes = v.context.defined() ? v.context.const_data_ptr<int64_t>() : nullptr;
   const at::Tensor &img = v.images, &src = v.source, &bx = v.boxes, &fc = v.factors, &od = v.order;
   const at::Tensor &hf = v.hflip, &gr = v.gray;
   at::Tensor out = v.out;
@@ -136,7 +145,8 @@ at::Tensor simclr_views_cpu(const at::Tensor& images, const at::Tensor& source, 
         make_view<scalar_t>(img.const_data_ptr<uint8_t>() + src.const_data_ptr<int64_t>()[i] * c * h * w, c, h, w,
                             static_cast<int>(sz), bx.const_data_ptr<float>() + 4 * i, hf.const_data_ptr<bool>()[i],
                             fc.const_data_ptr<float>() + 4 * i, od.const_data_ptr<int64_t>() + 4 * i,
-                            gr.const_data_ptr<bool>()[i], static_cast<float>(mean), static_cast<float>(std),
+                            gr.const_data_ptr<bool>()[i], codes ? static_cast<int>(codes[i]) : 0,
+                            static_cast<float>(mean), static_cast<float>(std),
                             sc, op + i * per_view, channels_last);
       }
     });

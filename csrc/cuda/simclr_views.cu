@@ -14,10 +14,10 @@ namespace {
 at::Tensor simclr_views_cuda(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
                              const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                              const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
-                             bool channels_last) {
+                             bool channels_last, const std::optional<at::Tensor>& context) {
   c10::cuda::CUDAGuard guard(images.device());
   return views::simclr_views_device(images, source, boxes, hflip, factors, order, gray, size, mean, std, dtype,
-                                    channels_last, cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
+                                    channels_last, context, cuda::StreamLaunch{c10::cuda::getCurrentCUDAStream().stream()});
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// simclr_views on the GPU: one thread block per view. The view never leaves the chip: when
+// simclr_views on the GPU: one thread block per view, reading its source image through the view's
+// context transform (inversion, vertical flip). The view never leaves the chip: when
 // the view's contrast step has a factor other than 1, a first pass recomputes every pixel up
 // to that step and reduces the mean grey level; the second pass recomputes each pixel through
 // all steps (crop, jitter in the view's order, random grey, normalisation) and writes it
@@ -24,27 +25,40 @@ namespace con2 {
 namespace views {
 
 constexpr int kViewThreads = 256;
-constexpr int kMaxViewSize = 8192;  // the per-axis taps of a view live in shared memory (197 KB)
+constexpr int kMaxViewSize = 6144;  // the per-axis taps of a view live in shared memory (197 KB)
 
 struct ViewArgs {
-  const uint8_t* images;  // [S, C, H, W]
-  const int64_t* source;  // [M]
-  const float* boxes;     // [M, 4] top, left, height, width
-  const bool* hflip;      // [M]
-  const float* factors;   // [M, 4] brightness, contrast, saturation, hue
-  const int64_t* order;   // [M, 4]
-  const bool* gray;       // [M]
+  const uint8_t* images;   // [S, C, H, W]; for C = 3 the kernel reads `packed` instead
+  const uint32_t* packed;  // [S, H, W] words r | g << 8 | b << 16 (pack_rgb_kernel), C = 3 only
+  const int64_t* source;   // [M]
+  const float* boxes;      // [M, 4] top, left, height, width
+  const bool* hflip;       // [M]
+  const float* factors;    // [M, 4] brightness, contrast, saturation, hue
+  const int64_t* order;    // [M, 4]
+  const bool* gray;        // [M]
+  const int64_t* context;  // [M] context codes (ContextBit), or null: none
   int c, h, w, size;
   float mean, inv_std;  // normalisation as a product: a division per value costs ~10 instructions
   bool channels_last;
 };
 
 // Shared memory of a block: the byte -> [0, 1] table (read by the CPU emulator build; the GPU
-// converts bytes arithmetically, see view_pixel), then per axis the first bilinear tap
-// of every output index and its two weights (the CPU kernel's Taps), then 32 floats for the
-// block reduction. Everything per pixel that does not depend on both coordinates is computed
-// once per view, so a pixel costs table lookups and the jitter arithmetic.
-inline int64_t view_smem_bytes(int size) { return (256 + 6 * size + 32) * 4; }
+// converts bytes arithmetically, see view_pixel), then per output column the pixel offsets of its two
+// bilinear source columns and their weights, per output row the offsets of its two source rows
+// (context flip applied) and their weights, then 32 floats for the block reduction. Everything
+// per pixel that does not depend on both coordinates is computed once per view, so a pixel costs
+// four offset sums, twelve byte loads and the jitter arithmetic.
+inline int64_t view_smem_bytes(int size) { return (256 + 8 * size + 32) * 4; }
+
+// One output index's bilinear taps along one axis, in shared memory: the pixel offsets of the first
+// and second source index (rows: times the row length, through the context's vertical flip) and
+// their weights; 16 bytes, so a pixel reads each axis's taps in one shared-memory load. Where the
+// second index would fall outside the image its weight is exactly 0 (the sample position is
+// clipped to the last index), so it repeats the first: every pixel reads four taps, no predicates.
+struct alignas(16) AxisTap {
+  uint32_t first, second;
+  float w0, w1;
+};
 
 // One view's jitter steps, read once into registers: op and factor of step s.
 struct Steps {
@@ -53,19 +67,58 @@ struct Steps {
 };
 
 #ifdef __CUDA_ARCH__
-// A byte as a float in two full-rate instructions (2^23 + b, minus 2^23) instead of a
-// conversion, which runs at a quarter of the rate.
-__device__ __forceinline__ float byte_float(uint8_t b) {
-  return __int_as_float(0x4B000000 | static_cast<int>(b)) - 8388608.0f;
+// A byte, xor-ed with the view's inversion mask (0 or 255: 255 - b == b ^ 255), as a float in two
+// full-rate instructions (2^23 + b, minus 2^23) instead of a conversion at a quarter of the rate.
+__device__ __forceinline__ float byte_float(uint8_t b, int invert_mask) {
+  return __int_as_float(0x4B000000 | (static_cast<int>(b) ^ invert_mask)) - 8388608.0f;
+}
+
+// Byte k of a packed pixel (kPackedTop in its top byte) as a float the same way: one byte permute
+// builds 2^23 + b = 0x4B0000bb from the word alone (selector nibbles k, sign of byte 3 = 0x00
+// twice, byte 3), so no second constant operand is needed.
+template <int k>
+__device__ __forceinline__ float word_byte_float(uint32_t word) {
+  uint32_t bits;
+  asm("prmt.b32 %0, %1, %1, %2;" : "=r"(bits) : "r"(word), "n"(0x3BB0 | k));
+  return __int_as_float(static_cast<int>(bits)) - 8388608.0f;
+}
+
+// Channel k of a bilinear sample from four packed taps, scaled to [0, 1] once.
+template <int k>
+__device__ __forceinline__ float packed_channel(uint32_t t00, uint32_t t01, uint32_t t10, uint32_t t11, float w00,
+                                                float w01, float w10, float w11) {
+  float s = word_byte_float<k>(t00) * w00;
+  s += word_byte_float<k>(t01) * w01;
+  s += word_byte_float<k>(t10) * w10;
+  s += word_byte_float<k>(t11) * w11;
+  return s * (1.0f / 255.0f);
 }
 #endif
 
-// Every view's source index inside the images, else a device-side assertion as in PyTorch's
-// CUDA indexing (a host-side check would cost a sync per batch). A kernel of its own: the check
-// inside views_kernel cost it 15 registers, hence occupancy.
-__global__ void __launch_bounds__(kViewThreads) check_sources_kernel(const int64_t* source, int64_t m, int64_t n) {
+// C = 3 images as one word per pixel, r | g << 8 | b << 16 | kPackedTop << 24: a bilinear tap of the view kernel
+// then loads the three channels at once (a load and its 64-bit address per tap instead of three;
+// the address arithmetic of twelve byte loads was a large part of a pixel's instructions).
+constexpr uint32_t kPackedTop = 0x4B;  // the top byte of 2^23 as a float (see word_byte_float)
+
+__global__ void __launch_bounds__(kViewThreads) pack_rgb_kernel(const uint8_t* images, uint32_t* packed,
+                                                                int64_t plane, int64_t pixels) {
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kViewThreads + threadIdx.x; t < pixels;
+       t += static_cast<int64_t>(gridDim.x) * kViewThreads) {
+    const int64_t s = t / plane, q = t - s * plane;
+    const uint8_t* px = images + 3 * s * plane + q;
+    packed[t] = static_cast<uint32_t>(px[0]) | static_cast<uint32_t>(px[plane]) << 8 |
+                static_cast<uint32_t>(px[2 * plane]) << 16 | kPackedTop << 24;
+  }
+}
+
+// Every view's source index inside the images and context code in [0, 3], else a device-side
+// assertion as in PyTorch's CUDA indexing (a host-side check would cost a sync per batch). A
+// kernel of its own: the check inside views_kernel cost it 15 registers, hence occupancy.
+__global__ void __launch_bounds__(kViewThreads) check_view_inputs_kernel(const int64_t* source, const int64_t* context,
+                                                                         int64_t m, int64_t n) {
   const int64_t v = static_cast<int64_t>(blockIdx.x) * kViewThreads + threadIdx.x;
-  if (v < m && (source[v] < 0 || source[v] >= n)) {
+  if (v >= m) return;
+  if (source[v] < 0 || source[v] >= n) {
 #ifdef __CUDA_ARCH__
     __assert_fail("con2 simclr_views: a view's source index is outside [0, number of images)", __FILE__, __LINE__,
                   __func__);
@@ -73,34 +126,62 @@ __global__ void __launch_bounds__(kViewThreads) check_sources_kernel(const int64
     throw std::out_of_range("con2 simclr_views: a view's source index is outside [0, number of images)");
 #endif
   }
+  if (context != nullptr && (context[v] < 0 || context[v] > 3)) {
+#ifdef __CUDA_ARCH__
+    __assert_fail("con2 simclr_views: a view's context code is outside [0, 3]", __FILE__, __LINE__, __func__);
+#else
+    throw std::out_of_range("con2 simclr_views: a view's context code is outside [0, 3]");
+#endif
+  }
 }
 
-// Pixel (i, j) through the crop and the jitter steps [0, steps); v gets kC values.
+// Pixel (i, j) through the crop and the jitter steps [0, steps); v gets kC values. `src` is the
+// view's source image: bytes [H, W] for kC = 1, packed words [H, W] for kC = 3.
 template <int kC>
-__device__ __forceinline__ void view_pixel(const ViewArgs& a, const uint8_t* img, const float* unit_of,
-                                           const int* tx, const float* wx, const int* ty, const float* wy,
-                                           const Steps& st, int steps, float contrast_mean, int i, int j,
-                                           float* v) {
-  const int x0 = tx[j], y0 = ty[i];
-  const bool x1 = x0 + 1 < a.w, y1 = y0 + 1 < a.h;
-  const float wx0 = wx[2 * j], wx1 = wx[2 * j + 1], wy0 = wy[2 * i], wy1 = wy[2 * i + 1];
-#pragma unroll
-  for (int k = 0; k < kC; ++k) {  // grid_sample's weights and sum order (nw, ne, sw, se)
-    const uint8_t* row = img + (k * a.h + y0) * a.w + x0;
-#ifdef __CUDA_ARCH__
-    // The GPU interpolates the bytes and scales by 1/255 once (within 2 ulp of the table's
-    // floats): table lookups with data-dependent indices conflict on shared-memory banks.
-    float s = byte_float(row[0]) * (wx0 * wy0);
-    if (x1) s += byte_float(row[1]) * (wx1 * wy0);
-    if (y1) s += byte_float(row[a.w]) * (wx0 * wy1);
-    if (x1 && y1) s += byte_float(row[a.w + 1]) * (wx1 * wy1);
-    v[k] = s * (1.0f / 255.0f);
+__device__ __forceinline__ void view_pixel(const void* src, int invert_mask, const float* unit_of,
+                                           const AxisTap* cols, const AxisTap* rows, const Steps& st, int steps,
+                                           float contrast_mean, int i, int j, float* v) {
+  const AxisTap cx = cols[j], ry = rows[i];
+  const uint32_t o00 = ry.first + cx.first, o01 = ry.first + cx.second, o10 = ry.second + cx.first,
+                 o11 = ry.second + cx.second;
+  const float w00 = cx.w0 * ry.w0, w01 = cx.w1 * ry.w0, w10 = cx.w0 * ry.w1, w11 = cx.w1 * ry.w1;
+  // grid_sample's weights and sum order (nw, ne, sw, se). The GPU interpolates the bytes and
+  // scales by 1/255 once (within 2 ulp of the table's floats): table lookups with
+  // data-dependent indices conflict on shared-memory banks. The emulator reads the exact table.
+  if constexpr (kC == 3) {
+    const uint32_t* px = static_cast<const uint32_t*>(src);
+    const uint32_t mask = static_cast<uint32_t>(invert_mask) * 0x010101u;
+#ifdef __CUDA_ARCH__  // __ldg: the pointer went through asm (views_kernel), so say it is global
+    const uint32_t t00 = __ldg(px + o00) ^ mask, t01 = __ldg(px + o01) ^ mask, t10 = __ldg(px + o10) ^ mask,
+                   t11 = __ldg(px + o11) ^ mask;
+    v[0] = packed_channel<0>(t00, t01, t10, t11, w00, w01, w10, w11);
+    v[1] = packed_channel<1>(t00, t01, t10, t11, w00, w01, w10, w11);
+    v[2] = packed_channel<2>(t00, t01, t10, t11, w00, w01, w10, w11);
 #else
-    float s = unit_of[row[0]] * (wx0 * wy0);
-    if (x1) s += unit_of[row[1]] * (wx1 * wy0);
-    if (y1) s += unit_of[row[a.w]] * (wx0 * wy1);
-    if (x1 && y1) s += unit_of[row[a.w + 1]] * (wx1 * wy1);
-    v[k] = s;
+    const uint32_t t00 = px[o00] ^ mask, t01 = px[o01] ^ mask, t10 = px[o10] ^ mask, t11 = px[o11] ^ mask;
+    for (int k = 0; k < 3; ++k) {
+      const int sh = 8 * k;
+      float s = unit_of[(t00 >> sh) & 255u] * w00;
+      s += unit_of[(t01 >> sh) & 255u] * w01;
+      s += unit_of[(t10 >> sh) & 255u] * w10;
+      s += unit_of[(t11 >> sh) & 255u] * w11;
+      v[k] = s;
+    }
+#endif
+  } else {
+    const uint8_t* p = static_cast<const uint8_t*>(src);
+#ifdef __CUDA_ARCH__
+    float s = byte_float(__ldg(p + o00), invert_mask) * w00;
+    s += byte_float(__ldg(p + o01), invert_mask) * w01;
+    s += byte_float(__ldg(p + o10), invert_mask) * w10;
+    s += byte_float(__ldg(p + o11), invert_mask) * w11;
+    v[0] = s * (1.0f / 255.0f);
+#else
+    float s = unit_of[p[o00] ^ invert_mask] * w00;
+    s += unit_of[p[o01] ^ invert_mask] * w01;
+    s += unit_of[p[o10] ^ invert_mask] * w10;
+    s += unit_of[p[o11] ^ invert_mask] * w11;
+    v[0] = s;
 #endif
   }
 #pragma unroll
@@ -113,15 +194,24 @@ template <typename out_t, int kC>
 __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* out) {
   CON2_DYNAMIC_SMEM(smem);
   float* unit_of = smem;
-  int* tx = reinterpret_cast<int*>(unit_of + 256);
-  int* ty = tx + a.size;
-  float* wx = reinterpret_cast<float*>(ty + a.size);
-  float* wy = wx + 2 * a.size;
-  float* red = wy + 2 * a.size;
+  static_assert(sizeof(AxisTap) == 16, "AxisTap is one 16-byte shared-memory load");
+  AxisTap* cols = reinterpret_cast<AxisTap*>(unit_of + 256);
+  AxisTap* rows = cols + a.size;
+  float* red = reinterpret_cast<float*>(rows + a.size);
   const int64_t view = blockIdx.x;
-  const uint8_t* img = a.images + a.source[view] * kC * a.h * a.w;
+  const int64_t plane = static_cast<int64_t>(a.h) * a.w;
+  const void* src = kC == 3 ? static_cast<const void*>(a.packed + a.source[view] * plane)
+                            : static_cast<const void*>(a.images + a.source[view] * plane);
+#ifdef __CUDA_ARCH__
+  // One 64-bit pointer per view: left to itself, nvcc re-adds the view's offset to every tap's
+  // offset (4 instructions per tap instead of 1 to 2).
+  asm("" : "+l"(src));
+#endif
   const float* box = a.boxes + 4 * view;
   const bool flip = a.hflip[view], grey = a.gray[view];
+  const int code = a.context != nullptr ? static_cast<int>(a.context[view]) : 0;
+  const int invert_mask = code & kContextInvert ? 255 : 0;
+  const bool vflip = code & kContextVFlip;
   Steps st;
   int kc = 0;                // the contrast step's position
   float contrast_f = 1.0f;   // its factor (a scalar: indexing st.f with kc would put st on the stack)
@@ -140,10 +230,14 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
   for (int t = threadIdx.x; t < 2 * a.size; t += kViewThreads) {  // columns, then rows
     const bool is_x = t < a.size;
     const int u = is_x ? t : t - a.size;
+    const int extent = is_x ? a.w : a.h;
     const Tap tap = is_x ? axis_tap(u, box[1], box[3], a.size, a.w, flip) : axis_tap(u, box[0], box[2], a.size, a.h, false);
-    (is_x ? tx : ty)[u] = tap.i0;
-    (is_x ? wx : wy)[2 * u] = tap.w0;
-    (is_x ? wx : wy)[2 * u + 1] = tap.w1;
+    int first = tap.i0, second = tap.i0 + 1 < extent ? tap.i0 + 1 : tap.i0;  // the weight of an outside second is 0
+    if (!is_x) {  // rows as pixel offsets, through the context's vertical flip (row y is row h - 1 - y)
+      if (vflip) first = a.h - 1 - first, second = a.h - 1 - second;
+      first *= a.w, second *= a.w;
+    }
+    (is_x ? cols : rows)[u] = AxisTap{static_cast<uint32_t>(first), static_cast<uint32_t>(second), tap.w0, tap.w1};
   }
   __syncthreads();
   const int P = a.size * a.size;
@@ -153,7 +247,7 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
     float sum = 0.0f;
     int i = threadIdx.x / a.size, j = threadIdx.x - i * a.size;
     for (int p = threadIdx.x; p < P; p += kViewThreads) {
-      view_pixel<kC>(a, img, unit_of, tx, wx, ty, wy, st, kc, 0.0f, i, j, v);
+      view_pixel<kC>(src, invert_mask, unit_of, cols, rows, st, kc, 0.0f, i, j, v);
       sum += pixel_gray(v, kC);
       for (j += kViewThreads; j >= a.size; j -= a.size) ++i;
     }
@@ -167,7 +261,7 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
   out_t* o = out + view * kC * P;
   int i = threadIdx.x / a.size, j = threadIdx.x - i * a.size;
   for (int p = threadIdx.x; p < P; p += kViewThreads) {
-    view_pixel<kC>(a, img, unit_of, tx, wx, ty, wy, st, 4, contrast_mean, i, j, v);
+    view_pixel<kC>(src, invert_mask, unit_of, cols, rows, st, 4, contrast_mean, i, j, v);
     if constexpr (kC == 3) {
       if (grey) v[0] = v[1] = v[2] = luma(v[0], v[1], v[2]);
     }
@@ -186,22 +280,38 @@ template <typename Launch>
 at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
                                const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                                const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
-                               bool channels_last, Launch&& launch) {
+                               bool channels_last, const std::optional<at::Tensor>& context, Launch&& launch) {
   TORCH_CHECK(size <= kMaxViewSize, "con2: the CUDA simclr_views kernel makes views of at most ", kMaxViewSize,
               " px, not ", size, " (CON2_CUDA_VIEWS=compiled uses the torch ops)");
-  ViewInputs v = prepare_view_inputs(images, source, boxes, hflip, factors, order, gray, size, dtype, channels_last);
+  ViewInputs v = prepare_view_inputs(images, source, boxes, hflip, factors, order, gray, size, dtype, channels_last,
+                                     context);
   const int64_t m = v.source.numel();
   if (m == 0) return v.out;
-  ViewArgs args{v.images.const_data_ptr<uint8_t>(), v.source.const_data_ptr<int64_t>(),
+  const int64_t s_images = v.images.size(0), plane = v.images.size(2) * v.images.size(3);
+  at::Tensor packed;  // C = 3: one word per pixel, made once per call for all views of each image
+  if (v.images.size(1) == 3) {
+    packed = at::empty({s_images, v.images.size(2), v.images.size(3)}, v.images.options().dtype(at::kInt));
+    const int64_t pixels = s_images * plane;
+    const int64_t blocks = std::min<int64_t>((pixels + kViewThreads - 1) / kViewThreads, 65535);
+    if (pixels > 0)
+      launch(&pack_rgb_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kViewThreads), size_t{0},
+             v.images.const_data_ptr<uint8_t>(), reinterpret_cast<uint32_t*>(packed.mutable_data_ptr<int32_t>()), plane,
+             pixels);
+  }
+  ViewArgs args{v.images.const_data_ptr<uint8_t>(),
+                packed.defined() ? reinterpret_cast<const uint32_t*>(packed.const_data_ptr<int32_t>()) : nullptr,
+                v.source.const_data_ptr<int64_t>(),
                 v.boxes.const_data_ptr<float>(),           v.hflip.const_data_ptr<bool>(),
                 v.factors.const_data_ptr<float>(),         v.order.const_data_ptr<int64_t>(),
-                v.gray.const_data_ptr<bool>(),             static_cast<int>(v.images.size(1)),
+                v.gray.const_data_ptr<bool>(),
+                v.context.defined() ? v.context.const_data_ptr<int64_t>() : nullptr,
+                static_cast<int>(v.images.size(1)),
                 static_cast<int>(v.images.size(2)),        static_cast<int>(v.images.size(3)),
                 static_cast<int>(size),                    static_cast<float>(mean),
                 static_cast<float>(1.0 / std),             channels_last};
   if (!images.device().is_cpu()) {  // (on the CPU, prepare_view_inputs checked them)
-    launch(&check_sources_kernel, dim3(static_cast<unsigned>((m + kViewThreads - 1) / kViewThreads)), dim3(kViewThreads),
-           size_t{0}, args.source, m, v.images.size(0));
+    launch(&check_view_inputs_kernel, dim3(static_cast<unsigned>((m + kViewThreads - 1) / kViewThreads)),
+           dim3(kViewThreads), size_t{0}, args.source, args.context, m, v.images.size(0));
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "con2_simclr_views_device", [&] {
     auto kernel = args.c == 3 ? &views_kernel<scalar_t, 3> : &views_kernel<scalar_t, 1>;

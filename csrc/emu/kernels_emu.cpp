@@ -40,9 +40,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_two_head_emu(const at::Tenso
 at::Tensor simclr_views_emu(const at::Tensor& images, const at::Tensor& source, const at::Tensor& boxes,
                             const at::Tensor& hflip, const at::Tensor& factors, const at::Tensor& order,
                             const at::Tensor& gray, int64_t size, double mean, double std, at::ScalarType dtype,
-                            bool channels_last) {
+                            bool channels_last, const std::optional<at::Tensor>& context) {
   return con2::views::simclr_views_device(images, source, boxes, hflip, factors, order, gray, size, mean, std,
-                                          dtype, channels_last, EmuLaunch{});
+                                          dtype, channels_last, context, EmuLaunch{});
 }
 
 at::Tensor mahalanobis_emu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& whitening) {
@@ -60,7 +60,8 @@ TORCH_LIBRARY(con2_emu, m) {
         "float temperature) -> (Tensor, Tensor, Tensor)");
   m.impl("con2_two_head", c10::DispatchKey::CPU, &con2_two_head_emu);
   m.def("simclr_views(Tensor images, Tensor source, Tensor boxes, Tensor hflip, Tensor factors, Tensor order, "
-        "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last) -> Tensor");
+        "Tensor gray, int size, float mean, float std, ScalarType dtype, bool channels_last, "
+        "Tensor? context=None) -> Tensor");
   m.impl("simclr_views", c10::DispatchKey::CPU, &simclr_views_emu);
   m.def("mahalanobis_sq(Tensor x, Tensor mean, Tensor whitening) -> Tensor");
   m.impl("mahalanobis_sq", c10::DispatchKey::CPU, &mahalanobis_emu);
