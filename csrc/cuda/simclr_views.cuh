@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cassert>
 #include <stdexcept>
+#include <type_traits>
 
 #ifndef CON2_CUDA_EMU
 #include <cuda_runtime.h>
@@ -25,7 +26,7 @@ namespace con2 {
 namespace views {
 
 constexpr int kViewThreads = 256;
-constexpr int kMaxViewSize = 6144;  // the per-axis taps of a view live in shared memory (197 KB)
+constexpr int kMaxViewSize = 4096;  // the per-axis taps of a view live in shared memory (198 KB)
 
 struct ViewArgs {
   const uint8_t* images;   // [S, C, H, W]; for C = 3 the kernel reads `packed` instead
@@ -38,26 +39,31 @@ struct ViewArgs {
   const bool* gray;        // [M]
   const int64_t* context;  // [M] context codes (ContextBit), or null: none
   int c, h, w, size;
-  float mean, inv_std;  // normalisation as a product: a division per value costs ~10 instructions
+  float inv_std, shift;  // normalisation (x - mean) / std as one multiply-add: x * inv_std + shift
   bool channels_last;
 };
 
 // Shared memory of a block: the byte -> [0, 1] table (read by the CPU emulator build; the GPU
-// converts bytes arithmetically, see view_pixel), then per output column the pixel offsets of its two
-// bilinear source columns and their weights, per output row the offsets of its two source rows
-// (context flip applied) and their weights, then 32 floats for the block reduction. Everything
-// per pixel that does not depend on both coordinates is computed once per view, so a pixel costs
-// four offset sums, twelve byte loads and the jitter arithmetic.
-inline int64_t view_smem_bytes(int size) { return (256 + 8 * size + 32) * 4; }
+// converts bytes arithmetically, see view_pixel), then the taps of every output column (ColumnTap)
+// and row (RowTap), then 32 floats for the block reduction. Everything per pixel that depends on
+// one coordinate only is computed once per view, so a pixel costs two shared-memory loads, four
+// address multiply-adds, four loads and the jitter arithmetic.
+inline int64_t view_smem_bytes(int size) { return (256 + 12 * size + 32) * 4; }
 
-// One output index's bilinear taps along one axis, in shared memory: the pixel offsets of the first
-// and second source index (rows: times the row length, through the context's vertical flip) and
-// their weights; 16 bytes, so a pixel reads each axis's taps in one shared-memory load. Where the
-// second index would fall outside the image its weight is exactly 0 (the sample position is
-// clipped to the last index), so it repeats the first: every pixel reads four taps, no predicates.
-struct alignas(16) AxisTap {
+// An output index's bilinear taps along one axis: the first and second source index and their
+// weights. Where the second index would fall outside the image its weight is exactly 0 (the
+// sample position is clipped to the last index), so it repeats the first: every pixel reads four
+// taps, no predicates. Columns as indices (16 bytes, one shared-memory load); rows as pointers to
+// the two source rows of the view's image (through its context's vertical flip), so that a tap's
+// address is one multiply-add: row pointer + column * pixel bytes.
+struct alignas(16) ColumnTap {
   uint32_t first, second;
   float w0, w1;
+};
+struct alignas(16) RowTap {
+  const void* first;
+  const void* second;
+  float w0, w1, unused[2];
 };
 
 // One view's jitter steps, read once into registers: op and factor of step s.
@@ -67,30 +73,36 @@ struct Steps {
 };
 
 #ifdef __CUDA_ARCH__
-// A byte, xor-ed with the view's inversion mask (0 or 255: 255 - b == b ^ 255), as a float in two
-// full-rate instructions (2^23 + b, minus 2^23) instead of a conversion at a quarter of the rate.
-__device__ __forceinline__ float byte_float(uint8_t b, int invert_mask) {
-  return __int_as_float(0x4B000000 | (static_cast<int>(b) ^ invert_mask)) - 8388608.0f;
-}
-
-// Byte k of a packed pixel (kPackedTop in its top byte) as a float the same way: one byte permute
-// builds 2^23 + b = 0x4B0000bb from the word alone (selector nibbles k, sign of byte 3 = 0x00
-// twice, byte 3), so no second constant operand is needed.
-template <int k>
-__device__ __forceinline__ float word_byte_float(uint32_t word) {
-  uint32_t bits;
-  asm("prmt.b32 %0, %1, %1, %2;" : "=r"(bits) : "r"(word), "n"(0x3BB0 | k));
-  return __int_as_float(static_cast<int>(bits)) - 8388608.0f;
-}
+// Byte b of a view as a float through the view's context inversion, from the float 2^23 + b (its
+// bits 0x4B0000bb, built by one integer op) with one multiply-add: (2^23 + b) - 2^23 = b, or
+// inverted (2^23 + 255) - (2^23 + b) = 255 - b, exact (integers below 2^24), so the inversion costs
+// nothing per pixel. A conversion instruction would run at a quarter of the rate.
+struct ByteToFloat {
+  float sign, offset;  // 1, -2^23 or -1, 2^23 + 255
+  __device__ explicit ByteToFloat(bool invert)
+      : sign(invert ? -1.0f : 1.0f), offset(invert ? 8388863.0f : -8388608.0f) {}
+  __device__ __forceinline__ float from_bits(uint32_t bits) const {
+    return fmaf(__int_as_float(static_cast<int>(bits)), sign, offset);
+  }
+  __device__ __forceinline__ float byte(uint8_t b) const { return from_bits(0x4B000000u | b); }
+  // byte k of a packed pixel (kPackedTop in its top byte): one byte permute builds 0x4B0000bb from
+  // the word alone (selector nibbles: byte k, the sign of byte 3 (0x00) twice, byte 3)
+  template <int k>
+  __device__ __forceinline__ float word_byte(uint32_t word) const {
+    uint32_t bits;
+    asm("prmt.b32 %0, %1, %1, %2;" : "=r"(bits) : "r"(word), "n"(0x3BB0 | k));
+    return from_bits(bits);
+  }
+};
 
 // Channel k of a bilinear sample from four packed taps, scaled to [0, 1] once.
 template <int k>
-__device__ __forceinline__ float packed_channel(uint32_t t00, uint32_t t01, uint32_t t10, uint32_t t11, float w00,
-                                                float w01, float w10, float w11) {
-  float s = word_byte_float<k>(t00) * w00;
-  s += word_byte_float<k>(t01) * w01;
-  s += word_byte_float<k>(t10) * w10;
-  s += word_byte_float<k>(t11) * w11;
+__device__ __forceinline__ float packed_channel(const ByteToFloat& bf, uint32_t t00, uint32_t t01, uint32_t t10,
+                                                uint32_t t11, float w00, float w01, float w10, float w11) {
+  float s = bf.word_byte<k>(t00) * w00;
+  s += bf.word_byte<k>(t01) * w01;
+  s += bf.word_byte<k>(t10) * w10;
+  s += bf.word_byte<k>(t11) * w11;
   return s * (1.0f / 255.0f);
 }
 #endif
@@ -98,7 +110,7 @@ __device__ __forceinline__ float packed_channel(uint32_t t00, uint32_t t01, uint
 // C = 3 images as one word per pixel, r | g << 8 | b << 16 | kPackedTop << 24: a bilinear tap of the view kernel
 // then loads the three channels at once (a load and its 64-bit address per tap instead of three;
 // the address arithmetic of twelve byte loads was a large part of a pixel's instructions).
-constexpr uint32_t kPackedTop = 0x4B;  // the top byte of 2^23 as a float (see word_byte_float)
+constexpr uint32_t kPackedTop = 0x4B;  // the top byte of 2^23 as a float (see ByteToFloat::word_byte)
 
 __global__ void __launch_bounds__(kViewThreads) pack_rgb_kernel(const uint8_t* images, uint32_t* packed,
                                                                 int64_t plane, int64_t pixels) {
@@ -136,82 +148,78 @@ __global__ void __launch_bounds__(kViewThreads) check_view_inputs_kernel(const i
 }
 
 // Pixel (i, j) through the crop and the jitter steps [0, steps); v gets kC values. `src` is the
-// view's source image: bytes [H, W] for kC = 1, packed words [H, W] for kC = 3.
+// view's source image: bytes [H, W] for kC = 1, packed words [H, W] for kC = 3; `invert` its
+// context inversion.
 template <int kC>
-__device__ __forceinline__ void view_pixel(const void* src, int invert_mask, const float* unit_of,
-                                           const AxisTap* cols, const AxisTap* rows, const Steps& st, int steps,
-                                           float contrast_mean, int i, int j, float* v) {
-  const AxisTap cx = cols[j], ry = rows[i];
-  const uint32_t o00 = ry.first + cx.first, o01 = ry.first + cx.second, o10 = ry.second + cx.first,
-                 o11 = ry.second + cx.second;
+__device__ __forceinline__ void view_pixel(bool invert, const float* unit_of, const ColumnTap* cols, const RowTap* rows,
+                                           const Steps& st, int steps, float contrast_mean, int i, int j, float* v) {
+  using pixel_t = std::conditional_t<kC == 3, uint32_t, uint8_t>;  // a packed word or a byte
+  const ColumnTap cx = cols[j];
+  const RowTap& ry = rows[i];
+  const pixel_t* r0 = static_cast<const pixel_t*>(ry.first);
+  const pixel_t* r1 = static_cast<const pixel_t*>(ry.second);
+  const pixel_t *p00 = r0 + cx.first, *p01 = r0 + cx.second, *p10 = r1 + cx.first, *p11 = r1 + cx.second;
   const float w00 = cx.w0 * ry.w0, w01 = cx.w1 * ry.w0, w10 = cx.w0 * ry.w1, w11 = cx.w1 * ry.w1;
   // grid_sample's weights and sum order (nw, ne, sw, se). The GPU interpolates the bytes and
   // scales by 1/255 once (within 2 ulp of the table's floats): table lookups with
-  // data-dependent indices conflict on shared-memory banks. The emulator reads the exact table.
+  // data-dependent indices conflict on shared-memory banks. The emulator reads the exact table,
+  // through the inversion 255 - b = b ^ 255.
+#ifdef __CUDA_ARCH__  // __ldg: the row pointers come from shared memory, so say they are global
+  const ByteToFloat bf(invert);
   if constexpr (kC == 3) {
-    const uint32_t* px = static_cast<const uint32_t*>(src);
-    const uint32_t mask = static_cast<uint32_t>(invert_mask) * 0x010101u;
-#ifdef __CUDA_ARCH__  // __ldg: the pointer went through asm (views_kernel), so say it is global
-    const uint32_t t00 = __ldg(px + o00) ^ mask, t01 = __ldg(px + o01) ^ mask, t10 = __ldg(px + o10) ^ mask,
-                   t11 = __ldg(px + o11) ^ mask;
-    v[0] = packed_channel<0>(t00, t01, t10, t11, w00, w01, w10, w11);
-    v[1] = packed_channel<1>(t00, t01, t10, t11, w00, w01, w10, w11);
-    v[2] = packed_channel<2>(t00, t01, t10, t11, w00, w01, w10, w11);
-#else
-    const uint32_t t00 = px[o00] ^ mask, t01 = px[o01] ^ mask, t10 = px[o10] ^ mask, t11 = px[o11] ^ mask;
-    for (int k = 0; k < 3; ++k) {
-      const int sh = 8 * k;
-      float s = unit_of[(t00 >> sh) & 255u] * w00;
-      s += unit_of[(t01 >> sh) & 255u] * w01;
-      s += unit_of[(t10 >> sh) & 255u] * w10;
-      s += unit_of[(t11 >> sh) & 255u] * w11;
-      v[k] = s;
-    }
-#endif
+    const uint32_t t00 = __ldg(p00), t01 = __ldg(p01), t10 = __ldg(p10), t11 = __ldg(p11);
+    v[0] = packed_channel<0>(bf, t00, t01, t10, t11, w00, w01, w10, w11);
+    v[1] = packed_channel<1>(bf, t00, t01, t10, t11, w00, w01, w10, w11);
+    v[2] = packed_channel<2>(bf, t00, t01, t10, t11, w00, w01, w10, w11);
   } else {
-    const uint8_t* p = static_cast<const uint8_t*>(src);
-#ifdef __CUDA_ARCH__
-    float s = byte_float(__ldg(p + o00), invert_mask) * w00;
-    s += byte_float(__ldg(p + o01), invert_mask) * w01;
-    s += byte_float(__ldg(p + o10), invert_mask) * w10;
-    s += byte_float(__ldg(p + o11), invert_mask) * w11;
+    float s = bf.byte(__ldg(p00)) * w00;
+    s += bf.byte(__ldg(p01)) * w01;
+    s += bf.byte(__ldg(p10)) * w10;
+    s += bf.byte(__ldg(p11)) * w11;
     v[0] = s * (1.0f / 255.0f);
-#else
-    float s = unit_of[p[o00] ^ invert_mask] * w00;
-    s += unit_of[p[o01] ^ invert_mask] * w01;
-    s += unit_of[p[o10] ^ invert_mask] * w10;
-    s += unit_of[p[o11] ^ invert_mask] * w11;
-    v[0] = s;
-#endif
   }
+#else
+  const uint32_t mask = invert ? 255u : 0u;
+  for (int k = 0; k < kC; ++k) {
+    const uint32_t t[4] = {static_cast<uint32_t>(*p00) >> (8 * k), static_cast<uint32_t>(*p01) >> (8 * k),
+                           static_cast<uint32_t>(*p10) >> (8 * k), static_cast<uint32_t>(*p11) >> (8 * k)};
+    float s = unit_of[(t[0] & 255u) ^ mask] * w00;
+    s += unit_of[(t[1] & 255u) ^ mask] * w01;
+    s += unit_of[(t[2] & 255u) ^ mask] * w10;
+    s += unit_of[(t[3] & 255u) ^ mask] * w11;
+    v[k] = s;
+  }
+#endif
 #pragma unroll
   for (int s = 0; s < 4; ++s)
     if (s < steps) jitter_step(v, kC, st.op[s], st.f[s], contrast_mean);
 }
 
+// (i, j) of the pixel kViewThreads further on, from the step (di, dj) with dj < size: one
+// compare, no division and no loop.
+__device__ __forceinline__ void next_pixel(int& i, int& j, int di, int dj, int size) {
+  i += di, j += dj;
+  if (j >= size) j -= size, ++i;
+}
+
 // kC (1 or 3) is a template parameter so that the pixel stays in registers.
 template <typename out_t, int kC>
-__global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* out) {
+__global__ void __launch_bounds__(kViewThreads, 6) views_kernel(ViewArgs a, out_t* out) {
   CON2_DYNAMIC_SMEM(smem);
   float* unit_of = smem;
-  static_assert(sizeof(AxisTap) == 16, "AxisTap is one 16-byte shared-memory load");
-  AxisTap* cols = reinterpret_cast<AxisTap*>(unit_of + 256);
-  AxisTap* rows = cols + a.size;
+  static_assert(sizeof(ColumnTap) == 16 && sizeof(RowTap) == 32, "taps: whole shared-memory loads");
+  ColumnTap* cols = reinterpret_cast<ColumnTap*>(unit_of + 256);
+  RowTap* rows = reinterpret_cast<RowTap*>(cols + a.size);
   float* red = reinterpret_cast<float*>(rows + a.size);
   const int64_t view = blockIdx.x;
   const int64_t plane = static_cast<int64_t>(a.h) * a.w;
-  const void* src = kC == 3 ? static_cast<const void*>(a.packed + a.source[view] * plane)
-                            : static_cast<const void*>(a.images + a.source[view] * plane);
-#ifdef __CUDA_ARCH__
-  // One 64-bit pointer per view: left to itself, nvcc re-adds the view's offset to every tap's
-  // offset (4 instructions per tap instead of 1 to 2).
-  asm("" : "+l"(src));
-#endif
+  const int pixel_bytes = kC == 3 ? 4 : 1;  // a packed word or a byte
+  const char* src = kC == 3 ? reinterpret_cast<const char*>(a.packed + a.source[view] * plane)
+                            : reinterpret_cast<const char*>(a.images + a.source[view] * plane);
   const float* box = a.boxes + 4 * view;
   const bool flip = a.hflip[view], grey = a.gray[view];
   const int code = a.context != nullptr ? static_cast<int>(a.context[view]) : 0;
-  const int invert_mask = code & kContextInvert ? 255 : 0;
-  const bool vflip = code & kContextVFlip;
+  const bool invert = code & kContextInvert, vflip = code & kContextVFlip;
   Steps st;
   int kc = 0;                // the contrast step's position
   float contrast_f = 1.0f;   // its factor (a scalar: indexing st.f with kc would put st on the stack)
@@ -233,23 +241,26 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
     const int extent = is_x ? a.w : a.h;
     const Tap tap = is_x ? axis_tap(u, box[1], box[3], a.size, a.w, flip) : axis_tap(u, box[0], box[2], a.size, a.h, false);
     int first = tap.i0, second = tap.i0 + 1 < extent ? tap.i0 + 1 : tap.i0;  // the weight of an outside second is 0
-    if (!is_x) {  // rows as pixel offsets, through the context's vertical flip (row y is row h - 1 - y)
+    if (is_x) {
+      cols[u] = ColumnTap{static_cast<uint32_t>(first), static_cast<uint32_t>(second), tap.w0, tap.w1};
+    } else {  // through the context's vertical flip: row y of the flipped image is row h - 1 - y
       if (vflip) first = a.h - 1 - first, second = a.h - 1 - second;
-      first *= a.w, second *= a.w;
+      const int64_t row_bytes = static_cast<int64_t>(a.w) * pixel_bytes;
+      rows[u] = RowTap{src + first * row_bytes, src + second * row_bytes, tap.w0, tap.w1, {0.0f, 0.0f}};
     }
-    (is_x ? cols : rows)[u] = AxisTap{static_cast<uint32_t>(first), static_cast<uint32_t>(second), tap.w0, tap.w1};
   }
   __syncthreads();
   const int P = a.size * a.size;
+  const int di = kViewThreads / a.size, dj = kViewThreads - di * a.size;  // a thread's step in (row, column)
   float v[kC];
   float contrast_mean = 0.0f;
   if (contrast_f != 1.0f) {  // lerp with weight 1 is the identity: no mean needed
     float sum = 0.0f;
     int i = threadIdx.x / a.size, j = threadIdx.x - i * a.size;
     for (int p = threadIdx.x; p < P; p += kViewThreads) {
-      view_pixel<kC>(src, invert_mask, unit_of, cols, rows, st, kc, 0.0f, i, j, v);
+      view_pixel<kC>(invert, unit_of, cols, rows, st, kc, 0.0f, i, j, v);
       sum += pixel_gray(v, kC);
-      for (j += kViewThreads; j >= a.size; j -= a.size) ++i;
+      next_pixel(i, j, di, dj, a.size);
     }
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
@@ -261,16 +272,16 @@ __global__ void __launch_bounds__(kViewThreads) views_kernel(ViewArgs a, out_t* 
   out_t* o = out + view * kC * P;
   int i = threadIdx.x / a.size, j = threadIdx.x - i * a.size;
   for (int p = threadIdx.x; p < P; p += kViewThreads) {
-    view_pixel<kC>(src, invert_mask, unit_of, cols, rows, st, 4, contrast_mean, i, j, v);
+    view_pixel<kC>(invert, unit_of, cols, rows, st, 4, contrast_mean, i, j, v);
     if constexpr (kC == 3) {
       if (grey) v[0] = v[1] = v[2] = luma(v[0], v[1], v[2]);
     }
 #pragma unroll
     for (int k = 0; k < kC; ++k) {
-      const out_t x = static_cast<out_t>((v[k] - a.mean) * a.inv_std);
+      const out_t x = static_cast<out_t>(fmaf(v[k], a.inv_std, a.shift));
       o[a.channels_last ? p * kC + k : k * P + p] = x;
     }
-    for (j += kViewThreads; j >= a.size; j -= a.size) ++i;
+    next_pixel(i, j, di, dj, a.size);
   }
 }
 
@@ -307,8 +318,8 @@ at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& sourc
                 v.context.defined() ? v.context.const_data_ptr<int64_t>() : nullptr,
                 static_cast<int>(v.images.size(1)),
                 static_cast<int>(v.images.size(2)),        static_cast<int>(v.images.size(3)),
-                static_cast<int>(size),                    static_cast<float>(mean),
-                static_cast<float>(1.0 / std),             channels_last};
+                static_cast<int>(size),                    static_cast<float>(1.0 / std),
+                static_cast<float>(-mean / std),           channels_last};
   if (!images.device().is_cpu()) {  // (on the CPU, prepare_view_inputs checked them)
     launch(&check_view_inputs_kernel, dim3(static_cast<unsigned>((m + kViewThreads - 1) / kViewThreads)),
            dim3(kViewThreads), size_t{0}, args.source, args.context, m, v.images.size(0));
