@@ -62,3 +62,20 @@ def test_report_merges_seeds_run_in_separate_calls(tmp_path):
     assert rows["breast224-invert (1806 epochs)"]["nnd"]["per_seed"] == [70.0]
     text = render(rows)
     assert "--seeds 0 1 --epochs 2048" in text and "--seeds 0 --epochs 1806" in text
+
+
+def test_breast_224_rows_read_their_source_resolution():
+    # breast224-* upsample the 28 px file, breast224from64-* the 64 px one; both end at 224 px
+    data = shared_file("breastmnist_64.npz").parent
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from rows import ROWS
+
+    from con2.config import TrainConfig
+    from con2.data import load_split
+
+    for name, source in (("breast224-flip", 28), ("breast224from64-flip", 64)):
+        row = ROWS[name]
+        cfg = TrainConfig(dataset=row.dataset, context=row.context, data_root=str(data), resolution=row.resolution,
+                          image_size=row.image_size, center_crop=row.center_crop)
+        split = load_split(cfg)
+        assert split.train.shape[1:3] == (224, 224) and split.meta["resolution"] == source, name
