@@ -117,11 +117,14 @@ class ViewEncoder:
     """Encodes uint8 image sets under the views of a plan, in chunks, with finiteness checks.
 
     encode_fn: [B, C, size, size] normalised float -> [B, d] representations (e.g. Con2Model.encode).
+    native: None = augmented views by the native simclr_views kernel where con2.ops.native_views says
+    so (the same views as the torch ops up to float rounding, several times faster; invert and flip
+    contexts applied while reading, without a copy), False = the torch ops.
     """
 
     def __init__(self, encode_fn: Callable[[torch.Tensor], torch.Tensor], view_cfg: ViewConfig,
                  contexts: ContextSet | None, plan: Sequence[View], seed: int = 0, batch_size: int = 256,
-                 device: torch.device | str = "cpu", progress: bool = False):
+                 device: torch.device | str = "cpu", progress: bool = False, native: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if any(v.context != 0 for v in plan) and contexts is None:
@@ -134,6 +137,12 @@ class ViewEncoder:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.progress = progress
+        self.native = ops.native_views(self.device) if native is None else bool(native)
+        # context k as the native kernel makes it: (image block to materialise, code read by the kernel)
+        self._kernel_contexts = {}
+        if contexts is not None:
+            blocks, per_context = contexts.kernel_plan()
+            self._kernel_contexts = {k: (blocks[b], code) for k, (b, code) in enumerate(per_context)}
 
     @classmethod
     def for_model(cls, model, view_cfg, contexts, views: int, **kw) -> "ViewEncoder":
@@ -148,6 +157,16 @@ class ViewEncoder:
     def _context(self, view: View, x: torch.Tensor) -> torch.Tensor:
         return x if view.context == 0 else self.contexts.apply(view.context, x)
 
+    def _augmented(self, view: View, raw: torch.Tensor, params) -> torch.Tensor:
+        """Normalised float views of uint8 images `raw` in the view's context."""
+        if not self.native:
+            return apply_views(self._context(view, raw), params, self.view_cfg)
+        block, code = self._kernel_contexts.get(view.context, ((), 0))
+        x = ContextSet.apply_names(block, raw).contiguous()
+        m, cfg = x.shape[0], self.view_cfg
+        return ops.simclr_views(x, torch.arange(m, device=x.device), params, cfg.size, cfg.mean, cfg.std,
+                                torch.float32, False, context=torch.full((m,), code, device=x.device))
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor, view: View, role: int, pbar=None) -> torch.Tensor:
         """[N, d] float32 representations of uint8 images [N, C, H, W] under one view."""
@@ -158,14 +177,14 @@ class ViewEncoder:
             params = sample_view_params(n, h, w, self.view_cfg, g, self.device)
         out = []
         for i in range(0, n, self.batch_size):
-            x = self._context(view, images[i : i + self.batch_size].to(self.device))
+            raw = images[i : i + self.batch_size].to(self.device)
             if params is None:
-                x = normalize_only(x, self.view_cfg)
+                x = normalize_only(self._context(view, raw), self.view_cfg)
             else:
                 sl = slice(i, i + self.batch_size)
                 chunk = type(params)(params.boxes[sl], params.hflip[sl], params.factors[sl],
                                      params.order[sl], params.gray[sl])
-                x = apply_views(x, chunk, self.view_cfg)
+                x = self._augmented(view, raw, chunk)
             f = self.encode_fn(x).float()
             check_features(f, view, offset=i)
             out.append(f)
