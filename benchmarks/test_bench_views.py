@@ -77,6 +77,29 @@ def test_cpu_worker_dataloader(benchmark, size):
     benchmark.extra_info["views_per_s"] = 4 * N / benchmark.stats.stats.mean
 
 
+@pytest.mark.parametrize("impl", ["native", "torch"])
+@pytest.mark.parametrize("c,size", [(1, 224), (3, 224), (3, 32)])
+def test_cpu_test_time_views(benchmark, c, size, impl):
+    """Scoring's views (ViewEncoder: 256 images, one original and one inverted augmented view) by
+    the native kernel vs the torch ops; the encoder only averages pixels, so the views are the cost."""
+    from con2.ops import native_views
+    from con2.scoring import View, ViewEncoder
+
+    if impl == "native" and not native_views("cpu"):
+        pytest.skip("con2._C has no simclr_views kernel")
+    imgs = torch.from_numpy(_images(256, size)).permute(0, 3, 1, 2)[:, :c].contiguous()
+    ctx, plan = ContextSet("invert"), [View(0, 0, True), View(1, 1, True)]
+    enc = ViewEncoder(lambda x: x.mean((2, 3)), ViewConfig(size), ctx, plan, batch_size=256, native=impl == "native")
+
+    def both():
+        return [enc.encode(imgs, v, 0) for v in plan]
+
+    assert all(f.shape == (256, c) and torch.isfinite(f).all() for f in both())
+    benchmark.group = f"test-time-views-cpu-{c}ch-{size}px"
+    benchmark.pedantic(both, rounds=3, iterations=1, warmup_rounds=0)
+    benchmark.extra_info["views_per_s"] = 512 / benchmark.stats.stats.min
+
+
 def _cuda_time(fn, reps=20):
     fn()
     torch.cuda.synchronize()
