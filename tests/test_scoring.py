@@ -165,16 +165,19 @@ def test_view_draws_are_reproducible_and_differ_between_views():
     torch.testing.assert_close(a, enc_big.encode(imgs, enc.plan[0], 0))  # batch size does not matter
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("names,c", [("invert", 3), ("flip", 1), ("flip,equalize,invert", 3)])
-def test_native_test_time_views_match_the_torch_ops(names, c):
+def test_native_test_time_views_match_the_torch_ops(names, c, device):
     # the native kernel (contexts read by the kernel, equalize materialised) against the torch ops
-    if not ops.native_views("cpu"):
-        pytest.skip("no native simclr_views kernel")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    if not ops.native_views(device):
+        pytest.skip(f"no native simclr_views kernel for {device}")
     ctx = ContextSet(names)
     imgs = torch.randint(0, 256, (7, c, 12, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(c))
     plan = [View(i, k, True) for i, k in enumerate(range(len(ctx)))]
     make = lambda native: ViewEncoder(lambda x: x.flatten(1), ViewConfig(size=9), ctx, plan, seed=5,  # noqa: E731
-                                      batch_size=3, native=native)
+                                      batch_size=3, device=device, native=native)
     native, torch_ops = make(None), make(False)
     assert native.native and not torch_ops.native
     for view in plan:
