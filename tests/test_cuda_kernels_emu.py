@@ -158,6 +158,31 @@ def test_views_kernel_matches_tensor_pipeline(emu, c, h, size, dtype, channels_l
     torch.testing.assert_close(got.float(), want.float(), **tol)
 
 
+@pytest.mark.parametrize("c,h,size", [(3, 17, 24), (1, 40, 16), (3, 40, 16)])
+def test_views_kernel_contrast_first_sums_source_rows(emu, c, h, size):
+    # contrast as the first jitter step: its mean grey comes from per-source-row sums (when the
+    # rows span < 2 x size; else, as for large crops of the 40 px images, the per-pixel pass)
+    from con2.data.views import CONTRAST, ViewConfig, apply_views, sample_view_params
+
+    g = torch.Generator().manual_seed(h + c)
+    images = torch.randint(0, 256, (4, c, h, h + 5), dtype=torch.uint8, generator=g)
+    source = torch.arange(16) % 4
+    cfg = ViewConfig(size=size)
+    params = sample_view_params(16, h, h + 5, cfg, g, "cpu")
+    order = params.order.clone()
+    rest = order[order != CONTRAST].view(16, 3)
+    params.order = torch.cat([torch.full((16, 1), CONTRAST), rest], 1)
+    params.factors[:, CONTRAST] = torch.linspace(0.3, 1.8, 16)  # strong, and never 1
+    code = torch.arange(16) % 4
+    made = images[source]
+    made = torch.where((code & 1).bool().view(-1, 1, 1, 1), 255 - made, made)
+    made = torch.where((code & 2).bool().view(-1, 1, 1, 1), made.flip(-2), made)
+    want = apply_views(made, params, cfg)
+    got = emu.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order, params.gray,
+                           size, cfg.mean, cfg.std, torch.float32, False, code)
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-4)
+
+
 # ------------------------------------------------------------------ one-pass Mahalanobis kernel
 @pytest.mark.parametrize("q,d,k,dtype", [(70, 40, 33, torch.float32), (65, 96, 130, torch.float32),
                                          (3, 512, 16, torch.float32), (50, 64, 64, torch.bfloat16)])

@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cassert>
 #include <stdexcept>
@@ -26,7 +27,7 @@ namespace con2 {
 namespace views {
 
 constexpr int kViewThreads = 256;
-constexpr int kMaxViewSize = 4096;  // the per-axis taps of a view live in shared memory (198 KB)
+constexpr int kMaxViewSize = 4096;  // a view's taps and row sums live in shared memory (225 KB)
 
 struct ViewArgs {
   const uint8_t* images;   // [S, C, H, W]; for C = 3 the kernel reads `packed` instead
@@ -45,10 +46,11 @@ struct ViewArgs {
 
 // Shared memory of a block: the byte -> [0, 1] table (read by the CPU emulator build; the GPU
 // converts bytes arithmetically, see view_pixel), then the taps of every output column (ColumnTap)
-// and row (RowTap), then 32 floats for the block reduction. Everything per pixel that depends on
+// and row (RowTap), 32 floats for the block reduction, and 2 x size floats for the source-row grey
+// sums of a contrast-first view (contrast_mean_from_rows). Everything per pixel that depends on
 // one coordinate only is computed once per view, so a pixel costs two shared-memory loads, four
 // address multiply-adds, four loads and the jitter arithmetic.
-inline int64_t view_smem_bytes(int size) { return (256 + 12 * size + 32) * 4; }
+inline int64_t view_smem_bytes(int size) { return (256 + 12 * size + 32 + 2 * size) * 4; }
 
 // An output index's bilinear taps along one axis: the first and second source index and their
 // weights. Where the second index would fall outside the image its weight is exactly 0 (the
@@ -63,7 +65,8 @@ struct alignas(16) ColumnTap {
 struct alignas(16) RowTap {
   const void* first;
   const void* second;
-  float w0, w1, unused[2];
+  float w0, w1;
+  int first_row, second_row;  // the two rows' indices in the source image
 };
 
 // One view's jitter steps, read once into registers: op and factor of step s.
@@ -195,6 +198,58 @@ __device__ __forceinline__ void view_pixel(bool invert, const float* unit_of, co
     if (s < steps) jitter_step(v, kC, st.op[s], st.f[s], contrast_mean);
 }
 
+// The grey level in [0, 1] of pixel x of a source row, through the view's inversion.
+template <int kC>
+__device__ __forceinline__ float tap_gray(const char* row, uint32_t x, bool invert, const float* unit_of) {
+#ifdef __CUDA_ARCH__
+  const ByteToFloat bf(invert);
+  if constexpr (kC == 3) {
+    const uint32_t t = __ldg(reinterpret_cast<const uint32_t*>(row) + x);
+    return luma(bf.word_byte<0>(t), bf.word_byte<1>(t), bf.word_byte<2>(t)) * (1.0f / 255.0f);
+  } else {
+    return bf.byte(__ldg(reinterpret_cast<const uint8_t*>(row) + x)) * (1.0f / 255.0f);
+  }
+#else
+  const uint32_t mask = invert ? 255u : 0u;
+  if constexpr (kC == 3) {
+    const uint32_t t = reinterpret_cast<const uint32_t*>(row)[x];
+    return luma(unit_of[(t & 255u) ^ mask], unit_of[((t >> 8) & 255u) ^ mask], unit_of[((t >> 16) & 255u) ^ mask]);
+  } else {
+    return unit_of[reinterpret_cast<const uint8_t*>(row)[x] ^ mask];
+  }
+#endif
+}
+
+// This thread's share of the sum of the grey levels of all output pixels, for a view whose
+// contrast step comes first. The grey of the bilinear crop is linear in the source pixels, so the
+// sum over output pixels is sum_i (wy0 R(y0) + wy1 R(y1)) with R(y) = sum_j (wx0 g(y, x0) + wx1 g(y, x1))
+// the horizontally interpolated grey of source row y: each source row lo..hi (hi - lo < 2 size) is
+// summed once, by one warp, into row_sums, instead of four taps per output pixel. Same value as the
+// per-pixel pass up to float summation order, and deterministic (fixed order, shuffle reduction).
+template <int kC>
+__device__ __forceinline__ float contrast_sum_from_rows(const char* src, int64_t row_bytes, int lo, int hi, bool invert,
+                                                        const float* unit_of, const ColumnTap* cols, const RowTap* rows,
+                                                        int size, float* row_sums) {
+  const int lane = threadIdx.x & 31;
+  for (int y = lo + static_cast<int>(threadIdx.x >> 5); y <= hi; y += kViewThreads / 32) {  // warp-uniform
+    const char* row = src + y * row_bytes;
+    float r = 0.0f;
+    for (int j = lane; j < size; j += 32) {
+      const ColumnTap c = cols[j];
+      r += c.w0 * tap_gray<kC>(row, c.first, invert, unit_of) + c.w1 * tap_gray<kC>(row, c.second, invert, unit_of);
+    }
+    for (int off = 16; off > 0; off >>= 1) r += __shfl_xor_sync(0xffffffffu, r, off);
+    if (lane == 0) row_sums[y - lo] = r;
+  }
+  __syncthreads();
+  float sum = 0.0f;
+  for (int i = threadIdx.x; i < size; i += kViewThreads) {
+    const RowTap& t = rows[i];
+    sum += t.w0 * row_sums[t.first_row - lo] + t.w1 * row_sums[t.second_row - lo];
+  }
+  return sum;
+}
+
 // (i, j) of the pixel kViewThreads further on, from the step (di, dj) with dj < size: one
 // compare, no division and no loop.
 __device__ __forceinline__ void next_pixel(int& i, int& j, int di, int dj, int size) {
@@ -211,9 +266,11 @@ __global__ void __launch_bounds__(kViewThreads, 6) views_kernel(ViewArgs a, out_
   ColumnTap* cols = reinterpret_cast<ColumnTap*>(unit_of + 256);
   RowTap* rows = reinterpret_cast<RowTap*>(cols + a.size);
   float* red = reinterpret_cast<float*>(rows + a.size);
+  float* row_sums = red + 32;
   const int64_t view = blockIdx.x;
   const int64_t plane = static_cast<int64_t>(a.h) * a.w;
   const int pixel_bytes = kC == 3 ? 4 : 1;  // a packed word or a byte
+  const int64_t row_bytes = static_cast<int64_t>(a.w) * pixel_bytes;
   const char* src = kC == 3 ? reinterpret_cast<const char*>(a.packed + a.source[view] * plane)
                             : reinterpret_cast<const char*>(a.images + a.source[view] * plane);
   const float* box = a.boxes + 4 * view;
@@ -245,8 +302,7 @@ __global__ void __launch_bounds__(kViewThreads, 6) views_kernel(ViewArgs a, out_
       cols[u] = ColumnTap{static_cast<uint32_t>(first), static_cast<uint32_t>(second), tap.w0, tap.w1};
     } else {  // through the context's vertical flip: row y of the flipped image is row h - 1 - y
       if (vflip) first = a.h - 1 - first, second = a.h - 1 - second;
-      const int64_t row_bytes = static_cast<int64_t>(a.w) * pixel_bytes;
-      rows[u] = RowTap{src + first * row_bytes, src + second * row_bytes, tap.w0, tap.w1, {0.0f, 0.0f}};
+      rows[u] = RowTap{src + first * row_bytes, src + second * row_bytes, tap.w0, tap.w1, first, second};
     }
   }
   __syncthreads();
@@ -256,11 +312,18 @@ __global__ void __launch_bounds__(kViewThreads, 6) views_kernel(ViewArgs a, out_
   float contrast_mean = 0.0f;
   if (contrast_f != 1.0f) {  // lerp with weight 1 is the identity: no mean needed
     float sum = 0.0f;
-    int i = threadIdx.x / a.size, j = threadIdx.x - i * a.size;
-    for (int p = threadIdx.x; p < P; p += kViewThreads) {
-      view_pixel<kC>(invert, unit_of, cols, rows, st, kc, 0.0f, i, j, v);
-      sum += pixel_gray(v, kC);
-      next_pixel(i, j, di, dj, a.size);
+    const RowTap &top = rows[0], &bottom = rows[a.size - 1];  // rows are monotone: the ends span them
+    const int lo = std::min(std::min(top.first_row, top.second_row), std::min(bottom.first_row, bottom.second_row));
+    const int hi = std::max(std::max(top.first_row, top.second_row), std::max(bottom.first_row, bottom.second_row));
+    if (kc == 0 && hi - lo < 2 * a.size) {
+      sum = contrast_sum_from_rows<kC>(src, row_bytes, lo, hi, invert, unit_of, cols, rows, a.size, row_sums);
+    } else {
+      int i = threadIdx.x / a.size, j = threadIdx.x - i * a.size;
+      for (int p = threadIdx.x; p < P; p += kViewThreads) {
+        view_pixel<kC>(invert, unit_of, cols, rows, st, kc, 0.0f, i, j, v);
+        sum += pixel_gray(v, kC);
+        next_pixel(i, j, di, dj, a.size);
+      }
     }
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
