@@ -1,7 +1,8 @@
 // simclr_views on the GPU: one thread block per view, reading its source image through the view's
 // context transform (inversion, vertical flip). The view never leaves the chip: when
 // the view's contrast step has a factor other than 1, a first pass recomputes every pixel up
-// to that step and reduces the mean grey level; the second pass recomputes each pixel through
+// to that step and reduces the mean grey level (when contrast comes first, from sums over the
+// source rows instead, see contrast_sum_from_rows); the second pass recomputes each pixel through
 // all steps (crop, jitter in the view's order, random grey, normalisation) and writes it
 // once in the output dtype and layout. Per-pixel maths: csrc/views_math.h, shared with the
 // CPU kernel. Compiles with nvcc and, after csrc/emu/cuda_emu.h, as C++ on the CPU.
@@ -257,7 +258,8 @@ __device__ __forceinline__ void next_pixel(int& i, int& j, int di, int dj, int s
   if (j >= size) j -= size, ++i;
 }
 
-// kC (1 or 3) is a template parameter so that the pixel stays in registers.
+// kC (1 or 3) is a template parameter so that the pixel stays in registers. At least 6 blocks of
+// 256 threads per SM (75 % occupancy) caps the registers at 40; nvcc would take 48 (5 blocks).
 template <typename out_t, int kC>
 __global__ void __launch_bounds__(kViewThreads, 6) views_kernel(ViewArgs a, out_t* out) {
   CON2_DYNAMIC_SMEM(smem);
