@@ -32,7 +32,7 @@ constexpr int kMaxViewSize = 4096;  // a view's taps and row sums live in shared
 
 struct ViewArgs {
   const uint8_t* images;   // [S, C, H, W]; for C = 3 the kernel reads `packed` instead
-  const uint32_t* packed;  // [S, H, W] words r | g << 8 | b << 16 (pack_rgb_kernel), C = 3 only
+  const uint32_t* packed;  // [S, H, W] packed pixels (pack_rgb_kernel), C = 3 only
   const int64_t* source;   // [M]
   const float* boxes;      // [M, 4] top, left, height, width
   const bool* hflip;       // [M]
@@ -116,14 +116,37 @@ __device__ __forceinline__ float packed_channel(const ByteToFloat& bf, uint32_t 
 // the address arithmetic of twelve byte loads was a large part of a pixel's instructions).
 constexpr uint32_t kPackedTop = 0x4B;  // the top byte of 2^23 as a float (see ByteToFloat::word_byte)
 
-__global__ void __launch_bounds__(kViewThreads) pack_rgb_kernel(const uint8_t* images, uint32_t* packed,
-                                                                int64_t plane, int64_t pixels) {
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kViewThreads + threadIdx.x; t < pixels;
-       t += static_cast<int64_t>(gridDim.x) * kViewThreads) {
-    const int64_t s = t / plane, q = t - s * plane;
-    const uint8_t* px = images + 3 * s * plane + q;
-    packed[t] = static_cast<uint32_t>(px[0]) | static_cast<uint32_t>(px[plane]) << 8 |
-                static_cast<uint32_t>(px[2 * plane]) << 16 | kPackedTop << 24;
+// Four pixels of one plane in a 32-bit word, four packed pixels in one 16-byte store.
+struct alignas(16) PackedQuad {
+  uint32_t pixel[4];
+};
+
+__device__ __forceinline__ uint32_t packed_pixel(uint32_t r, uint32_t g, uint32_t b) {
+  return r | g << 8 | b << 16 | kPackedTop << 24;
+}
+
+// One image per grid row (blockIdx.y, striding), its pixels across blockIdx.x: no division per
+// pixel. With `quads` (plane % 4 == 0 and 4-byte-aligned images) a thread packs four pixels from
+// one 32-bit load per channel.
+__global__ void __launch_bounds__(kViewThreads) pack_rgb_kernel(const uint8_t* images, uint32_t* packed, int plane,
+                                                                int64_t n_images, bool quads) {
+  const int items = quads ? plane / 4 : plane;
+  for (int64_t s = blockIdx.y; s < n_images; s += gridDim.y) {
+    const uint8_t* img = images + 3 * s * plane;
+    uint32_t* out = packed + s * plane;
+    for (int t = static_cast<int>(blockIdx.x) * kViewThreads + threadIdx.x; t < items;
+         t += static_cast<int>(gridDim.x) * kViewThreads) {
+      if (quads) {
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(img);
+        const uint32_t r = words[t], g = words[items + t], b = words[2 * items + t];
+        PackedQuad q;
+        for (int k = 0; k < 4; ++k)
+          q.pixel[k] = packed_pixel(r >> (8 * k) & 255u, g >> (8 * k) & 255u, b >> (8 * k) & 255u);
+        reinterpret_cast<PackedQuad*>(out)[t] = q;
+      } else {
+        out[t] = packed_pixel(img[t], img[plane + t], img[2 * plane + t]);
+      }
+    }
   }
 }
 
@@ -364,15 +387,16 @@ at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& sourc
   const int64_t m = v.source.numel();
   if (m == 0) return v.out;
   const int64_t s_images = v.images.size(0), plane = v.images.size(2) * v.images.size(3);
+  TORCH_CHECK(plane < (int64_t{1} << 30), "con2: simclr_views takes images of fewer than 2^30 pixels");
   at::Tensor packed;  // C = 3: one word per pixel, made once per call for all views of each image
   if (v.images.size(1) == 3) {
     packed = at::empty({s_images, v.images.size(2), v.images.size(3)}, v.images.options().dtype(at::kInt));
-    const int64_t pixels = s_images * plane;
-    const int64_t blocks = std::min<int64_t>((pixels + kViewThreads - 1) / kViewThreads, 65535);
-    if (pixels > 0)
-      launch(&pack_rgb_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kViewThreads), size_t{0},
-             v.images.const_data_ptr<uint8_t>(), reinterpret_cast<uint32_t*>(packed.mutable_data_ptr<int32_t>()), plane,
-             pixels);
+    const bool quads = plane % 4 == 0 && reinterpret_cast<uintptr_t>(v.images.const_data_ptr()) % 4 == 0;
+    const int64_t items = quads ? plane / 4 : plane;
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((items + kViewThreads - 1) / kViewThreads, 65535)),
+                    static_cast<unsigned>(std::min<int64_t>(s_images, 65535)));
+    launch(&pack_rgb_kernel, grid, dim3(kViewThreads), size_t{0}, v.images.const_data_ptr<uint8_t>(),
+           reinterpret_cast<uint32_t*>(packed.mutable_data_ptr<int32_t>()), static_cast<int>(plane), s_images, quads);
   }
   ViewArgs args{v.images.const_data_ptr<uint8_t>(),
                 packed.defined() ? reinterpret_cast<const uint32_t*>(packed.const_data_ptr<int32_t>()) : nullptr,
