@@ -15,6 +15,14 @@
 #define CON2_HD inline
 #endif
 
+// The GPU's arithmetic: the branches marked CON2_GPU_MATH, compiled by nvcc for the device and by
+// the emulator with CON2_EMU_GPU_MATH (cuda_emu.h supplies the intrinsics), so that the GPU-only
+// formulas are tested on the CPU as well; the CPU kernel and the plain emulator build take the
+// exact transcription of the torch ops.
+#if defined(__CUDA_ARCH__) || defined(CON2_EMU_GPU_MATH)
+#define CON2_GPU_MATH 1
+#endif
+
 namespace con2 {
 namespace views {
 
@@ -32,7 +40,7 @@ CON2_HD float luma(float r, float g, float b) { return 0.2989f * r + 0.587f * g 
 // saturate modifier, which folds into the multiply-add before it (three instructions fewer; the
 // values are the same for every non-NaN input, and none is NaN here).
 CON2_HD float clamp01(float v) {
-#ifdef __CUDA_ARCH__
+#ifdef CON2_GPU_MATH
   return __saturatef(v);
 #else
   v = v < 0.0f ? 0.0f : v;
@@ -43,7 +51,7 @@ CON2_HD float clamp01(float v) {
 // clamp(torch.lerp(start, end, w), 0, 1) with torch's two-sided lerp formula. On the GPU the
 // saturate is written into each side so that it folds into the side's multiply-add.
 CON2_HD float lerp_clamp(float start, float end, float w) {
-#ifdef __CUDA_ARCH__
+#ifdef CON2_GPU_MATH
   const float d = end - start;
   return w < 0.5f ? __saturatef(fmaf(w, d, start)) : __saturatef(fmaf(-d, 1.0f - w, end));
 #else
@@ -57,7 +65,7 @@ CON2_HD float lerp_clamp(float start, float end, float w) {
 // pixel took seven of them. The hue map is continuous and 6-periodic in h6, so a floor that
 // lands on the other side of a multiple of 6 moves the result by rounding only.
 CON2_HD float hue_div(float a, float b) {
-#ifdef __CUDA_ARCH__
+#ifdef CON2_GPU_MATH
   return __fdividef(a, b);
 #else
   return a / b;
@@ -69,16 +77,20 @@ CON2_HD float hue_div(float a, float b) {
 // and, unlike fmodf, vectorises.
 CON2_HD float remainder6(float a) { return a - 6.0f * floorf(hue_div(a, 6.0f)); }
 
-#ifdef __CUDA_ARCH__
+#ifdef CON2_GPU_MATH
 // The GPU's hue steps. One reciprocal serves the three divisions by crd (as __fdividef would, but
 // without its guard for a denormal divisor: crd is 1 or the difference of two unequal [0, 1]
 // floats made from bytes, never denormal). remainder6 of n + h6 with h6 in [0, 6) (to rounding)
 // is one conditional subtraction (a floor there may round either way at 6 where the hue map is
 // continuous, as above); the triangle min(k, 4 - k) is one min.
 __device__ __forceinline__ float hue_reciprocal(float x) {
+#ifdef __CUDA_ARCH__
   float y;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#else
+  return 1.0f / x;  // the emulator: the exact reciprocal (the GPU's is within 1 ulp)
+#endif
 }
 __device__ __forceinline__ float hue_channel(float maxc, float cr, float n, float h6) {
   float k = n + h6;
@@ -93,7 +105,7 @@ CON2_HD void hue_shift(float& r, float& g, float& b, float f) {
   const float maxc = mx_rg > b ? mx_rg : b, minc = mn_rg < b ? mn_rg : b;
   const float cr = maxc - minc;
   const float crd = cr == 0.0f ? 1.0f : cr;
-#ifdef __CUDA_ARCH__
+#ifdef CON2_GPU_MATH
   const float inv = hue_reciprocal(crd);
   const float rc = (maxc - r) * inv, gc = (maxc - g) * inv, bc = (maxc - b) * inv;
 #else
@@ -102,7 +114,7 @@ CON2_HD void hue_shift(float& r, float& g, float& b, float f) {
   const bool is_r = maxc == r, is_g = maxc == g && !is_r;
   float h6 = is_r ? bc - gc : (is_g ? 2.0f + rc - bc : 4.0f + gc - rc);
   h6 = remainder6(h6 + 6.0f * f);
-#ifdef __CUDA_ARCH__
+#ifdef CON2_GPU_MATH
   r = hue_channel(maxc, cr, 5.0f, h6);
   g = hue_channel(maxc, cr, 3.0f, h6);
   b = hue_channel(maxc, cr, 1.0f, h6);

@@ -4,7 +4,9 @@ There is no GPU here (CI has none either), so the very device code that nvcc com
 built as plain C++ against a small CUDA emulator (csrc/emu/cuda_emu.h: threads, barriers,
 warp shuffles, dynamic shared memory, tf32 wmma with CUDA's alignment rules) and checked
 against the PyTorch references. Loss: values, gradients, both heads, padding of M and D, bf16 /
-fp16 inputs, the NaN-free edge cases; views: the tensor pipeline on the same parameters. On a
+fp16 inputs, the NaN-free edge cases; views: the tensor pipeline on the same parameters, with the
+kernel built twice: with the exact torch-op arithmetic and with the GPU's (CON2_GPU_MATH: the
+bit-trick byte conversions, the packed-pixel byte permute, saturate, one reciprocal for hue). On a
 GPU the same checks run against the real kernels (tests/test_native_ops.py `fused=True`,
 tests/test_views.py, marked gpu).
 """
@@ -40,6 +42,30 @@ def emu():
         is_python_module=False,
     )
     return torch.ops.con2_emu
+
+
+@pytest.fixture(scope="module")
+def emu_gpu_math():
+    """The view kernel with its GPU arithmetic (CON2_GPU_MATH) instead of the exact torch-op floats."""
+    from torch.utils import cpp_extension
+
+    build = Path(os.environ.get("CON2_EMU_BUILD_DIR", ROOT / "build" / "cuda_emu")) / "gpu_math"
+    build.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name="con2_cuda_emu_gpu_math",
+        sources=[str(ROOT / "csrc/emu/views_gpu_math_emu.cpp")],
+        extra_include_paths=[str(ROOT / "csrc")],
+        extra_cflags=["-O2"],
+        build_directory=str(build),
+        is_python_module=False,
+    )
+    return torch.ops.con2_emu_gpu_math
+
+
+@pytest.fixture(params=["exact", "gpu_math"])
+def views_emu(request):
+    """Both builds of the view kernel: the exact torch-op arithmetic and the GPU's."""
+    return request.getfixturevalue("emu" if request.param == "exact" else "emu_gpu_math")
 
 
 # The two CUDA loss drivers: the fused tiled kernels and the two-head blocked path (the default).
@@ -136,7 +162,7 @@ def test_emulator_reports_faults(emu, mode, message):
     "c,h,size,dtype,channels_last",
     [(1, 28, 28, torch.float32, False), (3, 17, 24, torch.float32, True), (3, 32, 16, torch.bfloat16, True)],
 )
-def test_views_kernel_matches_tensor_pipeline(emu, c, h, size, dtype, channels_last):
+def test_views_kernel_matches_tensor_pipeline(views_emu, c, h, size, dtype, channels_last):
     from con2.data.views import ViewConfig, apply_views, sample_view_params
 
     g = torch.Generator().manual_seed(c * h)
@@ -150,8 +176,8 @@ def test_views_kernel_matches_tensor_pipeline(emu, c, h, size, dtype, channels_l
     made = torch.where((code & 1).bool().view(-1, 1, 1, 1), 255 - made, made)
     made = torch.where((code & 2).bool().view(-1, 1, 1, 1), made.flip(-2), made)
     want = apply_views(made, params, cfg, dtype, channels_last)
-    got = emu.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order, params.gray,
-                           size, cfg.mean, cfg.std, dtype, channels_last, code)
+    got = views_emu.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order,
+                                 params.gray, size, cfg.mean, cfg.std, dtype, channels_last, code)
     assert got.dtype == dtype and got.shape == want.shape
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     tol = dict(rtol=0, atol=5e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
@@ -159,7 +185,7 @@ def test_views_kernel_matches_tensor_pipeline(emu, c, h, size, dtype, channels_l
 
 
 @pytest.mark.parametrize("c,h,size", [(3, 17, 24), (1, 40, 16), (3, 40, 16)])
-def test_views_kernel_contrast_first_sums_source_rows(emu, c, h, size):
+def test_views_kernel_contrast_first_sums_source_rows(views_emu, c, h, size):
     # contrast as the first jitter step: its mean grey comes from per-source-row sums (when the
     # rows span < 2 x size; else, as for large crops of the 40 px images, the per-pixel pass)
     from con2.data.views import CONTRAST, ViewConfig, apply_views, sample_view_params
@@ -178,8 +204,8 @@ def test_views_kernel_contrast_first_sums_source_rows(emu, c, h, size):
     made = torch.where((code & 1).bool().view(-1, 1, 1, 1), 255 - made, made)
     made = torch.where((code & 2).bool().view(-1, 1, 1, 1), made.flip(-2), made)
     want = apply_views(made, params, cfg)
-    got = emu.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order, params.gray,
-                           size, cfg.mean, cfg.std, torch.float32, False, code)
+    got = views_emu.simclr_views(images, source, params.boxes, params.hflip, params.factors, params.order,
+                                 params.gray, size, cfg.mean, cfg.std, torch.float32, False, code)
     torch.testing.assert_close(got, want, rtol=0, atol=5e-4)
 
 

@@ -76,7 +76,7 @@ struct Steps {
   float f[4];
 };
 
-#ifdef __CUDA_ARCH__
+#ifdef CON2_GPU_MATH
 // Byte b of a view as a float through the view's context inversion, from the float 2^23 + b (its
 // bits 0x4B0000bb, built by one integer op) with one multiply-add: (2^23 + b) - 2^23 = b, or
 // inverted (2^23 + 255) - (2^23 + b) = 255 - b, exact (integers below 2^24), so the inversion costs
@@ -93,9 +93,13 @@ struct ByteToFloat {
   // the word alone (selector nibbles: byte k, the sign of byte 3 (0x00) twice, byte 3)
   template <int k>
   __device__ __forceinline__ float word_byte(uint32_t word) const {
+#ifdef __CUDA_ARCH__
     uint32_t bits;
     asm("prmt.b32 %0, %1, %1, %2;" : "=r"(bits) : "r"(word), "n"(0x3BB0 | k));
     return from_bits(bits);
+#else
+    return from_bits(con2_emu::prmt(word, word, 0x3BB0 | k));
+#endif
   }
 };
 
@@ -191,7 +195,7 @@ __device__ __forceinline__ void view_pixel(bool invert, const float* unit_of, co
   // scales by 1/255 once (within 2 ulp of the table's floats): table lookups with
   // data-dependent indices conflict on shared-memory banks. The emulator reads the exact table,
   // through the inversion 255 - b = b ^ 255.
-#ifdef __CUDA_ARCH__  // __ldg: the row pointers come from shared memory, so say they are global
+#ifdef CON2_GPU_MATH  // __ldg: the row pointers come from shared memory, so say they are global
   const ByteToFloat bf(invert);
   if constexpr (kC == 3) {
     const uint32_t t00 = __ldg(p00), t01 = __ldg(p01), t10 = __ldg(p10), t11 = __ldg(p11);
@@ -225,7 +229,7 @@ __device__ __forceinline__ void view_pixel(bool invert, const float* unit_of, co
 // The grey level in [0, 1] of pixel x of a source row, through the view's inversion.
 template <int kC>
 __device__ __forceinline__ float tap_gray(const char* row, uint32_t x, bool invert, const float* unit_of) {
-#ifdef __CUDA_ARCH__
+#ifdef CON2_GPU_MATH
   const ByteToFloat bf(invert);
   if constexpr (kC == 3) {
     const uint32_t t = __ldg(reinterpret_cast<const uint32_t*>(row) + x);

@@ -3,7 +3,9 @@
 //
 // Include it after the torch / ATen headers and before the kernel header. It provides:
 // threadIdx / blockIdx / blockDim / gridDim, __syncthreads, __syncwarp, __shfl_xor_sync,
-// dynamic shared memory (CON2_DYNAMIC_SMEM), and nvcuda::wmma for tf32 m16n16k8.
+// dynamic shared memory (CON2_DYNAMIC_SMEM), nvcuda::wmma for tf32 m16n16k8, and the few
+// arithmetic intrinsics of the view kernel's GPU maths (__saturatef, __int_as_float, __fdividef,
+// __ldg, the prmt byte permute) for builds with CON2_EMU_GPU_MATH (csrc/views_math.h).
 // Semantics: one block at a time, each CUDA thread an OS thread, barriers for the
 // synchronisation points. Checks that catch bugs the GPU would not report: wmma pointers must
 // be 32-byte aligned and ldm a multiple of 16 bytes (the CUDA rules), tf32 fragments must
@@ -165,6 +167,43 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   st->warps[tid / 32]->wait();  // nobody overwrites a slot before every lane has read it
   return out;
 }
+
+// The GPU arithmetic intrinsics, as CUDA documents them (approximations by their exact values).
+inline float __saturatef(float x) { return x >= 1.0f ? 1.0f : (x > 0.0f ? x : 0.0f); }  // NaN -> 0
+inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+inline float __fdividef(float a, float b) { return a * (1.0f / b); }  // a times the reciprocal of b
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+
+namespace con2_emu {
+// PTX prmt.b32 d, a, b, selector (default mode): byte n of d is byte (selector nibble n & 7) of the
+// 8 bytes {b, a}; a nibble with bit 3 set replicates that byte's sign bit instead.
+inline uint32_t prmt(uint32_t a, uint32_t b, uint32_t selector) {
+  const uint64_t bytes = static_cast<uint64_t>(b) << 32 | a;
+  uint32_t out = 0;
+  for (int n = 0; n < 4; ++n) {
+    const uint32_t nibble = selector >> (4 * n) & 0xFu;
+    uint32_t byte = static_cast<uint32_t>(bytes >> (8 * (nibble & 7u))) & 0xFFu;
+    if (nibble & 8u) byte = byte & 0x80u ? 0xFFu : 0x00u;
+    out |= byte << (8 * n);
+  }
+  return out;
+}
+
+// A launcher with the interface of con2::cuda::StreamLaunch, for the drivers in csrc/cuda/*.cuh.
+struct Launch {
+  template <typename... KArgs, typename... Args>
+  void operator()(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) const {
+    launch(kernel, grid, block, smem, args...);
+  }
+};
+}  // namespace con2_emu
 
 namespace nvcuda {
 namespace wmma {

@@ -12,12 +12,7 @@
 
 namespace {
 
-struct EmuLaunch {
-  template <typename... KArgs, typename... Args>
-  void operator()(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) const {
-    con2_emu::launch(kernel, grid, block, smem, args...);
-  }
-};
+using EmuLaunch = con2_emu::Launch;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> con2_fwd_bwd_emu(const at::Tensor& z_context,
                                                                  const at::Tensor& z_content,
