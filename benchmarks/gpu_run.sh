@@ -2,7 +2,8 @@
 # Build con2._C with CUDA kernels on the GPU machine, run the GPU tests and the GPU
 # benchmarks, and write everything to $OUT (default ./gpu-out).
 #
-#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|throughput|ncu_views|all]  (default: all but the last three)
+#   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|view_check|throughput|ncu_views|all]  (default: all but the last four)
+#   view_check: after a build, the GPU view tests, the view table and the pipeline's parts in one call
 #   BENCH_K=con2_loss bash benchmarks/gpu_run.sh bench   # a subset of the GPU benchmarks (pytest -k)
 #
 # Stages can run in separate calls (each device call is limited to 10 minutes; the
@@ -94,6 +95,14 @@ views() {  # the view pipeline table: torch ops eager / compiled and the native 
   return "${PIPESTATUS[0]}"
 }
 
+view_check() {  # the view kernel after a change: its GPU tests, the view table, the pipeline's parts
+  "$PY" -m pytest tests -m gpu -q -p no:cacheprovider -k "view" 2>&1 | tee "$OUT/tests_gpu_views.txt" | tail -15
+  local rc=${PIPESTATUS[0]}
+  views || rc=1
+  "$PY" benchmarks/profile_gpu.py view_parts 32 224 2>&1 | tee "$OUT/view_parts.txt" || rc=1
+  return $rc
+}
+
 ncu_views() {  # Nsight Compute on one 224 px launch of the CUDA view kernel (text report; not run yet)
   local ncu; ncu="$(command -v ncu || echo /usr/local/cuda/bin/ncu)"
   cat > "$OUT/views_once.py" <<'PYEOF'
@@ -128,13 +137,14 @@ throughput() {  # the whole Con2 step (views, forward, loss, backward, AdamW), A
 case "$STAGE" in
   build) build || rc=1 ;;
   views) views || rc=1 ;;
+  view_check) view_check || rc=1 ;;
   throughput) throughput || rc=1 ;;
   ncu_views) ncu_views || rc=1 ;;
   smoke) smoke || rc=1 ;;
   test) tests || rc=1 ;;
   bench) bench || rc=1 ;;
   all) { build && smoke && tests; } || rc=1; bench || rc=1 ;;
-  *) echo "usage: $0 [build|smoke|test|bench|views|throughput|ncu_views|all]"; exit 2 ;;
+  *) echo "usage: $0 [build|smoke|test|bench|views|view_check|throughput|ncu_views|all]"; exit 2 ;;
 esac
 log "stage $STAGE finished rc=$rc"
 exit $rc
