@@ -91,6 +91,7 @@ inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor
   TORCH_CHECK(images.size(2) >= 1 && images.size(3) >= 1, "con2: empty images");
   const int64_t m = source.numel();
   TORCH_CHECK(source.dim() == 1 && !source.is_floating_point(), "con2: source must be an integer [M] tensor");
+  TORCH_CHECK(m == 0 || images.size(0) > 0, "con2: simclr_views got ", m, " views of an empty image batch");
   TORCH_CHECK(boxes.sizes() == at::IntArrayRef({m, 4}) && factors.sizes() == at::IntArrayRef({m, 4}) &&
                   order.sizes() == at::IntArrayRef({m, 4}) && hflip.numel() == m && gray.numel() == m,
               "con2: boxes / factors / order must be [M, 4] and hflip / gray [M] for M = ", m, " views");

@@ -266,6 +266,8 @@ def test_native_views_opcheck_and_errors():
         torch.ops.con2.simclr_views(x.float(), *args[1:], torch.float32, False)
     with pytest.raises(RuntimeError, match=r"\[M, 4\]"):
         torch.ops.con2.simclr_views(x, src[:4], *args[2:], torch.float32, False)
+    with pytest.raises(RuntimeError, match="empty image batch"):
+        torch.ops.con2.simclr_views(x[:0], *args[1:], torch.float32, False)
     code = torch.tensor([0, 1, 2, 3, 1])
     torch.library.opcheck(torch.ops.con2.simclr_views.default, args + (torch.float32, True, code))
     with pytest.raises(RuntimeError, match=r"context codes must be in \[0, 3\]"):
