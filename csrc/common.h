@@ -114,14 +114,13 @@ inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor
   // On the CPU a bad index or code is an error here; the CUDA kernel checks each view's itself (a
   // check here would cost a host sync per batch, stalling the training loop's run-ahead).
   if (m > 0 && images.device().is_cpu()) {
-    const at::Tensor range = at::stack({v.source.min(), v.source.max()}).cpu();
-    const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>(), n = images.size(0);
-    TORCH_CHECK(lo >= 0 && hi < n, "con2: source indices must be in [0, ", n, "), got [", lo, ", ", hi, "]");
-    if (has_context) {
-      const int64_t clo = v.context.min().item<int64_t>(), chi = v.context.max().item<int64_t>();
-      TORCH_CHECK(clo >= 0 && chi <= 3, "con2: context codes must be in [0, 3] (bit 0 invert, bit 1 vertical flip), got [",
-                  clo, ", ", chi, "]");
-    }
+    const at::Tensor codes = has_context ? v.context : at::zeros({1}, v.source.options());
+    const at::Tensor range = at::stack({v.source.min(), v.source.max(), codes.min(), codes.max()});
+    const int64_t* r = range.const_data_ptr<int64_t>();
+    const int64_t n = images.size(0);
+    TORCH_CHECK(r[0] >= 0 && r[1] < n, "con2: source indices must be in [0, ", n, "), got [", r[0], ", ", r[1], "]");
+    TORCH_CHECK(r[2] >= 0 && r[3] <= 3, "con2: context codes must be in [0, 3] (bit 0 invert, bit 1 vertical flip), got [",
+                r[2], ", ", r[3], "]");
   }
   v.out = at::empty({m, images.size(1), size, size}, images.options().dtype(dtype),  // no relayout copy
                     channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);

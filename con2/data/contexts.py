@@ -58,6 +58,7 @@ class ContextSet:
         self.compositions: list[tuple[str, ...]] = [()]
         for r in range(1, len(names) + 1):
             self.compositions.extend(combinations(names, r))
+        self._kernel_plan = self._make_kernel_plan()
 
     def __len__(self) -> int:
         return len(self.compositions)
@@ -79,6 +80,10 @@ class ContextSet:
         return [self.apply(k, x) for k in range(len(self))]
 
     def kernel_plan(self) -> tuple[list[tuple[str, ...]], list[tuple[int, int]]]:
+        """How the native view kernel makes the K contexts without a copy per context (made once)."""
+        return self._kernel_plan
+
+    def _make_kernel_plan(self) -> tuple[list[tuple[str, ...]], list[tuple[int, int]]]:
         """How the native view kernel makes the K contexts without a copy per context.
 
         Returns (blocks, per_context): the image blocks to materialise (compositions of base

@@ -323,12 +323,11 @@ def apply_views_compiled(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig
     return fn(x_u8, params.boxes, params.hflip, params.factors, params.order, params.gray)
 
 
-def kernel_view_inputs(contexts: ContextSet | None, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def kernel_view_inputs(plan: list[tuple[int, int]], n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(source, context code) of every view for the native kernel. Views are context-major, as
     con2.losses.view_labels expects: view block 2k+v (context k, view v) of N rows reads sample i
-    of image block b_k with the kernel applying code c_k, where (b_k, c_k) =
-    contexts.kernel_plan()[1][k]; the images are the plan's blocks, block-major [B*N]."""
-    plan = [(0, 0)] if contexts is None else contexts.kernel_plan()[1]
+    of image block b_k with the kernel applying code c_k, where (b_k, c_k) = plan[k] (the second
+    part of ContextSet.kernel_plan); the images are the plan's blocks, block-major [B*N]."""
     block = torch.tensor([b for b, _ in plan], device=device).repeat_interleave(2 * n)
     code = torch.tensor([c for _, c in plan], device=device).repeat_interleave(2 * n)
     sample = torch.arange(2 * len(plan) * n, device=device) % n
@@ -356,6 +355,8 @@ class TensorViewPipeline:
         self.compile = compile
         self._compile_failed = False
         self._sources: dict = {}
+        # image blocks to materialise and (block, kernel code) per context: see ContextSet.kernel_plan
+        self._blocks, self._plan = contexts.kernel_plan() if contexts is not None else ([()], [(0, 0)])
 
     @property
     def n_contexts(self) -> int:
@@ -372,14 +373,14 @@ class TensorViewPipeline:
         ContextSet.kernel_plan (just x_u8, no copy, unless a context equalizes) and per view its
         source row and the context transform the kernel applies while reading it."""
         n, device = x_u8.shape[0], x_u8.device
-        blocks = [()] if self.contexts is None else self.contexts.kernel_plan()[0]
+        blocks = self._blocks
         images = x_u8 if len(blocks) == 1 else torch.cat([ContextSet.apply_names(b, x_u8) for b in blocks])
         # the same few batch sizes every step: build each once (a few launches a step otherwise)
         key = (n, device)
         if key not in self._sources:
             if len(self._sources) >= 8:
                 self._sources.clear()
-            self._sources[key] = kernel_view_inputs(self.contexts, n, device)
+            self._sources[key] = kernel_view_inputs(self._plan, n, device)
         return (images, *self._sources[key])
 
     def _use_native(self, device: torch.device) -> bool:

@@ -23,6 +23,7 @@
 
 #include "../common.h"
 #include "../views_math.h"
+#include "reduce.cuh"
 
 namespace con2 {
 namespace views {
@@ -266,7 +267,7 @@ __device__ __forceinline__ float contrast_sum_from_rows(const char* src, int64_t
       const ColumnTap c = cols[j];
       r += c.w0 * tap_gray<kC>(row, c.first, invert, unit_of) + c.w1 * tap_gray<kC>(row, c.second, invert, unit_of);
     }
-    for (int off = 16; off > 0; off >>= 1) r += __shfl_xor_sync(0xffffffffu, r, off);
+    r = cuda::warp_reduce(r, cuda::SumOp());
     if (lane == 0) row_sums[y - lo] = r;
   }
   __syncthreads();
@@ -354,7 +355,7 @@ __global__ void __launch_bounds__(kViewThreads, 6) views_kernel(ViewArgs a, out_
         next_pixel(i, j, di, dj, a.size);
       }
     }
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    sum = cuda::warp_reduce(sum, cuda::SumOp());
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
     __syncthreads();
     float total = 0.0f;
