@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_run.sh [build|smoke|test|bench|views|view_check|throughput|ncu_views|all]  (default: all but the last four)
 #   view_check: after a build, the GPU view tests, the view table and the pipeline's parts in one call
+#   train_probe: the 224 px reproduction step with cudnn.benchmark / torch.compile / 2-3 processes sharing the GPU
 #   BENCH_K=con2_loss bash benchmarks/gpu_run.sh bench   # a subset of the GPU benchmarks (pytest -k)
 #
 # Stages can run in separate calls (each device call is limited to 10 minutes; the
@@ -134,7 +135,19 @@ throughput() {  # the whole Con2 step (views, forward, loss, backward, AdamW), A
   return 0
 }
 
+train_probe() {  # the reproduction's 224 px step (paper batch) under the options not tried yet
+  local common="--data-root ${DATA_ROOT:-.carry/data} --image-size 256 --center-crop 224 --amp --steps 40 --warmup 8"
+  for opts in "" "--cudnn-benchmark" "--cudnn-benchmark --compile" "--cudnn-benchmark --procs 2" "--cudnn-benchmark --procs 3"; do
+    "$PY" benchmarks/train_throughput.py --dataset breast --batch-size 64 $common $opts 2>&1 | tail -4 | tee -a "$OUT/train_probe.txt"
+  done
+  for opts in "" "--cudnn-benchmark" "--cudnn-benchmark --procs 2"; do
+    "$PY" benchmarks/train_throughput.py --dataset pneumonia --batch-size 128 $common $opts 2>&1 | tail -4 | tee -a "$OUT/train_probe.txt"
+  done
+  return 0
+}
+
 case "$STAGE" in
+  train_probe) train_probe || rc=1 ;;
   build) build || rc=1 ;;
   views) views || rc=1 ;;
   view_check) view_check || rc=1 ;;
@@ -144,7 +157,7 @@ case "$STAGE" in
   test) tests || rc=1 ;;
   bench) bench || rc=1 ;;
   all) { build && smoke && tests; } || rc=1; bench || rc=1 ;;
-  *) echo "usage: $0 [build|smoke|test|bench|views|view_check|throughput|ncu_views|all]"; exit 2 ;;
+  *) echo "usage: $0 [build|smoke|test|bench|views|view_check|throughput|train_probe|ncu_views|all]"; exit 2 ;;
 esac
 log "stage $STAGE finished rc=$rc"
 exit $rc

@@ -129,6 +129,11 @@ def save_model(model: Con2Model, run_dir: Path) -> None:
     (run_dir / "model.json").write_text(json.dumps(info, indent=2))
 
 
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether training of the run in `run_dir` ran to the end (its final model is written)."""
+    return (Path(run_dir) / "model.safetensors").exists() and (Path(run_dir) / "model.json").exists()
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, Con2Model]:
     """The config and trained model of a finished run, in eval mode."""
     run_dir = Path(run_dir)
@@ -176,11 +181,12 @@ class _Interrupt:
 
 
 def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool = True,
-          resume: bool = False, stop_after_steps: int | None = None) -> Path:
+          resume: bool = False, stop_after_steps: int | None = None, deadline: float | None = None) -> Path:
     """Train a Con2 (or ablation / SimCLR) model; returns the run directory.
 
     stop_after_steps: leave (after checkpointing) once this many global steps are done;
-    for tests of resume and for time-boxed jobs.
+    for tests of resume. deadline: a `time.time()` after which to leave the same way, for
+    time-boxed jobs (a lent GPU call, a batch-queue slot); `run_finished` tells the two apart.
     """
     cfg.validate()
     rank, world, local_rank = _dist_env()
@@ -308,7 +314,9 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                         bar.update(1)
                     if last_in_epoch and ((epoch + 1) % cfg.checkpoint_every == 0):
                         checkpoint()
-                    if stop_after_steps is not None and global_step >= stop_after_steps:
+                    if global_step < total and (
+                            (stop_after_steps is not None and global_step >= stop_after_steps)
+                            or (deadline is not None and time.time() >= deadline)):
                         checkpoint()
                         return run_dir
     except KeyboardInterrupt:

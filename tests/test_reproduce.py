@@ -29,6 +29,36 @@ def test_harness_runs_a_row_and_renders_results(tmp_path):
     assert "| breast28-invert |" in text and "81.7" in text and "Not run yet" in text
 
 
+def test_chained_calls_resume_a_row_and_write_it_once(tmp_path):
+    # --chain: a call whose budget is spent pauses every seed after a checkpoint; the same command
+    # resumes them, and the row is written only when all seeds are trained and evaluated
+    data = shared_file("breastmnist.npz").parent
+    results, runs = tmp_path / "results.jsonl", tmp_path / "runs"
+    tiny = ["--width", "4", "--max-train-samples", "32", "--views", "2", "--no-amp", "--epochs", "2"]
+
+    def call(budget_s):
+        cmd = [sys.executable, str(ROOT / "benchmarks/reproduce/device_job.py"), "breast28-flip", "--chain",
+               "--data-root", str(data), "--seeds", "0", "1", "--steps-per-epoch", "1", "--budget-s", str(budget_s),
+               "--eval-s", "5", "--runs", str(runs), "--results", str(results), *tiny]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    out = call(budget_s=5)  # the deadline is now: one step each, then a checkpoint
+    assert out.strip().splitlines()[-1] == "PAUSED" and "--epochs 2" in out
+    assert not results.exists() and (runs / "breast28-flip-s0" / "checkpoint.pt").exists()
+    out = call(budget_s=600)
+    assert "breast28-flip seed 0: resuming at step 1" in out and out.strip().splitlines()[-1] == "DONE"
+    row = json.loads(results.read_text())
+    assert len(results.read_text().splitlines()) == 1 and row["epochs"] == 2
+    assert [(s["seed"], s["calls"]) for s in row["seeds"]] == [(0, 2), (1, 2)]
+    metrics = json.loads((runs / "breast28-flip-s1" / "metrics.json").read_text())
+    assert row["nnd"]["per_seed"][1] == round(100 * metrics["nnd"]["auroc"], 2)
+    out = call(budget_s=600)  # finished runs are neither trained nor evaluated again
+    assert out.strip().splitlines()[-1] == "DONE"
+    assert json.loads(results.read_text().splitlines()[-1])["seeds"] == row["seeds"]
+
+
 def test_device_job_fits_the_schedule_to_the_time_left():
     sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
     from device_job import fit_epochs

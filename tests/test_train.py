@@ -11,7 +11,7 @@ import torch
 
 from con2.config import TrainConfig
 from con2.data import OneClassSplit
-from con2.train import load_run, schedule, train
+from con2.train import load_run, run_finished, schedule, train
 
 
 def tiny_split(n=24, size=12, channels=1, seed=0):
@@ -58,6 +58,21 @@ def test_resume_gives_identical_weights(tmp_path, stop_at):
     assert_same_weights(weights(straight), weights(tmp_path / "b"))
     lines = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["global_step"] == 6 and lines[-1]["alpha"] == 1.0
+
+
+def test_deadline_pauses_with_a_checkpoint_and_resume_finishes_identically(tmp_path):
+    # a time-boxed job (a lent GPU call): past the deadline it leaves after the current step
+    split = tiny_split()
+    straight = train(tiny_cfg(tmp_path / "a"), split, progress=False)
+    cfg = tiny_cfg(tmp_path / "b")
+    train(cfg, split, progress=False, deadline=0.0)
+    assert not run_finished(tmp_path / "b") and run_finished(straight)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["global_step"] == 1
+    train(cfg, split, progress=False, resume=True, deadline=0.0)  # one more step per call
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["global_step"] == 2
+    train(cfg, split, progress=False, resume=True)
+    assert run_finished(tmp_path / "b")
+    assert_same_weights(weights(straight), weights(tmp_path / "b"))
 
 
 def test_nonfinite_loss_stops_training_and_is_never_checkpointed(tmp_path, monkeypatch):

@@ -6,6 +6,11 @@ the results) if the paper schedule cannot finish inside --budget-s.
 
 With --steps-per-s (a step rate measured before, per process, with the same processes sharing
 the GPU) there is no probe: the schedule is fitted once and the runs start once.
+
+With --chain the schedule is never shortened: the runs train until the call's budget is spent,
+checkpoint into --runs (an ignored folder of the working tree, which stays on the GPU machine
+while it is warm, i.e. when the next call comes within its idle time) and the same command
+resumes them; the last output line says PAUSED (call again) or DONE (results written).
 """
 from __future__ import annotations
 
@@ -51,17 +56,27 @@ def main(argv=None) -> int:
     p.add_argument("--startup-s", type=float, default=30, help="process start-up kept aside with --steps-per-s")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--results", default=str(HERE / "results.jsonl"))
-    a = p.parse_args(argv)
+    p.add_argument("--chain", action="store_true", help="full schedule across calls (see above)")
+    p.add_argument("--runs", default=None, help="run folder (default runs/device-probe; runs/device-chain with --chain)")
+    a, passthrough = p.parse_known_args(argv)  # other options go to run.py as they are (--views, --width, ...)
     t_start = time.perf_counter()
     n_proc = len(a.rows) * len(a.seeds)
 
-    def launch(epochs: int, runs: Path):
+    def launch(epochs: int, runs: Path, stop_at: float | None = None):
         cmd = [sys.executable, str(HERE / "run.py"), *a.rows, "--data-root", a.data_root, "--epochs", str(epochs),
                "--parallel", str(n_proc), "--runs", str(runs), "--results", a.results, "--seeds", *map(str, a.seeds)]
+        cmd += (["--stop-at", f"{stop_at:.0f}"] if stop_at else []) + passthrough
         print("$", " ".join(cmd), flush=True)
         return subprocess.Popen(cmd, start_new_session=True)  # its own group: killed whole
 
-    runs = Path("runs/device-probe")
+    if a.chain:
+        runs = Path(a.runs or "runs/device-chain")
+        if a.steps_per_s:
+            print(f"the paper schedule needs {a.epochs * a.steps_per_epoch / a.steps_per_s:.0f} s of training per "
+                  f"process at {a.steps_per_s:.1f} steps/s; this call trains for about "
+                  f"{a.budget_s - a.eval_s - a.startup_s:.0f} s", flush=True)
+        return launch(a.epochs, runs, stop_at=time.time() + a.budget_s - a.eval_s).wait()
+    runs = Path(a.runs or "runs/device-probe")
     shutil.rmtree(runs, ignore_errors=True)
     if a.steps_per_s:
         epochs = fit_epochs(a.epochs, a.steps_per_epoch, a.steps_per_s, a.budget_s - a.eval_s - a.startup_s)

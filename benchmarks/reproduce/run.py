@@ -6,6 +6,11 @@
 Seeds (and rows) run as parallel processes (--parallel) so small models share one GPU.
 Each finished row appends one JSON line to the results file: AUROC mean +- std and per seed
 for both scorers, the schedule, wall time, training views/s, device and commit.
+
+--stop-at T (a Unix time) time-boxes the call: training checkpoints and leaves at T, and the same
+command run again (same --runs) resumes it; a row is written once all its seeds have finished
+and been evaluated (an evaluation is kept in its run directory, never repeated). This lets one
+run span several 10-minute GPU calls on a machine that stays warm between them.
 """
 from __future__ import annotations
 
@@ -33,6 +38,18 @@ def _commit() -> str:
         return "unknown"
 
 
+def _read_json(path: Path, default: dict) -> dict:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def _last_step(out: Path) -> int:
+    """The step a run's checkpoint holds (0 without one); mapped, not read, from disk."""
+    import torch
+
+    ckpt = out / "checkpoint.pt"
+    return int(torch.load(ckpt, mmap=True, weights_only=True)["global_step"]) if ckpt.exists() else 0
+
+
 def run_seed(row_name: str, seed: int, args: dict) -> dict:
     import torch
 
@@ -58,16 +75,27 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
         cfg.batch_size, explicit = args["batch_size"], explicit | {"batch_size"}
     apply_preset(cfg, "paper", explicit)
     cfg.checkpoint_every = max(cfg.epochs, 1)  # runs are short-lived on a lent machine
-    from con2.train import train
+    from con2.train import run_finished, train
 
-    t0 = time.perf_counter()
-    train(cfg, progress=False, resume=True)
-    train_s = time.perf_counter() - t0
+    timing = _read_json(out / "reproduce_time.json", {"train_s": 0.0, "calls": 0})
+    if not run_finished(out):  # else trained by an earlier call
+        start_step = _last_step(out)
+        print(f"{row_name} seed {seed}: " + (f"resuming at step {start_step}" if start_step else "starting from step 0"),
+              flush=True)
+        t0 = time.perf_counter()
+        train(cfg, progress=False, resume=True, deadline=args.get("stop_at"))
+        timing = {"train_s": timing["train_s"] + time.perf_counter() - t0, "calls": timing["calls"] + 1}
+        (out / "reproduce_time.json").write_text(json.dumps(timing))
+    if not run_finished(out):
+        return {"seed": seed, "paused": True, "step": _last_step(out), "epochs": cfg.epochs}
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [l["views_per_s"] for l in lines[len(lines) // 10:]] or [0.0]
-    metrics = evaluate_run(out, views=args["views"], progress=False)
+    metrics = _read_json(out / "metrics.json", {})  # written by an earlier call's evaluation
+    if metrics.get("views") != args["views"] or not all(s in metrics for s in ("nnd", "lh")):
+        metrics = evaluate_run(out, views=args["views"], progress=False)
     return {"seed": seed, "nnd": metrics["nnd"]["auroc"], "lh": metrics["lh"]["auroc"],
-            "train_s": round(train_s, 1), "eval_s": metrics["seconds"], "views_per_s": round(statistics.median(rates)),
+            "train_s": round(timing["train_s"], 1), "calls": timing["calls"], "eval_s": metrics["seconds"],
+            "views_per_s": round(statistics.median(rates)),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
             "center_crop": cfg.center_crop,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
@@ -101,6 +129,8 @@ def main(argv=None) -> int:
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--no-amp", dest="amp", action="store_false")
     p.add_argument("--runs", default="runs/reproduce")
+    p.add_argument("--stop-at", type=float, default=None,
+                   help="Unix time at which training checkpoints and leaves; run again to resume")
     p.add_argument("--results", default=str(Path(__file__).with_name("results.jsonl")))
     a = p.parse_args(argv)
     unknown = [r for r in a.rows if r not in ROWS]
@@ -110,21 +140,36 @@ def main(argv=None) -> int:
     jobs = [(r, s) for r in a.rows for s in a.seeds]
     t0 = {r: time.perf_counter() for r in a.rows}
     done: dict[str, list] = {r: [] for r in a.rows}
+    paused = False
+    Path(a.runs).mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=a.parallel, mp_context=__import__("multiprocessing").get_context("spawn")) as ex:
         futures = {ex.submit(run_seed, r, s, args): (r, s) for r, s in jobs}
         for fut in __import__("concurrent.futures").futures.as_completed(futures):
             r, s = futures[fut]
             res = fut.result()
-            print(f"{r} seed {s}: NND {100 * res['nnd']:.2f}  LH {100 * res['lh']:.2f}  "
-                  f"train {res['train_s']:.0f}s  {res['views_per_s']} views/s", flush=True)
             done[r].append(res)
-            if len(done[r]) == len(a.seeds):
-                summary = summarise(r, sorted(done[r], key=lambda x: x["seed"]), time.perf_counter() - t0[r], args)
+            if res.get("paused"):
+                print(f"{r} seed {s}: paused at step {res['step']} (schedule {res['epochs']} epochs)", flush=True)
+            else:
+                print(f"{r} seed {s}: NND {100 * res['nnd']:.2f}  LH {100 * res['lh']:.2f}  "
+                      f"train {res['train_s']:.0f}s  {res['views_per_s']} views/s", flush=True)
+            if len(done[r]) < len(a.seeds):
+                continue
+            wall_file = Path(a.runs) / f"{r}.wall_s"  # the row's wall time, summed over calls
+            wall = float(wall_file.read_text()) if wall_file.exists() else 0.0
+            wall += time.perf_counter() - t0[r]
+            wall_file.write_text(f"{wall:.1f}")
+            if any(x.get("paused") for x in done[r]):
+                paused = True
+                print(f"== {r}: paused; run the same command again (same --runs) to continue", flush=True)
+            else:
+                summary = summarise(r, sorted(done[r], key=lambda x: x["seed"]), wall, args)
                 with open(a.results, "a") as f:
                     f.write(json.dumps(summary) + "\n")
                 print(f"== {r}: NND {summary['nnd']['mean']:.1f} ± {summary['nnd']['std']:.1f}  "
                       f"LH {summary['lh']['mean']:.1f} ± {summary['lh']['std']:.1f}  (paper {r and ROWS[r].paper})",
                       flush=True)
+    print("PAUSED" if paused else "DONE", flush=True)  # the last line says whether to call again
     return 0
 
 
