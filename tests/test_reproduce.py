@@ -59,6 +59,27 @@ def test_chained_calls_resume_a_row_and_write_it_once(tmp_path):
     assert json.loads(results.read_text().splitlines()[-1])["seeds"] == row["seeds"]
 
 
+def test_a_stray_runner_is_stopped_with_sigterm_before_runs_resume(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from device_job import stop_stray_runner
+
+    # a runner left by a killed call: its own session, checkpoints (here: writes a file) on SIGTERM
+    code = ("import signal, sys, time, pathlib\n"
+            "def bye(*_): pathlib.Path(sys.argv[1]).write_text('checkpointed'); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, bye)\n"
+            "pathlib.Path(sys.argv[1] + '.ready').touch()\n"
+            "time.sleep(60)\n")
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(marker)], start_new_session=True)
+    while not Path(str(marker) + ".ready").exists():
+        assert proc.poll() is None
+    pid_file = tmp_path / "runner.pid"
+    pid_file.write_text(str(proc.pid))
+    stop_stray_runner(pid_file, wait_s=30)
+    assert proc.wait(timeout=5) == 0 and marker.read_text() == "checkpointed"
+    stop_stray_runner(pid_file)  # no such process any more: nothing to do
+
+
 def test_device_job_fits_the_schedule_to_the_time_left():
     sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
     from device_job import fit_epochs

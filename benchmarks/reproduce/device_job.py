@@ -43,6 +43,38 @@ def fit_epochs(epochs: int, steps_per_epoch: int, steps_per_s: float, seconds: f
     return max(1, min(epochs, int(seconds * steps_per_s / steps_per_epoch)))
 
 
+def stop_stray_runner(pid_file: Path, wait_s: float = 90) -> None:
+    """A call killed at its time limit leaves its runner going (it has a session of its own, which
+    outlives the call on the GPU machine): stop it with SIGTERM, which makes every run checkpoint,
+    before this call resumes the same runs; SIGKILL only if it does not leave in `wait_s`."""
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    print(f"stopping the runner {pid} left by an earlier call (its runs checkpoint first)", flush=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if not group_alive(pid):
+            return
+        time.sleep(0.5)
+    os.killpg(pid, signal.SIGKILL)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies do not count; Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("rows", nargs="+")
@@ -71,11 +103,17 @@ def main(argv=None) -> int:
 
     if a.chain:
         runs = Path(a.runs or "runs/device-chain")
+        runs.mkdir(parents=True, exist_ok=True)
+        stop_stray_runner(runs / "runner.pid")
         if a.steps_per_s:
             print(f"the paper schedule needs {a.epochs * a.steps_per_epoch / a.steps_per_s:.0f} s of training per "
                   f"process at {a.steps_per_s:.1f} steps/s; this call trains for about "
                   f"{a.budget_s - a.eval_s - a.startup_s:.0f} s", flush=True)
-        return launch(a.epochs, runs, stop_at=time.time() + a.budget_s - a.eval_s).wait()
+        proc = launch(a.epochs, runs, stop_at=time.time() + a.budget_s - a.eval_s)
+        (runs / "runner.pid").write_text(str(proc.pid))
+        rc = proc.wait()
+        (runs / "runner.pid").unlink(missing_ok=True)
+        return rc
     runs = Path(a.runs or "runs/device-probe")
     shutil.rmtree(runs, ignore_errors=True)
     if a.steps_per_s:
