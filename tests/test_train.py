@@ -167,6 +167,23 @@ def test_cli_bad_arguments_give_one_line():
     assert exc.value.code == 2
 
 
+def test_cli_time_limit_pauses_and_resume_finishes(tmp_path, capsys):
+    from con2.cli.main import main
+    from con2.cli.train_cmd import parse_duration
+
+    assert parse_duration("5400") == parse_duration("90m") == parse_duration("1h30m") == 5400
+    assert parse_duration("1h2m3s") == 3723 and parse_duration("0.5s") == 0.5
+    for bad in ("", "soon", "0", "3x"):
+        with pytest.raises(Exception, match="duration|positive"):
+            parse_duration(bad)
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--width", "4", "--max-train-samples", "16",
+            "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "run")]
+    main(args + ["--time-limit", "0.001s"])  # spent before the first step ends: one step, then leave
+    assert "time limit reached" in capsys.readouterr().out and not run_finished(tmp_path / "run")
+    main(args + ["--resume"])
+    assert "trained model in" in capsys.readouterr().out and run_finished(tmp_path / "run")
+
+
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="unknown configuration keys: colour"):
         TrainConfig.from_dict({"colour": 1})

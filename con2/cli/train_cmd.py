@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import time
 
 from ..config import CONTEXTS, DATASETS, OBJECTIVES, PIPELINES, TrainConfig, apply_preset
 
@@ -54,12 +56,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return apply_preset(cfg, args.preset, explicit).validate()
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from '5400', '90m', '3h50m' or '1h2m3s' (a batch-queue slot, a lent GPU call)."""
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or m is None or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 5400, 90m, 3h50m)")
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    seconds = 3600 * h + 60 * mi + se
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"the time limit must be positive, got {text!r}")
+    return seconds
+
+
 def _train(args):
-    from ..train import train
+    from ..train import run_finished, train
 
     cfg = config_from_args(args)
-    run_dir = train(cfg, resume=args.resume)
-    print(f"trained model in {run_dir}")
+    deadline = time.time() + args.time_limit if args.time_limit else None
+    run_dir = train(cfg, resume=args.resume, deadline=deadline)
+    if run_finished(run_dir):
+        print(f"trained model in {run_dir}")
+    else:
+        print(f"time limit reached; checkpoint saved. Continue with --resume --out {run_dir}")
 
 
 def _info(args):
@@ -79,6 +97,8 @@ def register(sub) -> None:
     add_train_options(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<context>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--time-limit", type=parse_duration, default=None, metavar="DURATION",
+                   help="checkpoint and leave after this much wall time (5400, 90m, 3h50m); --resume continues")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=_train)
 
