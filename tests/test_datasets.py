@@ -149,6 +149,17 @@ def test_npz_normal_class_without_samples(tmp_path):
     assert s.val.shape == (0, 8, 8, 1)
 
 
+def test_resize_and_crop_reach_an_empty_val_split(tmp_path):
+    # images + labels only, seeded split without val (the BR35H file): the paper's 256 -> 224
+    imgs = np.random.RandomState(0).randint(0, 256, (12, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=imgs, labels=np.array([0] * 8 + [1] * 4, np.uint8))
+    s = load_split(cfg(dataset="npz", data_file=str(tmp_path / "d.npz"), normal_class=["0"], image_size=32,
+                       center_crop=28))
+    assert len(s.val) == 0 and len(s.train) > 0
+    for part in (s.train, s.val, s.test):
+        assert part.shape[1:] == (28, 28, 1)
+
+
 def test_cifar_npz_fake_and_missing(tmp_path):
     rng = np.random.default_rng(0)
     fine = np.arange(200) % 100

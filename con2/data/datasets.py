@@ -148,8 +148,10 @@ def _empty_like(images: np.ndarray) -> np.ndarray:
 
 def _resize_array(images: np.ndarray, size: int | None) -> np.ndarray:
     """Resize uint8 [N, H, W, C] to size x size (bilinear, antialiased), in chunks to bound memory."""
-    if size is None or len(images) == 0 or images.shape[1:3] == (size, size):
+    if size is None or images.shape[1:3] == (size, size):
         return images
+    if len(images) == 0:  # an empty split (no val images) still takes the new shape
+        return np.zeros((0, size, size, images.shape[-1]), np.uint8)
     import torch
     import torch.nn.functional as F
 
