@@ -34,6 +34,7 @@ import torch
 from . import __version__
 from .config import TrainConfig
 from .data import ContextSet, OneClassSplit, ViewConfig
+from .evaluate import check_crop_scale, scoring_view_config
 from .metrics import calibrate_threshold
 from .model import Con2Model
 from .scoring import AGGREGATES, BANK_DTYPES, SCORERS, FeatureBank, Gaussian, View, ViewEncoder, aggregate
@@ -86,7 +87,7 @@ class Con2Detector:
                  lr: float = 1e-3, weight_decay: float = 1e-3, temperature: float = 0.07, width: int = 64,
                  target_fpr: float = 0.05, contamination: float | None = None,
                  calibration_fraction: float = 0.1, bank_dtype: str = "float32", score_batch_size: int = 256,
-                 out: str | None = None, progress: bool = True):
+                 crop_scale: tuple[float, float] | None = None, out: str | None = None, progress: bool = True):
         self.context, self.objective, self.epochs, self.batch_size = context, objective, epochs, batch_size
         self.image_size, self.scorer, self.views, self.aggregate = image_size, scorer, views, aggregate
         self.device, self.seed, self.amp, self.lr = device, seed, amp, lr
@@ -94,11 +95,13 @@ class Con2Detector:
         self.target_fpr, self.contamination = target_fpr, contamination
         self.calibration_fraction, self.bank_dtype = calibration_fraction, bank_dtype
         self.score_batch_size, self.out, self.progress = score_batch_size, out, progress
+        self.crop_scale = crop_scale  # test-time crops' area range; None: the training views' (0.08, 1)
 
     # ------------------------------------------------------------------ sklearn plumbing
     _PARAMS = ("context", "objective", "epochs", "batch_size", "image_size", "scorer", "views", "aggregate",
                "device", "seed", "amp", "lr", "weight_decay", "temperature", "width", "target_fpr",
-               "contamination", "calibration_fraction", "bank_dtype", "score_batch_size", "out", "progress")
+               "contamination", "calibration_fraction", "bank_dtype", "score_batch_size", "crop_scale", "out",
+               "progress")
 
     def get_params(self, deep: bool = True) -> dict:
         return {k: getattr(self, k) for k in self._PARAMS}
@@ -125,6 +128,7 @@ class Con2Detector:
             raise ValueError(f"target_fpr / contamination must be in [0, 1), got {fpr}")
         if not 0 < self.calibration_fraction < 1:
             raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}")
+        check_crop_scale(self.crop_scale)
         return fpr
 
     def _train_config(self, out: str) -> TrainConfig:
@@ -137,7 +141,7 @@ class Con2Detector:
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None) -> "Con2Detector":
         """Train on normal images X (y is ignored, as in PyOD)."""
-        from .train import context_set, load_run, resolve_device, train, view_config
+        from .train import context_set, load_run, resolve_device, train
 
         target_fpr = self._check_params()
         if isinstance(X, OneClassSplit) and len(X.val):
@@ -166,7 +170,7 @@ class Con2Detector:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.model_ = model
-        self.view_cfg_ = view_config(cfg, split)
+        self.view_cfg_ = scoring_view_config(cfg, split, self.crop_scale)
         self.contexts_ = context_set(cfg)
         self.input_shape_ = tuple(int(s) for s in train_imgs.shape[1:])  # H, W, C
         encoder = self._encoder()

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -27,33 +28,61 @@ SCORES_FILE = "scores.csv"
 VIEWS_FILE = "scores_views.npz"
 
 
+def scoring_view_config(cfg: TrainConfig, split: OneClassSplit, crop_scale: tuple[float, float] | None = None):
+    """The run's training views, with the random crop's area range replaced by `crop_scale` if
+    given: CSI's evaluation, where the 40 test-time views of the paper come from, fixes it at
+    (0.54, 0.54); the paper's T_test is only said to be a subset of the training views T."""
+    from .train import view_config
+
+    view_cfg = view_config(cfg, split)
+    crop_scale = check_crop_scale(crop_scale)
+    return view_cfg if crop_scale is None else dataclasses.replace(view_cfg, scale=crop_scale)
+
+
+def check_crop_scale(crop_scale) -> tuple[float, float] | None:
+    """(low, high) as floats with 0 < low <= high <= 1, or None; else a ValueError naming it."""
+    if crop_scale is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in crop_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"crop scale must be two numbers (low, high), got {crop_scale!r}") from None
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1, got ({lo}, {hi})")
+    return lo, hi
+
+
 def run_scorer(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40, scorers: Iterable[str] = SCORERS,
                aggregate: str = "mean", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
-               progress: bool = True) -> Scorer:
-    """A Scorer with the train bank of `split` encoded by `model` under the run's views and contexts."""
-    from .train import context_set, view_config
+               progress: bool = True, crop_scale: tuple[float, float] | None = None) -> Scorer:
+    """A Scorer with the train bank of `split` encoded by `model` under the run's views and contexts
+    (the test-time crops' area range set by `crop_scale`, see scoring_view_config)."""
+    from .train import context_set
 
-    return Scorer(model, view_config(cfg, split), context_set(cfg), split.train, views=views, scorers=scorers,
-                  aggregate=aggregate, seed=seed, batch_size=batch_size, bank_dtype=bank_dtype, progress=progress)
+    return Scorer(model, scoring_view_config(cfg, split, crop_scale), context_set(cfg), split.train, views=views,
+                  scorers=scorers, aggregate=aggregate, seed=seed, batch_size=batch_size, bank_dtype=bank_dtype,
+                  progress=progress)
 
 
 def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40,
                    scorers: Iterable[str] = SCORERS, aggregate: str = "mean", seed: int = 0,
                    batch_size: int = 256, bank_dtype: str = "float32", target_fpr: float = 0.05,
-                   progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+                   progress: bool = True, crop_scale: tuple[float, float] | None = None
+                   ) -> tuple[dict, dict[str, np.ndarray]]:
     """(metrics, {scorer: [Q] test scores, scorer + '_views': [Q, A]}) of a model on a split."""
     scorers = check_scorers(scorers)
     labels = np.asarray(split.test_labels).astype(int)
     if labels.min() == labels.max():
         raise ValueError(f"{split.name}: the test split needs normal and anomalous samples to be evaluated")
     t0 = time.perf_counter()
-    scorer = run_scorer(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype, progress)
+    scorer = run_scorer(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype, progress,
+                        crop_scale)
     per_view = scorer.score_views(split.test, scorers)
     val_scores = scorer.score(split.val, scorers) if len(split.val) else None
     metrics: dict = {
         "dataset": split.name, "normal_classes": [int(c) for c in split.normal_classes],
         "context": cfg.context, "objective": cfg.objective, "views": views, "aggregate": aggregate,
-        "scoring_seed": seed, "n_train": int(len(split.train)), "n_val": int(len(split.val)),
+        "scoring_seed": seed, "crop_scale": list(scorer.encoder.view_cfg.scale), "n_train": int(len(split.train)), "n_val": int(len(split.val)),
         "n_test": int(len(labels)), "n_test_anomalous": int(labels.sum()),
     }
     scores: dict[str, np.ndarray] = {}
@@ -80,7 +109,7 @@ def aggregate_np(per_view: torch.Tensor, how: str) -> np.ndarray:
 def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = SCORERS, aggregate: str = "mean",
                  device: str = "auto", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
                  target_fpr: float = 0.05, per_view: bool = False, split: OneClassSplit | None = None,
-                 progress: bool = True, write: bool = True) -> dict:
+                 progress: bool = True, write: bool = True, crop_scale: tuple[float, float] | None = None) -> dict:
     """Score a finished run's test split with every scorer; writes metrics.json and scores.csv."""
     from .data import load_split
     from .train import load_run
@@ -89,7 +118,7 @@ def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = 
     cfg, model = load_run(run_dir, device=device)
     split = split if split is not None else load_split(cfg)
     metrics, scores = evaluate_model(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype,
-                                     target_fpr, progress)
+                                     target_fpr, progress, crop_scale)
     metrics = {"run": str(run_dir), **metrics}
     if write:
         write_results(run_dir, metrics, scores, split, per_view)

@@ -51,7 +51,8 @@ def read_images(files: Sequence[Path], size: tuple[int, int], channels: int) -> 
 
 def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggregate: str = "mean",
                   target_fpr: float = 0.05, threshold: float | None = None, device: str = "auto", seed: int = 0,
-                  batch_size: int = 256, bank_dtype: str = "float32", progress: bool = True) -> list[dict]:
+                  batch_size: int = 256, bank_dtype: str = "float32", progress: bool = True,
+                  crop_scale: tuple[float, float] | None = None) -> list[dict]:
     """[{file, score, anomaly, threshold}] for every image under `inputs`."""
     from .data import load_split
     from .data.datasets import center_crop_array
@@ -67,7 +68,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     images = center_crop_array(read_images(files, size, split.channels), cfg.center_crop)
     if threshold is None and not len(split.val):
         raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold")
-    s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress)
+    s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress, crop_scale)
     if threshold is None:
         threshold = calibrate_threshold(s.score(split.val)[scorer].numpy(), target_fpr)
     scores = s.score(images)[scorer].numpy()

@@ -63,6 +63,19 @@ def test_bad_inputs_fail_clearly(fitted):
         Con2Detector().decision_function(np.zeros((2, 12, 12), np.uint8))
     with pytest.raises(ValueError, match="scorer"):
         Con2Detector(scorer="knn").fit(np.zeros((10, 12, 12), np.uint8))
+    with pytest.raises(ValueError, match="crop scale"):  # before any training
+        Con2Detector(crop_scale=(0.6, 0.5)).fit(np.zeros((10, 12, 12), np.uint8))
+
+
+def test_crop_scale_sets_the_test_time_views_and_survives_save_load(fitted, tmp_path):
+    det = Con2Detector(epochs=1, width=8, batch_size=16, views=2, progress=False, device="cpu",
+                       crop_scale=(0.54, 0.54)).fit(blobs(40, 0, True))
+    assert det.view_cfg_.scale == (0.54, 0.54) and fitted[0].view_cfg_.scale == (0.08, 1.0)
+    det.save(tmp_path / "d.safetensors")
+    loaded = Con2Detector.load(tmp_path / "d.safetensors", device="cpu")
+    assert loaded.view_cfg_.scale == (0.54, 0.54)
+    x = blobs(6, 1, False)
+    np.testing.assert_allclose(loaded.decision_function(x), det.decision_function(x), rtol=1e-5, atol=1e-6)
 
 
 def test_save_load_gives_identical_scores(fitted):

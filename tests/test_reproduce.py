@@ -20,8 +20,11 @@ def test_harness_runs_a_row_and_renders_results(tmp_path):
     row = json.loads(results.read_text().splitlines()[-1])
     assert row["row"] == "breast28-invert" and row["paper"] == 81.7 and row["epochs"] == 1
     assert [s["seed"] for s in row["seeds"]] == [0, 1]
-    for s in ("nnd", "lh"):
+    for s in ("nnd", "lh", "nnd_csi", "lh_csi"):  # the METHOD views, and CSI's evaluation crops beside them
         assert len(row[s]["per_seed"]) == 2 and all(0 <= v <= 100 for v in row[s]["per_seed"])
+    csi = json.loads((tmp_path / "runs" / "breast28-invert-s1" / "metrics_csi_views.json").read_text())
+    assert csi["crop_scale"] == [0.54, 0.54] and row["nnd_csi"]["per_seed"][1] == round(100 * csi["nnd"]["auroc"], 2)
+    assert json.loads((tmp_path / "runs" / "breast28-invert-s1" / "metrics.json").read_text())["crop_scale"] == [0.08, 1.0]
     out = tmp_path / "RESULTS.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/reproduce/report.py"), "--results", str(results),
                     "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
@@ -113,6 +116,7 @@ def test_report_merges_seeds_run_in_separate_calls(tmp_path):
     assert rows["breast224-invert (1806 epochs)"]["nnd"]["per_seed"] == [70.0]
     text = render(rows)
     assert "--seeds 0 1 --epochs 2048" in text and "--seeds 0 --epochs 1806" in text
+    assert "nnd_csi" not in full and "| 80.0, 70.0 | – | – |" in text  # rows from before the CSI columns
 
 
 def test_breast_224_rows_read_their_source_resolution():

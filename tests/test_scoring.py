@@ -1,5 +1,7 @@
 """Scoring: the two native-op boundaries against NumPy/SciPy, S_LH with n < d, the test-time-view
 formula, finiteness checks, float16 banks and batch-size invariance."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -252,3 +254,33 @@ def test_wrong_images_fail_clearly(tiny):
         s.score(test.float())
     with pytest.raises(ValueError, match="without the lh scorer"):
         s.score(test, scorers=("lh",))
+
+
+def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys):
+    # CSI's evaluation fixes the test-time crops at 54 % of the area; the default keeps the training views'
+    from con2.cli.main import main
+    from con2.config import TrainConfig
+    from con2.data import load_split
+    from con2.evaluate import run_scorer, scoring_view_config
+    from con2.train import load_run, train
+
+    cfg = TrainConfig(dataset="digits", width=4, epochs=1, image_size=12, batch_size=16, max_train_samples=32,
+                      device="cpu", out=str(tmp_path / "run"))
+    run = train(cfg, progress=False)
+    cfg, model = load_run(run)
+    split = load_split(cfg)
+    assert scoring_view_config(cfg, split).scale == (0.08, 1.0)
+    assert scoring_view_config(cfg, split, (0.54, 0.54)).scale == (0.54, 0.54)
+    with pytest.raises(ValueError, match="crop scale"):
+        scoring_view_config(cfg, split, (0.9, 0.5))
+    default = run_scorer(model, cfg, split, views=4, scorers=("nnd",), progress=False)
+    csi = run_scorer(model, cfg, split, views=4, scorers=("nnd",), progress=False, crop_scale=(0.54, 0.54))
+    assert csi.encoder.view_cfg.scale == (0.54, 0.54)
+    assert not torch.allclose(default.score(split.test[:8])["nnd"], csi.score(split.test[:8])["nnd"])
+
+    main(["evaluate", "--run", str(run), "--views", "4", "--crop-scale", "0.54", "0.54", "--quiet"])
+    assert "crop area 0.54-0.54" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["crop_scale"] == [0.54, 0.54]
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--run", str(run), "--crop-scale", "0", "1"])
+    assert exc.value.code == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,14 @@ def _rows() -> list[Row]:
 
 
 ROWS = {r.name: r for r in _rows()}
+
+
+def row_config(row: Row, data_root: str, **fields):
+    """The TrainConfig of a row's data and objective (seed, schedule and the rest from `fields`)."""
+    from con2.config import TrainConfig
+
+    return TrainConfig(dataset=row.dataset, context=row.context, objective=row.objective, data_root=data_root,
+                       resolution=row.resolution, image_size=row.image_size, center_crop=row.center_crop,
+                       normal_class=list(row.normal_class) if row.normal_class else None,
+                       data_file=str(Path(data_root) / row.data_file) if row.data_file else None,
+                       extra=dict(row.extra), **fields)

@@ -3,6 +3,12 @@
     python benchmarks/reproduce/run.py ROW [ROW ...] --data-root DIR [--seeds 0 1 2]
         [--epochs N] [--parallel P] [--results benchmarks/reproduce/results.jsonl]
 
+Each seed is scored twice: with the test-time views of METHOD section 7 (the training views, crops
+of 8-100 % of the area; the row's number) and, as a second column, with CSI's evaluation views
+(crops fixed at 54 % of the area, CSI's `--resize_factor 0.54 --resize_fix`, where the paper's
+"40 test-time augmentations" come from). The second column is reported beside the first, never
+chosen from the two afterwards.
+
 Seeds (and rows) run as parallel processes (--parallel) so small models share one GPU.
 Each finished row appends one JSON line to the results file: AUROC mean +- std and per seed
 for both scorers, the schedule, wall time, training views/s, device and commit.
@@ -25,7 +31,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rows import ROWS  # noqa: E402
+from rows import ROWS, row_config  # noqa: E402
+
+CSI_CROP_SCALE = (0.54, 0.54)
 
 
 def _commit() -> str:
@@ -53,17 +61,12 @@ def _last_step(out: Path) -> int:
 def run_seed(row_name: str, seed: int, args: dict) -> dict:
     import torch
 
-    from con2.config import TrainConfig, apply_preset
+    from con2.config import apply_preset
     from con2.evaluate import evaluate_run
 
     row = ROWS[row_name]
     out = Path(args["runs"]) / f"{row_name}-s{seed}"
-    cfg = TrainConfig(dataset=row.dataset, context=row.context, objective=row.objective, seed=seed,
-                      data_root=args["data_root"], resolution=row.resolution, out=str(out), amp=args["amp"],
-                      image_size=row.image_size, center_crop=row.center_crop,
-                      normal_class=list(row.normal_class) if row.normal_class else None,
-                      data_file=str(Path(args["data_root"]) / row.data_file) if row.data_file else None,
-                      extra=dict(row.extra))
+    cfg = row_config(row, args["data_root"], seed=seed, out=str(out), amp=args["amp"])
     explicit = {"epochs"} if args["epochs"] else set()
     if args["epochs"]:
         cfg.epochs = args["epochs"]
@@ -93,7 +96,13 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
     metrics = _read_json(out / "metrics.json", {})  # written by an earlier call's evaluation
     if metrics.get("views") != args["views"] or not all(s in metrics for s in ("nnd", "lh")):
         metrics = evaluate_run(out, views=args["views"], progress=False)
+    csi_file = out / "metrics_csi_views.json"
+    csi = _read_json(csi_file, {})
+    if csi.get("views") != args["views"]:
+        csi = evaluate_run(out, views=args["views"], progress=False, write=False, crop_scale=CSI_CROP_SCALE)
+        csi_file.write_text(json.dumps(csi, default=float))
     return {"seed": seed, "nnd": metrics["nnd"]["auroc"], "lh": metrics["lh"]["auroc"],
+            "nnd_csi": csi["nnd"]["auroc"], "lh_csi": csi["lh"]["auroc"],
             "train_s": round(timing["train_s"], 1), "calls": timing["calls"], "eval_s": metrics["seconds"],
             "views_per_s": round(statistics.median(rates)),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
@@ -108,7 +117,7 @@ def summarise(row_name: str, seeds: list[dict], wall: float, args: dict) -> dict
            "batch_size": seeds[0]["batch_size"], "views": args["views"], "amp": args["amp"],
            "seeds": seeds, "wall_s": round(wall, 1), "device": seeds[0]["device"], "commit": _commit(),
            "date": time.strftime("%Y-%m-%d"), "extra": row.extra}
-    for s in ("nnd", "lh"):
+    for s in ("nnd", "lh", "nnd_csi", "lh_csi"):
         vals = [100 * r[s] for r in seeds]
         out[s] = {"mean": round(statistics.mean(vals), 2),
                   "std": round(statistics.stdev(vals), 2) if len(vals) > 1 else 0.0,
