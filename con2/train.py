@@ -49,12 +49,19 @@ def context_set(cfg: TrainConfig) -> ContextSet | None:
     return None if cfg.objective == "simclr" else ContextSet(cfg.context)
 
 
+def training_size(cfg: TrainConfig, split: OneClassSplit) -> int:
+    """The side of the views the network sees: the centred crop when the run crops (the paper's
+    resize 256, crop 224 trains on 224 px views), else --image-size (views are resized to it from
+    images of any size), else the images' own size."""
+    return cfg.center_crop or cfg.image_size or split.image_size
+
+
 def view_config(cfg: TrainConfig, split: OneClassSplit) -> ViewConfig:
-    return ViewConfig(size=cfg.image_size or split.image_size)
+    return ViewConfig(size=training_size(cfg, split))
 
 
 def build_model(cfg: TrainConfig, split: OneClassSplit) -> Con2Model:
-    return Con2Model(in_channels=split.channels, image_size=cfg.image_size or split.image_size, width=cfg.width)
+    return Con2Model(in_channels=split.channels, image_size=training_size(cfg, split), width=cfg.width)
 
 
 def objective_loss(cfg: TrainConfig, z_context, z_content, context_labels, sample_ids, alpha):

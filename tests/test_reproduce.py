@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +118,16 @@ def test_report_merges_seeds_run_in_separate_calls(tmp_path):
     text = render(rows)
     assert "--seeds 0 1 --epochs 2048" in text and "--seeds 0 --epochs 1806" in text
     assert "nnd_csi" not in full and "| 80.0, 70.0 | – | – |" in text  # rows from before the CSI columns
+    assert "| breast224-invert | con2 | 2048 × 64, 256 px views |" in text
+
+    # runs from before the view-size fix trained on 256 px views of the 224 crop: never merged with 224 px ones
+    newer = entry(2, 0.75, 2048, "e")
+    newer["seeds"][0]["view_size"] = 224
+    results.write_text(results.read_text() + json.dumps(newer) + "\n")
+    rows = load(results)
+    assert rows["breast224-invert"]["nnd"]["per_seed"] == [75.0]
+    assert rows["breast224-invert (256 px views)"]["nnd"]["per_seed"] == [80.0, 70.0]
+    assert "| breast224-invert | con2 | 2048 × 64, 224 px views |" in render(rows)
 
 
 def test_breast_224_rows_read_their_source_resolution():
@@ -134,3 +145,40 @@ def test_breast_224_rows_read_their_source_resolution():
                           image_size=row.image_size, center_crop=row.center_crop)
         split = load_split(cfg)
         assert split.train.shape[1:3] == (224, 224) and split.meta["resolution"] == source, name
+
+
+# One row of every kind the GPU runs (data file, resolution, pre-processing, objective), each trained
+# for one step of a tiny network and scored with 2 views: a row that cannot run fails here, on the
+# CPU, not in a lent GPU call.
+SMOKE_ROWS = ["breast64-flip", "breast224-equalize", "breast224from64-invert", "pneumonia-flip",
+              "pneumonia224-invert", "br35h-invert", "br35h224-invert", "cifar10-flip-c0", "breast-simclr-lh",
+              "breast-context-only", "breast-content-only"]
+
+
+@pytest.mark.parametrize("row", SMOKE_ROWS)
+def test_every_kind_of_row_runs_at_a_tiny_schedule(row, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from rows import ROWS
+    from run import run_seed
+
+    data = shared_file("breastmnist.npz").parent
+    if ROWS[row].data_file and ROWS[row].dataset == "cifar10":  # the per-class file the GPU machine gets
+        from prepare_carry import main as prepare
+
+        shared_file("cifar10.npz")
+        prepare(["--shared", str(data), "--out", str(tmp_path / "data"), "--files", "--cifar-classes", "0"])
+        data = tmp_path / "data"
+    else:
+        for name in filter(None, [ROWS[row].data_file]):
+            shared_file(name)
+    args = {"data_root": str(data), "runs": str(tmp_path / "runs"), "amp": False, "epochs": 1, "width": 4,
+            "max_train_samples": 8, "batch_size": 4, "views": 2, "stop_at": None}
+    res = run_seed(row, 0, args)
+    assert res["epochs"] == 1 and not res.get("paused")
+    for key in ("nnd", "lh", "nnd_csi", "lh_csi"):
+        assert 0 <= res[key] <= 1, key
+    run = tmp_path / "runs" / f"{row}-s0"
+    assert json.loads((run / "config.json").read_text())["objective"] == ROWS[row].objective
+    # the network saw the row's pixels: the crop, else the file's resolution (CIFAR 32 px, BreastMNIST 28 px)
+    size = ROWS[row].center_crop or ROWS[row].resolution or {"cifar10": 32, "npz": 64}.get(ROWS[row].dataset, 28)
+    assert json.loads((run / "model.json").read_text())["architecture"]["image_size"] == size

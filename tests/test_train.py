@@ -11,7 +11,7 @@ import torch
 
 from con2.config import TrainConfig
 from con2.data import OneClassSplit
-from con2.train import load_run, run_finished, schedule, train
+from con2.train import load_run, run_finished, schedule, train, view_config
 
 
 def tiny_split(n=24, size=12, channels=1, seed=0):
@@ -202,6 +202,10 @@ def test_predict_applies_the_runs_center_crop(tmp_path):
 
     cfg = tiny_cfg(tmp_path / "run", epochs=1, image_size=12, center_crop=10, max_train_samples=24)
     run = train(cfg, progress=False)
+    # resize 12, crop 10: the network trains and scores on 10 px views (the paper's 256 -> 224 gives 224)
+    assert load_run(run)[1].image_size == 10
+    assert view_config(cfg, load_split(cfg)).size == 10
+    assert view_config(tiny_cfg(tmp_path, image_size=12), load_split(cfg)).size == 12  # views resized to it
     uncropped = load_split(TrainConfig(dataset="digits", image_size=12)).test[:5]
     for i, img in enumerate(uncropped):
         Image.fromarray(img[:, :, 0]).save(tmp_path / f"{i}.png")

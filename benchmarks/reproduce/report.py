@@ -20,10 +20,26 @@ sys.path.insert(0, str(HERE))
 from rows import ROWS  # noqa: E402
 
 
+def _view_size(seed: dict) -> int | None:
+    """The side of the training views; entries written before 2026-11-23 (seventh session) have no
+    `view_size`: those runs made their views at --image-size, also when they cropped (256, not 224)."""
+    return seed.get("view_size", seed.get("image_size"))
+
+
 def _schedule(r: dict) -> tuple:
     first = r["seeds"][0] if r["seeds"] else {}
     return (r["epochs"], r["batch_size"], r.get("views"), r.get("objective"), first.get("image_size"),
-            first.get("center_crop"))
+            first.get("center_crop"), _view_size(first))
+
+
+def _label(row: str, sched: tuple, newest: tuple) -> str:
+    """The row's name, plus what sets this schedule apart from the row's newest one."""
+    if sched == newest:
+        return row
+    parts = [f"{sched[0]} epochs"] if sched[0] != newest[0] else []
+    if sched[6] != newest[6]:
+        parts.append(f"{sched[6]} px views")
+    return f"{row} ({', '.join(parts) or 'other settings'})"
 
 
 def _summary(values: list[float]) -> dict:
@@ -65,7 +81,7 @@ def load(path: Path) -> dict[str, dict]:
         newest[row] = sched  # dicts keep insertion order: the last schedule seen is the newest
     out: dict[str, dict] = {}
     for (row, sched), entries in groups.items():
-        label = row if newest[row] == sched else f"{row} ({sched[0]} epochs)"
+        label = _label(row, sched, newest[row])
         out[label] = merge(entries)
     return out
 
@@ -93,7 +109,9 @@ def render(results: dict[str, dict]) -> str:
         cmd = (f"`python benchmarks/reproduce/run.py {r['row']} --data-root .carry/data --seeds "
                f"{' '.join(str(s['seed']) for s in r['seeds'])} --epochs {r['epochs']}`")
         paper = "–" if r.get("paper") is None else f"{r['paper']}" + (" (LH)" if r.get("paper_scorer") == "lh" else "")
-        out.append(f"| {name} | {r['objective']} | {r['epochs']} × {r['batch_size']} | {fmt(r['nnd'])} | {fmt(r['lh'])} | "
+        view = _view_size(r["seeds"][0]) if r["seeds"] else None
+        sched = f"{r['epochs']} × {r['batch_size']}" + (f", {view} px views" if view else "")
+        out.append(f"| {name} | {r['objective']} | {sched} | {fmt(r['nnd'])} | {fmt(r['lh'])} | "
                    f"{paper} | {delta} | {', '.join(f'{v:.1f}' for v in r['nnd']['per_seed'])} | "
                    f"{fmt(r['nnd_csi']) if 'nnd_csi' in r else '–'} | {fmt(r['lh_csi']) if 'lh_csi' in r else '–'} | "
                    f"{r['wall_s']:.0f} s | "

@@ -106,7 +106,7 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
             "train_s": round(timing["train_s"], 1), "calls": timing["calls"], "eval_s": metrics["seconds"],
             "views_per_s": round(statistics.median(rates)),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
-            "center_crop": cfg.center_crop,
+            "center_crop": cfg.center_crop, "view_size": cfg.center_crop or cfg.image_size,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
