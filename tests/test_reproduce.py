@@ -50,6 +50,7 @@ def test_chained_calls_resume_a_row_and_write_it_once(tmp_path):
 
     out = call(budget_s=5)  # the deadline is now: one step each, then a checkpoint
     assert out.strip().splitlines()[-1] == "PAUSED" and "--epochs 2" in out
+    assert "breast28-flip-s0: step 1/2, " in out and "more call(s)" in out  # what is left, per run
     assert not results.exists() and (runs / "breast28-flip-s0" / "checkpoint.pt").exists()
     out = call(budget_s=600)
     assert "breast28-flip seed 0: resuming at step 1" in out and out.strip().splitlines()[-1] == "DONE"

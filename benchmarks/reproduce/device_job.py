@@ -75,6 +75,27 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def chain_progress(runs: list[Path], total_steps: int, train_s_per_call: float) -> list[str]:
+    """Per unfinished run: its step, its last step rate and how many more calls of this budget it needs."""
+    import math
+
+    import torch
+
+    lines = []
+    for run in runs:
+        ckpt = run / "checkpoint.pt"
+        if (run / "model.safetensors").exists() or not ckpt.exists():
+            continue
+        step = int(torch.load(ckpt, mmap=True, weights_only=True)["global_step"])
+        cfg = json.loads((run / "config.json").read_text())
+        metrics = (run / "metrics.jsonl").read_text().splitlines()
+        views_s = json.loads(metrics[-1])["views_per_s"] if metrics else 0.0
+        rate = views_s / ((2 if cfg["objective"] == "simclr" else 4) * cfg["batch_size"])
+        more = f"~{math.ceil((total_steps - step) / rate / train_s_per_call)} more call(s)" if rate > 0 else "rate unknown"
+        lines.append(f"{run.name}: step {step}/{total_steps}, {rate:.1f} steps/s, {more}")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("rows", nargs="+")
@@ -113,6 +134,10 @@ def main(argv=None) -> int:
         (runs / "runner.pid").write_text(str(proc.pid))
         rc = proc.wait()
         (runs / "runner.pid").unlink(missing_ok=True)
+        mine = [runs / f"{r}-s{s}" for r in a.rows for s in a.seeds]  # run.py's run folders
+        left = chain_progress(mine, a.epochs * a.steps_per_epoch, max(1.0, a.budget_s - a.eval_s - a.startup_s))
+        status = f"FAILED (runner exit code {rc})" if rc else "PAUSED" if left else "DONE"
+        print("\n".join(left + [status]), flush=True)  # the last line: call again?
         return rc
     runs = Path(a.runs or "runs/device-probe")
     shutil.rmtree(runs, ignore_errors=True)
