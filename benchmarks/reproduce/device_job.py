@@ -10,7 +10,7 @@ the GPU) there is no probe: the schedule is fitted once and the runs start once.
 With --chain the schedule is never shortened: the runs train until the call's budget is spent,
 checkpoint into --runs (an ignored folder of the working tree, which stays on the GPU machine
 while it is warm, i.e. when the next call comes within its idle time) and the same command
-resumes them; the last output line says PAUSED (call again) or DONE (results written).
+resumes them; the last output line says PAUSED (call again), DONE (results written) or FAILED.
 """
 from __future__ import annotations
 
