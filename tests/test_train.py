@@ -193,6 +193,27 @@ def test_config_rejects_unknown_keys_and_bad_values():
         TrainConfig(dataset="cifar10").validate()
 
 
+def test_paper_preset_sets_the_papers_schedule_and_preprocessing():
+    from con2.cli.train_cmd import add_train_options, config_from_args
+    import argparse
+
+    def parsed(*argv):
+        p = argparse.ArgumentParser()
+        add_train_options(p)
+        p.add_argument("--out", default=None)
+        return config_from_args(p.parse_args(list(argv)))
+
+    c = parsed("--dataset", "breast", "--preset", "paper")  # METHOD section 6
+    assert (c.epochs, c.batch_size, c.lr, c.weight_decay) == (2048, 64, 1e-3, 1e-3)
+    assert (c.image_size, c.center_crop) == (256, 224)
+    assert (parsed("--dataset", "pneumonia", "--preset", "paper").batch_size,) == (128,)
+    c = parsed("--dataset", "breast", "--preset", "paper", "--image-size", "64", "--epochs", "10")
+    assert (c.image_size, c.center_crop, c.epochs) == (64, None, 10)  # what the user set wins, as a pair
+    c = parsed("--dataset", "cifar10", "--normal-class", "0", "--preset", "paper")
+    assert (c.image_size, c.center_crop, c.batch_size) == (None, None, 512)  # CIFAR: 32 x 32 as is
+    assert (parsed("--dataset", "breast").image_size, parsed("--dataset", "breast").epochs) == (None, 20)
+
+
 def test_predict_applies_the_runs_center_crop(tmp_path):
     from PIL import Image
 

@@ -67,7 +67,7 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
     row = ROWS[row_name]
     out = Path(args["runs"]) / f"{row_name}-s{seed}"
     cfg = row_config(row, args["data_root"], seed=seed, out=str(out), amp=args["amp"])
-    explicit = {"epochs"} if args["epochs"] else set()
+    explicit = {"image_size", "center_crop"} | ({"epochs"} if args["epochs"] else set())  # the row's own
     if args["epochs"]:
         cfg.epochs = args["epochs"]
     if args["width"]:
