@@ -62,6 +62,7 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
     import torch
 
     from con2.config import apply_preset
+    from con2.data import ViewConfig
     from con2.evaluate import evaluate_run
 
     row = ROWS[row_name]
@@ -93,12 +94,15 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
         return {"seed": seed, "paused": True, "step": _last_step(out), "epochs": cfg.epochs}
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [l["views_per_s"] for l in lines[len(lines) // 10:]] or [0.0]
-    metrics = _read_json(out / "metrics.json", {})  # written by an earlier call's evaluation
-    if metrics.get("views") != args["views"] or not all(s in metrics for s in ("nnd", "lh")):
+    def evaluated(m: dict, scale) -> bool:  # by an earlier call, with this protocol
+        return m.get("views") == args["views"] and m.get("crop_scale") == list(scale) and "lh" in m
+
+    metrics = _read_json(out / "metrics.json", {})
+    if not evaluated(metrics, ViewConfig(size=1).scale):  # the training views' crops
         metrics = evaluate_run(out, views=args["views"], progress=False)
     csi_file = out / "metrics_csi_views.json"
     csi = _read_json(csi_file, {})
-    if csi.get("views") != args["views"]:
+    if not evaluated(csi, CSI_CROP_SCALE):
         csi = evaluate_run(out, views=args["views"], progress=False, write=False, crop_scale=CSI_CROP_SCALE)
         csi_file.write_text(json.dumps(csi, default=float))
     return {"seed": seed, "nnd": metrics["nnd"]["auroc"], "lh": metrics["lh"]["auroc"],
