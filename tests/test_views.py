@@ -469,6 +469,53 @@ def test_dali_shapes_ranges_and_contexts(dali, tmp_path, c):
     assert not torch.allclose(blocks[0], blocks[1])
 
 
+def _cropped_folder_split(tmp_path):
+    """A real image folder loaded the paper's way (resize, then centred crop), read from its files."""
+    from PIL import Image
+
+    from con2.config import TrainConfig
+    from con2.data import load_split
+
+    rng = np.random.default_rng(2)
+    for cls in ("good", "bad"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            a = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            a[:4] = 0  # a dark border that the crop removes (40 -> 32 px: rows 0-3; the crop starts at 4)
+            Image.fromarray(a).save(tmp_path / cls / f"{i}.png")
+    sp = load_split(TrainConfig(dataset="folder", data_root=str(tmp_path), normal_class=["good"], image_size=32,
+                                center_crop=24, extra={"n_train": 4}))
+    assert sp.meta["pre_crop_size"] == [32, 32] and sp.meta["center_crop"] == 24
+    sp.meta["in_memory"] = False  # as a folder too large to hold: the sources decode the files
+    return sp
+
+
+IDENTITY_24 = V.ViewConfig(size=24, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
+
+
+def _source_pixels(src, sp):
+    views = next(iter(dict(src.batches_from(0)).values()))  # [8 * n, 3, 24, 24], block 2k + v
+    n = views.shape[0] // 8
+    from con2.data.sources import epoch_permutation
+
+    perm = epoch_permutation(len(sp.train), 0, 0)[:n]  # both sources' epoch order (seed 0, epoch 0)
+    got = views.view(8, n, 3, 24, 24)[0] * 0.5 + 0.5  # context 0, view 0, back to [0, 1]
+    want = torch.from_numpy(sp.train).permute(0, 3, 1, 2)[perm].float() / 255
+    return got, want
+
+
+def test_file_reading_sources_resize_then_crop_like_the_split(dali, tmp_path):
+    sp = _cropped_folder_split(tmp_path)
+    ctx = ContextSet("invert")
+    got, want = _source_pixels(dali.DaliBatchSource(sp, ctx, IDENTITY_24, 4, 0, "cpu"), sp)
+    # DALI's cubic resize is not Pillow's bicubic: a few grey levels, not the dark border of an uncropped image
+    assert (got - want).abs().mean() < 0.03 and got[:, :, :2].mean() > 0.2
+    src = make_batch_source("workers", sp, ctx, IDENTITY_24, 4, 0, "cpu")
+    src.num_workers = 0
+    got, want = _source_pixels(src, sp)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)  # the loader's own decode and crop
+
+
 def test_available_pipelines():
     from con2.data.pipeline_info import available_pipelines
 

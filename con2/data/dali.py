@@ -59,7 +59,7 @@ def status() -> str:
     return f"nvidia-dali {dali.__version__}: {where}"
 
 
-def _build(files, batch_size, contexts, cfg, channels, hw, seed, device_id, num_threads):
+def _build(files, batch_size, contexts, cfg, channels, hw, crop, seed, device_id, num_threads):
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
@@ -71,6 +71,8 @@ def _build(files, batch_size, contexts, cfg, channels, hw, seed, device_id, num_
         img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu",
                                 output_type=types.GRAY if channels == 1 else types.RGB)
         img = fn.resize(img, resize_x=hw[1], resize_y=hw[0], interp_type=types.INTERP_CUBIC, antialias=True)
+        if crop:  # the split's centred crop (paper: resize 256, crop 224); DALI centres at (hw - crop) / 2
+            img = fn.crop(img, crop=[crop, crop])
         outs = []
         compositions = [()] if contexts is None else contexts.compositions
         for comp in compositions:
@@ -138,7 +140,10 @@ class DaliBatchSource(GlobalBatches):
         if not split.train_files:
             raise ValueError(f"--pipeline dali needs an image-folder data set ({split.name} has no train files)")
         self.files = [str(f) for f in split.train_files]
-        self.channels, self.hw = split.channels, tuple(int(v) for v in split.train.shape[1:3])
+        self.channels = split.channels
+        # decode, resize to the split's size before its centred crop (if any), then crop as it did
+        self.hw = tuple(int(v) for v in split.meta.get("pre_crop_size", split.train.shape[1:3]))
+        self.crop = split.meta.get("center_crop")
         self.contexts, self.cfg = contexts, view_cfg
         self.init_batches(len(self.files), batch_size, rank, world)
         self.seed, self.device, self.dtype = seed, torch.device(device), dtype
@@ -159,7 +164,7 @@ class DaliBatchSource(GlobalBatches):
         files = [self.files[perm[p]] for sl in slices for p in range(sl.start, sl.stop)]
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None  # None: CPU-only pipeline
         pipe_seed = ((self.seed * 1_000_003 + epoch) * 1009 + self.rank * 101 + start_step) % (2**31 - 1)
-        pipe = _build(files, n_local, self.contexts, self.cfg, self.channels, self.hw, pipe_seed, device_id,
+        pipe = _build(files, n_local, self.contexts, self.cfg, self.channels, self.hw, self.crop, pipe_seed, device_id,
                       self.num_threads)
         pipe.build()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

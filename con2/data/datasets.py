@@ -177,7 +177,9 @@ def center_crop_array(images: np.ndarray, size: int | None) -> np.ndarray:
 def _center_crop_split(split: OneClassSplit, size: int | None) -> OneClassSplit:
     if size is None:
         return split
-    return dataclasses.replace(split, train=center_crop_array(split.train, size),
+    # recorded for the sources that decode the files again (DALI, file-reading workers): resize, then crop
+    meta = {**split.meta, "pre_crop_size": [int(v) for v in split.train.shape[1:3]], "center_crop": int(size)}
+    return dataclasses.replace(split, train=center_crop_array(split.train, size), meta=meta,
                                val=center_crop_array(split.val, size), test=center_crop_array(split.test, size))
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .contexts import ContextSet
+from .datasets import center_crop_array
 from .sources import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
@@ -57,8 +58,8 @@ def load_image(path: str, channels: int, size: tuple[int, int] | None) -> np.nda
 class _ViewDataset(Dataset):
     """Item (epoch, position, sample index) -> the sample's 2K views [2K, C, S, S]."""
 
-    def __init__(self, images, files, channels, hw, contexts, cfg, seed):
-        self.images, self.files, self.channels, self.hw = images, files, channels, hw
+    def __init__(self, images, files, channels, hw, contexts, cfg, seed, crop=None):
+        self.images, self.files, self.channels, self.hw, self.crop = images, files, channels, hw, crop
         self.contexts, self.cfg, self.seed = contexts, cfg, seed
         self.transform = view_transform(cfg, channels)
 
@@ -66,7 +67,10 @@ class _ViewDataset(Dataset):
         return len(self.files) if self.images is None else len(self.images)
 
     def _sample(self, i: int) -> torch.Tensor:
-        a = self.images[i] if self.images is not None else load_image(self.files[i], self.channels, self.hw)
+        if self.images is not None:
+            a = self.images[i]
+        else:  # decoded as the split was: resized to its pre-crop size, then its centred crop
+            a = center_crop_array(load_image(self.files[i], self.channels, self.hw)[None], self.crop)[0]
         return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
 
     def __getitem__(self, item):
@@ -100,8 +104,9 @@ class WorkerBatchSource(GlobalBatches):
         images = None if from_files else split.train
         files = list(split.train_files) if from_files else None
         n = len(files) if from_files else len(images)
-        self.dataset = _ViewDataset(images, files, split.channels, tuple(split.train.shape[1:3]) if len(split.train) else None,
-                                    contexts, view_cfg, seed)
+        hw = split.meta.get("pre_crop_size", split.train.shape[1:3] if len(split.train) else None)
+        self.dataset = _ViewDataset(images, files, split.channels, tuple(hw) if hw is not None else None,
+                                    contexts, view_cfg, seed, crop=split.meta.get("center_crop"))
         self.n = n
         self.init_batches(n, batch_size, rank, world)
         self.seed, self.device, self.dtype = seed, torch.device(device), dtype
