@@ -86,7 +86,7 @@ def chain_progress(runs: list[Path], total_steps: int, train_s_per_call: float) 
         ckpt = run / "checkpoint.pt"
         if (run / "model.safetensors").exists() or not ckpt.exists():
             continue
-        step = int(torch.load(ckpt, mmap=True, weights_only=True)["global_step"])
+        step = int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["global_step"])
         cfg = json.loads((run / "config.json").read_text())
         metrics = (run / "metrics.jsonl").read_text().splitlines()
         views_s = json.loads(metrics[-1])["views_per_s"] if metrics else 0.0

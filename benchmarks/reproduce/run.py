@@ -55,7 +55,9 @@ def _last_step(out: Path) -> int:
     import torch
 
     ckpt = out / "checkpoint.pt"
-    return int(torch.load(ckpt, mmap=True, weights_only=True)["global_step"]) if ckpt.exists() else 0
+    if not ckpt.exists():
+        return 0
+    return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["global_step"])
 
 
 def run_seed(row_name: str, seed: int, args: dict) -> dict:
