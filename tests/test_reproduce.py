@@ -95,6 +95,21 @@ def test_device_job_fits_the_schedule_to_the_time_left():
     assert fit_epochs(2048, 6, 29.5, 0.01) == 1    # never zero
 
 
+def test_chained_calls_keep_evaluation_time_only_when_the_runs_can_finish():
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from device_job import chain_stop_at, training_left_s
+
+    # (checkpoint step, measured steps/s) per unfinished run; the slowest decides
+    assert training_left_s([(100, 10.0), (50, 5.0), None], 200, 0, None) == 30
+    assert training_left_s([(100, 10.0)], 200, 1, None) is None      # a fresh run, no rate known
+    assert training_left_s([(100, 10.0)], 200, 1, 20.0) == 10         # ... unless --steps-per-s
+    assert training_left_s([None, None], 200, 0, None) is None        # all trained: evaluation left
+    # a 560 s call, 60 s for the evaluation, 30 s of start-up
+    assert chain_stop_at(0, 560, 60, 30, None) == 500                 # unknown: keep the evaluation's time
+    assert chain_stop_at(0, 560, 60, 30, 400) == 500                  # finishes here: evaluate here
+    assert chain_stop_at(0, 560, 60, 30, 1000) == 545                 # cannot finish: train to the end
+
+
 
 def test_report_merges_seeds_run_in_separate_calls(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))

@@ -75,22 +75,47 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def run_progress(run: Path) -> tuple[int, float] | None:
+    """(step of its checkpoint, last measured steps/s) of an unfinished run; None when it finished
+    or has not started."""
+    import torch
+
+    ckpt = run / "checkpoint.pt"
+    if (run / "model.safetensors").exists() or not ckpt.exists():
+        return None
+    step = int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+    cfg = json.loads((run / "config.json").read_text())
+    metrics = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    views_s = json.loads(metrics[-1])["views_per_s"] if metrics else 0.0
+    return step, views_s / ((2 if cfg["objective"] == "simclr" else 4) * cfg["batch_size"])
+
+
+def training_left_s(progress: list[tuple[int, float] | None], total_steps: int, fresh: int,
+                    steps_per_s: float | None) -> float | None:
+    """Seconds of training the slowest run still needs (rates measured by earlier calls, else
+    --steps-per-s); None when a rate is unknown. `fresh`: runs not started yet."""
+    need = [(total_steps - step) / rate if rate > 0 else None for step, rate in filter(None, progress)]
+    need += [total_steps / steps_per_s if steps_per_s else None] * fresh
+    return None if not need or None in need else max(need)
+
+
+def chain_stop_at(now: float, budget_s: float, eval_s: float, startup_s: float, left_s: float | None) -> float:
+    """When this call's training must leave. The evaluation's time is kept only when the runs may
+    finish in this call (or nobody knows); a call that cannot finish them trains to its end."""
+    finishing = left_s is None or left_s <= budget_s - startup_s - eval_s
+    return now + budget_s - (eval_s if finishing else 15)
+
+
 def chain_progress(runs: list[Path], total_steps: int, train_s_per_call: float) -> list[str]:
     """Per unfinished run: its step, its last step rate and how many more calls of this budget it needs."""
     import math
 
-    import torch
-
     lines = []
     for run in runs:
-        ckpt = run / "checkpoint.pt"
-        if (run / "model.safetensors").exists() or not ckpt.exists():
+        progress = run_progress(run)
+        if progress is None:
             continue
-        step = int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["global_step"])
-        cfg = json.loads((run / "config.json").read_text())
-        metrics = (run / "metrics.jsonl").read_text().splitlines()
-        views_s = json.loads(metrics[-1])["views_per_s"] if metrics else 0.0
-        rate = views_s / ((2 if cfg["objective"] == "simclr" else 4) * cfg["batch_size"])
+        step, rate = progress
         more = f"~{math.ceil((total_steps - step) / rate / train_s_per_call)} more call(s)" if rate > 0 else "rate unknown"
         lines.append(f"{run.name}: step {step}/{total_steps}, {rate:.1f} steps/s, {more}")
     return lines
@@ -126,16 +151,19 @@ def main(argv=None) -> int:
         runs = Path(a.runs or "runs/device-chain")
         runs.mkdir(parents=True, exist_ok=True)
         stop_stray_runner(runs / "runner.pid")
-        if a.steps_per_s:
-            print(f"the paper schedule needs {a.epochs * a.steps_per_epoch / a.steps_per_s:.0f} s of training per "
-                  f"process at {a.steps_per_s:.1f} steps/s; this call trains for about "
-                  f"{a.budget_s - a.eval_s - a.startup_s:.0f} s", flush=True)
-        proc = launch(a.epochs, runs, stop_at=time.time() + a.budget_s - a.eval_s)
+        total = a.epochs * a.steps_per_epoch
+        mine = [runs / f"{r}-s{s}" for r in a.rows for s in a.seeds]  # run.py's run folders
+        progress = [run_progress(r) for r in mine]
+        fresh = sum(not (r / "checkpoint.pt").exists() for r in mine)
+        left_s = training_left_s(progress, total, fresh, a.steps_per_s)
+        stop_at = chain_stop_at(time.time(), a.budget_s, a.eval_s, a.startup_s, left_s)
+        print(f"training left: {'unknown' if left_s is None else f'{left_s:.0f} s'}; this call trains until "
+              f"{stop_at - time.time():.0f} s from now", flush=True)
+        proc = launch(a.epochs, runs, stop_at=stop_at)
         (runs / "runner.pid").write_text(str(proc.pid))
         rc = proc.wait()
         (runs / "runner.pid").unlink(missing_ok=True)
-        mine = [runs / f"{r}-s{s}" for r in a.rows for s in a.seeds]  # run.py's run folders
-        left = chain_progress(mine, a.epochs * a.steps_per_epoch, max(1.0, a.budget_s - a.eval_s - a.startup_s))
+        left = chain_progress(mine, total, max(1.0, a.budget_s - a.startup_s - 15))
         status = f"FAILED (runner exit code {rc})" if rc else "PAUSED" if left else "DONE"
         print("\n".join(left + [status]), flush=True)  # the last line: call again?
         return rc
