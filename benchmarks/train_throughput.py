@@ -100,10 +100,9 @@ def wait_for_peers(barrier: Path) -> None:
 
 
 def run_together(a, argv: list[str]) -> None:
-    child = [x for x in argv if not x.startswith("--procs")]
-    if "--procs" in argv:  # "--procs N" given as two words
-        i = argv.index("--procs")
-        child = argv[:i] + argv[i + 2:]
+    # the same options without --procs ("--procs N" or "--procs=N")
+    i = argv.index("--procs") if "--procs" in argv else None
+    child = argv[:i] + argv[i + 2:] if i is not None else [x for x in argv if not x.startswith("--procs=")]
     with tempfile.TemporaryDirectory() as barrier:
         (Path(barrier) / "n").write_text(str(a.procs))
         procs = [subprocess.Popen([sys.executable, __file__, *child, "--barrier", barrier], stdout=subprocess.PIPE,

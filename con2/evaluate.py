@@ -82,7 +82,8 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     metrics: dict = {
         "dataset": split.name, "normal_classes": [int(c) for c in split.normal_classes],
         "context": cfg.context, "objective": cfg.objective, "views": views, "aggregate": aggregate,
-        "scoring_seed": seed, "crop_scale": list(scorer.encoder.view_cfg.scale), "n_train": int(len(split.train)), "n_val": int(len(split.val)),
+        "scoring_seed": seed, "crop_scale": list(scorer.encoder.view_cfg.scale),
+        "n_train": int(len(split.train)), "n_val": int(len(split.val)),
         "n_test": int(len(labels)), "n_test_anomalous": int(labels.sum()),
     }
     scores: dict[str, np.ndarray] = {}

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import checkpoint_step, seed_dir  # noqa: E402
 
 
 def measured_views_per_s(runs: Path) -> float | None:
@@ -78,12 +80,11 @@ def group_alive(pgid: int) -> bool:
 def run_progress(run: Path) -> tuple[int, float] | None:
     """(step of its checkpoint, last measured steps/s) of an unfinished run; None when it finished
     or has not started."""
-    import torch
+    from con2.train import run_finished
 
-    ckpt = run / "checkpoint.pt"
-    if (run / "model.safetensors").exists() or not ckpt.exists():
+    if run_finished(run) or not (run / "checkpoint.pt").exists():
         return None
-    step = int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+    step = checkpoint_step(run)
     cfg = json.loads((run / "config.json").read_text())
     metrics = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
     views_s = json.loads(metrics[-1])["views_per_s"] if metrics else 0.0
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
         runs.mkdir(parents=True, exist_ok=True)
         stop_stray_runner(runs / "runner.pid")
         total = a.epochs * a.steps_per_epoch
-        mine = [runs / f"{r}-s{s}" for r in a.rows for s in a.seeds]  # run.py's run folders
+        mine = [seed_dir(runs, r, s) for r in a.rows for s in a.seeds]
         progress = [run_progress(r) for r in mine]
         fresh = sum(not (r / "checkpoint.pt").exists() for r in mine)
         left_s = training_left_s(progress, total, fresh, a.steps_per_s)

@@ -50,7 +50,12 @@ def _read_json(path: Path, default: dict) -> dict:
     return json.loads(path.read_text()) if path.exists() else default
 
 
-def _last_step(out: Path) -> int:
+def seed_dir(runs: str | Path, row_name: str, seed: int) -> Path:
+    """The run folder of one seed of a row."""
+    return Path(runs) / f"{row_name}-s{seed}"
+
+
+def checkpoint_step(out: Path) -> int:
     """The step a run's checkpoint holds (0 without one); mapped, not read, from disk."""
     import torch
 
@@ -68,7 +73,7 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
     from con2.evaluate import evaluate_run
 
     row = ROWS[row_name]
-    out = Path(args["runs"]) / f"{row_name}-s{seed}"
+    out = seed_dir(args["runs"], row_name, seed)
     cfg = row_config(row, args["data_root"], seed=seed, out=str(out), amp=args["amp"])
     explicit = {"image_size", "center_crop"} | ({"epochs"} if args["epochs"] else set())  # the row's own
     if args["epochs"]:
@@ -85,7 +90,7 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
 
     timing = _read_json(out / "reproduce_time.json", {"train_s": 0.0, "calls": 0})
     if not run_finished(out):  # else trained by an earlier call
-        start_step = _last_step(out)
+        start_step = checkpoint_step(out)
         print(f"{row_name} seed {seed}: " + (f"resuming at step {start_step}" if start_step else "starting from step 0"),
               flush=True)
         t0 = time.perf_counter()
@@ -93,7 +98,7 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
         timing = {"train_s": timing["train_s"] + time.perf_counter() - t0, "calls": timing["calls"] + 1}
         (out / "reproduce_time.json").write_text(json.dumps(timing))
     if not run_finished(out):
-        return {"seed": seed, "paused": True, "step": _last_step(out), "epochs": cfg.epochs}
+        return {"seed": seed, "paused": True, "step": checkpoint_step(out), "epochs": cfg.epochs}
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [l["views_per_s"] for l in lines[len(lines) // 10:]] or [0.0]
     def evaluated(m: dict, scale) -> bool:  # by an earlier call, with this protocol

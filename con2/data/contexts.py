@@ -80,7 +80,7 @@ class ContextSet:
         return [self.apply(k, x) for k in range(len(self))]
 
     def kernel_plan(self) -> tuple[list[tuple[str, ...]], list[tuple[int, int]]]:
-        """How the native view kernel makes the K contexts without a copy per context (made once)."""
+        """See _make_kernel_plan (made once per ContextSet)."""
         return self._kernel_plan
 
     def _make_kernel_plan(self) -> tuple[list[tuple[str, ...]], list[tuple[int, int]]]:

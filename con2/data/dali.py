@@ -141,9 +141,7 @@ class DaliBatchSource(GlobalBatches):
             raise ValueError(f"--pipeline dali needs an image-folder data set ({split.name} has no train files)")
         self.files = [str(f) for f in split.train_files]
         self.channels = split.channels
-        # decode, resize to the split's size before its centred crop (if any), then crop as it did
-        self.hw = tuple(int(v) for v in split.meta.get("pre_crop_size", split.train.shape[1:3]))
-        self.crop = split.meta.get("center_crop")
+        self.hw, self.crop = split.file_decoding
         self.contexts, self.cfg = contexts, view_cfg
         self.init_batches(len(self.files), batch_size, rank, world)
         self.seed, self.device, self.dtype = seed, torch.device(device), dtype

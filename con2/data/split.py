@@ -48,6 +48,14 @@ class OneClassSplit:
     def image_size(self) -> int:
         return int(self.train.shape[1])
 
+    @property
+    def file_decoding(self) -> tuple[tuple[int, int], int | None]:
+        """How a source that decodes the train files again (DALI, file-reading workers) makes a
+        train image as the loader did: resize to (H, W), then the centred square of this side
+        (None: no crop; con2.data.datasets records both when it crops)."""
+        h, w = self.meta.get("pre_crop_size", self.train.shape[1:3])
+        return (int(h), int(w)), self.meta.get("center_crop")
+
     def summary(self) -> str:
         n_anom = int(self.test_labels.sum())
         return (

@@ -104,9 +104,8 @@ class WorkerBatchSource(GlobalBatches):
         images = None if from_files else split.train
         files = list(split.train_files) if from_files else None
         n = len(files) if from_files else len(images)
-        hw = split.meta.get("pre_crop_size", split.train.shape[1:3] if len(split.train) else None)
-        self.dataset = _ViewDataset(images, files, split.channels, tuple(hw) if hw is not None else None,
-                                    contexts, view_cfg, seed, crop=split.meta.get("center_crop"))
+        hw, crop = split.file_decoding
+        self.dataset = _ViewDataset(images, files, split.channels, hw, contexts, view_cfg, seed, crop=crop)
         self.n = n
         self.init_batches(n, batch_size, rank, world)
         self.seed, self.device, self.dtype = seed, torch.device(device), dtype
