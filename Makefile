@@ -5,14 +5,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.con2-installed
 # The torch on this machine's disk (CUDA 13.0 build); the package itself accepts torch >= 2.4.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-# One architecture keeps the CUDA compile (done even without a GPU, so it cannot rot) short.
+# One architecture keeps the CUDA compile short. It runs whenever a CUDA toolkit is found (nvcc;
+# these machines and CI have one), GPU or not, so the kernels cannot rot.
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 
 .PHONY: install demo test bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu)
+# Every source of con2._C, headers included: the kernels live in csrc/cuda/*.cuh.
+NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
+
+$(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install -q $(TORCH_PINS)
@@ -28,5 +32,5 @@ test: install
 bench: install
 	$(PY) -m pytest benchmarks -q
 
-clean:
-	rm -rf build con2/_C*.so *.egg-info
+clean:  # the stamp too, so the next make rebuilds con2._C instead of testing the references
+	rm -rf build con2/_C*.so *.egg-info $(STAMP)

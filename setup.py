@@ -125,6 +125,8 @@ def extension_config():
         name="con2._C",
         sources=sources,
         include_dirs=[CSRC],
+        # the kernels live in headers: a header edit must rebuild the extension
+        depends=sorted(rel(p) for pat in ("*.h", "*/*.h", "*/*.cuh") for p in glob.glob(os.path.join(CSRC, pat))),
         extra_compile_args=extra,
     )
     return [ext], {"build_ext": cx.BuildExtension.with_options(use_ninja=True)}

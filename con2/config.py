@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,8 +71,16 @@ class TrainConfig:
             bad(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             bad(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0 or self.temperature <= 0:
-            bad("--lr and --temperature must be positive")
+        for name, value in (("lr", self.lr), ("temperature", self.temperature)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):  # NaN included
+                bad(f"--{name} must be a finite number > 0, got {value!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            bad(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.width < 1:
+            bad(f"--width must be >= 1, got {self.width}")
+        if self.seed < 0:
+            bad(f"--seed must be >= 0, got {self.seed}")
         if self.image_size is not None and self.image_size < 8:
             bad(f"--image-size must be >= 8, got {self.image_size}")
         if self.center_crop is not None and self.center_crop < 8:

@@ -11,7 +11,7 @@ from .data import load_split
 from .evaluate import evaluate_model, evaluate_run, format_metrics
 from .train import build_model, train
 
-# Sized for a 2-core CPU (about 4 minutes): native 8 px digits, a ResNet18 of width 8, 600 steps.
+# Sized for a 2-core CPU (under a minute, docs/TRAINING.md): native 8 px digits, a ResNet18 of width 8, 600 steps.
 # Digit 8 is the hardest digit for raw nearest neighbours (raw-pixel AUROC 0.98; digit 0 is 1.0).
 DEMO = dict(dataset="digits", context="invert", normal_class=["8"], image_size=8, epochs=200, batch_size=32,
             width=8, lr=2e-3, checkpoint_every=20, device="auto")

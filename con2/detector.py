@@ -37,9 +37,14 @@ from .data import ContextSet, OneClassSplit, ViewConfig
 from .evaluate import check_crop_scale, scoring_view_config
 from .metrics import calibrate_threshold
 from .model import Con2Model
+from .ops.reference import row_norms
 from .scoring import AGGREGATES, BANK_DTYPES, SCORERS, FeatureBank, Gaussian, View, ViewEncoder, aggregate
 
 BUNDLE_FORMAT = "con2-detector/1"
+
+
+# Smaller images cannot be trained on (TrainConfig rejects --image-size < 8).
+MIN_SIDE = 8
 
 
 class BundleError(ValueError):
@@ -61,9 +66,15 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
         if t.dim() != 4 or t.shape[1] not in (1, 3):
             raise ValueError(f"{name}: torch tensors must be [N, H, W] or [N, C, H, W] with C in (1, 3), "
                              f"got shape {tuple(X.shape)}")
-        return t.permute(0, 2, 3, 1).contiguous().numpy()
+        X = t.permute(0, 2, 3, 1).contiguous().numpy()  # checked below like any numpy input
     if isinstance(X, OneClassSplit):
         return X.train
+    if isinstance(X, (list, tuple)) and X:
+        shapes = [np.shape(x) for x in X]
+        odd = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
+        if odd is not None:
+            raise ValueError(f"{name}: all images must have one shape; image 0 is {shapes[0]}, "
+                             f"image {odd} is {shapes[odd]} (resize them first)")
     arr = np.asarray(X)
     if arr.dtype != np.uint8:
         raise TypeError(f"{name} must be uint8 images in 0..255, got dtype {arr.dtype} "
@@ -75,6 +86,9 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
                          f"got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} holds no images")
+    if min(arr.shape[1:3]) < MIN_SIDE:
+        raise ValueError(f"{name}: images are {arr.shape[1]}x{arr.shape[2]} px, at least {MIN_SIDE}x{MIN_SIDE} "
+                         f"are needed (a single image must still be a batch: [1, H, W(, C)])")
     return np.ascontiguousarray(arr)
 
 
@@ -129,6 +143,12 @@ class Con2Detector:
         if not 0 < self.calibration_fraction < 1:
             raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}")
         check_crop_scale(self.crop_scale)
+        from .scoring import view_plan
+
+        view_plan(self.views, None)  # odd or negative view counts fail here, not after training
+        self._train_config(out="unused")  # the training options too (seed, lr, width, ...)
+        if not (isinstance(self.score_batch_size, (int, np.integer)) and self.score_batch_size >= 1):
+            raise ValueError(f"score_batch_size must be an integer >= 1, got {self.score_batch_size!r}")
         return fpr
 
     def _train_config(self, out: str) -> TrainConfig:
@@ -245,6 +265,8 @@ class Con2Detector:
 
         self._check_fitted()
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'detector.safetensors'}")
         tensors = self._tensors()
         meta = {"format": BUNDLE_FORMAT, "con2_version": __version__,
                 "params": json.dumps({k: v for k, v in self.get_params().items()}, sort_keys=True),
@@ -252,8 +274,11 @@ class Con2Detector:
         meta["sha256"] = _digest(tensors, meta)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # only left when writing failed
         return path
 
     @classmethod
@@ -266,6 +291,7 @@ class Con2Detector:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no detector bundle at {path}")
+        dev = resolve_device(device)  # a bad device is the caller's error, not the file's
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
@@ -284,7 +310,6 @@ class Con2Detector:
             params, state = json.loads(meta["params"]), json.loads(meta["state"])
             det = cls(**params)
             det.device = device
-            dev = resolve_device(det.device)
             model = Con2Model(**state["architecture"])
             enc = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
             model.encoder.load_state_dict(enc, strict=True)
@@ -292,23 +317,44 @@ class Con2Detector:
             det.view_cfg_ = ViewConfig(**{k: tuple(v) if isinstance(v, list) else v
                                           for k, v in state["view_config"].items()})
             det.contexts_ = ContextSet(state["contexts"]) if state["contexts"] else None
-            det.input_shape_ = tuple(state["input_shape"])
+            det.input_shape_ = tuple(int(v) for v in state["input_shape"])
             det.threshold_ = float(state["threshold"])
             plan = [View(int(i), int(c), bool(a)) for i, c, a in state["plan"]]
+            _check_bundle_state(det, plan, tensors, model.feature_dim)
             gaussians = None
             if "bank.lh_mean" in tensors:
                 gaussians = [Gaussian(m.to(dev), w.to(dev), float(ld), float(sh)) for m, w, ld, sh in zip(
                     tensors["bank.lh_mean"], tensors["bank.lh_whitening"], tensors["bank.lh_logdet"],
                     tensors["bank.lh_shrinkage"])]
             nnd = tensors.get("bank.nnd")
-            norms = tensors.get("bank.nnd_norms")
-            det.bank_ = FeatureBank(plan, nnd.to(dev) if nnd is not None else None,
-                                    norms.to(dev) if norms is not None else None, gaussians)
+            norms = None
+            if nnd is not None:  # recomputed, not trusted: stale norms would scale every similarity
+                nnd = nnd.to(dev)
+                norms = torch.stack([row_norms(b, f"the bank of view {i}").float() for i, b in enumerate(nnd)])
+            h, w, c = det.input_shape_
+            det.bank_ = FeatureBank(plan, nnd, norms, gaussians, (c, h, w))
             det.decision_scores_ = tensors["calibration.scores"].numpy()
             det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
-        except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{path} is an inconsistent con2 bundle: {type(exc).__name__}: {exc}") from exc
         return det
+
+
+def _check_bundle_state(det: "Con2Detector", plan: list[View], tensors: dict, feature_dim: int) -> None:
+    """The bundle's state is self-consistent (ValueError otherwise, reported as a BundleError)."""
+    if len(det.input_shape_) != 3 or det.input_shape_[2] not in (1, 3):
+        raise ValueError(f"input_shape must be [H, W, C] with C in (1, 3), got {list(det.input_shape_)}")
+    if not np.isfinite(det.threshold_):
+        raise ValueError(f"the threshold is {det.threshold_}")
+    if [v.index for v in plan] != list(range(len(plan))) or not plan:
+        raise ValueError("the view plan must list views 0, 1, ... in order")
+    scorer_tensor = {"nnd": "bank.nnd", "lh": "bank.lh_mean"}[det.scorer]
+    if scorer_tensor not in tensors:
+        raise ValueError(f"no {det.scorer} bank in it ({scorer_tensor} is missing)")
+    for name in ("bank.nnd", "bank.lh_mean"):
+        t = tensors.get(name)
+        if t is not None and (t.shape[0] != len(plan) or t.shape[-1] != feature_dim):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected [{len(plan)}, ..., {feature_dim}]")
 
 
 def _nchw(images: np.ndarray) -> torch.Tensor:

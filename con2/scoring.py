@@ -2,10 +2,12 @@
 
     S(x) = agg_i s(x_i; t_i),   x_i = x for i <= A/2,   x_i = t_C(x) for i > A/2
 
-Each view i draws its random SimCLR augmentation t_i per sample from a generator seeded by
-(seed, i, role), so the train bank of view i and the queries of view i see the same *kind*
-of view (same context, same augmentation distribution) and every draw is reproducible: the
-same images in the same order always get the same scores, whatever the batch size.
+Each view i draws its random SimCLR augmentation t_i per sample, from a counter-based hash of
+(seed, i, role, the sample's pixels), so the train bank of view i and the queries of view i see
+the same *kind* of view (same context, same augmentation distribution), and a sample's draws
+depend on its pixels only: an image gets the same score alone, in a batch, or anywhere in a
+test set, whatever the batch size (with one random stream per call, its score would change with
+its position in the call, and `predict` could flip with the company an image is scored in).
 
 View counts (decided here, the paper only uses A = 40):
 - ``views=0``: one deterministic view, the original image resized and normalised, no
@@ -38,7 +40,7 @@ import torch
 
 from . import ops
 from .data.contexts import ContextSet
-from .data.views import ViewConfig, apply_views, normalize_only, sample_view_params
+from .data.views import N_UNIFORMS, ViewConfig, ViewParams, apply_views, normalize_only, view_params_from_uniforms
 
 SCORERS = ("nnd", "lh")
 AGGREGATES = ("mean", "max")
@@ -81,10 +83,65 @@ def view_plan(views: int, contexts: ContextSet | None, context_index: int = 1) -
     return [View(i, 0 if i < half else context_index, True) for i in range(views)]
 
 
-def view_generator(seed: int, view: int, role: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(((int(seed) * 1_000_003 + view) * 7 + role) % (2**63 - 1))
-    return g
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32), in two 16-bit halves of c so nothing overflows."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (lowbias32): every input bit flips about half the output bits."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+_KEY_WEIGHTS: dict[tuple[int, str], torch.Tensor] = {}
+# Pixels hashed per image: an evenly spaced subset keeps the key cheap at 224 px; two images that
+# differ only elsewhere just share their random draws (harmless: each still gets valid views).
+KEY_PIXELS = 4096
+
+
+def image_keys(images: torch.Tensor, chunk_bytes: int = 64 * 2**20) -> torch.Tensor:
+    """[N] int64 keys in [0, 2^32) from each uint8 image's pixels (and size).
+
+    Two dot products of up to KEY_PIXELS pixel values with fixed pseudo-random 16-bit weights, in
+    float64: every partial sum is an integer below 2^53, so the sums are exact in any summation
+    order and equal on every device."""
+    n = images.shape[0]
+    flat = images.reshape(n, -1)
+    length = flat.shape[1]
+    step = -(-length // KEY_PIXELS)  # ceil: at most KEY_PIXELS samples
+    picked = flat[:, ::step]
+    w = _KEY_WEIGHTS.get((picked.shape[1], str(images.device)))
+    if w is None:
+        g = torch.Generator().manual_seed(0x5EED)
+        w = torch.randint(1, 2**16, (picked.shape[1], 2), generator=g, dtype=torch.int64).double().to(images.device)
+        _KEY_WEIGHTS.clear()  # one image size at a time is the common case; keep memory bounded
+        _KEY_WEIGHTS[(picked.shape[1], str(images.device))] = w
+    rows = max(1, chunk_bytes // max(1, 8 * picked.shape[1]))
+    sums = torch.cat([picked[i: i + rows].double() @ w for i in range(0, n, rows)]).long()
+    a, b = sums.unbind(1)
+    x = _mix32((a ^ (a >> 32)) & _MASK32) ^ ((b ^ (b >> 32)) & _MASK32)
+    return _mix32(x ^ (length & _MASK32))
+
+
+def keyed_uniforms(keys: torch.Tensor, stream: int, columns: int) -> torch.Tensor:
+    """[N, columns] float32 uniforms in [0, 1), a function of (key, stream, column) only."""
+    h = _mix32(keys ^ (stream & _MASK32))
+    col = torch.arange(columns, device=keys.device, dtype=torch.int64)
+    bits = _mix32((h[:, None] + _mul32(col + 1, 0x9E3779B9)) & _MASK32)
+    return (bits >> 8).float() * (1.0 / 2**24)  # 24 random bits: exact in float32
+
+
+def view_stream(seed: int, view: int, role: int) -> int:
+    """The random stream of one (seed, test-time view, bank-or-query role)."""
+    return int(_mix32(torch.tensor(((int(seed) * 1_000_003 + view) * 7 + role) & _MASK32)))
 
 
 def check_images(images: torch.Tensor, channels: int | None = None, size: tuple[int, int] | None = None,
@@ -168,13 +225,16 @@ class ViewEncoder:
                                 torch.float32, False, context=torch.full((m,), code, device=x.device))
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, view: View, role: int, pbar=None) -> torch.Tensor:
-        """[N, d] float32 representations of uint8 images [N, C, H, W] under one view."""
+    def encode(self, images: torch.Tensor, view: View, role: int, pbar=None,
+               keys: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, d] float32 representations of uint8 images [N, C, H, W] under one view.
+        keys: image_keys(images), when the caller encodes the same images under several views."""
         n, _, h, w = images.shape
         params = None
         if view.augmented:
-            g = view_generator(self.seed, view.index, role, self.device)
-            params = sample_view_params(n, h, w, self.view_cfg, g, self.device)
+            keys = image_keys(images) if keys is None else keys
+            u = keyed_uniforms(keys.to(self.device), view_stream(self.seed, view.index, role), N_UNIFORMS)
+            params = ViewParams(*view_params_from_uniforms(u, h, w, self.view_cfg))
         out = []
         for i in range(0, n, self.batch_size):
             raw = images[i : i + self.batch_size].to(self.device)
@@ -282,13 +342,14 @@ class FeatureBank:
     """The train set under every test-time view: NND banks and / or per-view Gaussians.
 
     nnd: [A, n, d] representations (float32 or float16), nnd_norms: [A, n] float32 row norms.
-    gaussians: one Gaussian per view.
+    gaussians: one Gaussian per view. image_shape: (C, H, W) of the train images; queries must match.
     """
 
     plan: list[View]
     nnd: torch.Tensor | None = None
     nnd_norms: torch.Tensor | None = None
     gaussians: list[Gaussian] | None = None
+    image_shape: tuple[int, int, int] | None = None
 
     @property
     def scorers(self) -> tuple[str, ...]:
@@ -304,9 +365,10 @@ class FeatureBank:
         log = log or (lambda msg: print(msg, file=sys.stderr))
         n, a = train.shape[0], len(encoder)
         nnd = norms = gaussians = None
+        keys = image_keys(train)
         with _progress(n * a, "encoding train bank", encoder.progress) as pbar:
             for view in encoder.plan:
-                f = encoder.encode(train, view, ROLE_BANK, pbar)
+                f = encoder.encode(train, view, ROLE_BANK, pbar, keys=keys)
                 if nnd is None and "nnd" in scorers:
                     nbytes = a * n * f.shape[1] * BANK_DTYPES[bank_dtype].itemsize
                     if nbytes >= LARGE_BANK_BYTES:
@@ -319,7 +381,7 @@ class FeatureBank:
                     norms[view.index] = ops.reference.row_norms(nnd[view.index], "train bank").float()
                 if "lh" in scorers:
                     gaussians = (gaussians or []) + [Gaussian.fit(unit_rows(f))]
-        return cls(list(encoder.plan), nnd, norms, gaussians)
+        return cls(list(encoder.plan), nnd, norms, gaussians, tuple(int(v) for v in train.shape[1:]))
 
     def nbytes(self) -> int:
         total = 0
@@ -341,12 +403,14 @@ class FeatureBank:
         if [(v.context, v.augmented) for v in encoder.plan] != [(v.context, v.augmented) for v in self.plan]:
             raise ValueError(f"the encoder's {len(encoder.plan)} test-time views do not match the "
                              f"bank's {len(self.plan)}; rebuild the bank with the same views")
-        check_images(images, name="query images")
+        shape = self.image_shape
+        check_images(images, channels=shape and shape[0], size=shape and shape[1:], name="query images")
         q, a = images.shape[0], len(self.plan)
         out = {s: torch.empty((q, a), dtype=torch.float64) for s in scorers}
+        keys = image_keys(images)
         with _progress(q * a, "scoring", encoder.progress) as pbar:
             for view in self.plan:
-                f = encoder.encode(images, view, ROLE_QUERY, pbar)
+                f = encoder.encode(images, view, ROLE_QUERY, pbar, keys=keys)
                 if "nnd" in out:
                     bank = self.nnd[view.index]
                     f_nnd = f.to(bank.device)

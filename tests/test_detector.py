@@ -137,3 +137,57 @@ def test_bundle_from_another_version_fails(fitted, tmp_path):
                      edit_meta=lambda m: m.update(format="something-else/9"), rehash=True)
     with pytest.raises(BundleError, match="not a con2 detector bundle"):
         Con2Detector.load(other)
+
+
+def test_more_bad_inputs_and_options_fail_before_training(fitted, tmp_path):
+    det, _ = fitted
+    with pytest.raises(ValueError, match="image 2 is"):  # a list of mixed sizes
+        det.decision_function([np.zeros((12, 12), np.uint8)] * 2 + [np.zeros((10, 12), np.uint8)])
+    with pytest.raises(ValueError, match="at least 8x8"):  # one RGB image without its batch axis
+        det.decision_function(np.zeros((12, 12, 3), np.uint8))
+    x = np.zeros((10, 4, 4), np.uint8)
+    for params, match in [(dict(views=3), "views"), (dict(score_batch_size=0), "score_batch_size"),
+                          (dict(), "at least 8x8"), (dict(width=0), "width"), (dict(seed=-1), "seed"),
+                          (dict(lr=float("nan")), "lr"), (dict(weight_decay=-1.0), "weight-decay")]:
+        with pytest.raises(ValueError, match=match):
+            Con2Detector(progress=False, device="cpu", **params).fit(
+                x if not params else np.zeros((10, 12, 12), np.uint8))
+    with pytest.raises(IsADirectoryError, match="directory"):
+        det.save(tmp_path)
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.tmp"))
+    with pytest.raises(ValueError, match="not a device"):
+        Con2Detector.load(fitted[1], device="bogus")
+
+
+def test_inconsistent_bundles_fail_at_load_and_norms_are_recomputed(fitted, tmp_path):
+    det, path = fitted
+
+    def state_edit(**changes):
+        def edit(m):
+            state = json.loads(m["state"])
+            state.update(changes)
+            m["state"] = json.dumps(state, sort_keys=True)
+        return edit
+
+    def drop(name):
+        return lambda t: t.pop(name)
+
+    def nan_bank(t):
+        t["bank.nnd"] = t["bank.nnd"].clone()
+        t["bank.nnd"][0, 0, 0] = float("nan")
+
+    cases = [dict(edit_meta=state_edit(threshold=float("nan"))), dict(edit_meta=state_edit(input_shape=[16])),
+             dict(edit_meta=state_edit(plan=[[0, 0]])), dict(edit_tensors=drop("bank.nnd")),
+             dict(edit_tensors=nan_bank)]
+    for i, kw in enumerate(cases):
+        bad = _rewrite(path, tmp_path / f"bad{i}.safetensors", rehash=True, **kw)
+        with pytest.raises(BundleError, match="inconsistent"):
+            Con2Detector.load(bad, device="cpu")
+
+    def halve_norms(t):
+        t["bank.nnd_norms"] = t["bank.nnd_norms"] * 0.5
+
+    stale = _rewrite(path, tmp_path / "stale.safetensors", rehash=True, edit_tensors=halve_norms)
+    x = blobs(4, 5, False)
+    np.testing.assert_allclose(Con2Detector.load(stale, device="cpu").decision_function(x),
+                               det.decision_function(x), rtol=1e-6)

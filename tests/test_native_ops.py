@@ -306,6 +306,50 @@ def test_top1_errors_match_reference(device):
         assert str(e_nat.value) == str(e_ref.value)
 
 
+@pytest.mark.parametrize("impl", [native, reference], ids=["native", "reference"])
+def test_loss_rejects_bad_inputs_in_both_implementations(impl):
+    """The reference (the fallback when the extension is missing) refuses what the kernels refuse,
+    instead of returning NaN or a wrong value."""
+    z, labels = _batch(8, 4, 2, "cpu")
+    bad = [
+        (z, labels, 0.0), (z, labels, -0.1), (z, labels, float("nan")),  # temperature
+        (z, labels[:, None], 0.07), (z, labels[:5], 0.07), (z, labels.float(), 0.07),  # labels
+        (z[0], labels, 0.07), (torch.ones(8, 4, dtype=torch.int64), labels, 0.07), (z[:0], labels[:0], 0.07),
+    ]
+    for args in bad:
+        with pytest.raises((ValueError, TypeError, RuntimeError)):
+            impl.supcon_loss(*args)
+    with pytest.raises((ValueError, RuntimeError), match="rows"):
+        impl.con2_loss(z, z[:6], labels, labels[:6], 0.5)
+
+
+def test_reference_ops_compute_in_float32_under_autocast():
+    """Like the native ops: autocast must not downcast the reference's products to bf16."""
+    z, labels = _batch(64, 32, 4, "cpu")
+    bank = torch.randn(50, 32)
+    x, mean, w = torch.randn(20, 32), torch.randn(32), torch.randn(32, 32)
+    plain = (reference.supcon_loss(z, labels), reference.top1_cosine(z, bank), reference.mahalanobis_sq(x, mean, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = (reference.supcon_loss(z, labels), reference.top1_cosine(z, bank), reference.mahalanobis_sq(x, mean, w))
+    assert auto[2].dtype == torch.float32
+    torch.testing.assert_close(auto[0], plain[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(auto[1], plain[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(auto[2], plain[2], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", [native, reference], ids=["native", "reference"])
+def test_top1_and_mahalanobis_reject_bad_norms_types_and_devices(impl):
+    q, bank = torch.randn(4, 8), torch.randn(6, 8)
+    for norms in (torch.zeros(6), torch.full((6,), float("nan")), -torch.ones(6), torch.ones(6, 1), torch.ones(5)):
+        with pytest.raises(ValueError, match="bank_norms"):
+            impl.top1_cosine(q, bank, bank_norms=norms)
+    x, mean, w = torch.randn(5, 8), torch.zeros(8), torch.eye(8)
+    with pytest.raises(TypeError, match="floating"):
+        impl.mahalanobis_sq(x.long(), mean, w)
+    with pytest.raises(ValueError, match="mean is on meta"):
+        impl.mahalanobis_sq(x, mean.to("meta"), w)
+
+
 # ------------------------------------------------------------------ mahalanobis
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)

@@ -57,6 +57,10 @@ def test_chained_calls_resume_a_row_and_write_it_once(tmp_path):
     row = json.loads(results.read_text())
     assert len(results.read_text().splitlines()) == 1 and row["epochs"] == 2
     assert [(s["seed"], s["calls"]) for s in row["seeds"]] == [(0, 2), (1, 2)]
+    # the row records the run.py command that makes it again, and the device_job call that ran it
+    assert row["command"].startswith("python benchmarks/reproduce/run.py breast28-flip --data-root")
+    assert "--seeds 0 1 --epochs 2 --width 4 --max-train-samples 32 --views 2 --no-amp" in row["command"]
+    assert row["launched_by"].startswith("python benchmarks/reproduce/device_job.py breast28-flip --chain")
     metrics = json.loads((runs / "breast28-flip-s1" / "metrics.json").read_text())
     assert row["nnd"]["per_seed"][1] == round(100 * metrics["nnd"]["auroc"], 2)
     out = call(budget_s=600)  # finished runs are neither trained nor evaluated again
@@ -132,7 +136,7 @@ def test_report_merges_seeds_run_in_separate_calls(tmp_path):
     assert full["nnd"]["std"] == 7.07 and full["commit"] == "b, d" and full["wall_s"] == 20.0
     assert rows["breast224-invert (1806 epochs)"]["nnd"]["per_seed"] == [70.0]
     text = render(rows)
-    assert "--seeds 0 1 --epochs 2048" in text and "--seeds 0 --epochs 1806" in text
+    assert "--seeds 0 1 --epochs 2048` (reconstructed)" in text and "--seeds 0 --epochs 1806" in text
     assert "nnd_csi" not in full and "| 80.0, 70.0 | – | – |" in text  # rows from before the CSI columns
     assert "| breast224-invert | con2 | 2048 × 64, 256 px views |" in text
 

@@ -12,6 +12,7 @@ from con2 import ops
 from con2.data import ContextSet, ViewConfig
 from con2.model import Con2Model
 from con2.scoring import (FeatureBank, Gaussian, NonFiniteFeatures, Scorer, View, ViewEncoder, aggregate,
+                          image_keys, keyed_uniforms, view_stream,
                           ledoit_wolf, view_plan)
 
 IDENTITY_VIEWS = ViewConfig(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
@@ -284,3 +285,31 @@ def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--run", str(run), "--crop-scale", "0", "1"])
     assert exc.value.code == 2
+
+
+def test_a_score_depends_on_the_image_only_not_on_its_company(tiny):
+    """The test-time draws are keyed by the image's pixels: an image scores the same alone, inside
+    a batch, or at another position, so a calibrated `predict` cannot flip with the batch."""
+    model, train, test = tiny
+    s = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=4, batch_size=3)
+    full = s.score(test)
+    for name in ("nnd", "lh"):
+        torch.testing.assert_close(s.score(test[4:5])[name], full[name][4:5], atol=1e-5, rtol=1e-6)
+        torch.testing.assert_close(s.score(test.flip(0))[name], full[name].flip(0), atol=1e-5, rtol=1e-6)
+    # and the draws still differ between images, views and roles
+    keys = image_keys(test)
+    assert keys.unique().numel() == len(test)
+    u = keyed_uniforms(keys, view_stream(0, 1, 1), 8)
+    assert u.unique().numel() == u.numel() and 0 <= float(u.min()) and float(u.max()) < 1
+    assert not torch.equal(u, keyed_uniforms(keys, view_stream(0, 2, 1), 8))
+    assert not torch.equal(u, keyed_uniforms(keys, view_stream(0, 1, 0), 8))
+
+
+def test_keyed_uniforms_are_uniform_and_independent():
+    keys = image_keys(torch.randint(0, 256, (20000, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)))
+    u = keyed_uniforms(keys, view_stream(3, 0, 0), 4).double()
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
+    hist = torch.histc(u[:, 0], bins=10, min=0, max=1)
+    assert float(hist.min()) > 1800 and float(hist.max()) < 2200  # expected 2000 per bin
+    c = torch.corrcoef(u.T)
+    assert float((c - torch.eye(4, dtype=c.dtype)).abs().max()) < 0.03

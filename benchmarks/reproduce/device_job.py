@@ -146,7 +146,9 @@ def main(argv=None) -> int:
                "--parallel", str(n_proc), "--runs", str(runs), "--results", a.results, "--seeds", *map(str, a.seeds)]
         cmd += (["--stop-at", f"{stop_at:.0f}"] if stop_at else []) + passthrough
         print("$", " ".join(cmd), flush=True)
-        return subprocess.Popen(cmd, start_new_session=True)  # its own group: killed whole
+        launcher = " ".join(["python benchmarks/reproduce/device_job.py", *(argv if argv is not None else sys.argv[1:])])
+        return subprocess.Popen(cmd, start_new_session=True,  # its own group: killed whole
+                                env={**os.environ, "CON2_LAUNCHER": launcher})
 
     if a.chain:
         runs = Path(a.runs or "runs/device-chain")

@@ -121,13 +121,31 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
+def row_command(row_name: str, seeds: list[int], args: dict) -> str:
+    """The run.py command that makes this row again (machine-specific options left out)."""
+    parts = ["python benchmarks/reproduce/run.py", row_name, "--data-root", args["data_root"],
+             "--seeds", *map(str, seeds)]
+    for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--width", "width"),
+                      ("--max-train-samples", "max_train_samples")):
+        if args.get(key) is not None:
+            parts += [flag, str(args[key])]
+    if args.get("views", 40) != 40:
+        parts += ["--views", str(args["views"])]
+    if not args.get("amp", True):
+        parts.append("--no-amp")
+    return " ".join(parts)
+
+
 def summarise(row_name: str, seeds: list[dict], wall: float, args: dict) -> dict:
     row = ROWS[row_name]
     out = {"row": row_name, "dataset": row.dataset, "context": row.context, "objective": row.objective,
            "paper": row.paper, "paper_scorer": row.scorer, "epochs": seeds[0]["epochs"],
            "batch_size": seeds[0]["batch_size"], "views": args["views"], "amp": args["amp"],
            "seeds": seeds, "wall_s": round(wall, 1), "device": seeds[0]["device"], "commit": _commit(),
-           "date": time.strftime("%Y-%m-%d"), "extra": row.extra}
+           "date": time.strftime("%Y-%m-%d"), "extra": row.extra,
+           "command": row_command(row_name, [r["seed"] for r in seeds], args)}
+    if os.environ.get("CON2_LAUNCHER"):  # the outer command (device_job.py) that ran this one
+        out["launched_by"] = os.environ["CON2_LAUNCHER"]
     for s in ("nnd", "lh", "nnd_csi", "lh_csi"):
         vals = [100 * r[s] for r in seeds]
         out[s] = {"mean": round(statistics.mean(vals), 2),

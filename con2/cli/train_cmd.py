@@ -89,13 +89,14 @@ def _info(args):
 def _demo(args):
     from ..demo import run_demo
 
-    run_demo(out=args.out, epochs=args.epochs, normal_class=args.normal_class, seed=args.seed)
+    out = args.out or ("runs/demo" if args.seed == 0 else f"runs/demo-s{args.seed}")  # a run keeps its seed
+    run_demo(out=out, epochs=args.epochs, normal_class=args.normal_class, seed=args.seed)
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a Con2 model on normal images")
     add_train_options(p)
-    p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<context>)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<context>-<objective>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--time-limit", type=parse_duration, default=None, metavar="DURATION",
                    help="checkpoint and leave after this much wall time (5400, 90m, 3h50m); --resume continues")
@@ -106,7 +107,7 @@ def register(sub) -> None:
     p.set_defaults(func=_info)
 
     p = sub.add_parser("demo", help="train on scikit-learn's digits and compare with the untrained encoder")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default=None, help="run directory (default runs/demo, runs/demo-s<seed> for seed > 0)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--normal-class", default=None)
     p.add_argument("--seed", type=int, default=0)

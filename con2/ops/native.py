@@ -218,13 +218,14 @@ def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, te
             z_context, z_content, context_labels, sample_ids, float(temperature), _FUSED
         )[0]
         return _weighted_heads(losses, alpha)
+    reference.check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature)
     ctx_loss = _supcon(z_context, context_labels, temperature)
     return ctx_loss + alpha * _supcon(z_content, sample_ids, temperature)
 
 
 def top1_cosine(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor | None = None):
     """Exact nearest bank row by cosine similarity: (values float32 [Q], indices int64 [Q])."""
-    reference.check_top1_inputs(queries, bank)
+    reference.check_top1_inputs(queries, bank, bank_norms)
     if queries.dtype == torch.float64 or bank.dtype == torch.float64:
         return reference.top1_cosine(queries, bank, bank_norms=bank_norms)
     reference.row_norms(queries, "queries")  # raises the reference's errors on zero / NaN rows
@@ -244,7 +245,5 @@ def simclr_views(images, source, params, size: int, mean: float, std: float, dty
 
 def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
     """Per-row ||(x - mean) @ whitening||^2 (float64 if x or whitening is, else float32)."""
-    if x.dim() != 2 or x.shape[0] == 0 or mean.dim() != 1 or whitening.dim() != 2 \
-            or mean.shape[0] != x.shape[1] or whitening.shape[0] != x.shape[1]:
-        return reference.mahalanobis_sq(x, mean, whitening)  # raises the reference's errors
+    reference.check_mahalanobis_inputs(x, mean, whitening)
     return torch.ops.con2.mahalanobis_sq(x, mean, whitening, CUDA_MAHALANOBIS_KERNEL == "fused")

@@ -2,9 +2,15 @@
 
 They are the test oracle for the C++/CUDA kernels and the runtime fallback when the
 extension (or a kernel for the input's device) is missing. Every function here
-computes in float32 (or float64 when given float64) whatever the input dtype.
+computes in float32 (or float64 when given float64) whatever the input dtype, also under
+autocast (as the native ops do), and validates its inputs with the same rules as the
+native kernels (the check_* functions, which the native wrappers also call where the C++
+side does not check).
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 
@@ -20,6 +26,51 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _no_autocast(fn):
+    """Run fn with autocast off: its float32 matrix products must not be downcast to bf16 / fp16."""
+    @functools.wraps(fn)
+    def wrapper(first, *args, **kwargs):
+        kind = first.device.type if first.device.type in ("cpu", "cuda") else "cpu"
+        with torch.autocast(kind, enabled=False):
+            return fn(first, *args, **kwargs)
+    return wrapper
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    """All named tensors on one device, else an error naming the first that is not."""
+    (first, t0), *rest = tensors.items()
+    for name, t in rest:
+        if t.device != t0.device:
+            raise ValueError(f"{name} is on {t.device} but {first} is on {t0.device}")
+
+
+def check_loss_inputs(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> None:
+    """The native loss kernels' rules (csrc/common.h check_loss_inputs)."""
+    if not isinstance(z, torch.Tensor) or z.dim() != 2:
+        raise ValueError(f"z must be a 2-D [M, D] tensor, got shape {tuple(getattr(z, 'shape', ()))}")
+    if z.shape[0] < 1:
+        raise ValueError("z is empty")
+    if not z.is_floating_point():
+        raise TypeError(f"z must be floating point, got {z.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != z.shape[0]:
+        raise ValueError(f"labels must have shape [{z.shape[0]}], got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    check_same_device(z=z, labels=labels)
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature: float) -> None:
+    """Both heads valid, with the same number of rows, on one device (csrc/common.h check_con2_inputs)."""
+    check_loss_inputs(z_context, context_labels, temperature)
+    check_loss_inputs(z_content, sample_ids, temperature)
+    if z_context.shape[0] != z_content.shape[0]:
+        raise ValueError(f"z_context has {z_context.shape[0]} rows but z_content has {z_content.shape[0]}")
+    check_same_device(z_context=z_context, z_content=z_content)
+
+
+@_no_autocast
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     """SupCon "L_out": mean over anchors of the mean over positives of -log softmax.
 
@@ -27,6 +78,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
     The anchor itself is excluded from both the positives and the denominator.
     Anchors without a positive contribute 0 to the mean (as SupContrast does).
     """
+    check_loss_inputs(z, labels, temperature)
     z = z.to(_compute_dtype(z))
     m = z.shape[0]
     logits = (z @ z.T) / temperature
@@ -41,6 +93,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
 
 def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, temperature: float = 0.07):
     """L_Con2 = L_Context + alpha * L_Content (METHOD section 5)."""
+    check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature)
     return supcon_loss(z_context, context_labels, temperature) + alpha * supcon_loss(
         z_content, sample_ids, temperature
     )
@@ -59,7 +112,7 @@ def _rows_per_chunk(other_rows: int, itemsize: int, chunk_bytes: int) -> int:
     return max(1, chunk_bytes // max(1, other_rows * itemsize))
 
 
-def check_top1_inputs(queries: torch.Tensor, bank: torch.Tensor) -> None:
+def check_top1_inputs(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor | None = None) -> None:
     _check_rows("queries", queries)
     _check_rows("bank", bank)
     if queries.shape[1] != bank.shape[1]:
@@ -68,6 +121,24 @@ def check_top1_inputs(queries: torch.Tensor, bank: torch.Tensor) -> None:
         )
     if queries.device != bank.device:
         raise ValueError(f"queries are on {queries.device} but the bank is on {bank.device}")
+    if bank_norms is not None:
+        # precomputed norms are trusted by the search: wrong ones would scale every similarity
+        if bank_norms.dim() != 1 or bank_norms.shape[0] != bank.shape[0]:
+            raise ValueError(f"bank_norms must have shape [{bank.shape[0]}], got {tuple(bank_norms.shape)}")
+        check_same_device(bank=bank, bank_norms=bank_norms)
+        if not bool(torch.isfinite(bank_norms).all() & (bank_norms > 0).all()):
+            raise ValueError("bank_norms must be finite and > 0 (the L2 norms of the bank rows)")
+
+
+def check_mahalanobis_inputs(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> None:
+    _check_rows("x", x)
+    if mean.dim() != 1 or mean.shape[0] != x.shape[1]:
+        raise ValueError(f"mean must have shape [{x.shape[1]}], got {tuple(mean.shape)}")
+    if whitening.dim() != 2 or whitening.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"whitening must have shape [{x.shape[1]}, k], got {tuple(whitening.shape)}"
+        )
+    check_same_device(x=x, mean=mean, whitening=whitening)
 
 
 def row_norms(x: torch.Tensor, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
@@ -86,6 +157,7 @@ def row_norms(x: torch.Tensor, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES
     return norms
 
 
+@_no_autocast
 def top1_cosine(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -97,7 +169,7 @@ def top1_cosine(
     Returns (values [Q] float32, indices [Q] int64). Ties go to the lowest index.
     The Q x N similarity matrix is produced in blocks of at most chunk_bytes.
     """
-    check_top1_inputs(queries, bank)
+    check_top1_inputs(queries, bank, bank_norms)
     dtype = _compute_dtype(queries)
     q_unit = queries.to(dtype) / row_norms(queries, "queries", chunk_bytes)[:, None].to(dtype)
     if bank_norms is None:
@@ -121,6 +193,7 @@ def top1_cosine(
     return best_val.float(), best_idx
 
 
+@_no_autocast
 def mahalanobis_sq(
     x: torch.Tensor,
     mean: torch.Tensor,
@@ -128,13 +201,7 @@ def mahalanobis_sq(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> torch.Tensor:
     """Per-row ||(x - mean) @ whitening||^2, chunked so Q x D blocks stay under chunk_bytes."""
-    _check_rows("x", x)
-    if mean.dim() != 1 or mean.shape[0] != x.shape[1]:
-        raise ValueError(f"mean must have shape [{x.shape[1]}], got {tuple(mean.shape)}")
-    if whitening.dim() != 2 or whitening.shape[0] != x.shape[1]:
-        raise ValueError(
-            f"whitening must have shape [{x.shape[1]}, k], got {tuple(whitening.shape)}"
-        )
+    check_mahalanobis_inputs(x, mean, whitening)
     dtype = torch.float64 if torch.float64 in (x.dtype, whitening.dtype) else torch.float32
     mean, whitening = mean.to(dtype), whitening.to(dtype)
     rows = _rows_per_chunk(whitening.shape[1], 8, chunk_bytes)
