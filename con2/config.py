@@ -79,8 +79,14 @@ class TrainConfig:
             bad(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.width < 1:
             bad(f"--width must be >= 1, got {self.width}")
-        if self.seed < 0:
-            bad(f"--seed must be >= 0, got {self.seed}")
+        if self.seed < 0 or self.split_seed < 0:
+            bad(f"--seed and --split-seed must be >= 0, got {self.seed} and {self.split_seed}")
+        if self.checkpoint_every < 1:
+            bad(f"--checkpoint-every must be >= 1 (epochs), got {self.checkpoint_every}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            bad(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
+        if not 0 < self.test_fraction < 1:
+            bad(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.image_size is not None and self.image_size < 8:
             bad(f"--image-size must be >= 8, got {self.image_size}")
         if self.center_crop is not None and self.center_crop < 8:

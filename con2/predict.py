@@ -6,6 +6,8 @@ run's val normals at `target_fpr` (con2.metrics.calibrate_threshold) unless one 
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Sequence
 
@@ -60,6 +62,8 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     from .metrics import calibrate_threshold
     from .train import load_run
 
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"--threshold must be a finite number, got {threshold}")
     files = list_inputs(inputs)
     cfg, model = load_run(run_dir, device=device)
     split = load_split(cfg)

@@ -309,8 +309,12 @@ class Gaussian:
     def fit(cls, z: torch.Tensor, jitter: float = 1e-6) -> "Gaussian":
         """Fit on L2-normalised rows z [n, d], n >= 2. A ridge of jitter * tr(Sigma)/d keeps the
         Cholesky factorisation defined for degenerate data (e.g. all rows equal)."""
+        if z.dim() != 2 or z.shape[1] == 0:
+            raise ValueError(f"the Gaussian scorer needs [n, d] features with d >= 1, got shape {tuple(z.shape)}")
         if z.shape[0] < 2:
             raise ValueError(f"the Gaussian scorer needs at least 2 train samples, got {z.shape[0]}")
+        if not bool(torch.isfinite(z).all()):
+            raise NonFiniteFeatures("the Gaussian scorer's train features contain NaN or infinite values")
         mean, cov, shrinkage = ledoit_wolf(z)
         d = cov.shape[0]
         ridge = max(jitter * float(torch.trace(cov)) / d, 1e-12)
@@ -437,6 +441,8 @@ def check_scorers(scorers: Iterable[str] | str) -> tuple[str, ...]:
 
 def aggregate(per_view: torch.Tensor, how: str = "mean") -> torch.Tensor:
     """[Q, A] per-view scores -> [Q] (mean: the paper's S(x); max: the most anomalous view)."""
+    if per_view.dim() != 2 or per_view.shape[1] == 0:
+        raise ValueError(f"per-view scores must be [samples, views] with at least one view, got {tuple(per_view.shape)}")
     if how == "mean":
         return per_view.mean(dim=1)
     if how == "max":

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from . import __version__
 from .config import TrainConfig
@@ -31,6 +32,25 @@ from .model import Con2Model
 MODEL_FORMAT = "con2-model/1"
 CHECKPOINT_FORMAT = "con2-checkpoint/1"
 LOG_EVERY = 10  # steps between metrics lines inside an epoch
+# The settings that make a run what it is: a resume must keep them, and a run's weights must have
+# been trained with them. Paths, device, pipeline, compile and checkpointing may change.
+IDENTITY_KEYS = ("dataset", "context", "objective", "normal_class", "image_size", "center_crop", "resolution",
+                 "epochs", "batch_size", "lr", "weight_decay", "temperature", "amp", "seed", "width",
+                 "split_seed", "test_fraction", "max_train_samples")
+
+
+def run_identity(cfg: TrainConfig) -> dict:
+    return {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+
+
+def identity_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
+    """'key was X, now Y' for the first identity setting that differs, else None. Keys the saved
+    identity lacks (written by an older con2) are not compared."""
+    now = json.loads(json.dumps(run_identity(cfg)))  # lists / tuples as JSON has them
+    for key in IDENTITY_KEYS:
+        if key in saved and saved[key] != now[key]:
+            return f"{key} was {saved[key]!r}, now {now[key]!r}"
+    return None
 
 
 # --------------------------------------------------------------------------- setup
@@ -129,14 +149,24 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_model(model: Con2Model, run_dir: Path) -> None:
-    """The final model as safetensors (no pickle) plus its architecture as JSON."""
+def save_model(model: Con2Model, run_dir: Path, cfg: TrainConfig) -> None:
+    """The final model as safetensors (no pickle) plus its architecture as JSON; both carry the
+    run's identity settings, so weights copied in from another run are refused by load_run."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    identity = json.dumps(run_identity(cfg), sort_keys=True)
     tmp = run_dir / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
+    save_file(state, str(tmp), metadata={"format": MODEL_FORMAT, "identity": identity})
     os.replace(tmp, run_dir / "model.safetensors")
-    info = {"format": MODEL_FORMAT, "con2_version": __version__, "architecture": model.architecture()}
+    info = {"format": MODEL_FORMAT, "con2_version": __version__, "architecture": model.architecture(),
+            "identity": json.loads(identity)}
     (run_dir / "model.json").write_text(json.dumps(info, indent=2))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is corrupt (not valid JSON: {exc})") from None
 
 
 def run_finished(run_dir: str | Path) -> bool:
@@ -152,42 +182,106 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
             raise FileNotFoundError(
                 f"{run_dir} is not a finished con2 run: {name} is missing (train it, or --resume it)"
             )
-    cfg = TrainConfig.load(run_dir / "config.json")
-    info = json.loads((run_dir / "model.json").read_text())
+    cfg = TrainConfig.from_dict(_read_json(run_dir / "config.json"))
+    info = _read_json(run_dir / "model.json")
     if info.get("format") != MODEL_FORMAT:
         raise ValueError(f"{run_dir}/model.json has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
+    weights = run_dir / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated / garbage files
+        raise ValueError(f"{weights} is corrupt or not a safetensors file ({type(exc).__name__}: {exc})") from None
+    for source, saved in (("model.safetensors", json.loads(meta.get("identity", "{}"))),
+                          ("model.json", info.get("identity", {}))):
+        wrong = identity_mismatch(saved, cfg)
+        if wrong:
+            raise ValueError(f"{run_dir}: {source} was trained with other settings than config.json "
+                             f"({wrong}); the weights belong to another run")
     model = Con2Model(**info["architecture"])
-    state = load_file(str(run_dir / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise ValueError(
-            f"{run_dir}/model.safetensors does not match a con2 model with {info['architecture']}: "
+            f"{weights} does not match a con2 model with {info['architecture']}: "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+    wrong_shape = next((k for k in expected if state[k].shape != expected[k].shape), None)
+    if wrong_shape:
+        raise ValueError(f"{weights} holds weights of another architecture: {wrong_shape} is "
+                         f"{list(state[wrong_shape].shape)}, a model with {info['architecture']} has "
+                         f"{list(expected[wrong_shape].shape)}")
+    model.load_state_dict(state)
     return cfg, model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
+
+
+def data_fingerprint(split: OneClassSplit) -> dict:
+    """What a resume checks the training images against: their count, shape and a hash of the pixels
+    (data files may move; the images must not change)."""
+    from .scoring import image_keys, to_nchw
+
+    images = to_nchw(split.train)
+    keys = image_keys(images) if len(images) else torch.zeros(0, dtype=torch.int64)
+    return {"count": int(images.shape[0]), "shape": list(images.shape[1:]), "hash": int(keys.sum()) % 2**61}
+
+
+def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict, device) -> dict:
+    """The checkpoint to resume from, after checking it belongs to this run."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated / not a torch file
+        raise ValueError(f"{path} is corrupt and cannot be resumed from ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a con2 checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
+    wrong = identity_mismatch(ckpt["config"], cfg)
+    if wrong:
+        raise ValueError(f"--resume: {wrong} in {path}; resume with the run's settings or pick another --out")
+    saved = ckpt.get("data_fingerprint")
+    if saved is not None and saved != fingerprint:
+        raise ValueError(f"--resume: the training images differ from the checkpoint's ({saved['count']} images of "
+                         f"{saved['shape']} then, {fingerprint['count']} of {fingerprint['shape']} now, or other "
+                         f"pixels); resume with the run's data or pick another --out")
+    return ckpt
 
 
 # --------------------------------------------------------------------------- training
 
 class _Interrupt:
-    """Turns SIGTERM into KeyboardInterrupt so a killed job checkpoints before leaving."""
+    """Ctrl-C (SIGINT) and SIGTERM ask training to stop after the current step, which then
+    checkpoints: a signal arriving mid-step (after the forward pass moved the BatchNorm statistics,
+    or halfway through the optimizer's update) would otherwise save a state that no uninterrupted
+    run passes through. A second signal leaves at once, keeping the last checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self.old = signal.getsignal(signal.SIGTERM)
+        self.requested = False
+        self.old = {}
         try:
-            signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread
-            self.old = None
+            for sig in self.SIGNALS:
+                self.old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals go to the main thread anyway
+            self.old = {}
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise _HardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
+              flush=True)
 
     def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
         return False
+
+
+class _HardInterrupt(KeyboardInterrupt):
+    """A second signal: leave without checkpointing the half-done step."""
 
 
 def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool = True,
@@ -209,14 +303,16 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     run_dir = Path(cfg.out)
     ckpt_path = run_dir / "checkpoint.pt"
-    if rank == 0:
+    if not resume and ckpt_path.exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+    split = split if split is not None else load_split(cfg)
+    fingerprint = data_fingerprint(split)
+    ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint, device) if resume and ckpt_path.exists() else None
+    if rank == 0:  # only now: a refused --resume leaves the run's files as they were
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and ckpt_path.exists():
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
         (run_dir / "config.json").write_text(cfg.to_json())
 
     torch.manual_seed(cfg.seed)
-    split = split if split is not None else load_split(cfg)
     if progress and rank == 0:
         print(split.summary(), flush=True)
     contexts = context_set(cfg)
@@ -241,14 +337,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     n_contexts = source.pipeline.n_contexts if hasattr(source, "pipeline") else (len(contexts) if contexts else 1)
 
     global_step = 0
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt_path} is not a con2 checkpoint (format {ckpt.get('format')!r})")
-        saved = TrainConfig.from_dict(ckpt["config"])
-        for key in ("dataset", "context", "objective", "batch_size", "epochs", "image_size", "width", "seed"):
-            if getattr(saved, key) != getattr(cfg, key):
-                raise ValueError(f"--resume: {key} was {getattr(saved, key)!r} in {ckpt_path}, now {getattr(cfg, key)!r}")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"])
@@ -274,6 +363,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
             return
         _atomic_save({
             "format": CHECKPOINT_FORMAT, "con2_version": __version__, "config": json.loads(cfg.to_json()),
+            "data_fingerprint": fingerprint,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "global_step": global_step, "rng": _rng_state(),
         }, ckpt_path)
@@ -287,7 +377,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     model.train()
     t_last, views_since = time.perf_counter(), 0
     try:
-        with _Interrupt():
+        with _Interrupt() as interrupt:
             while global_step < total:
                 epoch, start_step = divmod(global_step, steps_per_epoch)
                 for step, views in source.batches_from(epoch, start_step):
@@ -324,12 +414,18 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                         bar.update(1)
                     if last_in_epoch and ((epoch + 1) % cfg.checkpoint_every == 0):
                         checkpoint()
+                    if interrupt.requested:
+                        raise KeyboardInterrupt
                     if global_step < total and (
                             (stop_after_steps is not None and global_step >= stop_after_steps)
                             or (deadline is not None and time.time() >= deadline)):
                         checkpoint()
                         return run_dir
-    except KeyboardInterrupt:
+    except _HardInterrupt:
+        if rank == 0:
+            print(f"\nstopped mid-step; the last checkpoint is kept. Continue with --resume --out {run_dir}", flush=True)
+        raise
+    except KeyboardInterrupt:  # at a step boundary (or before the first step)
         checkpoint()
         if rank == 0:
             print(f"\ninterrupted at step {global_step}/{total}; checkpoint saved. Continue with --resume --out {run_dir}",
@@ -342,7 +438,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
             log.close()
     checkpoint()
     if rank == 0:
-        save_model(model, run_dir)
+        save_model(model, run_dir, cfg)
     if world > 1:
         dist.barrier()
     return run_dir

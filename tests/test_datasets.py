@@ -262,3 +262,22 @@ def test_folder_corrupt_image(tmp_path):
     assert s.meta["skipped_files"] == 1 and s.meta["skipped_paths"] == [str(broken)]
     assert len(s.train) + int((s.test_labels == 0).sum()) == 5
     assert str(broken) not in s.train_files + s.test_files
+    assert "skipped 1 unreadable file(s), first: " in s.summary() and "broken.png" in s.summary()
+
+
+def test_npz_labels_that_do_not_fit_the_images_fail_clearly(tmp_path):
+    imgs = np.zeros((10, 8, 8), np.uint8)
+    npz = lambda name, **arrays: np.savez(tmp_path / name, **arrays) or str(tmp_path / name)  # noqa: E731
+    cases = [
+        (npz("short.npz", images=imgs, labels=np.zeros(8, np.int64)), "10 images but 8 labels"),
+        (npz("given.npz", train_images=imgs, train_labels=np.zeros(9, np.int64), test_images=imgs,
+             test_labels=np.zeros(10, np.int64)), "train split: 10 images but 9 labels"),
+        (npz("nan.npz", images=imgs, labels=np.array([0, 1, np.nan] + [0] * 7)), "whole numbers.*nan"),
+        (npz("frac.npz", images=imgs, labels=np.array([0, 1.5] + [0] * 8)), "whole numbers"),
+    ]
+    for path, match in cases:
+        with pytest.raises(DataError, match=match):
+            load_split(cfg(dataset="npz", data_file=path, normal_class=["0"]))
+    (tmp_path / "junk.npz").write_bytes(b"\x80\x04 this is a pickle, not a zip")
+    with pytest.raises(DataError, match="not an .npz file"):
+        load_split(cfg(dataset="npz", data_file=str(tmp_path / "junk.npz"), normal_class=["0"]))

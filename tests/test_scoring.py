@@ -119,6 +119,12 @@ def test_lh_with_fewer_samples_than_dims_is_finite_and_ranks_a_shift_higher():
 def test_gaussian_needs_two_samples():
     with pytest.raises(ValueError, match="at least 2"):
         Gaussian.fit(torch.randn(1, 8))
+    with pytest.raises(ValueError, match=r"\[n, d\]"):
+        Gaussian.fit(torch.randn(8))
+    with pytest.raises(NonFiniteFeatures, match="NaN"):
+        Gaussian.fit(torch.tensor([[0.0, 1.0], [float("nan"), 1.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="samples, views"):
+        aggregate(torch.randn(5))
 
 
 # ----------------------------------------------------------------------------- view plan

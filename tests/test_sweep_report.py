@@ -35,7 +35,7 @@ def fake_train(calls, fail_on=None):
         (run / "config.json").write_text(cfg.to_json())
         torch.manual_seed(cfg.seed)
         split = split or load_split(cfg)
-        train_mod.save_model(train_mod.build_model(cfg, split), run)
+        train_mod.save_model(train_mod.build_model(cfg, split), run, cfg)
         return run
 
     return _train

@@ -104,8 +104,83 @@ def test_existing_run_is_not_overwritten(tmp_path):
 def test_resume_with_other_settings_fails(tmp_path):
     split = tiny_split()
     train(tiny_cfg(tmp_path / "a"), split, progress=False, stop_after_steps=2)
+    config = (tmp_path / "a" / "config.json").read_text()
     with pytest.raises(ValueError, match="batch_size"):
         train(tiny_cfg(tmp_path / "a", batch_size=4), split, progress=False, resume=True)
+    with pytest.raises(ValueError, match="normal_class"):
+        train(tiny_cfg(tmp_path / "a", normal_class=["3"]), split, progress=False, resume=True)
+    with pytest.raises(ValueError, match="training images differ"):  # same settings, other pixels
+        train(tiny_cfg(tmp_path / "a"), tiny_split(seed=1), progress=False, resume=True)
+    assert (tmp_path / "a" / "config.json").read_text() == config  # a refused resume changes nothing
+    (tmp_path / "a" / "checkpoint.pt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="checkpoint.pt is corrupt"):
+        train(tiny_cfg(tmp_path / "a"), split, progress=False, resume=True)
+
+
+def test_load_run_refuses_weights_of_another_run_and_corrupt_files(tmp_path):
+    import shutil
+
+    split = tiny_split()
+    a = train(tiny_cfg(tmp_path / "a", epochs=1), split, progress=False)
+    b = train(tiny_cfg(tmp_path / "b", epochs=1, context="flip"), split, progress=False)  # same shapes
+    wide = train(tiny_cfg(tmp_path / "w", epochs=1, width=8), split, progress=False)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(a, swapped)
+    shutil.copy(b / "model.safetensors", swapped / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors was trained with other settings.*context"):
+        load_run(swapped)
+    shutil.copy(b / "model.json", swapped / "model.json")
+    shutil.copy(a / "model.safetensors", swapped / "model.safetensors")
+    with pytest.raises(ValueError, match="model.json was trained with other settings.*context"):
+        load_run(swapped)
+    shutil.copy(a / "model.json", swapped / "model.json")
+    load_run(swapped)  # back to a's own files
+    # files from before runs recorded their identity: the tensor shapes decide, in one line
+    from safetensors.torch import load_file, save_file
+
+    (swapped / "model.json").write_text(json.dumps({**json.loads((a / "model.json").read_text()), "identity": {}}))
+    save_file(load_file(str(wide / "model.safetensors")), str(swapped / "model.safetensors"))
+    with pytest.raises(ValueError, match="another architecture: .* is \\[8"):
+        load_run(swapped)
+    (swapped / "model.safetensors").write_bytes(b"\x00" * 12)
+    with pytest.raises(ValueError, match="model.safetensors is corrupt"):
+        load_run(swapped)
+    (swapped / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is corrupt"):
+        load_run(swapped)
+
+
+SIGINT_ARGS = ["--dataset", "digits", "--epochs", "40", "--batch-size", "8", "--width", "4", "--device", "cpu",
+               "--checkpoint-every", "1"]
+
+
+def test_ctrl_c_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """SIGINT lands mid-step (the forward pass has moved the BatchNorm statistics): training stops
+    at the step's end and checkpoints that, so resuming gives exactly the uninterrupted weights,
+    BatchNorm buffers included."""
+    import signal
+    import time
+
+    cli = [sys.executable, "-c", "import sys; from con2.cli.main import main; sys.exit(main(sys.argv[1:]))", "train"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.Popen(cli + SIGINT_ARGS + ["--out", str(tmp_path / "cut")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    t0 = time.time()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() - t0 < 120:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "stopping after the current step" in out and "checkpoint saved" in out
+    step = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["global_step"]
+    assert 0 < step < 40 * 13
+    from con2.cli.main import main
+
+    assert main(["train"] + SIGINT_ARGS + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert main(["train"] + SIGINT_ARGS + ["--out", str(tmp_path / "straight")]) == 0
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "cut"))
 
 
 @pytest.mark.parametrize("objective", ["context", "content", "simclr"])
@@ -159,12 +234,23 @@ def test_ddp_world_size_2_matches_one_process(tmp_path):
     assert_same_weights(weights(single), weights(tmp_path / "ddp"), atol=1e-4)
 
 
-def test_cli_bad_arguments_give_one_line():
+def test_cli_bad_arguments_give_one_line(tmp_path, capsys):
     from con2.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["train", "--dataset", "nope"])
     assert exc.value.code == 2
+    capsys.readouterr()
+    base = ["train", "--dataset", "digits", "--epochs", "1", "--width", "4", "--device", "cpu",
+            "--out", str(tmp_path / "r")]
+    for extra, match in [(["--checkpoint-every", "0"], "--checkpoint-every"),
+                         (["--max-train-samples", "0"], "--max-train-samples"),
+                         (["--split-seed", "-1"], "--split-seed"), (["--lr", "nan"], "--lr"),
+                         (["--lr", "1e30", "--epochs", "2"], "non-finite")]:  # the loss blows up
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error:" in line]  # (the progress bar is on stderr too)
+        assert match in err and "Traceback" not in err and len(errors) == 1, err
 
 
 def test_cli_time_limit_pauses_and_resume_finishes(tmp_path, capsys):

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as exc:
+    except (ValueError, OSError, TypeError, RuntimeError, FloatingPointError) as exc:
         if getattr(args, "debug", False):
             raise
         print(f"con2 {args.command}: error: {exc}", file=sys.stderr)

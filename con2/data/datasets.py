@@ -119,8 +119,22 @@ def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
     return images
 
 
-def _labels(labels: np.ndarray) -> np.ndarray:
-    return np.asarray(labels).reshape(-1).astype(np.int64)  # MedMNIST labels are (N, 1)
+def _labels(labels: np.ndarray, where: str = "labels") -> np.ndarray:
+    """int64 [N] class labels (MedMNIST stores them as (N, 1)); NaN or fractional labels are an error."""
+    y = np.asarray(labels).reshape(-1)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise DataError(f"{where}: labels must be whole numbers; {int(bad.sum())} are not "
+                            f"(first: {y[bad][0]!r} at index {int(np.flatnonzero(bad)[0])})")
+    elif y.dtype.kind not in "iub":
+        raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def _check_lengths(images: np.ndarray, labels: np.ndarray, where: str) -> None:
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
 
 
 def _resolve_classes(requested, class_names: dict, dataset: str) -> tuple:
@@ -185,6 +199,9 @@ def _center_crop_split(split: OneClassSplit, size: int | None) -> OneClassSplit:
 
 def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, meta: dict) -> OneClassSplit:
     """Build the split from labelled parts {"train": (x, y), "val": (x, y) or None, "test": (x, y)}."""
+    for part, xy in parts.items():
+        if xy is not None:
+            _check_lengths(xy[0], xy[1], f"{name}: {part} split")
     tr_x, tr_y = parts["train"]
     te_x, te_y = parts["test"]
     va = parts.get("val")
@@ -246,7 +263,10 @@ def _load_npz(path: Path, required: tuple, hint: str = "") -> dict:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # corrupt or not an npz
-        raise DataError(f"cannot read {path}: {e}") from e
+        import zipfile
+
+        what = "not an .npz file (not a zip archive)" if not zipfile.is_zipfile(path) else str(e)
+        raise DataError(f"cannot read {path}: {what}") from e
     missing = [k for k in required if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing keys {', '.join(missing)} (has: {', '.join(sorted(arrays)) or 'none'})")
@@ -361,12 +381,15 @@ def load_npz(cfg) -> OneClassSplit:
     path = Path(cfg.data_file)
     z = _load_npz(path, ())
     if all(k in z for k in ("train_images", "train_labels", "test_images", "test_labels")):
-        parts = {s: (_as_nhwc(z[f"{s}_images"], f"{path}:{s}_images"), _labels(z[f"{s}_labels"]))
+        parts = {s: (_as_nhwc(z[f"{s}_images"], f"{path}:{s}_images"), _labels(z[f"{s}_labels"], f"{path}:{s}_labels"))
                  for s in ("train", "val", "test") if f"{s}_images" in z}
+        if "val_images" in z and "val_labels" not in z:
+            raise DataError(f"{path}: has val_images but no val_labels")
         all_labels = np.concatenate([y for _, y in parts.values()])
         split_kind = "given"
     elif "images" in z and "labels" in z:
-        images, labels = _as_nhwc(z["images"], f"{path}:images"), _labels(z["labels"])
+        images, labels = _as_nhwc(z["images"], f"{path}:images"), _labels(z["labels"], f"{path}:labels")
+        _check_lengths(images, labels, str(path))
         all_labels = labels
         split_kind = "seeded"
     else:

@@ -62,4 +62,6 @@ class OneClassSplit:
             f"{self.name}: {len(self.train)} normal train, {len(self.val)} normal val, "
             f"{len(self.test)} test ({len(self.test) - n_anom} normal / {n_anom} anomalous), "
             f"{self.train.shape[1]}x{self.train.shape[2]}x{self.channels}"
+            + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: {self.meta['skipped_paths'][0]}"
+               if self.meta.get("skipped_files") else "")
         )
