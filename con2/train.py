@@ -284,6 +284,19 @@ class _HardInterrupt(KeyboardInterrupt):
     """A second signal: leave without checkpointing the half-done step."""
 
 
+def stop_requested(requested: bool, world: int, device: torch.device, sync_point: bool) -> bool:
+    """Whether to stop after this step. One process: as soon as asked. Under DDP all ranks must stop
+    after the same step (a rank that stops early leaves the others waiting in an all-reduce forever),
+    so the ranks agree on it at the steps where the host waits anyway (metrics lines, epoch ends)."""
+    if world == 1:
+        return requested
+    if not sync_point:
+        return False
+    flag = torch.tensor(int(requested), device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool = True,
           resume: bool = False, stop_after_steps: int | None = None, deadline: float | None = None) -> Path:
     """Train a Con2 (or ablation / SimCLR) model; returns the run directory.
@@ -414,7 +427,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                         bar.update(1)
                     if last_in_epoch and ((epoch + 1) % cfg.checkpoint_every == 0):
                         checkpoint()
-                    if interrupt.requested:
+                    if stop_requested(interrupt.requested, world, device, last_in_epoch or global_step % LOG_EVERY == 0):
                         raise KeyboardInterrupt
                     if global_step < total and (
                             (stop_after_steps is not None and global_step >= stop_after_steps)

@@ -234,6 +234,44 @@ def test_ddp_world_size_2_matches_one_process(tmp_path):
     assert_same_weights(weights(single), weights(tmp_path / "ddp"), atol=1e-4)
 
 
+DDP_LONG_SCRIPT = r"""
+import sys
+sys.path.insert(0, {root!r})
+from tests.test_train import tiny_cfg, tiny_split
+from con2.train import train
+train(tiny_cfg({out!r}, epochs=200, batch_size=8), tiny_split(), progress=False)
+"""
+
+
+def test_ddp_ranks_stop_after_the_same_step_when_one_is_interrupted(tmp_path):
+    """A signal that reaches one rank only (or the ranks at different moments) must not leave the
+    other waiting in an all-reduce: the ranks agree on the step to stop after."""
+    import signal
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_LONG_SCRIPT.format(root=root, out=str(tmp_path / "ddp")))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    metrics = tmp_path / "ddp" / "metrics.jsonl"
+    t0 = time.time()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.time() - t0 < 120:
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGINT)
+    try:
+        outs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode != 0 for p in procs)  # both left (KeyboardInterrupt), neither hangs
+    assert "stopping after the current step" in outs[1] and "checkpoint saved" in outs[0], outs
+    step = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["global_step"]
+    assert 0 < step < 200 * 3 and (step % 10 == 0 or step % 3 == 0)  # a metrics step or an epoch end
+
+
 def test_cli_bad_arguments_give_one_line(tmp_path, capsys):
     from con2.cli.main import main
 
