@@ -9,12 +9,17 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(labels).astype(int).ravel()
+    raw = np.asarray(labels).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    if labels.shape != scores.shape:
-        raise ValueError(f"{labels.size} labels but {scores.size} scores")
-    if not np.isin(labels, (0, 1)).all():
+    if raw.shape != scores.shape:
+        raise ValueError(f"{raw.size} labels but {scores.size} scores")
+    try:  # compare values, not truncated ints: 0.9 is not a label ("0" / "1" strings are)
+        ok = np.isin(raw.astype(np.float64), (0.0, 1.0)).all()
+    except ValueError:
+        ok = False
+    if not ok:
         raise ValueError("labels must be 0 (normal) or 1 (anomaly)")
+    labels = raw.astype(np.float64).astype(int)
     if not np.isfinite(scores).all():
         raise ValueError(f"{int((~np.isfinite(scores)).sum())} score(s) are NaN or infinite")
     if labels.min() == labels.max():
@@ -28,7 +33,8 @@ def auroc(labels, scores) -> float:
 
 
 def aupr(labels, scores) -> float:
-    """Average precision with anomalies as positives."""
+    """Area under the precision-recall curve as average precision (sklearn's step-wise sum, not a
+    trapezoid), anomalies as positives."""
     labels, scores = _check(labels, scores)
     return float(average_precision_score(labels, scores))
 
@@ -54,9 +60,9 @@ def calibrate_threshold(normal_scores, target_fpr: float = 0.05, conservative: b
     Finite samples: for a new normal sample exchangeable with the n calibration samples the
     expected false-positive rate of that threshold is (k + 1) / (n + 1), which exceeds the
     target when n is small (n = 10, target 0.05: 1/11 = 0.09). `conservative=True` picks
-    k = ceil(target_fpr * (n + 1)) - 1 instead (split-conformal), which guarantees an expected
-    FPR <= target_fpr; with n + 1 < 1 / target_fpr no calibration score can, and the largest
-    one is used with a warning.
+    k = floor(target_fpr * (n + 1)) - 1 instead (split-conformal), which guarantees an expected
+    FPR (k + 1) / (n + 1) <= target_fpr; with n + 1 < 1 / target_fpr (or a target of 0) no
+    calibration score can, and the largest one is used with a warning.
     """
     s = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())[::-1]
     if s.size == 0:
@@ -69,9 +75,10 @@ def calibrate_threshold(normal_scores, target_fpr: float = 0.05, conservative: b
     if conservative:
         k = math.floor(target_fpr * (n + 1) + 1e-9) - 1
         if k < 0:
+            need = f"at least {math.ceil(1 / target_fpr) - 1} are needed" if target_fpr > 0 else "none can"
             warnings.warn(
                 f"{n} calibration samples cannot guarantee a false-positive rate of {target_fpr}: "
-                f"at least {math.ceil(1 / target_fpr) - 1} are needed; using the largest score",
+                f"{need}; using the largest score",
                 stacklevel=2,
             )
             k = 0

@@ -1,7 +1,11 @@
 """Score image files with a trained run: `con2 predict --run RUN_DIR IMAGE_OR_FOLDER...`.
 
-Files are read with Pillow, converted to the run's channel count (L or RGB) and resized to the
-run's training image size (bicubic, aspect ratio not kept). The threshold is calibrated on the
+Files are decoded as the run's data set was (con2.data.datasets.decode_image: 16-bit grayscale
+scaled, not clipped), converted to the run's channel count (grey to RGB by repetition as the loaders
+do, colour to grey by Pillow's luma) and resized as the run's images were: folder data sets with
+Pillow's bicubic filter, array data sets (MedMNIST, CIFAR, npz, digits) with the loaders' antialiased
+bilinear resize (aspect ratio not kept), to the size before the run's centre crop, then cropped. So a
+file gets the score its pixels would get inside `con2 evaluate`. The threshold is calibrated on the
 run's val normals at `target_fpr` (con2.metrics.calibrate_threshold) unless one is given.
 """
 from __future__ import annotations
@@ -33,21 +37,23 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_images(files: Sequence[Path], size: tuple[int, int], channels: int) -> np.ndarray:
-    """uint8 [N, H, W, C]; an unreadable file is an error naming it."""
+def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool) -> np.ndarray:
+    """uint8 [N, H, W, C] made as the run's loader made its images (module docstring); an
+    unreadable file is an error naming it."""
     from PIL import Image, UnidentifiedImageError
+
+    from .data.datasets import decode_image, resize_images
 
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
     for i, f in enumerate(files):
         try:
-            with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-                arr = np.asarray(im, dtype=np.uint8)
+            arr = decode_image(f, size if folder else None)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise ValueError(f"cannot read image {f}: {exc}") from exc
-        out[i] = arr.reshape(size[0], size[1], channels)
+        if arr.shape[-1] != channels:
+            arr = (np.repeat(arr, 3, axis=-1) if channels == 3
+                   else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
+        out[i] = resize_images(arr[None], size)[0]  # no-op for folders (decoded at the size)
     return out
 
 
@@ -68,8 +74,8 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     cfg, model = load_run(run_dir, device=device)
     split = load_split(cfg)
     # the run's pre-processing: resize (to the pre-crop size when the run crops), then the centred crop
-    size = (cfg.image_size,) * 2 if cfg.image_size and cfg.center_crop else split.train.shape[1:3]
-    images = center_crop_array(read_images(files, size, split.channels), cfg.center_crop)
+    size = tuple(int(v) for v in split.meta.get("pre_crop_size") or split.train.shape[1:3])
+    images = center_crop_array(read_images(files, size, split.channels, cfg.dataset == "folder"), cfg.center_crop)
     if threshold is None and not len(split.val):
         raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold")
     s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress, crop_scale)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import METRICS_FILE, SCORES_FILE, evaluate_run, format_metrics, read_scores
+from .evaluate import METRICS_FILE, SCORES_FILE, evaluate_run, format_metrics, read_scores, scoring_view_config
 
 
 def _subplots(nrows=1, ncols=1, figsize=(5, 4), **kw):
@@ -133,7 +133,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
 
     from .data import ContextSet, load_split
     from .scoring import View, ViewEncoder
-    from .train import load_run, view_config
+    from .train import load_run
 
     run_dir = Path(run_dir)
     cfg, model = load_run(run_dir, device=device)
@@ -149,7 +149,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
     # contexts: the run's; the SimCLR baseline is shown with the context named in its config
     contexts = ContextSet(cfg.context)
     context_label = contexts.labels()[1]
-    view_cfg = view_config(cfg, split)
+    # the test-time views of the evaluation shown (its crop range, e.g. CSI's 0.54), for the view grid
+    view_cfg = scoring_view_config(cfg, split, metrics.get("crop_scale"))
     encoder = ViewEncoder(model.encode, view_cfg, contexts, [View(0, 0, False), View(1, 1, False)],
                           device=next(model.parameters()).device)
 
@@ -177,7 +178,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
             f"<b>{html.escape(cfg.objective)}</b>, {cfg.epochs} epochs, seed {cfg.seed}.</p>"]
     if metrics:
         body.append(f"<h2>Metrics</h2><p>test-time views: {metrics.get('views')}, aggregate: "
-                    f"{html.escape(str(metrics.get('aggregate')))}</p>" + _md_table_html(format_metrics(metrics)))
+                    f"{html.escape(str(metrics.get('aggregate')))}, crop area range: "
+                    f"{html.escape(str(metrics.get('crop_scale', list(view_cfg.scale))))}</p>"
+                    + _md_table_html(format_metrics(metrics)))
+    else:
+        body.append(f"<h2>Metrics</h2><p>{METRICS_FILE} is missing from the run (the plots use "
+                    f"{SCORES_FILE}); run <code>con2 evaluate --run {html.escape(str(run_dir))}</code></p>")
     body.append(f"<h2>Context clusters</h2><p>Silhouette score of [g(x); g(t_C(x))] with labels = context "
                 f"({len(z)} representations, unit vectors, Euclidean): <b id='silhouette'>{silhouette:.3f}</b> "
                 "(&gt; 0: context clusters present; App. E.4).</p>")

@@ -9,6 +9,10 @@ deviations (ddof = 1; 0 for a single value).
 Resuming: rerunning the same command continues where it stopped. Runs marked done are not
 touched; a run whose model exists is only evaluated; a half-trained run continues from its
 checkpoint (`train(..., resume=True)`). The manifest is rewritten atomically after every run.
+
+A run that fails (bad data for one class, a loss that turns non-finite, ...) is marked failed with
+its error and the sweep goes on; the tables are written from the runs that finished, and the sweep
+then ends with an error listing the failures (rerunning retries them). Ctrl-C stops the sweep.
 """
 from __future__ import annotations
 
@@ -109,21 +113,38 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
             continue
         run_dir = out / key
         cfg = dataclasses.replace(base, normal_class=[c], seed=s, out=str(run_dir), extra=dict(base.extra)).validate()
-        if not (run_dir / "model.safetensors").exists():
+        entry.pop("error", None)
+        try:
+            if not (run_dir / "model.safetensors").exists():
+                if progress:
+                    print(f"[{i}/{len(todo)}] {key}: training", flush=True)
+                entry["status"] = "training"
+                _write_json(out / MANIFEST, manifest)
+                train_mod.train(cfg, progress=progress, resume=True)
             if progress:
-                print(f"[{i}/{len(todo)}] {key}: training", flush=True)
-            entry["status"] = "training"
-            _write_json(out / MANIFEST, manifest)
-            train_mod.train(cfg, progress=progress, resume=True)
-        if progress:
-            print(f"[{i}/{len(todo)}] {key}: evaluating", flush=True)
-        metrics = evaluate_run(run_dir, views=views, scorers=scorers, aggregate=aggregate,
-                               device=base.device, batch_size=eval_batch_size, progress=progress)
-        entry.update(status="done", metrics={k: metrics[k] for k in scorers})
+                print(f"[{i}/{len(todo)}] {key}: evaluating", flush=True)
+            metrics = evaluate_run(run_dir, views=views, scorers=scorers, aggregate=aggregate,
+                                   device=base.device, batch_size=eval_batch_size, progress=progress)
+            entry.update(status="done", metrics={k: metrics[k] for k in scorers})
+        except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:  # this run only; Ctrl-C stops all
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            entry.pop("metrics", None)
+            if progress:
+                print(f"[{i}/{len(todo)}] {key}: FAILED: {entry['error']}", flush=True)
         _write_json(out / MANIFEST, manifest)
-    summary = summarize(manifest, [run_name(c, s) for c, s in todo], classes, scorers)
-    write_tables(out, summary, manifest, [run_name(c, s) for c, s in todo], scorers)
+    keys = [run_name(c, s) for c, s in todo]
+    summary = summarize(manifest, keys, classes, scorers)
+    write_tables(out, summary, manifest, keys, scorers)
+    failed = [k for k in keys if manifest["runs"][k]["status"] == "failed"]
+    if failed:
+        raise SweepFailed(f"{len(failed)} of {len(keys)} runs failed (the tables in {out} hold the "
+                          f"{len(keys) - len(failed)} that finished; rerun to retry): "
+                          + "; ".join(f"{k}: {manifest['runs'][k]['error']}" for k in failed[:3]))
     return summary
+
+
+class SweepFailed(RuntimeError):
+    """Some runs of a sweep failed; the others are done and tabulated."""
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

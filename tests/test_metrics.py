@@ -34,6 +34,11 @@ def test_metrics_reject_bad_input():
         detection_metrics([0, 1], [0.0, np.nan])
     with pytest.raises(ValueError, match="labels"):
         auroc([0, 2], [1, 2])
+    with pytest.raises(ValueError, match="labels"):  # fractions are not truncated to 0
+        auroc([0.5, 0.9, 1.0], [0.1, 0.5, 0.3])
+    with pytest.raises(ValueError, match="labels"):
+        auroc([0.0, np.nan, 1.0], [0.1, 0.5, 0.3])
+    assert auroc([False, True], [0.1, 0.2]) == auroc(np.array([0.0, 1.0]), [0.1, 0.2]) == auroc(["0", "1"], [0.1, 0.2]) == 1.0
 
 
 @pytest.mark.parametrize("n", [20, 101, 1000])
@@ -54,3 +59,5 @@ def test_conservative_threshold_and_small_samples():
     assert false_positive_rate(s[:10], calibrate_threshold(s[:10], 0.05)) == 0.0
     with pytest.raises(ValueError, match="at least one"):
         calibrate_threshold([], 0.05)
+    with pytest.warns(UserWarning, match="none can"):  # a target of 0 cannot be guaranteed: the maximum
+        assert calibrate_threshold(s, 0.0, conservative=True) == s.max()

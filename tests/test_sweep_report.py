@@ -17,7 +17,7 @@ from con2.config import TrainConfig
 from con2.data import load_split
 from con2.evaluate import evaluate_run
 from con2.report import build_report
-from con2.sweep import dataset_classes, run_sweep
+from con2.sweep import SweepFailed, dataset_classes, run_sweep
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -69,6 +69,32 @@ def test_sweep_resumes_without_retraining(tmp_path, monkeypatch):
         run_sweep(changed, ["8"], [0], tmp_path, views=0, progress=False)
 
 
+def test_a_failed_run_is_recorded_and_the_others_are_tabulated(tmp_path, monkeypatch):
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    calls = []
+    real = fake_train(calls)
+
+    def fails_for_class_3(cfg, **kw):
+        if cfg.normal_class == ["3"]:
+            calls.append(("3", cfg.seed))
+            raise FloatingPointError("loss became non-finite (nan or inf) at step 2")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(train_mod, "train", fails_for_class_3)
+    with pytest.raises(SweepFailed, match="1 of 3 runs failed.*class-3-seed0: FloatingPointError"):
+        run_sweep(base, ["8", "3", "5"], [0], tmp_path, views=0, progress=False)
+    assert calls == [("8", 0), ("3", 0), ("5", 0)]  # the sweep went on after the failure
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["runs"]["class-3-seed0"]["status"] == "failed"
+    assert "non-finite" in manifest["runs"]["class-3-seed0"]["error"]
+    assert (tmp_path / "results.csv").read_text().splitlines()[-1].startswith("all,2,")
+    assert ",failed," in (tmp_path / "runs.csv").read_text()
+    calls.clear()
+    monkeypatch.setattr(train_mod, "train", real)
+    summary = run_sweep(base, ["8", "3", "5"], [0], tmp_path, views=0, progress=False)
+    assert calls == [("3", 0)] and summary["all"]["nnd"][2] == 3  # a rerun retries the failed run only
+
+
 def test_dataset_classes():
     assert dataset_classes("cifar10") == [str(i) for i in range(10)]
     assert len(dataset_classes("cifar100")) == 20
@@ -95,6 +121,15 @@ def test_report_embeds_every_figure(report_page):
         im = Image.open(io.BytesIO(base64.b64decode(u)))
         assert im.size[0] > 100 and im.size[1] > 100
     assert "id='silhouette'" in page and "src='http" not in page
+
+
+def test_report_states_the_evaluation_it_shows_and_a_missing_one(report_page, tmp_path):
+    assert "crop area range: [0.08, 1.0]" in report_page.read_text()
+    run = tmp_path / "run"
+    shutil.copytree(report_page.parent, run)
+    (run / "metrics.json").unlink()
+    page = build_report(run, max_points=20, progress=False).read_text()
+    assert "metrics.json is missing" in page and "con2 evaluate --run" in page
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")

@@ -360,3 +360,43 @@ def test_predict_applies_the_runs_center_crop(tmp_path):
     assert split.test.shape[1:] == (10, 10, 1)
     want = run_scorer(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:5])["nnd"].numpy()
     np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_makes_a_file_into_the_pixels_the_run_was_trained_on(tmp_path):
+    """Native 8 px digit files (the loader resizes digits to 16 px with its antialiased bilinear
+    resize, then this run crops 12): predict must resize the same way, to the size before the crop,
+    so a file scores as the same image does inside the test split."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from con2.data import load_split
+    from con2.evaluate import run_scorer
+    from con2.predict import predict_files
+
+    cfg = tiny_cfg(tmp_path / "run", epochs=1, center_crop=12, max_train_samples=24)
+    run = train(cfg, progress=False)
+    split = load_split(cfg)
+    assert split.meta["pre_crop_size"] == [16, 16] and split.test.shape[1:] == (12, 12, 1)
+    d = load_digits()  # the loader's split: test images are these, resized and cropped
+    native = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    raw_test = load_split(TrainConfig(dataset="digits", image_size=8)).test[:4]
+    for i, img in enumerate(raw_test):
+        assert any(np.array_equal(img[:, :, 0], n) for n in native)
+        Image.fromarray(img[:, :, 0]).save(tmp_path / f"{i}.png")
+    got = predict_files(run, [tmp_path / f"{i}.png" for i in range(4)], views=2, threshold=0.0, progress=False)
+    cfg, model = load_run(run, device="cpu")
+    want = run_scorer(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:4])["nnd"].numpy()
+    np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_scales_16_bit_files_as_the_folder_loader_does(tmp_path):
+    from PIL import Image
+
+    from con2.data.datasets import decode_image
+    from con2.predict import read_images
+
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # a 16-bit grayscale PNG
+    got = read_images([tmp_path / "deep.png"], (8, 8), 1, folder=True)[0]
+    np.testing.assert_array_equal(got, decode_image(tmp_path / "deep.png", (8, 8)))
+    assert got.max() < 255 and got[0, 1, 0] == round(1000 / 257)  # scaled, not clipped at 255

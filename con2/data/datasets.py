@@ -160,19 +160,23 @@ def _empty_like(images: np.ndarray) -> np.ndarray:
     return np.zeros((0,) + images.shape[1:], np.uint8)
 
 
-def _resize_array(images: np.ndarray, size: int | None) -> np.ndarray:
-    """Resize uint8 [N, H, W, C] to size x size (bilinear, antialiased), in chunks to bound memory."""
-    if size is None or images.shape[1:3] == (size, size):
+def resize_images(images: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarray:
+    """Resize uint8 [N, H, W, C] to size x size, or (H, W) (bilinear, antialiased), in chunks to
+    bound memory. The resize of every array data set (MedMNIST, CIFAR, npz, digits)."""
+    if size is None:
+        return images
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if images.shape[1:3] == (h, w):
         return images
     if len(images) == 0:  # an empty split (no val images) still takes the new shape
-        return np.zeros((0, size, size, images.shape[-1]), np.uint8)
+        return np.zeros((0, h, w, images.shape[-1]), np.uint8)
     import torch
     import torch.nn.functional as F
 
-    out = np.empty((len(images), size, size, images.shape[-1]), np.uint8)
+    out = np.empty((len(images), h, w, images.shape[-1]), np.uint8)
     for i in range(0, len(images), 4096):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + 4096])).permute(0, 3, 1, 2).float()
-        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
         out[i:i + 4096] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
 
@@ -215,9 +219,9 @@ def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, 
     meta = {"in_memory": True, "normal_class_names": [class_names.get(c, str(c)) for c in normal], **meta}
     return OneClassSplit(
         name=name,
-        train=_resize_array(train, image_size),
-        val=_resize_array(val, image_size),
-        test=_resize_array(te_x, image_size),
+        train=resize_images(train, image_size),
+        val=resize_images(val, image_size),
+        test=resize_images(te_x, image_size),
         test_labels=(~is_normal(te_y)).astype(np.int64),
         normal_classes=tuple(normal),
         class_names=dict(class_names),
@@ -455,8 +459,9 @@ def _class_dirs(root: Path) -> dict[str, list[Path]]:
     return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
-def _decode(path: Path, size: int | None) -> np.ndarray:
-    """One image as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour), resized to size x size when set."""
+def decode_image(path: Path, size: int | tuple[int, int] | None) -> np.ndarray:
+    """One image file as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour), resized to size x size
+    or (H, W) when set (bicubic, as folder data sets are resized). 16-bit grayscale is scaled, not clipped."""
     from PIL import Image
 
     with Image.open(path) as img:
@@ -469,8 +474,10 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
             img = img.convert("L")
         else:  # RGB, RGBA, P, CMYK, YCbCr, ...
             img = img.convert("RGB")
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BICUBIC)
+        if size is not None:
+            h, w = (size, size) if isinstance(size, int) else size
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.BICUBIC)
         arr = np.asarray(img, dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -479,7 +486,7 @@ def _decode_all(files: list[Path], size: int | None, skip_bad: bool) -> tuple[li
     """Decoded arrays (None where skipped) in file order, and the files skipped; threads overlap I/O and decode."""
     def safe(p):
         try:
-            return _decode(p, size), None
+            return decode_image(p, size), None
         except Exception as e:  # any decoder failure: truncated, not an image, unsupported
             return None, f"{p}: {type(e).__name__}: {e}"
 
