@@ -10,8 +10,9 @@ Image inputs (uint8, 0..255; anything else is an error):
 `fit(X)` holds out a seeded `calibration_fraction` of the normals (unless the split has val
 normals), trains the encoder on the rest with `con2.train.train`, encodes the train bank under
 the test-time views and sets `threshold_` so that `target_fpr` of the held-out normals score
-above it (`con2.metrics.calibrate_threshold`). `decision_scores_` are those held-out scores
-(scores of the training images themselves are meaningless for S_NND: each finds itself).
+above it (`con2.metrics.calibrate_threshold`). `decision_scores_` and `labels_` are those held-out
+images' scores and labels (so shorter than X, unlike PyOD, whose are the training images': scores
+of the training images themselves are meaningless for S_NND, each finds itself).
 
 `save(path)` writes ONE safetensors file: encoder weights, the NND bank and / or the Gaussian
 statistics, the calibration scores; the options, the state (threshold, input shape, views) and
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from . import __version__
 from .config import TrainConfig
@@ -51,8 +54,8 @@ class BundleError(ValueError):
     """A detector bundle cannot be loaded: wrong format or version, or tampered with."""
 
 
-class NotFittedError(RuntimeError):
-    pass
+class NotFittedError(SklearnNotFittedError):
+    """Raised before fit / load; scikit-learn's NotFittedError, so its `except` clauses catch it."""
 
 
 def as_nhwc(X, name: str = "X") -> np.ndarray:
@@ -92,8 +95,21 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class Con2Detector:
-    """Con2 one-class anomaly detector. Options use the CLI flag names (dashes -> underscores)."""
+class Con2Detector(BaseEstimator):
+    """Con2 one-class anomaly detector. Options use the CLI flag names (dashes -> underscores).
+
+    A scikit-learn estimator of the outlier-detector kind (clone, Pipeline, get / set_params), with
+    PyOD's label convention: predict gives 1 = anomaly, 0 = normal (not scikit-learn's -1 / +1).
+    `contamination`, if given, replaces `target_fpr` (the share of held-out normals above the
+    threshold, in [0, 0.5]). Changing options with set_params after fit needs a new fit.
+    """
+
+    _estimator_type = "outlier_detector"  # scikit-learn < 1.6 reads this; newer ones the tags
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "outlier_detector"
+        return tags
 
     def __init__(self, *, context: str = "invert", objective: str = "con2", epochs: int = 20,
                  batch_size: int = 64, image_size: int | None = None, scorer: str = "nnd", views: int = 40,
@@ -137,6 +153,8 @@ class Con2Detector:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
         if self.bank_dtype not in BANK_DTYPES:
             raise ValueError(f"bank_dtype must be one of {', '.join(BANK_DTYPES)}, got {self.bank_dtype!r}")
+        if self.contamination is not None and not 0 <= self.contamination <= 0.5:
+            raise ValueError(f"contamination must be in [0, 0.5] (as in PyOD), got {self.contamination}")
         fpr = self.target_fpr if self.contamination is None else self.contamination
         if not 0 <= fpr < 1:
             raise ValueError(f"target_fpr / contamination must be in [0, 1), got {fpr}")

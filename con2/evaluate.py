@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from . import __version__
 from .config import TrainConfig
 from .data import OneClassSplit
 from .metrics import calibrate_threshold, detection_metrics
@@ -82,7 +83,9 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     metrics: dict = {
         "dataset": split.name, "normal_classes": [int(c) for c in split.normal_classes],
         "context": cfg.context, "objective": cfg.objective, "views": views, "aggregate": aggregate,
-        "scoring_seed": seed, "crop_scale": list(scorer.encoder.view_cfg.scale),
+        "scoring_seed": seed, "crop_scale": list(scorer.encoder.view_cfg.scale), "bank_dtype": bank_dtype,
+        "con2_version": __version__, "torch_version": torch.__version__,
+        "device": str(scorer.encoder.device), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "n_train": int(len(split.train)), "n_val": int(len(split.val)),
         "n_test": int(len(labels)), "n_test_anomalous": int(labels.sum()),
     }
@@ -138,7 +141,10 @@ def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSpl
             w.writerow([i, int(labels[i]), int(classes[i]), *(repr(float(scores[s][i])) for s in names)])
     os.replace(tmp, run_dir / SCORES_FILE)
     if per_view:
-        np.savez(run_dir / VIEWS_FILE, labels=labels, **{s: scores[f"{s}_views"] for s in names})
+        np.savez(run_dir / VIEWS_FILE, labels=labels, views=metrics["views"], aggregate=metrics["aggregate"],
+                 **{s: scores[f"{s}_views"] for s in names})
+    else:  # an older file would no longer belong to the metrics written next to it
+        (run_dir / VIEWS_FILE).unlink(missing_ok=True)
     tmp = run_dir / (METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, run_dir / METRICS_FILE)

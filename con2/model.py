@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, ResNet
 
 FEATURE_DIM = 512
 PROJECTION_DIM = 128
@@ -30,20 +31,21 @@ def make_encoder(in_channels: int = 3, image_size: int = 32, width: int = 64) ->
 
 
 def _narrow_resnet18(width: int) -> nn.Module:
-    from torchvision.models.resnet import BasicBlock, ResNet
+    return NarrowResNet(width)
 
-    class NarrowResNet(ResNet):
-        def __init__(self):
-            super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=1)
-            self.inplanes = width
-            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
-            self.layer1 = self._make_layer(BasicBlock, width, 2)
-            self.layer2 = self._make_layer(BasicBlock, width * 2, 2, stride=2)
-            self.layer3 = self._make_layer(BasicBlock, width * 4, 2, stride=2)
-            self.layer4 = self._make_layer(BasicBlock, width * 8, 2, stride=2)
 
-    return NarrowResNet()
+class NarrowResNet(ResNet):
+    """ResNet18 with base width `width` instead of 64 (module level so models pickle)."""
+
+    def __init__(self, width: int):
+        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=1)
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._make_layer(BasicBlock, width, 2)
+        self.layer2 = self._make_layer(BasicBlock, width * 2, 2, stride=2)
+        self.layer3 = self._make_layer(BasicBlock, width * 4, 2, stride=2)
+        self.layer4 = self._make_layer(BasicBlock, width * 8, 2, stride=2)
 
 
 class ProjectionHead(nn.Sequential):

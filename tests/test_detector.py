@@ -191,3 +191,24 @@ def test_inconsistent_bundles_fail_at_load_and_norms_are_recomputed(fitted, tmp_
     x = blobs(4, 5, False)
     np.testing.assert_allclose(Con2Detector.load(stale, device="cpu").decision_function(x),
                                det.decision_function(x), rtol=1e-6)
+
+
+def test_scikit_learn_pipeline_clone_and_pickle(fitted):
+    import pickle
+
+    from sklearn.base import clone, is_outlier_detector
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    det, _ = fitted
+    assert is_outlier_detector(det)
+    x = blobs(5, 4, False)
+    pipe = make_pipeline(FunctionTransformer(), clone(det)).fit(blobs(40, 0, True))
+    assert pipe.decision_function(x).shape == (5,) and set(pipe.predict(x)) <= {0, 1}
+    again = pickle.loads(pickle.dumps(det))  # the narrow test model pickles too
+    np.testing.assert_array_equal(again.decision_function(x), det.decision_function(x))
+    with pytest.raises(SklearnNotFittedError):
+        clone(det).decision_function(x)
+    with pytest.raises(ValueError, match="contamination"):
+        Con2Detector(contamination=0.6).fit(blobs(20, 0, True))

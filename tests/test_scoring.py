@@ -285,9 +285,16 @@ def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys
     assert csi.encoder.view_cfg.scale == (0.54, 0.54)
     assert not torch.allclose(default.score(split.test[:8])["nnd"], csi.score(split.test[:8])["nnd"])
 
+    main(["evaluate", "--run", str(run), "--views", "2", "--per-view", "--quiet"])
+    assert (run / "scores_views.npz").exists()
     main(["evaluate", "--run", str(run), "--views", "4", "--crop-scale", "0.54", "0.54", "--quiet"])
     assert "crop area 0.54-0.54" in capsys.readouterr().out
-    assert json.loads((run / "metrics.json").read_text())["crop_scale"] == [0.54, 0.54]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["crop_scale"] == [0.54, 0.54] and metrics["views"] == 4
+    assert {"con2_version", "torch_version", "bank_dtype", "device", "date"} <= set(metrics)
+    assert not (run / "scores_views.npz").exists()  # the 2-view file no longer matched metrics.json
+    with pytest.raises(IsADirectoryError, match="is a directory"):  # before any scoring
+        main(["score", "--run", str(run), "--out", str(run), "--debug"])
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--run", str(run), "--crop-scale", "0", "1"])
     assert exc.value.code == 2

@@ -59,6 +59,11 @@ def _score(args) -> None:
     from ..scoring import aggregate
     from ..train import load_run
 
+    if args.out:  # fail now, not after the scoring
+        out_path = Path(args.out)
+        if out_path.is_dir():
+            raise IsADirectoryError(f"--out {out_path} is a directory; give a file name such as {out_path / 'scores.csv'}")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
     cfg, model = load_run(args.run, device=args.device)
     split = load_split(cfg)
     images = {"test": split.test, "val": split.val, "train": split.train}[args.split]
