@@ -159,17 +159,13 @@ def test_ctrl_c_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
     at the step's end and checkpoints that, so resuming gives exactly the uninterrupted weights,
     BatchNorm buffers included."""
     import signal
-    import time
 
     cli = [sys.executable, "-c", "import sys; from con2.cli.main import main; sys.exit(main(sys.argv[1:]))", "train"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root}
     proc = subprocess.Popen(cli + SIGINT_ARGS + ["--out", str(tmp_path / "cut")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = tmp_path / "cut" / "metrics.jsonl"
-    t0 = time.time()
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() - t0 < 120:
-        time.sleep(0.05)
+    _wait_for_metrics_lines(tmp_path / "cut" / "metrics.jsonl", 3)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
@@ -216,50 +212,44 @@ import sys, numpy as np
 sys.path.insert(0, {root!r})
 from tests.test_train import tiny_cfg, tiny_split
 from con2.train import train
-train(tiny_cfg({out!r}, epochs=1, batch_size=8), tiny_split(), progress=False)
+train(tiny_cfg({out!r}, epochs={epochs}, batch_size=8), tiny_split(), progress=False)
 """
+
+
+def _start_ddp(tmp_path, epochs):
+    """Two gloo ranks training the tiny run into tmp_path/ddp; their processes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(root=root, out=str(tmp_path / "ddp"), epochs=epochs))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    return [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+
+
+def _wait_for_metrics_lines(metrics, n, timeout=120):
+    import time
+
+    t0 = time.time()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= n) and time.time() - t0 < timeout:
+        time.sleep(0.05)
 
 
 def test_ddp_world_size_2_matches_one_process(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     single = train(tiny_cfg(tmp_path / "single", epochs=1, batch_size=8), tiny_split(), progress=False)
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(root=root, out=str(tmp_path / "ddp")))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
-               OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    procs = _start_ddp(tmp_path, epochs=1)
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert_same_weights(weights(single), weights(tmp_path / "ddp"), atol=1e-4)
-
-
-DDP_LONG_SCRIPT = r"""
-import sys
-sys.path.insert(0, {root!r})
-from tests.test_train import tiny_cfg, tiny_split
-from con2.train import train
-train(tiny_cfg({out!r}, epochs=200, batch_size=8), tiny_split(), progress=False)
-"""
 
 
 def test_ddp_ranks_stop_after_the_same_step_when_one_is_interrupted(tmp_path):
     """A signal that reaches one rank only (or the ranks at different moments) must not leave the
     other waiting in an all-reduce: the ranks agree on the step to stop after."""
     import signal
-    import time
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_LONG_SCRIPT.format(root=root, out=str(tmp_path / "ddp")))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
-               OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    metrics = tmp_path / "ddp" / "metrics.jsonl"
-    t0 = time.time()
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.time() - t0 < 120:
-        time.sleep(0.05)
+    procs = _start_ddp(tmp_path, epochs=200)
+    _wait_for_metrics_lines(tmp_path / "ddp" / "metrics.jsonl", 2)
     procs[1].send_signal(signal.SIGINT)
     try:
         outs = [p.communicate(timeout=120)[0].decode() for p in procs]
