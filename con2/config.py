@@ -86,7 +86,12 @@ class TrainConfig:
         if self.max_train_samples is not None and self.max_train_samples < 1:
             bad(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
         if not 0 < self.test_fraction < 1:
-            bad(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+            bad(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        val_fraction = self.extra.get("val_fraction", 0.0)
+        if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
+            bad(f"--val-fraction must be in [0, 1), got {val_fraction!r}")
+        if self.test_fraction + val_fraction >= 1:
+            bad(f"--test-fraction {self.test_fraction} + --val-fraction {val_fraction} leave no normals to train on")
         if self.image_size is not None and self.image_size < 8:
             bad(f"--image-size must be >= 8, got {self.image_size}")
         if self.center_crop is not None and self.center_crop < 8:

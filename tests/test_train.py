@@ -274,6 +274,8 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys):
     for extra, match in [(["--checkpoint-every", "0"], "--checkpoint-every"),
                          (["--max-train-samples", "0"], "--max-train-samples"),
                          (["--split-seed", "-1"], "--split-seed"), (["--lr", "nan"], "--lr"),
+                         (["--val-fraction", "1"], "--val-fraction"), (["--test-fraction", "nan"], "--test-fraction"),
+                         (["--test-fraction", "0.6", "--val-fraction", "0.4"], "no normals to train on"),
                          (["--lr", "1e30", "--epochs", "2"], "non-finite")]:  # the loss blows up
         assert main(base + extra) == 2
         err = capsys.readouterr().err
@@ -390,3 +392,39 @@ def test_predict_scales_16_bit_files_as_the_folder_loader_does(tmp_path):
     got = read_images([tmp_path / "deep.png"], (8, 8), 1, folder=True)[0]
     np.testing.assert_array_equal(got, decode_image(tmp_path / "deep.png", (8, 8)))
     assert got.max() < 255 and got[0, 1, 0] == round(1000 / 257)  # scaled, not clipped at 255
+
+
+def test_score_csv_names_each_images_class_and_file(tmp_path):
+    """`con2 score` rows trace back to their images: folder runs give the source file, every run the
+    class name; the scores are the run's scorer's, in the split's order."""
+    import csv
+
+    from PIL import Image
+
+    from con2.cli.main import main
+    from con2.data import load_split
+    from con2.evaluate import run_scorer
+
+    rng = np.random.default_rng(0)
+    for cls, n in (("good", 14), ("crack", 4)):
+        for i in range(n):
+            (tmp_path / "data" / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    run = tmp_path / "run"  # the CLI's seeded-split options make the val part that predict calibrates on
+    main(["train", "--dataset", "folder", "--data-root", str(tmp_path / "data"), "--normal-class", "good",
+          "--test-fraction", "0.3", "--val-fraction", "0.2", "--epochs", "1", "--width", "4", "--batch-size", "8",
+          "--device", "cpu", "--out", str(run)])
+    assert load_run(run)[0].extra == {"val_fraction": 0.2}
+    for part in ("test", "val"):
+        out = tmp_path / f"{part}.csv"
+        main(["score", "--run", str(run), "--views", "2", "--split", part, "--out", str(out), "--quiet"])
+        rows = list(csv.DictReader(out.open()))
+        split = load_split(load_run(run)[0])
+        files = split.test_files if part == "test" else split.meta["val_files"]
+        assert [r["file"] for r in rows] == files and len(rows) == len(getattr(split, part)) > 0
+        assert [r["class"] for r in rows] == [f.split("/")[-2] for f in files]
+        assert [int(r["label"]) for r in rows] == [int(r["class"] != "good") for r in rows]
+        cfg_, model = load_run(run, device="cpu")
+        want = run_scorer(model, cfg_, split, 2, ("nnd",), progress=False).score(getattr(split, part))["nnd"].numpy()
+        np.testing.assert_allclose([float(r["nnd_mean"]) for r in rows], want, rtol=1e-5, atol=1e-6)
+    assert sum(int(r["label"]) for r in csv.DictReader((tmp_path / "test.csv").open())) == 4

@@ -73,14 +73,14 @@ def _score(args) -> None:
                         args.bank_dtype, not args.quiet, args.crop_scale)
     per_view = scorer.score_views(images)[args.scorer]
     scores = aggregate(per_view, args.aggregate).numpy()
-    labels = split.test_labels if args.split == "test" else [0] * len(images)
+    labels, classes, files = sample_columns(split, args.split)
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
         w = csv.writer(out)
         extra = [f"view{i}" for i in range(per_view.shape[1])] if args.per_view else []
-        w.writerow(["index", "label", f"{args.scorer}_{args.aggregate}", *extra])
+        w.writerow(["index", "label", "class", *(["file"] if files else []), f"{args.scorer}_{args.aggregate}", *extra])
         for i, s in enumerate(scores):
-            row = [i, int(labels[i]), repr(float(s))]
+            row = [i, labels[i], classes[i], *([files[i]] if files else []), repr(float(s))]
             if args.per_view:
                 row += [repr(float(v)) for v in per_view[i]]
             w.writerow(row)
@@ -88,6 +88,24 @@ def _score(args) -> None:
         if args.out:
             out.close()
             print(f"wrote {len(scores)} {args.split} scores to {args.out}", file=sys.stderr)
+
+
+def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | None]:
+    """Per image of `part`: label (1 = anomaly), class name ("" where the loader kept none) and
+    source file (None for array data sets), so a score row can be traced back to its image."""
+    n = len({"test": split.test, "val": split.val, "train": split.train}[part])
+    name = lambda c: split.class_names.get(int(c), str(int(c)))  # noqa: E731
+    if part == "test":
+        labels = [int(v) for v in split.test_labels]
+        classes = [name(c) for c in split.test_classes] if split.test_classes is not None else [""] * n
+        files = split.test_files
+    else:  # train / val hold normal images only; their class is known when there is one normal class
+        labels = [0] * n
+        classes = [name(split.normal_classes[0]) if len(split.normal_classes) == 1 else ""] * n
+        files = split.train_files if part == "train" else split.meta.get("val_files")
+    if files is not None and len(files) != n:  # e.g. --max-train-samples kept files and images in step
+        raise ValueError(f"{part} split: {len(files)} file names for {n} images")
+    return labels, classes, files
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -37,6 +37,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None, help="epochs between checkpoints")
     p.add_argument("--skip-bad-files", action="store_true", default=None)
     p.add_argument("--split-seed", type=int, default=None)
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help="normals held out for test in the seeded split of npz / folder data (default 0.3)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="normals held out for val (threshold calibration) in that split (default 0; digits 0.1)")
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--preset", choices=("paper", "quick"), default=None)
@@ -45,12 +49,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 _FIELDS = ("dataset", "context", "objective", "normal_class", "data_root", "data_file", "image_size", "center_crop",
            "resolution",
            "epochs", "batch_size", "lr", "weight_decay", "temperature", "amp", "seed", "width", "device",
-           "pipeline", "checkpoint_every", "skip_bad_files", "split_seed", "max_train_samples", "compile", "out")
+           "pipeline", "checkpoint_every", "skip_bad_files", "split_seed", "test_fraction", "max_train_samples", "compile", "out")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     explicit = {f for f in _FIELDS if getattr(args, f, None) is not None}
     cfg = TrainConfig(**{f: getattr(args, f) for f in explicit})
+    if getattr(args, "val_fraction", None) is not None:  # a split option the loaders read from extra
+        cfg.extra["val_fraction"] = args.val_fraction
     if "out" not in explicit:
         cfg.out = f"runs/{cfg.dataset}-{cfg.context.replace(',', '+')}-{cfg.objective}-s{cfg.seed}"
     return apply_preset(cfg, args.preset, explicit).validate()
