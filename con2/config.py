@@ -18,6 +18,9 @@ PAPER_BATCH_SIZE = {
     "cifar10": 512, "cifar100": 512, "npz": 128, "folder": 128, "digits": 64,
 }
 PAPER_EPOCHS = 2048
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer and the loss hold lr and temperature in float32
+# The smallest side views are trained at: ResNet18 (CIFAR stem) halves it three times.
+MIN_IMAGE_SIDE = 8
 # METHOD section 6: "MedMNIST, BR35H, Pneumonia: resize 256, center-crop 224" (as --image-size,
 # --center-crop); for npz / folder data the paper's pre-processing depends on the data set, so it is
 # left to the user (BR35H and Pneumonia: the same 256 / 224, Kvasir: 224, Melanoma: 128).
@@ -72,8 +75,8 @@ class TrainConfig:
         if self.batch_size < 1:
             bad(f"--batch-size must be >= 1, got {self.batch_size}")
         for name, value in (("lr", self.lr), ("temperature", self.temperature)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):  # NaN included
-                bad(f"--{name} must be a finite number > 0, got {value!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= FLOAT32_MAX):  # NaN too
+                bad(f"--{name} must be a number > 0 that float32 can hold, got {value!r}")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
                 and self.weight_decay >= 0):
             bad(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
@@ -92,10 +95,10 @@ class TrainConfig:
             bad(f"--val-fraction must be in [0, 1), got {val_fraction!r}")
         if self.test_fraction + val_fraction >= 1:
             bad(f"--test-fraction {self.test_fraction} + --val-fraction {val_fraction} leave no normals to train on")
-        if self.image_size is not None and self.image_size < 8:
-            bad(f"--image-size must be >= 8, got {self.image_size}")
-        if self.center_crop is not None and self.center_crop < 8:
-            bad(f"--center-crop must be >= 8, got {self.center_crop}")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIDE:
+            bad(f"--image-size must be >= {MIN_IMAGE_SIDE}, got {self.image_size}")
+        if self.center_crop is not None and self.center_crop < MIN_IMAGE_SIDE:
+            bad(f"--center-crop must be >= {MIN_IMAGE_SIDE}, got {self.center_crop}")
         if self.center_crop is not None and self.image_size is not None and self.center_crop > self.image_size:
             bad(f"--center-crop {self.center_crop} is larger than --image-size {self.image_size}")
         if self.dataset in ("npz", "folder", "derma", "blood", "cifar10", "cifar100") and not self.normal_class:

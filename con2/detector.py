@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from . import __version__
-from .config import TrainConfig
+from .config import MIN_IMAGE_SIDE, TrainConfig
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .evaluate import check_crop_scale, scoring_view_config
 from .metrics import calibrate_threshold
@@ -46,8 +46,6 @@ from .scoring import AGGREGATES, BANK_DTYPES, SCORERS, FeatureBank, Gaussian, Vi
 BUNDLE_FORMAT = "con2-detector/1"
 
 
-# Smaller images cannot be trained on (TrainConfig rejects --image-size < 8).
-MIN_SIDE = 8
 
 
 class BundleError(ValueError):
@@ -89,8 +87,8 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
                          f"got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} holds no images")
-    if min(arr.shape[1:3]) < MIN_SIDE:
-        raise ValueError(f"{name}: images are {arr.shape[1]}x{arr.shape[2]} px, at least {MIN_SIDE}x{MIN_SIDE} "
+    if min(arr.shape[1:3]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{name}: images are {arr.shape[1]}x{arr.shape[2]} px, at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                          f"are needed (a single image must still be a batch: [1, H, W(, C)])")
     return np.ascontiguousarray(arr)
 

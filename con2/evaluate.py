@@ -2,7 +2,8 @@
 
 `evaluate_run(run_dir)` writes into the run directory:
   metrics.json      the metrics of every scorer and the settings used
-  scores.csv        per test sample: index, label (1 = anomaly), class, one column per scorer
+  scores.csv        per test sample: index, label (1 = anomaly), class name, source file (folder
+                    data sets), one column per scorer
   scores_views.npz  (per_view=True) the [Q, A] per-view scores of every scorer, and the labels
 """
 from __future__ import annotations
@@ -73,6 +74,8 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     """(metrics, {scorer: [Q] test scores, scorer + '_views': [Q, A]}) of a model on a split."""
     scorers = check_scorers(scorers)
     labels = np.asarray(split.test_labels).astype(int)
+    if len(labels) == 0:
+        raise ValueError(f"{split.name}: the test split is empty; there is nothing to evaluate")
     if labels.min() == labels.max():
         raise ValueError(f"{split.name}: the test split needs normal and anomalous samples to be evaluated")
     t0 = time.perf_counter()
@@ -131,14 +134,14 @@ def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = 
 
 def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSplit, per_view: bool = False) -> None:
     names = [s for s in SCORERS if s in scores]
-    labels = np.asarray(split.test_labels).astype(int)
-    classes = split.test_classes if split.test_classes is not None else np.full(len(labels), -1)
+    labels, classes, files = sample_columns(split, "test")
     tmp = run_dir / (SCORES_FILE + ".tmp")
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["index", "label", "class", *names])
+        w.writerow(["index", "label", "class", *(["file"] if files else []), *names])
         for i in range(len(labels)):
-            w.writerow([i, int(labels[i]), int(classes[i]), *(repr(float(scores[s][i])) for s in names)])
+            w.writerow([i, labels[i], classes[i], *([files[i]] if files else []),
+                        *(repr(float(scores[s][i])) for s in names)])
     os.replace(tmp, run_dir / SCORES_FILE)
     if per_view:
         np.savez(run_dir / VIEWS_FILE, labels=labels, views=metrics["views"], aggregate=metrics["aggregate"],
@@ -148,6 +151,24 @@ def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSpl
     tmp = run_dir / (METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, run_dir / METRICS_FILE)
+
+
+def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | None]:
+    """Per image of `part`: label (1 = anomaly), class name ("" where the loader kept none) and
+    source file (None for array data sets), so a score row can be traced back to its image."""
+    n = len({"test": split.test, "val": split.val, "train": split.train}[part])
+    name = lambda c: split.class_names.get(int(c), str(int(c)))  # noqa: E731
+    if part == "test":
+        labels = [int(v) for v in split.test_labels]
+        classes = [name(c) for c in split.test_classes] if split.test_classes is not None else [""] * n
+        files = split.test_files
+    else:  # train / val hold normal images only; their class is known when there is one normal class
+        labels = [0] * n
+        classes = [name(split.normal_classes[0]) if len(split.normal_classes) == 1 else ""] * n
+        files = split.train_files if part == "train" else split.meta.get("val_files")
+    if files is not None and len(files) != n:  # e.g. --max-train-samples kept files and images in step
+        raise ValueError(f"{part} split: {len(files)} file names for {n} images")
+    return labels, classes, files
 
 
 def read_scores(run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -63,6 +63,11 @@ class View:
     augmented: bool
 
 
+# Each view is one encoder pass over every bank and test image: the paper uses 40; beyond this a
+# score costs days and the S_LH Gaussians (one d x d matrix per view) no longer fit in memory.
+MAX_VIEWS = 1024
+
+
 def view_plan(views: int, contexts: ContextSet | None, context_index: int = 1) -> list[View]:
     """The A views of METHOD section 7 (see the module docstring for views=0 and odd A)."""
     if not isinstance(views, (int, np.integer)) or isinstance(views, bool):
@@ -70,9 +75,9 @@ def view_plan(views: int, contexts: ContextSet | None, context_index: int = 1) -
     views = int(views)
     if views == 0:
         return [View(0, 0, False)]
-    if views < 0 or views % 2:
+    if views < 0 or views % 2 or views > MAX_VIEWS:
         raise ValueError(
-            f"views must be 0 (one deterministic view of the original) or an even number >= 2 "
+            f"views must be 0 (one deterministic view of the original) or an even number 2..{MAX_VIEWS} "
             f"(half on the original, half on the context-transformed image), got {views}"
         )
     if contexts is None:
@@ -345,7 +350,7 @@ def unit_rows(f: torch.Tensor) -> torch.Tensor:
 class FeatureBank:
     """The train set under every test-time view: NND banks and / or per-view Gaussians.
 
-    nnd: [A, n, d] representations (float32 or float16), nnd_norms: [A, n] float32 row norms.
+    nnd: [A, n, d] representations (float32; float16 as unit rows), nnd_norms: [A, n] float32 row norms.
     gaussians: one Gaussian per view. image_shape: (C, H, W) of the train images; queries must match.
     """
 
@@ -381,7 +386,9 @@ class FeatureBank:
                     nnd = torch.empty((a, n, f.shape[1]), dtype=BANK_DTYPES[bank_dtype], device=f.device)
                     norms = torch.empty((a, n), dtype=torch.float32, device=f.device)
                 if nnd is not None:
-                    nnd[view.index] = f.to(nnd.dtype)
+                    # float16 keeps unit rows: S_NND is a cosine, and raw features could overflow
+                    # 65504 or lose their precision near zero
+                    nnd[view.index] = f.to(nnd.dtype) if nnd.dtype == torch.float32 else unit_rows(f).to(nnd.dtype)
                     norms[view.index] = ops.reference.row_norms(nnd[view.index], "train bank").float()
                 if "lh" in scorers:
                     gaussians = (gaussians or []) + [Gaussian.fit(unit_rows(f))]

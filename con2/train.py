@@ -22,8 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .config import TrainConfig
+from .config import MIN_IMAGE_SIDE, TrainConfig
 from .data import ContextSet, OneClassSplit, ViewConfig, load_split
+from .data.datasets import DataError
 from .data.sources import make_batch_source
 from .distributed import convert_batchnorm
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
@@ -75,8 +76,14 @@ def context_set(cfg: TrainConfig) -> ContextSet | None:
 def training_size(cfg: TrainConfig, split: OneClassSplit) -> int:
     """The side of the views the network sees: the centred crop when the run crops (the paper's
     resize 256, crop 224 trains on 224 px views), else --image-size (views are resized to it from
-    images of any size), else the images' own size."""
-    return cfg.center_crop or cfg.image_size or split.image_size
+    images of any size), else the images' own size, which must then be square (a view is square)."""
+    if cfg.center_crop or cfg.image_size:
+        return cfg.center_crop or cfg.image_size
+    h, w = split.train.shape[1:3]
+    if h != w or h < MIN_IMAGE_SIDE:
+        raise DataError(f"{split.name}: the images are {w}x{h} px; training needs square images of at least "
+                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}: pass --image-size S (resize) or --center-crop S")
+    return h
 
 
 def view_config(cfg: TrainConfig, split: OneClassSplit) -> ViewConfig:
@@ -95,6 +102,22 @@ def objective_loss(cfg: TrainConfig, z_context, z_content, context_labels, sampl
     if cfg.objective == "content":
         return content_only_loss(z_context, z_content, context_labels, sample_ids, alpha, cfg.temperature)
     return simclr_loss(z_content, sample_ids, cfg.temperature)
+
+
+def check_trained_model(model: Con2Model, views: torch.Tensor, amp: bool) -> None:
+    """Refuse to save a model that cannot score: finite losses can still leave BatchNorm running
+    statistics (used in eval mode, never in the loss) so large that every representation is NaN."""
+    state = [*model.named_parameters(), *model.named_buffers()]
+    bad = next((f"{name} is not finite" for name, t in state if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is None:
+        was_training = model.training
+        model.eval()
+        with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=amp):
+            finite = bool(torch.isfinite(model.encode(views[:64])).all())
+        model.train(was_training)
+        bad = None if finite else "the eval-mode representations are not finite (BatchNorm running statistics blew up)"
+    if bad is not None:
+        raise FloatingPointError(f"training diverged: {bad}, so the model cannot score; lower --lr")
 
 
 def schedule(cfg: TrainConfig, step: int, total: int) -> tuple[float, float]:
@@ -320,6 +343,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
     split = split if split is not None else load_split(cfg)
     fingerprint = data_fingerprint(split)
+    views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
     ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint, device) if resume and ckpt_path.exists() else None
     if rank == 0:  # only now: a refused --resume leaves the run's files as they were
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -343,7 +367,9 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     forward = torch.compile(ddp) if cfg.compile else ddp
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     amp = cfg.amp and on_gpu  # bf16 autocast on the GPU; float32 on the CPU
-    source = make_batch_source(cfg.pipeline, split, contexts, view_config(cfg, split), cfg.batch_size, cfg.seed,
+    if cfg.amp and not on_gpu and progress and rank == 0:
+        print("--amp: bf16 autocast is used on the GPU only; training in float32 on the CPU", flush=True)
+    source = make_batch_source(cfg.pipeline, split, contexts, views_cfg, cfg.batch_size, cfg.seed,
                                device, channels_last=on_gpu, rank=rank, world=world)
     steps_per_epoch = source.steps_per_epoch
     total = cfg.epochs * steps_per_epoch
@@ -368,7 +394,8 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     def check_finite():
         bad = int(nonfinite_at)
         if bad >= 0:
-            raise FloatingPointError(f"loss became non-finite (nan or inf) at step {bad}; lower --lr or disable --amp")
+            raise FloatingPointError(f"loss became non-finite (nan or inf) at step {bad}; lower --lr, raise --temperature "
+                                     "or disable --amp")
 
     def checkpoint():
         check_finite()
@@ -449,6 +476,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
             bar.close()
         if log:
             log.close()
+    check_trained_model(model, next(source.batches_from(0))[1], amp)
     checkpoint()
     if rank == 0:
         save_model(model, run_dir, cfg)

@@ -281,3 +281,70 @@ def test_npz_labels_that_do_not_fit_the_images_fail_clearly(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"\x80\x04 this is a pickle, not a zip")
     with pytest.raises(DataError, match="not an .npz file"):
         load_split(cfg(dataset="npz", data_file=str(tmp_path / "junk.npz"), normal_class=["0"]))
+
+
+def test_decode_image_reads_high_bit_depth_and_float_by_their_range(tmp_path):
+    from con2.data.datasets import decode_image
+
+    ramp = np.arange(0, 256, dtype=np.float64).reshape(16, 16)
+    Image.fromarray((ramp / 255.0).astype(np.float32), "F").save(tmp_path / "unit.tif")  # fractions of 1
+    Image.fromarray(ramp.astype(np.int32), "I").save(tmp_path / "eight.tif")  # 8-bit values in 32-bit ints
+    Image.fromarray((ramp * 257).astype(np.int32), "I").save(tmp_path / "sixteen.tif")  # 16-bit values
+    for name in ("unit.tif", "eight.tif", "sixteen.tif"):
+        np.testing.assert_array_equal(decode_image(tmp_path / name, None)[..., 0], ramp.astype(np.uint8), err_msg=name)
+    Image.fromarray((ramp * 1000).astype(np.float32), "F").save(tmp_path / "wide.tif")
+    Image.fromarray((ramp - 10).astype(np.float32), "F").save(tmp_path / "negative.tif")
+    Image.fromarray(np.full((16, 16), np.nan, np.float32), "F").save(tmp_path / "nan.tif")
+    for name, match in (("wide.tif", "outside 0..255"), ("negative.tif", "negative"), ("nan.tif", "NaN")):
+        with pytest.raises(DataError, match=match):
+            decode_image(tmp_path / name, None)
+
+
+def test_decode_image_turns_photos_upright_by_exif_as_dali_does(tmp_path):
+    from con2.data.datasets import decode_image
+
+    a = np.zeros((8, 24, 3), np.uint8)
+    a[:, :4] = 255  # a bright left edge
+    img = Image.fromarray(a)
+    exif = img.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    out = decode_image(tmp_path / "rotated.jpg", None)
+    assert out.shape == (24, 8, 3)  # upright: tall, its bright edge now on top
+    assert out[:4].mean() > 200 and out[8:].mean() < 50
+
+
+def test_folder_ignores_hidden_folders_and_names_half_trees_and_skipped_normals(tmp_path):
+    for i in range(4):
+        save(tmp_path / "flat" / "good" / f"{i}.png", seed=i)
+        save(tmp_path / "flat" / "bad" / f"{i}.png", seed=10 + i)
+    save(tmp_path / "flat" / "good" / ".ipynb_checkpoints" / "0-checkpoint.png", seed=0)
+    s = load_split(cfg(dataset="folder", data_root=str(tmp_path / "flat"), normal_class=["good"]))
+    assert len(s.train) + int((s.test_labels == 0).sum()) == 4
+    assert not any(".ipynb_checkpoints" in f for f in s.train_files + s.test_files)
+
+    save(tmp_path / "half" / "train" / "good" / "0.png")
+    save(tmp_path / "half" / "val" / "good" / "0.png")
+    with pytest.raises(DataError, match="has train/ but no test/"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path / "half"), normal_class=["good"]))
+
+    for i in range(3):
+        (tmp_path / "unreadable" / "good").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "unreadable" / "good" / f"{i}.png").write_bytes(b"not a png")
+        save(tmp_path / "unreadable" / "bad" / f"{i}.png", seed=i)
+    with pytest.raises(DataError, match=r"no readable training image of normal class good \(3 unreadable"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path / "unreadable"), normal_class=["good"],
+                       skip_bad_files=True))
+
+
+def test_folder_of_nearly_black_images_warns(tmp_path):
+    for i, cls in enumerate(("good", "good", "good", "bad")):
+        a = (np.random.default_rng(i).integers(0, 4096, (12, 12))).astype(np.uint16)  # 12-bit in 16-bit PNGs
+        Image.fromarray(a).save(_mk(tmp_path / cls) / f"{i}.png")
+    with pytest.warns(UserWarning, match="12-bit data stored in 16-bit"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["good"]))
+
+
+def _mk(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,5 +1,6 @@
 """Scoring: the two native-op boundaries against NumPy/SciPy, S_LH with n < d, the test-time-view
 formula, finiteness checks, float16 banks and batch-size invariance."""
+import copy
 import json
 
 import numpy as np
@@ -248,6 +249,23 @@ def test_float16_bank_scores_close_to_float32(tiny):
                bank_dtype="float16")
     assert b.bank.nnd.dtype == torch.float16
     assert (a.score(test)["nnd"] - b.score(test)["nnd"]).abs().max() < 2e-3
+    # features beyond float16's range (65504) or near zero: the float16 bank holds unit rows
+    for scale in (1e6, 1e-6):
+        big = copy.deepcopy(model)
+        big.encoder.fc = _Scale(scale)
+        a = Scorer(big, ViewConfig(size=12), ContextSet("invert"), train, views=2, scorers=("nnd",))
+        b = Scorer(big, ViewConfig(size=12), ContextSet("invert"), train, views=2, scorers=("nnd",),
+                   bank_dtype="float16")
+        assert (a.score(test)["nnd"] - b.score(test)["nnd"]).abs().max() < 2e-3, scale
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
 
 
 def test_wrong_images_fail_clearly(tiny):

@@ -276,6 +276,9 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys):
                          (["--split-seed", "-1"], "--split-seed"), (["--lr", "nan"], "--lr"),
                          (["--val-fraction", "1"], "--val-fraction"), (["--test-fraction", "nan"], "--test-fraction"),
                          (["--test-fraction", "0.6", "--val-fraction", "0.4"], "no normals to train on"),
+                         (["--lr", "1e39"], "float32"),
+                         # finite losses, but BatchNorm running statistics that make every feature NaN
+                         (["--lr", "1e6", "--max-train-samples", "32", "--batch-size", "16"], "training diverged"),
                          (["--lr", "1e30", "--epochs", "2"], "non-finite")]:  # the loss blows up
         assert main(base + extra) == 2
         err = capsys.readouterr().err
@@ -428,3 +431,36 @@ def test_score_csv_names_each_images_class_and_file(tmp_path):
         want = run_scorer(model, cfg_, split, 2, ("nnd",), progress=False).score(getattr(split, part))["nnd"].numpy()
         np.testing.assert_allclose([float(r["nnd_mean"]) for r in rows], want, rtol=1e-5, atol=1e-6)
     assert sum(int(r["label"]) for r in csv.DictReader((tmp_path / "test.csv").open())) == 4
+
+
+def test_training_refuses_images_it_cannot_view_before_writing_anything(tmp_path):
+    from con2.data.datasets import DataError
+
+    x = np.random.RandomState(0).randint(0, 256, (24, 8, 20, 1), dtype=np.uint8)  # 20 x 8: not square
+    wide = OneClassSplit("wide", x, x[:6], np.array([0, 1] * 3), x[:0])
+    with pytest.raises(DataError, match="20x8 px; training needs square images.*--image-size S"):
+        train(tiny_cfg(tmp_path / "wide"), split=wide, progress=False)
+    tiny = OneClassSplit("tiny", x[:, :4, :4], x[:6, :4, :4], np.array([0, 1] * 3), x[:0, :4, :4])
+    with pytest.raises(DataError, match="4x4 px"):
+        train(tiny_cfg(tmp_path / "tiny"), split=tiny, progress=False)
+    assert not (tmp_path / "wide").exists() and not (tmp_path / "tiny").exists()
+    run = train(tiny_cfg(tmp_path / "cropped", epochs=1, center_crop=8), split=wide, progress=False)
+    assert load_run(run)[1].image_size == 8
+
+
+def test_scoring_options_have_clear_limits(tmp_path, capsys):
+    from con2.cli.main import main
+    from con2.evaluate import evaluate_model
+    from con2.scoring import MAX_VIEWS, view_plan
+
+    with pytest.raises(ValueError, match=f"2..{MAX_VIEWS}"):
+        view_plan(MAX_VIEWS + 2, None)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--run", str(tmp_path), "--views", str(MAX_VIEWS + 2)])
+    assert f"even number 2..{MAX_VIEWS}" in capsys.readouterr().err
+    x = np.random.RandomState(0).randint(0, 256, (24, 12, 12, 1), dtype=np.uint8)
+    no_test = OneClassSplit("no-test", x, x[:0], np.zeros(0, np.int64), x[:0])
+    cfg = tiny_cfg(tmp_path / "run", epochs=1)
+    _, model = load_run(train(cfg, split=tiny_split(), progress=False))
+    with pytest.raises(ValueError, match="the test split is empty"):
+        evaluate_model(model, cfg, no_test, views=2, progress=False)

@@ -521,3 +521,23 @@ def test_available_pipelines():
 
     info = available_pipelines()
     assert set(info) == {"tensor", "workers", "dali"} and info["tensor"] and info["dali"]
+
+
+def test_file_reading_sources_decode_as_the_loader_and_dali_refuses_gifs(dali, tmp_path):
+    """The worker source reads 16-bit files as the folder loader does (scaled, not clipped to 255);
+    DALI, which cannot decode GIF, names such a file instead of failing inside its pipeline."""
+    from PIL import Image
+
+    from con2.data.datasets import decode_image
+    from con2.data.workers import load_image
+
+    ramp = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(load_image(str(tmp_path / "deep.png"), 1, None), decode_image(tmp_path / "deep.png", None))
+    assert load_image(str(tmp_path / "deep.png"), 3, None).shape == (16, 16, 3)
+    Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "anim.gif")
+    tr = np.zeros((1, 16, 16, 1), np.uint8)
+    sp = OneClassSplit("g", tr, tr, np.zeros(1, np.int64), tr[:0], train_files=[str(tmp_path / "anim.gif")],
+                       meta={"in_memory": False})
+    with pytest.raises(ValueError, match="DALI cannot decode .gif files such as .*anim.gif"):
+        dali.DaliBatchSource(sp, ContextSet("invert"), IDENTITY_24, 1, 0, "cpu")

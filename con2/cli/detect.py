@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..scoring import AGGREGATES, BANK_DTYPES, SCORERS
+from ..scoring import AGGREGATES, BANK_DTYPES, MAX_VIEWS, SCORERS
 
 
 def _checked(convert, ok, expected: str):
@@ -23,8 +23,8 @@ def _checked(convert, ok, expected: str):
     return parse
 
 
-_views = _checked(int, lambda v: v >= 0 and v % 2 == 0,
-                  "--views 0 (one deterministic view) or an even number >= 2")
+_views = _checked(int, lambda v: v == 0 or (v % 2 == 0 and 2 <= v <= MAX_VIEWS),
+                  f"--views 0 (one deterministic view) or an even number 2..{MAX_VIEWS}")
 _fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 _positive = _checked(int, lambda v: v >= 1, "a positive integer")
 _fraction_pos = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
@@ -55,7 +55,7 @@ def _run_dir(p: argparse.ArgumentParser) -> None:
 
 def _score(args) -> None:
     from ..data import load_split
-    from ..evaluate import run_scorer
+    from ..evaluate import run_scorer, sample_columns
     from ..scoring import aggregate
     from ..train import load_run
 
@@ -88,24 +88,6 @@ def _score(args) -> None:
         if args.out:
             out.close()
             print(f"wrote {len(scores)} {args.split} scores to {args.out}", file=sys.stderr)
-
-
-def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | None]:
-    """Per image of `part`: label (1 = anomaly), class name ("" where the loader kept none) and
-    source file (None for array data sets), so a score row can be traced back to its image."""
-    n = len({"test": split.test, "val": split.val, "train": split.train}[part])
-    name = lambda c: split.class_names.get(int(c), str(int(c)))  # noqa: E731
-    if part == "test":
-        labels = [int(v) for v in split.test_labels]
-        classes = [name(c) for c in split.test_classes] if split.test_classes is not None else [""] * n
-        files = split.test_files
-    else:  # train / val hold normal images only; their class is known when there is one normal class
-        labels = [0] * n
-        classes = [name(split.normal_classes[0]) if len(split.normal_classes) == 1 else ""] * n
-        files = split.train_files if part == "train" else split.meta.get("val_files")
-    if files is not None and len(files) != n:  # e.g. --max-train-samples kept files and images in step
-        raise ValueError(f"{part} split: {len(files)} file names for {n} images")
-    return labels, classes, files
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -29,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, OSError, TypeError, RuntimeError, FloatingPointError) as exc:
+    except (ValueError, OSError, TypeError, RuntimeError, FloatingPointError, MemoryError) as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"con2 {args.command}: error: {exc}", file=sys.stderr)
+        what = str(exc) if not isinstance(exc, MemoryError) else (
+            f"out of memory ({exc or 'MemoryError'}); use fewer --views, a smaller --batch-size or a smaller data set")
+        print(f"con2 {args.command}: error: {what}", file=sys.stderr)
         return 2
 
 

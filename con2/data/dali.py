@@ -26,6 +26,8 @@ Where DALI differs from torchvision (the tensor and worker pipelines), see docs/
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -33,6 +35,9 @@ from .contexts import ContextSet
 from .sources import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
+
+# Pillow reads these, DALI's image decoder does not (it takes JPEG, JPEG 2000, PNG, TIFF, BMP, PNM, WebP).
+DALI_CANNOT_DECODE = {".gif"}
 
 
 def _import():
@@ -140,6 +145,10 @@ class DaliBatchSource(GlobalBatches):
         if not split.train_files:
             raise ValueError(f"--pipeline dali needs an image-folder data set ({split.name} has no train files)")
         self.files = [str(f) for f in split.train_files]
+        gifs = [f for f in self.files if Path(f).suffix.lower() in DALI_CANNOT_DECODE]
+        if gifs:
+            raise ValueError(f"--pipeline dali: DALI cannot decode {Path(gifs[0]).suffix} files such as {gifs[0]} "
+                             f"({len(gifs)} in the train split); use --pipeline tensor or workers")
         self.channels = split.channels
         self.hw, self.crop = split.file_decoding
         self.contexts, self.cfg = contexts, view_cfg

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -450,27 +451,55 @@ def load_digits_split(cfg) -> OneClassSplit:
 # --------------------------------------------------------------------------- image folders
 
 def _list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted; hidden files and other suffixes ignored."""
+    """Image files under `folder` (recursively), sorted; hidden files and anything inside hidden
+    folders (.ipynb_checkpoints, .thumbnails, ...) and other suffixes ignored."""
     return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _class_dirs(root: Path) -> dict[str, list[Path]]:
     return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
-def decode_image(path: Path, size: int | tuple[int, int] | None) -> np.ndarray:
-    """One image file as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour), resized to size x size
-    or (H, W) when set (bicubic, as folder data sets are resized). 16-bit grayscale is scaled, not clipped."""
+def _to_8bit(img, path) -> "Image.Image":
+    """Grayscale of more than 8 bits as 8-bit L. 16-bit modes are scaled by 255 / 65535 (not clipped,
+    as convert("L") would); 32-bit integer (I) and float (F) images are read by their value range:
+    0..255 as is, 0..65535 as 16-bit, float 0..1 as fractions; other ranges are refused, not guessed."""
     from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise DataError(f"{path}: the image has NaN or infinite pixel values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif lo < 0:
+        raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are negative; convert it to 8 or 16 bit")
+    elif img.mode == "F" and hi <= 1.0:
+        scale = 255.0
+    elif hi <= 255.0:
+        scale = 1.0
+    elif hi <= 65535.0 and img.mode == "I":
+        scale = 255.0 / 65535.0
+    else:
+        raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are outside 0..255 / 0..65535 "
+                        f"(or 0..1 for float); convert it to an 8- or 16-bit image")
+    return Image.fromarray((a * scale).clip(0, 255).round().astype(np.uint8))
+
+
+def decode_image(path: Path, size: int | tuple[int, int] | None) -> np.ndarray:
+    """One image file as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour), upright by its EXIF
+    orientation (as DALI's decoder and photo viewers show it), resized to size x size or (H, W) when
+    set (bicubic, as folder data sets are resized). Grayscale of more than 8 bits: see _to_8bit."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grayscale: scale to 8 bit instead of clipping (convert("L") would clip).
-            arr = (np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).round().astype(np.uint8)
-            img = Image.fromarray(arr)
-        elif img.mode in ("1", "L", "LA", "F"):
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            img = _to_8bit(img, path)
+        elif img.mode in ("1", "L", "LA"):
             img = img.convert("L")
         else:  # RGB, RGBA, P, CMYK, YCbCr, ...
             img = img.convert("RGB")
@@ -487,6 +516,8 @@ def _decode_all(files: list[Path], size: int | None, skip_bad: bool) -> tuple[li
     def safe(p):
         try:
             return decode_image(p, size), None
+        except DataError as e:  # decoded, but refused (its message names the file)
+            return None, str(e)
         except Exception as e:  # any decoder failure: truncated, not an image, unsupported
             return None, f"{p}: {type(e).__name__}: {e}"
 
@@ -533,6 +564,10 @@ def load_folder(cfg) -> OneClassSplit:
     if not cfg.normal_class:
         raise DataError("--dataset folder needs --normal-class (one or more class folder names)")
     has_tree = (root / "train").is_dir() and (root / "test").is_dir()
+    if (root / "train").is_dir() != (root / "test").is_dir():
+        have, lack = ("train", "test") if (root / "train").is_dir() else ("test", "train")
+        raise DataError(f"{root} has {have}/ but no {lack}/: give both (each with class folders), "
+                        f"or neither for a seeded split of class folders")
     if has_tree:
         trees = {s: _class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
     else:
@@ -577,7 +612,14 @@ def load_folder(cfg) -> OneClassSplit:
         ok = [i for i, a in enumerate(arrs) if a is not None]
         part_files[s] = [str(files[i]) for i in ok]
         parts[s] = ([arrs[i] for i in ok], labels[ok])
+    if skipped and not np.isin(parts["train"][1], normal).any():
+        raise DataError(f"{root}: no readable training image of normal class {', '.join(cfg.normal_class)} "
+                        f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
     hw = _check_sizes([a for s in parts for a in parts[s][0]], [f for s in parts for f in part_files[s]])
+    brightest = max((int(a.max()) for s in parts for a in parts[s][0] if a.size), default=255)
+    if brightest < 32:
+        warnings.warn(f"{root}: every image is darker than 32 / 255 after decoding (brightest pixel {brightest}); "
+                      f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
     parts = {s: (_stack(a, hw, channels), y) for s, (a, y) in parts.items()}
     parts.setdefault("val", None)
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .contexts import ContextSet
-from .datasets import center_crop_array
+from .datasets import center_crop_array, decode_image
 from .sources import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
@@ -46,13 +46,9 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 
 def load_image(path: str, channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """uint8 [H, W, C] from a file, in the split's channel count and (H, W)."""
-    with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if size is not None and img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), Image.BICUBIC)
-        a = np.asarray(img, dtype=np.uint8)
-    return a[..., None] if a.ndim == 2 else a
+    """uint8 [H, W, C] from a file, decoded as the folder loader decodes it, in the split's channel count."""
+    a = decode_image(path, size)
+    return np.repeat(a, 3, axis=-1) if a.shape[-1] < channels else a  # a grayscale file in a colour set
 
 
 class _ViewDataset(Dataset):
