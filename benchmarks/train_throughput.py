@@ -24,7 +24,7 @@ from con2.config import TrainConfig
 from con2.data import load_split
 from con2.data.sources import make_batch_source
 from con2.losses import con2_loss, view_labels
-from con2.train import build_model, context_set, resolve_device, view_config
+from con2.run import build_model, context_set, resolve_device, view_config
 
 
 def main(argv=None) -> None:

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 DATASETS = ("digits", "breast", "pneumonia", "oct", "derma", "blood", "cifar10", "cifar100", "npz", "folder")
 CONTEXTS = ("invert", "flip", "equalize")
@@ -115,10 +114,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**d)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def apply_preset(cfg: TrainConfig, preset: str | None, explicit: set[str]) -> TrainConfig:

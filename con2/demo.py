@@ -9,7 +9,8 @@ import torch
 from .config import TrainConfig
 from .data import load_split
 from .evaluate import evaluate_model, evaluate_run, format_metrics
-from .train import build_model, train
+from .run import build_model
+from .train import train
 
 # Sized for a 2-core CPU (under a minute, docs/TRAINING.md): native 8 px digits, a ResNet18 of width 8, 600 steps.
 # Digit 8 is the hardest digit for raw nearest neighbours (raw-pixel AUROC 0.98; digit 0 is 1.0).

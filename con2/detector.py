@@ -37,7 +37,9 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from . import __version__
 from .config import MIN_IMAGE_SIDE, TrainConfig
 from .data import ContextSet, OneClassSplit, ViewConfig
+from .data.split import to_nchw
 from .evaluate import check_crop_scale, scoring_view_config
+from .files import replacing
 from .metrics import calibrate_threshold
 from .model import Con2Model
 from .ops.reference import row_norms
@@ -125,25 +127,6 @@ class Con2Detector(BaseEstimator):
         self.score_batch_size, self.out, self.progress = score_batch_size, out, progress
         self.crop_scale = crop_scale  # test-time crops' area range; None: the training views' (0.08, 1)
 
-    # ------------------------------------------------------------------ sklearn plumbing
-    _PARAMS = ("context", "objective", "epochs", "batch_size", "image_size", "scorer", "views", "aggregate",
-               "device", "seed", "amp", "lr", "weight_decay", "temperature", "width", "target_fpr",
-               "contamination", "calibration_fraction", "bank_dtype", "score_batch_size", "crop_scale", "out",
-               "progress")
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def set_params(self, **params) -> "Con2Detector":
-        for k, v in params.items():
-            if k not in self._PARAMS:
-                raise ValueError(f"unknown parameter {k!r}; valid: {', '.join(self._PARAMS)}")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self) -> str:
-        return f"Con2Detector({', '.join(f'{k}={getattr(self, k)!r}' for k in self._PARAMS)})"
-
     def _check_params(self) -> float:
         if self.scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
@@ -177,7 +160,8 @@ class Con2Detector(BaseEstimator):
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None) -> "Con2Detector":
         """Train on normal images X (y is ignored, as in PyOD)."""
-        from .train import context_set, load_run, resolve_device, train
+        from .run import context_set, load_run, resolve_device
+        from .train import train
 
         target_fpr = self._check_params()
         if isinstance(X, OneClassSplit) and len(X.val):
@@ -210,7 +194,7 @@ class Con2Detector(BaseEstimator):
         self.contexts_ = context_set(cfg)
         self.input_shape_ = tuple(int(s) for s in train_imgs.shape[1:])  # H, W, C
         encoder = self._encoder()
-        self.bank_ = FeatureBank.build(encoder, _nchw(train_imgs), scorers=(self.scorer,), bank_dtype=self.bank_dtype)
+        self.bank_ = FeatureBank.build(encoder, to_nchw(train_imgs), scorers=(self.scorer,), bank_dtype=self.bank_dtype)
         self.decision_scores_ = self.decision_function(cal_imgs)
         self.threshold_ = calibrate_threshold(self.decision_scores_, target_fpr)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
@@ -235,7 +219,7 @@ class Con2Detector(BaseEstimator):
         if images.shape[1:3] != (h, w):
             raise ValueError(f"X images are {images.shape[1]}x{images.shape[2]} px, "
                              f"the detector was fitted on {h}x{w} px")
-        return _nchw(images)
+        return to_nchw(images)
 
     # ------------------------------------------------------------------ scoring
     def decision_function(self, X) -> np.ndarray:
@@ -289,12 +273,8 @@ class Con2Detector(BaseEstimator):
                 "state": json.dumps(self._state(), sort_keys=True)}
         meta["sha256"] = _digest(tensors, meta)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        with replacing(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)  # only left when writing failed
         return path
 
     @classmethod
@@ -302,7 +282,7 @@ class Con2Detector(BaseEstimator):
         """Load a bundle written by `save`; never unpickles."""
         from safetensors import safe_open
 
-        from .train import resolve_device
+        from .run import resolve_device
 
         path = Path(path)
         if not path.is_file():
@@ -371,10 +351,6 @@ def _check_bundle_state(det: "Con2Detector", plan: list[View], tensors: dict, fe
         t = tensors.get(name)
         if t is not None and (t.shape[0] != len(plan) or t.shape[-1] != feature_dim):
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected [{len(plan)}, ..., {feature_dim}]")
-
-
-def _nchw(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
 def _view_cfg_json(cfg: ViewConfig) -> dict:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
-import os
 import time
 from pathlib import Path
 from typing import Iterable
@@ -21,9 +19,12 @@ import torch
 
 from . import __version__
 from .config import TrainConfig
-from .data import OneClassSplit
+from .data import OneClassSplit, load_split
+from .files import replacing, write_json
 from .metrics import calibrate_threshold, detection_metrics
-from .scoring import SCORERS, Scorer, aggregate, check_scorers, to_nchw
+from .run import context_set, load_run, view_config
+from .scoring import SCORERS, Scorer, check_scorers
+from .scoring import aggregate as aggregate_views  # `aggregate` names the option below
 
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.csv"
@@ -34,8 +35,6 @@ def scoring_view_config(cfg: TrainConfig, split: OneClassSplit, crop_scale: tupl
     """The run's training views, with the random crop's area range replaced by `crop_scale` if
     given: CSI's evaluation, where the 40 test-time views of the paper come from, fixes it at
     (0.54, 0.54); the paper's T_test is only said to be a subset of the training views T."""
-    from .train import view_config
-
     view_cfg = view_config(cfg, split)
     crop_scale = check_crop_scale(crop_scale)
     return view_cfg if crop_scale is None else dataclasses.replace(view_cfg, scale=crop_scale)
@@ -59,8 +58,6 @@ def run_scorer(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40, s
                progress: bool = True, crop_scale: tuple[float, float] | None = None) -> Scorer:
     """A Scorer with the train bank of `split` encoded by `model` under the run's views and contexts
     (the test-time crops' area range set by `crop_scale`, see scoring_view_config)."""
-    from .train import context_set
-
     return Scorer(model, scoring_view_config(cfg, split, crop_scale), context_set(cfg), split.train, views=views,
                   scorers=scorers, aggregate=aggregate, seed=seed, batch_size=batch_size, bank_dtype=bank_dtype,
                   progress=progress)
@@ -94,7 +91,7 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     }
     scores: dict[str, np.ndarray] = {}
     for s in scorers:
-        test = aggregate_np(per_view[s], aggregate)
+        test = aggregate_views(per_view[s], aggregate).numpy()
         scores[s] = test
         scores[f"{s}_views"] = per_view[s].numpy()
         m = detection_metrics(labels, test)
@@ -109,17 +106,11 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     return metrics, scores
 
 
-def aggregate_np(per_view: torch.Tensor, how: str) -> np.ndarray:
-    return aggregate(per_view, how).numpy()
-
-
 def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = SCORERS, aggregate: str = "mean",
                  device: str = "auto", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
                  target_fpr: float = 0.05, per_view: bool = False, split: OneClassSplit | None = None,
                  progress: bool = True, write: bool = True, crop_scale: tuple[float, float] | None = None) -> dict:
     """Score a finished run's test split with every scorer; writes metrics.json and scores.csv."""
-    from .data import load_split
-    from .train import load_run
 
     run_dir = Path(run_dir)
     cfg, model = load_run(run_dir, device=device)
@@ -135,22 +126,18 @@ def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = 
 def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSplit, per_view: bool = False) -> None:
     names = [s for s in SCORERS if s in scores]
     labels, classes, files = sample_columns(split, "test")
-    tmp = run_dir / (SCORES_FILE + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with replacing(run_dir / SCORES_FILE) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "label", "class", *(["file"] if files else []), *names])
         for i in range(len(labels)):
             w.writerow([i, labels[i], classes[i], *([files[i]] if files else []),
                         *(repr(float(scores[s][i])) for s in names)])
-    os.replace(tmp, run_dir / SCORES_FILE)
     if per_view:
         np.savez(run_dir / VIEWS_FILE, labels=labels, views=metrics["views"], aggregate=metrics["aggregate"],
                  **{s: scores[f"{s}_views"] for s in names})
     else:  # an older file would no longer belong to the metrics written next to it
         (run_dir / VIEWS_FILE).unlink(missing_ok=True)
-    tmp = run_dir / (METRICS_FILE + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, run_dir / METRICS_FILE)
+    write_json(run_dir / METRICS_FILE, metrics)
 
 
 def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | None]:

@@ -1,6 +1,7 @@
 """What `con2 info` prints: versions, devices, and which optional parts work here."""
 from __future__ import annotations
 
+import importlib
 import platform
 
 import torch
@@ -10,7 +11,7 @@ from . import __version__
 
 def _optional_version(module: str) -> str:
     try:
-        mod = __import__(module)
+        mod = importlib.import_module(module)  # (__import__("a.b") would return package a)
         return getattr(mod, "__version__", "installed")
     except Exception as exc:  # broken installs count as missing
         return f"not available ({type(exc).__name__})"
@@ -38,13 +39,10 @@ def info_text() -> str:
                      f"CUDA graph replay {graphs} (CON2_CUDA_GRAPHS=1|0)")
         maha = ops._native.CUDA_MAHALANOBIS_KERNEL
         lines.append(f"  CUDA mahalanobis_sq kernel: {maha} (CON2_CUDA_MAHALANOBIS=blocked|fused)")
-    try:
-        from .data.pipeline_info import available_pipelines
+    from .data.pipeline_info import available_pipelines
 
-        lines.append("view pipelines:")
-        lines += [f"  {k}: {v}" for k, v in available_pipelines().items()]
-    except ImportError:
-        lines.append("view pipelines: tensor")
+    lines.append("view pipelines:")
+    lines += [f"  {k}: {v}" for k, v in available_pipelines().items()]
     for name in ("faiss", "medmnist", "nvidia.dali"):
         lines.append(f"{name}: {_optional_version(name)}")
     return "\n".join(lines)

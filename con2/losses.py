@@ -10,9 +10,6 @@ import torch
 
 from . import ops
 
-OBJECTIVES = ("con2", "context", "content", "simclr")
-
-
 def view_labels(n: int, n_contexts: int = 2, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(context_labels, sample_ids), each [2 * n_contexts * n], for the con2 view layout."""
     blocks = torch.arange(2 * n_contexts, device=device)

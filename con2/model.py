@@ -20,7 +20,7 @@ def make_encoder(in_channels: int = 3, image_size: int = 32, width: int = 64) ->
     """
     net = resnet18(weights=None, num_classes=1)
     if width != 64:
-        net = _narrow_resnet18(width)
+        net = NarrowResNet(width)
     if image_size <= CIFAR_STEM_MAX_SIZE:
         net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -28,10 +28,6 @@ def make_encoder(in_channels: int = 3, image_size: int = 32, width: int = 64) ->
         net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
     net.fc = nn.Identity()
     return net
-
-
-def _narrow_resnet18(width: int) -> nn.Module:
-    return NarrowResNet(width)
 
 
 class NarrowResNet(ResNet):

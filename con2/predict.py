@@ -66,7 +66,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     from .data.datasets import center_crop_array
     from .evaluate import run_scorer
     from .metrics import calibrate_threshold
-    from .train import load_run
+    from .run import load_run
 
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"--threshold must be a finite number, got {threshold}")

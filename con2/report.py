@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.split import to_nchw
 from .evaluate import METRICS_FILE, SCORES_FILE, evaluate_run, format_metrics, read_scores, scoring_view_config
 
 
@@ -133,7 +134,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
 
     from .data import ContextSet, load_split
     from .scoring import View, ViewEncoder
-    from .train import load_run
+    from .run import load_run
 
     run_dir = Path(run_dir)
     cfg, model = load_run(run_dir, device=device)
@@ -155,7 +156,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
                           device=next(model.parameters()).device)
 
     def pair(images: np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        x = to_nchw(images)
         return _unit(encoder.encode(x, encoder.plan[0], 0).cpu()), _unit(encoder.encode(x, encoder.plan[1], 0).cpu())
 
     test_labels = np.asarray(split.test_labels).astype(int)
@@ -166,7 +167,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
     ctx = np.repeat([0, 1], len(z) // 2)
     silhouette = float(silhouette_score(z, ctx, metric="euclidean"))
 
-    aug_images = torch.from_numpy(np.ascontiguousarray(_subsample(split.train, 8, seed))).permute(0, 3, 1, 2)
+    aug_images = to_nchw(_subsample(split.train, 8, seed))
     figures = [
         ("ROC curves", roc_figure(labels, scores)),
         ("Score histograms", histogram_figure(labels, scores)),

@@ -40,6 +40,8 @@ import torch
 
 from . import ops
 from .data.contexts import ContextSet
+from .data.keys import image_keys, keyed_uniforms, view_stream
+from .data.split import to_nchw
 from .data.views import N_UNIFORMS, ViewConfig, ViewParams, apply_views, normalize_only, view_params_from_uniforms
 
 SCORERS = ("nnd", "lh")
@@ -68,7 +70,7 @@ class View:
 MAX_VIEWS = 1024
 
 
-def view_plan(views: int, contexts: ContextSet | None, context_index: int = 1) -> list[View]:
+def view_plan(views: int, contexts: ContextSet | None) -> list[View]:
     """The A views of METHOD section 7 (see the module docstring for views=0 and odd A)."""
     if not isinstance(views, (int, np.integer)) or isinstance(views, bool):
         raise TypeError(f"views must be an integer, got {views!r}")
@@ -82,71 +84,8 @@ def view_plan(views: int, contexts: ContextSet | None, context_index: int = 1) -
         )
     if contexts is None:
         return [View(i, 0, True) for i in range(views)]
-    if not 1 <= context_index < len(contexts):
-        raise ValueError(f"context_index must be in 1..{len(contexts) - 1}, got {context_index}")
     half = views // 2
-    return [View(i, 0 if i < half else context_index, True) for i in range(views)]
-
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for int64 x in [0, 2^32), in two 16-bit halves of c so nothing overflows."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer finaliser (lowbias32): every input bit flips about half the output bits."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-_KEY_WEIGHTS: dict[tuple[int, str], torch.Tensor] = {}
-# Pixels hashed per image: an evenly spaced subset keeps the key cheap at 224 px; two images that
-# differ only elsewhere just share their random draws (harmless: each still gets valid views).
-KEY_PIXELS = 4096
-
-
-def image_keys(images: torch.Tensor, chunk_bytes: int = 64 * 2**20) -> torch.Tensor:
-    """[N] int64 keys in [0, 2^32) from each uint8 image's pixels (and size).
-
-    Two dot products of up to KEY_PIXELS pixel values with fixed pseudo-random 16-bit weights, in
-    float64: every partial sum is an integer below 2^53, so the sums are exact in any summation
-    order and equal on every device."""
-    n = images.shape[0]
-    flat = images.reshape(n, -1)
-    length = flat.shape[1]
-    step = -(-length // KEY_PIXELS)  # ceil: at most KEY_PIXELS samples
-    picked = flat[:, ::step]
-    w = _KEY_WEIGHTS.get((picked.shape[1], str(images.device)))
-    if w is None:
-        g = torch.Generator().manual_seed(0x5EED)
-        w = torch.randint(1, 2**16, (picked.shape[1], 2), generator=g, dtype=torch.int64).double().to(images.device)
-        _KEY_WEIGHTS.clear()  # one image size at a time is the common case; keep memory bounded
-        _KEY_WEIGHTS[(picked.shape[1], str(images.device))] = w
-    rows = max(1, chunk_bytes // max(1, 8 * picked.shape[1]))
-    sums = torch.cat([picked[i: i + rows].double() @ w for i in range(0, n, rows)]).long()
-    a, b = sums.unbind(1)
-    x = _mix32((a ^ (a >> 32)) & _MASK32) ^ ((b ^ (b >> 32)) & _MASK32)
-    return _mix32(x ^ (length & _MASK32))
-
-
-def keyed_uniforms(keys: torch.Tensor, stream: int, columns: int) -> torch.Tensor:
-    """[N, columns] float32 uniforms in [0, 1), a function of (key, stream, column) only."""
-    h = _mix32(keys ^ (stream & _MASK32))
-    col = torch.arange(columns, device=keys.device, dtype=torch.int64)
-    bits = _mix32((h[:, None] + _mul32(col + 1, 0x9E3779B9)) & _MASK32)
-    return (bits >> 8).float() * (1.0 / 2**24)  # 24 random bits: exact in float32
-
-
-def view_stream(seed: int, view: int, role: int) -> int:
-    """The random stream of one (seed, test-time view, bank-or-query role)."""
-    return int(_mix32(torch.tensor(((int(seed) * 1_000_003 + view) * 7 + role) & _MASK32)))
+    return [View(i, 0 if i < half else 1, True) for i in range(views)]
 
 
 def check_images(images: torch.Tensor, channels: int | None = None, size: tuple[int, int] | None = None,
@@ -394,14 +333,6 @@ class FeatureBank:
                     gaussians = (gaussians or []) + [Gaussian.fit(unit_rows(f))]
         return cls(list(encoder.plan), nnd, norms, gaussians, tuple(int(v) for v in train.shape[1:]))
 
-    def nbytes(self) -> int:
-        total = 0
-        if self.nnd is not None:
-            total += self.nnd.numel() * self.nnd.element_size() + self.nnd_norms.numel() * 4
-        for gs in self.gaussians or []:
-            total += (gs.mean.numel() + gs.whitening.numel()) * 8
-        return total
-
     @torch.no_grad()
     def score_views(self, encoder: ViewEncoder, images: torch.Tensor, scorers: Iterable[str] = SCORERS
                     ) -> dict[str, torch.Tensor]:
@@ -455,16 +386,6 @@ def aggregate(per_view: torch.Tensor, how: str = "mean") -> torch.Tensor:
     if how == "max":
         return per_view.max(dim=1).values
     raise ValueError(f"unknown aggregate {how!r}; choose from {', '.join(AGGREGATES)}")
-
-
-def to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 [N, H, W, C] / [N, H, W] numpy (the OneClassSplit layout) -> uint8 [N, C, H, W] tensor."""
-    if isinstance(images, torch.Tensor):
-        return images
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
 
 
 class Scorer:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -27,6 +26,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .config import TrainConfig
+from .files import write_json
+from .run import run_finished
 from .scoring import SCORERS
 
 MANIFEST = "manifest.json"
@@ -56,12 +57,6 @@ def run_name(cls: str, seed: int) -> str:
 def _base_dict(cfg: TrainConfig) -> dict:
     d = dataclasses.asdict(cfg)
     return {k: v for k, v in d.items() if k not in _PER_RUN}
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def load_manifest(out: Path, base: TrainConfig, eval_settings: dict) -> dict:
@@ -103,7 +98,7 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     for c, s in todo:
         key = run_name(c, s)
         entry = manifest["runs"].setdefault(key, {"class": c, "seed": s, "dir": key, "status": "pending"})
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     for i, (c, s) in enumerate(todo, 1):
         key = run_name(c, s)
         entry = manifest["runs"][key]
@@ -115,11 +110,11 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
         cfg = dataclasses.replace(base, normal_class=[c], seed=s, out=str(run_dir), extra=dict(base.extra)).validate()
         entry.pop("error", None)
         try:
-            if not (run_dir / "model.safetensors").exists():
+            if not run_finished(run_dir):
                 if progress:
                     print(f"[{i}/{len(todo)}] {key}: training", flush=True)
                 entry["status"] = "training"
-                _write_json(out / MANIFEST, manifest)
+                write_json(out / MANIFEST, manifest)
                 train_mod.train(cfg, progress=progress, resume=True)
             if progress:
                 print(f"[{i}/{len(todo)}] {key}: evaluating", flush=True)
@@ -131,7 +126,7 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
             entry.pop("metrics", None)
             if progress:
                 print(f"[{i}/{len(todo)}] {key}: FAILED: {entry['error']}", flush=True)
-        _write_json(out / MANIFEST, manifest)
+        write_json(out / MANIFEST, manifest)
     keys = [run_name(c, s) for c, s in todo]
     summary = summarize(manifest, keys, classes, scorers)
     write_tables(out, summary, manifest, keys, scorers)

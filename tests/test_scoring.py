@@ -12,8 +12,8 @@ from scipy.stats import multivariate_normal
 from con2 import ops
 from con2.data import ContextSet, ViewConfig
 from con2.model import Con2Model
+from con2.data.keys import image_keys, keyed_uniforms, view_stream
 from con2.scoring import (FeatureBank, Gaussian, NonFiniteFeatures, Scorer, View, ViewEncoder, aggregate,
-                          image_keys, keyed_uniforms, view_stream,
                           ledoit_wolf, view_plan)
 
 IDENTITY_VIEWS = ViewConfig(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
@@ -287,7 +287,8 @@ def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys
     from con2.config import TrainConfig
     from con2.data import load_split
     from con2.evaluate import run_scorer, scoring_view_config
-    from con2.train import load_run, train
+    from con2.run import load_run
+    from con2.train import train
 
     cfg = TrainConfig(dataset="digits", width=4, epochs=1, image_size=12, batch_size=16, max_train_samples=32,
                       device="cpu", out=str(tmp_path / "run"))

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import con2.train as train_mod
+from con2.run import build_model, save_model
 from con2.config import TrainConfig
 from con2.data import load_split
 from con2.evaluate import evaluate_run
@@ -35,7 +36,7 @@ def fake_train(calls, fail_on=None):
         (run / "config.json").write_text(cfg.to_json())
         torch.manual_seed(cfg.seed)
         split = split or load_split(cfg)
-        train_mod.save_model(train_mod.build_model(cfg, split), run, cfg)
+        save_model(build_model(cfg, split), run, cfg)
         return run
 
     return _train

@@ -11,7 +11,8 @@ import torch
 
 from con2.config import TrainConfig
 from con2.data import OneClassSplit
-from con2.train import load_run, run_finished, schedule, train, view_config
+from con2.run import load_run, run_finished, view_config
+from con2.train import schedule, train
 
 
 def tiny_split(n=24, size=12, channels=1, seed=0):

@@ -1,8 +1,6 @@
 """The tensor view pipeline against torchvision, its random parameters, and the batch sources."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,7 @@ from torchvision.transforms.v2 import functional as TF
 from con2.data import views as V
 from con2.data.contexts import ContextSet, equalize, invert, vflip
 from con2.data.split import OneClassSplit
+from con2.data.batches import epoch_permutation
 from con2.data.sources import TensorBatchSource, make_batch_source
 from con2.losses import view_labels
 
@@ -405,7 +404,7 @@ def test_worker_source_contexts_without_augmentation():
     src = make_batch_source("workers", sp, ctx, cfg, 4, 0, "cpu")
     src.num_workers = 0
     views = next(src.batches_from(0))[1].view(8, 4, 3, 16, 16)
-    perm = __import__("con2.data.sources", fromlist=["x"]).epoch_permutation(4, 0, 0)
+    perm = epoch_permutation(4, 0, 0)
     x = torch.from_numpy(sp.train).permute(0, 3, 1, 2)[perm]
     for b in range(8):
         ref = (ctx.apply(b // 2, x).float() / 255 - 0.5) / 0.5
@@ -496,7 +495,6 @@ IDENTITY_24 = V.ViewConfig(size=24, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=
 def _source_pixels(src, sp):
     views = next(iter(dict(src.batches_from(0)).values()))  # [8 * n, 3, 24, 24], block 2k + v
     n = views.shape[0] // 8
-    from con2.data.sources import epoch_permutation
 
     perm = epoch_permutation(len(sp.train), 0, 0)[:n]  # both sources' epoch order (seed 0, epoch 0)
     got = views.view(8, n, 3, 24, 24)[0] * 0.5 + 0.5  # context 0, view 0, back to [0, 1]

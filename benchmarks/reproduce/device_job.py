@@ -80,7 +80,7 @@ def group_alive(pgid: int) -> bool:
 def run_progress(run: Path) -> tuple[int, float] | None:
     """(step of its checkpoint, last measured steps/s) of an unfinished run; None when it finished
     or has not started."""
-    from con2.train import run_finished
+    from con2.run import run_finished
 
     if run_finished(run) or not (run / "checkpoint.pt").exists():
         return None

@@ -20,7 +20,7 @@ import torch
 from con2.data import load_split
 from con2.evaluate import evaluate_model
 from con2.metrics import auroc
-from con2.train import load_run
+from con2.run import load_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rows import ROWS, row_config  # noqa: E402

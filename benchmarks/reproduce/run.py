@@ -86,7 +86,8 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
         cfg.batch_size, explicit = args["batch_size"], explicit | {"batch_size"}
     apply_preset(cfg, "paper", explicit)
     cfg.checkpoint_every = max(cfg.epochs, 1)  # runs are short-lived on a lent machine
-    from con2.train import run_finished, train
+    from con2.run import run_finished
+    from con2.train import train
 
     timing = _read_json(out / "reproduce_time.json", {"train_s": 0.0, "calls": 0})
     if not run_finished(out):  # else trained by an earlier call

@@ -57,7 +57,7 @@ def _score(args) -> None:
     from ..data import load_split
     from ..evaluate import run_scorer, sample_columns
     from ..scoring import aggregate
-    from ..train import load_run
+    from ..run import load_run
 
     if args.out:  # fail now, not after the scoring
         out_path = Path(args.out)

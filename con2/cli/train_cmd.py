@@ -75,7 +75,8 @@ def parse_duration(text: str) -> float:
 
 
 def _train(args):
-    from ..train import run_finished, train
+    from ..run import run_finished
+    from ..train import train
 
     cfg = config_from_args(args)
     deadline = time.time() + args.time_limit if args.time_limit else None

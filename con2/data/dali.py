@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .contexts import ContextSet
-from .sources import GlobalBatches, epoch_permutation
+from .batches import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
 
@@ -134,8 +134,6 @@ def _to_torch(tl, device: torch.device) -> torch.Tensor:
 
 class DaliBatchSource(GlobalBatches):
     """Views of split.train_files made by DALI; same interface as TensorBatchSource."""
-
-    kind = "dali"
 
     def __init__(self, split: OneClassSplit, contexts: ContextSet | None, view_cfg: ViewConfig, batch_size: int,
                  seed: int, device: torch.device, dtype=torch.float32, channels_last=False, rank=0, world=1,

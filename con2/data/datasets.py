@@ -176,7 +176,7 @@ def resize_images(images: np.ndarray, size: int | tuple[int, int] | None) -> np.
 
     out = np.empty((len(images), h, w, images.shape[-1]), np.uint8)
     for i in range(0, len(images), 4096):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 4096])).permute(0, 3, 1, 2).float()
+        x = torch.tensor(images[i:i + 4096]).permute(0, 3, 1, 2).float()  # a copy: memmaps are read-only
         y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
         out[i:i + 4096] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
@@ -217,7 +217,7 @@ def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, 
         raise DataError(f"{name}: normal class {names} has no training samples; "
                         f"classes available: {_available(class_names)}")
     val = va[0][is_normal(va[1])] if va is not None else _empty_like(train)
-    meta = {"in_memory": True, "normal_class_names": [class_names.get(c, str(c)) for c in normal], **meta}
+    meta = {"in_memory": True, **meta}
     return OneClassSplit(
         name=name,
         train=resize_images(train, image_size),
@@ -462,7 +462,7 @@ def _class_dirs(root: Path) -> dict[str, list[Path]]:
     return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
-def _to_8bit(img, path) -> "Image.Image":
+def _to_8bit(img, path):
     """Grayscale of more than 8 bits as 8-bit L. 16-bit modes are scaled by 255 / 65535 (not clipped,
     as convert("L") would); 32-bit integer (I) and float (F) images are read by their value range:
     0..255 as is, 0..65535 as 16-bit, float 0..1 as fractions; other ranges are refused, not guessed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -65,3 +66,13 @@ class OneClassSplit:
             + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: {self.meta['skipped_paths'][0]}"
                if self.meta.get("skipped_files") else "")
         )
+
+
+def to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, C] / [N, H, W] numpy (the OneClassSplit layout) -> uint8 [N, C, H, W] tensor."""
+    if isinstance(images, torch.Tensor):
+        return images
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()

@@ -214,8 +214,6 @@ def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return maxc.unsqueeze(1) - cr.unsqueeze(1) * w
 
 
-_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-_IDENTITY = (1.0, 1.0, 1.0, 0.0)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 

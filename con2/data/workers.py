@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from .contexts import ContextSet
 from .datasets import center_crop_array, decode_image
-from .sources import GlobalBatches, epoch_permutation
+from .batches import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
 
@@ -90,8 +90,6 @@ def _collate(items: list[torch.Tensor]) -> torch.Tensor:
 class WorkerBatchSource(GlobalBatches):
     """DataLoader (num_workers processes) over split.train, or over split.train_files when the
     split is not held in memory (meta["in_memory"] is False)."""
-
-    kind = "workers"
 
     def __init__(self, split: OneClassSplit, contexts: ContextSet | None, view_cfg: ViewConfig, batch_size: int,
                  seed: int, device: torch.device, dtype=torch.float32, channels_last=False, rank=0, world=1,

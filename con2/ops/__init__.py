@@ -1,6 +1,7 @@
 """The native-op boundary.
 
-Callers use these four functions only. Each dispatches to the C++/CUDA extension
+Callers use the functions defined here (the losses, top1_cosine, mahalanobis_sq, the view
+kernel and the status queries), never con2._C directly. Each op dispatches to the C++/CUDA extension
 `con2._C` when it is built, enabled and has a kernel for the input's device, and to
 the pure-PyTorch reference in `con2.ops.reference` otherwise.
 Set CON2_DISABLE_EXT=1 to force the references.

@@ -35,12 +35,11 @@ def _kernel_choice(var: str, choices: tuple[str, ...]) -> str:
 
 
 # Which CUDA kernel runs where there are two; the first choice of each is the default, the faster
-# one on the H100 (docs/PERFORMANCE.md). Loss: "blocked" (both heads in shared launches,
-# csrc/cuda/con2_two_head.cuh, up to M = 2896; beyond, cuBLAS row blocks per head) or
-# "fused" (single-pass tiled tensor-core kernels, csrc/cuda/con2_fused.cuh; 5.5x the GPU time at
-# M = 2048, 2.7x slower at 8192). mahalanobis_sq: "blocked" (cuBLAS + row reduction) or "fused"
-# (one pass, csrc/cuda/mahalanobis_fused.cuh; 4.2x slower). Views: "native" (block-per-view
-# kernel, csrc/cuda/simclr_views.cuh; 4.1x faster at 224 px) or "compiled" (torch.compile of the
+# one as measured on the H100 (docs/PERFORMANCE.md has the numbers). Loss: "blocked" (both heads in
+# shared launches, csrc/cuda/con2_two_head.cuh, up to M = 2896; beyond, cuBLAS row blocks per head)
+# or "fused" (single-pass tiled tensor-core kernels, csrc/cuda/con2_fused.cuh). mahalanobis_sq:
+# "blocked" (cuBLAS + row reduction) or "fused" (one pass, csrc/cuda/mahalanobis_fused.cuh). Views:
+# "native" (block-per-view kernel, csrc/cuda/simclr_views.cuh) or "compiled" (torch.compile of the
 # torch ops).
 CUDA_LOSS_KERNEL = _kernel_choice("CON2_CUDA_LOSS", ("blocked", "fused"))
 CUDA_MAHALANOBIS_KERNEL = _kernel_choice("CON2_CUDA_MAHALANOBIS", ("blocked", "fused"))

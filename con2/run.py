@@ -1,0 +1,159 @@
+"""A run directory and what its config defines: the device, contexts, view size and model, the
+saved weights with the settings they were trained with, and a fingerprint of the training images.
+
+Layout (written by con2.train): config.json, metrics.jsonl, checkpoint.pt while training, and at the
+end model.safetensors + model.json. Everything that reads a run (evaluate, score, predict, report,
+the detector) goes through load_run, which refuses weights of another run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .config import MIN_IMAGE_SIDE, TrainConfig
+from .data import ContextSet, OneClassSplit, ViewConfig
+from .data.datasets import DataError
+from .data.keys import image_keys
+from .data.split import to_nchw
+from .files import replacing, write_json
+from .model import Con2Model
+
+MODEL_FORMAT = "con2-model/1"
+# The settings that make a run what it is: a resume must keep them, and a run's weights must have
+# been trained with them. Paths, device, pipeline, compile and checkpointing may change.
+IDENTITY_KEYS = ("dataset", "context", "objective", "normal_class", "image_size", "center_crop", "resolution",
+                 "epochs", "batch_size", "lr", "weight_decay", "temperature", "amp", "seed", "width",
+                 "split_seed", "test_fraction", "max_train_samples")
+
+
+def run_identity(cfg: TrainConfig) -> dict:
+    return {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+
+
+def identity_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
+    """'key was X, now Y' for the first identity setting that differs, else None. Keys the saved
+    identity lacks (written by an older con2) are not compared."""
+    now = json.loads(json.dumps(run_identity(cfg)))  # lists / tuples as JSON has them
+    for key in IDENTITY_KEYS:
+        if key in saved and saved[key] != now[key]:
+            return f"{key} was {saved[key]!r}, now {now[key]!r}"
+    return None
+
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N): {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def context_set(cfg: TrainConfig) -> ContextSet | None:
+    """The training contexts; None for the SimCLR baseline (original context only)."""
+    return None if cfg.objective == "simclr" else ContextSet(cfg.context)
+
+
+def training_size(cfg: TrainConfig, split: OneClassSplit) -> int:
+    """The side of the views the network sees: the centred crop when the run crops (the paper's
+    resize 256, crop 224 trains on 224 px views), else --image-size (views are resized to it from
+    images of any size), else the images' own size, which must then be square (a view is square)."""
+    if cfg.center_crop or cfg.image_size:
+        return cfg.center_crop or cfg.image_size
+    h, w = split.train.shape[1:3]
+    if h != w or h < MIN_IMAGE_SIDE:
+        raise DataError(f"{split.name}: the images are {w}x{h} px; training needs square images of at least "
+                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}: pass --image-size S (resize) or --center-crop S")
+    return h
+
+
+def view_config(cfg: TrainConfig, split: OneClassSplit) -> ViewConfig:
+    return ViewConfig(size=training_size(cfg, split))
+
+
+def build_model(cfg: TrainConfig, split: OneClassSplit) -> Con2Model:
+    return Con2Model(in_channels=split.channels, image_size=training_size(cfg, split), width=cfg.width)
+
+
+def save_model(model: Con2Model, run_dir: Path, cfg: TrainConfig) -> None:
+    """The final model as safetensors (no pickle) plus its architecture as JSON; both carry the
+    run's identity settings, so weights copied in from another run are refused by load_run."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    identity = json.dumps(run_identity(cfg), sort_keys=True)
+    with replacing(run_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT, "identity": identity})
+    info = {"format": MODEL_FORMAT, "con2_version": __version__, "architecture": model.architecture(),
+            "identity": json.loads(identity)}
+    write_json(run_dir / "model.json", info)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is corrupt (not valid JSON: {exc})") from None
+
+
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether training of the run in `run_dir` ran to the end (its final model is written)."""
+    return (Path(run_dir) / "model.safetensors").exists() and (Path(run_dir) / "model.json").exists()
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, Con2Model]:
+    """The config and trained model of a finished run, in eval mode."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "model.json", "model.safetensors"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(
+                f"{run_dir} is not a finished con2 run: {name} is missing (train it, or --resume it)"
+            )
+    cfg = TrainConfig.from_dict(_read_json(run_dir / "config.json"))
+    info = _read_json(run_dir / "model.json")
+    if info.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{run_dir}/model.json has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
+    weights = run_dir / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated / garbage files
+        raise ValueError(f"{weights} is corrupt or not a safetensors file ({type(exc).__name__}: {exc})") from None
+    for source, saved in (("model.safetensors", json.loads(meta.get("identity", "{}"))),
+                          ("model.json", info.get("identity", {}))):
+        wrong = identity_mismatch(saved, cfg)
+        if wrong:
+            raise ValueError(f"{run_dir}: {source} was trained with other settings than config.json "
+                             f"({wrong}); the weights belong to another run")
+    model = Con2Model(**info["architecture"])
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights} does not match a con2 model with {info['architecture']}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    wrong_shape = next((k for k in expected if state[k].shape != expected[k].shape), None)
+    if wrong_shape:
+        raise ValueError(f"{weights} holds weights of another architecture: {wrong_shape} is "
+                         f"{list(state[wrong_shape].shape)}, a model with {info['architecture']} has "
+                         f"{list(expected[wrong_shape].shape)}")
+    model.load_state_dict(state)
+    return cfg, model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
+
+
+def data_fingerprint(split: OneClassSplit) -> dict:
+    """What a resume checks the training images against: their count, shape and a hash of the pixels
+    (data files may move; the images must not change)."""
+    images = to_nchw(split.train)
+    keys = image_keys(images) if len(images) else torch.zeros(0, dtype=torch.int64)
+    return {"count": int(images.shape[0]), "shape": list(images.shape[1:]), "hash": int(keys.sum()) % 2**61}
