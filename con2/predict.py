@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.datasets import IMAGE_SUFFIXES
+from .data.datasets import list_images
 
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -25,8 +25,7 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not f.name.startswith("."))
+            found = list_images(p)
             if not found:
                 raise FileNotFoundError(f"{p}: no image files in this folder")
             files += found

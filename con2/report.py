@@ -117,10 +117,6 @@ def augmentation_figure(images: torch.Tensor, contexts, view_cfg, n_views: int =
     return fig
 
 
-def _unit(f: torch.Tensor) -> np.ndarray:
-    return (f / f.norm(dim=1, keepdim=True)).numpy()
-
-
 def _subsample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     if len(images) <= n:
         return images
@@ -133,7 +129,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
     from sklearn.metrics import silhouette_score
 
     from .data import ContextSet, load_split
-    from .scoring import View, ViewEncoder
+    from .scoring import View, ViewEncoder, unit_rows
     from .run import load_run
 
     run_dir = Path(run_dir)
@@ -157,7 +153,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
 
     def pair(images: np.ndarray):
         x = to_nchw(images)
-        return _unit(encoder.encode(x, encoder.plan[0], 0).cpu()), _unit(encoder.encode(x, encoder.plan[1], 0).cpu())
+        return (unit_rows(encoder.encode(x, encoder.plan[0], 0).cpu()).numpy(),
+                unit_rows(encoder.encode(x, encoder.plan[1], 0).cpu()).numpy())
 
     test_labels = np.asarray(split.test_labels).astype(int)
     groups = {"train": pair(_subsample(split.train, max_points, seed)),

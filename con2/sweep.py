@@ -38,12 +38,12 @@ _PER_RUN = ("normal_class", "seed", "out", "device", "pipeline", "checkpoint_eve
 
 def dataset_classes(dataset: str) -> list[str]:
     """The normal classes `--classes all` means for a data set."""
-    from .data.datasets import MEDMNIST
+    from .data.datasets import CIFAR10_CLASSES, CIFAR100_SUPERCLASSES, MEDMNIST
 
-    if dataset in ("cifar10", "digits"):
-        return [str(i) for i in range(10)]
+    if dataset in ("cifar10", "digits"):  # ten classes each
+        return [str(i) for i in range(len(CIFAR10_CLASSES))]
     if dataset == "cifar100":
-        return [str(i) for i in range(20)]  # the 20 superclasses
+        return [str(i) for i in range(len(CIFAR100_SUPERCLASSES))]
     if dataset in MEDMNIST:
         default, names = MEDMNIST[dataset]
         return [str(c) for c in (default if default is not None else sorted(names))]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import time
 
@@ -46,10 +47,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=("paper", "quick"), default=None)
 
 
-_FIELDS = ("dataset", "context", "objective", "normal_class", "data_root", "data_file", "image_size", "center_crop",
-           "resolution",
-           "epochs", "batch_size", "lr", "weight_decay", "temperature", "amp", "seed", "width", "device",
-           "pipeline", "checkpoint_every", "skip_bad_files", "split_seed", "test_fraction", "max_train_samples", "compile", "out")
+# every TrainConfig field has its option (dashes for underscores); `extra` holds --val-fraction
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

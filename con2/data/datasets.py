@@ -450,7 +450,7 @@ def load_digits_split(cfg) -> OneClassSplit:
 
 # --------------------------------------------------------------------------- image folders
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     """Image files under `folder` (recursively), sorted; hidden files and anything inside hidden
     folders (.ipynb_checkpoints, .thumbnails, ...) and other suffixes ignored."""
     return sorted(p for p in folder.rglob("*")
@@ -459,7 +459,7 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _class_dirs(root: Path) -> dict[str, list[Path]]:
-    return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    return {d.name: list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
 def _to_8bit(img, path):

@@ -50,10 +50,6 @@ CUDA_GRAPHS = _kernel_choice("CON2_CUDA_GRAPHS", ("1", "0")) == "1"
 _FUSED = CUDA_LOSS_KERNEL == "fused"
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def _has_kernel(op: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"con2::{op}", key)
 
@@ -78,7 +74,7 @@ def has_kernels(device_type: str, op: str | None = None) -> bool:
 def _supcon_fwd_fake(z, labels, temperature):
     torch._check(z.dim() == 2, lambda: "z must be 2-D")
     m = z.shape[0]
-    dtype = _compute_dtype(z)
+    dtype = reference.compute_dtype(z)
     return z.new_empty((), dtype=dtype), z.new_empty((m,), dtype=dtype), z.new_empty((m,), dtype=dtype)
 
 
@@ -90,14 +86,14 @@ def _supcon_bwd_fake(grad, z, labels, lse, npos, temperature):
 @torch.library.register_fake("con2::supcon_fwd_bwd")
 def _supcon_fwd_bwd_fake(z, labels, temperature):
     torch._check(z.dim() == 2, lambda: "z must be 2-D")
-    dtype = _compute_dtype(z)
+    dtype = reference.compute_dtype(z)
     return z.new_empty((), dtype=dtype), z.new_empty(tuple(z.shape), dtype=dtype)
 
 
 @torch.library.register_fake("con2::con2_fwd_bwd")
 def _con2_fwd_bwd_fake(z_context, z_content, context_labels, sample_ids, temperature, fused=False):
     torch._check(z_context.dim() == 2 and z_content.dim() == 2, lambda: "z must be 2-D")
-    dtype = _compute_dtype(z_context)
+    dtype = reference.compute_dtype(z_context)
     return (
         z_context.new_empty((2,), dtype=dtype),
         z_context.new_empty(tuple(z_context.shape), dtype=dtype),

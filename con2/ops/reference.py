@@ -22,7 +22,7 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 _MASKED = -1e9
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
@@ -79,7 +79,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
     Anchors without a positive contribute 0 to the mean (as SupContrast does).
     """
     check_loss_inputs(z, labels, temperature)
-    z = z.to(_compute_dtype(z))
+    z = z.to(compute_dtype(z))
     m = z.shape[0]
     logits = (z @ z.T) / temperature
     self_mask = torch.eye(m, dtype=torch.bool, device=z.device)
@@ -143,7 +143,7 @@ def check_mahalanobis_inputs(x: torch.Tensor, mean: torch.Tensor, whitening: tor
 
 def row_norms(x: torch.Tensor, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
     """float32 L2 norms of the rows of x, computed in chunks; zero rows are an error."""
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     rows = _rows_per_chunk(x.shape[1], 4, chunk_bytes)
     norms = torch.cat([x[i : i + rows].to(dtype).norm(dim=1) for i in range(0, x.shape[0], rows)])
     if not torch.isfinite(norms).all():
@@ -170,7 +170,7 @@ def top1_cosine(
     The Q x N similarity matrix is produced in blocks of at most chunk_bytes.
     """
     check_top1_inputs(queries, bank, bank_norms)
-    dtype = _compute_dtype(queries)
+    dtype = compute_dtype(queries)
     q_unit = queries.to(dtype) / row_norms(queries, "queries", chunk_bytes)[:, None].to(dtype)
     if bank_norms is None:
         bank_norms = row_norms(bank, "bank", chunk_bytes)
