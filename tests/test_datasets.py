@@ -263,6 +263,9 @@ def test_folder_corrupt_image(tmp_path):
     assert len(s.train) + int((s.test_labels == 0).sum()) == 5
     assert str(broken) not in s.train_files + s.test_files
     assert "skipped 1 unreadable file(s), first: " in s.summary() and "broken.png" in s.summary()
+    assert "note: the test split needs" not in s.summary()
+    s.test_labels = np.zeros_like(s.test_labels)  # a test split without anomalies is said up front
+    assert "note: the test split needs normal and anomalous images" in s.summary()
 
 
 def test_npz_labels_that_do_not_fit_the_images_fail_clearly(tmp_path):
