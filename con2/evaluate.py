@@ -143,7 +143,7 @@ def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSpl
 def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | None]:
     """Per image of `part`: label (1 = anomaly), class name ("" where the loader kept none) and
     source file (None for array data sets), so a score row can be traced back to its image."""
-    n = len({"test": split.test, "val": split.val, "train": split.train}[part])
+    n = len(split.part(part))
     name = lambda c: split.class_names.get(int(c), str(int(c)))  # noqa: E731
     if part == "test":
         labels = [int(v) for v in split.test_labels]

@@ -66,7 +66,7 @@ def _score(args) -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     cfg, model = load_run(args.run, device=args.device)
     split = load_split(cfg)
-    images = {"test": split.test, "val": split.val, "train": split.train}[args.split]
+    images = split.part(args.split)
     if not len(images):
         raise ValueError(f"the {args.split} split of {args.run} is empty")
     scorer = run_scorer(model, cfg, split, args.views, (args.scorer,), args.aggregate, args.seed, args.batch_size,

@@ -539,13 +539,17 @@ def _check_sizes(arrays: list[np.ndarray], files: list[Path]) -> tuple[int, int]
     return h, w
 
 
+def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """A decoded [H, W, C] image in the data set's channel count: a grayscale image in a data set
+    with colour images gets 3 equal channels."""
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] < channels else image
+
+
 def _stack(arrays: list[np.ndarray], hw: tuple[int, int], channels: int) -> np.ndarray:
-    """[N, H, W, C]; grayscale images get 3 equal channels when the data set has colour images."""
+    """[N, H, W, C] in the data set's channel count (with_channels)."""
     if not arrays:
         return np.zeros((0, *hw, channels), np.uint8)
-    if channels == 3:
-        arrays = [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
-    return np.stack(arrays)
+    return np.stack([with_channels(a, channels) for a in arrays])
 
 
 def load_folder(cfg) -> OneClassSplit:

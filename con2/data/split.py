@@ -41,6 +41,12 @@ class OneClassSplit:
         if len(self.test_labels) != len(self.test):
             raise ValueError(f"{self.name}: {len(self.test)} test images but {len(self.test_labels)} labels")
 
+    def part(self, name: str) -> np.ndarray:
+        """The images of part "train", "val" or "test"."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split part {name!r}; choose train, val or test")
+        return getattr(self, name)
+
     @property
     def channels(self) -> int:
         return int(self.train.shape[-1])

@@ -21,9 +21,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .contexts import ContextSet
-from .datasets import center_crop_array, decode_image
 from .batches import GlobalBatches, epoch_permutation
+from .contexts import ContextSet
+from .datasets import center_crop_array, decode_image, with_channels
 from .split import OneClassSplit
 from .views import ViewConfig
 
@@ -47,8 +47,7 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 def load_image(path: str, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """uint8 [H, W, C] from a file, decoded as the folder loader decodes it, in the split's channel count."""
-    a = decode_image(path, size)
-    return np.repeat(a, 3, axis=-1) if a.shape[-1] < channels else a  # a grayscale file in a colour set
+    return with_channels(decode_image(path, size), channels)
 
 
 class _ViewDataset(Dataset):
