@@ -1,6 +1,6 @@
 """Score image files with a trained run: `con2 predict --run RUN_DIR IMAGE_OR_FOLDER...`.
 
-Files are decoded as the run's data set was (con2.data.datasets.decode_image: 16-bit grayscale
+Files are decoded as the run's data set was (con2.data.decode.decode_image: 16-bit grayscale
 scaled, not clipped), converted to the run's channel count (grey to RGB by repetition as the loaders
 do, colour to grey by Pillow's luma) and resized as the run's images were: folder data sets with
 Pillow's bicubic filter, array data sets (MedMNIST, CIFAR, npz, digits) with the loaders' antialiased
@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.datasets import list_images
+from .data.decode import list_images
 
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -41,7 +41,8 @@ def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, fol
     unreadable file is an error naming it."""
     from PIL import Image, UnidentifiedImageError
 
-    from .data.datasets import decode_image, resize_images
+    from .data.datasets import resize_images
+    from .data.decode import decode_image
 
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
     for i, f in enumerate(files):
@@ -62,7 +63,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
                   crop_scale: tuple[float, float] | None = None) -> list[dict]:
     """[{file, score, anomaly, threshold}] for every image under `inputs`."""
     from .data import load_split
-    from .data.datasets import center_crop_array
+    from .data.images import center_crop_array
     from .evaluate import run_scorer
     from .metrics import calibrate_threshold
     from .run import load_run

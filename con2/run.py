@@ -18,8 +18,8 @@ from . import __version__
 from .config import MIN_IMAGE_SIDE, TrainConfig
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.datasets import DataError
+from .data.images import ImageSet
 from .data.keys import image_keys
-from .data.split import to_nchw
 from .files import replacing, write_json
 from .model import Con2Model
 
@@ -154,6 +154,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
 def data_fingerprint(split: OneClassSplit) -> dict:
     """What a resume checks the training images against: their count, shape and a hash of the pixels
     (data files may move; the images must not change)."""
-    images = to_nchw(split.train)
-    keys = image_keys(images) if len(images) else torch.zeros(0, dtype=torch.int64)
-    return {"count": int(images.shape[0]), "shape": list(images.shape[1:]), "hash": int(keys.sum()) % 2**61}
+    images = ImageSet(split.train, "train images")  # chunk by chunk: a folder may be larger than memory
+    total = sum(int(image_keys(x).sum()) for _, x in images.chunks(images.chunk_rows()))
+    return {"count": len(images), "shape": list(images.shape[1:]), "hash": total % 2**61}

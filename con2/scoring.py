@@ -41,7 +41,7 @@ import torch
 from . import ops
 from .data.contexts import ContextSet
 from .data.keys import image_keys, keyed_uniforms, view_stream
-from .data.split import to_nchw
+from .data.images import ImageSet
 from .data.views import N_UNIFORMS, ViewConfig, ViewParams, apply_views, normalize_only, view_params_from_uniforms
 
 SCORERS = ("nnd", "lh")
@@ -86,26 +86,6 @@ def view_plan(views: int, contexts: ContextSet | None) -> list[View]:
         return [View(i, 0, True) for i in range(views)]
     half = views // 2
     return [View(i, 0 if i < half else 1, True) for i in range(views)]
-
-
-def check_images(images: torch.Tensor, channels: int | None = None, size: tuple[int, int] | None = None,
-                 name: str = "images") -> torch.Tensor:
-    """uint8 [N, C, H, W] with the expected channels / spatial size, else a clear error."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8:
-        raise TypeError(f"{name} must be uint8 in 0..255, got {images.dtype}")
-    if images.dim() != 4:
-        raise ValueError(f"{name} must be [N, C, H, W], got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    if channels is not None and images.shape[1] != channels:
-        raise ValueError(f"{name} have {images.shape[1]} channel(s), the model expects {channels}")
-    if size is not None and tuple(images.shape[2:]) != tuple(size):
-        raise ValueError(
-            f"{name} are {images.shape[2]}x{images.shape[3]} px, the model was trained on {size[0]}x{size[1]} px"
-        )
-    return images
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -218,26 +198,63 @@ def check_features(f: torch.Tensor, view: View, offset: int = 0) -> None:
 
 # ----------------------------------------------------------------------------- Gaussian (S_LH)
 
-def ledoit_wolf(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(mean [d], shrunk covariance [d, d], shrinkage) of rows z, in float64.
+class GaussianMoments:
+    """Running sums of feature rows, from which ledoit_wolf's estimate follows exactly: rows can
+    arrive in chunks (a train bank larger than memory) and the result is the same. Sums are float64
+    and taken about the first chunk's mean, so they do not cancel when the spread is small."""
 
-    Ledoit & Wolf (2004) closed form, the same estimator as sklearn.covariance.ledoit_wolf
-    (1/n sample covariance shrunk towards mu * I, mu = tr(S) / d).
-    """
-    z = z.to(torch.float64)
-    n, d = z.shape
-    mean = z.mean(dim=0)
-    x = z - mean
-    s = (x.T @ x) / n
-    mu = torch.trace(s) / d
-    delta = ((s - mu * torch.eye(d, dtype=s.dtype, device=s.device)) ** 2).sum() / d
-    x2 = x**2
-    beta = ((x2.T @ x2).sum() / n - (s**2).sum()) / (d * n)
-    beta = torch.minimum(beta, delta)
-    shrinkage = 0.0 if float(delta) == 0.0 else float(beta / delta)
-    cov = (1 - shrinkage) * s
-    cov.diagonal().add_(shrinkage * mu)
-    return mean, cov, shrinkage
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, z: torch.Tensor) -> "GaussianMoments":
+        """Add rows z [m, d] (checked finite)."""
+        if not bool(torch.isfinite(z).all()):
+            raise NonFiniteFeatures("the Gaussian scorer's train features contain NaN or infinite values")
+        z = z.to(torch.float64)
+        if z.shape[0] == 0:
+            return self
+        if self.n == 0:
+            self.shift = z.mean(dim=0)
+            d = z.shape[1]
+            zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=z.device)  # noqa: E731
+            self.s1, self.s2, self.q1, self.qy, self.q2 = zeros(d), zeros(d, d), zeros(), zeros(d), zeros()
+        y = z - self.shift
+        q = (y * y).sum(dim=1)  # squared row norms
+        self.n += y.shape[0]
+        self.s1 += y.sum(dim=0)
+        self.s2 += y.T @ y
+        self.q1 += q.sum()
+        self.qy += q @ y
+        self.q2 += q @ q
+        return self
+
+    def ledoit_wolf(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(mean [d], shrunk covariance [d, d], shrinkage) of all rows so far, in float64.
+
+        Ledoit & Wolf (2004) closed form, the same estimator as sklearn.covariance.ledoit_wolf
+        (1/n sample covariance S shrunk towards mu * I, mu = tr(S) / d). Its fourth-moment term
+        sum_i ||x_i - m||^4 (x_i about the mean m) is expanded in the running sums: with y_i = x_i - shift,
+        c = mean(y), q_i = ||y_i||^2: sum (q_i - 2 y_i.c + ||c||^2)^2.
+        """
+        n, d = self.n, self.s1.shape[0]
+        c = self.s1 / n
+        s = self.s2 / n - torch.outer(c, c)
+        cc = c @ c
+        fourth = (self.q2 + 4 * (c @ self.s2 @ c) + n * cc**2 - 4 * (self.qy @ c)
+                  + 2 * cc * self.q1 - 4 * cc * (self.s1 @ c))
+        mu = torch.trace(s) / d
+        delta = ((s - mu * torch.eye(d, dtype=s.dtype, device=s.device)) ** 2).sum() / d
+        beta = (fourth / n - (s**2).sum()) / (d * n)
+        beta = torch.minimum(beta, delta)
+        shrinkage = 0.0 if float(delta) == 0.0 else float(beta / delta)
+        cov = (1 - shrinkage) * s
+        cov.diagonal().add_(shrinkage * mu)
+        return self.shift + c, cov, shrinkage
+
+
+def ledoit_wolf(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(mean [d], shrunk covariance [d, d], shrinkage) of rows z, in float64 (GaussianMoments.ledoit_wolf)."""
+    return GaussianMoments().update(z).ledoit_wolf()
 
 
 @dataclass
@@ -251,15 +268,18 @@ class Gaussian:
 
     @classmethod
     def fit(cls, z: torch.Tensor, jitter: float = 1e-6) -> "Gaussian":
-        """Fit on L2-normalised rows z [n, d], n >= 2. A ridge of jitter * tr(Sigma)/d keeps the
-        Cholesky factorisation defined for degenerate data (e.g. all rows equal)."""
+        """Fit on L2-normalised rows z [n, d], n >= 2 (from_moments of one chunk)."""
         if z.dim() != 2 or z.shape[1] == 0:
             raise ValueError(f"the Gaussian scorer needs [n, d] features with d >= 1, got shape {tuple(z.shape)}")
-        if z.shape[0] < 2:
-            raise ValueError(f"the Gaussian scorer needs at least 2 train samples, got {z.shape[0]}")
-        if not bool(torch.isfinite(z).all()):
-            raise NonFiniteFeatures("the Gaussian scorer's train features contain NaN or infinite values")
-        mean, cov, shrinkage = ledoit_wolf(z)
+        return cls.from_moments(GaussianMoments().update(z), jitter)
+
+    @classmethod
+    def from_moments(cls, moments: GaussianMoments, jitter: float = 1e-6) -> "Gaussian":
+        """Fit on the rows summed in `moments` (at least 2). A ridge of jitter * tr(Sigma)/d keeps the
+        Cholesky factorisation defined for degenerate data (e.g. all rows equal)."""
+        if moments.n < 2:
+            raise ValueError(f"the Gaussian scorer needs at least 2 train samples, got {moments.n}")
+        mean, cov, shrinkage = moments.ledoit_wolf()
         d = cov.shape[0]
         ridge = max(jitter * float(torch.trace(cov)) / d, 1e-12)
         cov.diagonal().add_(ridge)
@@ -304,39 +324,51 @@ class FeatureBank:
         return tuple(s for s, have in (("nnd", self.nnd is not None), ("lh", self.gaussians is not None)) if have)
 
     @classmethod
-    def build(cls, encoder: ViewEncoder, train: torch.Tensor, scorers: Iterable[str] = SCORERS,
-              bank_dtype: str = "float32", log: Callable[[str], None] | None = None) -> "FeatureBank":
+    def build(cls, encoder: ViewEncoder, train, scorers: Iterable[str] = SCORERS,
+              bank_dtype: str = "float32", log: Callable[[str], None] | None = None,
+              chunk_rows: int | None = None) -> "FeatureBank":
+        """Encode the train images (any ImageSet input) under every view of the encoder's plan.
+
+        The images are read chunk by chunk (chunk_rows, default about ImageSet's CHUNK_BYTES), each
+        chunk once, moved to the device once and encoded under every view; the Gaussians are fitted
+        from running moments. The result does not depend on the chunking."""
         scorers = check_scorers(scorers)
         if bank_dtype not in BANK_DTYPES:
             raise ValueError(f"bank_dtype must be one of {', '.join(BANK_DTYPES)}, got {bank_dtype!r}")
-        check_images(train, name="train images")
+        train = train if isinstance(train, ImageSet) else ImageSet(train, name="train images")
         log = log or (lambda msg: print(msg, file=sys.stderr))
-        n, a = train.shape[0], len(encoder)
-        nnd = norms = gaussians = None
-        keys = image_keys(train)
+        n, a = len(train), len(encoder)
+        nnd = norms = None
+        moments = [GaussianMoments() for _ in encoder.plan] if "lh" in scorers else None
         with _progress(n * a, "encoding train bank", encoder.progress) as pbar:
-            for view in encoder.plan:
-                f = encoder.encode(train, view, ROLE_BANK, pbar, keys=keys)
-                if nnd is None and "nnd" in scorers:
-                    nbytes = a * n * f.shape[1] * BANK_DTYPES[bank_dtype].itemsize
-                    if nbytes >= LARGE_BANK_BYTES:
-                        log(f"NND feature bank: {a} views x {n} samples x {f.shape[1]} dims "
-                            f"{bank_dtype} = {nbytes / 2**20:.0f} MiB")
-                    nnd = torch.empty((a, n, f.shape[1]), dtype=BANK_DTYPES[bank_dtype], device=f.device)
-                    norms = torch.empty((a, n), dtype=torch.float32, device=f.device)
-                if nnd is not None:
-                    # float16 keeps unit rows: S_NND is a cosine, and raw features could overflow
-                    # 65504 or lose their precision near zero
-                    nnd[view.index] = f.to(nnd.dtype) if nnd.dtype == torch.float32 else unit_rows(f).to(nnd.dtype)
-                    norms[view.index] = ops.reference.row_norms(nnd[view.index], "train bank").float()
-                if "lh" in scorers:
-                    gaussians = (gaussians or []) + [Gaussian.fit(unit_rows(f))]
+            for start, x in train.chunks(chunk_rows or train.chunk_rows(encoder.batch_size)):
+                keys = image_keys(x)  # on the host: the same keys, whatever the device
+                x = x.to(encoder.device)
+                for view in encoder.plan:
+                    f = encoder.encode(x, view, ROLE_BANK, pbar, keys=keys)
+                    if nnd is None and "nnd" in scorers:
+                        nbytes = a * n * f.shape[1] * BANK_DTYPES[bank_dtype].itemsize
+                        if nbytes >= LARGE_BANK_BYTES:
+                            log(f"NND feature bank: {a} views x {n} samples x {f.shape[1]} dims "
+                                f"{bank_dtype} = {nbytes / 2**20:.0f} MiB")
+                        nnd = torch.empty((a, n, f.shape[1]), dtype=BANK_DTYPES[bank_dtype], device=f.device)
+                    if nnd is not None:
+                        # float16 keeps unit rows: S_NND is a cosine, and raw features could overflow
+                        # 65504 or lose their precision near zero
+                        rows = f.to(nnd.dtype) if nnd.dtype == torch.float32 else unit_rows(f).to(nnd.dtype)
+                        nnd[view.index, start:start + len(x)] = rows
+                    if moments is not None:
+                        moments[view.index].update(unit_rows(f))
+        if nnd is not None:
+            norms = torch.stack([ops.reference.row_norms(nnd[v.index], "train bank").float() for v in encoder.plan])
+        gaussians = None if moments is None else [Gaussian.from_moments(m) for m in moments]
         return cls(list(encoder.plan), nnd, norms, gaussians, tuple(int(v) for v in train.shape[1:]))
 
     @torch.no_grad()
-    def score_views(self, encoder: ViewEncoder, images: torch.Tensor, scorers: Iterable[str] = SCORERS
-                    ) -> dict[str, torch.Tensor]:
-        """{scorer: [Q, A] float64 per-view scores} of uint8 images [Q, C, H, W]."""
+    def score_views(self, encoder: ViewEncoder, images, scorers: Iterable[str] = SCORERS,
+                    chunk_rows: int | None = None) -> dict[str, torch.Tensor]:
+        """{scorer: [Q, A] float64 per-view scores} of the query images (any ImageSet input), read
+        chunk by chunk as in build."""
         scorers = check_scorers(scorers)
         missing = [s for s in scorers if s not in self.scorers]
         if missing:
@@ -346,21 +378,24 @@ class FeatureBank:
             raise ValueError(f"the encoder's {len(encoder.plan)} test-time views do not match the "
                              f"bank's {len(self.plan)}; rebuild the bank with the same views")
         shape = self.image_shape
-        check_images(images, channels=shape and shape[0], size=shape and shape[1:], name="query images")
-        q, a = images.shape[0], len(self.plan)
+        images = images if isinstance(images, ImageSet) else ImageSet(images, "query images")
+        images.expect(channels=shape and shape[0], size=shape and shape[1:])
+        q, a = len(images), len(self.plan)
         out = {s: torch.empty((q, a), dtype=torch.float64) for s in scorers}
-        keys = image_keys(images)
         with _progress(q * a, "scoring", encoder.progress) as pbar:
-            for view in self.plan:
-                f = encoder.encode(images, view, ROLE_QUERY, pbar, keys=keys)
-                if "nnd" in out:
-                    bank = self.nnd[view.index]
-                    f_nnd = f.to(bank.device)
-                    sim, _ = ops.top1_cosine(f_nnd, bank, bank_norms=self.nnd_norms[view.index])
-                    out["nnd"][:, view.index] = -sim.double().cpu()
-                if "lh" in out:
-                    gs = self.gaussians[view.index]
-                    out["lh"][:, view.index] = gs.nll(unit_rows(f).to(gs.mean.device)).cpu()
+            for start, x in images.chunks(chunk_rows or images.chunk_rows(encoder.batch_size)):
+                keys = image_keys(x)  # on the host: the same keys, whatever the device
+                x = x.to(encoder.device)
+                rows = slice(start, start + len(x))
+                for view in self.plan:
+                    f = encoder.encode(x, view, ROLE_QUERY, pbar, keys=keys)
+                    if "nnd" in out:
+                        bank = self.nnd[view.index]
+                        sim, _ = ops.top1_cosine(f.to(bank.device), bank, bank_norms=self.nnd_norms[view.index])
+                        out["nnd"][rows, view.index] = -sim.double().cpu()
+                    if "lh" in out:
+                        gs = self.gaussians[view.index]
+                        out["lh"][rows, view.index] = gs.nll(unit_rows(f).to(gs.mean.device)).cpu()
         for s, v in out.items():
             if not torch.isfinite(v).all():
                 raise NonFiniteFeatures(f"the {s} scorer produced non-finite scores; refusing to return them")
@@ -407,7 +442,7 @@ class Scorer:
                                              batch_size=batch_size, progress=progress)
         self.channels = model.in_channels
         if bank is None:
-            train = check_images(to_nchw(train), channels=self.channels, name="train images")
+            train = ImageSet(train, "train images").expect(channels=self.channels)
             self.input_size = tuple(train.shape[2:])
             bank = FeatureBank.build(self.encoder, train, scorers, bank_dtype)
         else:
@@ -415,7 +450,7 @@ class Scorer:
         self.bank = bank
 
     def score_views(self, images, scorers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        images = check_images(to_nchw(images), channels=self.channels, size=self.input_size)
+        images = ImageSet(images).expect(channels=self.channels, size=self.input_size)
         return self.bank.score_views(self.encoder, images, scorers or self.bank.scorers)
 
     def score(self, images, scorers: Iterable[str] | None = None, per_view: bool = False):

@@ -287,7 +287,7 @@ def test_npz_labels_that_do_not_fit_the_images_fail_clearly(tmp_path):
 
 
 def test_decode_image_reads_high_bit_depth_and_float_by_their_range(tmp_path):
-    from con2.data.datasets import decode_image
+    from con2.data.decode import decode_image
 
     ramp = np.arange(0, 256, dtype=np.float64).reshape(16, 16)
     Image.fromarray((ramp / 255.0).astype(np.float32), "F").save(tmp_path / "unit.tif")  # fractions of 1
@@ -304,7 +304,7 @@ def test_decode_image_reads_high_bit_depth_and_float_by_their_range(tmp_path):
 
 
 def test_decode_image_turns_photos_upright_by_exif_as_dali_does(tmp_path):
-    from con2.data.datasets import decode_image
+    from con2.data.decode import decode_image
 
     a = np.zeros((8, 24, 3), np.uint8)
     a[:, :4] = 255  # a bright left edge

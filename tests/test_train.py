@@ -388,7 +388,7 @@ def test_predict_makes_a_file_into_the_pixels_the_run_was_trained_on(tmp_path):
 def test_predict_scales_16_bit_files_as_the_folder_loader_does(tmp_path):
     from PIL import Image
 
-    from con2.data.datasets import decode_image
+    from con2.data.decode import decode_image
     from con2.predict import read_images
 
     ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)

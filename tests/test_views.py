@@ -427,8 +427,7 @@ def _folder_split(tmp_path, n=6, size=24, c=3):
         arrs.append(a)
     tr = np.stack(arrs)
     files = [str(tmp_path / f"img{i}.png") for i in range(n)]
-    return OneClassSplit("f", tr, tr[:2], np.zeros(2, np.int64), tr[:0], train_files=files,
-                         meta={"in_memory": False})
+    return OneClassSplit("f", tr, tr[:2], np.zeros(2, np.int64), tr[:0], train_files=files)
 
 
 @pytest.fixture
@@ -468,24 +467,26 @@ def test_dali_shapes_ranges_and_contexts(dali, tmp_path, c):
     assert not torch.allclose(blocks[0], blocks[1])
 
 
-def _cropped_folder_split(tmp_path):
-    """A real image folder loaded the paper's way (resize, then centred crop), read from its files."""
+def _cropped_folder_split(tmp_path, pipeline="dali"):
+    """A real image folder loaded the paper's way (resize, then centred crop); with pipeline dali its
+    parts are FolderImages (decoded from the files on access), with tensor decoded in memory."""
     from PIL import Image
 
     from con2.config import TrainConfig
     from con2.data import load_split
 
     rng = np.random.default_rng(2)
-    for cls in ("good", "bad"):
-        (tmp_path / cls).mkdir()
-        for i in range(6):
-            a = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-            a[:4] = 0  # a dark border that the crop removes (40 -> 32 px: rows 0-3; the crop starts at 4)
-            Image.fromarray(a).save(tmp_path / cls / f"{i}.png")
+    if not (tmp_path / "good").exists():
+        for cls in ("good", "bad"):
+            (tmp_path / cls).mkdir()
+            for i in range(6):
+                a = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                a[:4] = 0  # a dark border that the crop removes (40 -> 32 px: rows 0-3; the crop starts at 4)
+                Image.fromarray(a).save(tmp_path / cls / f"{i}.png")
     sp = load_split(TrainConfig(dataset="folder", data_root=str(tmp_path), normal_class=["good"], image_size=32,
-                                center_crop=24, extra={"n_train": 4}))
+                                center_crop=24, extra={"n_train": 4}, pipeline=pipeline))
     assert sp.meta["pre_crop_size"] == [32, 32] and sp.meta["center_crop"] == 24
-    sp.meta["in_memory"] = False  # as a folder too large to hold: the sources decode the files
+    assert sp.in_memory == (pipeline == "tensor")
     return sp
 
 
@@ -498,12 +499,13 @@ def _source_pixels(src, sp):
 
     perm = epoch_permutation(len(sp.train), 0, 0)[:n]  # both sources' epoch order (seed 0, epoch 0)
     got = views.view(8, n, 3, 24, 24)[0] * 0.5 + 0.5  # context 0, view 0, back to [0, 1]
-    want = torch.from_numpy(sp.train).permute(0, 3, 1, 2)[perm].float() / 255
+    want = torch.from_numpy(np.asarray(sp.train)).permute(0, 3, 1, 2)[perm].float() / 255
     return got, want
 
 
 def test_file_reading_sources_resize_then_crop_like_the_split(dali, tmp_path):
     sp = _cropped_folder_split(tmp_path)
+    np.testing.assert_array_equal(np.asarray(sp.train), _cropped_folder_split(tmp_path, "tensor").train)
     ctx = ContextSet("invert")
     got, want = _source_pixels(dali.DaliBatchSource(sp, ctx, IDENTITY_24, 4, 0, "cpu"), sp)
     # DALI's cubic resize is not Pillow's bicubic: a few grey levels, not the dark border of an uncropped image
@@ -526,16 +528,16 @@ def test_file_reading_sources_decode_as_the_loader_and_dali_refuses_gifs(dali, t
     DALI, which cannot decode GIF, names such a file instead of failing inside its pipeline."""
     from PIL import Image
 
-    from con2.data.datasets import decode_image
-    from con2.data.workers import load_image
+    from con2.data.decode import decode_image
+    from con2.data.images import FolderImages
 
     ramp = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "deep.png")
-    np.testing.assert_array_equal(load_image(str(tmp_path / "deep.png"), 1, None), decode_image(tmp_path / "deep.png", None))
-    assert load_image(str(tmp_path / "deep.png"), 3, None).shape == (16, 16, 3)
+    deep = FolderImages([tmp_path / "deep.png"], (16, 16), 1)
+    np.testing.assert_array_equal(deep[0], decode_image(tmp_path / "deep.png", None))
+    assert deep[0].max() == 255 and FolderImages(deep.files, (16, 16), 3)[0].shape == (16, 16, 3)
     Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "anim.gif")
     tr = np.zeros((1, 16, 16, 1), np.uint8)
-    sp = OneClassSplit("g", tr, tr, np.zeros(1, np.int64), tr[:0], train_files=[str(tmp_path / "anim.gif")],
-                       meta={"in_memory": False})
+    sp = OneClassSplit("g", tr, tr, np.zeros(1, np.int64), tr[:0], train_files=[str(tmp_path / "anim.gif")])
     with pytest.raises(ValueError, match="DALI cannot decode .gif files such as .*anim.gif"):
         dali.DaliBatchSource(sp, ContextSet("invert"), IDENTITY_24, 1, 0, "cpu")

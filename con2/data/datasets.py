@@ -30,16 +30,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from .decode import DataError, decode_files, list_images, map_files, read_header, with_channels
+from .images import FolderImages, center_crop_array
 from .split import OneClassSplit
 
 
-class DataError(ValueError):
-    """A data set cannot be loaded as asked; the message is one line saying why."""
 
 
 # --------------------------------------------------------------------------- class tables
@@ -80,7 +79,6 @@ CIFAR100_FINE_TO_COARSE = np.array([
     18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
 ], dtype=np.int64)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"}
 DIGITS_DEFAULT_CLASS = "8"  # the digit raw-pixel nearest neighbour finds hardest (AUROC ~0.98, not 1.0)
 DIGITS_DEFAULT_SIZE = 16
 
@@ -182,24 +180,14 @@ def resize_images(images: np.ndarray, size: int | tuple[int, int] | None) -> np.
     return out
 
 
-def center_crop_array(images: np.ndarray, size: int | None) -> np.ndarray:
-    """The centred size x size square of uint8 [N, H, W, C] (torchvision's CenterCrop offsets)."""
-    if size is None:
-        return images
-    h, w = images.shape[1:3]
-    if size > h or size > w:
-        raise DataError(f"--center-crop {size} is larger than the {h}x{w} images; resize them first (--image-size)")
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return np.ascontiguousarray(images[:, top:top + size, left:left + size])
-
-
 def _center_crop_split(split: OneClassSplit, size: int | None) -> OneClassSplit:
     if size is None:
         return split
     # recorded for the sources that decode the files again (DALI, file-reading workers): resize, then crop
     meta = {**split.meta, "pre_crop_size": [int(v) for v in split.train.shape[1:3]], "center_crop": int(size)}
-    return dataclasses.replace(split, train=center_crop_array(split.train, size), meta=meta,
-                               val=center_crop_array(split.val, size), test=center_crop_array(split.test, size))
+    crop = {part: (images.center_cropped(size) if isinstance(images, FolderImages) else center_crop_array(images, size))
+            for part, images in (("train", split.train), ("val", split.val), ("test", split.test))}
+    return dataclasses.replace(split, **crop, meta=meta)
 
 
 def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, meta: dict) -> OneClassSplit:
@@ -217,7 +205,6 @@ def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, 
         raise DataError(f"{name}: normal class {names} has no training samples; "
                         f"classes available: {_available(class_names)}")
     val = va[0][is_normal(va[1])] if va is not None else _empty_like(train)
-    meta = {"in_memory": True, **meta}
     return OneClassSplit(
         name=name,
         train=resize_images(train, image_size),
@@ -450,99 +437,39 @@ def load_digits_split(cfg) -> OneClassSplit:
 
 # --------------------------------------------------------------------------- image folders
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted; hidden files and anything inside hidden
-    folders (.ipynb_checkpoints, .thumbnails, ...) and other suffixes ignored."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def _class_dirs(root: Path) -> dict[str, list[Path]]:
     return {d.name: list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
-def _to_8bit(img, path):
-    """Grayscale of more than 8 bits as 8-bit L. 16-bit modes are scaled by 255 / 65535 (not clipped,
-    as convert("L") would); 32-bit integer (I) and float (F) images are read by their value range:
-    0..255 as is, 0..65535 as 16-bit, float 0..1 as fractions; other ranges are refused, not guessed."""
-    from PIL import Image
-
-    a = np.asarray(img, dtype=np.float64)
-    if not np.isfinite(a).all():
-        raise DataError(f"{path}: the image has NaN or infinite pixel values")
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if img.mode.startswith("I;16"):
-        scale = 255.0 / 65535.0
-    elif lo < 0:
-        raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are negative; convert it to 8 or 16 bit")
-    elif img.mode == "F" and hi <= 1.0:
-        scale = 255.0
-    elif hi <= 255.0:
-        scale = 1.0
-    elif hi <= 65535.0 and img.mode == "I":
-        scale = 255.0 / 65535.0
-    else:
-        raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are outside 0..255 / 0..65535 "
-                        f"(or 0..1 for float); convert it to an 8- or 16-bit image")
-    return Image.fromarray((a * scale).clip(0, 255).round().astype(np.uint8))
-
-
-def decode_image(path: Path, size: int | tuple[int, int] | None) -> np.ndarray:
-    """One image file as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour), upright by its EXIF
-    orientation (as DALI's decoder and photo viewers show it), resized to size x size or (H, W) when
-    set (bicubic, as folder data sets are resized). Grayscale of more than 8 bits: see _to_8bit."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as img:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            img = _to_8bit(img, path)
-        elif img.mode in ("1", "L", "LA"):
-            img = img.convert("L")
-        else:  # RGB, RGBA, P, CMYK, YCbCr, ...
-            img = img.convert("RGB")
-        if size is not None:
-            h, w = (size, size) if isinstance(size, int) else size
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.BICUBIC)
-        arr = np.asarray(img, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _decode_all(files: list[Path], size: int | None, skip_bad: bool) -> tuple[list, list[Path]]:
-    """Decoded arrays (None where skipped) in file order, and the files skipped; threads overlap I/O and decode."""
-    def safe(p):
-        try:
-            return decode_image(p, size), None
-        except DataError as e:  # decoded, but refused (its message names the file)
-            return None, str(e)
-        except Exception as e:  # any decoder failure: truncated, not an image, unsupported
-            return None, f"{p}: {type(e).__name__}: {e}"
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(safe, files))
-    bad = [(p, err) for p, (_, err) in zip(files, results) if err is not None]
-    if bad and not skip_bad:
-        raise DataError(f"cannot read image {bad[0][1]} (use --skip-bad-files to skip unreadable files)")
-    return [a for a, _ in results], [p for p, _ in bad]
-
-
-def _check_sizes(arrays: list[np.ndarray], files: list[Path]) -> tuple[int, int]:
-    """The common (H, W); all images must share one size (else --image-size is needed)."""
-    h, w = arrays[0].shape[:2] if arrays else (1, 1)
-    for a, f in zip(arrays, files):
-        if a.shape[:2] != (h, w):
-            raise DataError(f"images differ in size ({files[0]} is {w}x{h}, {f} is {a.shape[1]}x{a.shape[0]}); "
+def _check_sizes(sizes: list[tuple[int, int]], files: list) -> tuple[int, int]:
+    """The common (H, W) of images of these (H, W) sizes; all must share one (else --image-size is needed)."""
+    h, w = tuple(sizes[0]) if sizes else (1, 1)
+    for (hi, wi), f in zip(sizes, files):
+        if (hi, wi) != (h, w):
+            raise DataError(f"images differ in size ({files[0]} is {w}x{h}, {f} is {wi}x{hi}); "
                             f"pass --image-size to resize them all")
     return h, w
 
 
-def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """A decoded [H, W, C] image in the data set's channel count: a grayscale image in a data set
-    with colour images gets 3 equal channels."""
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] < channels else image
+def memory_budget() -> int:
+    """Bytes of decoded images an image folder may take in memory, else it is decoded on access:
+    CON2_MEMORY_BUDGET_MB when set, else a quarter of the memory available now (decoding briefly
+    holds two copies, and a run holds more than its images)."""
+    env = os.environ.get("CON2_MEMORY_BUDGET_MB")
+    if env:
+        try:
+            return int(float(env) * 2**20)
+        except ValueError:
+            raise DataError(f"CON2_MEMORY_BUDGET_MB must be a number of MiB, got {env!r}") from None
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 2**62
+    return available // 4
 
 
 def _stack(arrays: list[np.ndarray], hw: tuple[int, int], channels: int) -> np.ndarray:
@@ -561,6 +488,11 @@ def load_folder(cfg) -> OneClassSplit:
     every image is resized to that square (bicubic, aspect not kept); without it all images must
     already share one size. Unreadable files raise a DataError naming the file, or with
     cfg.skip_bad_files are dropped and counted in meta["skipped_files"].
+
+    The images are decoded into memory once when they fit memory_budget() (or --pipeline tensor
+    asks for it); otherwise, and always for --pipeline dali (which decodes the files itself), every
+    part is a FolderImages that decodes on access, so a folder larger than memory still trains
+    (DALI or worker processes) and scores (chunk by chunk).
     """
     root = Path(cfg.data_root)
     if not root.is_dir():
@@ -604,27 +536,42 @@ def load_folder(cfg) -> OneClassSplit:
         idx = _seeded_normal_split(labels, normal, cfg)
         listed = {s: ([files[i] for i in ix], labels[ix]) for s, ix in idx.items()}
 
+    # Headers first (cheap): they size the decoded data set, which decides whether it is held in memory.
     all_files = [f for s in listed for f in listed[s][0]]
-    decoded, skipped = _decode_all(all_files, cfg.image_size, cfg.skip_bad_files)
-    good = [a for a in decoded if a is not None]
-    channels = 3 if any(a.shape[-1] == 3 for a in good) else 1
+    headers, skipped = map_files(read_header, all_files, cfg.skip_bad_files, "reading")
+    readable = [f for f, h in zip(all_files, headers) if h is not None]
+    channels = 3 if any(h is not None and h[0] == 3 for h in headers) else 1
+    hw = ((cfg.image_size, cfg.image_size) if cfg.image_size
+          else _check_sizes([h[1] for h in headers if h is not None], [str(f) for f in readable]))
+    in_memory = cfg.pipeline == "tensor" or (
+        cfg.pipeline != "dali" and len(readable) * hw[0] * hw[1] * channels <= memory_budget())
+    if in_memory:
+        decoded, bad = decode_files(readable, cfg.image_size, cfg.skip_bad_files)
+        skipped += bad
+        by_file = dict(zip(readable, decoded))
+        images = [by_file.get(f) for f in all_files]
+    else:  # decoded on access (FolderImages); a file damaged past its header fails when it is read
+        images = [f if h is not None else None for f, h in zip(all_files, headers)]
 
     parts, part_files, pos = {}, {}, 0
     for s, (files, labels) in listed.items():
-        arrs = decoded[pos:pos + len(files)]
+        got = images[pos:pos + len(files)]
         pos += len(files)
-        ok = [i for i, a in enumerate(arrs) if a is not None]
+        ok = [i for i, a in enumerate(got) if a is not None]
         part_files[s] = [str(files[i]) for i in ok]
-        parts[s] = ([arrs[i] for i in ok], labels[ok])
+        parts[s] = ([got[i] for i in ok], labels[ok])
     if skipped and not np.isin(parts["train"][1], normal).any():
         raise DataError(f"{root}: no readable training image of normal class {', '.join(cfg.normal_class)} "
                         f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
-    hw = _check_sizes([a for s in parts for a in parts[s][0]], [f for s in parts for f in part_files[s]])
-    brightest = max((int(a.max()) for s in parts for a in parts[s][0] if a.size), default=255)
-    if brightest < 32:
-        warnings.warn(f"{root}: every image is darker than 32 / 255 after decoding (brightest pixel {brightest}); "
-                      f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
-    parts = {s: (_stack(a, hw, channels), y) for s, (a, y) in parts.items()}
+    if in_memory:
+        hw = _check_sizes([a.shape[:2] for s in parts for a in parts[s][0]], [f for s in parts for f in part_files[s]])
+        brightest = max((int(a.max()) for s in parts for a in parts[s][0] if a.size), default=255)
+        if brightest < 32:
+            warnings.warn(f"{root}: every image is darker than 32 / 255 after decoding (brightest pixel {brightest}); "
+                          f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
+        parts = {s: (_stack(a, hw, channels), y) for s, (a, y) in parts.items()}
+    else:
+        parts = {s: (FolderImages(part_files[s], hw, channels), y) for s, (_, y) in parts.items()}
     parts.setdefault("val", None)
 
     meta = {"source": str(root), "split": "given" if has_tree else "seeded",

@@ -51,13 +51,24 @@ class TensorBatchSource(GlobalBatches):
             yield step, views
 
 
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether the tensor pipeline may hold nbytes of training images on `device`: at most half of
+    its free memory on a GPU (the model, its activations and the views need the rest)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= free // 2
+
+
 def make_batch_source(kind: str, split: OneClassSplit, contexts, view_cfg, batch_size, seed, device,
                       dtype=torch.float32, channels_last=False, rank=0, world=1):
-    """Resolve --pipeline (auto|tensor|dali|workers) to a batch source."""
+    """Resolve --pipeline (auto|tensor|dali|workers) to a batch source. auto: the tensor pipeline
+    when the training images are in memory and fit the device; else DALI for an image folder when
+    it is installed; else DataLoader workers."""
     if kind == "auto":
         kind = "tensor"
-        if split.train_files is not None and split.meta.get("in_memory") is False:
-            kind = "dali" if dali.available() else "workers"
+        if not (split.in_memory and fits_on_device(split.train.nbytes, torch.device(device))):
+            kind = "dali" if split.train_files and dali.available() else "workers"
     if kind == "tensor":
         return TensorBatchSource(split.train, contexts, view_cfg, batch_size, seed, device, dtype,
                                  channels_last, rank, world)

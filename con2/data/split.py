@@ -14,6 +14,8 @@ class OneClassSplit:
     train: normal samples of the train split only. val: normal samples of the val split
     (threshold calibration; may be empty). test: the whole test split.
     files_*: source file paths for folder data sets (None for array data sets).
+    A part is a numpy array, or for an image folder larger than memory a con2.data.images.FolderImages
+    (same dtype / shape / indexing, decoded on access; see `in_memory`).
     """
 
     name: str
@@ -48,6 +50,11 @@ class OneClassSplit:
         return getattr(self, name)
 
     @property
+    def in_memory(self) -> bool:
+        """Every part is decoded in memory (False: an image folder decoded on access)."""
+        return all(isinstance(self.part(p), np.ndarray) for p in ("train", "val", "test"))
+
+    @property
     def channels(self) -> int:
         return int(self.train.shape[-1])
 
@@ -71,6 +78,7 @@ class OneClassSplit:
             f"{self.train.shape[1]}x{self.train.shape[2]}x{self.channels}"
             + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: {self.meta['skipped_paths'][0]}"
                if self.meta.get("skipped_files") else "")
+            + ("" if self.in_memory else "; decoded from the files on access (larger than the memory budget)")
             + ("" if 0 < n_anom < len(self.test) else
                "; note: the test split needs normal and anomalous images for `con2 evaluate`")
         )

@@ -23,7 +23,6 @@ from torchvision.transforms import v2
 
 from .batches import GlobalBatches, epoch_permutation
 from .contexts import ContextSet
-from .datasets import center_crop_array, decode_image, with_channels
 from .split import OneClassSplit
 from .views import ViewConfig
 
@@ -45,28 +44,19 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return ((seed * 1_000_003 + epoch) * 100_003 + position) % (2**63)
 
 
-def load_image(path: str, channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """uint8 [H, W, C] from a file, decoded as the folder loader decodes it, in the split's channel count."""
-    return with_channels(decode_image(path, size), channels)
-
-
 class _ViewDataset(Dataset):
     """Item (epoch, position, sample index) -> the sample's 2K views [2K, C, S, S]."""
 
-    def __init__(self, images, files, channels, hw, contexts, cfg, seed, crop=None):
-        self.images, self.files, self.channels, self.hw, self.crop = images, files, channels, hw, crop
+    def __init__(self, images, channels, contexts, cfg, seed):
+        self.images, self.channels = images, channels  # a uint8 [N, H, W, C] array or FolderImages
         self.contexts, self.cfg, self.seed = contexts, cfg, seed
         self.transform = view_transform(cfg, channels)
 
     def __len__(self):
-        return len(self.files) if self.images is None else len(self.images)
+        return len(self.images)
 
     def _sample(self, i: int) -> torch.Tensor:
-        if self.images is not None:
-            a = self.images[i]
-        else:  # decoded as the split was: resized to its pre-crop size, then its centred crop
-            a = center_crop_array(load_image(self.files[i], self.channels, self.hw)[None], self.crop)[0]
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
 
     def __getitem__(self, item):
         epoch, position, i = item
@@ -87,20 +77,15 @@ def _collate(items: list[torch.Tensor]) -> torch.Tensor:
 
 
 class WorkerBatchSource(GlobalBatches):
-    """DataLoader (num_workers processes) over split.train, or over split.train_files when the
-    split is not held in memory (meta["in_memory"] is False)."""
+    """DataLoader (num_workers processes) over split.train: an array in memory, or the files of an
+    image folder decoded by the workers (FolderImages) when it is larger than memory."""
 
     def __init__(self, split: OneClassSplit, contexts: ContextSet | None, view_cfg: ViewConfig, batch_size: int,
                  seed: int, device: torch.device, dtype=torch.float32, channels_last=False, rank=0, world=1,
                  num_workers: int = 2):
-        from_files = split.train_files is not None and split.meta.get("in_memory") is False
-        images = None if from_files else split.train
-        files = list(split.train_files) if from_files else None
-        n = len(files) if from_files else len(images)
-        hw, crop = split.file_decoding
-        self.dataset = _ViewDataset(images, files, split.channels, hw, contexts, view_cfg, seed, crop=crop)
-        self.n = n
-        self.init_batches(n, batch_size, rank, world)
+        self.dataset = _ViewDataset(split.train, split.channels, contexts, view_cfg, seed)
+        self.n = len(split.train)
+        self.init_batches(self.n, batch_size, rank, world)
         self.seed, self.device, self.dtype = seed, torch.device(device), dtype
         self.channels_last = channels_last
         self.num_workers = num_workers

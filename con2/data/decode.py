@@ -1,0 +1,126 @@
+"""Reading image files: listing a folder's images, decoding one file as every con2 loader does,
+reading a file's header only, and decoding many files on threads (I/O and decoding overlap)."""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data set cannot be loaded as asked; the message is one line saying why."""
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"}
+# Pillow modes decoded to one channel: more than 8 bits (scaled by _to_8bit), and 8 bits or fewer.
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+GRAY_MODES = ("1", "L", "LA")
+_EXIF_ORIENTATION = 0x0112
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursively), sorted; hidden files and anything inside hidden
+    folders (.ipynb_checkpoints, .thumbnails, ...) and other suffixes ignored."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _to_8bit(img, path):
+    """Grayscale of more than 8 bits as 8-bit L. 16-bit modes are scaled by 255 / 65535 (not clipped,
+    as convert("L") would); 32-bit integer (I) and float (F) images are read by their value range:
+    0..255 as is, 0..65535 as 16-bit, float 0..1 as fractions; other ranges are refused, not guessed."""
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise DataError(f"{path}: the image has NaN or infinite pixel values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif lo < 0:
+        raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are negative; convert it to 8 or 16 bit")
+    elif img.mode == "F" and hi <= 1.0:
+        scale = 255.0
+    elif hi <= 255.0:
+        scale = 1.0
+    elif hi <= 65535.0 and img.mode == "I":
+        scale = 255.0 / 65535.0
+    else:
+        raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are outside 0..255 / 0..65535 "
+                        f"(or 0..1 for float); convert it to an 8- or 16-bit image")
+    return Image.fromarray((a * scale).clip(0, 255).round().astype(np.uint8))
+
+
+def decode_image(path: Path, size: int | tuple[int, int] | None) -> np.ndarray:
+    """One image file as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour), upright by its EXIF
+    orientation (as DALI's decoder and photo viewers show it), resized to size x size or (H, W) when
+    set (bicubic, as folder data sets are resized). Grayscale of more than 8 bits: see _to_8bit."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in WIDE_GRAY_MODES:
+            img = _to_8bit(img, path)
+        elif img.mode in GRAY_MODES:
+            img = img.convert("L")
+        else:  # RGB, RGBA, P, CMYK, YCbCr, ...
+            img = img.convert("RGB")
+        if size is not None:
+            h, w = (size, size) if isinstance(size, int) else size
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.BICUBIC)
+        arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """A decoded [H, W, C] image in the data set's channel count: a grayscale image in a data set
+    with colour images gets 3 equal channels."""
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] < channels else image
+
+
+def read_header(path: Path) -> tuple[int, tuple[int, int]]:
+    """(channels, (H, W)) that decode_image(path, None) will return, from the file's header only
+    (upright by its EXIF orientation); a file that is not an image raises here, one whose pixel
+    data is damaged only when decoded."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # transposed or rotated by 90 degrees
+            h, w = w, h
+        return (1 if img.mode in WIDE_GRAY_MODES + GRAY_MODES else 3), (h, w)
+
+
+def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: str = "decoding"
+              ) -> tuple[list, list]:
+    """[fn(file)] in file order on threads (None where a file fails), and the files that failed.
+    A failure raises a DataError naming the file unless skip_bad; progress is shown on a terminal."""
+    from tqdm.auto import tqdm
+
+    def safe(p):
+        try:
+            return fn(p), None
+        except DataError as e:  # read, but refused (its message names the file)
+            return None, str(e)
+        except Exception as e:  # any decoder failure: truncated, not an image, unsupported
+            return None, f"{p}: {type(e).__name__}: {e}"
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(tqdm(pool.map(safe, files), total=len(files), desc=f"{what} {len(files)} images",
+                            file=sys.stderr, leave=False, disable=None if len(files) >= 1000 else True))
+    bad = [(p, err) for p, (_, err) in zip(files, results) if err is not None]
+    if bad and not skip_bad:
+        raise DataError(f"cannot read image {bad[0][1]} (use --skip-bad-files to skip unreadable files)")
+    return [r for r, _ in results], [p for p, _ in bad]
+
+
+def decode_files(files: list, size: int | tuple[int, int] | None, skip_bad: bool) -> tuple[list, list]:
+    """decode_image of every file (None where skipped), and the files skipped."""
+    return map_files(lambda p: decode_image(p, size), files, skip_bad)

@@ -1,0 +1,137 @@
+"""Image collections, walked chunk by chunk.
+
+`FolderImages` is what an image folder too large to hold in memory becomes (con2.data.datasets
+decides): a uint8 [N, H, W, C] array-like over the files that decodes on access, exactly as the
+loader would have decoded them. Indexing by an int decodes one image; slices, index arrays and
+masks give another FolderImages (as numpy gives another array); `np.asarray` decodes them all.
+
+`ImageSet` is the one way the scorers and the data fingerprint read any collection (a uint8
+[N, C, H, W] tensor, a uint8 [N, H, W, C] array or a FolderImages): checked once, then read in
+[n, C, H, W] chunks, so no consumer needs the whole collection decoded or copied at once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .decode import DataError, decode_image, map_files, with_channels
+from .split import to_nchw
+
+# A chunk of uint8 pixels read at once by ImageSet.chunks (one decode / one host-to-device copy).
+CHUNK_BYTES = 256 * 2**20
+
+
+def center_crop_array(images: np.ndarray, size: int | None) -> np.ndarray:
+    """The centred size x size square of uint8 [N, H, W, C] (torchvision's CenterCrop offsets)."""
+    if size is None:
+        return images
+    h, w = images.shape[1:3]
+    if size > h or size > w:
+        raise DataError(f"--center-crop {size} is larger than the {h}x{w} images; resize them first (--image-size)")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return np.ascontiguousarray(images[:, top:top + size, left:left + size])
+
+
+class FolderImages:
+    """uint8 [N, H, W, C] images decoded from `files` on access: each resized to `hw` (H, W) as the
+    folder loader resizes, then its centred `crop` square (None: no crop), in `channels` channels."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, files, hw: tuple[int, int], channels: int, crop: int | None = None):
+        self.files = [str(f) for f in files]
+        self.hw = (int(hw[0]), int(hw[1]))
+        self.channels = int(channels)
+        self.crop = None if crop is None else int(crop)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        h, w = (self.crop, self.crop) if self.crop else self.hw
+        return (len(self.files), h, w, self.channels)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return f"FolderImages({len(self)} files, shape={self.shape})"
+
+    def center_cropped(self, size: int | None) -> "FolderImages":
+        if size is None:
+            return self
+        if size > min(self.hw):
+            raise DataError(f"--center-crop {size} is larger than the {self.hw[0]}x{self.hw[1]} images; "
+                            f"resize them first (--image-size)")
+        return FolderImages(self.files, self.hw, self.channels, size)
+
+    def _decode(self, path: str) -> np.ndarray:
+        image = with_channels(decode_image(Path(path), self.hw), self.channels)
+        return center_crop_array(image[None], self.crop)[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self._decode(self.files[key])
+        picked = np.arange(len(self.files))[key]  # slices, index arrays and masks, as numpy reads them
+        return FolderImages([self.files[i] for i in np.atleast_1d(picked)], self.hw, self.channels, self.crop)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        decoded, _ = map_files(self._decode, self.files, skip_bad=False)
+        out = np.stack(decoded) if decoded else np.zeros(self.shape, np.uint8)
+        return out if dtype is None else out.astype(dtype)
+
+
+class ImageSet:
+    """A uint8 image collection checked once and read in [n, C, H, W] tensor chunks.
+
+    images: a uint8 [N, C, H, W] tensor, or a uint8 [N, H, W, C] / [N, H, W] array or FolderImages.
+    shape: (N, C, H, W). expect() checks it against what a consumer needs.
+    """
+
+    def __init__(self, images, name: str = "images"):
+        if isinstance(images, torch.Tensor):
+            dtype_ok = images.dtype == torch.uint8
+            shape = tuple(images.shape) if images.dim() == 4 else None
+        elif isinstance(images, (np.ndarray, FolderImages)):
+            dtype_ok, s = images.dtype == np.uint8, tuple(images.shape)
+            shape = (s[0], s[3], s[1], s[2]) if len(s) == 4 else (s[0], 1, s[1], s[2]) if len(s) == 3 else None
+        else:
+            raise TypeError(f"{name} must be a uint8 tensor [N, C, H, W] or array [N, H, W, C], "
+                            f"got {type(images).__name__}")
+        if not dtype_ok:
+            raise TypeError(f"{name} must be uint8 in 0..255, got {images.dtype}")
+        if shape is None:
+            layout = "[N, C, H, W]" if isinstance(images, torch.Tensor) else "[N, H, W, C]"
+            raise ValueError(f"{name} must be {layout}, got shape {tuple(images.shape)}")
+        if shape[0] == 0:
+            raise ValueError(f"{name} is empty")
+        self.images, self.shape, self.name = images, shape, name
+
+    def expect(self, channels: int | None = None, size: tuple[int, int] | None = None) -> "ImageSet":
+        """self, if the images have `channels` channels and spatial `size` (H, W) (None: any); else a
+        clear error naming the images."""
+        if channels is not None and self.shape[1] != channels:
+            raise ValueError(f"{self.name} have {self.shape[1]} channel(s), the model expects {channels}")
+        if size is not None and tuple(self.shape[2:]) != tuple(size):
+            raise ValueError(f"{self.name} are {self.shape[2]}x{self.shape[3]} px, "
+                             f"the model was trained on {size[0]}x{size[1]} px")
+        return self
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        """Images start..stop as a uint8 [n, C, H, W] tensor (on the collection's device)."""
+        part = self.images[start:stop]
+        return part if isinstance(part, torch.Tensor) else to_nchw(np.asarray(part))
+
+    def chunk_rows(self, multiple: int = 1, chunk_bytes: int = CHUNK_BYTES) -> int:
+        """Images per chunk: about chunk_bytes of pixels, a multiple of `multiple` (a batch size)."""
+        per_image = max(1, int(np.prod(self.shape[1:])))
+        return max(multiple, chunk_bytes // per_image // multiple * multiple)
+
+    def chunks(self, rows: int):
+        """Yield (start, uint8 [n, C, H, W] chunk) over the whole collection."""
+        for start in range(0, len(self), rows):
+            yield start, self.chunk(start, min(len(self), start + rows))

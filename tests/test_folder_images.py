@@ -1,0 +1,239 @@
+"""Image folders larger than memory: FolderImages (decoded on access), the loader's choice between
+it and decoding into memory, chunked scoring and fingerprinting, and --pipeline auto's choice."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from con2.config import TrainConfig
+from con2.data import ContextSet, DataError, OneClassSplit, ViewConfig, load_split
+from con2.data.images import FolderImages, ImageSet
+from con2.data.sources import make_batch_source
+from con2.model import Con2Model
+from con2.run import data_fingerprint
+from con2.scoring import FeatureBank, Gaussian, GaussianMoments, Scorer, ViewEncoder, ledoit_wolf, view_plan
+
+
+def write_folder(root, n_good=12, n_bad=5, size=(20, 16), seed=0, colour_one=True):
+    rng = np.random.default_rng(seed)
+    for cls, n in (("good", n_good), ("bad", n_bad)):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            a = rng.integers(0, 256, (size[1], size[0]), dtype=np.uint8)
+            img = Image.fromarray(a)
+            if colour_one and cls == "bad" and i == 0:
+                img = img.convert("RGB")  # one colour file makes the whole set RGB
+            img.save(root / cls / f"{i}.png")
+    return root
+
+
+def folder_cfg(root, **kw):
+    base = dict(dataset="folder", data_root=str(root), normal_class=["good"], extra={"val_fraction": 0.2})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def no_memory(monkeypatch):
+    """A memory budget of 0 bytes: every folder is decoded on access."""
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")
+
+
+def assert_same_split(lazy, held):
+    assert not lazy.in_memory and held.in_memory
+    for part in ("train", "val", "test"):
+        assert lazy.part(part).shape == held.part(part).shape
+        np.testing.assert_array_equal(np.asarray(lazy.part(part)), held.part(part))
+    np.testing.assert_array_equal(lazy.test_labels, held.test_labels)
+    assert lazy.train_files == held.train_files and lazy.test_files == held.test_files
+    assert lazy.train.files == lazy.train_files
+
+
+@pytest.mark.parametrize("kw", [dict(image_size=12), dict(image_size=14, center_crop=10), dict(max_train_samples=5)],
+                         ids=["resized", "resized-cropped", "native-size-subsampled"])
+def test_a_folder_decoded_on_access_equals_the_folder_decoded_in_memory(tmp_path, monkeypatch, kw):
+    write_folder(tmp_path)
+    held = load_split(folder_cfg(tmp_path, **kw))
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")
+    lazy = load_split(folder_cfg(tmp_path, **kw))
+    assert_same_split(lazy, held)
+    assert lazy.channels == 3 and "decoded from the files on access" in lazy.summary()
+    assert lazy.file_decoding == held.file_decoding
+    assert data_fingerprint(lazy) == data_fingerprint(held)
+
+
+def test_the_pipeline_and_the_budget_decide_what_is_held(tmp_path, monkeypatch):
+    write_folder(tmp_path)
+    assert load_split(folder_cfg(tmp_path)).in_memory  # a few KiB fit any budget
+    assert not load_split(folder_cfg(tmp_path, pipeline="dali")).in_memory  # DALI reads the files itself
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")
+    assert load_split(folder_cfg(tmp_path, pipeline="tensor")).in_memory  # asked for: held whatever the budget
+    assert not load_split(folder_cfg(tmp_path, pipeline="workers")).in_memory
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "lots")
+    with pytest.raises(DataError, match="CON2_MEMORY_BUDGET_MB must be a number of MiB, got 'lots'"):
+        load_split(folder_cfg(tmp_path))
+
+
+def test_headers_name_bad_files_and_size_mismatches_before_any_decoding(tmp_path, no_memory):
+    write_folder(tmp_path, size=(20, 16))
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "good" / "odd.png")
+    with pytest.raises(DataError, match=r"differ in size .* is 9x9"):
+        load_split(folder_cfg(tmp_path))
+    (tmp_path / "good" / "odd.png").unlink()
+    (tmp_path / "good" / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match="cannot read image .*junk.png.*--skip-bad-files"):
+        load_split(folder_cfg(tmp_path))
+    s = load_split(folder_cfg(tmp_path, skip_bad_files=True))
+    assert not s.in_memory and s.meta["skipped_files"] == 1 and s.meta["skipped_paths"][0].endswith("junk.png")
+    assert all("junk" not in f for f in s.train_files + s.test_files)
+
+
+def test_folder_images_index_like_an_array_and_name_a_file_damaged_past_its_header(tmp_path):
+    write_folder(tmp_path, colour_one=False)
+    files = sorted(str(p) for p in (tmp_path / "good").glob("*.png"))
+    imgs = FolderImages(files, (16, 20), 1)
+    full = np.asarray(imgs)
+    assert full.shape == imgs.shape == (12, 16, 20, 1) and full.dtype == np.uint8
+    np.testing.assert_array_equal(imgs[3], full[3])
+    np.testing.assert_array_equal(imgs[-1], full[-1])
+    mask = np.arange(12) % 3 == 0
+    for key in (slice(2, 7), np.array([5, 0, 5]), mask):
+        sub = imgs[key]
+        assert isinstance(sub, FolderImages)
+        np.testing.assert_array_equal(np.asarray(sub), full[key])
+    cropped = imgs.center_cropped(8)
+    assert cropped.shape == (12, 8, 8, 1)
+    np.testing.assert_array_equal(np.asarray(cropped), full[:, 4:12, 6:14])
+    assert FolderImages(files, (16, 20), 3)[0].shape == (16, 20, 3)
+    with pytest.raises(DataError, match="larger than the 16x20 images"):
+        imgs.center_cropped(18)
+    data = open(files[0], "rb").read()
+    open(files[0], "wb").write(data[: len(data) // 2])  # the header reads, the pixels do not
+    with pytest.raises(DataError, match=r"cannot read image .*0\.png"):
+        np.asarray(imgs)
+
+
+def test_image_set_reads_every_layout_in_chunks_and_names_bad_input(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (7, 5, 6, 3), dtype=np.uint8)
+    want = torch.from_numpy(x).permute(0, 3, 1, 2)
+    for images in (x, want.contiguous()):
+        s = ImageSet(images)
+        assert s.shape == (7, 3, 5, 6) and len(s) == 7
+        assert torch.equal(torch.cat([c for _, c in s.chunks(3)]), want)
+        assert [start for start, _ in s.chunks(3)] == [0, 3, 6]
+    assert ImageSet(x[..., 0]).shape == (7, 1, 5, 6)
+    assert ImageSet(x).chunk_rows(multiple=4, chunk_bytes=90 * 8) == 8  # 90 bytes per image, whole batches
+    assert ImageSet(x).chunk_rows(multiple=4, chunk_bytes=1) == 4  # never below one batch
+    with pytest.raises(TypeError, match="must be a uint8 tensor"):
+        ImageSet([1, 2, 3])
+    with pytest.raises(TypeError, match="must be uint8 in 0..255, got float32"):
+        ImageSet(x.astype(np.float32))
+    with pytest.raises(ValueError, match=r"query images must be \[N, H, W, C\]"):
+        ImageSet(x[0, 0], "query images")
+    with pytest.raises(ValueError, match="is empty"):
+        ImageSet(x[:0])
+    with pytest.raises(ValueError, match="have 3 channel.*expects 1"):
+        ImageSet(x).expect(channels=1)
+    with pytest.raises(ValueError, match="are 5x6 px, the model was trained on 8x8 px"):
+        ImageSet(x).expect(size=(8, 8))
+
+
+def test_gaussian_moments_in_chunks_equal_the_one_pass_estimate():
+    g = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(300, 24, generator=g, dtype=torch.float64) * 0.05 + 1.0, dim=1)
+    mean, cov, shrink = ledoit_wolf(z)
+    m = GaussianMoments()
+    for part in torch.split(z, [1, 0, 100, 77, 122]):
+        m.update(part)
+    cmean, ccov, cshrink = m.ledoit_wolf()
+    torch.testing.assert_close(cmean, mean, rtol=0, atol=1e-14)
+    torch.testing.assert_close(ccov, cov, rtol=1e-9, atol=1e-15)
+    assert abs(cshrink - shrink) < 1e-9
+    centred = z - z.mean(0)  # the sklearn formula's own sample covariance
+    torch.testing.assert_close(m.ledoit_wolf()[1].trace(), torch.trace(centred.T @ centred / 300), rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="at least 2 train samples, got 1"):
+        Gaussian.from_moments(GaussianMoments().update(z[:1]))
+
+
+def _encoder(model, views=4):
+    ctx = ContextSet("flip")
+    return ViewEncoder(model.encode, ViewConfig(size=12), ctx, view_plan(views, ctx), seed=3, batch_size=4)
+
+
+def test_banks_and_scores_do_not_depend_on_the_chunking():
+    torch.manual_seed(0)
+    model = Con2Model(in_channels=1, width=4, image_size=12).eval()
+    x = np.random.default_rng(1).integers(0, 256, (13, 12, 12, 1), dtype=np.uint8)
+    enc = _encoder(model)
+    whole = FeatureBank.build(enc, x, log=lambda s: None)
+    chunked = FeatureBank.build(enc, x, log=lambda s: None, chunk_rows=4)
+    assert torch.equal(whole.nnd, chunked.nnd) and torch.equal(whole.nnd_norms, chunked.nnd_norms)
+    for a, b in zip(whole.gaussians, chunked.gaussians):
+        torch.testing.assert_close(a.whitening, b.whitening, rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-12)
+    q = x[:7]
+    s1, s2 = whole.score_views(enc, q), whole.score_views(enc, q, chunk_rows=2)  # float32 GEMMs of other sizes
+    torch.testing.assert_close(s1["nnd"], s2["nnd"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s1["lh"], s2["lh"], rtol=1e-6, atol=1e-5)
+
+
+def test_a_scorer_over_folder_images_scores_as_over_the_decoded_arrays(tmp_path, monkeypatch):
+    write_folder(tmp_path, colour_one=False)
+    held = load_split(folder_cfg(tmp_path, image_size=12))
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")
+    lazy = load_split(folder_cfg(tmp_path, image_size=12))
+    torch.manual_seed(0)
+    model = Con2Model(in_channels=1, width=4, image_size=12).eval()
+    scores = [Scorer(model, ViewConfig(size=12), ContextSet("flip"), sp.train, views=4, batch_size=4)
+              .score(sp.test) for sp in (held, lazy)]
+    for s in ("nnd", "lh"):
+        torch.testing.assert_close(scores[0][s], scores[1][s], rtol=1e-10, atol=1e-10)
+
+
+def test_auto_picks_dali_or_workers_for_a_folder_that_is_not_held(tmp_path, monkeypatch, no_memory):
+    from con2.data import dali, sources
+
+    write_folder(tmp_path, colour_one=False)
+    lazy = load_split(folder_cfg(tmp_path, image_size=12))
+    cfg = ViewConfig(size=12)
+    kind = lambda split: type(make_batch_source("auto", split, ContextSet("flip"), cfg, 4, 0, "cpu")).__name__  # noqa: E731
+    monkeypatch.setattr(dali, "available", lambda: True)
+    assert kind(lazy) == "DaliBatchSource"
+    monkeypatch.setattr(dali, "available", lambda: False)
+    assert kind(lazy) == "WorkerBatchSource"
+    x = np.zeros((8, 12, 12, 1), np.uint8)
+    arrays = OneClassSplit("a", x, x, np.zeros(8, np.int64), x[:0])
+    assert kind(arrays) == "TensorBatchSource"
+    monkeypatch.setattr(sources, "fits_on_device", lambda nbytes, device: False)  # a GPU too small for them
+    assert kind(arrays) == "WorkerBatchSource"
+
+
+def test_workers_train_from_folder_images_as_from_the_decoded_arrays(tmp_path, monkeypatch):
+    write_folder(tmp_path, colour_one=False)
+    held = load_split(folder_cfg(tmp_path, image_size=12))
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")
+    lazy = load_split(folder_cfg(tmp_path, image_size=12))
+    batches = []
+    for sp in (held, lazy):
+        src = make_batch_source("workers", sp, ContextSet("flip"), ViewConfig(size=12), 4, 0, "cpu")
+        src.num_workers = 0
+        batches.append([v for _, v in src.batches_from(1)])
+    assert len(batches[0]) == len(batches[1]) > 0
+    for a, b in zip(*batches):
+        assert torch.equal(a, b)
+
+
+def test_cli_trains_and_evaluates_a_folder_larger_than_the_budget(tmp_path, monkeypatch, capsys):
+    from con2.cli.main import main
+    from con2.run import run_finished
+
+    write_folder(tmp_path / "data", n_good=20, colour_one=False)
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")
+    run = tmp_path / "run"
+    main(["train", "--dataset", "folder", "--data-root", str(tmp_path / "data"), "--normal-class", "good",
+          "--image-size", "12", "--pipeline", "workers", "--epochs", "1", "--width", "4", "--batch-size", "8",
+          "--device", "cpu", "--out", str(run)])
+    assert run_finished(run)
+    assert "decoded from the files on access" in capsys.readouterr().out  # the split summary
+    main(["evaluate", "--run", str(run), "--views", "2", "--quiet"])
+    assert (run / "scores.csv").exists()
