@@ -43,6 +43,10 @@ def info_text() -> str:
 
     lines.append("view pipelines:")
     lines += [f"  {k}: {v}" for k, v in available_pipelines().items()]
+    from .data.datasets import memory_budget
+
+    lines.append(f"image folders held in memory up to {memory_budget() / 2**20:,.0f} MiB decoded "
+                 f"(CON2_MEMORY_BUDGET_MB), larger ones decoded on access")
     for name in ("faiss", "medmnist", "nvidia.dali"):
         lines.append(f"{name}: {_optional_version(name)}")
     return "\n".join(lines)

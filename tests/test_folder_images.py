@@ -109,8 +109,10 @@ def test_folder_images_index_like_an_array_and_name_a_file_damaged_past_its_head
         imgs.center_cropped(18)
     data = open(files[0], "rb").read()
     open(files[0], "wb").write(data[: len(data) // 2])  # the header reads, the pixels do not
-    with pytest.raises(DataError, match=r"cannot read image .*0\.png"):
+    with pytest.raises(DataError, match=r"cannot read image .*0\.png.*readable when the folder was loaded"):
         np.asarray(imgs)
+    with pytest.raises(DataError, match=r"cannot read image .*0\.png"):
+        imgs[0]
 
 
 def test_image_set_reads_every_layout_in_chunks_and_names_bad_input(tmp_path):
@@ -237,3 +239,10 @@ def test_cli_trains_and_evaluates_a_folder_larger_than_the_budget(tmp_path, monk
     assert "decoded from the files on access" in capsys.readouterr().out  # the split summary
     main(["evaluate", "--run", str(run), "--views", "2", "--quiet"])
     assert (run / "scores.csv").exists()
+
+
+def test_info_names_the_memory_budget(monkeypatch):
+    from con2.info import info_text
+
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "1536")
+    assert "image folders held in memory up to 1,536 MiB decoded (CON2_MEMORY_BUDGET_MB)" in info_text()

@@ -19,6 +19,7 @@ import torch
 from .decode import DataError, decode_image, map_files, with_channels
 from .split import to_nchw
 
+DAMAGED = " (it was readable when the folder was loaded; it changed or its pixel data is damaged)"
 # A chunk of uint8 pixels read at once by ImageSet.chunks (one decode / one host-to-device copy).
 CHUNK_BYTES = 256 * 2**20
 
@@ -67,7 +68,12 @@ class FolderImages:
         return FolderImages(self.files, self.hw, self.channels, size)
 
     def _decode(self, path: str) -> np.ndarray:
-        image = with_channels(decode_image(Path(path), self.hw), self.channels)
+        try:
+            image = with_channels(decode_image(Path(path), self.hw), self.channels)
+        except DataError:
+            raise
+        except Exception as e:  # damaged past its header (the loader read the header only)
+            raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}{DAMAGED}") from e
         return center_crop_array(image[None], self.crop)[0]
 
     def __getitem__(self, key):
@@ -77,8 +83,14 @@ class FolderImages:
         return FolderImages([self.files[i] for i in np.atleast_1d(picked)], self.hw, self.channels, self.crop)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        decoded, _ = map_files(self._decode, self.files, skip_bad=False)
-        out = np.stack(decoded) if decoded else np.zeros(self.shape, np.uint8)
+        out = np.empty(self.shape, np.uint8)
+
+        def put(item):  # straight into the result: no second copy of the images
+            out[item[0]] = self._decode(item[1])
+
+        _, failed = map_files(put, list(enumerate(self.files)), skip_bad=True)
+        for i, path in failed:  # decoded again here: one still unreadable raises the DataError naming it
+            out[i] = self._decode(path)
         return out if dtype is None else out.astype(dtype)
 
 
