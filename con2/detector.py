@@ -194,7 +194,7 @@ class Con2Detector(BaseEstimator):
         self.contexts_ = context_set(cfg)
         self.input_shape_ = tuple(int(s) for s in train_imgs.shape[1:])  # H, W, C
         encoder = self._encoder()
-        self.bank_ = FeatureBank.build(encoder, to_nchw(train_imgs), scorers=(self.scorer,), bank_dtype=self.bank_dtype)
+        self.bank_ = FeatureBank.build(encoder, train_imgs, scorers=(self.scorer,), bank_dtype=self.bank_dtype)
         self.decision_scores_ = self.decision_function(cal_imgs)
         self.threshold_ = calibrate_threshold(self.decision_scores_, target_fpr)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)

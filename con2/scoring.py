@@ -150,9 +150,10 @@ class ViewEncoder:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, view: View, role: int, pbar=None,
-               keys: torch.Tensor | None = None) -> torch.Tensor:
+               keys: torch.Tensor | None = None, first: int = 0) -> torch.Tensor:
         """[N, d] float32 representations of uint8 images [N, C, H, W] under one view.
-        keys: image_keys(images), when the caller encodes the same images under several views."""
+        keys: image_keys(images), when the caller encodes the same images under several views.
+        first: the index of images[0] in the caller's whole set (errors name samples by it)."""
         n, _, h, w = images.shape
         params = None
         if view.augmented:
@@ -170,7 +171,7 @@ class ViewEncoder:
                                      params.order[sl], params.gray[sl])
                 x = self._augmented(view, raw, chunk)
             f = self.encode_fn(x).float()
-            check_features(f, view, offset=i)
+            check_features(f, view, offset=first + i)
             out.append(f)
             if pbar is not None:
                 pbar.update(len(x))
@@ -345,7 +346,7 @@ class FeatureBank:
                 keys = image_keys(x)  # on the host: the same keys, whatever the device
                 x = x.to(encoder.device)
                 for view in encoder.plan:
-                    f = encoder.encode(x, view, ROLE_BANK, pbar, keys=keys)
+                    f = encoder.encode(x, view, ROLE_BANK, pbar, keys=keys, first=start)
                     if nnd is None and "nnd" in scorers:
                         nbytes = a * n * f.shape[1] * BANK_DTYPES[bank_dtype].itemsize
                         if nbytes >= LARGE_BANK_BYTES:
@@ -388,7 +389,7 @@ class FeatureBank:
                 x = x.to(encoder.device)
                 rows = slice(start, start + len(x))
                 for view in self.plan:
-                    f = encoder.encode(x, view, ROLE_QUERY, pbar, keys=keys)
+                    f = encoder.encode(x, view, ROLE_QUERY, pbar, keys=keys, first=start)
                     if "nnd" in out:
                         bank = self.nnd[view.index]
                         sim, _ = ops.top1_cosine(f.to(bank.device), bank, bank_norms=self.nnd_norms[view.index])
@@ -450,7 +451,7 @@ class Scorer:
         self.bank = bank
 
     def score_views(self, images, scorers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        images = ImageSet(images).expect(channels=self.channels, size=self.input_size)
+        images = ImageSet(images, "query images").expect(channels=self.channels, size=self.input_size)
         return self.bank.score_views(self.encoder, images, scorers or self.bank.scorers)
 
     def score(self, images, scorers: Iterable[str] | None = None, per_view: bool = False):

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from . import __version__
 from .config import TrainConfig
 from .data import OneClassSplit, load_split
-from .data.sources import make_batch_source
+from .data.sources import make_batch_source, resolve_pipeline
 from .distributed import convert_batchnorm
 from .files import replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
@@ -203,8 +203,8 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     if not resume and ckpt_path.exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
     split = split if split is not None else load_split(cfg)
-    fingerprint = data_fingerprint(split)
     views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
+    fingerprint = data_fingerprint(split)
     ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint, device) if resume and ckpt_path.exists() else None
     if rank == 0:  # only now: a refused --resume leaves the run's files as they were
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,12 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     amp = cfg.amp and on_gpu  # bf16 autocast on the GPU; float32 on the CPU
     if cfg.amp and not on_gpu and progress and rank == 0:
         print("--amp: bf16 autocast is used on the GPU only; training in float32 on the CPU", flush=True)
-    source = make_batch_source(cfg.pipeline, split, contexts, views_cfg, cfg.batch_size, cfg.seed,
+    # auto depends on this host's memory: a resumed run keeps the pipeline that made its views so far
+    pipeline = (ckpt or {}).get("pipeline") if cfg.pipeline == "auto" else None
+    pipeline = pipeline or resolve_pipeline(cfg.pipeline, split, device)
+    if progress and rank == 0 and cfg.pipeline == "auto":
+        print(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
+    source = make_batch_source(pipeline, split, contexts, views_cfg, cfg.batch_size, cfg.seed,
                                device, channels_last=on_gpu, rank=rank, world=world)
     steps_per_epoch = source.steps_per_epoch
     total = cfg.epochs * steps_per_epoch
@@ -266,7 +271,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
             "format": CHECKPOINT_FORMAT, "con2_version": __version__, "config": json.loads(cfg.to_json()),
             "data_fingerprint": fingerprint,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "global_step": global_step, "rng": _rng_state(),
+            "global_step": global_step, "rng": _rng_state(), "pipeline": pipeline,
         }, ckpt_path)
 
     log = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None

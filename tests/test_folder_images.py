@@ -1,5 +1,7 @@
 """Image folders larger than memory: FolderImages (decoded on access), the loader's choice between
 it and decoding into memory, chunked scoring and fingerprinting, and --pipeline auto's choice."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from PIL import Image
 from con2.config import TrainConfig
 from con2.data import ContextSet, DataError, OneClassSplit, ViewConfig, load_split
 from con2.data.images import FolderImages, ImageSet
-from con2.data.sources import make_batch_source
+from con2.data.sources import make_batch_source, resolve_pipeline
 from con2.model import Con2Model
 from con2.run import data_fingerprint
 from con2.scoring import FeatureBank, Gaussian, GaussianMoments, Scorer, ViewEncoder, ledoit_wolf, view_plan
@@ -109,7 +111,7 @@ def test_folder_images_index_like_an_array_and_name_a_file_damaged_past_its_head
         imgs.center_cropped(18)
     data = open(files[0], "rb").read()
     open(files[0], "wb").write(data[: len(data) // 2])  # the header reads, the pixels do not
-    with pytest.raises(DataError, match=r"cannot read image .*0\.png.*readable when the folder was loaded"):
+    with pytest.raises(DataError, match=r"cannot read image .*0\.png.*header was read when the folder was loaded.*remove or replace it"):
         np.asarray(imgs)
     with pytest.raises(DataError, match=r"cannot read image .*0\.png"):
         imgs[0]
@@ -201,6 +203,8 @@ def test_auto_picks_dali_or_workers_for_a_folder_that_is_not_held(tmp_path, monk
     kind = lambda split: type(make_batch_source("auto", split, ContextSet("flip"), cfg, 4, 0, "cpu")).__name__  # noqa: E731
     monkeypatch.setattr(dali, "available", lambda: True)
     assert kind(lazy) == "DaliBatchSource"
+    gif = dataclasses.replace(lazy, train_files=lazy.train_files[:-1] + ["x.gif"])  # DALI cannot decode GIF
+    assert resolve_pipeline("auto", gif, "cpu") == "workers"
     monkeypatch.setattr(dali, "available", lambda: False)
     assert kind(lazy) == "WorkerBatchSource"
     x = np.zeros((8, 12, 12, 1), np.uint8)
@@ -246,3 +250,33 @@ def test_info_names_the_memory_budget(monkeypatch):
 
     monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "1536")
     assert "image folders held in memory up to 1,536 MiB decoded (CON2_MEMORY_BUDGET_MB)" in info_text()
+
+
+def test_a_resumed_auto_run_keeps_its_pipeline_when_the_host_has_less_memory(tmp_path, monkeypatch):
+    from con2.run import load_run
+    from con2.train import train
+
+    write_folder(tmp_path / "data", n_good=20, colour_one=False)
+    cfg = lambda out: folder_cfg(tmp_path / "data", image_size=12, epochs=2, batch_size=4, width=4,  # noqa: E731
+                                 out=str(tmp_path / out), device="cpu", checkpoint_every=1)
+    straight = train(cfg("a"), progress=False)
+    train(cfg("b"), progress=False, stop_after_steps=3)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["pipeline"] == "tensor"
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")  # resumed where the folder no longer fits
+    monkeypatch.setattr("con2.data.dali.available", lambda: True)  # auto would now pick DALI
+    train(cfg("b"), progress=False, resume=True)
+    a, b = load_run(straight)[1].state_dict(), load_run(tmp_path / "b")[1].state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_folder_images_without_resize_refuse_a_file_that_changed_size(tmp_path, no_memory):
+    write_folder(tmp_path, colour_one=False)
+    split = load_split(folder_cfg(tmp_path))
+    assert not split.train.resize and split.train.shape[1:] == (16, 20, 1)
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(split.train.files[0])
+    with pytest.raises(DataError, match=r"decodes to 30x30 px with 1 channel\(s\), the folder's images are 20x16"):
+        split.train[0]
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(split.train.files[0])
+    with pytest.raises(DataError, match="with 3 channel.*with 1"):
+        split.train[0]

@@ -564,6 +564,7 @@ def load_folder(cfg) -> OneClassSplit:
         raise DataError(f"{root}: no readable training image of normal class {', '.join(cfg.normal_class)} "
                         f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
     if in_memory:
+        channels = 3 if any(a.shape[-1] == 3 for s in parts for a in parts[s][0]) else 1  # of the files kept
         hw = _check_sizes([a.shape[:2] for s in parts for a in parts[s][0]], [f for s in parts for f in part_files[s]])
         brightest = max((int(a.max()) for s in parts for a in parts[s][0] if a.size), default=255)
         if brightest < 32:
@@ -571,7 +572,8 @@ def load_folder(cfg) -> OneClassSplit:
                           f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
         parts = {s: (_stack(a, hw, channels), y) for s, (a, y) in parts.items()}
     else:
-        parts = {s: (FolderImages(part_files[s], hw, channels), y) for s, (_, y) in parts.items()}
+        parts = {s: (FolderImages(part_files[s], hw, channels, resize=bool(cfg.image_size)), y)
+                 for s, (_, y) in parts.items()}
     parts.setdefault("val", None)
 
     meta = {"source": str(root), "split": "given" if has_tree else "seeded",

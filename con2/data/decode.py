@@ -87,13 +87,16 @@ def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 def read_header(path: Path) -> tuple[int, tuple[int, int]]:
     """(channels, (H, W)) that decode_image(path, None) will return, from the file's header only
-    (upright by its EXIF orientation); a file that is not an image raises here, one whose pixel
-    data is damaged only when decoded."""
+    (upright by its EXIF orientation, where the header holds it; a PNG's late EXIF chunk is only seen
+    when decoding, which then checks the size); a file that is not an image raises here, one whose
+    pixel data is damaged only when decoded."""
     from PIL import Image
 
     with Image.open(path) as img:
         w, h = img.size
-        if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # transposed or rotated by 90 degrees
+        # a PNG's EXIF may follow its pixels, and getexif() would then decode them all to find it
+        has_exif = img.format != "PNG" or "exif" in img.info
+        if has_exif and img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # transposed / rotated by 90 degrees
             h, w = w, h
         return (1 if img.mode in WIDE_GRAY_MODES + GRAY_MODES else 3), (h, w)
 

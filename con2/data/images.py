@@ -19,7 +19,8 @@ import torch
 from .decode import DataError, decode_image, map_files, with_channels
 from .split import to_nchw
 
-DAMAGED = " (it was readable when the folder was loaded; it changed or its pixel data is damaged)"
+DAMAGED = (" (its header was read when the folder was loaded: its pixel data is damaged or it changed since; "
+           "--skip-bad-files cannot drop it from a folder decoded on access: remove or replace it)")
 # A chunk of uint8 pixels read at once by ImageSet.chunks (one decode / one host-to-device copy).
 CHUNK_BYTES = 256 * 2**20
 
@@ -37,16 +38,21 @@ def center_crop_array(images: np.ndarray, size: int | None) -> np.ndarray:
 
 class FolderImages:
     """uint8 [N, H, W, C] images decoded from `files` on access: each resized to `hw` (H, W) as the
-    folder loader resizes, then its centred `crop` square (None: no crop), in `channels` channels."""
+    folder loader resizes (resize=False: each must already be H x W, as the loader requires without
+    --image-size), then its centred `crop` square (None: no crop), in `channels` channels."""
 
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, files, hw: tuple[int, int], channels: int, crop: int | None = None):
+    def __init__(self, files, hw: tuple[int, int], channels: int, crop: int | None = None, resize: bool = True):
         self.files = [str(f) for f in files]
         self.hw = (int(hw[0]), int(hw[1]))
         self.channels = int(channels)
         self.crop = None if crop is None else int(crop)
+        self.resize = bool(resize)
+
+    def _like(self, files, crop) -> "FolderImages":
+        return FolderImages(files, self.hw, self.channels, crop, self.resize)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -65,22 +71,26 @@ class FolderImages:
         if size > min(self.hw):
             raise DataError(f"--center-crop {size} is larger than the {self.hw[0]}x{self.hw[1]} images; "
                             f"resize them first (--image-size)")
-        return FolderImages(self.files, self.hw, self.channels, size)
+        return self._like(self.files, size)
 
     def _decode(self, path: str) -> np.ndarray:
         try:
-            image = with_channels(decode_image(Path(path), self.hw), self.channels)
+            image = with_channels(decode_image(Path(path), self.hw if self.resize else None), self.channels)
         except DataError:
             raise
         except Exception as e:  # damaged past its header (the loader read the header only)
             raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}{DAMAGED}") from e
+        if image.shape != (*self.hw, self.channels):
+            h, w, c = image.shape
+            raise DataError(f"{path} decodes to {w}x{h} px with {c} channel(s), the folder's images are "
+                            f"{self.hw[1]}x{self.hw[0]} with {self.channels}{DAMAGED}")
         return center_crop_array(image[None], self.crop)[0]
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             return self._decode(self.files[key])
         picked = np.arange(len(self.files))[key]  # slices, index arrays and masks, as numpy reads them
-        return FolderImages([self.files[i] for i in np.atleast_1d(picked)], self.hw, self.channels, self.crop)
+        return self._like([self.files[i] for i in np.atleast_1d(picked)], self.crop)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = np.empty(self.shape, np.uint8)

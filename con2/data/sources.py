@@ -6,6 +6,8 @@ deterministic given (seed, epoch), so training resumes mid-epoch exactly.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -60,15 +62,23 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
     return nbytes <= free // 2
 
 
+def resolve_pipeline(kind: str, split: OneClassSplit, device) -> str:
+    """--pipeline auto -> tensor when the training images are in memory and fit the device; else DALI
+    for an image folder DALI can decode, when it is installed; else workers. Other kinds as given."""
+    if kind != "auto":
+        return kind
+    if split.in_memory and fits_on_device(split.train.nbytes, torch.device(device)):
+        return "tensor"
+    files = split.train_files or []
+    if files and dali.available() and not any(Path(f).suffix.lower() in dali.DALI_CANNOT_DECODE for f in files):
+        return "dali"
+    return "workers"
+
+
 def make_batch_source(kind: str, split: OneClassSplit, contexts, view_cfg, batch_size, seed, device,
                       dtype=torch.float32, channels_last=False, rank=0, world=1):
-    """Resolve --pipeline (auto|tensor|dali|workers) to a batch source. auto: the tensor pipeline
-    when the training images are in memory and fit the device; else DALI for an image folder when
-    it is installed; else DataLoader workers."""
-    if kind == "auto":
-        kind = "tensor"
-        if not (split.in_memory and fits_on_device(split.train.nbytes, torch.device(device))):
-            kind = "dali" if split.train_files and dali.available() else "workers"
+    """The batch source of --pipeline tensor|dali|workers, or auto (resolve_pipeline)."""
+    kind = resolve_pipeline(kind, split, device)
     if kind == "tensor":
         return TensorBatchSource(split.train, contexts, view_cfg, batch_size, seed, device, dtype,
                                  channels_last, rank, world)
