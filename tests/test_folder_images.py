@@ -280,3 +280,20 @@ def test_folder_images_without_resize_refuse_a_file_that_changed_size(tmp_path, 
     Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(split.train.files[0])
     with pytest.raises(DataError, match="with 3 channel.*with 1"):
         split.train[0]
+
+
+def test_each_part_is_held_while_it_fits_train_first(tmp_path, monkeypatch):
+    write_folder(tmp_path, colour_one=False)  # image_size 12, grey: 144 bytes an image
+    held = load_split(folder_cfg(tmp_path, image_size=12))
+    n = {p: len(held.part(p)) for p in ("train", "val", "test")}
+    assert n == {"train": 6, "val": 2, "test": 9}
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", str((8 * 144 + 100) / 2**20))  # train + val, not test
+    mixed = load_split(folder_cfg(tmp_path, image_size=12))
+    assert [type(mixed.part(p)).__name__ for p in ("train", "val", "test")] == ["ndarray", "ndarray", "FolderImages"]
+    for p in ("train", "val", "test"):
+        np.testing.assert_array_equal(np.asarray(mixed.part(p)), held.part(p))
+    assert "; test decoded from the files on access" in mixed.summary() and "train decoded" not in mixed.summary()
+    assert resolve_pipeline("auto", mixed, "cpu") == "tensor"  # the training images are in memory
+    monkeypatch.delenv("CON2_MEMORY_BUDGET_MB")
+    dali_split = load_split(folder_cfg(tmp_path, image_size=12, pipeline="dali"))
+    assert [type(dali_split.part(p)).__name__ for p in ("train", "val", "test")] == ["FolderImages", "ndarray", "ndarray"]

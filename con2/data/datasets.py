@@ -451,6 +451,22 @@ def _check_sizes(sizes: list[tuple[int, int]], files: list) -> tuple[int, int]:
     return h, w
 
 
+def _parts_held(pipeline: str, counts: dict, image_bytes: int) -> set:
+    """The parts of a folder decoded into memory: all for --pipeline tensor; else train, val and test
+    in turn, each while the held parts fit memory_budget() together (train first: the tensor pipeline
+    needs it), never train for --pipeline dali (DALI decodes the files itself). The others are
+    decoded on access."""
+    if pipeline == "tensor":
+        return set(counts)
+    budget, used, held = memory_budget(), 0, set()
+    for part in ("train", "val", "test"):
+        size = counts.get(part, 0) * image_bytes
+        if part in counts and not (pipeline == "dali" and part == "train") and used + size <= budget:
+            held.add(part)
+            used += size
+    return held
+
+
 def memory_budget() -> int:
     """Bytes of decoded images an image folder may take in memory, else it is decoded on access:
     CON2_MEMORY_BUDGET_MB when set, else a quarter of the memory available now (decoding briefly
@@ -489,10 +505,9 @@ def load_folder(cfg) -> OneClassSplit:
     already share one size. Unreadable files raise a DataError naming the file, or with
     cfg.skip_bad_files are dropped and counted in meta["skipped_files"].
 
-    The images are decoded into memory once when they fit memory_budget() (or --pipeline tensor
-    asks for it); otherwise, and always for --pipeline dali (which decodes the files itself), every
-    part is a FolderImages that decodes on access, so a folder larger than memory still trains
-    (DALI or worker processes) and scores (chunk by chunk).
+    Each part (train, val, test) is decoded into memory once when it fits memory_budget()
+    (_parts_held); otherwise it is a FolderImages that decodes on access, so a folder larger than
+    memory still trains (DALI or worker processes) and scores (chunk by chunk).
     """
     root = Path(cfg.data_root)
     if not root.is_dir():
@@ -536,44 +551,41 @@ def load_folder(cfg) -> OneClassSplit:
         idx = _seeded_normal_split(labels, normal, cfg)
         listed = {s: ([files[i] for i in ix], labels[ix]) for s, ix in idx.items()}
 
-    # Headers first (cheap): they size the decoded data set, which decides whether it is held in memory.
+    # Headers first (cheap): they size the decoded parts, which decides which are held in memory.
     all_files = [f for s in listed for f in listed[s][0]]
     headers, skipped = map_files(read_header, all_files, cfg.skip_bad_files, "reading")
-    readable = [f for f, h in zip(all_files, headers) if h is not None]
-    channels = 3 if any(h is not None and h[0] == 3 for h in headers) else 1
+    header = {f: h for f, h in zip(all_files, headers) if h is not None}
+    channels = 3 if any(h[0] == 3 for h in header.values()) else 1
     hw = ((cfg.image_size, cfg.image_size) if cfg.image_size
-          else _check_sizes([h[1] for h in headers if h is not None], [str(f) for f in readable]))
-    in_memory = cfg.pipeline == "tensor" or (
-        cfg.pipeline != "dali" and len(readable) * hw[0] * hw[1] * channels <= memory_budget())
-    if in_memory:
-        decoded, bad = decode_files(readable, cfg.image_size, cfg.skip_bad_files)
-        skipped += bad
-        by_file = dict(zip(readable, decoded))
-        images = [by_file.get(f) for f in all_files]
-    else:  # decoded on access (FolderImages); a file damaged past its header fails when it is read
-        images = [f if h is not None else None for f, h in zip(all_files, headers)]
+          else _check_sizes([h[1] for h in header.values()], [str(f) for f in header]))
+    counts = {s: sum(f in header for f in files) for s, (files, _) in listed.items()}
+    held = _parts_held(cfg.pipeline, counts, hw[0] * hw[1] * channels)
+    to_decode = [f for s in held for f in listed[s][0] if f in header]
+    decoded, bad = decode_files(to_decode, cfg.image_size, cfg.skip_bad_files)
+    skipped += bad
+    by_file = dict(zip(to_decode, decoded))
 
-    parts, part_files, pos = {}, {}, 0
+    # per part: decoded arrays (held) or readable paths (decoded on access by FolderImages)
+    parts, part_files = {}, {}
     for s, (files, labels) in listed.items():
-        got = images[pos:pos + len(files)]
-        pos += len(files)
+        got = [by_file.get(f) if s in held else (f if f in header else None) for f in files]
         ok = [i for i, a in enumerate(got) if a is not None]
         part_files[s] = [str(files[i]) for i in ok]
         parts[s] = ([got[i] for i in ok], labels[ok])
     if skipped and not np.isin(parts["train"][1], normal).any():
         raise DataError(f"{root}: no readable training image of normal class {', '.join(cfg.normal_class)} "
                         f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
-    if in_memory:
-        channels = 3 if any(a.shape[-1] == 3 for s in parts for a in parts[s][0]) else 1  # of the files kept
-        hw = _check_sizes([a.shape[:2] for s in parts for a in parts[s][0]], [f for s in parts for f in part_files[s]])
-        brightest = max((int(a.max()) for s in parts for a in parts[s][0] if a.size), default=255)
+    channels = 3 if any((a.shape[-1] if s in held else header[a][0]) == 3 for s in parts for a in parts[s][0]) else 1
+    arrays = [a for s in held for a in parts[s][0]]
+    if arrays:
+        hw = _check_sizes([a.shape[:2] for a in arrays], [f for s in held for f in part_files[s]])
+        brightest = max(int(a.max()) for a in arrays)
         if brightest < 32:
             warnings.warn(f"{root}: every image is darker than 32 / 255 after decoding (brightest pixel {brightest}); "
                           f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
-        parts = {s: (_stack(a, hw, channels), y) for s, (a, y) in parts.items()}
-    else:
-        parts = {s: (FolderImages(part_files[s], hw, channels, resize=bool(cfg.image_size)), y)
-                 for s, (_, y) in parts.items()}
+    parts = {s: ((_stack(a, hw, channels) if s in held
+                  else FolderImages(part_files[s], hw, channels, resize=bool(cfg.image_size))), y)
+             for s, (a, y) in parts.items()}
     parts.setdefault("val", None)
 
     meta = {"source": str(root), "split": "given" if has_tree else "seeded",

@@ -63,11 +63,11 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
 
 
 def resolve_pipeline(kind: str, split: OneClassSplit, device) -> str:
-    """--pipeline auto -> tensor when the training images are in memory and fit the device; else DALI
+    """--pipeline auto -> tensor when the training images are held in memory and fit the device; else DALI
     for an image folder DALI can decode, when it is installed; else workers. Other kinds as given."""
     if kind != "auto":
         return kind
-    if split.in_memory and fits_on_device(split.train.nbytes, torch.device(device)):
+    if isinstance(split.train, np.ndarray) and fits_on_device(split.train.nbytes, torch.device(device)):
         return "tensor"
     files = split.train_files or []
     if files and dali.available() and not any(Path(f).suffix.lower() in dali.DALI_CANNOT_DECODE for f in files):

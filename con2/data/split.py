@@ -78,7 +78,8 @@ class OneClassSplit:
             f"{self.train.shape[1]}x{self.train.shape[2]}x{self.channels}"
             + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: {self.meta['skipped_paths'][0]}"
                if self.meta.get("skipped_files") else "")
-            + ("" if self.in_memory else "; decoded from the files on access")
+            + ("".join(f"; {p} decoded from the files on access" for p in ("train", "val", "test")
+                       if not isinstance(self.part(p), np.ndarray)))
             + ("" if 0 < n_anom < len(self.test) else
                "; note: the test split needs normal and anomalous images for `con2 evaluate`")
         )
