@@ -185,9 +185,8 @@ def _center_crop_split(split: OneClassSplit, size: int | None) -> OneClassSplit:
         return split
     # recorded for the sources that decode the files again (DALI, file-reading workers): resize, then crop
     meta = {**split.meta, "pre_crop_size": [int(v) for v in split.train.shape[1:3]], "center_crop": int(size)}
-    crop = {part: (images.center_cropped(size) if isinstance(images, FolderImages) else center_crop_array(images, size))
-            for part, images in (("train", split.train), ("val", split.val), ("test", split.test))}
-    return dataclasses.replace(split, **crop, meta=meta)
+    return dataclasses.replace(split, train=center_crop_array(split.train, size), meta=meta,
+                               val=center_crop_array(split.val, size), test=center_crop_array(split.test, size))
 
 
 def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, meta: dict) -> OneClassSplit:

@@ -25,14 +25,20 @@ DAMAGED = (" (its header was read when the folder was loaded: its pixel data is 
 CHUNK_BYTES = 256 * 2**20
 
 
-def center_crop_array(images: np.ndarray, size: int | None) -> np.ndarray:
-    """The centred size x size square of uint8 [N, H, W, C] (torchvision's CenterCrop offsets)."""
-    if size is None:
-        return images
-    h, w = images.shape[1:3]
+def _crop_corner(h: int, w: int, size: int) -> tuple[int, int]:
+    """(top, left) of the centred size x size square of an H x W image (torchvision's CenterCrop offsets)."""
     if size > h or size > w:
         raise DataError(f"--center-crop {size} is larger than the {h}x{w} images; resize them first (--image-size)")
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+
+
+def center_crop_array(images, size: int | None):
+    """The centred size x size square of uint8 [N, H, W, C] images (a FolderImages stays one)."""
+    if size is None:
+        return images
+    if isinstance(images, FolderImages):
+        return images.center_cropped(size)
+    top, left = _crop_corner(*images.shape[1:3], size)
     return np.ascontiguousarray(images[:, top:top + size, left:left + size])
 
 
@@ -68,9 +74,7 @@ class FolderImages:
     def center_cropped(self, size: int | None) -> "FolderImages":
         if size is None:
             return self
-        if size > min(self.hw):
-            raise DataError(f"--center-crop {size} is larger than the {self.hw[0]}x{self.hw[1]} images; "
-                            f"resize them first (--image-size)")
+        _crop_corner(*self.hw, size)  # refuses a crop larger than the images, now rather than at first access
         return self._like(self.files, size)
 
     def _decode(self, path: str) -> np.ndarray:
@@ -145,8 +149,7 @@ class ImageSet:
 
     def chunk(self, start: int, stop: int) -> torch.Tensor:
         """Images start..stop as a uint8 [n, C, H, W] tensor (on the collection's device)."""
-        part = self.images[start:stop]
-        return part if isinstance(part, torch.Tensor) else to_nchw(np.asarray(part))
+        return to_nchw(self.images[start:stop])  # a tensor as it is; an array or FolderImages decoded, NHWC -> NCHW
 
     def chunk_rows(self, multiple: int = 1, chunk_bytes: int = CHUNK_BYTES) -> int:
         """Images per chunk: about chunk_bytes of pixels, a multiple of `multiple` (a batch size)."""
