@@ -2,6 +2,7 @@
 formula, finiteness checks, float16 banks and batch-size invariance."""
 import copy
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from con2 import ops
 from con2.data import ContextSet, ViewConfig
 from con2.model import Con2Model
 from con2.data.keys import image_keys, keyed_uniforms, view_stream
-from con2.scoring import (FeatureBank, Gaussian, NonFiniteFeatures, Scorer, View, ViewEncoder, aggregate,
+from con2.scoring import (CollapsedFeatures, FeatureBank, Gaussian, NonFiniteFeatures, Scorer, View, ViewEncoder, aggregate,
                           ledoit_wolf, view_plan)
 
 IDENTITY_VIEWS = ViewConfig(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
@@ -157,7 +158,8 @@ def test_test_time_views_put_the_context_on_the_second_half():
         want = m if v.index < 2 else -m
         torch.testing.assert_close(got, torch.full((3,), want))
     # bank and queries of the same view see the same kind of view: an identical image scores ~-1
-    bank = FeatureBank.build(enc, imgs, scorers=("nnd",), log=lambda s: None)
+    with pytest.warns(CollapsedFeatures):  # three equal images: one point
+        bank = FeatureBank.build(enc, imgs, scorers=("nnd",), log=lambda s: None)
     per_view = bank.score_views(enc, imgs[:1], ("nnd",))["nnd"]
     assert per_view.shape == (1, 4)
     torch.testing.assert_close(per_view, torch.full((1, 4), -1.0, dtype=torch.float64))
@@ -209,6 +211,19 @@ def test_nan_and_zero_features_are_reported_not_scored():
     enc = ViewEncoder(lambda x: torch.zeros(len(x), 4), IDENTITY_VIEWS, ctx, view_plan(0, ctx))
     with pytest.raises(NonFiniteFeatures, match="all zero"):
         FeatureBank.build(enc, imgs, log=lambda s: None)
+
+
+def test_a_collapsed_train_bank_warns_and_a_spread_one_does_not():
+    ctx = ContextSet("invert")
+    same = torch.full((6, 1, 8, 8), 90, dtype=torch.uint8)
+    enc = ViewEncoder(mean_pixel_encoder, IDENTITY_VIEWS, ctx, view_plan(2, ctx))
+    with pytest.warns(CollapsedFeatures, match=r"6 train images have nearly the same representation under test-time view \d \(spread 0.0e\+00"):
+        bank = FeatureBank.build(enc, same, log=lambda s: None)
+    assert bank.gaussians is not None  # a warning, not a refusal: the scores stay available
+    spread = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 8, 8) * 40
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapsedFeatures)
+        FeatureBank.build(enc, spread.contiguous(), log=lambda s: None)
 
 
 # ----------------------------------------------------------------------------- on a tiny model
@@ -281,7 +296,7 @@ def test_wrong_images_fail_clearly(tiny):
         s.score(test, scorers=("lh",))
 
 
-def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys):
+def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys, monkeypatch):
     # CSI's evaluation fixes the test-time crops at 54 % of the area; the default keeps the training views'
     from con2.cli.main import main
     from con2.config import TrainConfig
@@ -312,6 +327,14 @@ def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys
     assert metrics["crop_scale"] == [0.54, 0.54] and metrics["views"] == 4
     assert {"con2_version", "torch_version", "bank_dtype", "device", "date"} <= set(metrics)
     assert not (run / "scores_views.npz").exists()  # the 2-view file no longer matched metrics.json
+    # the CLI prints a warning as one line, like its errors (any bank counts as collapsed here)
+    monkeypatch.setattr("con2.scoring.COLLAPSED_SPREAD", 2.0)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--views", "2", "--scorers", "nnd", "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [e for e in err if "warning" in e] == [e for e in err if "collapsed" in e] != []
+    assert all(e.startswith("con2 evaluate: warning: the 32 train images have nearly the same") for e in err
+               if "warning" in e)
     with pytest.raises(IsADirectoryError, match="is a directory"):  # before any scoring
         main(["score", "--run", str(run), "--out", str(run), "--debug"])
     with pytest.raises(SystemExit) as exc:
