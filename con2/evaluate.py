@@ -1,4 +1,5 @@
-"""Evaluate a trained run on its one-class test split: both scorers, AUROC / AUPR / FPR95.
+"""Evaluate a trained run on its one-class test split: both scorers, AUROC / AUPR / FPR95;
+score any part of a run's split (`score_split`, behind `con2 score`).
 
 `evaluate_run(run_dir)` writes into the run directory:
   metrics.json      the metrics of every scorer and the settings used
@@ -12,7 +13,7 @@ import csv
 import dataclasses
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable
 
 import numpy as np
 import torch
@@ -121,6 +122,56 @@ def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = 
     if write:
         write_results(run_dir, metrics, scores, split, per_view)
     return metrics
+
+
+@dataclasses.dataclass
+class SplitScores:
+    """One scorer's scores of one part of a run's split, each traceable to its image.
+
+    scores [Q] aggregated over the views (higher = more anomalous), per_view [Q, A]; labels
+    (1 = anomaly), classes and files (None for array data sets) per image, in split order."""
+
+    part: str
+    scorer: str
+    aggregate: str
+    scores: np.ndarray
+    per_view: np.ndarray
+    labels: list[int]
+    classes: list[str]
+    files: list[str] | None
+
+    def write_csv(self, out: IO[str], per_view: bool = False) -> None:
+        """One row per image: index, label, class, file (folder data), score (and each view's)."""
+        w = csv.writer(out)
+        extra = [f"view{i}" for i in range(self.per_view.shape[1])] if per_view else []
+        w.writerow(["index", "label", "class", *(["file"] if self.files else []), f"{self.scorer}_{self.aggregate}",
+                    *extra])
+        for i, s in enumerate(self.scores):
+            row = [i, self.labels[i], self.classes[i], *([self.files[i]] if self.files else []), repr(float(s))]
+            if per_view:
+                row += [repr(float(v)) for v in self.per_view[i]]
+            w.writerow(row)
+
+
+def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", views: int = 40,
+                aggregate: str = "mean", device: str = "auto", seed: int = 0, batch_size: int = 256,
+                bank_dtype: str = "float32", progress: bool = True, crop_scale: tuple[float, float] | None = None,
+                split: OneClassSplit | None = None) -> SplitScores:
+    """Score the `part` ("test", "val" or "train") images of a trained run's split with one scorer,
+    the bank built from its train images under the run's views (what `con2 score` writes)."""
+    if part not in ("test", "val", "train"):
+        raise ValueError(f"part must be test, val or train, got {part!r}")
+    (scorer,) = check_scorers(scorer)
+    cfg, model = load_run(run_dir, device=device)
+    split = split if split is not None else load_split(cfg)
+    images = split.part(part)
+    if not len(images):
+        raise ValueError(f"the {part} split of {run_dir} is empty")
+    labels, classes, files = sample_columns(split, part)  # checked before the scoring
+    per_view = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
+                          crop_scale).score_views(images)[scorer]
+    return SplitScores(part, scorer, aggregate, aggregate_views(per_view, aggregate).numpy(), per_view.numpy(),
+                       labels, classes, files)
 
 
 def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSplit, per_view: bool = False) -> None:

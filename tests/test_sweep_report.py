@@ -148,3 +148,15 @@ def test_report_renders_in_headless_chromium(report_page, tmp_path):
     subprocess.run(args + ["--window-size=1100,3200", f"--screenshot={shot}", report_page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_cli_stops_quietly_when_its_reader_leaves(monkeypatch, capfd):
+    """`con2 score ... | head`: a closed pipe ends the command with 141 (as SIGPIPE would), no error."""
+    from con2.cli.main import main
+
+    def reader_gone(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("con2.cli.detect._report", reader_gone)
+    assert main(["report", "--run", "somewhere"]) == 141
+    assert "error" not in capfd.readouterr().err

@@ -407,7 +407,7 @@ def test_score_csv_names_each_images_class_and_file(tmp_path):
 
     from con2.cli.main import main
     from con2.data import load_split
-    from con2.evaluate import run_scorer
+    from con2.evaluate import run_scorer, score_split
 
     rng = np.random.default_rng(0)
     for cls, n in (("good", 14), ("crack", 4)):
@@ -432,6 +432,16 @@ def test_score_csv_names_each_images_class_and_file(tmp_path):
         want = run_scorer(model, cfg_, split, 2, ("nnd",), progress=False).score(getattr(split, part))["nnd"].numpy()
         np.testing.assert_allclose([float(r["nnd_mean"]) for r in rows], want, rtol=1e-5, atol=1e-6)
     assert sum(int(r["label"]) for r in csv.DictReader((tmp_path / "test.csv").open())) == 4
+    # the library call behind `con2 score` gives the CSV's columns as arrays
+    res = score_split(run, "test", views=2, progress=False, device="cpu")
+    rows = list(csv.DictReader((tmp_path / "test.csv").open()))
+    np.testing.assert_allclose(res.scores, [float(r["nnd_mean"]) for r in rows], rtol=1e-12)
+    assert res.per_view.shape == (len(rows), 2) and res.files == [r["file"] for r in rows]
+    np.testing.assert_allclose(res.per_view.mean(axis=1), res.scores)
+    with pytest.raises(ValueError, match="part must be test, val or train"):
+        score_split(run, "valid")
+    with pytest.raises(ValueError, match="unknown scorer 'knn'"):
+        score_split(run, "test", scorer="knn")
 
 
 def test_training_refuses_images_it_cannot_view_before_writing_anything(tmp_path):

@@ -54,40 +54,22 @@ def _run_dir(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- score
 
 def _score(args) -> None:
-    from ..data import load_split
-    from ..evaluate import run_scorer, sample_columns
-    from ..scoring import aggregate
-    from ..run import load_run
+    from ..evaluate import score_split
+    from ..files import replacing
 
     if args.out:  # fail now, not after the scoring
         out_path = Path(args.out)
         if out_path.is_dir():
             raise IsADirectoryError(f"--out {out_path} is a directory; give a file name such as {out_path / 'scores.csv'}")
         out_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg, model = load_run(args.run, device=args.device)
-    split = load_split(cfg)
-    images = split.part(args.split)
-    if not len(images):
-        raise ValueError(f"the {args.split} split of {args.run} is empty")
-    scorer = run_scorer(model, cfg, split, args.views, (args.scorer,), args.aggregate, args.seed, args.batch_size,
-                        args.bank_dtype, not args.quiet, args.crop_scale)
-    per_view = scorer.score_views(images)[args.scorer]
-    scores = aggregate(per_view, args.aggregate).numpy()
-    labels, classes, files = sample_columns(split, args.split)
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        w = csv.writer(out)
-        extra = [f"view{i}" for i in range(per_view.shape[1])] if args.per_view else []
-        w.writerow(["index", "label", "class", *(["file"] if files else []), f"{args.scorer}_{args.aggregate}", *extra])
-        for i, s in enumerate(scores):
-            row = [i, labels[i], classes[i], *([files[i]] if files else []), repr(float(s))]
-            if args.per_view:
-                row += [repr(float(v)) for v in per_view[i]]
-            w.writerow(row)
-    finally:
-        if args.out:
-            out.close()
-            print(f"wrote {len(scores)} {args.split} scores to {args.out}", file=sys.stderr)
+    result = score_split(args.run, args.split, args.scorer, args.views, args.aggregate, args.device, args.seed,
+                         args.batch_size, args.bank_dtype, not args.quiet, args.crop_scale)
+    if not args.out:
+        result.write_csv(sys.stdout, args.per_view)
+        return
+    with replacing(Path(args.out)) as tmp, open(tmp, "w", newline="") as out:
+        result.write_csv(out, args.per_view)
+    print(f"wrote {len(result.scores)} {args.split} scores to {args.out}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- evaluate

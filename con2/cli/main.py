@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -38,6 +39,9 @@ def _run(args) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `con2 score ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+        return 141
     except (ValueError, OSError, TypeError, RuntimeError, FloatingPointError, MemoryError) as exc:
         if getattr(args, "debug", False):
             raise
