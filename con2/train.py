@@ -181,6 +181,103 @@ def stop_requested(requested: bool, world: int, device: torch.device, sync_point
     return bool(flag.item())
 
 
+def _init_distributed(cfg: TrainConfig) -> tuple[torch.device, int, int, int]:
+    """(device, rank, world size, local rank); under torchrun, each rank's GPU and the process group."""
+    rank, world, local_rank = _dist_env()
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world, local_rank
+
+
+def _training_forward(model: Con2Model, cfg: TrainConfig, device: torch.device, world: int, local_rank: int):
+    """The model as a step calls it: DDP-wrapped across ranks, compiled with --compile."""
+    if world > 1:
+        # the ablations and SimCLR leave one projection head out of the loss
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None,
+                                                          find_unused_parameters=cfg.objective != "con2")
+    return torch.compile(model) if cfg.compile else model
+
+
+def _train_step(forward, optimizer, cfg: TrainConfig, views: torch.Tensor, lr: float, alpha: float,
+                n_contexts: int, offset: int, world: int, amp: bool) -> torch.Tensor:
+    """One optimizer step on a batch of views; returns the loss (on the device, not synchronised)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    n_local = views.shape[0] // (2 * n_contexts)
+    with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=amp):
+        z_context, z_content = forward(views)
+    zc, zs, ctx, ids = _gather_projections(z_context.float(), z_content.float(), n_local, n_contexts, offset, world)
+    loss = objective_loss(cfg, zc, zs, ctx, ids, alpha)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+class _FiniteWatch:
+    """The first step whose loss was not finite, kept on the device: testing the loss on the host
+    every step would stall the GPU queue each step. `check` reads it where the host waits anyway
+    (metrics lines, at least once per epoch) and before every checkpoint, so no non-finite state
+    is ever saved."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        self.first_bad = torch.where(torch.isfinite(loss) | (self.first_bad >= 0), self.first_bad, step)
+
+    def check(self) -> None:
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise FloatingPointError(f"loss became non-finite (nan or inf) at step {bad}; lower --lr, raise --temperature "
+                                     "or disable --amp")
+
+
+class _StepLog:
+    """metrics.jsonl and the progress bar, on rank 0: a line every LOG_EVERY steps and at epoch ends,
+    with the views per second since the last line."""
+
+    def __init__(self, run_dir: Path, total: int, initial: int, rank: int, progress: bool):
+        self.file = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
+        self.bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+        self.t_last, self.views = time.perf_counter(), 0
+
+    def step(self, n_views: int, line: tuple | None = None) -> None:
+        """After a step of n_views views (all ranks); line = (epoch, step, global step, loss, lr, alpha)
+        to write a metrics line."""
+        self.views += n_views
+        if line is not None:
+            self._line(*line)
+        if self.bar:
+            self.bar.update(1)
+
+    def _line(self, epoch: int, step: int, global_step: int, loss: float, lr: float, alpha: float) -> None:
+        now = time.perf_counter()
+        rate = self.views / max(now - self.t_last, 1e-9)
+        self.t_last, self.views = now, 0
+        if self.file:
+            self.file.write(json.dumps({"epoch": epoch, "step": step, "global_step": global_step, "loss": loss,
+                                        "lr": lr, "alpha": alpha, "views_per_s": rate}) + "\n")
+            self.file.flush()
+        if self.bar:
+            self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", views_s=f"{rate:.0f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+        if self.file:
+            self.file.close()
+
+
 def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool = True,
           resume: bool = False, stop_after_steps: int | None = None, deadline: float | None = None) -> Path:
     """Train a Con2 (or ablation / SimCLR) model; returns the run directory.
@@ -190,14 +287,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     time-boxed jobs (a lent GPU call, a batch-queue slot); `run_finished` tells the two apart.
     """
     cfg.validate()
-    rank, world, local_rank = _dist_env()
-    device = resolve_device(cfg.device)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    device, rank, world, local_rank = _init_distributed(cfg)
     run_dir = Path(cfg.out)
     ckpt_path = run_dir / "checkpoint.pt"
     if not resume and ckpt_path.exists():
@@ -211,8 +301,8 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         write_text(run_dir / "config.json", cfg.to_json())
 
     torch.manual_seed(cfg.seed)
-    if progress and rank == 0:
-        print(split.summary(), flush=True)
+    say = print if progress and rank == 0 else (lambda *a, **k: None)
+    say(split.summary(), flush=True)
     contexts = context_set(cfg)
     model = build_model(cfg, split).to(device)
     on_gpu = device.type == "cuda"
@@ -220,21 +310,16 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         model = model.to(memory_format=torch.channels_last)
     if world > 1:
         model = convert_batchnorm(model, device)
-        # the ablations and SimCLR leave one projection head out of the loss
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None,
-                                                        find_unused_parameters=cfg.objective != "con2")
-    else:
-        ddp = model
-    forward = torch.compile(ddp) if cfg.compile else ddp
+    forward = _training_forward(model, cfg, device, world, local_rank)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     amp = cfg.amp and on_gpu  # bf16 autocast on the GPU; float32 on the CPU
-    if cfg.amp and not on_gpu and progress and rank == 0:
-        print("--amp: bf16 autocast is used on the GPU only; training in float32 on the CPU", flush=True)
+    if cfg.amp and not on_gpu:
+        say("--amp: bf16 autocast is used on the GPU only; training in float32 on the CPU", flush=True)
     # auto depends on this host's memory: a resumed run keeps the pipeline that made its views so far
     pipeline = (ckpt or {}).get("pipeline") if cfg.pipeline == "auto" else None
     pipeline = pipeline or resolve_pipeline(cfg.pipeline, split, device)
-    if progress and rank == 0 and cfg.pipeline == "auto":
-        print(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
+    if cfg.pipeline == "auto":
+        say(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
     source = make_batch_source(pipeline, split, contexts, views_cfg, cfg.batch_size, cfg.seed,
                                device, channels_last=on_gpu, rank=rank, world=world)
     steps_per_epoch = source.steps_per_epoch
@@ -247,24 +332,14 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"])
         global_step = int(ckpt["global_step"])
-        if progress and rank == 0:
-            print(f"resuming {run_dir} at step {global_step}/{total}", flush=True)
-    elif resume and rank == 0 and progress:
-        print(f"--resume: no checkpoint in {run_dir}, starting fresh", flush=True)
+        say(f"resuming {run_dir} at step {global_step}/{total}", flush=True)
+    elif resume:
+        say(f"--resume: no checkpoint in {run_dir}, starting fresh", flush=True)
 
-    # First step whose loss was not finite, kept on the device: testing the loss on the host every
-    # step would stall the GPU queue each step. Read where the host waits anyway (metrics lines,
-    # at least once per epoch) and before every checkpoint, so no non-finite state is ever saved.
-    nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)
-
-    def check_finite():
-        bad = int(nonfinite_at)
-        if bad >= 0:
-            raise FloatingPointError(f"loss became non-finite (nan or inf) at step {bad}; lower --lr, raise --temperature "
-                                     "or disable --amp")
+    finite = _FiniteWatch(device)
 
     def checkpoint():
-        check_finite()
+        finite.check()
         if rank != 0:
             return
         _atomic_save({
@@ -274,50 +349,23 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
             "global_step": global_step, "rng": _rng_state(), "pipeline": pipeline,
         }, ckpt_path)
 
-    log = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=global_step, unit="step", dynamic_ncols=True)
+    log = _StepLog(run_dir, total, global_step, rank, progress)
     model.train()
-    t_last, views_since = time.perf_counter(), 0
     try:
         with _Interrupt() as interrupt:
             while global_step < total:
                 epoch, start_step = divmod(global_step, steps_per_epoch)
                 for step, views in source.batches_from(epoch, start_step):
                     lr, alpha = schedule(cfg, global_step, total)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    n_local = views.shape[0] // (2 * n_contexts)
                     offset = source.local_slice(*source.batches[step]).start if world > 1 else 0
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        z_context, z_content = forward(views)
-                    zc, zs, ctx, ids = _gather_projections(z_context.float(), z_content.float(), n_local,
-                                                           n_contexts, offset, world)
-                    loss = objective_loss(cfg, zc, zs, ctx, ids, alpha)
-                    nonfinite_at = torch.where(torch.isfinite(loss) | (nonfinite_at >= 0), nonfinite_at, global_step)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    loss = _train_step(forward, optimizer, cfg, views, lr, alpha, n_contexts, offset, world, amp)
+                    finite.record(loss, global_step)
                     global_step += 1
-                    views_since += views.shape[0] * world
                     last_in_epoch = step == steps_per_epoch - 1
-                    if global_step % LOG_EVERY == 0 or last_in_epoch or global_step == total:
-                        check_finite()
-                        now = time.perf_counter()
-                        rate = views_since / max(now - t_last, 1e-9)
-                        t_last, views_since = now, 0
-                        if log:
-                            log.write(json.dumps({"epoch": epoch, "step": step, "global_step": global_step,
-                                                  "loss": loss.item(), "lr": lr, "alpha": alpha,
-                                                  "views_per_s": rate}) + "\n")
-                            log.flush()
-                        if bar:
-                            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", views_s=f"{rate:.0f}", refresh=False)
-                    if bar:
-                        bar.update(1)
+                    line = global_step % LOG_EVERY == 0 or last_in_epoch or global_step == total
+                    if line:
+                        finite.check()
+                    log.step(views.shape[0] * world, (epoch, step, global_step, loss.item(), lr, alpha) if line else None)
                     if last_in_epoch and ((epoch + 1) % cfg.checkpoint_every == 0):
                         checkpoint()
                     if stop_requested(interrupt.requested, world, device, last_in_epoch or global_step % LOG_EVERY == 0):
@@ -338,10 +386,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                   flush=True)
         raise
     finally:
-        if bar:
-            bar.close()
-        if log:
-            log.close()
+        log.close()
     check_trained_model(model, next(source.batches_from(0))[1], amp)
     checkpoint()
     if rank == 0:
