@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DATASETS = ("digits", "breast", "pneumonia", "oct", "derma", "blood", "cifar10", "cifar100", "npz", "folder")
 CONTEXTS = ("invert", "flip", "equalize")
@@ -51,10 +51,11 @@ class TrainConfig:
     skip_bad_files: bool = False
     split_seed: int = 0  # seeded split for npz/folder data without one
     test_fraction: float = 0.3
+    val_fraction: float | None = None  # normals to val in a seeded split; None: 0 (npz, folder), 0.1 (digits)
+    n_train: int | None = None  # a seeded npz / folder split: exactly this many train normals (BR35H: 1000)
     max_train_samples: int | None = None  # subsample the train set (quick runs)
     compile: bool = False
     out: str = "runs/run"
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         def bad(msg):
@@ -89,11 +90,13 @@ class TrainConfig:
             bad(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
         if not 0 < self.test_fraction < 1:
             bad(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
-        val_fraction = self.extra.get("val_fraction", 0.0)
+        val_fraction = self.val_fraction or 0.0
         if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
             bad(f"--val-fraction must be in [0, 1), got {val_fraction!r}")
         if self.test_fraction + val_fraction >= 1:
             bad(f"--test-fraction {self.test_fraction} + --val-fraction {val_fraction} leave no normals to train on")
+        if self.n_train is not None and self.n_train < 1:
+            bad(f"--n-train must be >= 1, got {self.n_train}")
         if self.image_size is not None and self.image_size < MIN_IMAGE_SIDE:
             bad(f"--image-size must be >= {MIN_IMAGE_SIDE}, got {self.image_size}")
         if self.center_crop is not None and self.center_crop < MIN_IMAGE_SIDE:
@@ -109,6 +112,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        legacy = d.pop("extra", None) or {}  # runs before val_fraction / n_train were fields kept them here
+        for key in ("val_fraction", "n_train"):
+            if key in legacy and d.get(key) is None:
+                d[key] = legacy.pop(key)
+        if legacy:
+            raise ValueError(f"unknown configuration keys: {', '.join('extra.' + k for k in sorted(legacy))}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

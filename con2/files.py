@@ -1,4 +1,5 @@
-"""Writing a run's files so that an interrupted write never leaves a half-written one."""
+"""Writing a run's files so that an interrupted write never leaves a half-written one, and reading
+its JSON files with an error that names a damaged one."""
 from __future__ import annotations
 
 import json
@@ -27,3 +28,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2))
+
+
+def read_json(path: str | Path) -> dict:
+    """The JSON object in `path`; a damaged file (cut short, not JSON) is a ValueError naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is corrupt (not valid JSON: {exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is corrupt (a JSON {type(data).__name__}, not an object)")
+    return data

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 
 from .data.split import to_nchw
 from .evaluate import METRICS_FILE, SCORES_FILE, evaluate_run, format_metrics, read_scores, scoring_view_config
+from .files import read_json
 
 
 def _subplots(nrows=1, ncols=1, figsize=(5, 4), **kw):
@@ -141,7 +141,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
     if len(labels) != len(split.test):
         raise ValueError(f"{run_dir}/{SCORES_FILE} has {len(labels)} rows but the test split has "
                          f"{len(split.test)} images; rerun `con2 evaluate --run {run_dir}`")
-    metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).exists() else {}
+    metrics = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else {}
 
     # contexts: the run's; the SimCLR baseline is shown with the context named in its config
     contexts = ContextSet(cfg.context)

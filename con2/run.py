@@ -20,7 +20,7 @@ from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.datasets import DataError
 from .data.images import ImageSet
 from .data.keys import image_keys
-from .files import replacing, write_json
+from .files import read_json, replacing, write_json
 from .model import Con2Model
 
 MODEL_FORMAT = "con2-model/1"
@@ -28,7 +28,7 @@ MODEL_FORMAT = "con2-model/1"
 # been trained with them. Paths, device, pipeline, compile and checkpointing may change.
 IDENTITY_KEYS = ("dataset", "context", "objective", "normal_class", "image_size", "center_crop", "resolution",
                  "epochs", "batch_size", "lr", "weight_decay", "temperature", "amp", "seed", "width",
-                 "split_seed", "test_fraction", "max_train_samples")
+                 "split_seed", "test_fraction", "val_fraction", "n_train", "max_train_samples")
 
 
 def run_identity(cfg: TrainConfig) -> dict:
@@ -96,13 +96,6 @@ def save_model(model: Con2Model, run_dir: Path, cfg: TrainConfig) -> None:
     write_json(run_dir / "model.json", info)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is corrupt (not valid JSON: {exc})") from None
-
-
 def run_finished(run_dir: str | Path) -> bool:
     """Whether training of the run in `run_dir` ran to the end (its final model is written)."""
     return (Path(run_dir) / "model.safetensors").exists() and (Path(run_dir) / "model.json").exists()
@@ -116,8 +109,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
             raise FileNotFoundError(
                 f"{run_dir} is not a finished con2 run: {name} is missing (train it, or --resume it)"
             )
-    cfg = TrainConfig.from_dict(_read_json(run_dir / "config.json"))
-    info = _read_json(run_dir / "model.json")
+    cfg = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    info = read_json(run_dir / "model.json")
     if info.get("format") != MODEL_FORMAT:
         raise ValueError(f"{run_dir}/model.json has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
     weights = run_dir / "model.safetensors"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -26,14 +25,14 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .files import write_json
+from .files import read_json, write_json
 from .run import run_finished
 from .scoring import SCORERS
 
 MANIFEST = "manifest.json"
 SWEEP_FORMAT = "con2-sweep/1"
 # Fields of the base config that may differ between the sweep's runs or between invocations.
-_PER_RUN = ("normal_class", "seed", "out", "device", "pipeline", "checkpoint_every", "compile", "extra")
+_PER_RUN = ("normal_class", "seed", "out", "device", "pipeline", "checkpoint_every", "compile")
 
 
 def dataset_classes(dataset: str) -> list[str]:
@@ -63,7 +62,7 @@ def load_manifest(out: Path, base: TrainConfig, eval_settings: dict) -> dict:
     path = out / MANIFEST
     if not path.exists():
         return {"format": SWEEP_FORMAT, "base_config": _base_dict(base), "eval": eval_settings, "runs": {}}
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path)
     if manifest.get("format") != SWEEP_FORMAT:
         raise ValueError(f"{path} is not a con2 sweep manifest")
     old, new = manifest["base_config"], _base_dict(base)
@@ -107,7 +106,7 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
                 print(f"[{i}/{len(todo)}] {key}: done, skipped", flush=True)
             continue
         run_dir = out / key
-        cfg = dataclasses.replace(base, normal_class=[c], seed=s, out=str(run_dir), extra=dict(base.extra)).validate()
+        cfg = dataclasses.replace(base, normal_class=[c], seed=s, out=str(run_dir)).validate()
         entry.pop("error", None)
         try:
             if not run_finished(run_dir):

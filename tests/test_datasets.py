@@ -63,12 +63,12 @@ def test_pneumoniamnist_official_split():
 def test_br35h_seeded_split():
     path = need("br35h_64.npz")
     # METHOD section 10: 1000 normals for training, other 500 normals + 1500 tumours for testing.
-    s = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"], extra={"n_train": 1000}))
+    s = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"], n_train=1000))
     check_split(s, 1000, 0, 2000, 1500)
     assert s.train.shape[1:] == (64, 64, 1)
     s2 = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"]))  # test_fraction 0.3
     check_split(s2, 1050, 0, 1950, 1500)
-    s3 = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"], extra={"n_train": 1000}))
+    s3 = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"], n_train=1000))
     assert np.array_equal(s.train, s3.train)  # seeded: reproducible
 
 

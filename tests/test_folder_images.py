@@ -30,7 +30,7 @@ def write_folder(root, n_good=12, n_bad=5, size=(20, 16), seed=0, colour_one=Tru
 
 
 def folder_cfg(root, **kw):
-    base = dict(dataset="folder", data_root=str(root), normal_class=["good"], extra={"val_fraction": 0.2})
+    base = dict(dataset="folder", data_root=str(root), normal_class=["good"], val_fraction=0.2)
     base.update(kw)
     return TrainConfig(**base)
 

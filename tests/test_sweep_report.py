@@ -68,6 +68,12 @@ def test_sweep_resumes_without_retraining(tmp_path, monkeypatch):
     changed = TrainConfig(dataset="digits", width=8, epochs=2, image_size=8, device="cpu")
     with pytest.raises(ValueError, match="epochs=1.*epochs=2"):
         run_sweep(changed, ["8"], [0], tmp_path, views=0, progress=False)
+    other_split = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu", val_fraction=0.2)
+    with pytest.raises(ValueError, match="val_fraction=None.*val_fraction=0.2"):  # one split for every run
+        run_sweep(other_split, ["8"], [0], tmp_path, views=0, progress=False)
+    (tmp_path / "manifest.json").write_text('{"format": "con2-sweep/1", "base_con')
+    with pytest.raises(ValueError, match="manifest.json is corrupt"):
+        run_sweep(base, ["8"], [0], tmp_path, views=0, progress=False)
 
 
 def test_a_failed_run_is_recorded_and_the_others_are_tabulated(tmp_path, monkeypatch):

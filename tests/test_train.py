@@ -110,6 +110,8 @@ def test_resume_with_other_settings_fails(tmp_path):
         train(tiny_cfg(tmp_path / "a", batch_size=4), split, progress=False, resume=True)
     with pytest.raises(ValueError, match="normal_class"):
         train(tiny_cfg(tmp_path / "a", normal_class=["3"]), split, progress=False, resume=True)
+    with pytest.raises(ValueError, match="val_fraction was None, now 0.2"):  # a split setting names itself
+        train(tiny_cfg(tmp_path / "a", val_fraction=0.2), split, progress=False, resume=True)
     with pytest.raises(ValueError, match="training images differ"):  # same settings, other pixels
         train(tiny_cfg(tmp_path / "a"), tiny_split(seed=1), progress=False, resume=True)
     assert (tmp_path / "a" / "config.json").read_text() == config  # a refused resume changes nothing
@@ -307,6 +309,16 @@ def test_cli_time_limit_pauses_and_resume_finishes(tmp_path, capsys):
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="unknown configuration keys: colour"):
         TrainConfig.from_dict({"colour": 1})
+    # runs written before val_fraction / n_train were fields kept them in `extra`
+    legacy = TrainConfig.from_dict({"dataset": "npz", "extra": {"val_fraction": 0.2, "n_train": 1000}})
+    assert (legacy.val_fraction, legacy.n_train) == (0.2, 1000)
+    assert TrainConfig.from_dict({"extra": {}}).val_fraction is None
+    with pytest.raises(ValueError, match="unknown configuration keys: extra.colour"):
+        TrainConfig.from_dict({"extra": {"colour": 1}})
+    with pytest.raises(ValueError, match="--n-train must be >= 1"):
+        TrainConfig(n_train=0).validate()
+    with pytest.raises(ValueError, match="leave no normals"):
+        TrainConfig(test_fraction=0.5, val_fraction=0.5).validate()
     with pytest.raises(ValueError, match="unknown context"):
         TrainConfig(context="rotate").validate()
     with pytest.raises(ValueError, match="needs --normal-class"):
@@ -332,6 +344,8 @@ def test_paper_preset_sets_the_papers_schedule_and_preprocessing():
     c = parsed("--dataset", "cifar10", "--normal-class", "0", "--preset", "paper")
     assert (c.image_size, c.center_crop, c.batch_size) == (None, None, 512)  # CIFAR: 32 x 32 as is
     assert (parsed("--dataset", "breast").image_size, parsed("--dataset", "breast").epochs) == (None, 20)
+    c = parsed("--dataset", "npz", "--normal-class", "0", "--n-train", "1000", "--val-fraction", "0.1")
+    assert (c.n_train, c.val_fraction) == (1000, 0.1)  # the BR35H protocol's split, from the command line
 
 
 def test_predict_applies_the_runs_center_crop(tmp_path):
@@ -418,7 +432,7 @@ def test_score_csv_names_each_images_class_and_file(tmp_path):
     main(["train", "--dataset", "folder", "--data-root", str(tmp_path / "data"), "--normal-class", "good",
           "--test-fraction", "0.3", "--val-fraction", "0.2", "--epochs", "1", "--width", "4", "--batch-size", "8",
           "--device", "cpu", "--out", str(run)])
-    assert load_run(run)[0].extra == {"val_fraction": 0.2}
+    assert load_run(run)[0].val_fraction == 0.2
     for part in ("test", "val"):
         out = tmp_path / f"{part}.csv"
         main(["score", "--run", str(run), "--views", "2", "--split", part, "--out", str(out), "--quiet"])

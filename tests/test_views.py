@@ -484,7 +484,7 @@ def _cropped_folder_split(tmp_path, pipeline="dali"):
                 a[:4] = 0  # a dark border that the crop removes (40 -> 32 px: rows 0-3; the crop starts at 4)
                 Image.fromarray(a).save(tmp_path / cls / f"{i}.png")
     sp = load_split(TrainConfig(dataset="folder", data_root=str(tmp_path), normal_class=["good"], image_size=32,
-                                center_crop=24, extra={"n_train": 4}, pipeline=pipeline))
+                                center_crop=24, n_train=4, pipeline=pipeline))
     assert sp.meta["pre_crop_size"] == [32, 32] and sp.meta["center_crop"] == 24
     assert sp.in_memory == (pipeline == "tensor")
     return sp

@@ -17,7 +17,8 @@ class Row:
     center_crop: int | None = None  # keep the centred square (paper: 256 -> 224)
     data_file: str | None = None
     normal_class: tuple[str, ...] | None = None
-    extra: dict = field(default_factory=dict)
+    n_train: int | None = None  # seeded npz split: train normals (BR35H: 1000)
+    extra: dict = field(default_factory=dict)  # the paper's other numbers, for the report
     paper_lh: float | None = None
     scorer: str = "nnd"  # the scorer the paper's number is for
 
@@ -41,10 +42,10 @@ def _rows() -> list[Row]:
         rows.append(Row(f"pneumonia-{ctx}", "pneumonia", ctx, paper))
         rows.append(Row(f"pneumonia224-{ctx}", "pneumonia", ctx, paper, image_size=256, center_crop=224))
     rows.append(Row("br35h-invert", "npz", "invert", 100.0, data_file="br35h_64.npz", normal_class=("0",),
-                    extra={"n_train": 1000}))
+                    n_train=1000))
     # the paper's pre-processing (resize 256, centre-crop 224) from the derived 64 px file
     rows.append(Row("br35h224-invert", "npz", "invert", 100.0, data_file="br35h_64.npz", normal_class=("0",),
-                    image_size=256, center_crop=224, extra={"n_train": 1000}))
+                    image_size=256, center_crop=224, n_train=1000))
     for ctx, paper, lh in (("flip", 95.3, 94.7), ("invert", 94.6, 93.7)):
         for c in range(10):
             rows.append(Row(f"cifar10-{ctx}-c{c}", "cifar10", ctx, None, data_file=f"cifar10_c{c}.npz",
@@ -69,4 +70,4 @@ def row_config(row: Row, data_root: str, **fields):
                        resolution=row.resolution, image_size=row.image_size, center_crop=row.center_crop,
                        normal_class=list(row.normal_class) if row.normal_class else None,
                        data_file=str(Path(data_root) / row.data_file) if row.data_file else None,
-                       extra=dict(row.extra), **fields)
+                       n_train=row.n_train, **fields)

@@ -42,20 +42,21 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="normals held out for test in the seeded split of npz / folder data (default 0.3)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="normals held out for val (threshold calibration) in that split (default 0; digits 0.1)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="in that split, exactly this many normals to train and the rest to test and val, "
+                        "instead of --test-fraction (BR35H protocol: 1000)")
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--preset", choices=("paper", "quick"), default=None)
 
 
-# every TrainConfig field has its option (dashes for underscores); `extra` holds --val-fraction
-_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
+# every TrainConfig field has its option (dashes for underscores)
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     explicit = {f for f in _FIELDS if getattr(args, f, None) is not None}
     cfg = TrainConfig(**{f: getattr(args, f) for f in explicit})
-    if getattr(args, "val_fraction", None) is not None:  # a split option the loaders read from extra
-        cfg.extra["val_fraction"] = args.val_fraction
     if "out" not in explicit:
         cfg.out = f"runs/{cfg.dataset}-{cfg.context.replace(',', '+')}-{cfg.objective}-s{cfg.seed}"
     return apply_preset(cfg, args.preset, explicit).validate()

@@ -11,10 +11,10 @@ Splits, by source:
   (`cfg.split_seed`) of the *normal* samples only; every anomalous sample goes to test, because
   anomalies are never trained on and val is normal-only (threshold calibration).
   Normals: round(test_fraction * n) to test, round(val_fraction * n) to val
-  (`cfg.extra["val_fraction"]`, default 0), the rest to train. `cfg.extra["n_train"]` instead
-  fixes the number of training normals; test then gets all normals not in train or val.
+  (`cfg.val_fraction`, default 0), the rest to train. `cfg.n_train` instead fixes the number
+  of training normals; test then gets all normals not in train or val.
   BR35H as METHOD section 10 suggests (1000 normal train; 500 normal + 1500 tumour test):
-  `extra={"n_train": 1000}` (the default test_fraction 0.3 gives 1050 / 450 instead).
+  `n_train=1000`, `--n-train 1000` (the default test_fraction 0.3 gives 1050 / 450 instead).
 * digits (scikit-learn's 8x8 digits): a seeded per-class split, 60 % train / 10 % val / 30 % test
   (test = `cfg.test_fraction`), so anomalies in test are the test part of the other digits.
   Default normal digit "8", default size 16 px (see `load_digits_split`).
@@ -222,9 +222,9 @@ def _seeded_normal_split(labels: np.ndarray, normal: tuple, cfg) -> dict:
     rng = np.random.default_rng(cfg.split_seed)
     normal_idx = rng.permutation(np.flatnonzero(np.isin(labels, normal)))
     n = len(normal_idx)
-    n_val = int(round(float(cfg.extra.get("val_fraction", 0.0)) * n))
-    if cfg.extra.get("n_train") is not None:
-        n_train = int(cfg.extra["n_train"])
+    n_val = int(round(float(cfg.val_fraction or 0.0) * n))
+    if cfg.n_train is not None:
+        n_train = int(cfg.n_train)
         if not 0 < n_train <= n - n_val:
             raise DataError(f"n_train={n_train} must be in 1..{n - n_val} ({n} normal samples, {n_val} for val)")
         n_test = n - n_train - n_val
@@ -397,7 +397,7 @@ def load_npz(cfg) -> OneClassSplit:
         idx = _seeded_normal_split(labels, normal, cfg)
         parts = {s: (images[i], labels[i]) for s, i in idx.items()}
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
-                    n_train=cfg.extra.get("n_train"), val_fraction=cfg.extra.get("val_fraction", 0.0))
+                    n_train=cfg.n_train, val_fraction=cfg.val_fraction or 0.0)
     return _one_class(path.stem, parts, normal, names, cfg.image_size, meta)
 
 
@@ -408,7 +408,7 @@ def load_digits_split(cfg) -> OneClassSplit:
 
     Upscaled to 16 px by default (cfg.image_size overrides; 8 keeps the native size) so the
     network's feature maps do not shrink to 1x1 too early. Seeded per-class split:
-    test_fraction (0.3) to test, 10 % (extra["val_fraction"]) to val, the rest (60 %) to train.
+    test_fraction (0.3) to test, 10 % (val_fraction) to val, the rest (60 %) to train.
     Digit 8 is the default because raw-pixel nearest neighbour does not already solve it.
     """
     from sklearn.datasets import load_digits
@@ -419,7 +419,7 @@ def load_digits_split(cfg) -> OneClassSplit:
     names = {i: str(i) for i in range(10)}
     normal = _resolve_classes(cfg.normal_class or [DIGITS_DEFAULT_CLASS], names, "digits")
     rng = np.random.default_rng(cfg.split_seed)
-    val_fraction = float(cfg.extra.get("val_fraction", 0.1))
+    val_fraction = 0.1 if cfg.val_fraction is None else float(cfg.val_fraction)
     idx = {"train": [], "val": [], "test": []}
     for c in range(10):
         members = rng.permutation(np.flatnonzero(labels == c))
@@ -591,7 +591,7 @@ def load_folder(cfg) -> OneClassSplit:
             "skipped_files": len(skipped), "skipped_paths": [str(p) for p in skipped]}
     if not has_tree:
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
-                    n_train=cfg.extra.get("n_train"), val_fraction=cfg.extra.get("val_fraction", 0.0))
+                    n_train=cfg.n_train, val_fraction=cfg.val_fraction or 0.0)
     if "val" in part_files:
         meta["val_files"] = part_files["val"]
     split = _one_class(root.name, parts, normal, names, None, meta)
