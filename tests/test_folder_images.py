@@ -297,3 +297,47 @@ def test_each_part_is_held_while_it_fits_train_first(tmp_path, monkeypatch):
     monkeypatch.delenv("CON2_MEMORY_BUDGET_MB")
     dali_split = load_split(folder_cfg(tmp_path, image_size=12, pipeline="dali"))
     assert [type(dali_split.part(p)).__name__ for p in ("train", "val", "test")] == ["FolderImages", "ndarray", "ndarray"]
+
+
+def test_a_held_part_drops_a_file_damaged_past_its_header_and_keeps_the_others_in_order(tmp_path):
+    write_folder(tmp_path, n_good=12, n_bad=5)
+    clean = load_split(folder_cfg(tmp_path))
+    victim = clean.train_files[3]
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[: len(data) // 2])  # the header reads, the pixels do not
+    with pytest.raises(DataError, match=r"cannot read image .*\.png.*use --skip-bad-files"):
+        load_split(folder_cfg(tmp_path))
+    s = load_split(folder_cfg(tmp_path, skip_bad_files=True))
+    assert s.in_memory and s.meta["skipped_paths"] == [victim]
+    assert s.train_files == [f for f in clean.train_files if f != victim]
+    np.testing.assert_array_equal(s.train, np.delete(clean.train, 3, axis=0))  # the rows after it moved up
+    np.testing.assert_array_equal(s.test, clean.test)
+
+
+def test_a_folder_whose_only_colour_file_is_skipped_is_grayscale(tmp_path):
+    write_folder(tmp_path)  # bad/0.png is the only RGB file
+    colour = str(tmp_path / "bad" / "0.png")
+    clean = load_split(folder_cfg(tmp_path))
+    assert clean.channels == 3
+    data = open(colour, "rb").read()
+    open(colour, "wb").write(data[: len(data) // 2])
+    s = load_split(folder_cfg(tmp_path, skip_bad_files=True))
+    assert s.in_memory and s.meta["skipped_paths"] == [colour] and s.channels == 1 and s.test.shape[-1] == 1
+    assert colour not in s.test_files
+    np.testing.assert_array_equal(s.train, clean.train[..., :1])  # gray files: every channel was the gray one
+
+
+def test_a_held_folder_is_decoded_once_into_its_array(tmp_path):
+    """Decoding into memory holds the images once (not a list of images and then their stack)."""
+    import tracemalloc
+
+    write_folder(tmp_path, n_good=300, n_bad=2, size=(128, 128), colour_one=False)
+    tracemalloc.start()
+    try:
+        s = load_split(folder_cfg(tmp_path, val_fraction=0.0))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    held = sum(s.part(p).nbytes for p in ("train", "test"))
+    assert held == 302 * 128 * 128
+    assert peak < 1.25 * held, f"peak {peak / held:.2f} x the decoded images"

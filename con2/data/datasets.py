@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import DataError, decode_files, list_images, map_files, read_header, with_channels
+from .decode import DataError, list_images, map_files, read_header
 from .images import FolderImages, center_crop_array
 from .split import OneClassSplit
 
@@ -198,12 +198,17 @@ def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, 
     te_x, te_y = parts["test"]
     va = parts.get("val")
     is_normal = lambda y: np.isin(y, normal)  # noqa: E731
-    train = tr_x[is_normal(tr_y)]
+
+    def normals(x, y):  # not a masked copy when every sample is normal (a held folder part)
+        keep = is_normal(y)
+        return x if keep.all() else x[keep]
+
+    train = normals(tr_x, tr_y)
     if len(train) == 0:
         names = ", ".join(repr(class_names.get(c, c)) for c in normal)
         raise DataError(f"{name}: normal class {names} has no training samples; "
                         f"classes available: {_available(class_names)}")
-    val = va[0][is_normal(va[1])] if va is not None else _empty_like(train)
+    val = normals(*va) if va is not None else _empty_like(train)
     return OneClassSplit(
         name=name,
         train=resize_images(train, image_size),
@@ -487,13 +492,6 @@ def memory_budget() -> int:
     return available // 4
 
 
-def _stack(arrays: list[np.ndarray], hw: tuple[int, int], channels: int) -> np.ndarray:
-    """[N, H, W, C] in the data set's channel count (with_channels)."""
-    if not arrays:
-        return np.zeros((0, *hw, channels), np.uint8)
-    return np.stack([with_channels(a, channels) for a in arrays])
-
-
 def load_folder(cfg) -> OneClassSplit:
     """An image-folder tree: <root>/<class>/... or <root>/{train,val,test}/<class>/...
 
@@ -559,32 +557,31 @@ def load_folder(cfg) -> OneClassSplit:
           else _check_sizes([h[1] for h in header.values()], [str(f) for f in header]))
     counts = {s: sum(f in header for f in files) for s, (files, _) in listed.items()}
     held = _parts_held(cfg.pipeline, counts, hw[0] * hw[1] * channels)
-    to_decode = [f for s in held for f in listed[s][0] if f in header]
-    decoded, bad = decode_files(to_decode, cfg.image_size, cfg.skip_bad_files)
-    skipped += bad
-    by_file = dict(zip(to_decode, decoded))
 
-    # per part: decoded arrays (held) or readable paths (decoded on access by FolderImages)
+    # per part: a FolderImages of the readable files, decoded into memory when held
     parts, part_files = {}, {}
     for s, (files, labels) in listed.items():
-        got = [by_file.get(f) if s in held else (f if f in header else None) for f in files]
-        ok = [i for i, a in enumerate(got) if a is not None]
+        ok = [i for i, f in enumerate(files) if f in header]
+        images = FolderImages([files[i] for i in ok], hw, channels, resize=bool(cfg.image_size))
+        if s in held:
+            images, bad = images.load(cfg.skip_bad_files)
+            skipped += bad
+            ok = [i for i in ok if str(files[i]) not in set(bad)]
         part_files[s] = [str(files[i]) for i in ok]
-        parts[s] = ([got[i] for i in ok], labels[ok])
+        parts[s] = (images, labels[ok])
     if skipped and not np.isin(parts["train"][1], normal).any():
         raise DataError(f"{root}: no readable training image of normal class {', '.join(cfg.normal_class)} "
                         f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
-    channels = 3 if any((a.shape[-1] if s in held else header[a][0]) == 3 for s in parts for a in parts[s][0]) else 1
-    arrays = [a for s in held for a in parts[s][0]]
-    if arrays:
-        hw = _check_sizes([a.shape[:2] for a in arrays], [f for s in held for f in part_files[s]])
-        brightest = max(int(a.max()) for a in arrays)
+    if channels == 3 and not any(header[Path(f)][0] == 3 for s in parts for f in part_files[s]):
+        # the only colour files were among those skipped: the rest are grayscale, as if they had never been
+        parts = {s: (np.ascontiguousarray(a[..., :1]) if s in held else FolderImages(a.files, a.hw, 1, resize=a.resize), y)
+                 for s, (a, y) in parts.items()}
+    held_arrays = [parts[s][0] for s in held if len(parts[s][0])]
+    if held_arrays:
+        brightest = max(int(a.max()) for a in held_arrays)
         if brightest < 32:
             warnings.warn(f"{root}: every image is darker than 32 / 255 after decoding (brightest pixel {brightest}); "
                           f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
-    parts = {s: ((_stack(a, hw, channels) if s in held
-                  else FolderImages(part_files[s], hw, channels, resize=bool(cfg.image_size))), y)
-             for s, (a, y) in parts.items()}
     parts.setdefault("val", None)
 
     meta = {"source": str(root), "split": "given" if has_tree else "seeded",

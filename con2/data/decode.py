@@ -122,8 +122,3 @@ def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: s
     if bad and not skip_bad:
         raise DataError(f"cannot read image {bad[0][1]} (use --skip-bad-files to skip unreadable files)")
     return [r for r, _ in results], [p for p, _ in bad]
-
-
-def decode_files(files: list, size: int | tuple[int, int] | None, skip_bad: bool) -> tuple[list, list]:
-    """decode_image of every file (None where skipped), and the files skipped."""
-    return map_files(lambda p: decode_image(p, size), files, skip_bad)

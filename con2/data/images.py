@@ -77,18 +77,43 @@ class FolderImages:
         _crop_corner(*self.hw, size)  # refuses a crop larger than the images, now rather than at first access
         return self._like(self.files, size)
 
-    def _decode(self, path: str) -> np.ndarray:
+    def _decode(self, path: str, hint: str = DAMAGED) -> np.ndarray:
+        """One image as the loader decodes it; a failure is a DataError naming the file, with `hint`
+        (after loading: the file is damaged; while loading, "": the loader's own message follows)."""
         try:
             image = with_channels(decode_image(Path(path), self.hw if self.resize else None), self.channels)
         except DataError:
             raise
         except Exception as e:  # damaged past its header (the loader read the header only)
-            raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}{DAMAGED}") from e
+            if not hint:
+                raise
+            raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}{hint}") from e
         if image.shape != (*self.hw, self.channels):
             h, w, c = image.shape
             raise DataError(f"{path} decodes to {w}x{h} px with {c} channel(s), the folder's images are "
-                            f"{self.hw[1]}x{self.hw[0]} with {self.channels}{DAMAGED}")
+                            f"{self.hw[1]}x{self.hw[0]} with {self.channels}{hint}")
         return center_crop_array(image[None], self.crop)[0]
+
+    def load(self, skip_bad: bool = False) -> tuple[np.ndarray, list[str]]:
+        """(every image in one uint8 array, the files left out), as the folder loader holds a part in
+        memory: decoded straight into the array, so the images are never held twice. A file that
+        cannot be decoded raises a DataError naming it, or with skip_bad is left out (the rows after
+        it move up in place)."""
+        out = np.empty(self.shape, np.uint8)
+        row = {path: i for i, path in enumerate(self.files)}
+
+        def put(path):
+            out[row[path]] = self._decode(path, hint="")
+
+        _, failed = map_files(put, self.files, skip_bad)
+        if not failed:
+            return out, []
+        gone = set(failed)
+        kept = [i for i, path in enumerate(self.files) if path not in gone]
+        for j, i in enumerate(kept):  # i >= j: each row moves up into a row already read
+            if i != j:
+                out[j] = out[i]
+        return out[:len(kept)], failed
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
