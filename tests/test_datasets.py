@@ -344,8 +344,11 @@ def test_folder_of_nearly_black_images_warns(tmp_path):
     for i, cls in enumerate(("good", "good", "good", "bad")):
         a = (np.random.default_rng(i).integers(0, 4096, (12, 12))).astype(np.uint16)  # 12-bit in 16-bit PNGs
         Image.fromarray(a).save(_mk(tmp_path / cls) / f"{i}.png")
-    with pytest.warns(UserWarning, match="12-bit data stored in 16-bit"):
+    with pytest.warns(UserWarning, match="every image is darker.*12-bit data stored in 16-bit"):
         load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["good"]))
+    dark_sample = r"every image checked \(2 held in memory, 2 of 2 decoded on access\) is darker"
+    with pytest.warns(UserWarning, match=dark_sample):  # the train part decoded on access
+        load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["good"], pipeline="dali"))
 
 
 def _mk(path: Path) -> Path:

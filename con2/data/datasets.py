@@ -492,6 +492,28 @@ def memory_budget() -> int:
     return available // 4
 
 
+# Images of a folder part decoded on access that the near-black check decodes (evenly spaced).
+DARK_CHECK_SAMPLES = 32
+
+
+def _warn_if_dark(root: Path, held: list, on_access: list) -> None:
+    """Warn when every image is near black (12-bit data in 16-bit files): all held images, and up to
+    DARK_CHECK_SAMPLES evenly spaced images of each part decoded on access."""
+    held = [a for a in held if len(a)]
+    sampled = [imgs[np.linspace(0, len(imgs) - 1, min(len(imgs), DARK_CHECK_SAMPLES)).round().astype(int)]
+               for imgs in on_access if len(imgs)]
+    if not held and not sampled:
+        return
+    brightest = max([int(a.max()) for a in held] + [int(np.asarray(f).max()) for f in sampled])
+    if brightest < 32:
+        n_held, n_sampled = sum(len(a) for a in held), sum(len(f) for f in sampled)
+        n_lazy = sum(len(imgs) for imgs in on_access)
+        which = ("every image is" if not sampled else
+                 f"every image checked ({n_held} held in memory, {n_sampled} of {n_lazy} decoded on access) is")
+        warnings.warn(f"{root}: {which} darker than 32 / 255 after decoding (brightest pixel {brightest}); "
+                      f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
+
+
 def load_folder(cfg) -> OneClassSplit:
     """An image-folder tree: <root>/<class>/... or <root>/{train,val,test}/<class>/...
 
@@ -576,12 +598,7 @@ def load_folder(cfg) -> OneClassSplit:
         # the only colour files were among those skipped: the rest are grayscale, as if they had never been
         parts = {s: (np.ascontiguousarray(a[..., :1]) if s in held else FolderImages(a.files, a.hw, 1, resize=a.resize), y)
                  for s, (a, y) in parts.items()}
-    held_arrays = [parts[s][0] for s in held if len(parts[s][0])]
-    if held_arrays:
-        brightest = max(int(a.max()) for a in held_arrays)
-        if brightest < 32:
-            warnings.warn(f"{root}: every image is darker than 32 / 255 after decoding (brightest pixel {brightest}); "
-                          f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
+    _warn_if_dark(root, [parts[s][0] for s in held], [parts[s][0] for s in parts if s not in held])
     parts.setdefault("val", None)
 
     meta = {"source": str(root), "split": "given" if has_tree else "seeded",
