@@ -107,6 +107,10 @@ class TrainConfig:
             bad(f"--dataset {self.dataset} needs --normal-class")
         return self
 
+    def split_val_fraction(self) -> float:
+        """The fraction of normals a seeded split puts in val (resolve_val_fraction)."""
+        return resolve_val_fraction(self.dataset, self.val_fraction)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
@@ -124,6 +128,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**d)
+
+
+def resolve_val_fraction(dataset: str | None, val_fraction: float | None) -> float:
+    """val_fraction, or the data set's default when None: 0.1 for digits, 0 for npz and folder."""
+    if val_fraction is not None:
+        return float(val_fraction)
+    return 0.1 if dataset == "digits" else 0.0
 
 
 def apply_preset(cfg: TrainConfig, preset: str | None, explicit: set[str]) -> TrainConfig:

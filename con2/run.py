@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .config import MIN_IMAGE_SIDE, TrainConfig
+from .config import MIN_IMAGE_SIDE, TrainConfig, resolve_val_fraction
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.datasets import DataError
 from .data.images import ImageSet
@@ -32,13 +32,18 @@ IDENTITY_KEYS = ("dataset", "context", "objective", "normal_class", "image_size"
 
 
 def run_identity(cfg: TrainConfig) -> dict:
-    return {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+    """The settings that define a run; val_fraction as the split uses it (None and the default agree)."""
+    return {k: cfg.split_val_fraction() if k == "val_fraction" else getattr(cfg, k) for k in IDENTITY_KEYS}
 
 
 def identity_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
     """'key was X, now Y' for the first identity setting that differs, else None. Keys the saved
     identity lacks (written by an older con2) are not compared."""
     now = json.loads(json.dumps(run_identity(cfg)))  # lists / tuples as JSON has them
+    legacy = saved.get("extra") or {}  # configs written before val_fraction / n_train were fields
+    saved = {**{k: legacy[k] for k in ("val_fraction", "n_train") if k in legacy}, **saved}
+    if "val_fraction" in saved:  # a whole config holds the field as set, an identity as resolved
+        saved["val_fraction"] = resolve_val_fraction(saved.get("dataset"), saved["val_fraction"])
     for key in IDENTITY_KEYS:
         if key in saved and saved[key] != now[key]:
             return f"{key} was {saved[key]!r}, now {now[key]!r}"

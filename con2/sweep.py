@@ -66,7 +66,8 @@ def load_manifest(out: Path, base: TrainConfig, eval_settings: dict) -> dict:
     if manifest.get("format") != SWEEP_FORMAT:
         raise ValueError(f"{path} is not a con2 sweep manifest")
     old, new = manifest["base_config"], _base_dict(base)
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    # a setting the manifest lacks (written before it existed) is not compared
+    diff = sorted(k for k in set(old) | set(new) if old.get(k, new.get(k)) != new.get(k))
     if diff:
         k = diff[0]
         raise ValueError(f"{out} holds a sweep with {k}={old.get(k)!r}, now {k}={new.get(k)!r}; "

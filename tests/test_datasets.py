@@ -317,6 +317,48 @@ def test_decode_image_turns_photos_upright_by_exif_as_dali_does(tmp_path):
     assert out[:4].mean() > 200 and out[8:].mean() < 50
 
 
+def _late_exif_png(a: np.ndarray, path: Path, orientation: int = 6) -> None:
+    """A PNG whose eXIf chunk (rotate 90 degrees) follows its pixel data, as some tools write it."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    data = buf.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    iend = data.rfind(b"IEND") - 4
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:iend] + chunk + data[iend:])
+
+
+@pytest.mark.parametrize("budget", [None, "0"], ids=["held", "decoded-on-access"])
+def test_a_png_rotated_by_an_exif_chunk_after_its_pixels_is_sized_upright(tmp_path, monkeypatch, budget):
+    from con2.data.decode import decode_image, read_header
+
+    rng = np.random.default_rng(0)
+    for cls, n in (("good", 6), ("bad", 3)):
+        for i in range(n):
+            _late_exif_png(rng.integers(0, 256, (16, 20), dtype=np.uint8), tmp_path / cls / f"{i}.png")
+    first = tmp_path / "good" / "0.png"
+    with Image.open(first) as img:
+        assert "exif" not in img.info  # the header alone does not show it
+    assert read_header(first) == (1, (20, 16)) and decode_image(first, None).shape == (20, 16, 1)
+    if budget is not None:
+        monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", budget)
+    s = load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["good"]))
+    assert s.train.shape[1:] == (20, 16, 1) and np.asarray(s.test).shape[1:] == (20, 16, 1)
+    # a file that decodes to another size than its header said is named, never skipped as unreadable
+    from con2.data.images import FolderImages
+
+    Image.fromarray(rng.integers(0, 256, (16, 20), dtype=np.uint8)).save(first)  # 20 wide, 16 high
+    with pytest.raises(DataError, match=r"0\.png decodes to 20x16 px.*folder's images are 16x20.*--image-size"):
+        FolderImages([str(first)], (20, 16), 1, resize=False).load(skip_bad=True)
+
+
 def test_folder_ignores_hidden_folders_and_names_half_trees_and_skipped_normals(tmp_path):
     for i in range(4):
         save(tmp_path / "flat" / "good" / f"{i}.png", seed=i)

@@ -341,3 +341,25 @@ def test_a_held_folder_is_decoded_once_into_its_array(tmp_path):
     held = sum(s.part(p).nbytes for p in ("train", "test"))
     assert held == 302 * 128 * 128
     assert peak < 1.25 * held, f"peak {peak / held:.2f} x the decoded images"
+
+
+def test_load_decodes_a_repeated_file_into_every_row_it_fills(tmp_path):
+    write_folder(tmp_path, colour_one=False)
+    imgs = FolderImages(sorted(str(p) for p in (tmp_path / "good").glob("*.png")), (16, 20), 1)
+    picked = imgs[np.array([0, 3, 0, 3])]
+    loaded, skipped = picked.load()
+    assert skipped == []
+    np.testing.assert_array_equal(loaded, np.asarray(picked))
+    np.testing.assert_array_equal(loaded[0], loaded[2])
+
+
+def test_a_damaged_file_in_a_part_decoded_on_access_does_not_fail_the_dark_check(tmp_path, no_memory):
+    write_folder(tmp_path, n_good=12, n_bad=5)
+    clean = load_split(folder_cfg(tmp_path, pipeline="workers"))
+    victim = clean.test_files[0]
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[: len(data) // 2])  # the header reads, the pixels do not
+    s = load_split(folder_cfg(tmp_path, pipeline="workers", skip_bad_files=True))  # loads as before the check
+    assert not s.in_memory and victim in s.test_files
+    with pytest.raises(DataError, match="header was read when the folder was loaded"):
+        np.asarray(s.test)  # it fails where it is used, naming the file

@@ -11,7 +11,7 @@ import torch
 
 from con2.config import TrainConfig
 from con2.data import OneClassSplit
-from con2.run import load_run, run_finished, view_config
+from con2.run import identity_mismatch, load_run, run_finished, view_config
 from con2.train import schedule, train
 
 
@@ -110,8 +110,13 @@ def test_resume_with_other_settings_fails(tmp_path):
         train(tiny_cfg(tmp_path / "a", batch_size=4), split, progress=False, resume=True)
     with pytest.raises(ValueError, match="normal_class"):
         train(tiny_cfg(tmp_path / "a", normal_class=["3"]), split, progress=False, resume=True)
-    with pytest.raises(ValueError, match="val_fraction was None, now 0.2"):  # a split setting names itself
+    with pytest.raises(ValueError, match="val_fraction was 0.1, now 0.2"):  # a split setting names itself
         train(tiny_cfg(tmp_path / "a", val_fraction=0.2), split, progress=False, resume=True)
+    saved = json.loads(config)
+    assert identity_mismatch(saved, tiny_cfg(tmp_path / "a", val_fraction=0.1)) is None  # digits' default, given
+    legacy = {"dataset": "npz", "extra": {"val_fraction": 0.2, "n_train": 50}}  # before they were fields
+    assert identity_mismatch(legacy, TrainConfig(dataset="npz", val_fraction=0.2, n_train=50)) is None
+    assert identity_mismatch(legacy, TrainConfig(dataset="npz", n_train=50)) == "val_fraction was 0.2, now 0.0"
     with pytest.raises(ValueError, match="training images differ"):  # same settings, other pixels
         train(tiny_cfg(tmp_path / "a"), tiny_split(seed=1), progress=False, resume=True)
     assert (tmp_path / "a" / "config.json").read_text() == config  # a refused resume changes nothing

@@ -143,7 +143,7 @@ def summarise(row_name: str, seeds: list[dict], wall: float, args: dict) -> dict
            "paper": row.paper, "paper_scorer": row.scorer, "epochs": seeds[0]["epochs"],
            "batch_size": seeds[0]["batch_size"], "views": args["views"], "amp": args["amp"],
            "seeds": seeds, "wall_s": round(wall, 1), "device": seeds[0]["device"], "commit": _commit(),
-           "date": time.strftime("%Y-%m-%d"), "extra": row.extra,
+           "date": time.strftime("%Y-%m-%d"), "extra": {**row.extra, **({"n_train": row.n_train} if row.n_train else {})},
            "command": row_command(row_name, [r["seed"] for r in seeds], args)}
     if os.environ.get("CON2_LAUNCHER"):  # the outer command (device_job.py) that ran this one
         out["launched_by"] = os.environ["CON2_LAUNCHER"]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..scoring import AGGREGATES, BANK_DTYPES, MAX_VIEWS, SCORERS
+from .output import write_output
 
 
 def _checked(convert, ok, expected: str):
@@ -55,7 +56,6 @@ def _run_dir(p: argparse.ArgumentParser) -> None:
 
 def _score(args) -> None:
     from ..evaluate import score_split
-    from ..files import replacing
 
     if args.out:  # fail now, not after the scoring
         out_path = Path(args.out)
@@ -64,12 +64,9 @@ def _score(args) -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     result = score_split(args.run, args.split, args.scorer, args.views, args.aggregate, args.device, args.seed,
                          args.batch_size, args.bank_dtype, not args.quiet, args.crop_scale)
-    if not args.out:
-        result.write_csv(sys.stdout, args.per_view)
-        return
-    with replacing(Path(args.out)) as tmp, open(tmp, "w", newline="") as out:
-        result.write_csv(out, args.per_view)
-    print(f"wrote {len(result.scores)} {args.split} scores to {args.out}", file=sys.stderr)
+    write_output(lambda out: result.write_csv(out, args.per_view), args.out)
+    if args.out:
+        print(f"wrote {len(result.scores)} {args.split} scores to {args.out}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -97,8 +94,8 @@ def _predict(args) -> None:
                          target_fpr=args.target_fpr, threshold=args.threshold, device=args.device,
                          seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
                          progress=not args.quiet, crop_scale=args.crop_scale)
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
+
+    def write(out):
         if args.format == "json":
             json.dump(rows, out, indent=2)
             out.write("\n")
@@ -106,9 +103,8 @@ def _predict(args) -> None:
             w = csv.DictWriter(out, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    finally:
-        if args.out:
-            out.close()
+
+    write_output(write, args.out)
 
 
 # ----------------------------------------------------------------------------- sweep

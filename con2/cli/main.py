@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 
 from .. import __version__
+from .output import ReaderGone
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,8 +39,7 @@ def _run(args) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `con2 score ... | head`: the reader left, nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+    except ReaderGone:  # `con2 score ... | head`: the reader left, nothing is wrong
         return 141
     except (ValueError, OSError, TypeError, RuntimeError, FloatingPointError, MemoryError) as exc:
         if getattr(args, "debug", False):

@@ -227,7 +227,7 @@ def _seeded_normal_split(labels: np.ndarray, normal: tuple, cfg) -> dict:
     rng = np.random.default_rng(cfg.split_seed)
     normal_idx = rng.permutation(np.flatnonzero(np.isin(labels, normal)))
     n = len(normal_idx)
-    n_val = int(round(float(cfg.val_fraction or 0.0) * n))
+    n_val = int(round(cfg.split_val_fraction() * n))
     if cfg.n_train is not None:
         n_train = int(cfg.n_train)
         if not 0 < n_train <= n - n_val:
@@ -402,7 +402,7 @@ def load_npz(cfg) -> OneClassSplit:
         idx = _seeded_normal_split(labels, normal, cfg)
         parts = {s: (images[i], labels[i]) for s, i in idx.items()}
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
-                    n_train=cfg.n_train, val_fraction=cfg.val_fraction or 0.0)
+                    n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
     return _one_class(path.stem, parts, normal, names, cfg.image_size, meta)
 
 
@@ -424,7 +424,7 @@ def load_digits_split(cfg) -> OneClassSplit:
     names = {i: str(i) for i in range(10)}
     normal = _resolve_classes(cfg.normal_class or [DIGITS_DEFAULT_CLASS], names, "digits")
     rng = np.random.default_rng(cfg.split_seed)
-    val_fraction = 0.1 if cfg.val_fraction is None else float(cfg.val_fraction)
+    val_fraction = cfg.split_val_fraction()
     idx = {"train": [], "val": [], "test": []}
     for c in range(10):
         members = rng.permutation(np.flatnonzero(labels == c))
@@ -500,13 +500,18 @@ def _warn_if_dark(root: Path, held: list, on_access: list) -> None:
     """Warn when every image is near black (12-bit data in 16-bit files): all held images, and up to
     DARK_CHECK_SAMPLES evenly spaced images of each part decoded on access."""
     held = [a for a in held if len(a)]
-    sampled = [imgs[np.linspace(0, len(imgs) - 1, min(len(imgs), DARK_CHECK_SAMPLES)).round().astype(int)]
-               for imgs in on_access if len(imgs)]
+    sampled = []  # the brightest pixel of each sampled image; a damaged one is left to fail where it is used
+    for imgs in on_access:
+        for i in np.unique(np.linspace(0, len(imgs) - 1, min(len(imgs), DARK_CHECK_SAMPLES)).round().astype(int)):
+            try:
+                sampled.append(int(imgs[int(i)].max()))
+            except DataError:
+                pass
     if not held and not sampled:
         return
-    brightest = max([int(a.max()) for a in held] + [int(np.asarray(f).max()) for f in sampled])
+    brightest = max([int(a.max()) for a in held] + sampled)
     if brightest < 32:
-        n_held, n_sampled = sum(len(a) for a in held), sum(len(f) for f in sampled)
+        n_held, n_sampled = sum(len(a) for a in held), len(sampled)
         n_lazy = sum(len(imgs) for imgs in on_access)
         which = ("every image is" if not sampled else
                  f"every image checked ({n_held} held in memory, {n_sampled} of {n_lazy} decoded on access) is")
@@ -588,7 +593,8 @@ def load_folder(cfg) -> OneClassSplit:
         if s in held:
             images, bad = images.load(cfg.skip_bad_files)
             skipped += bad
-            ok = [i for i in ok if str(files[i]) not in set(bad)]
+            bad = set(bad)
+            ok = [i for i in ok if str(files[i]) not in bad]
         part_files[s] = [str(files[i]) for i in ok]
         parts[s] = (images, labels[ok])
     if skipped and not np.isin(parts["train"][1], normal).any():
@@ -605,7 +611,7 @@ def load_folder(cfg) -> OneClassSplit:
             "skipped_files": len(skipped), "skipped_paths": [str(p) for p in skipped]}
     if not has_tree:
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
-                    n_train=cfg.n_train, val_fraction=cfg.val_fraction or 0.0)
+                    n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
     if "val" in part_files:
         meta["val_files"] = part_files["val"]
     split = _one_class(root.name, parts, normal, names, None, meta)

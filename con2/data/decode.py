@@ -3,6 +3,7 @@ reading a file's header only, and decoding many files on threads (I/O and decodi
 from __future__ import annotations
 
 import os
+import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,10 @@ import numpy as np
 
 class DataError(ValueError):
     """A data set cannot be loaded as asked; the message is one line saying why."""
+
+
+class ImageChanged(DataError):
+    """A file decodes to another size or channel count than its header said: not a file to skip."""
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -85,18 +90,38 @@ def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(image, 3, axis=-1) if image.shape[-1] < channels else image
 
 
+def _png_late_orientation(path: Path) -> int | None:
+    """The EXIF orientation of a PNG whose eXIf chunk follows its pixel data, found by walking the
+    chunk headers (Pillow's getexif() would decode every pixel to reach it)."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        f.seek(8)  # the signature, checked by Image.open
+        while len(head := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                exif = Image.Exif()
+                exif.load(b"Exif\x00\x00" + f.read(length))
+                return exif.get(_EXIF_ORIENTATION)
+            if kind == b"IEND":
+                break
+            f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    return None
+
+
 def read_header(path: Path) -> tuple[int, tuple[int, int]]:
     """(channels, (H, W)) that decode_image(path, None) will return, from the file's header only
-    (upright by its EXIF orientation, where the header holds it; a PNG's late EXIF chunk is only seen
-    when decoding, which then checks the size); a file that is not an image raises here, one whose
-    pixel data is damaged only when decoded."""
+    (upright by its EXIF orientation, a PNG's eXIf chunk after its pixels included); a file that is
+    not an image raises here, one whose pixel data is damaged only when decoded."""
     from PIL import Image
 
     with Image.open(path) as img:
         w, h = img.size
-        # a PNG's EXIF may follow its pixels, and getexif() would then decode them all to find it
-        has_exif = img.format != "PNG" or "exif" in img.info
-        if has_exif and img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # transposed / rotated by 90 degrees
+        if img.format == "PNG" and "exif" not in img.info:
+            orientation = _png_late_orientation(path)
+        else:
+            orientation = img.getexif().get(_EXIF_ORIENTATION)
+        if orientation in (5, 6, 7, 8):  # transposed / rotated by 90 degrees
             h, w = w, h
         return (1 if img.mode in WIDE_GRAY_MODES + GRAY_MODES else 3), (h, w)
 
@@ -110,6 +135,8 @@ def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: s
     def safe(p):
         try:
             return fn(p), None
+        except ImageChanged:  # not damaged: skipping it would drop a good image
+            raise
         except DataError as e:  # read, but refused (its message names the file)
             return None, str(e)
         except Exception as e:  # any decoder failure: truncated, not an image, unsupported

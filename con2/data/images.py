@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .decode import DataError, decode_image, map_files, with_channels
+from .decode import DataError, ImageChanged, decode_image, map_files, with_channels
 from .split import to_nchw
 
 DAMAGED = (" (its header was read when the folder was loaded: its pixel data is damaged or it changed since; "
@@ -90,8 +90,9 @@ class FolderImages:
             raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}{hint}") from e
         if image.shape != (*self.hw, self.channels):
             h, w, c = image.shape
-            raise DataError(f"{path} decodes to {w}x{h} px with {c} channel(s), the folder's images are "
-                            f"{self.hw[1]}x{self.hw[0]} with {self.channels}{hint}")
+            raise ImageChanged(f"{path} decodes to {w}x{h} px with {c} channel(s), but the folder's images are "
+                               f"{self.hw[1]}x{self.hw[0]} with {self.channels}"
+                               f"{hint or ' (as their headers say); --image-size S makes every image S x S'}")
         return center_crop_array(image[None], self.crop)[0]
 
     def load(self, skip_bad: bool = False) -> tuple[np.ndarray, list[str]]:
@@ -100,20 +101,25 @@ class FolderImages:
         cannot be decoded raises a DataError naming it, or with skip_bad is left out (the rows after
         it move up in place)."""
         out = np.empty(self.shape, np.uint8)
-        row = {path: i for i, path in enumerate(self.files)}
 
-        def put(path):
-            out[row[path]] = self._decode(path, hint="")
+        def put(item):
+            i, path = item
+            try:
+                out[i] = self._decode(path, hint="")
+            except DataError:
+                raise
+            except Exception as e:  # named as map_files names a file it cannot read
+                raise DataError(f"{path}: {type(e).__name__}: {e}") from e
 
-        _, failed = map_files(put, self.files, skip_bad)
+        _, failed = map_files(put, list(enumerate(self.files)), skip_bad)
         if not failed:
             return out, []
-        gone = set(failed)
-        kept = [i for i, path in enumerate(self.files) if path not in gone]
+        gone = {i for i, _ in failed}
+        kept = [i for i in range(len(self.files)) if i not in gone]
         for j, i in enumerate(kept):  # i >= j: each row moves up into a row already read
             if i != j:
                 out[j] = out[i]
-        return out[:len(kept)], failed
+        return out[:len(kept)], [path for _, path in failed]
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
