@@ -275,7 +275,7 @@ def test_folder_images_without_resize_refuse_a_file_that_changed_size(tmp_path, 
     split = load_split(folder_cfg(tmp_path))
     assert not split.train.resize and split.train.shape[1:] == (16, 20, 1)
     Image.fromarray(np.zeros((30, 30), np.uint8)).save(split.train.files[0])
-    with pytest.raises(DataError, match=r"decodes to 30x30 px with 1 channel\(s\), the folder's images are 20x16"):
+    with pytest.raises(DataError, match=r"decodes to 30x30 px with 1 channel\(s\), but the folder's images are 20x16"):
         split.train[0]
     Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(split.train.files[0])
     with pytest.raises(DataError, match="with 3 channel.*with 1"):
