@@ -116,11 +116,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        legacy = d.pop("extra", None) or {}  # runs before val_fraction / n_train were fields kept them here
-        for key in ("val_fraction", "n_train"):
-            if key in legacy and d.get(key) is None:
-                d[key] = legacy.pop(key)
+        d, legacy = lift_legacy_extra(d)
         if legacy:
             raise ValueError(f"unknown configuration keys: {', '.join('extra.' + k for k in sorted(legacy))}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -128,6 +124,17 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**d)
+
+
+def lift_legacy_extra(d: dict) -> tuple[dict, dict]:
+    """(a copy of config dict d with the settings older con2 kept in d["extra"] (val_fraction,
+    n_train) as top-level keys, and whatever else "extra" held)."""
+    d = dict(d)
+    legacy = dict(d.pop("extra", None) or {})
+    for key in ("val_fraction", "n_train"):
+        if key in legacy and d.get(key) is None:
+            d[key] = legacy.pop(key)
+    return d, legacy
 
 
 def resolve_val_fraction(dataset: str | None, val_fraction: float | None) -> float:

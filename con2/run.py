@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .config import MIN_IMAGE_SIDE, TrainConfig, resolve_val_fraction
+from .config import MIN_IMAGE_SIDE, TrainConfig, lift_legacy_extra, resolve_val_fraction
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.datasets import DataError
 from .data.images import ImageSet
@@ -40,8 +40,7 @@ def identity_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
     """'key was X, now Y' for the first identity setting that differs, else None. Keys the saved
     identity lacks (written by an older con2) are not compared."""
     now = json.loads(json.dumps(run_identity(cfg)))  # lists / tuples as JSON has them
-    legacy = saved.get("extra") or {}  # configs written before val_fraction / n_train were fields
-    saved = {**{k: legacy[k] for k in ("val_fraction", "n_train") if k in legacy}, **saved}
+    saved, _ = lift_legacy_extra(saved)  # configs written before val_fraction / n_train were fields
     if "val_fraction" in saved:  # a whole config holds the field as set, an identity as resolved
         saved["val_fraction"] = resolve_val_fraction(saved.get("dataset"), saved["val_fraction"])
     for key in IDENTITY_KEYS:

@@ -352,16 +352,14 @@ class FeatureBank:
         n, a = len(train), len(encoder)
         nnd = norms = None
         moments = [GaussianMoments() for _ in encoder.plan] if "lh" in scorers else None
-        unit_sums = torch.zeros((a, 0), dtype=torch.float64)  # per view, for the collapse check
+        unit_sums = [0.0] * a  # per view, the float64 sum of the unit rows (the collapse check)
         with _progress(n * a, "encoding train bank", encoder.progress) as pbar:
             for start, x in train.chunks(chunk_rows or train.chunk_rows(encoder.batch_size)):
                 keys = image_keys(x)  # on the host: the same keys, whatever the device
                 x = x.to(encoder.device)
                 for view in encoder.plan:
                     f = encoder.encode(x, view, ROLE_BANK, pbar, keys=keys, first=start)
-                    if unit_sums.shape[1] == 0:
-                        unit_sums = torch.zeros((a, f.shape[1]), dtype=torch.float64)
-                    unit_sums[view.index] += unit_rows(f.double()).sum(dim=0).cpu()
+                    unit_sums[view.index] = unit_sums[view.index] + unit_rows(f.double()).sum(dim=0)
                     if nnd is None and "nnd" in scorers:
                         nbytes = a * n * f.shape[1] * BANK_DTYPES[bank_dtype].itemsize
                         if nbytes >= LARGE_BANK_BYTES:
@@ -375,7 +373,7 @@ class FeatureBank:
                         nnd[view.index, start:start + len(x)] = rows
                     if moments is not None:
                         moments[view.index].update(unit_rows(f))
-        warn_if_collapsed(unit_sums, n)
+        warn_if_collapsed(torch.stack(unit_sums).cpu(), n)
         if nnd is not None:
             norms = torch.stack([ops.reference.row_norms(nnd[v.index], "train bank").float() for v in encoder.plan])
         gaussians = None if moments is None else [Gaussian.from_moments(m) for m in moments]

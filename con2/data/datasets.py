@@ -473,8 +473,8 @@ def _parts_held(pipeline: str, counts: dict, image_bytes: int) -> set:
 
 def memory_budget() -> int:
     """Bytes of decoded images an image folder may take in memory, else it is decoded on access:
-    CON2_MEMORY_BUDGET_MB when set, else a quarter of the memory available now (decoding briefly
-    holds two copies, and a run holds more than its images)."""
+    CON2_MEMORY_BUDGET_MB when set, else a quarter of the memory available now (a run holds more
+    than its images: the scorers' chunks, the model, the views)."""
     env = os.environ.get("CON2_MEMORY_BUDGET_MB")
     if env:
         try:

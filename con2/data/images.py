@@ -85,9 +85,8 @@ class FolderImages:
         except DataError:
             raise
         except Exception as e:  # damaged past its header (the loader read the header only)
-            if not hint:
-                raise
-            raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}{hint}") from e
+            lead = "cannot read image " if hint else ""  # while loading, map_files' message leads
+            raise DataError(f"{lead}{path}: {type(e).__name__}: {e}{hint}") from e
         if image.shape != (*self.hw, self.channels):
             h, w, c = image.shape
             raise ImageChanged(f"{path} decodes to {w}x{h} px with {c} channel(s), but the folder's images are "
@@ -100,18 +99,7 @@ class FolderImages:
         memory: decoded straight into the array, so the images are never held twice. A file that
         cannot be decoded raises a DataError naming it, or with skip_bad is left out (the rows after
         it move up in place)."""
-        out = np.empty(self.shape, np.uint8)
-
-        def put(item):
-            i, path = item
-            try:
-                out[i] = self._decode(path, hint="")
-            except DataError:
-                raise
-            except Exception as e:  # named as map_files names a file it cannot read
-                raise DataError(f"{path}: {type(e).__name__}: {e}") from e
-
-        _, failed = map_files(put, list(enumerate(self.files)), skip_bad)
+        out, failed = self._decode_rows("", skip_bad)
         if not failed:
             return out, []
         gone = {i for i, _ in failed}
@@ -127,13 +115,19 @@ class FolderImages:
         picked = np.arange(len(self.files))[key]  # slices, index arrays and masks, as numpy reads them
         return self._like([self.files[i] for i in np.atleast_1d(picked)], self.crop)
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    def _decode_rows(self, hint: str, skip_bad: bool) -> tuple[np.ndarray, list]:
+        """Every image decoded straight into one uint8 array (never a second copy of the images), and
+        the (row, file) pairs that failed (map_files: raised unless skip_bad)."""
         out = np.empty(self.shape, np.uint8)
 
-        def put(item):  # straight into the result: no second copy of the images
-            out[item[0]] = self._decode(item[1])
+        def put(item):
+            out[item[0]] = self._decode(item[1], hint)
 
-        _, failed = map_files(put, list(enumerate(self.files)), skip_bad=True)
+        _, failed = map_files(put, list(enumerate(self.files)), skip_bad)
+        return out, failed
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out, failed = self._decode_rows(DAMAGED, skip_bad=True)
         for i, path in failed:  # decoded again here: one still unreadable raises the DataError naming it
             out[i] = self._decode(path)
         return out if dtype is None else out.astype(dtype)
