@@ -4,7 +4,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass
+
+import numpy as np
 
 DATASETS = ("digits", "breast", "pneumonia", "oct", "derma", "blood", "cifar10", "cifar100", "npz", "folder")
 CONTEXTS = ("invert", "flip", "equalize")
@@ -24,6 +27,23 @@ MIN_IMAGE_SIDE = 8
 # --center-crop); for npz / folder data the paper's pre-processing depends on the data set, so it is
 # left to the user (BR35H and Pneumonia: the same 256 / 224, Kvasir: 224, Melanoma: 128).
 PAPER_PREPROCESSING = {ds: (256, 224) for ds in ("breast", "pneumonia", "oct", "derma", "blood")}
+
+# TrainConfig fields by type, checked before any range check (a str compared with an int would fail
+# with Python's own message; a float width with torch's). Those after the | may be None.
+_INT_FIELDS = ("epochs", "batch_size", "seed", "split_seed", "width", "checkpoint_every", "|",
+               "image_size", "center_crop", "resolution", "n_train", "max_train_samples")
+_NUMBER_FIELDS = ("lr", "weight_decay", "temperature", "test_fraction", "|", "val_fraction")
+_BOOL_FIELDS = ("amp", "compile", "skip_bad_files")
+
+
+def is_int(value) -> bool:
+    """An int or numpy integer; not a bool (True is no count) and not a float, even 2.0."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value) -> bool:
+    """An int, float or numpy number (NaN included: range checks reject it); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass
@@ -61,6 +81,7 @@ class TrainConfig:
         def bad(msg):
             raise ValueError(msg)
 
+        self._check_types()
         if self.dataset not in DATASETS:
             bad(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         for c in self.context.split(","):
@@ -106,6 +127,36 @@ class TrainConfig:
         if self.dataset in ("npz", "folder", "derma", "blood", "cifar10", "cifar100") and not self.normal_class:
             bad(f"--dataset {self.dataset} needs --normal-class")
         return self
+
+    def _check_types(self) -> None:
+        """TypeError naming the setting for a value of the wrong type; numpy scalars become Python
+        ones (config.json is JSON)."""
+        for fields, ok, what, cast in ((_INT_FIELDS, is_int, "an integer", int),
+                                       (_NUMBER_FIELDS, is_number, "a number", float)):
+            optional = False
+            for name in fields:
+                if name == "|":
+                    optional = True
+                    continue
+                value = getattr(self, name)
+                if value is None and optional:
+                    continue
+                if not ok(value):
+                    raise TypeError(f"--{name.replace('_', '-')} must be {what}, got {value!r} "
+                                    f"({type(value).__name__})")
+                if not isinstance(value, (int, float)):
+                    setattr(self, name, cast(value))
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"--{name.replace('_', '-')} must be True or False, got {value!r} "
+                                f"({type(value).__name__})")
+            setattr(self, name, bool(value))
+        if not isinstance(self.context, str):
+            raise TypeError(f"--context must be a string such as 'invert' or 'invert,flip', got {self.context!r}")
+        if isinstance(self.normal_class, str):  # a string would be read as one class per character
+            raise TypeError(f"--normal-class must be a list of class names, got the string {self.normal_class!r}; "
+                            f"write [{self.normal_class!r}]")
 
     def split_val_fraction(self) -> float:
         """The fraction of normals a seeded split puts in val (resolve_val_fraction)."""

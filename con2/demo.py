@@ -22,7 +22,7 @@ DEMO_VIEWS = 8
 def run_demo(out: str = "runs/demo", epochs: int | None = None, normal_class: str | None = None,
              seed: int = 0) -> dict:
     cfg = TrainConfig(**DEMO, out=out, seed=seed)
-    if epochs:
+    if epochs is not None:  # 0 is refused by validate, not read as "the default"
         cfg.epochs = epochs
     if normal_class is not None:
         cfg.normal_class = [str(normal_class)]

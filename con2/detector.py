@@ -15,7 +15,7 @@ images' scores and labels (so shorter than X, unlike PyOD, whose are the trainin
 of the training images themselves are meaningless for S_NND, each finds itself).
 
 `save(path)` writes ONE safetensors file: encoder weights, the NND bank and / or the Gaussian
-statistics, the calibration scores; the options, the state (threshold, input shape, views) and
+statistics, the calibration scores (aggregated and per view); the options, the state (threshold, input shape, views) and
 the con2 version as JSON in the header metadata, with a SHA-256 over all tensors and that JSON.
 `Con2Detector.load(path)` never unpickles; a bundle from another con2 version, of another
 format, or whose contents do not match the digest fails with `BundleError`. The digest
@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from . import __version__
-from .config import MIN_IMAGE_SIDE, TrainConfig
+from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.split import to_nchw
 from .evaluate import check_crop_scale, scoring_view_config
@@ -46,7 +46,14 @@ from .ops.reference import row_norms
 from .scoring import AGGREGATES, BANK_DTYPES, SCORERS, FeatureBank, Gaussian, View, ViewEncoder, aggregate
 
 BUNDLE_FORMAT = "con2-detector/1"
-
+# Options the fitted state depends on (the encoder's training, the held-out split, the bank's views,
+# scorer and dtype): with one changed since fit, scoring and save fail until the next fit.
+REFIT_PARAMS = ("context", "objective", "epochs", "batch_size", "image_size", "scorer", "views", "seed", "amp",
+                "lr", "weight_decay", "temperature", "width", "calibration_fraction", "bank_dtype", "crop_scale")
+# Options applied to a fitted detector: aggregate / target_fpr / contamination recalibrate the
+# threshold from the stored per-view calibration scores (exactly what fit would give), device moves
+# the model and bank there, the others do not change any score.
+LIVE_PARAMS = ("aggregate", "target_fpr", "contamination", "device", "score_batch_size", "out", "progress")
 
 
 
@@ -59,9 +66,26 @@ class NotFittedError(SklearnNotFittedError):
 
 
 def as_nhwc(X, name: str = "X") -> np.ndarray:
-    """uint8 [N, H, W, C] numpy from the documented input layouts, else a clear error."""
+    """uint8 [N, H, W, C] numpy from the documented input layouts, else a clear error. A list or
+    tuple is a batch of equal-shaped images: numpy [H, W(, C)] or torch [(C, )H, W], not both."""
+    if isinstance(X, (list, tuple)):
+        if not X:
+            raise ValueError(f"{name} holds no images (an empty {type(X).__name__})")
+        shapes = [tuple(np.shape(x)) for x in X]
+        odd = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
+        if odd is not None:
+            raise ValueError(f"{name}: all images must have one shape; image 0 is {shapes[0]}, "
+                             f"image {odd} is {shapes[odd]} (resize them first)")
+        tensors = [isinstance(x, torch.Tensor) for x in X]
+        if all(tensors):
+            X = torch.stack(list(X))  # channels-first like any torch input
+        elif any(tensors):  # the two kinds have their channels at opposite ends
+            raise TypeError(f"{name} mixes torch tensors (channels first) and other images (channels last); "
+                            "give one kind")
     if isinstance(X, torch.Tensor):
         t = X.detach().cpu()
+        if t.dim() >= 1 and t.shape[0] == 0:
+            raise ValueError(f"{name} holds no images")
         if t.dtype != torch.uint8:
             raise TypeError(f"{name} must be uint8 images in 0..255, got a {t.dtype} tensor")
         if t.dim() == 3:
@@ -72,23 +96,19 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
         X = t.permute(0, 2, 3, 1).contiguous().numpy()  # checked below like any numpy input
     if isinstance(X, OneClassSplit):
         return X.train
-    if isinstance(X, (list, tuple)) and X:
-        shapes = [np.shape(x) for x in X]
-        odd = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
-        if odd is not None:
-            raise ValueError(f"{name}: all images must have one shape; image 0 is {shapes[0]}, "
-                             f"image {odd} is {shapes[odd]} (resize them first)")
     arr = np.asarray(X)
+    if arr.ndim >= 1 and arr.shape[0] == 0:
+        raise ValueError(f"{name} holds no images")
     if arr.dtype != np.uint8:
-        raise TypeError(f"{name} must be uint8 images in 0..255, got dtype {arr.dtype} "
-                        "(convert floats in [0, 1] with (x * 255).round().astype(np.uint8))")
+        hint = {"f": " (convert floats in [0, 1] with (x * 255).round().astype(np.uint8))",
+                "i": " (convert 0..255 integers with .astype(np.uint8))",
+                "u": " (convert 0..255 integers with .astype(np.uint8))"}.get(arr.dtype.kind, "")
+        raise TypeError(f"{name} must be uint8 images in 0..255, got dtype {arr.dtype}{hint}")
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
         raise ValueError(f"{name}: numpy arrays must be [N, H, W] or [N, H, W, C] with C in (1, 3), "
                          f"got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} holds no images")
     if min(arr.shape[1:3]) < MIN_IMAGE_SIDE:
         raise ValueError(f"{name}: images are {arr.shape[1]}x{arr.shape[2]} px, at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                          f"are needed (a single image must still be a batch: [1, H, W(, C)])")
@@ -101,7 +121,13 @@ class Con2Detector(BaseEstimator):
     A scikit-learn estimator of the outlier-detector kind (clone, Pipeline, get / set_params), with
     PyOD's label convention: predict gives 1 = anomaly, 0 = normal (not scikit-learn's -1 / +1).
     `contamination`, if given, replaces `target_fpr` (the share of held-out normals above the
-    threshold, in [0, 0.5]). Changing options with set_params after fit needs a new fit.
+    threshold, in [0, 0.5]).
+
+    After fit, set_params (or assigning the attribute) may change aggregate, target_fpr and
+    contamination (the threshold is recalibrated on the held-out normals' stored scores), device
+    (the model and bank move there), score_batch_size, progress and out. The other options
+    (REFIT_PARAMS) shaped the fitted model and bank: with one changed, decision_function,
+    predict and save fail until fit is called again (or the option is set back).
     """
 
     _estimator_type = "outlier_detector"  # scikit-learn < 1.6 reads this; newer ones the tags
@@ -128,6 +154,11 @@ class Con2Detector(BaseEstimator):
         self.crop_scale = crop_scale  # test-time crops' area range; None: the training views' (0.08, 1)
 
     def _check_params(self) -> float:
+        # types first: a str compared with a number would fail with Python's own message
+        for name in ("target_fpr", "contamination", "calibration_fraction"):
+            value = getattr(self, name)
+            if not (is_number(value) or (name == "contamination" and value is None)):
+                raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
         if self.scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
         if self.aggregate not in AGGREGATES:
@@ -146,16 +177,21 @@ class Con2Detector(BaseEstimator):
 
         view_plan(self.views, None)  # odd or negative view counts fail here, not after training
         self._train_config(out="unused")  # the training options too (seed, lr, width, ...)
-        if not (isinstance(self.score_batch_size, (int, np.integer)) and self.score_batch_size >= 1):
+        if not (is_int(self.score_batch_size) and self.score_batch_size >= 1):
             raise ValueError(f"score_batch_size must be an integer >= 1, got {self.score_batch_size!r}")
+        from .run import resolve_device
+
+        resolve_device(self.device)  # a bad device fails here, not after training
         return fpr
 
     def _train_config(self, out: str) -> TrainConfig:
-        return TrainConfig(dataset="npz", normal_class=["normal"], context=self.context, objective=self.objective,
-                           epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
-                           lr=self.lr, weight_decay=self.weight_decay, temperature=self.temperature,
-                           amp=self.amp, seed=self.seed, width=self.width, device=self.device,
-                           checkpoint_every=max(1, self.epochs), out=out).validate()
+        cfg = TrainConfig(dataset="npz", normal_class=["normal"], context=self.context, objective=self.objective,
+                          epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
+                          lr=self.lr, weight_decay=self.weight_decay, temperature=self.temperature,
+                          amp=self.amp, seed=self.seed, width=self.width, device=self.device,
+                          checkpoint_every=1, out=out).validate()
+        cfg.checkpoint_every = cfg.epochs  # one checkpoint, at the end; epochs is a checked int by now
+        return cfg
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None) -> "Con2Detector":
@@ -195,10 +231,86 @@ class Con2Detector(BaseEstimator):
         self.input_shape_ = tuple(int(s) for s in train_imgs.shape[1:])  # H, W, C
         encoder = self._encoder()
         self.bank_ = FeatureBank.build(encoder, train_imgs, scorers=(self.scorer,), bank_dtype=self.bank_dtype)
-        self.decision_scores_ = self.decision_function(cal_imgs)
+        # per view, so that a new aggregate recalibrates exactly what fit would have
+        self._calibration_views = self._per_view(cal_imgs)
+        self._fitted_params = self._refit_params()
+        self._calibrate(target_fpr)
+        return self
+
+    def _per_view(self, X) -> torch.Tensor:
+        return self.bank_.score_views(self._encoder(), self._query(X), (self.scorer,))[self.scorer]
+
+    def _refit_params(self) -> dict:
+        params = self.get_params()
+        # a bundle's JSON gives lists for tuples: the same setting
+        return {k: tuple(params[k]) if isinstance(params[k], (list, tuple)) else params[k] for k in REFIT_PARAMS}
+
+    def _calibrate(self, target_fpr: float) -> None:
+        """decision_scores_, threshold_, labels_ of the held-out normals under the current aggregate."""
+        if self._calibration_views is not None:
+            self.decision_scores_ = aggregate(self._calibration_views, self.aggregate).numpy()
         self.threshold_ = calibrate_threshold(self.decision_scores_, target_fpr)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        self._calibrated_for = (self.aggregate, target_fpr)
+
+    def set_params(self, **params) -> "Con2Detector":
+        """scikit-learn's set_params. On a fitted detector a new aggregate, target_fpr or
+        contamination recalibrates the threshold at once and a new device moves the model and bank
+        (an invalid value is refused and nothing changes). A changed REFIT_PARAMS option is taken,
+        as scikit-learn's `set_params(...).fit(X)` needs, but scoring refuses it until the next fit."""
+        if not hasattr(self, "bank_"):
+            return super().set_params(**params)
+        before = self.get_params()
+        try:
+            super().set_params(**params)
+            if not self._stale_params():
+                self._sync_fitted()
+        except Exception:
+            super().set_params(**before)
+            raise
         return self
+
+    def _stale_params(self) -> list[str]:
+        """The REFIT_PARAMS options changed since fit (none for a pickle of a con2 that did not record them)."""
+        fitted = getattr(self, "_fitted_params", None)
+        if fitted is None:
+            return []
+        now = self._refit_params()
+        return [k for k in REFIT_PARAMS if now[k] != fitted[k]]
+
+    def _sync_fitted(self) -> None:
+        """Refuse a changed REFIT_PARAMS option; apply changed LIVE_PARAMS ones to the fitted state."""
+        if getattr(self, "_fitted_params", None) is None:  # pickled by a con2 that did not record them
+            return
+        stale = self._stale_params()
+        if stale:
+            k, was = stale[0], self._fitted_params[stale[0]]
+            raise ValueError(f"{k} was {was!r} when this detector was fitted, now {getattr(self, k)!r}: the fitted "
+                             f"model, bank and threshold depend on it; fit again (or set it back)")
+        from .run import resolve_device
+
+        target_fpr = self._check_params()
+        if self.aggregate != self._calibrated_for[0] and self._calibration_views is None:
+            raise ValueError(f"this detector holds no per-view calibration scores (a bundle saved before they were "
+                             f"kept) so its threshold stays calibrated for aggregate={self._calibrated_for[0]!r}; "
+                             f"fit again for aggregate={self.aggregate!r}")
+        device = resolve_device(self.device)
+        here = next(self.model_.parameters()).device
+        if device.type != here.type or device.index not in (None, here.index):
+            self._move(device)
+        if (self.aggregate, target_fpr) != self._calibrated_for:
+            self._calibrate(target_fpr)
+
+    def _move(self, device: torch.device) -> None:
+        import dataclasses
+
+        b = self.bank_
+        self.model_ = self.model_.to(device)
+        self.bank_ = dataclasses.replace(
+            b, nnd=None if b.nnd is None else b.nnd.to(device),
+            nnd_norms=None if b.nnd_norms is None else b.nnd_norms.to(device),
+            gaussians=None if b.gaussians is None else [
+                dataclasses.replace(g, mean=g.mean.to(device), whitening=g.whitening.to(device)) for g in b.gaussians])
 
     def _encoder(self) -> ViewEncoder:
         from .scoring import view_plan
@@ -210,6 +322,7 @@ class Con2Detector(BaseEstimator):
     def _check_fitted(self) -> None:
         if not hasattr(self, "bank_"):
             raise NotFittedError("this Con2Detector is not fitted yet: call fit(X) or Con2Detector.load(path) first")
+        self._sync_fitted()  # options assigned directly, not through set_params
 
     def _query(self, X) -> torch.Tensor:
         images = as_nhwc(X)
@@ -225,8 +338,7 @@ class Con2Detector(BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         """Anomaly scores [N] (float64; higher = more anomalous)."""
         self._check_fitted()
-        per_view = self.bank_.score_views(self._encoder(), self._query(X), (self.scorer,))[self.scorer]
-        return aggregate(per_view, self.aggregate).numpy()
+        return aggregate(self._per_view(X), self.aggregate).numpy()
 
     def score_samples(self, X) -> np.ndarray:
         """scikit-learn convention: higher = more normal (the negated decision_function)."""
@@ -249,6 +361,8 @@ class Con2Detector(BaseEstimator):
             t["bank.lh_logdet"] = torch.tensor([g.logdet for g in b.gaussians], dtype=torch.float64)
             t["bank.lh_shrinkage"] = torch.tensor([g.shrinkage for g in b.gaussians], dtype=torch.float64)
         t["calibration.scores"] = torch.from_numpy(np.ascontiguousarray(self.decision_scores_, dtype=np.float64))
+        if getattr(self, "_calibration_views", None) is not None:
+            t["calibration.views"] = self._calibration_views.cpu().contiguous()
         return t
 
     def _state(self) -> dict:
@@ -269,7 +383,8 @@ class Con2Detector(BaseEstimator):
             raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'detector.safetensors'}")
         tensors = self._tensors()
         meta = {"format": BUNDLE_FORMAT, "con2_version": __version__,
-                "params": json.dumps({k: v for k, v in self.get_params().items()}, sort_keys=True),
+                "params": json.dumps({k: v for k, v in self.get_params().items()}, sort_keys=True,
+                                     default=_numpy_scalar),
                 "state": json.dumps(self._state(), sort_keys=True)}
         meta["sha256"] = _digest(tensors, meta)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,6 +446,9 @@ class Con2Detector(BaseEstimator):
             det.bank_ = FeatureBank(plan, nnd, norms, gaussians, (c, h, w))
             det.decision_scores_ = tensors["calibration.scores"].numpy()
             det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
+            det._calibration_views = tensors.get("calibration.views")  # None in bundles saved before it was kept
+            det._fitted_params = det._refit_params()
+            det._calibrated_for = (det.aggregate, det._check_params())
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{path} is an inconsistent con2 bundle: {type(exc).__name__}: {exc}") from exc
         return det
@@ -351,6 +469,17 @@ def _check_bundle_state(det: "Con2Detector", plan: list[View], tensors: dict, fe
         t = tensors.get(name)
         if t is not None and (t.shape[0] != len(plan) or t.shape[-1] != feature_dim):
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected [{len(plan)}, ..., {feature_dim}]")
+    views, scores = tensors.get("calibration.views"), tensors["calibration.scores"]
+    if views is not None and (tuple(views.shape) != (len(scores), len(plan)) or views.dtype != torch.float64):
+        raise ValueError(f"calibration.views is {views.dtype} {tuple(views.shape)}, expected float64 "
+                         f"[{len(scores)}, {len(plan)}]")
+
+
+def _numpy_scalar(value):
+    """json.dumps default: numpy scalars (np.int64(4) views, ...) as Python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _view_cfg_json(cfg: ViewConfig) -> dict:

@@ -20,10 +20,10 @@ import torch
 
 from . import __version__
 from .config import TrainConfig
-from .data import OneClassSplit, load_split
+from .data import OneClassSplit
 from .files import replacing, write_json
 from .metrics import calibrate_threshold, detection_metrics
-from .run import context_set, load_run, view_config
+from .run import context_set, load_run, run_split, view_config
 from .scoring import SCORERS, Scorer, check_scorers
 from .scoring import aggregate as aggregate_views  # `aggregate` names the option below
 
@@ -115,7 +115,7 @@ def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = 
 
     run_dir = Path(run_dir)
     cfg, model = load_run(run_dir, device=device)
-    split = split if split is not None else load_split(cfg)
+    split = run_split(run_dir, cfg, split)
     metrics, scores = evaluate_model(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype,
                                      target_fpr, progress, crop_scale)
     metrics = {"run": str(run_dir), **metrics}
@@ -163,7 +163,7 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
         raise ValueError(f"part must be test, val or train, got {part!r}")
     (scorer,) = check_scorers(scorer)
     cfg, model = load_run(run_dir, device=device)
-    split = split if split is not None else load_split(cfg)
+    split = run_split(run_dir, cfg, split)
     images = split.part(part)
     if not len(images):
         raise ValueError(f"the {part} split of {run_dir} is empty")
@@ -177,7 +177,8 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
 def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSplit, per_view: bool = False) -> None:
     names = [s for s in SCORERS if s in scores]
     labels, classes, files = sample_columns(split, "test")
-    with replacing(run_dir / SCORES_FILE) as tmp, open(tmp, "w", newline="") as fh:
+    # a non-UTF-8 file or class name is written as its bytes (see con2.cli.output.write_output)
+    with replacing(run_dir / SCORES_FILE) as tmp, open(tmp, "w", newline="", errors="surrogateescape") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "label", "class", *(["file"] if files else []), *names])
         for i in range(len(labels)):
@@ -207,17 +208,6 @@ def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | 
     if files is not None and len(files) != n:  # e.g. --max-train-samples kept files and images in step
         raise ValueError(f"{part} split: {len(files)} file names for {n} images")
     return labels, classes, files
-
-
-def read_scores(run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(labels, {scorer: scores}) from a run's scores.csv."""
-    path = Path(run_dir) / SCORES_FILE
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise ValueError(f"{path} holds no scores")
-    labels = np.array([int(r["label"]) for r in rows])
-    return labels, {s: np.array([float(r[s]) for r in rows]) for s in SCORERS if s in rows[0]}
 
 
 def format_metrics(metrics: dict) -> str:

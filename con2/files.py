@@ -13,17 +13,31 @@ def replacing(path: str | Path):
     """Yield a temporary path beside `path` to write to; once the block succeeds it replaces
     `path` in one step (os.replace), and if the block fails it is removed and `path` is untouched."""
     path = Path(path)
+    if path.is_dir():  # found now, not by os.replace after the work, naming the .tmp file
+        raise IsADirectoryError(f"{path} is a directory; give a file name")
+    if path.exists() and not path.is_file():  # /dev/stdout, a FIFO: written in place, never replaced
+        yield path
+        return
     tmp = path.with_name(path.name + ".tmp")
     try:
+        tmp.unlink(missing_ok=True)  # a stale one would lend its mode to the new file
+        # the mode a plain open() gives: the file's own if it exists, else 0666 & ~umask (read from a
+        # file the kernel creates with it, as os.umask can only be read by changing it); set again
+        # below because some writers make their own file (safetensors' save_file: 0600)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+        mode = (path if path.is_file() else tmp).stat().st_mode & 0o7777
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """`text` into `path`; a file or class name that is not UTF-8 (its bytes held as lone surrogates,
+    PEP 383) is written as those bytes, the name as the file system has it."""
     with replacing(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, errors="surrogateescape")
 
 
 def write_json(path: str | Path, obj) -> None:

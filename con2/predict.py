@@ -11,7 +11,7 @@ run's val normals at `target_fpr` (con2.metrics.calibrate_threshold) unless one 
 from __future__ import annotations
 
 import math
-
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -38,23 +38,56 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool) -> np.ndarray:
     """uint8 [N, H, W, C] made as the run's loader made its images (module docstring); an
-    unreadable file is an error naming it."""
-    from PIL import Image, UnidentifiedImageError
+    unreadable file is an error naming it, one far from the run's image shape a warning naming it."""
+    from PIL import Image
 
     from .data.datasets import resize_images
-    from .data.decode import decode_image
+    from .data.decode import DataError, decode_image, read_header
 
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
+    stretched: list[str] = []
     for i, f in enumerate(files):
         try:
             arr = decode_image(f, size if folder else None)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise ValueError(f"cannot read image {f}: {exc}") from exc
+            hw = read_header(f)[1] if folder else arr.shape[:2]  # folders are decoded at the run's size
+        except DataError as exc:  # its message names the file
+            raise DataError(f"cannot read image {exc}") from exc
+        except Exception as exc:  # any decoder failure, as the folder loader's map_files reports it
+            raise DataError(f"cannot read image {f}: {type(exc).__name__}: {exc}") from exc
+        if problem := _shape_problem(hw, size):
+            stretched.append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
         if arr.shape[-1] != channels:
             arr = (np.repeat(arr, 3, axis=-1) if channels == 3
                    else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
         out[i] = resize_images(arr[None], size)[0]  # no-op for folders (decoded at the size)
+    if stretched:
+        more = f" and {len(stretched) - 3} more" if len(stretched) > 3 else ""
+        warnings.warn(f"{len(stretched)} of {len(files)} images are resized to the run's {size[1]}x{size[0]} px "
+                      f"input from a very different shape, so their scores may mean little: "
+                      f"{'; '.join(stretched[:3])}{more}", stacklevel=2)
     return out
+
+
+# An image this far from the run's image size is scored as a distorted picture: the resize keeps no
+# aspect ratio, and upscaling a few pixels invents the rest.
+MAX_ASPECT_CHANGE = 2.0
+MIN_SIDE_FRACTION = 0.25
+
+
+def _shape_problem(hw: tuple[int, int], size: tuple[int, int]) -> str:
+    """Why an H x W image is a poor fit for the run's `size` images ("" when it fits)."""
+    (h, w), (mh, mw) = hw, size
+    change = (w / max(h, 1)) / (mw / mh)
+    if max(change, 1 / max(change, 1e-12)) > MAX_ASPECT_CHANGE:
+        return f"aspect ratio {_ratio(w, h)}, the run's {_ratio(mw, mh)}"
+    if h < mh * MIN_SIDE_FRACTION or w < mw * MIN_SIDE_FRACTION:
+        return f"a side under 1/{1 / MIN_SIDE_FRACTION:g} of the run's"
+    return ""
+
+
+def _ratio(w: int, h: int) -> str:
+    r = w / max(h, 1)
+    return f"{r:.1f}:1".replace(".0:", ":") if r >= 1 else f"1:{1 / r:.1f}".removesuffix(".0")
 
 
 def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggregate: str = "mean",
@@ -62,17 +95,16 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
                   batch_size: int = 256, bank_dtype: str = "float32", progress: bool = True,
                   crop_scale: tuple[float, float] | None = None) -> list[dict]:
     """[{file, score, anomaly, threshold}] for every image under `inputs`."""
-    from .data import load_split
     from .data.images import center_crop_array
     from .evaluate import run_scorer
     from .metrics import calibrate_threshold
-    from .run import load_run
+    from .run import load_run, run_split
 
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"--threshold must be a finite number, got {threshold}")
     files = list_inputs(inputs)
     cfg, model = load_run(run_dir, device=device)
-    split = load_split(cfg)
+    split = run_split(run_dir, cfg)
     # the run's pre-processing: resize (to the pre-crop size when the run crops), then the centred crop
     size = tuple(int(v) for v in split.meta.get("pre_crop_size") or split.train.shape[1:3])
     images = center_crop_array(read_images(files, size, split.channels, cfg.dataset == "folder"), cfg.center_crop)

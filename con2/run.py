@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .config import MIN_IMAGE_SIDE, TrainConfig, lift_legacy_extra, resolve_val_fraction
-from .data import ContextSet, OneClassSplit, ViewConfig
+from .data import ContextSet, OneClassSplit, ViewConfig, load_split
 from .data.datasets import DataError
 from .data.images import ImageSet
 from .data.keys import image_keys
@@ -37,16 +37,15 @@ def run_identity(cfg: TrainConfig) -> dict:
 
 
 def identity_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
-    """'key was X, now Y' for the first identity setting that differs, else None. Keys the saved
-    identity lacks (written by an older con2) are not compared."""
+    """'key was X, now Y' for every identity setting that differs ('; '-joined), else None. Keys the
+    saved identity lacks (written by an older con2) are not compared."""
     now = json.loads(json.dumps(run_identity(cfg)))  # lists / tuples as JSON has them
     saved, _ = lift_legacy_extra(saved)  # configs written before val_fraction / n_train were fields
     if "val_fraction" in saved:  # a whole config holds the field as set, an identity as resolved
         saved["val_fraction"] = resolve_val_fraction(saved.get("dataset"), saved["val_fraction"])
-    for key in IDENTITY_KEYS:
-        if key in saved and saved[key] != now[key]:
-            return f"{key} was {saved[key]!r}, now {now[key]!r}"
-    return None
+    wrong = [f"{key} was {saved[key]!r}, now {now[key]!r}" for key in IDENTITY_KEYS
+             if key in saved and saved[key] != now[key]]
+    return "; ".join(wrong) or None
 
 
 
@@ -88,15 +87,19 @@ def build_model(cfg: TrainConfig, split: OneClassSplit) -> Con2Model:
     return Con2Model(in_channels=split.channels, image_size=training_size(cfg, split), width=cfg.width)
 
 
-def save_model(model: Con2Model, run_dir: Path, cfg: TrainConfig) -> None:
+def save_model(model: Con2Model, run_dir: Path, cfg: TrainConfig, fingerprint: dict | None = None) -> None:
     """The final model as safetensors (no pickle) plus its architecture as JSON; both carry the
-    run's identity settings, so weights copied in from another run are refused by load_run."""
+    run's identity settings, so weights copied in from another run are refused by load_run, and the
+    fingerprint of the training images, so scoring other data under the run is refused by run_split."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     identity = json.dumps(run_identity(cfg), sort_keys=True)
+    meta = {"format": MODEL_FORMAT, "identity": identity}
+    if fingerprint is not None:
+        meta["data"] = json.dumps(fingerprint, sort_keys=True)
     with replacing(run_dir / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT, "identity": identity})
+        save_file(state, str(tmp), metadata=meta)
     info = {"format": MODEL_FORMAT, "con2_version": __version__, "architecture": model.architecture(),
-            "identity": json.loads(identity)}
+            "identity": json.loads(identity), **({"data": fingerprint} if fingerprint is not None else {})}
     write_json(run_dir / "model.json", info)
 
 
@@ -146,6 +149,32 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
                          f"{list(expected[wrong_shape].shape)}")
     model.load_state_dict(state)
     return cfg, model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
+
+
+def run_split(run_dir: str | Path, cfg: TrainConfig, split: OneClassSplit | None = None) -> OneClassSplit:
+    """The data split of a finished run (loaded from its config unless given), after checking that
+    its training images are the ones the saved model was trained on: a data file replaced since, a
+    folder that gained images (the seeded split then moves training images into test) or weights
+    copied from a run on other data would otherwise give silently wrong scores. Runs saved before
+    the fingerprint was recorded are not checked."""
+    run_dir = Path(run_dir)
+    split = split if split is not None else load_split(cfg)
+    info = read_json(run_dir / "model.json")
+    with safe_open(str(run_dir / "model.safetensors"), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    recorded = [("model.json", info["data"])] if "data" in info else []
+    if "data" in meta:
+        recorded.append(("model.safetensors", json.loads(meta["data"])))
+    if recorded:
+        now = data_fingerprint(split)
+        for source, saved in recorded:
+            if saved != now:
+                raise DataError(
+                    f"{run_dir}: the training images differ from those its model was trained on ({source}: "
+                    f"{saved['count']} images of {saved['shape']}; now {now['count']} of {now['shape']}, or other "
+                    f"pixels): the data changed since training ({cfg.data_file or cfg.data_root}), or the "
+                    f"weights belong to another run")
+    return split
 
 
 def data_fingerprint(split: OneClassSplit) -> dict:

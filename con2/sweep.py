@@ -6,6 +6,11 @@ status and metrics), one run directory per (class, seed), and at the end `result
 all classes and seeds) and `runs.csv` (one row per run). Standard deviations are sample standard
 deviations (ddof = 1; 0 for a single value).
 
+Each class and seed is listed once: a repeated seed, or two names of one class ("8" and "08",
+"0" and "airplane"), is refused before anything runs, as it would count one run twice. Run
+folders are `class-<class>-seed<seed>` with other characters than A-Z a-z 0-9 _ . - escaped as
+%XX, so two classes never share one ("a b" and "a_b" of an image folder).
+
 Resuming: rerunning the same command continues where it stopped. Runs marked done are not
 touched; a run whose model exists is only evaluated; a half-trained run continues from its
 checkpoint (`train(..., resume=True)`). The manifest is rewritten atomically after every run.
@@ -24,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import TrainConfig, is_int
 from .files import read_json, write_json
 from .run import run_finished
 from .scoring import SCORERS
@@ -50,7 +55,92 @@ def dataset_classes(dataset: str) -> list[str]:
 
 
 def run_name(cls: str, seed: int) -> str:
+    """class-<cls>-seed<seed>, one folder per (class, seed): characters other than A-Z a-z 0-9 _ . -
+    are written as %XX (their UTF-8 bytes), so "a b" (class-a%20b-...) and "a_b" never share one."""
+    safe = "".join(ch if re.fullmatch(r"[A-Za-z0-9_.-]", ch) else "".join(f"%{b:02X}" for b in ch.encode())
+                   for ch in str(cls))
+    return f"class-{safe}-seed{seed}"
+
+
+def _legacy_run_name(cls: str, seed: int) -> str:
+    """The folder older con2 gave (class, seed): each run of other characters as one _."""
     return f"class-{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(cls))}-seed{seed}"
+
+
+def _run_keys(out: Path, manifest: dict, todo: list[tuple[str, int]]) -> dict:
+    """{(class, seed): its run folder}: run_name, or the legacy name a manifest already holds the run
+    under; a folder that holds (or would hold) another class's run is refused, naming both."""
+    runs, keys, owner = manifest["runs"], {}, {}
+    for c, s in todo:
+        key, legacy = run_name(c, s), _legacy_run_name(c, s)
+        if key not in runs and (runs.get(legacy) or {}).get("class") == c:
+            key = legacy  # a sweep started by an older con2: resumed, not retrained
+        entry = runs.get(key)
+        if entry is not None and (entry.get("class"), entry.get("seed")) != (c, s):
+            raise ValueError(f"{out / key} holds the run of class {entry.get('class')!r} seed {entry.get('seed')}, "
+                             f"where class {c!r} seed {s} would go (an older con2 named folders so); "
+                             "sweep into another --out")
+        if key in owner:
+            raise ValueError(f"classes {owner[key][0]!r} and {c!r} would share the run folder {out / key}; "
+                             "sweep into another --out")
+        keys[(c, s)], owner[key] = key, (c, s)
+    return keys
+
+
+def check_sweep(base: TrainConfig, classes: list[str], seeds: list) -> None:
+    """Each seed and each class once: a repeated one would be one run counted twice in the tables
+    (or trained twice under two names)."""
+    for s in seeds:
+        if not (is_int(s) and s >= 0):
+            raise ValueError(f"--seeds must be integers >= 0, got {s!r}")
+    dup = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if dup is not None:
+        raise ValueError(f"--seeds lists {dup} twice; list each seed once")
+    seen = {}
+    for c in classes:
+        key = _class_identity(base, c)
+        if key in seen:
+            same = f"{c!r} twice" if seen[key] == c else f"{seen[key]!r} and {c!r}, the same {base.dataset} class"
+            raise ValueError(f"--classes lists {same}; list each class once")
+        seen[key] = c
+
+
+def _class_identity(base: TrainConfig, cls: str):
+    """What a class name means to the data set's loader (con2.data.datasets._resolve_classes: an
+    index or a case-insensitive name, "8" = "08" = " 8"); folder classes are folder names, exact."""
+    from .data.datasets import CIFAR10_CLASSES, CIFAR100_SUPERCLASSES, MEDMNIST, DataError, _resolve_classes
+
+    if base.dataset == "folder":
+        return cls
+    if base.dataset == "digits":
+        names = {i: str(i) for i in range(10)}
+    elif base.dataset == "cifar10":
+        names = dict(enumerate(CIFAR10_CLASSES))
+    elif base.dataset == "cifar100":
+        names = dict(enumerate(CIFAR100_SUPERCLASSES))
+    elif base.dataset in MEDMNIST:
+        names = MEDMNIST[base.dataset][1]
+    else:
+        names = _npz_class_names(base.data_file)
+    key = cls.strip()
+    if names is None:  # the file cannot be read: as the loader would read it, less index-name aliases
+        return int(key) if key.lstrip("-").isdigit() else key.lower()
+    try:
+        return _resolve_classes([cls], names, base.dataset)
+    except DataError:  # an unknown class: its run fails with the loader's message
+        return ("unknown", key.lower())
+
+
+def _npz_class_names(data_file) -> dict | None:
+    """{label: name} as load_npz names an npz file's classes; None when it cannot be read."""
+    try:
+        with np.load(data_file, allow_pickle=False) as z:
+            labels = [z[k] for k in ("labels", "train_labels", "val_labels", "test_labels") if k in z]
+            given = [str(s) for s in z["class_names"]] if "class_names" in z else None
+            values = sorted(int(v) for v in np.unique(np.concatenate([np.ravel(y) for y in labels])))
+    except Exception:  # noqa: BLE001 - any unreadable file: the runs report it
+        return None
+    return {v: (given[v] if given and 0 <= v < len(given) else str(v)) for v in values}
 
 
 def _base_dict(cfg: TrainConfig) -> dict:
@@ -86,21 +176,28 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     from .evaluate import evaluate_run
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if classes == "all" or list(classes) == ["all"]:
+    if isinstance(classes, str):  # one class, not one per character
+        classes = [classes]
+    if list(classes) == ["all"]:
         classes = dataset_classes(base.dataset)
-    classes, seeds = [str(c) for c in classes], [int(s) for s in seeds]
+    classes, seeds = [str(c) for c in classes], list(seeds)
     if not classes or not seeds:
         raise ValueError("a sweep needs at least one class and one seed")
+    check_sweep(base, classes, seeds)
+    seeds = [int(s) for s in seeds]
+    # the options every run shares, checked once before any run starts
+    dataclasses.replace(base, normal_class=[classes[0]], seed=seeds[0]).validate()
+    out.mkdir(parents=True, exist_ok=True)
     eval_settings = {"views": views, "aggregate": aggregate, "scorers": list(scorers)}
     manifest = load_manifest(out, base, eval_settings)
     todo = [(c, s) for c in classes for s in seeds]
+    run_keys = _run_keys(out, manifest, todo)
     for c, s in todo:
-        key = run_name(c, s)
-        entry = manifest["runs"].setdefault(key, {"class": c, "seed": s, "dir": key, "status": "pending"})
+        key = run_keys[(c, s)]
+        manifest["runs"].setdefault(key, {"class": c, "seed": s, "dir": key, "status": "pending"})
     write_json(out / MANIFEST, manifest)
     for i, (c, s) in enumerate(todo, 1):
-        key = run_name(c, s)
+        key = run_keys[(c, s)]
         entry = manifest["runs"][key]
         if entry["status"] == "done":
             if progress:
@@ -127,7 +224,7 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
             if progress:
                 print(f"[{i}/{len(todo)}] {key}: FAILED: {entry['error']}", flush=True)
         write_json(out / MANIFEST, manifest)
-    keys = [run_name(c, s) for c, s in todo]
+    keys = [run_keys[(c, s)] for c, s in todo]
     summary = summarize(manifest, keys, classes, scorers)
     write_tables(out, summary, manifest, keys, scorers)
     failed = [k for k in keys if manifest["runs"][k]["status"] == "failed"]

@@ -9,6 +9,7 @@ the end model.safetensors + model.json (the trained Con2Model).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,8 +28,8 @@ from .distributed import convert_batchnorm
 from .files import replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
-from .run import (build_model, context_set, data_fingerprint, identity_mismatch, resolve_device, save_model,
-                  view_config)
+from .run import (build_model, context_set, data_fingerprint, identity_mismatch, resolve_device, run_finished,
+                  save_model, view_config)
 
 CHECKPOINT_FORMAT = "con2-checkpoint/1"
 LOG_EVERY = 10  # steps between metrics lines inside an epoch
@@ -111,6 +112,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config as a run records it: data paths absolute, so that evaluate / score / predict find
+    the same data from any working directory (a moved file is named; changed pixels are refused)."""
+    def absolute(path):
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    return dataclasses.replace(cfg, data_root=absolute(cfg.data_root), data_file=absolute(cfg.data_file))
+
+
 def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict, device) -> dict:
     """The checkpoint to resume from, after checking it belongs to this run."""
     try:
@@ -121,10 +131,11 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict, device) ->
         raise ValueError(f"{path} is not a con2 checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
     wrong = identity_mismatch(ckpt["config"], cfg)
     if wrong:
-        raise ValueError(f"--resume: {wrong} in {path}; resume with the run's settings or pick another --out")
+        raise ValueError(f"cannot continue the run in {path.parent}: {wrong} (its checkpoint.pt); "
+                         f"continue it with its settings or pick another --out")
     saved = ckpt.get("data_fingerprint")
     if saved is not None and saved != fingerprint:
-        raise ValueError(f"--resume: the training images differ from the checkpoint's ({saved['count']} images of "
+        raise ValueError(f"cannot continue the run in {path.parent}: the training images differ from the checkpoint's ({saved['count']} images of "
                          f"{saved['shape']} then, {fingerprint['count']} of {fingerprint['shape']} now, or other "
                          f"pixels); resume with the run's data or pick another --out")
     return ckpt
@@ -290,16 +301,15 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     device, rank, world, local_rank = _init_distributed(cfg)
     run_dir = Path(cfg.out)
     ckpt_path = run_dir / "checkpoint.pt"
-    if not resume and ckpt_path.exists():
+    if not resume and (ckpt_path.exists() or run_finished(run_dir)):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+    if resume and not ckpt_path.exists() and run_finished(run_dir):  # training afresh would replace its model
+        raise FileExistsError(f"{run_dir} holds a trained model but no checkpoint to continue from; "
+                              f"pick another --out to train again")
     split = split if split is not None else load_split(cfg)
     views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
     fingerprint = data_fingerprint(split)
     ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint, device) if resume and ckpt_path.exists() else None
-    if rank == 0:  # only now: a refused --resume leaves the run's files as they were
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.json", cfg.to_json())
-
     torch.manual_seed(cfg.seed)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
     say(split.summary(), flush=True)
@@ -322,6 +332,9 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         say(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
     source = make_batch_source(pipeline, split, contexts, views_cfg, cfg.batch_size, cfg.seed,
                                device, channels_last=on_gpu, rank=rank, world=world)
+    if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.json", _with_absolute_paths(cfg).to_json())
     steps_per_epoch = source.steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     n_contexts = source.pipeline.n_contexts if hasattr(source, "pipeline") else (len(contexts) if contexts else 1)
@@ -390,7 +403,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     check_trained_model(model, next(source.batches_from(0))[1], amp)
     checkpoint()
     if rank == 0:
-        save_model(model, run_dir, cfg)
+        save_model(model, run_dir, cfg, fingerprint)
     if world > 1:
         dist.barrier()
     return run_dir

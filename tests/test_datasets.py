@@ -396,3 +396,159 @@ def test_folder_of_nearly_black_images_warns(tmp_path):
 def _mk(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# --------------------------------------------------------------------------- bad input, refused at load time
+
+def given_npz(path: Path, train, test, val=None, train_labels=None, test_labels=None):
+    arrays = dict(train_images=train, test_images=test,
+                  train_labels=np.zeros(len(train), np.uint8) if train_labels is None else train_labels,
+                  test_labels=np.arange(len(test)) % 2 if test_labels is None else test_labels)
+    if val is not None:
+        arrays.update(val_images=val, val_labels=np.zeros(len(val), np.uint8))
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_parts_of_other_sizes_or_channels_are_refused_before_training(tmp_path):
+    gray = lambda n, s: np.zeros((n, s, s), np.uint8)  # noqa: E731
+    rgb = lambda n, s: np.zeros((n, s, s, 3), np.uint8)  # noqa: E731
+    load = lambda path, **kw: load_split(cfg(dataset="npz", data_file=path, normal_class=["0"], **kw))  # noqa: E731
+    path = given_npz(tmp_path / "test20.npz", gray(6, 16), gray(6, 20))
+    with pytest.raises(DataError, match=r"test20\.npz: the test images are 20x20 px with 1 channel\(s\), the train "
+                                        r"images 16x16 px with 1: .*--image-size"):
+        load(path)
+    assert load(path, image_size=16).test.shape[1:] == (16, 16, 1)  # resizing makes them agree
+    with pytest.raises(DataError, match=r"rgb\.npz: the test images are 16x16 px with 3 channel.*same channel count"):
+        load(given_npz(tmp_path / "rgb.npz", gray(6, 16), rgb(6, 16)), image_size=16)
+    with pytest.raises(DataError, match=r"val20\.npz: the val images are 20x20"):
+        load(given_npz(tmp_path / "val20.npz", gray(6, 16), gray(6, 16), val=gray(3, 20)))
+    a = write_medmnist(tmp_path / "octmnist.npz", 4)
+    np.savez(tmp_path / "octmnist.npz", **{**a, "test_images": a["test_images"][:, :20, :20]})
+    with pytest.raises(DataError, match=r"octmnist\.npz: the test images are 20x20"):
+        load_split(cfg(dataset="oct", data_root=str(tmp_path)))
+
+
+def test_seeded_split_options_on_data_with_its_own_split_are_refused(tmp_path):
+    write_medmnist(tmp_path / "octmnist.npz", 4)
+    oct_ = lambda **kw: load_split(cfg(dataset="oct", data_root=str(tmp_path), **kw))  # noqa: E731
+    for kw, flag in ((dict(n_train=5), "--n-train 5"), (dict(test_fraction=0.2), "--test-fraction 0.2"),
+                     (dict(val_fraction=0.1), "--val-fraction 0.1")):
+        with pytest.raises(DataError, match=f"{flag} cannot apply: octmnist has its official train/val/test split"):
+            oct_(**kw)
+    check_split(oct_(test_fraction=0.3, val_fraction=0.0), 10, 2, 20, 15)  # the defaults, set: fine
+    path = given_npz(tmp_path / "given.npz", np.zeros((6, 8, 8), np.uint8), np.zeros((6, 8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"--n-train 3 cannot apply: .*given\.npz has its own split"):
+        load_split(cfg(dataset="npz", data_file=path, normal_class=["0"], n_train=3))
+    for i in range(3):
+        save(tmp_path / "tree" / "train" / "good" / f"{i}.png", seed=i)
+        save(tmp_path / "tree" / "test" / "good" / f"{i}.png", seed=i)
+    with pytest.raises(DataError, match=r"--test-fraction 0.5 cannot apply: .*tree has its own split"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path / "tree"), normal_class=["good"], test_fraction=0.5))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cifar10.npz", train_images=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+             train_labels=np.arange(20) % 10, test_images=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+             test_labels=np.arange(20) % 10)
+    with pytest.raises(DataError, match="--val-fraction 0.2 cannot apply: cifar10 has its official train/test"):
+        load_split(cfg(dataset="cifar10", data_root=str(tmp_path), normal_class=["0"], val_fraction=0.2))
+    # digits: its per-class split takes the fractions, not --n-train
+    with pytest.raises(DataError, match="--n-train 50 does not apply to --dataset digits"):
+        load_split(cfg(dataset="digits", n_train=50))
+    assert len(load_split(cfg(dataset="digits", test_fraction=0.5)).test) > len(load_split(cfg(dataset="digits")).test)
+    with pytest.raises(DataError, match="--resolution picks a MedMNIST file"):
+        load_split(cfg(dataset="npz", data_file=path, normal_class=["0"], resolution=64))
+
+
+def test_a_file_given_for_a_named_data_set_must_look_like_it(tmp_path):
+    rng = np.random.default_rng(0)
+    breast = write_medmnist(tmp_path / "breast.npz", 2, n=(546, 78, 156))  # the official breastmnist sizes
+    with pytest.raises(DataError, match=r"breast\.npz: its 546/78/156 train/val/test images are the official "
+                                        r"breastmnist split, not pneumoniamnist's"):
+        load_split(cfg(dataset="pneumonia", data_file=str(tmp_path / "breast.npz")))
+    with pytest.raises(DataError, match=r"breast\.npz: its images are 28x28 px, not the 64x64 px of --resolution 64"):
+        load_split(cfg(dataset="breast", data_file=str(tmp_path / "breast.npz"), resolution=64))
+    assert load_split(cfg(dataset="breast", data_file=str(tmp_path / "breast.npz"))).train.shape[1:] == (28, 28, 1)
+    np.savez(tmp_path / "breastmnist.npz", **{k: v[:, :16, :16] if k.endswith("images") else v
+                                              for k, v in breast.items()})
+    with pytest.raises(DataError, match=r"its images are 16x16 px, not the 28x28 px of MedMNIST's breastmnist\.npz"):
+        load_split(cfg(dataset="breast", data_root=str(tmp_path)))
+    write_medmnist(tmp_path / "derma.npz", 7, channels=3)
+    with pytest.raises(DataError, match=r"derma\.npz: its images have 3 channel\(s\), octmnist's have 1"):
+        load_split(cfg(dataset="oct", data_file=str(tmp_path / "derma.npz")))
+    write_medmnist(tmp_path / "seven.npz", 7)
+    with pytest.raises(DataError, match=r"seven\.npz: train_labels run 0\.\.6, but breastmnist has 2 classes"):
+        load_split(cfg(dataset="breast", data_file=str(tmp_path / "seven.npz")))
+    for which in ("cifar10", "cifar100"):
+        with pytest.raises(DataError, match=rf"breast\.npz: its train images are 28x28 px with 1 channel\(s\), "
+                                            rf"{which}'s are 32x32 RGB"):
+            load_split(cfg(dataset=which, data_file=str(tmp_path / "breast.npz"), normal_class=["0"]))
+    img = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
+    np.savez(tmp_path / "c100.npz", train_images=img(200), train_labels=np.arange(200) % 100,
+             test_images=img(100), test_labels=np.arange(100))
+    with pytest.raises(DataError, match=r"c100\.npz: train_labels run 0\.\.99, but cifar10 labels are 0\.\.9"):
+        load_split(cfg(dataset="cifar10", data_file=str(tmp_path / "c100.npz"), normal_class=["0"]))
+    np.savez(tmp_path / "c10.npz", train_images=img(20), train_labels=np.arange(20) % 10,
+             test_images=img(20), test_labels=np.arange(20) % 10)
+    with pytest.raises(DataError, match=r"c10\.npz: its labels are all 0\.\.9, as in CIFAR-10"):
+        load_split(cfg(dataset="cifar100", data_file=str(tmp_path / "c10.npz"), normal_class=["0"]))
+    np.savez(tmp_path / "c100.npz", train_images=img(200), train_labels=np.arange(200) % 100 + 1,
+             test_images=img(100), test_labels=np.arange(100))
+    with pytest.raises(DataError, match=r"train_labels run 1\.\.100, but cifar100 labels are 0\.\.99"):
+        load_split(cfg(dataset="cifar100", data_file=str(tmp_path / "c100.npz"), normal_class=["0"]))
+
+
+def test_real_files_given_for_other_data_sets_are_refused():
+    breast = str(need("breastmnist.npz"))
+    with pytest.raises(DataError, match="the official breastmnist split, not pneumoniamnist's"):
+        load_split(cfg(dataset="pneumonia", data_file=breast))
+    with pytest.raises(DataError, match="not the 64x64 px of --resolution 64"):
+        load_split(cfg(dataset="breast", data_file=breast, resolution=64))
+    with pytest.raises(DataError, match="cifar10's are 32x32 RGB"):
+        load_split(cfg(dataset="cifar10", data_file=breast, normal_class=["airplane"]))
+    s = load_split(cfg(dataset="breast", data_file=str(need("breastmnist_64.npz"))))  # any resolution, unasked
+    assert s.train.shape[1:] == (64, 64, 1) and s.meta["resolution"] == 64
+
+
+def test_empty_files_and_labels_not_one_per_image_are_named(tmp_path):
+    npz = lambda name, **arrays: np.savez(tmp_path / name, **arrays) or str(tmp_path / name)  # noqa: E731
+    load = lambda path: load_split(cfg(dataset="npz", data_file=path, normal_class=["0"]))  # noqa: E731
+    none = np.zeros((0, 8, 8), np.uint8)
+    with pytest.raises(DataError, match=r"empty\.npz: the file holds no images"):
+        load(npz("empty.npz", images=none, labels=np.zeros(0, np.uint8)))
+    with pytest.raises(DataError, match=r"empty_given\.npz: the file holds no images"):
+        load(given_npz(tmp_path / "empty_given.npz", none, none))
+    with pytest.raises(DataError, match=r"no_train\.npz: train_images holds no images"):
+        load(given_npz(tmp_path / "no_train.npz", none, np.zeros((4, 8, 8), np.uint8)))
+    with pytest.raises(DataError, match=r"labels must be one per image, shape \(N,\) or \(N, 1\), got \(40, 2\)"):
+        load(npz("pairs.npz", images=np.zeros((40, 8, 8), np.uint8), labels=np.zeros((40, 2), np.uint8)))
+    with pytest.raises(DataError, match=r"has val_labels but no val_images"):
+        load(npz("val.npz", train_images=none[:0], train_labels=np.zeros(0), test_images=none, test_labels=np.zeros(0),
+                 val_labels=np.zeros(3)))
+
+
+def test_a_training_split_of_one_normal_image_is_refused(tmp_path):
+    imgs = np.zeros((6, 8, 8), np.uint8)
+    seeded = str(tmp_path / "d.npz")
+    np.savez(seeded, images=imgs, labels=np.array([0, 0, 1, 1, 1, 1], np.uint8))
+    load = lambda path, **kw: load_split(cfg(dataset="npz", data_file=path, normal_class=["0"], **kw))  # noqa: E731
+    with pytest.raises(DataError, match=r"only 1 normal training image\(s\); at least 2.*S_LH.*lower --test-fraction"):
+        load(seeded)  # 2 normals, 30 % (1) to test
+    with pytest.raises(DataError, match="only 1 normal training image.*raise --n-train"):
+        load(seeded, n_train=1)
+    with pytest.raises(DataError, match="only 1 normal training image.*raise --max-train-samples"):
+        load(seeded, test_fraction=0.1, max_train_samples=1)
+    one = given_npz(tmp_path / "one.npz", imgs, imgs, train_labels=np.array([0, 1, 1, 1, 1, 1], np.uint8))
+    with pytest.raises(DataError, match="only 1 normal training image.*add normal images to the training split"):
+        load(one)
+    assert len(load(seeded, test_fraction=0.1).train) == 2
+
+
+def test_demo_refuses_zero_epochs(tmp_path, monkeypatch):
+    import con2.demo
+
+    def loaded(cfg):
+        raise AssertionError(f"the demo went on to load its data with epochs={cfg.epochs}")
+
+    monkeypatch.setattr(con2.demo, "load_split", loaded)
+    with pytest.raises(ValueError, match="--epochs must be >= 1, got 0"):
+        con2.demo.run_demo(out=str(tmp_path / "demo"), epochs=0)

@@ -212,3 +212,146 @@ def test_scikit_learn_pipeline_clone_and_pickle(fitted):
         clone(det).decision_function(x)
     with pytest.raises(ValueError, match="contamination"):
         Con2Detector(contamination=0.6).fit(blobs(20, 0, True))
+
+
+def _copy(det):
+    import pickle
+
+    return pickle.loads(pickle.dumps(det))  # the module's fitted detector stays as it is
+
+
+def test_every_option_is_either_refit_or_applied_after_fit():
+    from con2.detector import LIVE_PARAMS, REFIT_PARAMS
+
+    assert set(REFIT_PARAMS) | set(LIVE_PARAMS) == set(Con2Detector().get_params())
+    assert not set(REFIT_PARAMS) & set(LIVE_PARAMS)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("context", "flip"), ("objective", "simclr"), ("epochs", 2), ("batch_size", 8), ("image_size", 16),
+    ("scorer", "lh"), ("views", 4), ("seed", 7), ("amp", True), ("lr", 1e-2), ("weight_decay", 0.0),
+    ("temperature", 0.5), ("width", 4), ("calibration_fraction", 0.2), ("bank_dtype", "float16"),
+    ("crop_scale", (0.5, 1.0))])
+def test_scoring_refuses_a_changed_option_the_fit_depends_on(fitted, tmp_path, name, value):
+    det = _copy(fitted[0])
+    x = blobs(4, 6, False)
+    before, old = det.decision_function(x), getattr(det, name)
+    det.set_params(aggregate="max", **{name: value})  # taken (set_params(...).fit(X) must work) ...
+    assert getattr(det, name) == value and det.aggregate == "max"
+    for use in (det.decision_function, det.predict, lambda _: det.save(tmp_path / "d.safetensors")):
+        with pytest.raises(ValueError, match=f"{name} was .* when this detector was fitted.*fit again"):
+            use(x)  # ... but the fitted state is not used with it
+    setattr(det, name, old)  # assigned back directly: scoring works again
+    det.aggregate = "mean"
+    np.testing.assert_array_equal(det.decision_function(x), before)
+
+
+def test_set_params_then_fit_refits(fitted):
+    det = _copy(fitted[0])
+    det.set_params(epochs=2, calibration_fraction=0.2).fit(blobs(40, 0, True))
+    assert det.decision_scores_.shape == (8,)  # 20 % of 40
+    assert det.decision_function(blobs(3, 1, False)).shape == (3,)
+
+
+def test_new_target_fpr_or_contamination_recalibrates_the_threshold(fitted):
+    det = _copy(fitted[0])
+    cal, t0 = det.decision_scores_.copy(), det.threshold_
+    det.set_params(target_fpr=0.5)
+    assert det.threshold_ < t0 and (cal > det.threshold_).mean() == 0.5  # 3 of the 6 held-out normals
+    np.testing.assert_array_equal(det.labels_, (cal > det.threshold_).astype(int))
+    x = blobs(5, 7, True)
+    np.testing.assert_array_equal(det.predict(x), (det.decision_function(x) > det.threshold_).astype(int))
+    det.set_params(contamination=0.0)  # replaces target_fpr
+    assert det.threshold_ == cal.max()
+    with pytest.raises(ValueError, match="contamination"):
+        det.set_params(contamination=0.7)
+    assert det.contamination == 0.0 and det.threshold_ == cal.max()
+    det.contamination, det.target_fpr = None, 0.1  # assigned directly: applied when scoring
+    det.predict(x)
+    assert det.threshold_ == t0
+
+
+def test_new_aggregate_recalibrates_as_a_fit_with_it_would(fitted, tmp_path):
+    from sklearn.base import clone
+
+    det = _copy(fitted[0])
+    t_mean, s_mean = det.threshold_, det.decision_scores_.copy()
+    det.set_params(aggregate="max")
+    # numpy integer options work, in fit and in the bundle
+    ints = dict(epochs=np.int64(1), width=np.int64(8), batch_size=np.int64(16), views=np.int64(2))
+    ref = clone(fitted[0]).set_params(aggregate="max", **ints).fit(blobs(60, 0, True))
+    np.testing.assert_allclose(det.decision_scores_, ref.decision_scores_, rtol=1e-6)
+    assert det.threshold_ == pytest.approx(ref.threshold_, rel=1e-6) and det.threshold_ != t_mean
+    x = blobs(5, 8, False)
+    np.testing.assert_array_equal(det.predict(x), (det.decision_function(x) > det.threshold_).astype(int))
+    ref.save(tmp_path / "max.safetensors")
+    loaded = Con2Detector.load(tmp_path / "max.safetensors", device="cpu")
+    assert loaded.threshold_ == ref.threshold_ and loaded.get_params()["epochs"] == 1
+    loaded.set_params(aggregate="mean")  # the bundle keeps the per-view calibration scores
+    np.testing.assert_allclose(loaded.decision_scores_, s_mean, rtol=1e-6)
+    det.set_params(aggregate="mean")
+    assert det.threshold_ == t_mean
+
+
+def test_a_bundle_without_per_view_calibration_scores_refuses_a_new_aggregate(fitted, tmp_path):
+    _, path = fitted
+    old = _rewrite(path, tmp_path / "old.safetensors", edit_tensors=lambda t: t.pop("calibration.views"),
+                   rehash=True)
+    det = Con2Detector.load(old, device="cpu")
+    with pytest.raises(ValueError, match="per-view calibration scores.*fit again"):
+        det.set_params(aggregate="max")
+    assert det.aggregate == "mean"
+    det.set_params(target_fpr=0.5)  # the aggregated scores are enough for this
+    assert (det.decision_scores_ > det.threshold_).mean() == 0.5
+
+
+def test_device_and_batch_size_after_fit(fitted):
+    det = _copy(fitted[0])
+    x = blobs(5, 9, False)
+    s = det.decision_function(x)
+    det.set_params(score_batch_size=2, progress=False, out="elsewhere", device="auto")
+    np.testing.assert_allclose(det.decision_function(x), s, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="not a device"):
+        det.set_params(device="bogus")
+    assert det.device == "auto"
+    with pytest.raises(ValueError, match="score_batch_size"):
+        det.set_params(score_batch_size=0)
+    if torch.cuda.is_available():  # the model and bank move with the option
+        det.set_params(device="cuda")
+        assert next(det.model_.parameters()).is_cuda and det.bank_.nnd.is_cuda
+        np.testing.assert_allclose(det.decision_function(x), s, rtol=1e-4, atol=1e-5)
+
+
+def test_option_types_are_checked_before_training():
+    x = np.zeros((10, 12, 12), np.uint8)
+    for params, err, match in [
+            (dict(batch_size="8"), TypeError, "--batch-size must be an integer, got '8'"),
+            (dict(width=2.5), TypeError, "--width must be an integer, got 2.5"),
+            (dict(epochs=1.5), TypeError, "--epochs must be an integer, got 1.5"),
+            (dict(epochs=True), TypeError, "--epochs must be an integer, got True"),
+            (dict(lr="0.001"), TypeError, "--lr must be a number"),
+            (dict(amp="no"), TypeError, "--amp must be True or False"),
+            (dict(target_fpr="0.1"), TypeError, "target_fpr must be a number"),
+            (dict(contamination="0.1"), TypeError, "contamination must be a number"),
+            (dict(calibration_fraction=None), TypeError, "calibration_fraction must be a number"),
+            (dict(score_batch_size=True), ValueError, "score_batch_size"),
+            (dict(device="bogus"), ValueError, "not a device")]:
+        with pytest.raises(err, match=match):
+            Con2Detector(progress=False, device=params.pop("device", "cpu"), **params).fit(x)
+
+
+def test_empty_inputs_and_lists_of_images(fitted):
+    det, _ = fitted
+    for empty in ([], (), np.zeros((0, 12, 12), np.uint8), torch.zeros((0, 1, 12, 12), dtype=torch.uint8),
+                  np.array([])):
+        with pytest.raises(ValueError, match="holds no images"):
+            Con2Detector(progress=False, device="cpu").fit(empty)
+    x = blobs(4, 10, False)
+    s = det.decision_function(x)
+    np.testing.assert_array_equal(det.decision_function(list(x)), s)  # numpy [H, W] images
+    np.testing.assert_array_equal(det.decision_function([im[..., None] for im in x]), s)  # [H, W, 1]
+    np.testing.assert_array_equal(det.decision_function([torch.from_numpy(im)[None] for im in x]), s)  # [1, H, W]
+    with pytest.raises(TypeError, match="mixes torch tensors"):
+        det.decision_function([x[0], torch.from_numpy(x[1])])
+    with pytest.raises(TypeError, match=r"uint8.*got dtype int64 \(convert 0..255 integers"):
+        det.decision_function([im.tolist() for im in x])  # nested Python lists: int64

@@ -363,3 +363,25 @@ def test_a_damaged_file_in_a_part_decoded_on_access_does_not_fail_the_dark_check
     assert not s.in_memory and victim in s.test_files
     with pytest.raises(DataError, match="header was read when the folder was loaded"):
         np.asarray(s.test)  # it fails where it is used, naming the file
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-5", "1e400"])
+def test_a_memory_budget_that_is_not_a_finite_number_of_mib_at_least_0_is_named(tmp_path, monkeypatch, value):
+    write_folder(tmp_path)
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", value)
+    with pytest.raises(DataError, match=rf"CON2_MEMORY_BUDGET_MB must be a number of MiB, got '{value}' \(finite"):
+        load_split(folder_cfg(tmp_path))
+
+
+def test_a_dangling_symlink_is_named_or_skipped_as_an_unreadable_file(tmp_path):
+    write_folder(tmp_path, colour_one=False)
+    ghost = tmp_path / "good" / "ghost.png"
+    ghost.symlink_to(tmp_path / "gone.png")
+    (tmp_path / "good" / ".cache").mkdir()
+    (tmp_path / "good" / ".cache" / "0.png").symlink_to(tmp_path / "gone.png")  # hidden: ignored as before
+    with pytest.raises(DataError, match=r"cannot read image .*ghost\.png: a dangling symlink .*gone\.png.*"
+                                        r"--skip-bad-files"):
+        load_split(folder_cfg(tmp_path))
+    s = load_split(folder_cfg(tmp_path, skip_bad_files=True))
+    assert s.meta["skipped_paths"] == [str(ghost)] and "ghost.png" in s.summary()
+    assert len(s.train) + len(s.val) + int((s.test_labels == 0).sum()) == 12

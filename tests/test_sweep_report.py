@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -189,3 +190,89 @@ def test_cli_stops_quietly_when_its_reader_leaves(monkeypatch, capsys):
     monkeypatch.setattr(con2.evaluate, "score_split", broken_elsewhere)
     assert main(["score", "--run", "somewhere"]) == 2
     assert "con2 score: error: [Errno 32] Broken pipe" in capsys.readouterr().err
+
+
+def test_sweep_refuses_repeated_seeds_and_classes(tmp_path, monkeypatch):
+    from con2.sweep import check_sweep
+
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    out = tmp_path / "sweep"
+    for classes, seeds, match in [(["8"], [0, 0], "--seeds lists 0 twice"),
+                                  (["8", "08"], [0], "--classes lists '8' and '08', the same digits class"),
+                                  (["3", " 3"], [0], "'3' and ' 3', the same digits class"),
+                                  (["8", "8"], [0], "--classes lists '8' twice"),
+                                  (["8"], [1.5], "--seeds must be integers >= 0, got 1.5"),
+                                  (["8"], [-1], "--seeds must be integers >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            run_sweep(base, classes, seeds, out, views=0, progress=False)
+    assert calls == [] and not out.exists()  # refused before anything ran or was written
+    with pytest.raises(TypeError, match="--epochs must be an integer"):  # the shared options, before any run
+        run_sweep(TrainConfig(dataset="digits", epochs=1.5), ["8"], [0], out, views=0, progress=False)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="'0' and 'Airplane', the same cifar10 class"):  # index and name
+        check_sweep(TrainConfig(dataset="cifar10"), ["0", "Airplane"], [0])
+    check_sweep(TrainConfig(dataset="folder"), ["a", "A", "a b", "a_b"], [0, 1])  # folder names are exact
+    npz = tmp_path / "named.npz"
+    np.savez(npz, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 0, 1, 1]),
+             class_names=np.array(["zero", "one"]))
+    with pytest.raises(ValueError, match="'1' and 'ONE', the same npz class"):
+        check_sweep(TrainConfig(dataset="npz", data_file=str(npz)), ["1", "ONE"], [0])
+    check_sweep(TrainConfig(dataset="npz", data_file=str(npz)), ["zero", "one"], [0])
+
+
+def _write_classes(root, names, n=10, size=12):
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_classes_whose_names_map_to_one_folder_get_a_run_each(tmp_path, monkeypatch):
+    data = _write_classes(tmp_path / "data", ["a b", "a_b", "c"])
+    base = TrainConfig(dataset="folder", data_root=str(data), width=8, epochs=1, device="cpu")
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    out = tmp_path / "sweep"
+    summary = run_sweep(base, ["a b", "a_b"], [0], out, views=0, progress=False)
+    assert calls == [("a b", 0), ("a_b", 0)]
+    assert {c: row["nnd"][2] for c, row in summary["classes"].items()} == {"a b": 1, "a_b": 1}
+    assert (out / "class-a%20b-seed0").is_dir() and (out / "class-a_b-seed0").is_dir()
+    md = (out / "results.md").read_text()
+    assert "| a b | 1 |" in md and "| a_b | 1 |" in md
+
+
+def test_a_sweep_named_by_an_older_con2_resumes_and_refuses_a_class_that_would_share_a_folder(tmp_path, monkeypatch):
+    data = _write_classes(tmp_path / "data", ["a b", "a_b"])
+    base = TrainConfig(dataset="folder", data_root=str(data), width=8, epochs=1, device="cpu")
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    out = tmp_path / "sweep"
+    run_sweep(base, ["a b"], [0], out, views=0, progress=False)
+    # as an older con2 left it: the run of "a b" in class-a_b-seed0
+    (out / "class-a%20b-seed0").rename(out / "class-a_b-seed0")
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["runs"].pop("class-a%20b-seed0")
+    manifest["runs"]["class-a_b-seed0"] = dict(entry, dir="class-a_b-seed0")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    calls.clear()
+    summary = run_sweep(base, ["a b"], [0], out, views=0, progress=False)
+    assert calls == [] and summary["classes"]["a b"]["nnd"][2] == 1  # resumed, not retrained
+    with pytest.raises(ValueError, match="class-a_b-seed0 holds the run of class 'a b' seed 0, where class 'a_b'"):
+        run_sweep(base, ["a b", "a_b"], [0], out, views=0, progress=False)
+    assert calls == []
+
+
+def test_cli_sweep_names_its_folder_from_the_defaults_and_needs_no_normal_class(tmp_path, monkeypatch, capsys):
+    from con2.cli.main import main
+
+    x = np.random.RandomState(0).randint(0, 256, (40, 12, 12, 1), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=x, labels=np.array([0, 1] * 20))
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "--dataset", "npz", "--data-file", "d.npz", "--classes", "0", "--seeds", "0", "--epochs", "1",
+            "--width", "4", "--batch-size", "8", "--device", "cpu", "--views", "2", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "runs" / "sweep-npz-invert-con2" / "results.md").exists()  # context, objective: defaults

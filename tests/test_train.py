@@ -307,8 +307,81 @@ def test_cli_time_limit_pauses_and_resume_finishes(tmp_path, capsys):
             "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "run")]
     main(args + ["--time-limit", "0.001s"])  # spent before the first step ends: one step, then leave
     assert "time limit reached" in capsys.readouterr().out and not run_finished(tmp_path / "run")
-    main(args + ["--resume"])
+    main(["train", "--resume", "--out", str(tmp_path / "run")])  # what the pause message says: the run's settings
     assert "trained model in" in capsys.readouterr().out and run_finished(tmp_path / "run")
+
+
+def test_cli_resume_takes_the_runs_settings_and_names_every_changed_one(tmp_path, capsys):
+    from con2.cli.main import main
+
+    out = str(tmp_path / "run")
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--width", "4", "--max-train-samples", "16",
+            "--batch-size", "8", "--device", "cpu", "--out", out]
+    main(args + ["--time-limit", "0.001s"])
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", out, "--epochs", "3", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs was 2, now 3" in err and "seed was 0, now 1" in err and "--resume:" not in err, err
+    assert main(["train", "--resume", "--out", out, "--device", "cpu"]) == 0  # a non-identity setting may change
+    assert run_finished(out)
+
+
+def test_training_into_a_finished_run_is_refused_even_without_its_checkpoint(tmp_path):
+    split = tiny_split()
+    run = train(tiny_cfg(tmp_path / "a", epochs=1), split, progress=False)
+    (run / "checkpoint.pt").unlink()
+    before = {f.name: f.read_bytes() for f in run.iterdir()}
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(tiny_cfg(run, epochs=2), split, progress=False)
+    with pytest.raises(FileExistsError, match="no checkpoint"):  # afresh would replace the trained model
+        train(tiny_cfg(run, epochs=1), split, progress=False, resume=True)
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+
+
+def test_a_refused_pipeline_writes_no_run_files(tmp_path, monkeypatch):
+    import con2.train as train_module
+
+    def refuse(*args, **kwargs):
+        raise ValueError("--pipeline dali: not available here")
+
+    monkeypatch.setattr(train_module, "make_batch_source", refuse)
+    with pytest.raises(ValueError, match="dali"):
+        train(tiny_cfg(tmp_path / "a", epochs=1), tiny_split(), progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def _npz_run(tmp_path, name, seed, **kw):
+    x = np.random.RandomState(seed).randint(0, 256, (40, 12, 12, 1), dtype=np.uint8)
+    y = np.array([0] * 30 + [1] * 10)
+    np.savez(tmp_path / f"{name}.npz", images=x, labels=y)
+    cfg = tiny_cfg(tmp_path / name, dataset="npz", data_file=f"{name}.npz", normal_class=["0"], epochs=1, **kw)
+    return train(cfg, progress=False)
+
+
+def test_scoring_refuses_data_that_changed_since_training(tmp_path, monkeypatch):
+    import shutil
+
+    from con2.data import DataError
+    from con2.evaluate import evaluate_run, score_split
+
+    monkeypatch.chdir(tmp_path)  # the runs name their data files relative to here
+    run = _npz_run(tmp_path, "a", seed=0)
+    other = _npz_run(tmp_path, "b", seed=1)
+    assert json.loads((run / "config.json").read_text())["data_file"] == str(tmp_path / "a.npz")  # absolute
+    monkeypatch.chdir(tmp_path.parent)  # the run still finds its data from another directory
+    assert np.isfinite(score_split(run, views=2, progress=False).scores).all()
+    # weights (and model.json) of a run with the same settings on other data
+    shutil.copytree(run, tmp_path / "swapped")
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy(other / name, tmp_path / "swapped" / name)
+    with pytest.raises(DataError, match="differ from those its model was trained on"):
+        evaluate_run(tmp_path / "swapped", views=2, progress=False)
+    shutil.copy(other / "model.safetensors", run / "model.safetensors")  # the weights alone, model.json kept
+    with pytest.raises(DataError, match="model.safetensors"):
+        score_split(run, views=2, progress=False)
+    shutil.copy(tmp_path / "a.npz", tmp_path / "b.npz")  # the data file replaced since training
+    with pytest.raises(DataError, match="the data changed since training"):
+        score_split(other, views=2, progress=False)
 
 
 def test_config_rejects_unknown_keys_and_bad_values():

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..scoring import AGGREGATES, BANK_DTYPES, MAX_VIEWS, SCORERS
-from .output import write_output
+from .output import check_output, names_on_stdout, write_output
 
 
 def _checked(convert, ok, expected: str):
@@ -57,11 +57,7 @@ def _run_dir(p: argparse.ArgumentParser) -> None:
 def _score(args) -> None:
     from ..evaluate import score_split
 
-    if args.out:  # fail now, not after the scoring
-        out_path = Path(args.out)
-        if out_path.is_dir():
-            raise IsADirectoryError(f"--out {out_path} is a directory; give a file name such as {out_path / 'scores.csv'}")
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+    check_output(args.out)
     result = score_split(args.run, args.split, args.scorer, args.views, args.aggregate, args.device, args.seed,
                          args.batch_size, args.bank_dtype, not args.quiet, args.crop_scale)
     write_output(lambda out: result.write_csv(out, args.per_view), args.out)
@@ -74,6 +70,7 @@ def _score(args) -> None:
 def _evaluate(args) -> None:
     from ..evaluate import evaluate_run, format_metrics
 
+    names_on_stdout()
     m = evaluate_run(args.run, views=args.views, scorers=args.scorers, aggregate=args.aggregate, device=args.device,
                      seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
                      target_fpr=args.target_fpr, per_view=args.per_view, progress=not args.quiet,
@@ -90,6 +87,7 @@ def _evaluate(args) -> None:
 def _predict(args) -> None:
     from ..predict import predict_files
 
+    check_output(args.out, example=f"predictions.{args.format}")
     rows = predict_files(args.run, args.inputs, scorer=args.scorer, views=args.views, aggregate=args.aggregate,
                          target_fpr=args.target_fpr, threshold=args.threshold, device=args.device,
                          seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
@@ -97,6 +95,8 @@ def _predict(args) -> None:
 
     def write(out):
         if args.format == "json":
+            # ensure_ascii (the default) writes a non-UTF-8 name's surrogates as \udcXX escapes: valid
+            # JSON that json.load turns back into the same str, so os.fsencode gives the file's bytes
             json.dump(rows, out, indent=2)
             out.write("\n")
         else:
@@ -110,6 +110,7 @@ def _predict(args) -> None:
 # ----------------------------------------------------------------------------- sweep
 
 def _sweep(args) -> None:
+    from ..config import TrainConfig
     from ..sweep import run_sweep
     from .train_cmd import config_from_args
 
@@ -119,8 +120,10 @@ def _sweep(args) -> None:
         raise ValueError("con2 sweep takes --seeds, not --seed")
     from ..sweep import dataset_classes
 
-    classes = dataset_classes(args.dataset) if args.classes == ["all"] else args.classes
-    out = args.out or f"runs/sweep-{args.dataset}-{args.context.replace(',', '+')}-{args.objective}"
+    named = TrainConfig(**{k: getattr(args, k) for k in ("dataset", "context", "objective")
+                           if getattr(args, k) is not None})  # unset ones: the defaults
+    classes = dataset_classes(named.dataset) if args.classes == ["all"] else args.classes
+    out = args.out or f"runs/sweep-{named.dataset}-{named.context.replace(',', '+')}-{named.objective}"
     # the base config; normal class, seed and run directory are set per run by the sweep
     args.out, args.normal_class = str(Path(out) / "base"), [classes[0]]
     base = config_from_args(args)
@@ -135,6 +138,8 @@ def _sweep(args) -> None:
 def _report(args) -> None:
     from ..report import build_report
 
+    check_output(args.out, example="report.html")
+    names_on_stdout()
     path = build_report(args.run, out=args.out, views=args.views, device=args.device,
                         max_points=args.max_points, progress=not args.quiet)
     print(f"wrote {path}")

@@ -15,12 +15,41 @@ class ReaderGone(Exception):
     """The reader of standard output left; the command ends quietly (exit status 141, as SIGPIPE)."""
 
 
+def check_output(out: str | Path | None, option: str = "--out", example: str = "scores.csv") -> None:
+    """Fail now, not after the work, on an --out that cannot be written; create its folder."""
+    if not out:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a directory; give a file name such as {path / example}")
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no permission, a read-only file system
+        raise OSError(f"{option} {path}: cannot create its folder {path.parent}: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # the temporary file is made beside it
+        raise PermissionError(f"{option} {path}: the folder {path.parent} is not writable")
+
+
+def names_on_stdout() -> None:
+    """Let standard output carry names that are not UTF-8, as their bytes (see write_output): under a
+    UTF-8 locale its stream is strict and printing one would fail after all the work."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
 def write_output(write: Callable[[IO[str]], None], out: str | Path | None) -> None:
-    """write(stream) into the file `out` (replaced in one step once complete), or to standard output."""
+    """write(stream) into the file `out` (replaced in one step once complete), or to standard output.
+    File and class names that are not UTF-8 (their bytes held as lone surrogates, PEP 383) are
+    written as those bytes, as the file system has them: a reader decoding with surrogateescape
+    gets the very path back, which no escaped form could promise (a name may hold a backslash)."""
     if out:
-        with replacing(Path(out)) as tmp, open(tmp, "w", newline="") as fh:
+        with replacing(Path(out)) as tmp, open(tmp, "w", newline="", errors="surrogateescape") as fh:
             write(fh)
         return
+    names_on_stdout()
     try:
         write(sys.stdout)
         sys.stdout.flush()

@@ -5,17 +5,18 @@ import argparse
 import dataclasses
 import re
 import time
+from pathlib import Path
 
 from ..config import CONTEXTS, DATASETS, OBJECTIVES, PIPELINES, TrainConfig, apply_preset
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """Options shared by train and sweep; defaults None so presets can tell what was set."""
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--context", default="invert",
-                   help=f"one of {', '.join(CONTEXTS)}, or a comma list for composed contexts")
-    p.add_argument("--objective", choices=OBJECTIVES, default="con2",
-                   help="con2 (paper), context / content (loss ablations), simclr (baseline)")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="default digits")
+    p.add_argument("--context", default=None,
+                   help=f"one of {', '.join(CONTEXTS)}, or a comma list for composed contexts (default invert)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="con2 (paper, default), context / content (loss ablations), simclr (baseline)")
     p.add_argument("--normal-class", nargs="+", default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or cifar from an npz)")
@@ -39,7 +40,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-files", action="store_true", default=None)
     p.add_argument("--split-seed", type=int, default=None)
     p.add_argument("--test-fraction", type=float, default=None,
-                   help="normals held out for test in the seeded split of npz / folder data (default 0.3)")
+                   help="normals held out for test in the seeded split of npz / folder data, and of each "
+                        "digit for digits (default 0.3)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="normals held out for val (threshold calibration) in that split (default 0; digits 0.1)")
     p.add_argument("--n-train", type=int, default=None,
@@ -55,11 +57,23 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings from the command line. With --resume, the run's saved config.json is the
+    base and only what the command line sets (itself or through --preset) replaces it, so
+    `--resume --out RUN` alone continues RUN; a changed identity setting is then refused by train."""
     explicit = {f for f in _FIELDS if getattr(args, f, None) is not None}
     cfg = TrainConfig(**{f: getattr(args, f) for f in explicit})
     if "out" not in explicit:
         cfg.out = f"runs/{cfg.dataset}-{cfg.context.replace(',', '+')}-{cfg.objective}-s{cfg.seed}"
-    return apply_preset(cfg, args.preset, explicit).validate()
+    before = dataclasses.asdict(cfg)
+    cfg = apply_preset(cfg, args.preset, explicit)
+    chosen = explicit | {"out"} | {k for k, v in dataclasses.asdict(cfg).items() if before[k] != v}
+    saved = Path(cfg.out) / "config.json"
+    if getattr(args, "resume", False) and saved.exists():
+        from ..files import read_json
+
+        cfg = dataclasses.replace(TrainConfig.from_dict(read_json(saved)),
+                                  **{k: getattr(cfg, k) for k in chosen})
+    return cfg.validate()
 
 
 def parse_duration(text: str) -> float:

@@ -15,9 +15,15 @@ Splits, by source:
   of training normals; test then gets all normals not in train or val.
   BR35H as METHOD section 10 suggests (1000 normal train; 500 normal + 1500 tumour test):
   `n_train=1000`, `--n-train 1000` (the default test_fraction 0.3 gives 1050 / 450 instead).
+  On data with its own split these three would change nothing: set to other than their defaults,
+  they are refused.
 * digits (scikit-learn's 8x8 digits): a seeded per-class split, 60 % train / 10 % val / 30 % test
-  (test = `cfg.test_fraction`), so anomalies in test are the test part of the other digits.
+  (test = `cfg.test_fraction`, val = `cfg.val_fraction`; `n_train` does not apply and is refused),
+  so anomalies in test are the test part of the other digits.
   Default normal digit "8", default size 16 px (see `load_digits_split`).
+
+Every split has at least 2 training normals (the S_LH scorer's Gaussian), and its parts share one
+image size and channel count; a named data set's file (MedMNIST, CIFAR) is checked to look like it.
 
 Resizing: when `cfg.image_size` is set, images are resized to a square of that size
 (array data: bilinear with antialiasing; folder images: Pillow bicubic, aspect ratio not kept);
@@ -28,13 +34,15 @@ Pneumonia pre-processing is resize 256, centre-crop 224).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .decode import DataError, list_images, map_files, read_header
+from ..config import resolve_val_fraction
+from .decode import IMAGE_SUFFIXES, DataError, list_images, map_files, read_header
 from .images import FolderImages, center_crop_array
 from .split import OneClassSplit
 
@@ -55,6 +63,10 @@ MEDMNIST = {
                      4: "lymphocyte", 5: "monocyte", 6: "neutrophil", 7: "platelet"}),
 }
 MEDMNIST_RESOLUTIONS = (28, 64, 128, 224)
+MEDMNIST_CHANNELS = {"breast": 1, "pneumonia": 1, "oct": 1, "derma": 3, "blood": 3}
+# The official (train, val, test) sizes: a file with another flag's sizes is that flag's file.
+MEDMNIST_SPLIT_SIZES = {"breast": (546, 78, 156), "pneumonia": (4708, 524, 624), "oct": (97477, 10832, 1000),
+                        "derma": (7007, 1003, 2005), "blood": (11959, 1712, 3421)}
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -88,6 +100,7 @@ DIGITS_DEFAULT_SIZE = 16
 def load_split(cfg) -> OneClassSplit:
     """The one-class split named by `cfg` (a con2.config.TrainConfig)."""
     ds = cfg.dataset
+    _refuse_unused_sources(cfg)
     if ds in MEDMNIST:
         split = load_medmnist(cfg)
     elif ds in ("cifar10", "cifar100"):
@@ -101,7 +114,63 @@ def load_split(cfg) -> OneClassSplit:
     else:
         raise DataError(f"unknown dataset {ds!r}")
     split = _center_crop_split(split, getattr(cfg, "center_crop", None))
-    return _limit_train(split, cfg.max_train_samples, cfg.split_seed)
+    split = _limit_train(split, cfg.max_train_samples, cfg.split_seed)
+    _check_train_count(split, cfg)
+    return split
+
+
+# --------------------------------------------------------------------------- option checks
+
+# The S_LH scorer fits a Gaussian to the training features: one image has no covariance, and
+# evaluation would fail only after training.
+MIN_TRAIN_IMAGES = 2
+
+
+def _check_train_count(split: OneClassSplit, cfg) -> None:
+    n = len(split.train)
+    if n >= MIN_TRAIN_IMAGES:
+        return
+    if cfg.max_train_samples is not None and cfg.max_train_samples < MIN_TRAIN_IMAGES:
+        fix = "raise --max-train-samples"
+    elif cfg.n_train is not None and cfg.n_train < MIN_TRAIN_IMAGES:
+        fix = "raise --n-train"
+    elif split.meta.get("split") == "seeded":
+        fix = "add normal images, or lower --test-fraction / --val-fraction"
+    else:
+        fix = "add normal images to the training split, or choose another --normal-class"
+    raise DataError(f"{split.name}: only {n} normal training image(s); at least {MIN_TRAIN_IMAGES} are needed "
+                    f"(the S_LH scorer fits a Gaussian to their features): {fix}")
+
+
+def _refuse_unused_sources(cfg) -> None:
+    """--resolution and --data-file where the data set reads neither: refused, not ignored."""
+    if cfg.resolution is not None and cfg.dataset not in MEDMNIST:
+        raise DataError(f"--resolution picks a MedMNIST file ({', '.join(MEDMNIST)}); it does not apply to "
+                        f"--dataset {cfg.dataset} (--image-size resizes any data set)")
+    if cfg.data_file and cfg.dataset == "folder":
+        raise DataError("--data-file does not apply to --dataset folder: give the image folder as --data-root")
+    if cfg.data_file and cfg.dataset == "digits":
+        raise DataError("--data-file does not apply to --dataset digits (scikit-learn's digits, read from no file)")
+
+
+def _split_options_set(cfg) -> list[str]:
+    """The options of the seeded split (module docstring) set to other than their defaults, as flags."""
+    default_test = next(f.default for f in dataclasses.fields(cfg) if f.name == "test_fraction")
+    given = [f"--n-train {cfg.n_train}"] if cfg.n_train is not None else []
+    if cfg.test_fraction != default_test:
+        given.append(f"--test-fraction {cfg.test_fraction:g}")
+    if cfg.split_val_fraction() != resolve_val_fraction(cfg.dataset, None):  # --val-fraction 0 is npz's default
+        given.append(f"--val-fraction {cfg.val_fraction:g}")
+    return given
+
+
+def _refuse_split_options(cfg, has_split: str) -> None:
+    """On data with its own split these options would change nothing: refused, not ignored.
+    has_split: what the data has, e.g. "breastmnist has its official train/val/test split"."""
+    given = _split_options_set(cfg)
+    if given:
+        raise DataError(f"{' and '.join(given)} cannot apply: {has_split}, so there is no seeded split to set "
+                        f"(--n-train, --test-fraction and --val-fraction split npz / folder data that has none)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -120,7 +189,10 @@ def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
 
 def _labels(labels: np.ndarray, where: str = "labels") -> np.ndarray:
     """int64 [N] class labels (MedMNIST stores them as (N, 1)); NaN or fractional labels are an error."""
-    y = np.asarray(labels).reshape(-1)
+    y = np.asarray(labels)
+    if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):  # (N, 2) flattened would pair wrongly with images
+        raise DataError(f"{where}: labels must be one per image, shape (N,) or (N, 1), got {y.shape}")
+    y = y.reshape(-1)
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
@@ -134,6 +206,28 @@ def _labels(labels: np.ndarray, where: str = "labels") -> np.ndarray:
 def _check_lengths(images: np.ndarray, labels: np.ndarray, where: str) -> None:
     if len(images) != len(labels):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+
+
+def _check_has_images(parts: dict, source) -> None:
+    """A file without images, or without training images, said as such before its (empty) labels
+    are read as the list of classes."""
+    if not any(len(xy[0]) for xy in parts.values() if xy is not None):
+        raise DataError(f"{source}: the file holds no images")
+    if "train" in parts and len(parts["train"][0]) == 0:
+        raise DataError(f"{source}: train_images holds no images, so there is nothing to train on")
+
+
+def _check_parts_agree(parts: dict, source, resized: bool) -> None:
+    """Every part shares the train part's H, W and C (checked after resizing): a model trained on one
+    size cannot score another, and evaluation would say so only after training."""
+    h, w, c = parts["train"].shape[1:]
+    for part in ("val", "test"):
+        ph, pw, pc = parts[part].shape[1:]
+        if (ph, pw, pc) != (h, w, c):
+            fix = ("; --image-size S resizes every part to S x S" if (ph, pw) != (h, w) and not resized else
+                   "; give every part the same channel count" if pc != c else "")
+            raise DataError(f"{source}: the {part} images are {pw}x{ph} px with {pc} channel(s), the train images "
+                            f"{w}x{h} px with {c}: every part must share one size and channel count{fix}")
 
 
 def _resolve_classes(requested, class_names: dict, dataset: str) -> tuple:
@@ -209,11 +303,13 @@ def _one_class(name, parts: dict, normal: tuple, class_names: dict, image_size, 
         raise DataError(f"{name}: normal class {names} has no training samples; "
                         f"classes available: {_available(class_names)}")
     val = normals(*va) if va is not None else _empty_like(train)
+    images = {s: resize_images(x, image_size) for s, x in (("train", train), ("val", val), ("test", te_x))}
+    _check_parts_agree(images, meta.get("source", name), image_size is not None)
     return OneClassSplit(
         name=name,
-        train=resize_images(train, image_size),
-        val=resize_images(val, image_size),
-        test=resize_images(te_x, image_size),
+        train=images["train"],
+        val=images["val"],
+        test=images["test"],
         test_labels=(~is_normal(te_y)).astype(np.int64),
         normal_classes=tuple(normal),
         class_names=dict(class_names),
@@ -305,6 +401,7 @@ def load_medmnist(cfg) -> OneClassSplit:
         raise DataError(f"--dataset {flag} needs --normal-class; available: {_available(names)}")
     else:
         normal = default_normal
+    _refuse_split_options(cfg, f"{flag}mnist has its official train/val/test split")
     path = medmnist_path(cfg)
     res = cfg.resolution or 28
     if not path.is_file() and not cfg.data_file:
@@ -312,10 +409,47 @@ def load_medmnist(cfg) -> OneClassSplit:
     hint = ("; put the official MedMNIST file there (https://zenodo.org/records/10519652) or "
             "`pip install medmnist` with network access to download it")
     z = _load_npz(path, tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")), hint)
-    parts = {s: (_as_nhwc(z[f"{s}_images"], f"{path}:{s}_images"), _labels(z[f"{s}_labels"]))
+    parts = {s: (_as_nhwc(z[f"{s}_images"], f"{path}:{s}_images"), _labels(z[f"{s}_labels"], f"{path}:{s}_labels"))
              for s in ("train", "val", "test")}
+    _check_medmnist_file(cfg, path, parts)
     return _one_class(f"{flag}mnist", parts, normal, names, cfg.image_size,
-                      {"source": str(path), "split": "official", "resolution": res})
+                      {"source": str(path), "split": "official", "resolution": int(parts["train"][0].shape[1])})
+
+
+def _check_medmnist_file(cfg, path: Path, parts: dict) -> None:
+    """The file is the flag's MedMNIST file, as far as can be told (another data set's file, e.g. the
+    breast file given for pneumonia, would otherwise train as if it were): its images, the resolution
+    asked for (--resolution, or 28 px for the default file name), labels within the flag's classes, and
+    not another flag's official split sizes."""
+    flag = cfg.dataset
+    what = f"{flag}mnist"
+    other = " (other data: --dataset npz)"
+    _check_has_images(parts, path)
+    for s, (x, y) in parts.items():
+        _check_lengths(x, y, f"{path}: {s} split")
+    h, w, c = parts["train"][0].shape[1:]
+    if c != MEDMNIST_CHANNELS[flag]:
+        raise DataError(f"{path}: its images have {c} channel(s), {what}'s have {MEDMNIST_CHANNELS[flag]}: "
+                        f"is it the {what} file?{other}")
+    res = cfg.resolution or (None if cfg.data_file else 28)  # a --data-file of any MedMNIST resolution
+    if res is not None and (h, w) != (res, res):
+        if cfg.resolution:
+            fix = (f"give the {res} px file ({what}_{res}.npz), or leave --resolution out to train at the file's "
+                   f"size (--image-size resizes)")
+            raise DataError(f"{path}: its images are {w}x{h} px, not the {res}x{res} px of --resolution {res}: {fix}")
+        raise DataError(f"{path}: its images are {w}x{h} px, not the 28x28 px of MedMNIST's {path.name}; "
+                        f"a file of another resolution is named {what}_<res>.npz, read with --resolution <res>")
+    n_classes = len(MEDMNIST[flag][1])
+    for s, (_, y) in parts.items():
+        if len(y) and (y.min() < 0 or y.max() >= n_classes):
+            raise DataError(f"{path}: {s}_labels run {y.min()}..{y.max()}, but {what} has {n_classes} classes "
+                            f"(0..{n_classes - 1}): is it the {what} file?{other}")
+    sizes = tuple(len(parts[s][0]) for s in ("train", "val", "test"))
+    like = next((f for f, n in MEDMNIST_SPLIT_SIZES.items() if n == sizes and f != flag), None)
+    if like:
+        raise DataError(f"{path}: its {'/'.join(map(str, sizes))} train/val/test images are the official {like}mnist "
+                        f"split, not {what}'s {'/'.join(map(str, MEDMNIST_SPLIT_SIZES[flag]))}: "
+                        f"pass the {what} file, or --dataset {like}")
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -345,23 +479,47 @@ def _cifar_arrays(cfg, which: str) -> tuple[dict, str]:
 def load_cifar(cfg) -> OneClassSplit:
     """CIFAR-10: one class normal (index or name). CIFAR-100: one of the 20 superclasses normal."""
     which = cfg.dataset
+    _refuse_split_options(cfg, f"{which} has its official train/test split")
     z, source = _cifar_arrays(cfg, which)
+    fine = False
     if which == "cifar10":
         names = dict(enumerate(CIFAR10_CLASSES))
-        to_label = _labels
     else:
         names = dict(enumerate(CIFAR100_SUPERCLASSES))
         if "train_coarse_labels" in z and "test_coarse_labels" in z:  # superclass labels stored: use them
             z = {**z, "train_labels": z["train_coarse_labels"], "test_labels": z["test_coarse_labels"]}
-            to_label = _labels
         else:  # fine labels 0..99 -> superclass
-            to_label = lambda y: CIFAR100_FINE_TO_COARSE[_labels(y)]  # noqa: E731
+            fine = True
     if not cfg.normal_class:
         raise DataError(f"--dataset {which} needs --normal-class; available: {_available(names)}")
     normal = _resolve_classes(cfg.normal_class, names, which)
-    parts = {s: (_as_nhwc(z[f"{s}_images"], f"{source}:{s}_images"), to_label(z[f"{s}_labels"]))
+    parts = {s: (_as_nhwc(z[f"{s}_images"], f"{source}:{s}_images"), _labels(z[f"{s}_labels"], f"{source}:{s}_labels"))
              for s in ("train", "test")}
+    _check_cifar_file(which, source, parts, 100 if fine else len(names))
+    if fine:
+        parts = {s: (x, CIFAR100_FINE_TO_COARSE[y]) for s, (x, y) in parts.items()}
     return _one_class(which, parts, normal, names, cfg.image_size, {"source": source, "split": "official"})
+
+
+def _check_cifar_file(which: str, source: str, parts: dict, n_labels: int) -> None:
+    """The arrays look like CIFAR (another data set's npz, e.g. a MedMNIST file given as --data-file,
+    would otherwise train as the class asked for): 32x32 RGB images and labels 0..n_labels-1."""
+    other = " (other data: --dataset npz)"
+    _check_has_images(parts, source)
+    for s, (x, y) in parts.items():
+        _check_lengths(x, y, f"{source}: {s} split")
+        h, w, c = x.shape[1:]
+        if (h, w, c) != (32, 32, 3):
+            raise DataError(f"{source}: its {s} images are {w}x{h} px with {c} channel(s), {which}'s are 32x32 RGB: "
+                            f"is it a {which} file?{other}")
+        if len(y) and (y.min() < 0 or y.max() >= n_labels):
+            raise DataError(f"{source}: {s}_labels run {y.min()}..{y.max()}, but {which} labels are 0..{n_labels - 1}: "
+                            f"is it a {which} file?{other}")
+    labels = np.concatenate([y for _, y in parts.values()])
+    if which == "cifar100" and n_labels == 100 and labels.max() < len(CIFAR10_CLASSES):
+        # CIFAR-10's labels fit 0..99 too, and would be read as fine labels of 2 superclasses
+        raise DataError(f"{source}: its labels are all 0..{labels.max()}, as in CIFAR-10, not CIFAR-100's fine "
+                        f"labels 0..99: is it a cifar100 file? (CIFAR-10: --dataset cifar10)")
 
 
 # --------------------------------------------------------------------------- generic npz
@@ -377,15 +535,21 @@ def load_npz(cfg) -> OneClassSplit:
     path = Path(cfg.data_file)
     z = _load_npz(path, ())
     if all(k in z for k in ("train_images", "train_labels", "test_images", "test_labels")):
+        _refuse_split_options(cfg, f"{path} has its own split (train_images / test_images)")
+        if ("val_images" in z) != ("val_labels" in z):
+            have, lack = ("val_images", "val_labels") if "val_images" in z else ("val_labels", "val_images")
+            raise DataError(f"{path}: has {have} but no {lack}")
         parts = {s: (_as_nhwc(z[f"{s}_images"], f"{path}:{s}_images"), _labels(z[f"{s}_labels"], f"{path}:{s}_labels"))
                  for s in ("train", "val", "test") if f"{s}_images" in z}
-        if "val_images" in z and "val_labels" not in z:
-            raise DataError(f"{path}: has val_images but no val_labels")
+        for s, (x, y) in parts.items():
+            _check_lengths(x, y, f"{path}: {s} split")
+        _check_has_images(parts, path)
         all_labels = np.concatenate([y for _, y in parts.values()])
         split_kind = "given"
     elif "images" in z and "labels" in z:
         images, labels = _as_nhwc(z["images"], f"{path}:images"), _labels(z["labels"], f"{path}:labels")
         _check_lengths(images, labels, str(path))
+        _check_has_images({"all": (images, labels)}, path)
         all_labels = labels
         split_kind = "seeded"
     else:
@@ -393,7 +557,7 @@ def load_npz(cfg) -> OneClassSplit:
                         f"(has: {', '.join(sorted(z)) or 'none'})")
     values = sorted(int(v) for v in np.unique(all_labels))
     given_names = [str(s) for s in z["class_names"]] if "class_names" in z else None
-    names = {v: (given_names[v] if given_names and v < len(given_names) else str(v)) for v in values}
+    names = {v: (given_names[v] if given_names and 0 <= v < len(given_names) else str(v)) for v in values}
     if not cfg.normal_class:
         raise DataError(f"--dataset npz needs --normal-class; available: {_available(names)}")
     normal = _resolve_classes(cfg.normal_class, names, path.name)
@@ -418,6 +582,9 @@ def load_digits_split(cfg) -> OneClassSplit:
     """
     from sklearn.datasets import load_digits
 
+    if cfg.n_train is not None:  # the per-class split has no count of training normals to fix
+        raise DataError(f"--n-train {cfg.n_train} does not apply to --dataset digits: its seeded split puts "
+                        f"--test-fraction and --val-fraction of every digit in test and val, the rest in train")
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = d.target.astype(np.int64)
@@ -442,7 +609,29 @@ def load_digits_split(cfg) -> OneClassSplit:
 # --------------------------------------------------------------------------- image folders
 
 def _class_dirs(root: Path) -> dict[str, list[Path]]:
-    return {d.name: list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """list_images, plus image-named symlinks whose target is gone: list_images passes them over (not
+    files), but they are images the folder lacks, so like any unreadable file they are named, or with
+    --skip-bad-files skipped and counted (_read_header)."""
+    files = list_images(folder)
+    listed = set(files)
+    dangling = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p not in listed
+                and p.is_symlink() and not p.exists()
+                and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(files + dangling) if dangling else files
+
+
+def _read_header(path: Path):
+    """read_header, naming a dangling symlink as such rather than as a missing file."""
+    try:
+        return read_header(path)
+    except OSError:
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path}: a dangling symlink (its target {os.readlink(path)} does not exist)") from None
+        raise
 
 
 def _check_sizes(sizes: list[tuple[int, int]], files: list) -> tuple[int, int]:
@@ -478,9 +667,13 @@ def memory_budget() -> int:
     env = os.environ.get("CON2_MEMORY_BUDGET_MB")
     if env:
         try:
-            return int(float(env) * 2**20)
+            mib = float(env)
         except ValueError:
-            raise DataError(f"CON2_MEMORY_BUDGET_MB must be a number of MiB, got {env!r}") from None
+            mib = float("nan")
+        if not (math.isfinite(mib) and mib >= 0):  # inf overflows int(); a negative budget means nothing
+            raise DataError(f"CON2_MEMORY_BUDGET_MB must be a number of MiB, got {env!r} "
+                            f"(finite and >= 0; 0 decodes every image folder on access)")
+        return int(mib * 2**20)
     try:
         with open("/proc/meminfo") as f:
             available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
@@ -544,6 +737,7 @@ def load_folder(cfg) -> OneClassSplit:
         raise DataError(f"{root} has {have}/ but no {lack}/: give both (each with class folders), "
                         f"or neither for a seeded split of class folders")
     if has_tree:
+        _refuse_split_options(cfg, f"{root} has its own split (train/ and test/ folders)")
         trees = {s: _class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
     else:
         trees = {"all": _class_dirs(root)}
@@ -577,7 +771,7 @@ def load_folder(cfg) -> OneClassSplit:
 
     # Headers first (cheap): they size the decoded parts, which decides which are held in memory.
     all_files = [f for s in listed for f in listed[s][0]]
-    headers, skipped = map_files(read_header, all_files, cfg.skip_bad_files, "reading")
+    headers, skipped = map_files(_read_header, all_files, cfg.skip_bad_files, "reading")
     header = {f: h for f, h in zip(all_files, headers) if h is not None}
     channels = 3 if any(h[0] == 3 for h in header.values()) else 1
     hw = ((cfg.image_size, cfg.image_size) if cfg.image_size

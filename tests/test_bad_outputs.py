@@ -1,0 +1,205 @@
+"""Bad inputs and outputs around a trained run: file, class and run names that are not UTF-8, image
+files Pillow refuses or that fit the run badly, --out paths that cannot be written, a damaged
+scores.csv, and the modes of the files written."""
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from con2.cli.main import main
+from con2.config import TrainConfig
+from con2.train import train
+
+LATIN = "caf\udce9"  # the Latin-1 bytes b"caf\xe9" as Python holds a name that is not UTF-8 (PEP 383)
+
+
+@pytest.fixture(scope="module")
+def latin_run(tmp_path_factory):
+    """A tiny folder run whose data folder (the data set's name), anomalous class and file names are
+    not UTF-8. (The run folder's own name must be: safetensors opens UTF-8 paths only.)"""
+    d = tmp_path_factory.mktemp("latin")
+    rng = np.random.default_rng(0)
+    for cls, n in (("good", 14), (LATIN, 4)):
+        (d / f"data{LATIN}" / cls).mkdir(parents=True)
+        for i in range(n):
+            image = Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8))
+            image.save(d / f"data{LATIN}" / cls / f"{LATIN}{i}.png")
+    cfg = TrainConfig(dataset="folder", data_root=str(d / f"data{LATIN}"), normal_class=["good"], test_fraction=0.3,
+                      val_fraction=0.2, epochs=1, width=4, batch_size=8, device="cpu", out=str(d / "run"))
+    return train(cfg, progress=False)
+
+
+def _cli(args, monkeypatch) -> tuple[int, bytes]:
+    """main(args) with standard output a strict UTF-8 stream, as a terminal's under a UTF-8 locale."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+    monkeypatch.setattr("sys.stdout", out)
+    code = main(args)
+    out.flush()
+    return code, out.buffer.getvalue()
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="", errors="surrogateescape") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_run_with_non_utf8_names_evaluates_reports_scores_and_predicts(latin_run, tmp_path, monkeypatch):
+    code, printed = _cli(["evaluate", "--run", str(latin_run), "--views", "2", "--quiet"], monkeypatch)
+    assert code == 0 and b"datacaf\xe9: " in printed  # the data set's name, printed as the bytes it has
+    rows = _rows(latin_run / "scores.csv")
+    # the names are written as the file system's bytes: each one opens its file again
+    assert {r["class"] for r in rows} == {"good", LATIN} and any(LATIN in r["file"] for r in rows)
+    assert all(Path(r["file"]).is_file() for r in rows)
+
+    code, _ = _cli(["report", "--run", str(latin_run), "--max-points", "20", "--quiet",
+                    "--out", str(tmp_path / "r.html")], monkeypatch)
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")  # valid UTF-8: the page shows the byte as \xe9
+    assert code == 0 and "datacaf\\xe9: " in page
+
+    code, printed = _cli(["score", "--run", str(latin_run), "--views", "2", "--quiet"], monkeypatch)
+    got = [r["file"] for r in csv.DictReader(io.StringIO(printed.decode(errors="surrogateescape"), newline=""))]
+    assert code == 0 and got == [r["file"] for r in rows]
+
+    images = str(latin_run.parent / f"data{LATIN}" / LATIN)
+    code, _ = _cli(["predict", "--run", str(latin_run), images, "--views", "2", "--quiet",
+                    "--out", str(tmp_path / "p.csv")], monkeypatch)
+    got = [r["file"] for r in _rows(tmp_path / "p.csv")]
+    assert code == 0 and len(got) == 4 and all(Path(f).is_file() and LATIN in f for f in got)
+    code, _ = _cli(["predict", "--run", str(latin_run), images, "--views", "2", "--quiet", "--format", "json",
+                    "--out", str(tmp_path / "p.json")], monkeypatch)
+    assert code == 0 and [r["file"] for r in json.loads((tmp_path / "p.json").read_text())] == got
+
+
+def _bomb(path: Path) -> Path:
+    """A BMP whose header declares 100000 x 100000 pixels (Pillow's DecompressionBombError)."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="BMP")
+    data = bytearray(buf.getvalue())
+    data[18:26] = struct.pack("<ii", 100_000, 100_000)  # BITMAPINFOHEADER width, height
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_image_declaring_billions_of_pixels_is_named_in_one_line(latin_run, tmp_path, capsys):
+    from con2.predict import read_images
+
+    bomb = _bomb(tmp_path / "bomb.bmp")
+    says = f"cannot read image {bomb}: DecompressionBombError: Image size (10000000000 pixels) exceeds"
+    for folder in (True, False):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            read_images([bomb], (12, 12), 1, folder)
+    assert main(["predict", "--run", str(latin_run), str(bomb), "--views", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"con2 predict: error: {says}") and err.count("\n") == 1
+
+
+def test_bad_out_paths_fail_before_any_work(tmp_path, monkeypatch, capsys):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before --out was checked")
+
+    monkeypatch.setattr("con2.predict.predict_files", no_work)
+    monkeypatch.setattr("con2.report.build_report", no_work)
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "afile").write_text("")
+    for command in (["predict", "--run", "r", "a.png"], ["report", "--run", "r"]):
+        for out, says in ((tmp_path / "emptydir", "emptydir is a directory; give a file name such as"),
+                          (tmp_path / "afile" / "x.csv", "afile is a file, not a folder")):
+            assert main(command + ["--out", str(out)]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"con2 {command[0]}: error: --out {out}") and says in err
+            assert ".tmp" not in err and err.count("\n") == 1
+    # a missing folder is made first, as `con2 score` does
+    row = {"file": "a.png", "score": 0.5, "anomaly": 0, "threshold": 1.0}
+    monkeypatch.setattr("con2.predict.predict_files", lambda *args, **kwargs: [row])
+    assert main(["predict", "--run", "r", "a.png", "--out", str(tmp_path / "new" / "p.csv")]) == 0
+    assert (tmp_path / "new" / "p.csv").read_text().splitlines() == ["file,score,anomaly,threshold", "a.png,0.5,0,1.0"]
+
+
+def test_replacing_refuses_a_folder_before_the_write_and_writes_a_fifo_in_place(tmp_path):
+    from con2.files import replacing, write_text
+
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        with replacing(tmp_path):
+            raise AssertionError("the write ran")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the write does not block
+    try:
+        write_text(fifo, "hello")
+        assert os.read(reader, 100) == b"hello"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # not replaced by a regular file
+
+
+def _nnd(value):
+    """An edit giving line 3 of scores.csv this nnd cell; None cuts the row before it."""
+    return lambda rows: rows[:2] + [rows[2][:3] + ([] if value is None else [value, *rows[2][4:]])] + rows[3:]
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda rows: [["index", "lbl", *rows[0][2:]]] + rows[1:], r"scores\.csv has no 'label' column"),
+    (_nnd("abc"), r"scores\.csv line 3: nnd score 'abc' is not a number"),
+    (_nnd(None), r"scores\.csv line 3: nnd score \(missing\) is not a number"),
+    (_nnd("nan"), r"scores\.csv line 3: nnd score nan is not finite"),
+    (lambda rows: [rows[0]] + [[r[0], "0", *r[2:]] for r in rows[1:]], r"scores\.csv: every row has label 0"),
+], ids=["no label column", "not a number", "a missing cell", "nan", "one class"])
+def test_report_names_a_damaged_scores_csv(latin_run, tmp_path, capsys, edit, says):
+    run = tmp_path / "run"
+    shutil.copytree(latin_run, run)
+    rows = [["index", "label", "class", "nnd", "lh"]] + [[str(i), str(i % 2), "x", "-0.5", "-3.0"] for i in range(6)]
+    with open(run / "scores.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(edit(rows))
+    assert main(["report", "--run", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("con2 report: error: ") and err.count("\n") == 1
+    assert re.search(says + r".*rerun `con2 evaluate --run", err)
+
+
+def test_predict_warns_of_images_far_from_the_runs_shape(tmp_path):
+    from con2.predict import read_images
+
+    for name, hw in (("tiny.png", (1, 1)), ("long.png", (1, 60)), ("ok.png", (12, 12)), ("wide.png", (10, 18))):
+        Image.fromarray(np.full(hw, 128, np.uint8)).save(tmp_path / name)
+    files = [tmp_path / n for n in ("tiny.png", "long.png", "ok.png")]
+    for folder in (True, False):
+        with pytest.warns(UserWarning, match=r"2 of 3 images are resized to the run's 12x12 px input .*"
+                                             r"tiny\.png \(1x1 px: a side under 1/4 of the run's\); "
+                                             r".*long\.png \(60x1 px: aspect ratio 60:1, the run's 1:1\)$"):
+            read_images(files, (12, 12), 1, folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # near the run's shape: no warning
+        read_images([tmp_path / "ok.png", tmp_path / "wide.png"], (12, 12), 1, True)
+
+
+def test_replaced_files_get_the_mode_a_plain_open_gives(latin_run, tmp_path):
+    from safetensors.torch import save_file
+
+    from con2.files import replacing, write_text
+
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    old = os.umask(0o027)
+    try:
+        open(tmp_path / "plain", "w").close()
+        with replacing(tmp_path / "m.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))  # which makes its own file, 0600
+        write_text(tmp_path / "t.txt", "x")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "plain") == 0o640
+    assert mode(tmp_path / "m.safetensors") == mode(tmp_path / "t.txt") == 0o640
+    os.chmod(tmp_path / "t.txt", 0o600)
+    write_text(tmp_path / "t.txt", "y")  # an existing file keeps its mode, as open() keeps it
+    assert mode(tmp_path / "t.txt") == 0o600
+    assert mode(latin_run / "model.safetensors") == mode(latin_run / "config.json")
