@@ -29,10 +29,11 @@ MIN_IMAGE_SIDE = 8
 PAPER_PREPROCESSING = {ds: (256, 224) for ds in ("breast", "pneumonia", "oct", "derma", "blood")}
 
 # TrainConfig fields by type, checked before any range check (a str compared with an int would fail
-# with Python's own message; a float width with torch's). Those after the | may be None.
-_INT_FIELDS = ("epochs", "batch_size", "seed", "split_seed", "width", "checkpoint_every", "|",
-               "image_size", "center_crop", "resolution", "n_train", "max_train_samples")
-_NUMBER_FIELDS = ("lr", "weight_decay", "temperature", "test_fraction", "|", "val_fraction")
+# with Python's own message; a float width with torch's); the optional ones may also be None.
+_INT_FIELDS = ("epochs", "batch_size", "seed", "split_seed", "width", "checkpoint_every")
+_OPTIONAL_INT_FIELDS = ("image_size", "center_crop", "resolution", "n_train", "max_train_samples")
+_NUMBER_FIELDS = ("lr", "weight_decay", "temperature", "test_fraction")
+_OPTIONAL_NUMBER_FIELDS = ("val_fraction",)
 _BOOL_FIELDS = ("amp", "compile", "skip_bad_files")
 
 
@@ -131,15 +132,12 @@ class TrainConfig:
     def _check_types(self) -> None:
         """TypeError naming the setting for a value of the wrong type; numpy scalars become Python
         ones (config.json is JSON)."""
-        for fields, ok, what, cast in ((_INT_FIELDS, is_int, "an integer", int),
-                                       (_NUMBER_FIELDS, is_number, "a number", float)):
-            optional = False
-            for name in fields:
-                if name == "|":
-                    optional = True
-                    continue
+        for fields, optional, ok, what, cast in (
+                (_INT_FIELDS, _OPTIONAL_INT_FIELDS, is_int, "an integer", int),
+                (_NUMBER_FIELDS, _OPTIONAL_NUMBER_FIELDS, is_number, "a number", float)):
+            for name in fields + optional:
                 value = getattr(self, name)
-                if value is None and optional:
+                if value is None and name in optional:
                     continue
                 if not ok(value):
                     raise TypeError(f"--{name.replace('_', '-')} must be {what}, got {value!r} "

@@ -263,7 +263,7 @@ class Con2Detector(BaseEstimator):
         before = self.get_params()
         try:
             super().set_params(**params)
-            if not self._stale_params():
+            if not self._stale_params():  # a stale one is for the next fit; scoring refuses it
                 self._sync_fitted()
         except Exception:
             super().set_params(**before)
@@ -282,6 +282,9 @@ class Con2Detector(BaseEstimator):
         """Refuse a changed REFIT_PARAMS option; apply changed LIVE_PARAMS ones to the fitted state."""
         if getattr(self, "_fitted_params", None) is None:  # pickled by a con2 that did not record them
             return
+        params = self.get_params()
+        if params == getattr(self, "_synced_params", None):  # nothing changed since the last call: no checks
+            return
         stale = self._stale_params()
         if stale:
             k, was = stale[0], self._fitted_params[stale[0]]
@@ -297,20 +300,10 @@ class Con2Detector(BaseEstimator):
         device = resolve_device(self.device)
         here = next(self.model_.parameters()).device
         if device.type != here.type or device.index not in (None, here.index):
-            self._move(device)
+            self.model_, self.bank_ = self.model_.to(device), self.bank_.to(device)
         if (self.aggregate, target_fpr) != self._calibrated_for:
             self._calibrate(target_fpr)
-
-    def _move(self, device: torch.device) -> None:
-        import dataclasses
-
-        b = self.bank_
-        self.model_ = self.model_.to(device)
-        self.bank_ = dataclasses.replace(
-            b, nnd=None if b.nnd is None else b.nnd.to(device),
-            nnd_norms=None if b.nnd_norms is None else b.nnd_norms.to(device),
-            gaussians=None if b.gaussians is None else [
-                dataclasses.replace(g, mean=g.mean.to(device), whitening=g.whitening.to(device)) for g in b.gaussians])
+        self._synced_params = params
 
     def _encoder(self) -> ViewEncoder:
         from .scoring import view_plan

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import IO, Iterable
@@ -208,6 +209,54 @@ def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | 
     if files is not None and len(files) != n:  # e.g. --max-train-samples kept files and images in step
         raise ValueError(f"{part} split: {len(files)} file names for {n} images")
     return labels, classes, files
+
+
+def read_scores(run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(labels, {scorer: scores}) from a run's scores.csv; a damaged or hand-edited file is a
+    ValueError naming it, the line and what is wrong, not a KeyError from inside its reader (con2 report plots them)."""
+    path = Path(run_dir) / SCORES_FILE
+    again = f"; rerun `con2 evaluate --run {run_dir}`"
+    labels: list[int] = []
+    columns: dict[str, list[float]] = {}
+    # a name that is not UTF-8 is written as its bytes (write_results)
+    with open(path, newline="", errors="surrogateescape") as fh:
+        reader = csv.DictReader(fh)
+        try:
+            header = reader.fieldnames or []
+            names = [s for s in SCORERS if s in header]
+            if "label" not in header or not names:
+                what = "'label' column" if "label" not in header else f"score column ({' or '.join(SCORERS)})"
+                raise ValueError(f"{path} has no {what} in its header{again}")
+            columns = {s: [] for s in names}
+            for row in reader:
+                where = f"{path} line {reader.line_num}"
+                try:
+                    label = int(row["label"])
+                except (TypeError, ValueError):
+                    label = None
+                if label not in (0, 1):
+                    raise ValueError(f"{where}: label {_cell(row['label'])} is not 0 or 1{again}")
+                labels.append(label)
+                for s in names:
+                    try:
+                        v = float(row[s])
+                    except (TypeError, ValueError):
+                        raise ValueError(f"{where}: {s} score {_cell(row[s])} is not a number{again}") from None
+                    if not math.isfinite(v):
+                        raise ValueError(f"{where}: {s} score {row[s]} is not finite{again}")
+                    columns[s].append(v)
+        except csv.Error as exc:  # a NUL byte, an unclosed quote
+            raise ValueError(f"{path} line {reader.line_num} is not valid CSV ({exc}){again}") from None
+    if not labels:
+        raise ValueError(f"{path} holds no scores{again}")
+    if min(labels) == max(labels):
+        raise ValueError(f"{path}: every row has label {labels[0]}; the plots need normal (0) and anomalous (1) "
+                         f"samples{again}")
+    return np.array(labels), {s: np.array(v) for s, v in columns.items()}
+
+
+def _cell(value) -> str:
+    return "(missing)" if value is None else repr(value)
 
 
 def format_metrics(metrics: dict) -> str:

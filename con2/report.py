@@ -14,10 +14,8 @@ evaluated first.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
-import math
 import re
 from pathlib import Path
 
@@ -25,9 +23,8 @@ import numpy as np
 import torch
 
 from .data.split import to_nchw
-from .evaluate import METRICS_FILE, SCORES_FILE, evaluate_run, format_metrics, scoring_view_config
+from .evaluate import METRICS_FILE, SCORES_FILE, evaluate_run, format_metrics, read_scores, scoring_view_config
 from .files import read_json, write_text
-from .scoring import SCORERS
 
 
 def _subplots(nrows=1, ncols=1, figsize=(5, 4), **kw):
@@ -141,7 +138,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
     split = run_split(run_dir, cfg)
     if not (run_dir / SCORES_FILE).exists():
         evaluate_run(run_dir, views=views, device=device, split=split, progress=progress)
-    labels, scores = read_checked_scores(run_dir)
+    labels, scores = read_scores(run_dir)
     if len(labels) != len(split.test):
         raise ValueError(f"{run_dir}/{SCORES_FILE} has {len(labels)} rows but the test split has "
                          f"{len(split.test)} images; rerun `con2 evaluate --run {run_dir}`")
@@ -206,54 +203,6 @@ def _displayable(text: str) -> str:
     \\xNN, as `ls -b` shows them: a page is read, not parsed back, and a browser shows raw bytes as U+FFFD."""
     return re.sub("[\ud800-\udfff]", lambda m: f"\\x{ord(m[0]) - 0xdc00:02x}" if 0xdc80 <= ord(m[0]) <= 0xdcff
                   else f"\\u{ord(m[0]):04x}", text)
-
-
-def read_checked_scores(run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(labels, {scorer: scores}) from a run's scores.csv; a damaged or hand-edited file is a
-    ValueError naming it, the line and what is wrong, not a KeyError from inside the plotting."""
-    path = Path(run_dir) / SCORES_FILE
-    again = f"; rerun `con2 evaluate --run {run_dir}`"
-    labels: list[int] = []
-    columns: dict[str, list[float]] = {}
-    # a name that is not UTF-8 is written as its bytes (con2.evaluate.write_results)
-    with open(path, newline="", errors="surrogateescape") as fh:
-        reader = csv.DictReader(fh)
-        try:
-            header = reader.fieldnames or []
-            names = [s for s in SCORERS if s in header]
-            if "label" not in header or not names:
-                what = "'label' column" if "label" not in header else f"score column ({' or '.join(SCORERS)})"
-                raise ValueError(f"{path} has no {what} in its header{again}")
-            columns = {s: [] for s in names}
-            for row in reader:
-                where = f"{path} line {reader.line_num}"
-                try:
-                    label = int(row["label"])
-                except (TypeError, ValueError):
-                    label = None
-                if label not in (0, 1):
-                    raise ValueError(f"{where}: label {_cell(row['label'])} is not 0 or 1{again}")
-                labels.append(label)
-                for s in names:
-                    try:
-                        v = float(row[s])
-                    except (TypeError, ValueError):
-                        raise ValueError(f"{where}: {s} score {_cell(row[s])} is not a number{again}") from None
-                    if not math.isfinite(v):
-                        raise ValueError(f"{where}: {s} score {row[s]} is not finite{again}")
-                    columns[s].append(v)
-        except csv.Error as exc:  # a NUL byte, an unclosed quote
-            raise ValueError(f"{path} line {reader.line_num} is not valid CSV ({exc}){again}") from None
-    if not labels:
-        raise ValueError(f"{path} holds no scores{again}")
-    if min(labels) == max(labels):
-        raise ValueError(f"{path}: every row has label {labels[0]}; the plots need normal (0) and anomalous (1) "
-                         f"samples{again}")
-    return np.array(labels), {s: np.array(v) for s, v in columns.items()}
-
-
-def _cell(value) -> str:
-    return "(missing)" if value is None else repr(value)
 
 
 def _md_table_html(md: str) -> str:

@@ -32,6 +32,7 @@ images) warns with ``CollapsedFeatures``: its scores are mostly rounding noise.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import warnings
@@ -304,6 +305,9 @@ class Gaussian:
         logdet = 2.0 * float(torch.log(chol.diagonal()).sum())
         return cls(mean, whitening, logdet, shrinkage)
 
+    def to(self, device) -> "Gaussian":
+        return dataclasses.replace(self, mean=self.mean.to(device), whitening=self.whitening.to(device))
+
     def nll(self, z: torch.Tensor) -> torch.Tensor:
         """-log N(z | mean, Sigma) per row (float64), z already L2-normalised."""
         d = self.mean.shape[0]
@@ -334,6 +338,14 @@ class FeatureBank:
     @property
     def scorers(self) -> tuple[str, ...]:
         return tuple(s for s, have in (("nnd", self.nnd is not None), ("lh", self.gaussians is not None)) if have)
+
+    def to(self, device) -> "FeatureBank":
+        """The same bank with its tensors on `device`."""
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return dataclasses.replace(self, nnd=move(self.nnd), nnd_norms=move(self.nnd_norms),
+                                   gaussians=None if self.gaussians is None else [g.to(device) for g in self.gaussians])
 
     @classmethod
     def build(cls, encoder: ViewEncoder, train, scorers: Iterable[str] = SCORERS,

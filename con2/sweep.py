@@ -108,39 +108,19 @@ def check_sweep(base: TrainConfig, classes: list[str], seeds: list) -> None:
 def _class_identity(base: TrainConfig, cls: str):
     """What a class name means to the data set's loader (con2.data.datasets._resolve_classes: an
     index or a case-insensitive name, "8" = "08" = " 8"); folder classes are folder names, exact."""
-    from .data.datasets import CIFAR10_CLASSES, CIFAR100_SUPERCLASSES, MEDMNIST, DataError, _resolve_classes
+    from .data.datasets import DataError, _resolve_classes, class_names
 
     if base.dataset == "folder":
         return cls
-    if base.dataset == "digits":
-        names = {i: str(i) for i in range(10)}
-    elif base.dataset == "cifar10":
-        names = dict(enumerate(CIFAR10_CLASSES))
-    elif base.dataset == "cifar100":
-        names = dict(enumerate(CIFAR100_SUPERCLASSES))
-    elif base.dataset in MEDMNIST:
-        names = MEDMNIST[base.dataset][1]
-    else:
-        names = _npz_class_names(base.data_file)
     key = cls.strip()
-    if names is None:  # the file cannot be read: as the loader would read it, less index-name aliases
-        return int(key) if key.lstrip("-").isdigit() else key.lower()
+    try:
+        names = class_names(base)
+    except Exception:  # noqa: BLE001 - an unreadable file (its runs report it): as the loader would read
+        return int(key) if key.lstrip("-").isdigit() else key.lower()  # it, less index-name aliases
     try:
         return _resolve_classes([cls], names, base.dataset)
     except DataError:  # an unknown class: its run fails with the loader's message
         return ("unknown", key.lower())
-
-
-def _npz_class_names(data_file) -> dict | None:
-    """{label: name} as load_npz names an npz file's classes; None when it cannot be read."""
-    try:
-        with np.load(data_file, allow_pickle=False) as z:
-            labels = [z[k] for k in ("labels", "train_labels", "val_labels", "test_labels") if k in z]
-            given = [str(s) for s in z["class_names"]] if "class_names" in z else None
-            values = sorted(int(v) for v in np.unique(np.concatenate([np.ravel(y) for y in labels])))
-    except Exception:  # noqa: BLE001 - any unreadable file: the runs report it
-        return None
-    return {v: (given[v] if given and 0 <= v < len(given) else str(v)) for v in values}
 
 
 def _base_dict(cfg: TrainConfig) -> dict:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..scoring import AGGREGATES, BANK_DTYPES, MAX_VIEWS, SCORERS
-from .output import check_output, names_on_stdout, write_output
+from .output import check_output, write_output
 
 
 def _checked(convert, ok, expected: str):
@@ -70,7 +70,6 @@ def _score(args) -> None:
 def _evaluate(args) -> None:
     from ..evaluate import evaluate_run, format_metrics
 
-    names_on_stdout()
     m = evaluate_run(args.run, views=args.views, scorers=args.scorers, aggregate=args.aggregate, device=args.device,
                      seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
                      target_fpr=args.target_fpr, per_view=args.per_view, progress=not args.quiet,
@@ -139,7 +138,6 @@ def _report(args) -> None:
     from ..report import build_report
 
     check_output(args.out, example="report.html")
-    names_on_stdout()
     path = build_report(args.run, out=args.out, views=args.views, device=args.device,
                         max_points=args.max_points, progress=not args.quiet)
     print(f"wrote {path}")

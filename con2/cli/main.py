@@ -6,7 +6,7 @@ import sys
 import warnings
 
 from .. import __version__
-from .output import ReaderGone
+from .output import ReaderGone, names_on_stdout
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    names_on_stdout()
     with warnings.catch_warnings():
         if not getattr(args, "debug", False):  # one line per warning, like the errors; --debug keeps the source line
             warnings.showwarning = lambda message, category, *rest, **kw: print(

@@ -35,7 +35,8 @@ def check_output(out: str | Path | None, option: str = "--out", example: str = "
 
 def names_on_stdout() -> None:
     """Let standard output carry names that are not UTF-8, as their bytes (see write_output): under a
-    UTF-8 locale its stream is strict and printing one would fail after all the work."""
+    UTF-8 locale its stream is strict and printing one would fail after all the work. Set once by
+    the CLI's main for every command."""
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="surrogateescape")
 
@@ -49,7 +50,6 @@ def write_output(write: Callable[[IO[str]], None], out: str | Path | None) -> No
         with replacing(Path(out)) as tmp, open(tmp, "w", newline="", errors="surrogateescape") as fh:
             write(fh)
         return
-    names_on_stdout()
     try:
         write(sys.stdout)
         sys.stdout.flush()

@@ -555,9 +555,7 @@ def load_npz(cfg) -> OneClassSplit:
     else:
         raise DataError(f"{path}: needs keys train_images/train_labels/test_images/test_labels or images/labels "
                         f"(has: {', '.join(sorted(z)) or 'none'})")
-    values = sorted(int(v) for v in np.unique(all_labels))
-    given_names = [str(s) for s in z["class_names"]] if "class_names" in z else None
-    names = {v: (given_names[v] if given_names and 0 <= v < len(given_names) else str(v)) for v in values}
+    names = _npz_class_table(all_labels, z)
     if not cfg.normal_class:
         raise DataError(f"--dataset npz needs --normal-class; available: {_available(names)}")
     normal = _resolve_classes(cfg.normal_class, names, path.name)
@@ -568,6 +566,32 @@ def load_npz(cfg) -> OneClassSplit:
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
                     n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
     return _one_class(path.stem, parts, normal, names, cfg.image_size, meta)
+
+
+def _npz_class_table(labels: np.ndarray, z) -> dict:
+    """{label: name} of an npz file's classes: its `class_names` where given, else the label."""
+    given = [str(s) for s in z["class_names"]] if "class_names" in z else None
+    return {v: (given[v] if given and 0 <= v < len(given) else str(v))
+            for v in sorted(int(v) for v in np.unique(labels))}
+
+
+def class_names(cfg) -> dict | None:
+    """{label: name} that cfg's --normal-class is resolved against (_resolve_classes), read without
+    the images; None for folder data, whose classes are its class folders' names, matched exactly."""
+    ds = cfg.dataset
+    if ds == "folder":
+        return None
+    if ds == "digits":
+        return {i: str(i) for i in range(10)}
+    if ds == "cifar10":
+        return dict(enumerate(CIFAR10_CLASSES))
+    if ds == "cifar100":
+        return dict(enumerate(CIFAR100_SUPERCLASSES))
+    if ds in MEDMNIST:
+        return dict(MEDMNIST[ds][1])
+    with np.load(cfg.data_file, allow_pickle=False) as z:
+        labels = [np.ravel(z[k]) for k in ("labels", "train_labels", "val_labels", "test_labels") if k in z]
+        return _npz_class_table(np.concatenate(labels), z)
 
 
 # --------------------------------------------------------------------------- digits
@@ -588,7 +612,7 @@ def load_digits_split(cfg) -> OneClassSplit:
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = d.target.astype(np.int64)
-    names = {i: str(i) for i in range(10)}
+    names = class_names(cfg)
     normal = _resolve_classes(cfg.normal_class or [DIGITS_DEFAULT_CLASS], names, "digits")
     rng = np.random.default_rng(cfg.split_seed)
     val_fraction = cfg.split_val_fraction()
