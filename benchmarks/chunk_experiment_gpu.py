@@ -1,5 +1,4 @@
 """Experiment: does running the compiled view function on L2-sized chunks of views beat one call?"""
-import sys
 import torch
 from con2.data.contexts import ContextSet
 from con2.data import views as V

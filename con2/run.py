@@ -7,7 +7,9 @@ the detector) goes through load_run, which refuses weights of another run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import weakref
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ from safetensors.torch import save_file
 from . import __version__
 from .config import MIN_IMAGE_SIDE, TrainConfig, lift_legacy_extra, resolve_val_fraction
 from .data import ContextSet, OneClassSplit, ViewConfig, load_split
-from .data.datasets import DataError
+from .data.datasets import DataError, InapplicableOption
 from .data.images import ImageSet
 from .data.keys import image_keys
 from .files import read_json, replacing, write_json
@@ -158,7 +160,7 @@ def run_split(run_dir: str | Path, cfg: TrainConfig, split: OneClassSplit | None
     copied from a run on other data would otherwise give silently wrong scores. Runs saved before
     the fingerprint was recorded are not checked."""
     run_dir = Path(run_dir)
-    split = split if split is not None else load_split(cfg)
+    split = split if split is not None else split_as_trained(cfg)
     info = read_json(run_dir / "model.json")
     with safe_open(str(run_dir / "model.safetensors"), framework="pt") as fh:
         meta = fh.metadata() or {}
@@ -177,9 +179,32 @@ def run_split(run_dir: str | Path, cfg: TrainConfig, split: OneClassSplit | None
     return split
 
 
+def split_as_trained(cfg: TrainConfig) -> OneClassSplit:
+    """The split a run was trained on. Older con2 ignored options the data does not use (a seeded
+    split's --test-fraction on MedMNIST, --resolution on a folder, ...), which training now refuses:
+    the split of such a run is the one loaded without them."""
+    while True:  # each retry resets at least one more field to its default, so this ends
+        try:
+            return load_split(cfg)
+        except InapplicableOption as exc:
+            defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.name in exc.fields}
+            if all(getattr(cfg, k) == v for k, v in defaults.items()):
+                raise
+            cfg = dataclasses.replace(cfg, **defaults)
+
+
 def data_fingerprint(split: OneClassSplit) -> dict:
     """What a resume checks the training images against: their count, shape and a hash of the pixels
-    (data files may move; the images must not change)."""
-    images = ImageSet(split.train, "train images")  # chunk by chunk: a folder may be larger than memory
-    total = sum(int(image_keys(x).sum()) for _, x in images.chunks(images.chunk_rows()))
-    return {"count": len(images), "shape": list(images.shape[1:]), "hash": total % 2**61}
+    (data files may move; the images must not change). The last one is remembered with its image set,
+    so that a report that first evaluates its run reads a large folder once, not twice."""
+    global _last_fingerprint
+    last, known = _last_fingerprint
+    if last() is not split.train:
+        images = ImageSet(split.train, "train images")  # chunk by chunk: a folder may be larger than memory
+        total = sum(int(image_keys(x).sum()) for _, x in images.chunks(images.chunk_rows()))
+        known = {"count": len(images), "shape": list(images.shape[1:]), "hash": total % 2**61}
+        _last_fingerprint = (weakref.ref(split.train), known)
+    return dict(known)
+
+
+_last_fingerprint = (lambda: None, {})  # (weak reference to the train images, their fingerprint)

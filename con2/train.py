@@ -29,7 +29,7 @@ from .files import replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
 from .run import (build_model, context_set, data_fingerprint, identity_mismatch, resolve_device, run_finished,
-                  save_model, view_config)
+                  save_model, split_as_trained, view_config)
 
 CHECKPOINT_FORMAT = "con2-checkpoint/1"
 LOG_EVERY = 10  # steps between metrics lines inside an epoch
@@ -306,10 +306,11 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     if resume and not ckpt_path.exists() and run_finished(run_dir):  # training afresh would replace its model
         raise FileExistsError(f"{run_dir} holds a trained model but no checkpoint to continue from; "
                               f"pick another --out to train again")
-    split = split if split is not None else load_split(cfg)
+    continuing = resume and ckpt_path.exists()
+    split = split if split is not None else split_as_trained(cfg) if continuing else load_split(cfg)
     views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
     fingerprint = data_fingerprint(split)
-    ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint, device) if resume and ckpt_path.exists() else None
+    ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint, device) if continuing else None
     torch.manual_seed(cfg.seed)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
     say(split.summary(), flush=True)

@@ -433,10 +433,12 @@ def test_seeded_split_options_on_data_with_its_own_split_are_refused(tmp_path):
     write_medmnist(tmp_path / "octmnist.npz", 4)
     oct_ = lambda **kw: load_split(cfg(dataset="oct", data_root=str(tmp_path), **kw))  # noqa: E731
     for kw, flag in ((dict(n_train=5), "--n-train 5"), (dict(test_fraction=0.2), "--test-fraction 0.2"),
-                     (dict(val_fraction=0.1), "--val-fraction 0.1")):
+                     (dict(val_fraction=0.1), "--val-fraction 0.1"), (dict(split_seed=3), "--split-seed 3")):
         with pytest.raises(DataError, match=f"{flag} cannot apply: octmnist has its official train/val/test split"):
             oct_(**kw)
     check_split(oct_(test_fraction=0.3, val_fraction=0.0), 10, 2, 20, 15)  # the defaults, set: fine
+    picks = [oct_(split_seed=s, max_train_samples=4).train for s in (0, 1, 2)]  # the seed picks the subsample
+    assert all(len(t) == 4 for t in picks) and not all(np.array_equal(picks[0], t) for t in picks[1:])
     path = given_npz(tmp_path / "given.npz", np.zeros((6, 8, 8), np.uint8), np.zeros((6, 8, 8), np.uint8))
     with pytest.raises(DataError, match=r"--n-train 3 cannot apply: .*given\.npz has its own split"):
         load_split(cfg(dataset="npz", data_file=path, normal_class=["0"], n_train=3))

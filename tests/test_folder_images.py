@@ -64,6 +64,20 @@ def test_a_folder_decoded_on_access_equals_the_folder_decoded_in_memory(tmp_path
     assert data_fingerprint(lazy) == data_fingerprint(held)
 
 
+def test_a_loaded_folder_is_fingerprinted_once(tmp_path, no_memory, monkeypatch):
+    """A report that first evaluates its run checks the fingerprint twice: the folder is read once."""
+    import con2.run
+    write_folder(tmp_path)
+    reads = []
+    keys = con2.run.image_keys
+    monkeypatch.setattr(con2.run, "image_keys", lambda x: reads.append(len(x)) or keys(x))
+    lazy = load_split(folder_cfg(tmp_path))
+    first = data_fingerprint(lazy)
+    assert data_fingerprint(lazy) == first and sum(reads) == len(lazy.train)
+    again = load_split(folder_cfg(tmp_path))  # loaded anew: the files are read anew
+    assert data_fingerprint(again) == first and sum(reads) == 2 * len(lazy.train)
+
+
 def test_the_pipeline_and_the_budget_decide_what_is_held(tmp_path, monkeypatch):
     write_folder(tmp_path)
     assert load_split(folder_cfg(tmp_path)).in_memory  # a few KiB fit any budget

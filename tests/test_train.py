@@ -384,6 +384,29 @@ def test_scoring_refuses_data_that_changed_since_training(tmp_path, monkeypatch)
         score_split(other, views=2, progress=False)
 
 
+def test_runs_trained_while_an_inapplicable_option_was_ignored_still_load(tmp_path, monkeypatch):
+    """Older con2 ignored --split-seed / --test-fraction ... on data with its own split; training now
+    refuses them, but a run trained with one still evaluates and resumes, on the split it trained on."""
+    import con2.data.datasets as datasets
+    from con2.data import DataError
+    from con2.evaluate import score_split
+
+    rng = np.random.RandomState(0)
+    images = lambda n: rng.randint(0, 256, (n, 12, 12, 1), dtype=np.uint8)  # noqa: E731
+    np.savez(tmp_path / "given.npz", train_images=images(20), train_labels=np.zeros(20, int),
+             test_images=images(8), test_labels=np.array([0, 1] * 4))
+    cfg = lambda out, **kw: tiny_cfg(tmp_path / out, dataset="npz", data_file=str(tmp_path / "given.npz"),  # noqa: E731
+                                     normal_class=["0"], split_seed=3, test_fraction=0.5, **kw)
+    with pytest.raises(DataError, match="--test-fraction 0.5 and --split-seed 3 cannot apply"):
+        train(cfg("refused"), progress=False)
+    with monkeypatch.context() as old_con2:
+        old_con2.setattr(datasets, "_split_options_set", lambda cfg: {})
+        done = train(cfg("done", epochs=1), progress=False)
+        train(cfg("paused"), progress=False, stop_after_steps=2)
+    assert len(score_split(done, views=2, progress=False).scores) == 8
+    assert run_finished(train(cfg("paused"), progress=False, resume=True))
+
+
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="unknown configuration keys: colour"):
         TrainConfig.from_dict({"colour": 1})

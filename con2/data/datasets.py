@@ -15,8 +15,8 @@ Splits, by source:
   of training normals; test then gets all normals not in train or val.
   BR35H as METHOD section 10 suggests (1000 normal train; 500 normal + 1500 tumour test):
   `n_train=1000`, `--n-train 1000` (the default test_fraction 0.3 gives 1050 / 450 instead).
-  On data with its own split these three would change nothing: set to other than their defaults,
-  they are refused.
+  On data with its own split these three, and `cfg.split_seed` without `cfg.max_train_samples`,
+  would change nothing: set to other than their defaults, they are refused.
 * digits (scikit-learn's 8x8 digits): a seeded per-class split, 60 % train / 10 % val / 30 % test
   (test = `cfg.test_fraction`, val = `cfg.val_fraction`; `n_train` does not apply and is refused),
   so anomalies in test are the test part of the other digits.
@@ -142,25 +142,39 @@ def _check_train_count(split: OneClassSplit, cfg) -> None:
                     f"(the S_LH scorer fits a Gaussian to their features): {fix}")
 
 
+class InapplicableOption(DataError):
+    """An option the data set does not use (module docstring): refused, not ignored. `fields` names
+    the TrainConfig fields; con2.run loads the split of a run trained before the refusal without them
+    (older con2 ignored them, so the run was trained on that split)."""
+
+    def __init__(self, message: str, fields: tuple[str, ...]):
+        super().__init__(message)
+        self.fields = fields
+
+
 def _refuse_unused_sources(cfg) -> None:
     """--resolution and --data-file where the data set reads neither: refused, not ignored."""
     if cfg.resolution is not None and cfg.dataset not in MEDMNIST:
-        raise DataError(f"--resolution picks a MedMNIST file ({', '.join(MEDMNIST)}); it does not apply to "
-                        f"--dataset {cfg.dataset} (--image-size resizes any data set)")
+        raise InapplicableOption(f"--resolution picks a MedMNIST file ({', '.join(MEDMNIST)}); it does not apply "
+                                 f"to --dataset {cfg.dataset} (--image-size resizes any data set)", ("resolution",))
     if cfg.data_file and cfg.dataset == "folder":
-        raise DataError("--data-file does not apply to --dataset folder: give the image folder as --data-root")
+        raise InapplicableOption("--data-file does not apply to --dataset folder: give the image folder as "
+                                 "--data-root", ("data_file",))
     if cfg.data_file and cfg.dataset == "digits":
-        raise DataError("--data-file does not apply to --dataset digits (scikit-learn's digits, read from no file)")
+        raise InapplicableOption("--data-file does not apply to --dataset digits (scikit-learn's digits, read "
+                                 "from no file)", ("data_file",))
 
 
-def _split_options_set(cfg) -> list[str]:
-    """The options of the seeded split (module docstring) set to other than their defaults, as flags."""
+def _split_options_set(cfg) -> dict[str, str]:
+    """The options of the seeded split (module docstring) set to other than their defaults: field -> flag."""
     default_test = next(f.default for f in dataclasses.fields(cfg) if f.name == "test_fraction")
-    given = [f"--n-train {cfg.n_train}"] if cfg.n_train is not None else []
+    given = {"n_train": f"--n-train {cfg.n_train}"} if cfg.n_train is not None else {}
     if cfg.test_fraction != default_test:
-        given.append(f"--test-fraction {cfg.test_fraction:g}")
+        given["test_fraction"] = f"--test-fraction {cfg.test_fraction:g}"
     if cfg.split_val_fraction() != resolve_val_fraction(cfg.dataset, None):  # --val-fraction 0 is npz's default
-        given.append(f"--val-fraction {cfg.val_fraction:g}")
+        given["val_fraction"] = f"--val-fraction {cfg.val_fraction:g}"
+    if cfg.split_seed != 0 and cfg.max_train_samples is None:  # with a subsample, the seed picks it
+        given["split_seed"] = f"--split-seed {cfg.split_seed}"
     return given
 
 
@@ -169,8 +183,10 @@ def _refuse_split_options(cfg, has_split: str) -> None:
     has_split: what the data has, e.g. "breastmnist has its official train/val/test split"."""
     given = _split_options_set(cfg)
     if given:
-        raise DataError(f"{' and '.join(given)} cannot apply: {has_split}, so there is no seeded split to set "
-                        f"(--n-train, --test-fraction and --val-fraction split npz / folder data that has none)")
+        raise InapplicableOption(f"{' and '.join(given.values())} cannot apply: {has_split}, so there is no "
+                                 f"seeded split to set (--n-train, --test-fraction, --val-fraction and "
+                                 f"--split-seed split npz / folder data that has none; --split-seed also picks "
+                                 f"a --max-train-samples subsample)", tuple(given))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -607,8 +623,9 @@ def load_digits_split(cfg) -> OneClassSplit:
     from sklearn.datasets import load_digits
 
     if cfg.n_train is not None:  # the per-class split has no count of training normals to fix
-        raise DataError(f"--n-train {cfg.n_train} does not apply to --dataset digits: its seeded split puts "
-                        f"--test-fraction and --val-fraction of every digit in test and val, the rest in train")
+        raise InapplicableOption(f"--n-train {cfg.n_train} does not apply to --dataset digits: its seeded split "
+                                 f"puts --test-fraction and --val-fraction of every digit in test and val, the "
+                                 f"rest in train", ("n_train",))
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = d.target.astype(np.int64)
