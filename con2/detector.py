@@ -39,7 +39,7 @@ from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.split import to_nchw
 from .evaluate import check_crop_scale, scoring_view_config
-from .files import replacing
+from .files import replacing, utf8_name
 from .metrics import calibrate_threshold
 from .model import Con2Model
 from .ops.reference import row_norms
@@ -397,7 +397,7 @@ class Con2Detector(BaseEstimator):
             raise FileNotFoundError(f"no detector bundle at {path}")
         dev = resolve_device(device)  # a bad device is the caller's error, not the file's
         try:
-            with safe_open(str(path), framework="pt") as fh:
+            with utf8_name(path) as name, safe_open(name, framework="pt") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         except Exception as exc:

@@ -33,6 +33,24 @@ def replacing(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def utf8_name(path: str | Path):
+    """A name of the existing file `path` for readers that take only UTF-8 paths (safetensors'
+    safe_open): the path itself, or where its name is not UTF-8 (bytes held as lone surrogates,
+    PEP 383) the link to the opened file in /proc/self/fd (Linux)."""
+    name = str(path)
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
 def write_text(path: str | Path, text: str) -> None:
     """`text` into `path`; a file or class name that is not UTF-8 (its bytes held as lone surrogates,
     PEP 383) is written as those bytes, the name as the file system has it."""

@@ -22,7 +22,7 @@ from .data import ContextSet, OneClassSplit, ViewConfig, load_split
 from .data.datasets import DataError, InapplicableOption
 from .data.images import ImageSet
 from .data.keys import image_keys
-from .files import read_json, replacing, write_json
+from .files import read_json, replacing, utf8_name, write_json
 from .model import Con2Model
 
 MODEL_FORMAT = "con2-model/1"
@@ -124,7 +124,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
         raise ValueError(f"{run_dir}/model.json has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
     weights = run_dir / "model.safetensors"
     try:
-        with safe_open(str(weights), framework="pt") as fh:
+        with utf8_name(weights) as name, safe_open(name, framework="pt") as fh:
             meta = fh.metadata() or {}
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated / garbage files
@@ -162,7 +162,7 @@ def run_split(run_dir: str | Path, cfg: TrainConfig, split: OneClassSplit | None
     run_dir = Path(run_dir)
     split = split if split is not None else split_as_trained(cfg)
     info = read_json(run_dir / "model.json")
-    with safe_open(str(run_dir / "model.safetensors"), framework="pt") as fh:
+    with utf8_name(run_dir / "model.safetensors") as name, safe_open(name, framework="pt") as fh:
         meta = fh.metadata() or {}
     recorded = [("model.json", info["data"])] if "data" in info else []
     if "data" in meta:

@@ -26,8 +26,8 @@ LATIN = "caf\udce9"  # the Latin-1 bytes b"caf\xe9" as Python holds a name that 
 
 @pytest.fixture(scope="module")
 def latin_run(tmp_path_factory):
-    """A tiny folder run whose data folder (the data set's name), anomalous class and file names are
-    not UTF-8. (The run folder's own name must be: safetensors opens UTF-8 paths only.)"""
+    """A tiny folder run whose run folder, data folder (the data set's name), anomalous class and file
+    names are not UTF-8 (safetensors opens UTF-8 paths only: con2.files.utf8_name)."""
     d = tmp_path_factory.mktemp("latin")
     rng = np.random.default_rng(0)
     for cls, n in (("good", 14), (LATIN, 4)):
@@ -36,7 +36,7 @@ def latin_run(tmp_path_factory):
             image = Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8))
             image.save(d / f"data{LATIN}" / cls / f"{LATIN}{i}.png")
     cfg = TrainConfig(dataset="folder", data_root=str(d / f"data{LATIN}"), normal_class=["good"], test_fraction=0.3,
-                      val_fraction=0.2, epochs=1, width=4, batch_size=8, device="cpu", out=str(d / "run"))
+                      val_fraction=0.2, epochs=1, width=4, batch_size=8, device="cpu", out=str(d / f"run{LATIN}"))
     return train(cfg, progress=False)
 
 
@@ -79,6 +79,14 @@ def test_a_run_with_non_utf8_names_evaluates_reports_scores_and_predicts(latin_r
     code, _ = _cli(["predict", "--run", str(latin_run), images, "--views", "2", "--quiet", "--format", "json",
                     "--out", str(tmp_path / "p.json")], monkeypatch)
     assert code == 0 and [r["file"] for r in json.loads((tmp_path / "p.json").read_text())] == got
+
+    from con2.detector import Con2Detector  # trained into, and saved as, names that are not UTF-8
+    images = np.random.default_rng(1).integers(0, 256, (12, 12, 12, 1), dtype=np.uint8)
+    detector = Con2Detector(epochs=1, width=4, batch_size=8, views=2, device="cpu", progress=False,
+                            out=str(tmp_path / f"fit{LATIN}")).fit(images)
+    path = detector.save(tmp_path / f"{LATIN}.safetensors")
+    np.testing.assert_allclose(Con2Detector.load(path, device="cpu").score_samples(images[:3]),
+                               detector.score_samples(images[:3]), rtol=1e-6)
 
 
 def _bomb(path: Path) -> Path:
