@@ -106,9 +106,9 @@ def check_sweep(base: TrainConfig, classes: list[str], seeds: list) -> None:
 
 
 def _class_identity(base: TrainConfig, cls: str):
-    """What a class name means to the data set's loader (con2.data.datasets._resolve_classes: an
+    """What a class name means to the data set's loader (con2.data.datasets.resolve_classes: an
     index or a case-insensitive name, "8" = "08" = " 8"); folder classes are folder names, exact."""
-    from .data.datasets import DataError, _resolve_classes, class_names
+    from .data.datasets import DataError, class_names, resolve_classes
 
     if base.dataset == "folder":
         return cls
@@ -118,7 +118,7 @@ def _class_identity(base: TrainConfig, cls: str):
     except Exception:  # noqa: BLE001 - an unreadable file (its runs report it): as the loader would read
         return int(key) if key.lstrip("-").isdigit() else key.lower()  # it, less index-name aliases
     try:
-        return _resolve_classes([cls], names, base.dataset)
+        return resolve_classes([cls], names, base.dataset)
     except DataError:  # an unknown class: its run fails with the loader's message
         return ("unknown", key.lower())
 

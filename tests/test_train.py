@@ -387,7 +387,6 @@ def test_scoring_refuses_data_that_changed_since_training(tmp_path, monkeypatch)
 def test_runs_trained_while_an_inapplicable_option_was_ignored_still_load(tmp_path, monkeypatch):
     """Older con2 ignored --split-seed / --test-fraction ... on data with its own split; training now
     refuses them, but a run trained with one still evaluates and resumes, on the split it trained on."""
-    import con2.data.datasets as datasets
     from con2.data import DataError
     from con2.evaluate import score_split
 
@@ -400,7 +399,7 @@ def test_runs_trained_while_an_inapplicable_option_was_ignored_still_load(tmp_pa
     with pytest.raises(DataError, match="--test-fraction 0.5 and --split-seed 3 cannot apply"):
         train(cfg("refused"), progress=False)
     with monkeypatch.context() as old_con2:
-        old_con2.setattr(datasets, "_split_options_set", lambda cfg: {})
+        old_con2.setattr("con2.data.loaders.common.split_options_set", lambda cfg: {})
         done = train(cfg("done", epochs=1), progress=False)
         train(cfg("paused"), progress=False, stop_after_steps=2)
     assert len(score_split(done, views=2, progress=False).scores) == 8

@@ -1,0 +1,222 @@
+"""Image folders (--dataset folder): <root>/<class>/... or <root>/{train,val,test}/<class>/... The listing
+of class folders and header scan (`_list_images`, `_read_header`, `_check_sizes`), the memory budget
+that decides which parts are decoded into memory and which on access (`memory_budget`, `_parts_held`),
+the near-black image warning (`_warn_if_dark`) and the loader (`load_folder`)."""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..decode import IMAGE_SUFFIXES, DataError, list_images, map_files, read_header
+from ..images import FolderImages
+from ..split import OneClassSplit
+from .common import one_class_split, refuse_split_options, seeded_normal_split
+
+
+def _class_dirs(root: Path) -> dict[str, list[Path]]:
+    return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """list_images, plus image-named symlinks whose target is gone: list_images passes them over (not
+    files), but they are images the folder lacks, so like any unreadable file they are named, or with
+    --skip-bad-files skipped and counted (_read_header)."""
+    files = list_images(folder)
+    listed = set(files)
+    dangling = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p not in listed
+                and p.is_symlink() and not p.exists()
+                and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(files + dangling) if dangling else files
+
+
+def _read_header(path: Path):
+    """read_header, naming a dangling symlink as such rather than as a missing file."""
+    try:
+        return read_header(path)
+    except OSError:
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path}: a dangling symlink (its target {os.readlink(path)} does not exist)") from None
+        raise
+
+
+def _check_sizes(sizes: list[tuple[int, int]], files: list) -> tuple[int, int]:
+    """The common (H, W) of images of these (H, W) sizes; all must share one (else --image-size is needed)."""
+    h, w = tuple(sizes[0]) if sizes else (1, 1)
+    for (hi, wi), f in zip(sizes, files):
+        if (hi, wi) != (h, w):
+            raise DataError(f"images differ in size ({files[0]} is {w}x{h}, {f} is {wi}x{hi}); "
+                            f"pass --image-size to resize them all")
+    return h, w
+
+
+def _parts_held(pipeline: str, counts: dict, image_bytes: int) -> set:
+    """The parts of a folder decoded into memory: all for --pipeline tensor; else train, val and test
+    in turn, each while the held parts fit memory_budget() together (train first: the tensor pipeline
+    needs it), never train for --pipeline dali (DALI decodes the files itself). The others are
+    decoded on access."""
+    if pipeline == "tensor":
+        return set(counts)
+    budget, used, held = memory_budget(), 0, set()
+    for part in ("train", "val", "test"):
+        size = counts.get(part, 0) * image_bytes
+        if part in counts and not (pipeline == "dali" and part == "train") and used + size <= budget:
+            held.add(part)
+            used += size
+    return held
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images an image folder may take in memory, else it is decoded on access:
+    CON2_MEMORY_BUDGET_MB when set, else a quarter of the memory available now (a run holds more
+    than its images: the scorers' chunks, the model, the views)."""
+    env = os.environ.get("CON2_MEMORY_BUDGET_MB")
+    if env:
+        try:
+            mib = float(env)
+        except ValueError:
+            mib = float("nan")
+        if not (math.isfinite(mib) and mib >= 0):  # inf overflows int(); a negative budget means nothing
+            raise DataError(f"CON2_MEMORY_BUDGET_MB must be a number of MiB, got {env!r} "
+                            f"(finite and >= 0; 0 decodes every image folder on access)")
+        return int(mib * 2**20)
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 2**62
+    return available // 4
+
+
+# Images of a folder part decoded on access that the near-black check decodes (evenly spaced).
+DARK_CHECK_SAMPLES = 32
+
+
+def _warn_if_dark(root: Path, held: list, on_access: list) -> None:
+    """Warn when every image is near black (12-bit data in 16-bit files): all held images, and up to
+    DARK_CHECK_SAMPLES evenly spaced images of each part decoded on access."""
+    held = [a for a in held if len(a)]
+    sampled = []  # the brightest pixel of each sampled image; a damaged one is left to fail where it is used
+    for imgs in on_access:
+        for i in np.unique(np.linspace(0, len(imgs) - 1, min(len(imgs), DARK_CHECK_SAMPLES)).round().astype(int)):
+            try:
+                sampled.append(int(imgs[int(i)].max()))
+            except DataError:
+                pass
+    if not held and not sampled:
+        return
+    brightest = max([int(a.max()) for a in held] + sampled)
+    if brightest < 32:
+        n_held, n_sampled = sum(len(a) for a in held), len(sampled)
+        n_lazy = sum(len(imgs) for imgs in on_access)
+        which = ("every image is" if not sampled else
+                 f"every image checked ({n_held} held in memory, {n_sampled} of {n_lazy} decoded on access) is")
+        warnings.warn(f"{root}: {which} darker than 32 / 255 after decoding (brightest pixel {brightest}); "
+                      f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
+
+
+def load_folder(cfg) -> OneClassSplit:
+    """An image-folder tree: <root>/<class>/... or <root>/{train,val,test}/<class>/...
+
+    cfg.normal_class names one or more class folders. Without train/ and test/ the seeded split of
+    con2.data.datasets' docstring is used (normals split, the other classes all to test). Images are decoded
+    with Pillow: all grayscale -> 1 channel, any colour image -> every image RGB. With cfg.image_size
+    every image is resized to that square (bicubic, aspect not kept); without it all images must
+    already share one size. Unreadable files raise a DataError naming the file, or with
+    cfg.skip_bad_files are dropped and counted in meta["skipped_files"].
+
+    Each part (train, val, test) is decoded into memory once when it fits memory_budget()
+    (_parts_held); otherwise it is a FolderImages that decodes on access, so a folder larger than
+    memory still trains (DALI or worker processes) and scores (chunk by chunk).
+    """
+    root = Path(cfg.data_root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    if not cfg.normal_class:
+        raise DataError("--dataset folder needs --normal-class (one or more class folder names)")
+    has_tree = (root / "train").is_dir() and (root / "test").is_dir()
+    if (root / "train").is_dir() != (root / "test").is_dir():
+        have, lack = ("train", "test") if (root / "train").is_dir() else ("test", "train")
+        raise DataError(f"{root} has {have}/ but no {lack}/: give both (each with class folders), "
+                        f"or neither for a seeded split of class folders")
+    if has_tree:
+        refuse_split_options(cfg, f"{root} has its own split (train/ and test/ folders)")
+        trees = {s: _class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
+    else:
+        trees = {"all": _class_dirs(root)}
+    class_list = sorted({c for t in trees.values() for c in t})
+    if not class_list:
+        raise DataError(f"{root}: no class sub-folders found")
+    names = dict(enumerate(class_list))
+    unknown = [c for c in cfg.normal_class if c not in class_list]
+    if unknown:
+        raise DataError(f"{root}: no class folder {unknown[0]!r}; available: {', '.join(class_list)}")
+    normal = tuple(sorted(class_list.index(c) for c in cfg.normal_class))
+
+    # Flatten every part to (files, labels) before decoding so one decode pass serves all parts.
+    def flat(tree):
+        files = [f for c in class_list for f in tree.get(c, [])]
+        labels = np.array([class_list.index(c) for c in class_list for _ in tree.get(c, [])], np.int64)
+        return files, labels
+
+    if has_tree:
+        listed = {s: flat(t) for s, t in trees.items()}
+        # Only normal samples of train/val are used: decode just those.
+        for s in ("train", "val"):
+            if s in listed:
+                f, y = listed[s]
+                keep = np.isin(y, normal)
+                listed[s] = ([p for p, k in zip(f, keep) if k], y[keep])
+    else:
+        files, labels = flat(trees["all"])
+        idx = seeded_normal_split(labels, normal, cfg)
+        listed = {s: ([files[i] for i in ix], labels[ix]) for s, ix in idx.items()}
+
+    # Headers first (cheap): they size the decoded parts, which decides which are held in memory.
+    all_files = [f for s in listed for f in listed[s][0]]
+    headers, skipped = map_files(_read_header, all_files, cfg.skip_bad_files, "reading")
+    header = {f: h for f, h in zip(all_files, headers) if h is not None}
+    channels = 3 if any(h[0] == 3 for h in header.values()) else 1
+    hw = ((cfg.image_size, cfg.image_size) if cfg.image_size
+          else _check_sizes([h[1] for h in header.values()], [str(f) for f in header]))
+    counts = {s: sum(f in header for f in files) for s, (files, _) in listed.items()}
+    held = _parts_held(cfg.pipeline, counts, hw[0] * hw[1] * channels)
+
+    # per part: a FolderImages of the readable files, decoded into memory when held
+    parts, part_files = {}, {}
+    for s, (files, labels) in listed.items():
+        ok = [i for i, f in enumerate(files) if f in header]
+        images = FolderImages([files[i] for i in ok], hw, channels, resize=bool(cfg.image_size))
+        if s in held:
+            images, bad = images.load(cfg.skip_bad_files)
+            skipped += bad
+            bad = set(bad)
+            ok = [i for i in ok if str(files[i]) not in bad]
+        part_files[s] = [str(files[i]) for i in ok]
+        parts[s] = (images, labels[ok])
+    if skipped and not np.isin(parts["train"][1], normal).any():
+        raise DataError(f"{root}: no readable training image of normal class {', '.join(cfg.normal_class)} "
+                        f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
+    if channels == 3 and not any(header[Path(f)][0] == 3 for s in parts for f in part_files[s]):
+        # the only colour files were among those skipped: the rest are grayscale, as if they had never been
+        parts = {s: (np.ascontiguousarray(a[..., :1]) if s in held else FolderImages(a.files, a.hw, 1, resize=a.resize), y)
+                 for s, (a, y) in parts.items()}
+    _warn_if_dark(root, [parts[s][0] for s in held], [parts[s][0] for s in parts if s not in held])
+    parts.setdefault("val", None)
+
+    meta = {"source": str(root), "split": "given" if has_tree else "seeded",
+            "skipped_files": len(skipped), "skipped_paths": [str(p) for p in skipped]}
+    if not has_tree:
+        meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
+                    n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
+    if "val" in part_files:
+        meta["val_files"] = part_files["val"]
+    split = one_class_split(root.name, parts, normal, names, None, meta)
+    split.train_files, split.test_files = part_files["train"], part_files["test"]
+    return split

@@ -1,0 +1,63 @@
+"""The generic npz file (--dataset npz): train_/test_ (optionally val_) images and labels, or images and
+labels only (then the seeded split of the normals), and its class table (`_npz_class_table`: the
+file's `class_names`, else the label values)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..decode import DataError
+from ..split import OneClassSplit
+from .common import (available_classes, check_has_images, check_lengths, label_vector, nhwc_images, npz_parts,
+                     one_class_split, read_npz, refuse_split_options, resolve_classes, seeded_normal_split)
+
+
+def load_npz(cfg) -> OneClassSplit:
+    """An array file with train_/test_ (optionally val_) images+labels, or images+labels only.
+
+    With images/labels only the seeded split of con2.data.datasets' docstring is used. Normal classes are
+    given by label value; optional `class_names` (str array) names the labels in order.
+    """
+    if not cfg.data_file:
+        raise DataError("--dataset npz needs --data-file PATH.npz")
+    path = Path(cfg.data_file)
+    z = read_npz(path, ())
+    if all(k in z for k in ("train_images", "train_labels", "test_images", "test_labels")):
+        refuse_split_options(cfg, f"{path} has its own split (train_images / test_images)")
+        if ("val_images" in z) != ("val_labels" in z):
+            have, lack = ("val_images", "val_labels") if "val_images" in z else ("val_labels", "val_images")
+            raise DataError(f"{path}: has {have} but no {lack}")
+        parts = npz_parts(z, [s for s in ("train", "val", "test") if f"{s}_images" in z], path)
+        for s, (x, y) in parts.items():
+            check_lengths(x, y, f"{path}: {s} split")
+        check_has_images(parts, path)
+        all_labels = np.concatenate([y for _, y in parts.values()])
+        split_kind = "given"
+    elif "images" in z and "labels" in z:
+        images, labels = nhwc_images(z["images"], f"{path}:images"), label_vector(z["labels"], f"{path}:labels")
+        check_lengths(images, labels, str(path))
+        check_has_images({"all": (images, labels)}, path)
+        all_labels = labels
+        split_kind = "seeded"
+    else:
+        raise DataError(f"{path}: needs keys train_images/train_labels/test_images/test_labels or images/labels "
+                        f"(has: {', '.join(sorted(z)) or 'none'})")
+    names = _npz_class_table(all_labels, z)
+    if not cfg.normal_class:
+        raise DataError(f"--dataset npz needs --normal-class; available: {available_classes(names)}")
+    normal = resolve_classes(cfg.normal_class, names, path.name)
+    meta = {"source": str(path), "split": split_kind}
+    if split_kind == "seeded":
+        idx = seeded_normal_split(labels, normal, cfg)
+        parts = {s: (images[i], labels[i]) for s, i in idx.items()}
+        meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
+                    n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
+    return one_class_split(path.stem, parts, normal, names, cfg.image_size, meta)
+
+
+def _npz_class_table(labels: np.ndarray, z) -> dict:
+    """{label: name} of an npz file's classes: its `class_names` where given, else the label."""
+    given = [str(s) for s in z["class_names"]] if "class_names" in z else None
+    return {v: (given[v] if given and 0 <= v < len(given) else str(v))
+            for v in sorted(int(v) for v in np.unique(labels))}
