@@ -41,7 +41,7 @@ import numpy as np
 from .decode import DataError
 from .loaders.cifar import CIFAR10_CLASSES, CIFAR100_FINE_TO_COARSE, CIFAR100_SUPERCLASSES, load_cifar
 from .loaders.common import InapplicableOption, center_crop_split, limit_train, resolve_classes, resize_images
-from .loaders.digits import load_digits_split
+from .loaders.digits import DIGIT_NAMES, load_digits_split
 from .loaders.folder import load_folder, memory_budget
 from .loaders.medmnist import MEDMNIST, load_medmnist
 from .loaders.npz import _npz_class_table, load_npz
@@ -122,7 +122,7 @@ def class_names(cfg) -> dict | None:
     if ds == "folder":
         return None
     if ds == "digits":
-        return {i: str(i) for i in range(10)}
+        return dict(DIGIT_NAMES)
     if ds == "cifar10":
         return dict(enumerate(CIFAR10_CLASSES))
     if ds == "cifar100":

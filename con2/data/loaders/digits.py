@@ -7,9 +7,9 @@ import numpy as np
 from ..split import OneClassSplit
 from .common import InapplicableOption, one_class_split, resolve_classes
 
-
 DIGITS_DEFAULT_CLASS = "8"  # the digit raw-pixel nearest neighbour finds hardest (AUROC ~0.98, not 1.0)
 DIGITS_DEFAULT_SIZE = 16
+DIGIT_NAMES = {i: str(i) for i in range(10)}
 
 
 def load_digits_split(cfg) -> OneClassSplit:
@@ -22,8 +22,6 @@ def load_digits_split(cfg) -> OneClassSplit:
     """
     from sklearn.datasets import load_digits
 
-    from ..datasets import class_names  # the entry point, which imports this module
-
     if cfg.n_train is not None:  # the per-class split has no count of training normals to fix
         raise InapplicableOption(f"--n-train {cfg.n_train} does not apply to --dataset digits: its seeded split "
                                  f"puts --test-fraction and --val-fraction of every digit in test and val, the "
@@ -31,8 +29,7 @@ def load_digits_split(cfg) -> OneClassSplit:
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = d.target.astype(np.int64)
-    names = class_names(cfg)
-    normal = resolve_classes(cfg.normal_class or [DIGITS_DEFAULT_CLASS], names, "digits")
+    normal = resolve_classes(cfg.normal_class or [DIGITS_DEFAULT_CLASS], DIGIT_NAMES, "digits")
     rng = np.random.default_rng(cfg.split_seed)
     val_fraction = cfg.split_val_fraction()
     idx = {"train": [], "val": [], "test": []}
@@ -44,6 +41,6 @@ def load_digits_split(cfg) -> OneClassSplit:
             idx[part].append(sel)
     parts = {s: (images[np.sort(np.concatenate(v))], labels[np.sort(np.concatenate(v))]) for s, v in idx.items()}
     size = cfg.image_size or DIGITS_DEFAULT_SIZE
-    return one_class_split("digits", parts, normal, names, size,
-                      {"source": "sklearn.datasets.load_digits", "split": "seeded per class",
-                       "split_seed": cfg.split_seed})
+    return one_class_split("digits", parts, normal, DIGIT_NAMES, size,
+                           {"source": "sklearn.datasets.load_digits", "split": "seeded per class",
+                            "split_seed": cfg.split_seed})

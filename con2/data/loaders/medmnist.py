@@ -74,7 +74,7 @@ def load_medmnist(cfg) -> OneClassSplit:
     parts = npz_parts(z, ("train", "val", "test"), path)
     _check_medmnist_file(cfg, path, parts)
     return one_class_split(f"{flag}mnist", parts, normal, names, cfg.image_size,
-                      {"source": str(path), "split": "official", "resolution": int(parts["train"][0].shape[1])})
+                           {"source": str(path), "split": "official", "resolution": int(parts["train"][0].shape[1])})
 
 
 def _check_medmnist_file(cfg, path: Path, parts: dict) -> None:
