@@ -3,6 +3,7 @@ dependency) and show what training adds over the same encoder untrained."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,12 +29,12 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, normal_class: st
         cfg.normal_class = [str(normal_class)]
     cfg.validate()
     t0 = time.perf_counter()
-    split = load_split(cfg)
-    print(split.summary())
+    split = load_split(cfg)  # training prints its summary
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg, split).eval()
     before, _ = evaluate_model(untrained, cfg, split, views=DEMO_VIEWS, progress=False)
-    train(cfg, split, resume=True)  # an interrupted demo continues where it stopped
+    continuing = (Path(out) / "checkpoint.pt").exists()  # an interrupted demo continues where it stopped
+    train(cfg, split, resume=continuing)
     after = evaluate_run(out, views=DEMO_VIEWS, split=split, progress=False)
     print(f"\nDigits, normal digit {cfg.normal_class[0]}, context {cfg.context}, {cfg.epochs} epochs, "
           f"ResNet18 width {cfg.width}, {DEMO_VIEWS} test-time views")

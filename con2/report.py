@@ -176,9 +176,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
             f"<p>{html.escape(split.summary())}. Context <b>{html.escape(cfg.context)}</b>, objective "
             f"<b>{html.escape(cfg.objective)}</b>, {cfg.epochs} epochs, seed {cfg.seed}.</p>"]
     if metrics:
+        crops = (f"crop area range: {html.escape(str(metrics.get('crop_scale', list(view_cfg.scale))))}"
+                 if metrics.get("views") else "one plain view of each image, no crops")
         body.append(f"<h2>Metrics</h2><p>test-time views: {metrics.get('views')}, aggregate: "
-                    f"{html.escape(str(metrics.get('aggregate')))}, crop area range: "
-                    f"{html.escape(str(metrics.get('crop_scale', list(view_cfg.scale))))}</p>"
+                    f"{html.escape(str(metrics.get('aggregate')))}, {crops}</p>"
                     + _md_table_html(format_metrics(metrics)))
     else:
         body.append(f"<h2>Metrics</h2><p>{METRICS_FILE} is missing from the run (the plots use "

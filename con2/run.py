@@ -76,8 +76,10 @@ def training_size(cfg: TrainConfig, split: OneClassSplit) -> int:
         return cfg.center_crop or cfg.image_size
     h, w = split.train.shape[1:3]
     if h != w or h < MIN_IMAGE_SIDE:
+        fix = ("--image-size S (resize) or --center-crop S" if min(h, w) >= MIN_IMAGE_SIDE
+               else f"--image-size S (resize; S >= {MIN_IMAGE_SIDE})")  # a crop cannot grow them
         raise DataError(f"{split.name}: the images are {w}x{h} px; training needs square images of at least "
-                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}: pass --image-size S (resize) or --center-crop S")
+                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}: pass {fix}")
     return h
 
 

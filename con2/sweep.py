@@ -4,7 +4,7 @@ The sweep folder holds `manifest.json` (the base config, the evaluation settings
 status and metrics), one run directory per (class, seed), and at the end `results.md` /
 `results.csv` (per class: AUROC mean ± std over seeds for each scorer; last row: mean ± std over
 all classes and seeds) and `runs.csv` (one row per run). Standard deviations are sample standard
-deviations (ddof = 1; 0 for a single value).
+deviations (ddof = 1; none, an empty CSV field, for a single value).
 
 Each class and seed is listed once: a repeated seed, or two names of one class ("8" and "08",
 "0" and "airplane"), is refused before anything runs, as it would count one run twice. Run
@@ -219,9 +219,10 @@ class SweepFailed(RuntimeError):
     """Some runs of a sweep failed; the others are done and tabulated."""
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; None for the deviation of a single run (undefined, not 0)."""
     a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else None
 
 
 def summarize(manifest: dict, keys: list[str], classes: list[str], scorers: Sequence[str]) -> dict:
@@ -236,7 +237,7 @@ def summarize(manifest: dict, keys: list[str], classes: list[str], scorers: Sequ
 
 
 def _fmt(ms) -> str:
-    return f"{ms[0] * 100:.1f} ± {ms[1] * 100:.1f}"
+    return f"{ms[0] * 100:.1f}" if ms[1] is None else f"{ms[0] * 100:.1f} ± {ms[1] * 100:.1f}"
 
 
 def write_tables(out: Path, summary: dict, manifest: dict, keys: list[str], scorers: Sequence[str]) -> None:
@@ -252,7 +253,7 @@ def write_tables(out: Path, summary: dict, manifest: dict, keys: list[str], scor
         n = next(iter(summary["all"].values()))[2]
         lines.append(f"| **mean over classes and seeds** | {n} | "
                      + " | ".join(f"**{_fmt(summary['all'][s])}**" for s in scorers) + " |")
-    lines += ["", "Mean ± sample standard deviation of the test AUROC; test-time views: "
+    lines += ["", "Mean ± sample standard deviation of the test AUROC (none for a single run); test-time views: "
               f"{manifest['eval']['views']}, aggregate: {manifest['eval']['aggregate']}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     with open(out / "results.csv", "w", newline="") as fh:
@@ -261,7 +262,7 @@ def write_tables(out: Path, summary: dict, manifest: dict, keys: list[str], scor
         for c, row in list(summary["classes"].items()) + [("all", summary["all"])]:
             if row:
                 n = next(iter(row.values()))[2]
-                w.writerow([c, n, *[f"{row[s][i]:.6f}" for s in scorers for i in (0, 1)]])
+                w.writerow([c, n, *["" if row[s][i] is None else f"{row[s][i]:.6f}" for s in scorers for i in (0, 1)]])
     with open(out / "runs.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["class", "seed", "status", *[f"{s}_{m}" for s in scorers for m in ("auroc", "aupr", "fpr95")]])

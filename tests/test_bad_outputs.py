@@ -122,11 +122,13 @@ def test_bad_out_paths_fail_before_any_work(tmp_path, monkeypatch, capsys):
     (tmp_path / "afile").write_text("")
     for command in (["predict", "--run", "r", "a.png"], ["report", "--run", "r"]):
         for out, says in ((tmp_path / "emptydir", "emptydir is a directory; give a file name such as"),
-                          (tmp_path / "afile" / "x.csv", "afile is a file, not a folder")):
+                          (tmp_path / "afile" / "x.csv", "afile is a file, not a folder"),
+                          (f"{tmp_path}/newdir/", "names a folder (it ends in /); give a file name such as")):
             assert main(command + ["--out", str(out)]) == 2
             err = capsys.readouterr().err
             assert err.startswith(f"con2 {command[0]}: error: --out {out}") and says in err
             assert ".tmp" not in err and err.count("\n") == 1
+    assert not (tmp_path / "newdir").exists()  # neither a file of that name nor a folder was made
     # a missing folder is made first, as `con2 score` does
     row = {"file": "a.png", "score": 0.5, "anomaly": 0, "threshold": 1.0}
     monkeypatch.setattr("con2.predict.predict_files", lambda *args, **kwargs: [row])

@@ -243,6 +243,10 @@ def test_classes_whose_names_map_to_one_folder_get_a_run_each(tmp_path, monkeypa
     assert (out / "class-a%20b-seed0").is_dir() and (out / "class-a_b-seed0").is_dir()
     md = (out / "results.md").read_text()
     assert "| a b | 1 |" in md and "| a_b | 1 |" in md
+    # one run per class has no standard deviation (not 0); the two runs of the last row have one
+    rows = {line.split(",")[0]: line.split(",") for line in (out / "results.csv").read_text().splitlines()}
+    assert rows["a b"][3] == "" and rows["a_b"][3] == "" and rows["all"][3] != ""
+    assert "| a b | 1 | " in md and "±" not in next(line for line in md.splitlines() if line.startswith("| a b |"))
 
 
 def test_a_sweep_named_by_an_older_con2_resumes_and_refuses_a_class_that_would_share_a_folder(tmp_path, monkeypatch):

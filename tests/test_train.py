@@ -563,10 +563,10 @@ def test_training_refuses_images_it_cannot_view_before_writing_anything(tmp_path
 
     x = np.random.RandomState(0).randint(0, 256, (24, 8, 20, 1), dtype=np.uint8)  # 20 x 8: not square
     wide = OneClassSplit("wide", x, x[:6], np.array([0, 1] * 3), x[:0])
-    with pytest.raises(DataError, match="20x8 px; training needs square images.*--image-size S"):
+    with pytest.raises(DataError, match="20x8 px; training needs square images.*--image-size S .* or --center-crop"):
         train(tiny_cfg(tmp_path / "wide"), split=wide, progress=False)
     tiny = OneClassSplit("tiny", x[:, :4, :4], x[:6, :4, :4], np.array([0, 1] * 3), x[:0, :4, :4])
-    with pytest.raises(DataError, match="4x4 px"):
+    with pytest.raises(DataError, match=r"4x4 px.*pass --image-size S \(resize; S >= 8\)$"):  # a crop cannot grow
         train(tiny_cfg(tmp_path / "tiny"), split=tiny, progress=False)
     assert not (tmp_path / "wide").exists() and not (tmp_path / "tiny").exists()
     run = train(tiny_cfg(tmp_path / "cropped", epochs=1, center_crop=8), split=wide, progress=False)

@@ -74,8 +74,9 @@ def _evaluate(args) -> None:
                      seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
                      target_fpr=args.target_fpr, per_view=args.per_view, progress=not args.quiet,
                      crop_scale=args.crop_scale)
-    print(f"{m['dataset']}: {m['n_test']} test images ({m['n_test_anomalous']} anomalous), "
-          f"{m['views']} test-time views (crop area {m['crop_scale'][0]:g}-{m['crop_scale'][1]:g}), "
+    views = (f"{m['views']} test-time views (crop area {m['crop_scale'][0]:g}-{m['crop_scale'][1]:g})" if m["views"]
+             else "one plain view of each image (no crops)")
+    print(f"{m['dataset']}: {m['n_test']} test images ({m['n_test_anomalous']} anomalous), {views}, "
           f"aggregate {m['aggregate']}")
     print(format_metrics(m))
     print(f"wrote {Path(args.run) / 'metrics.json'}")

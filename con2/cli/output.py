@@ -22,6 +22,9 @@ def check_output(out: str | Path | None, option: str = "--out", example: str = "
     path = Path(out)
     if path.is_dir():
         raise IsADirectoryError(f"{option} {path} is a directory; give a file name such as {path / example}")
+    if str(out).endswith(("/", os.sep)):  # Path drops the slash: the file would take the folder's name
+        raise IsADirectoryError(f"{option} {out} names a folder (it ends in /); give a file name such as "
+                                f"{path / example}")
     folder = next((p for p in path.parents if p.exists()), None)
     if folder is not None and not folder.is_dir():
         raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder")

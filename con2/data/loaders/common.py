@@ -49,8 +49,8 @@ def refuse_split_options(cfg, has_split: str) -> None:
     if given:
         raise InapplicableOption(f"{' and '.join(given.values())} cannot apply: {has_split}, so there is no "
                                  f"seeded split to set (--n-train, --test-fraction, --val-fraction and "
-                                 f"--split-seed split npz / folder data that has none; --split-seed also picks "
-                                 f"a --max-train-samples subsample)", tuple(given))
+                                 f"--split-seed split npz / folder data that has none, and all but --n-train "
+                                 f"digits; --split-seed also picks a --max-train-samples subsample)", tuple(given))
 
 
 # --------------------------------------------------------------------------- helpers
