@@ -11,7 +11,7 @@ from .config import TrainConfig
 from .data import load_split
 from .evaluate import evaluate_model, evaluate_run, format_metrics
 from .run import build_model
-from .train import train
+from .train import CHECKPOINT_FILE, train
 
 # Sized for a 2-core CPU (under a minute, docs/TRAINING.md): native 8 px digits, a ResNet18 of width 8, 600 steps.
 # Digit 8 is the hardest digit for raw nearest neighbours (raw-pixel AUROC 0.98; digit 0 is 1.0).
@@ -33,7 +33,7 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, normal_class: st
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg, split).eval()
     before, _ = evaluate_model(untrained, cfg, split, views=DEMO_VIEWS, progress=False)
-    continuing = (Path(out) / "checkpoint.pt").exists()  # an interrupted demo continues where it stopped
+    continuing = (Path(out) / CHECKPOINT_FILE).exists()  # an interrupted demo continues where it stopped
     train(cfg, split, resume=continuing)
     after = evaluate_run(out, views=DEMO_VIEWS, split=split, progress=False)
     print(f"\nDigits, normal digit {cfg.normal_class[0]}, context {cfg.context}, {cfg.epochs} epochs, "

@@ -32,6 +32,7 @@ from .run import (build_model, context_set, data_fingerprint, identity_mismatch,
                   save_model, split_as_trained, view_config)
 
 CHECKPOINT_FORMAT = "con2-checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"  # in the run directory, from the first checkpoint on (kept at the end)
 LOG_EVERY = 10  # steps between metrics lines inside an epoch
 
 
@@ -135,9 +136,10 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict, device) ->
                          f"continue it with its settings or pick another --out")
     saved = ckpt.get("data_fingerprint")
     if saved is not None and saved != fingerprint:
-        raise ValueError(f"cannot continue the run in {path.parent}: the training images differ from the checkpoint's ({saved['count']} images of "
-                         f"{saved['shape']} then, {fingerprint['count']} of {fingerprint['shape']} now, or other "
-                         f"pixels); resume with the run's data or pick another --out")
+        raise ValueError(f"cannot continue the run in {path.parent}: the training images differ from the "
+                         f"checkpoint's ({saved['count']} images of {saved['shape']} then, {fingerprint['count']} "
+                         f"of {fingerprint['shape']} now, or other pixels); resume with the run's data or pick "
+                         f"another --out")
     return ckpt
 
 
@@ -300,14 +302,15 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     cfg.validate()
     device, rank, world, local_rank = _init_distributed(cfg)
     run_dir = Path(cfg.out)
-    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt_path = run_dir / CHECKPOINT_FILE
     if not resume and (ckpt_path.exists() or run_finished(run_dir)):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
     if resume and not ckpt_path.exists() and run_finished(run_dir):  # training afresh would replace its model
         raise FileExistsError(f"{run_dir} holds a trained model but no checkpoint to continue from; "
                               f"pick another --out to train again")
     continuing = resume and ckpt_path.exists()
-    split = split if split is not None else split_as_trained(cfg) if continuing else load_split(cfg)
+    if split is None:  # a run being continued keeps the split it was trained on
+        split = split_as_trained(cfg) if continuing else load_split(cfg)
     views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
     fingerprint = data_fingerprint(split)
     ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint, device) if continuing else None
