@@ -5,13 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from .config import TrainConfig
-from .data import load_split
-from .evaluate import evaluate_model, evaluate_run, format_metrics
-from .run import build_model
-from .train import CHECKPOINT_FILE, train
 
 # Sized for a 2-core CPU (under a minute, docs/TRAINING.md): native 8 px digits, a ResNet18 of width 8, 600 steps.
 # Digit 8 is the hardest digit for raw nearest neighbours (raw-pixel AUROC 0.98; digit 0 is 1.0).
@@ -22,6 +16,14 @@ DEMO_VIEWS = 8
 
 def run_demo(out: str = "runs/demo", epochs: int | None = None, normal_class: str | None = None,
              seed: int = 0) -> dict:
+    # imported here so that `con2 demo --help` reads DEMO without loading the training stack
+    import torch
+
+    from .data import load_split
+    from .evaluate import evaluate_model, evaluate_run, format_metrics
+    from .run import build_model
+    from .train import CHECKPOINT_FILE, train
+
     cfg = TrainConfig(**DEMO, out=out, seed=seed)
     if epochs is not None:  # 0 is refused by validate, not read as "the default"
         cfg.epochs = epochs

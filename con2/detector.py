@@ -234,6 +234,8 @@ class Con2Detector(BaseEstimator):
         # per view, so that a new aggregate recalibrates exactly what fit would have
         self._calibration_views = self._per_view(cal_imgs)
         self._fitted_params = self._refit_params()
+        # the options checked against the previous fit say nothing about this one
+        self._synced_params = None
         self._calibrate(target_fpr)
         return self
 

@@ -23,7 +23,7 @@ from . import __version__
 from .config import TrainConfig
 from .data import OneClassSplit
 from .files import replacing, write_json
-from .metrics import calibrate_threshold, detection_metrics
+from .metrics import calibrate_threshold, check_target_fpr, detection_metrics
 from .run import context_set, load_run, run_split, view_config
 from .scoring import SCORERS, Scorer, check_scorers
 from .scoring import aggregate as aggregate_views  # `aggregate` names the option below
@@ -72,6 +72,7 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
                    ) -> tuple[dict, dict[str, np.ndarray]]:
     """(metrics, {scorer: [Q] test scores, scorer + '_views': [Q, A]}) of a model on a split."""
     scorers = check_scorers(scorers)
+    target_fpr = check_target_fpr(target_fpr)  # here, not after hours of scoring
     labels = np.asarray(split.test_labels).astype(int)
     if len(labels) == 0:
         raise ValueError(f"{split.name}: the test split is empty; there is nothing to evaluate")
@@ -82,10 +83,11 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
                         crop_scale)
     per_view = scorer.score_views(split.test, scorers)
     val_scores = scorer.score(split.val, scorers) if len(split.val) else None
+    # numpy scalars (a sweep's np.arange views) as Python numbers: the metrics are written as JSON
     metrics: dict = {
         "dataset": split.name, "normal_classes": [int(c) for c in split.normal_classes],
-        "context": cfg.context, "objective": cfg.objective, "views": views, "aggregate": aggregate,
-        "scoring_seed": seed, "crop_scale": list(scorer.encoder.view_cfg.scale), "bank_dtype": bank_dtype,
+        "context": cfg.context, "objective": cfg.objective, "views": int(views), "aggregate": aggregate,
+        "scoring_seed": int(seed), "crop_scale": list(scorer.encoder.view_cfg.scale), "bank_dtype": bank_dtype,
         "con2_version": __version__, "torch_version": torch.__version__,
         "device": str(scorer.encoder.device), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "n_train": int(len(split.train)), "n_val": int(len(split.val)),

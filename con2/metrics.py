@@ -41,8 +41,12 @@ def aupr(labels, scores) -> float:
 
 def fpr_at_tpr(labels, scores, tpr: float = 0.95) -> float:
     """The smallest false-positive rate at which at least `tpr` of the anomalies are detected."""
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
     labels, scores = _check(labels, scores)
-    fpr, tprs, _ = roc_curve(labels, scores)
+    # every threshold: the default drop_intermediate removes collinear points, such as the one where
+    # tied (anomaly, normal) pairs first reach `tpr`, and the next point has a higher FPR
+    fpr, tprs, _ = roc_curve(labels, scores, drop_intermediate=False)
     return float(fpr[np.searchsorted(tprs, tpr - 1e-12, side="left")])
 
 
@@ -69,8 +73,7 @@ def calibrate_threshold(normal_scores, target_fpr: float = 0.05, conservative: b
         raise ValueError("threshold calibration needs at least one held-out normal score")
     if not np.isfinite(s).all():
         raise ValueError("calibration scores contain NaN or infinite values")
-    if not 0 <= target_fpr < 1:
-        raise ValueError(f"target FPR must be in [0, 1), got {target_fpr}")
+    check_target_fpr(target_fpr)
     n = s.size
     if conservative:
         k = math.floor(target_fpr * (n + 1) + 1e-9) - 1
@@ -88,6 +91,17 @@ def calibrate_threshold(normal_scores, target_fpr: float = 0.05, conservative: b
         if k >= n:
             k = n - 1
     return float(s[k])
+
+
+def check_target_fpr(target_fpr) -> float:
+    """target_fpr as a float in [0, 1), else a ValueError (callers check it before scoring)."""
+    try:
+        ok = 0 <= target_fpr < 1
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"target FPR must be a number in [0, 1), got {target_fpr!r}")
+    return float(target_fpr)
 
 
 def false_positive_rate(normal_scores, threshold: float) -> float:

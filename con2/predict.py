@@ -39,6 +39,13 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool) -> np.ndarray:
     """uint8 [N, H, W, C] made as the run's loader made its images (module docstring); an
     unreadable file is an error naming it, one far from the run's image shape a warning naming it."""
+    images, stretched = _read(files, size, channels, folder)
+    _warn_stretched(stretched, len(files), size)
+    return images
+
+
+def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool) -> tuple[np.ndarray, list]:
+    """read_images' images, and the files far from the run's shape (not yet warned about)."""
     from PIL import Image
 
     from .data.datasets import resize_images
@@ -60,12 +67,15 @@ def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, fol
             arr = (np.repeat(arr, 3, axis=-1) if channels == 3
                    else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
         out[i] = resize_images(arr[None], size)[0]  # no-op for folders (decoded at the size)
+    return out, stretched
+
+
+def _warn_stretched(stretched: list[str], n: int, size: tuple[int, int]) -> None:
     if stretched:
         more = f" and {len(stretched) - 3} more" if len(stretched) > 3 else ""
-        warnings.warn(f"{len(stretched)} of {len(files)} images are resized to the run's {size[1]}x{size[0]} px "
+        warnings.warn(f"{len(stretched)} of {n} images are resized to the run's {size[1]}x{size[0]} px "
                       f"input from a very different shape, so their scores may mean little: "
-                      f"{'; '.join(stretched[:3])}{more}", stacklevel=2)
-    return out
+                      f"{'; '.join(stretched[:3])}{more}", stacklevel=3)
 
 
 # An image this far from the run's image size is scored as a distorted picture: the resize keeps no
@@ -95,24 +105,36 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
                   batch_size: int = 256, bank_dtype: str = "float32", progress: bool = True,
                   crop_scale: tuple[float, float] | None = None) -> list[dict]:
     """[{file, score, anomaly, threshold}] for every image under `inputs`."""
-    from .data.images import center_crop_array
+    from .data.images import CHUNK_BYTES, center_crop_array
     from .evaluate import run_scorer
-    from .metrics import calibrate_threshold
+    from .metrics import calibrate_threshold, check_target_fpr
     from .run import load_run, run_split
 
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"--threshold must be a finite number, got {threshold}")
+    check_target_fpr(target_fpr)  # here, not after the val normals are scored
     files = list_inputs(inputs)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg)
     # the run's pre-processing: resize (to the pre-crop size when the run crops), then the centred crop
     size = tuple(int(v) for v in split.meta.get("pre_crop_size") or split.train.shape[1:3])
-    images = center_crop_array(read_images(files, size, split.channels, cfg.dataset == "folder"), cfg.center_crop)
     if threshold is None and not len(split.val):
         raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold")
+    # the files a chunk at a time, so a folder larger than memory can be scored (a file's views are
+    # keyed by its pixels: its score does not depend on the chunk it is read in)
+    rows = max(1, CHUNK_BYTES // (size[0] * size[1] * split.channels))
+    parts, stretched = [files[i:i + rows] for i in range(0, len(files), rows)], []
+
+    def images_of(part):
+        images, far = _read(part, size, split.channels, cfg.dataset == "folder")
+        stretched.extend(far)
+        return center_crop_array(images, cfg.center_crop)
+
+    first = images_of(parts[0])  # an unreadable file among the first fails before the bank is built
     s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress, crop_scale)
     if threshold is None:
         threshold = calibrate_threshold(s.score(split.val)[scorer].numpy(), target_fpr)
-    scores = s.score(images)[scorer].numpy()
+    scores = np.concatenate([s.score(images_of(part) if i else first)[scorer].numpy() for i, part in enumerate(parts)])
+    _warn_stretched(stretched, len(files), size)
     return [{"file": str(f), "score": float(v), "anomaly": int(v > threshold), "threshold": float(threshold)}
             for f, v in zip(files, scores)]

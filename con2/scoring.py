@@ -25,8 +25,9 @@ Scorers, per view, on the encoder output g (not the heads):
   float64 with Ledoit-Wolf shrinkage (the sample covariance is singular whenever n < d),
   evaluated through a Cholesky factor L of the covariance: W = L^{-T} by triangular solve,
   NLL = 0.5 (||(z - mu) W||^2 + log det Sigma + d log 2 pi)  (``con2.ops.mahalanobis_sq``).
-NaN / inf representations and all-zero representations (cosine and normalisation are
-undefined) raise ``NonFiniteFeatures`` naming the view and the sample; they are never scored.
+NaN / inf representations, all-zero ones and ones whose float32 L2 norm over- or underflows
+(cosine and normalisation are undefined) raise ``NonFiniteFeatures`` naming the view and the
+sample; they are never scored.
 A train bank whose unit rows are nearly one point (a collapsed model, or near-identical train
 images) warns with ``CollapsedFeatures``: its scores are mostly rounding noise.
 """
@@ -206,6 +207,17 @@ def check_features(f: torch.Tensor, view: View, offset: int = 0) -> None:
         raise NonFiniteFeatures(
             f"{int(zero.sum())} representation(s) are all zero under test-time view {view.index} "
             f"(first: sample {j}); cosine similarity and L2 normalisation are undefined for them"
+        )
+    # finite rows whose float32 norm is inf or 0 would normalise to zero or NaN rows
+    norms = f.norm(dim=1)
+    out = ~torch.isfinite(norms) | (norms == 0)
+    if out.any():
+        j = int(out.nonzero()[0])
+        what = "overflow" if not bool(torch.isfinite(norms[j])) else "underflow"
+        raise NonFiniteFeatures(
+            f"{int(out.sum())} representation(s) have an L2 norm that {what}s float32 under test-time view "
+            f"{view.index} (first: sample {j + offset}, largest |value| {float(f[j].abs().max()):.1e}); "
+            "cosine similarity and L2 normalisation are undefined for them: the encoder weights are broken"
         )
 
 

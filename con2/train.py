@@ -110,7 +110,8 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU of the saving host; this host may have fewer
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -122,10 +123,11 @@ def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, data_root=absolute(cfg.data_root), data_file=absolute(cfg.data_file))
 
 
-def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict, device) -> dict:
-    """The checkpoint to resume from, after checking it belongs to this run."""
+def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
+    """The checkpoint to resume from, after checking it belongs to this run. Read onto the CPU whatever
+    the training `device`: torch.set_rng_state takes CPU tensors only (load_state_dict moves the rest)."""
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated / not a torch file
         raise ValueError(f"{path} is corrupt and cannot be resumed from ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -141,6 +143,25 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict, device) ->
                          f"of {fingerprint['shape']} now, or other pixels); resume with the run's data or pick "
                          f"another --out")
     return ckpt
+
+
+def _drop_metrics_after(path: Path, global_step: int) -> None:
+    """Keep the metrics lines of steps up to the checkpoint's (none on a fresh start): a crash or a
+    second Ctrl-C leaves lines of later steps (and maybe one cut short), which the resumed run trains
+    and logs again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+
+    def kept(line):
+        try:
+            return line.endswith("\n") and json.loads(line)["global_step"] <= global_step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    keep = [line for line in lines if kept(line)]
+    if len(keep) != len(lines):
+        write_text(path, "".join(keep))
 
 
 # --------------------------------------------------------------------------- training
@@ -313,7 +334,12 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         split = split_as_trained(cfg) if continuing else load_split(cfg)
     views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
     fingerprint = data_fingerprint(split)
-    ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint, device) if continuing else None
+    per_step = min(cfg.batch_size, fingerprint["count"])  # the sources cap a batch at the data's size
+    if per_step % world:  # the ranks all-gather their projections in equal parts
+        raise ValueError(f"a training step of {per_step} samples (--batch-size {cfg.batch_size}, "
+                         f"{fingerprint['count']} training images) cannot be split over {world} DDP processes: "
+                         f"give a --batch-size that is a multiple of {world}")
+    ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint) if continuing else None
     torch.manual_seed(cfg.seed)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
     say(split.summary(), flush=True)
@@ -339,6 +365,8 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.json", _with_absolute_paths(cfg).to_json())
+        # a fresh start (no checkpoint yet) drops every line of an earlier attempt
+        _drop_metrics_after(run_dir / "metrics.jsonl", int(ckpt["global_step"]) if ckpt is not None else 0)
     steps_per_epoch = source.steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     n_contexts = source.pipeline.n_contexts if hasattr(source, "pipeline") else (len(contexts) if contexts else 1)
@@ -385,11 +413,14 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                     log.step(views.shape[0] * world, (epoch, step, global_step, loss.item(), lr, alpha) if line else None)
                     if last_in_epoch and ((epoch + 1) % cfg.checkpoint_every == 0):
                         checkpoint()
-                    if stop_requested(interrupt.requested, world, device, last_in_epoch or global_step % LOG_EVERY == 0):
+                    sync_point = last_in_epoch or global_step % LOG_EVERY == 0
+                    if stop_requested(interrupt.requested, world, device, sync_point):
                         raise KeyboardInterrupt
+                    # each rank reads its own clock: under DDP they agree on the step, as for a signal
                     if global_step < total and (
                             (stop_after_steps is not None and global_step >= stop_after_steps)
-                            or (deadline is not None and time.time() >= deadline)):
+                            or (deadline is not None
+                                and stop_requested(time.time() >= deadline, world, device, sync_point))):
                         checkpoint()
                         return run_dir
     except _HardInterrupt:

@@ -546,11 +546,90 @@ def test_a_training_split_of_one_normal_image_is_refused(tmp_path):
 
 
 def test_demo_refuses_zero_epochs(tmp_path, monkeypatch):
+    import con2.data
     import con2.demo
+    import con2.evaluate  # noqa: F401 - imported before the patch, so their own load_split stays the real one
+    import con2.run  # noqa: F401
+    import con2.train  # noqa: F401
 
     def loaded(cfg):
         raise AssertionError(f"the demo went on to load its data with epochs={cfg.epochs}")
 
-    monkeypatch.setattr(con2.demo, "load_split", loaded)
+    # run_demo imports load_split from con2.data when it runs (not at module level)
+    monkeypatch.setattr(con2.data, "load_split", loaded)
     with pytest.raises(ValueError, match="--epochs must be >= 1, got 0"):
         con2.demo.run_demo(out=str(tmp_path / "demo"), epochs=0)
+
+
+# --------------------------------------------------------------------------- regressions (data review)
+
+def test_a_normal_class_folder_without_images_is_refused_not_dropped(tmp_path):
+    # two normal classes, one of them empty: training on the other alone was silent
+    for i in range(4):
+        save(tmp_path / "flat" / "good" / f"{i}.png", seed=i)
+        save(tmp_path / "flat" / "bad" / f"{i}.png", seed=10 + i)
+    (tmp_path / "flat" / "good2").mkdir()
+    (tmp_path / "flat" / "good2" / "scan.dcm").write_bytes(b"not a listed image type")
+    with pytest.raises(DataError, match=r"flat: normal class folder 'good2' holds no images"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path / "flat"), normal_class=["good", "good2"]))
+    # a train/ test/ tree: the normal class must have training images, wherever else it has some
+    for i in range(3):
+        save(tmp_path / "tree" / "train" / "good" / f"{i}.png", seed=i)
+        save(tmp_path / "tree" / "test" / "good2" / f"{i}.png", seed=i)
+        save(tmp_path / "tree" / "test" / "bad" / f"{i}.png", seed=10 + i)
+    with pytest.raises(DataError, match=r"tree/train: normal class folder 'good2' holds no images"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path / "tree"), normal_class=["good", "good2"]))
+    s = load_split(cfg(dataset="folder", data_root=str(tmp_path / "tree"), normal_class=["good"]))
+    assert len(s.train) == 3 and int(s.test_labels.sum()) == 6
+
+
+def _pgm16(path: Path, values: np.ndarray) -> None:
+    """A 16-bit binary PGM (maxval 65535), which Pillow opens in mode I, not I;16."""
+    h, w = values.shape
+    path.write_bytes(b"P5\n%d %d\n65535\n" % (w, h) + values.astype(">u2").tobytes())
+
+
+def test_16_bit_pgm_files_are_scaled_as_16_bit_whatever_their_content(tmp_path):
+    from con2.data.decode import decode_image
+
+    ramp = np.arange(0, 256, dtype=np.int64).reshape(16, 16)
+    _pgm16(tmp_path / "bright.pgm", ramp * 257)
+    _pgm16(tmp_path / "dim.pgm", ramp)  # the same format, values that happen to stay below 256
+    np.testing.assert_array_equal(decode_image(tmp_path / "bright.pgm", None)[..., 0], ramp.astype(np.uint8))
+    expected = np.round(ramp * 255 / 65535).astype(np.uint8)  # near black, as in any 16-bit file
+    np.testing.assert_array_equal(decode_image(tmp_path / "dim.pgm", None)[..., 0], expected)
+
+
+def test_cifar100_superclass_labels_stored_as_train_labels_are_refused(tmp_path):
+    # superclass labels 0..19 under train_labels were read as fine labels 0..19 and mapped again
+    rng = np.random.default_rng(0)
+    img = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
+    np.savez(tmp_path / "coarse.npz", train_images=img(100), train_labels=np.arange(100) % 20,
+             test_images=img(40), test_labels=np.arange(40) % 20)
+    with pytest.raises(DataError, match=r"coarse\.npz: its labels are all 0\.\.19.*train_coarse_labels"):
+        load_split(cfg(dataset="cifar100", data_file=str(tmp_path / "coarse.npz"), normal_class=["fish"]))
+    np.savez(tmp_path / "both.npz", train_images=img(100), train_labels=np.arange(100), test_images=img(40),
+             test_labels=np.arange(40), train_coarse_labels=np.arange(100) % 20, test_coarse_labels=np.arange(40) % 20)
+    s = load_split(cfg(dataset="cifar100", data_file=str(tmp_path / "both.npz"), normal_class=["fish"]))
+    assert len(s.train) == 5 and set(s.test_classes) == set(range(20))
+
+
+def test_npz_class_names_stored_as_bytes_read_as_text(tmp_path):
+    images = np.zeros((20, 8, 8), np.uint8)
+    np.savez(tmp_path / "b.npz", images=images, labels=np.arange(20) % 2, class_names=np.array([b"cat", b"dog"]))
+    s = load_split(cfg(dataset="npz", data_file=str(tmp_path / "b.npz"), normal_class=["dog"]))
+    assert s.class_names == {0: "cat", 1: "dog"} and s.normal_classes == (1,)
+
+
+def test_images_in_a_symlinked_sub_folder_of_a_class_are_read(tmp_path):
+    # rglob does not enter symlinked folders: their images were dropped without a word
+    for i in range(4):
+        save(tmp_path / "root" / "good" / f"{i}.png", seed=i)
+        save(tmp_path / "root" / "bad" / f"{i}.png", seed=10 + i)
+        save(tmp_path / "elsewhere" / f"{i}.png", seed=20 + i)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "root" / "good" / "site_b")
+    os.symlink(tmp_path / "root" / "good", tmp_path / "root" / "good" / "loop")  # a cycle is walked once
+    s = load_split(cfg(dataset="folder", data_root=str(tmp_path / "root"), normal_class=["good"]))
+    normals = s.train_files + [f for f, y in zip(s.test_files, s.test_labels) if y == 0]
+    assert len(normals) == 8 and sum("/site_b/" in f for f in normals) == 4
+    assert not any("/loop/" in f for f in normals)

@@ -248,8 +248,15 @@ def test_scoring_refuses_a_changed_option_the_fit_depends_on(fitted, tmp_path, n
 
 def test_set_params_then_fit_refits(fitted):
     det = _copy(fitted[0])
+    det.decision_function(blobs(3, 1, False))  # the options of the first fit checked once
     det.set_params(epochs=2, calibration_fraction=0.2).fit(blobs(40, 0, True))
     assert det.decision_scores_.shape == (8,)  # 20 % of 40
+    # back to the first fit's options at once: the refitted model depends on the new ones (the
+    # check made for the first fit must not pass for it)
+    det.set_params(epochs=1, calibration_fraction=0.1)
+    with pytest.raises(ValueError, match="epochs was 2 when this detector was fitted"):
+        det.decision_function(blobs(3, 1, False))
+    det.set_params(epochs=2, calibration_fraction=0.2)
     assert det.decision_function(blobs(3, 1, False)).shape == (3,)
 
 

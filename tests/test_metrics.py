@@ -61,3 +61,15 @@ def test_conservative_threshold_and_small_samples():
         calibrate_threshold([], 0.05)
     with pytest.warns(UserWarning, match="none can"):  # a target of 0 cannot be guaranteed: the maximum
         assert calibrate_threshold(s, 0.0, conservative=True) == s.max()
+
+
+def test_fpr95_is_exact_when_tied_scores_make_the_roc_curve_straight():
+    # tied (anomaly, normal) pairs at 5 and 4: the ROC points (0, .9), (.05, .95), (.1, 1) are collinear;
+    # 95 % of the anomalies are found at threshold 5 with 1 of 20 normals above it
+    y = np.r_[np.ones(18), 1, 0, 1, 0, np.zeros(18)]
+    s = np.r_[np.full(18, 10.0), 5, 5, 4, 4, np.zeros(18)]
+    assert fpr_at_tpr(y, s, 0.95) == pytest.approx(0.05)
+    assert fpr_at_tpr(y, s, 0.9) == 0.0 and fpr_at_tpr(y, s, 1.0) == pytest.approx(0.1)
+    for bad in (0.0, 1.5, float("nan")):  # was an IndexError from deep inside for 1.5
+        with pytest.raises(ValueError, match="tpr must be in"):
+            fpr_at_tpr(y, s, bad)

@@ -213,6 +213,19 @@ def test_nan_and_zero_features_are_reported_not_scored():
         FeatureBank.build(enc, imgs, log=lambda s: None)
 
 
+def test_features_whose_norm_leaves_float32_range_are_reported_not_scored():
+    # finite rows whose L2 norm overflows (or underflows) float32: normalised, they were all-zero
+    # (or NaN) unit rows, and S_LH scored every query the same
+    ctx = ContextSet("invert")
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8, generator=g)
+    for scale, what in ((1e20, "overflow"), (1e-25, "underflow")):
+        enc = ViewEncoder(lambda x: mean_pixel_encoder(x) * scale, IDENTITY_VIEWS, ctx, view_plan(0, ctx))  # noqa: B023
+        for scorers in (("lh",), ("nnd",)):
+            with pytest.raises(NonFiniteFeatures, match=f"L2 norm.*{what}s float32.*view 0.*sample 0"):
+                FeatureBank.build(enc, train, scorers=scorers, log=lambda s: None)
+
+
 def test_a_collapsed_train_bank_warns_and_a_spread_one_does_not():
     ctx = ContextSet("invert")
     same = torch.full((6, 1, 8, 8), 90, dtype=torch.uint8)
@@ -368,3 +381,45 @@ def test_keyed_uniforms_are_uniform_and_independent():
     assert float(hist.min()) > 1800 and float(hist.max()) < 2200  # expected 2000 per bin
     c = torch.corrcoef(u.T)
     assert float((c - torch.eye(4, dtype=c.dtype)).abs().max()) < 0.03
+
+
+def test_evaluate_model_metrics_are_json_with_numpy_options(tmp_path):
+    # a sweep's np.arange views / np.float32 target: the metrics were scored, then not JSON-writable
+    from con2.config import TrainConfig
+    from con2.data import OneClassSplit
+    from con2.evaluate import evaluate_model, write_results
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(dataset="digits", width=4, image_size=12, device="cpu", out=str(tmp_path / "run"))
+    model = Con2Model(in_channels=1, image_size=12, width=4).eval()
+    rng = np.random.default_rng(0)
+    imgs = lambda n: rng.integers(0, 256, (n, 12, 12, 1), dtype=np.uint8)  # noqa: E731
+    split = OneClassSplit(name="t", train=imgs(8), test=imgs(6), test_labels=np.array([0, 1] * 3), val=imgs(4))
+    metrics, scores = evaluate_model(model, cfg, split, views=np.int64(2), scorers=("nnd",), seed=np.int64(1),
+                                     target_fpr=np.float32(0.25), progress=False)
+    assert json.loads(json.dumps(metrics))["views"] == 2 and scores["nnd_views"].shape == (6, 2)
+    write_results(tmp_path, metrics, scores, split)
+
+
+def test_a_bad_target_fpr_fails_before_any_scoring(tmp_path, monkeypatch):
+    # the threshold came last: a target of 5 (meaning 5 %) failed after the whole test split was scored
+    import con2.evaluate
+    import con2.run
+    from con2.config import TrainConfig
+    from con2.data import OneClassSplit
+    from con2.predict import predict_files
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before the options were checked")
+
+    monkeypatch.setattr(con2.evaluate, "run_scorer", no_scoring)
+    monkeypatch.setattr(con2.run, "load_run", no_scoring)
+    cfg = TrainConfig(dataset="digits", width=4, image_size=12, device="cpu", out=str(tmp_path / "run"))
+    imgs = np.zeros((4, 12, 12, 1), np.uint8)
+    split = OneClassSplit(name="t", train=imgs, test=imgs, test_labels=np.array([0, 1, 0, 1]), val=imgs)
+    (tmp_path / "a.png").write_bytes(b"")
+    for bad in (5, -0.1, float("nan"), "0.05"):
+        with pytest.raises(ValueError, match="target FPR must be a number in"):
+            con2.evaluate.evaluate_model(None, cfg, split, target_fpr=bad, progress=False)
+        with pytest.raises(ValueError, match="target FPR must be a number in"):
+            predict_files(tmp_path / "run", [tmp_path / "a.png"], target_fpr=bad)

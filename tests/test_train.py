@@ -472,6 +472,36 @@ def test_predict_applies_the_runs_center_crop(tmp_path):
     np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
 
 
+def test_predict_reads_the_files_a_chunk_at_a_time_with_the_same_scores(tmp_path, monkeypatch):
+    """A folder larger than memory is scored chunk by chunk (here 2 files each); scores, order and
+    the one warning about misshapen files are those of a single chunk."""
+    import warnings
+
+    from PIL import Image
+
+    import con2.data.images
+    from con2.data import load_split
+    from con2.predict import predict_files
+
+    run = train(tiny_cfg(tmp_path / "run", epochs=1, max_train_samples=24), progress=False)
+    files = []
+    for i, img in enumerate(load_split(TrainConfig(dataset="digits", image_size=8)).test[:5]):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(img[:, :, 0] if i != 3 else np.repeat(img[:, :, 0], 4, axis=1)).save(files[-1])
+    with warnings.catch_warnings(record=True) as whole:
+        warnings.simplefilter("always")
+        want = predict_files(run, files, views=2, threshold=0.0, progress=False)
+    monkeypatch.setattr(con2.data.images, "CHUNK_BYTES", 2 * 16 * 16)  # the run's 16 px grey images
+    with warnings.catch_warnings(record=True) as chunked:
+        warnings.simplefilter("always")
+        got = predict_files(run, files, views=2, threshold=0.0, progress=False)
+    assert [r["file"] for r in got] == [str(f) for f in files]
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-6, atol=1e-7)
+    msgs = [str(w.message) for w in chunked if "resized to the run's" in str(w.message)]
+    assert len(msgs) == 1 and msgs == [str(w.message) for w in whole if "resized to the run's" in str(w.message)]
+    assert msgs[0].startswith("1 of 5 images") and "3.png" in msgs[0]
+
+
 def test_predict_makes_a_file_into_the_pixels_the_run_was_trained_on(tmp_path):
     """Native 8 px digit files (the loader resizes digits to 16 px with its antialiased bilinear
     resize, then this run crops 12): predict must resize the same way, to the size before the crop,
@@ -589,3 +619,105 @@ def test_scoring_options_have_clear_limits(tmp_path, capsys):
     _, model = load_run(train(cfg, split=tiny_split(), progress=False))
     with pytest.raises(ValueError, match="the test split is empty"):
         evaluate_model(model, cfg, no_test, views=2, progress=False)
+
+
+def test_a_checkpoint_is_read_onto_the_cpu_so_its_rng_states_restore(tmp_path):
+    """The checkpoint was read with map_location=the training device; torch.set_rng_state takes CPU
+    byte tensors only, so every resume on a GPU failed with "RNG state must be a torch.ByteTensor"
+    (test_resume_on_the_gpu runs the real thing where a GPU is present)."""
+    from con2.run import data_fingerprint
+    from con2.train import _read_checkpoint, _set_rng_state
+
+    split, cfg = tiny_split(), tiny_cfg(tmp_path / "a")
+    train(cfg, split, progress=False, stop_after_steps=2)
+    ckpt = _read_checkpoint(tmp_path / "a" / "checkpoint.pt", cfg, data_fingerprint(split))
+    assert ckpt["rng"]["cpu"].device.type == "cpu" and ckpt["rng"]["cpu"].dtype == torch.uint8
+    with pytest.raises(TypeError, match="ByteTensor"):  # what a state on another device met
+        torch.set_rng_state(ckpt["rng"]["cpu"].to("meta"))
+    before = torch.get_rng_state()
+    _set_rng_state(ckpt["rng"])
+    assert torch.equal(torch.get_rng_state(), ckpt["rng"]["cpu"])
+    torch.set_rng_state(before)
+
+
+@pytest.mark.gpu
+def test_resume_on_the_gpu(tmp_path):
+    split = tiny_split()
+    cfg = tiny_cfg(tmp_path / "a", device="cuda")
+    train(cfg, split, progress=False, stop_after_steps=2)
+    assert run_finished(train(cfg, split, progress=False, resume=True))
+
+
+def test_ddp_batch_that_does_not_split_evenly_is_refused(tmp_path, monkeypatch):
+    """Each rank gathers the others' projections in equal parts: 7 samples over 2 ranks aborted inside
+    gloo ("Received data size doesn't match expected size") and can hang NCCL."""
+    import con2.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_init_distributed", lambda cfg: (torch.device("cpu"), 0, 2, 0))
+    with pytest.raises(ValueError, match="7 samples .* 2 DDP processes"):
+        train(tiny_cfg(tmp_path / "odd", batch_size=7), tiny_split(), progress=False)
+    with pytest.raises(ValueError, match="6 samples .* 4 DDP processes"):  # a batch capped at the data's size
+        monkeypatch.setattr(train_mod, "_init_distributed", lambda cfg: (torch.device("cpu"), 0, 4, 0))
+        train(tiny_cfg(tmp_path / "small", batch_size=64), tiny_split(n=6), progress=False)
+    assert not (tmp_path / "odd").exists() and not (tmp_path / "small").exists()
+
+
+DDP_DEADLINE_SCRIPT = r"""
+import os, sys, time
+sys.path.insert(0, {root!r})
+from tests.test_train import tiny_cfg, tiny_split
+from con2.train import train
+# each rank computes its own deadline (the CLI does: time.time() + --time-limit when it starts)
+deadline = 0.0 if os.environ["RANK"] == "0" else time.time() + 3600
+train(tiny_cfg({out!r}, epochs=200, batch_size=8), tiny_split(), progress=False, deadline=deadline)
+"""
+
+
+def test_ddp_ranks_agree_on_the_step_a_deadline_stops_after(tmp_path):
+    """A rank past its deadline left while the others went on into the next step's all-gather."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_DEADLINE_SCRIPT.format(root=root, out=str(tmp_path / "ddp")))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), outs
+    step = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["global_step"]
+    assert step == 3  # the first step where the ranks wait anyway (the end of epoch 1)
+    assert not run_finished(tmp_path / "ddp")
+
+
+def test_resume_after_a_crash_does_not_repeat_metrics_lines(tmp_path, monkeypatch):
+    """Steps logged after the last checkpoint (a crash, a second Ctrl-C) are trained and logged again
+    by the resumed run: metrics.jsonl must hold each step once, in order."""
+    import con2.train as train_mod
+
+    real, calls = train_mod.objective_loss, []
+
+    def crash_at_step_10(*args):
+        calls.append(1)
+        if len(calls) == 11:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args)
+
+    split = tiny_split()
+    # checkpoints at step 6 (resumed from there), or only at the end (the run starts again afresh)
+    for name, checkpoint_every in (("r", 2), ("fresh", 4)):
+        calls.clear()
+        cfg = tiny_cfg(tmp_path / name, epochs=4, checkpoint_every=checkpoint_every)  # 3 steps per epoch
+        with monkeypatch.context() as m:
+            m.setattr(train_mod, "objective_loss", crash_at_step_10)
+            with pytest.raises(RuntimeError, match="simulated"):
+                train(cfg, split, progress=False)
+        metrics = tmp_path / name / "metrics.jsonl"
+        assert [json.loads(l)["global_step"] for l in metrics.read_text().splitlines()] == [3, 6, 9, 10]
+        with metrics.open("a") as f:
+            f.write('{"epoch": 3, "st')  # a line cut short by the crash
+        train(cfg, split, progress=False, resume=True)
+        assert [json.loads(l)["global_step"] for l in metrics.read_text().splitlines()] == [3, 6, 9, 10, 12]

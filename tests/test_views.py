@@ -541,3 +541,14 @@ def test_file_reading_sources_decode_as_the_loader_and_dali_refuses_gifs(dali, t
     sp = OneClassSplit("g", tr, tr, np.zeros(1, np.int64), tr[:0], train_files=[str(tmp_path / "anim.gif")])
     with pytest.raises(ValueError, match="DALI cannot decode .gif files such as .*anim.gif"):
         dali.DaliBatchSource(sp, ContextSet("invert"), IDENTITY_24, 1, 0, "cpu")
+
+
+def test_dali_colour_jitter_applies_without_brightness_or_contrast_jitter(dali, tmp_path):
+    # saturation / hue jitter alone once dropped out of the DALI graph with brightness / contrast
+    sp = _folder_split(tmp_path, c=3)
+    still = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, gray_p=0.0, jitter_p=1.0)
+    plain = dali.DaliBatchSource(sp, None, V.ViewConfig(size=24, jitter=(0, 0, 0, 0), **still), 3, 0, "cpu")
+    for jitter in ((0, 0, 0.8, 0), (0, 0, 0, 0.4)):
+        colour = dali.DaliBatchSource(sp, None, V.ViewConfig(size=24, jitter=jitter, **still), 3, 0, "cpu")
+        a, b = dict(plain.batches_from(0))[0], dict(colour.batches_from(0))[0]
+        assert a.shape == b.shape and (a - b).abs().mean() > 0.01, jitter

@@ -35,7 +35,7 @@ def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) ->
     p.add_argument("--views", type=_views, default=40,
                    help="test-time views: even A >= 2 (half original, half context), or 0 for one plain view")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per encoder call")
     p.add_argument("--bank-dtype", choices=tuple(BANK_DTYPES), default="float32", help="storage of the NND bank")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time view draws")
@@ -45,7 +45,9 @@ def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) ->
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     if scorer_choice:
-        p.add_argument("--scorer", choices=SCORERS, default="nnd")
+        p.add_argument("--scorer", choices=SCORERS, default="nnd",
+                       help="nnd: nearest-neighbour cosine to the training bank (S_NND, default); "
+                            "lh: Gaussian likelihood (S_LH)")
 
 
 def _run_dir(p: argparse.ArgumentParser) -> None:
@@ -148,7 +150,7 @@ def register(sub) -> None:
     p = sub.add_parser("score", help="anomaly scores of a run's test (or val/train) images")
     _run_dir(p)
     _scoring_options(p, scorer_choice=True)
-    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which part of the run's split")
     p.add_argument("--per-view", action="store_true", help="also write every view's score")
     p.add_argument("--out", default=None, help="CSV file (default: stdout)")
     p.set_defaults(func=_score)
@@ -156,7 +158,7 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="AUROC / AUPR / FPR95 of both scorers on the run's test split")
     _run_dir(p)
     _scoring_options(p)
-    p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS))
+    p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS), help="default: all")
     p.add_argument("--target-fpr", type=_fraction, default=0.05, help="threshold calibrated on val normals")
     p.add_argument("--per-view", action="store_true", help="also write scores_views.npz")
     p.set_defaults(func=_evaluate)
@@ -168,7 +170,7 @@ def register(sub) -> None:
     p.add_argument("--target-fpr", type=_fraction, default=0.05,
                    help="false-positive rate on the run's val normals that sets the threshold")
     p.add_argument("--threshold", type=float, default=None, help="use this threshold instead of calibrating")
-    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="of the output (default csv)")
     p.add_argument("--out", default=None, help="output file (default: stdout)")
     p.set_defaults(func=_predict)
 
@@ -177,22 +179,22 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="train + evaluate every (normal class, seed); resumable")
     add_train_options(p)
     p.add_argument("--classes", nargs="+", required=True, help="normal classes, or 'all'")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of each class")
     p.add_argument("--out", default=None,
                    help="sweep folder: manifest, runs, tables (default runs/sweep-<dataset>-<context>-<objective>)")
-    p.add_argument("--views", type=_views, default=40)
-    p.add_argument("--aggregate", choices=AGGREGATES, default="mean")
-    p.add_argument("--eval-batch-size", type=_positive, default=256)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--views", type=_views, default=40, help="test-time views of the evaluation")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
+    p.add_argument("--eval-batch-size", type=_positive, default=256, help="images per encoder call when scoring")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("report", help="a self-contained HTML report of a run")
     _run_dir(p)
     p.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
     p.add_argument("--views", type=_views, default=40, help="test-time views, if the run is not evaluated yet")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--max-points", type=_positive, default=300, help="samples per group in the PCA")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=_report)

@@ -7,7 +7,9 @@ import re
 import time
 from pathlib import Path
 
-from ..config import CONTEXTS, DATASETS, OBJECTIVES, PIPELINES, TrainConfig, apply_preset
+from ..config import CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, TrainConfig, apply_preset
+
+_D = TrainConfig()  # the defaults the help texts name
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -17,8 +19,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"one of {', '.join(CONTEXTS)}, or a comma list for composed contexts (default invert)")
     p.add_argument("--objective", choices=OBJECTIVES, default=None,
                    help="con2 (paper, default), context / content (loss ablations), simclr (baseline)")
-    p.add_argument("--normal-class", nargs="+", default=None)
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--normal-class", nargs="+", default=None,
+                   help="the class(es) trained on as normal, by name or index (required unless the data set "
+                        "has a default: digits, breast, pneumonia, oct)")
+    p.add_argument("--data-root", default=None, help=f"folder of the data files (default {_D.data_root})")
     p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or cifar from an npz)")
     p.add_argument("--image-size", type=int, default=None, help="resize every image to this square")
     p.add_argument("--center-crop", type=int, default=None,
@@ -26,19 +30,28 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                         "--image-size 256 --center-crop 224)")
     p.add_argument("--resolution", type=int, choices=(28, 64, 128, 224), default=None,
                    help="MedMNIST file resolution")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="samples per step (each gives 4 views)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None, help=f"default {_D.epochs}; --preset paper: {PAPER_EPOCHS}")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"samples per step, each giving 4 views (default {_D.batch_size}; --preset paper: "
+                        "the data set's)")
+    p.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate, cosine decay (default {_D.lr:g})")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"AdamW weight decay (default {_D.weight_decay:g})")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"of both contrastive terms (default {_D.temperature:g})")
     p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on the GPU")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help=f"initialisation and view draws (default {_D.seed})")
     p.add_argument("--width", type=int, default=None, help="ResNet18 base width (64 = paper)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--pipeline", choices=PIPELINES, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None, help="epochs between checkpoints")
-    p.add_argument("--skip-bad-files", action="store_true", default=None)
-    p.add_argument("--split-seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default: cuda when present), cpu, cuda or cuda:N")
+    p.add_argument("--pipeline", choices=PIPELINES, default=None,
+                   help="where the views are made (default auto; `con2 info` lists what is available)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help=f"epochs between checkpoints (default {_D.checkpoint_every})")
+    p.add_argument("--skip-bad-files", action="store_true", default=None,
+                   help="leave out a folder's unreadable images (counted in a warning) instead of stopping")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help=f"seed of the split of data without its own split, and of --max-train-samples' "
+                        f"subset (default {_D.split_seed})")
     p.add_argument("--test-fraction", type=float, default=None,
                    help="normals held out for test in the seeded split of npz / folder data, and of each "
                         "digit for digits (default 0.3)")
@@ -47,9 +60,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=None,
                    help="in that split, exactly this many normals to train and the rest to test and val, "
                         "instead of --test-fraction (BR35H protocol: 1000)")
-    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--max-train-samples", type=int, default=None, help="train on a random subset of this many normals")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--preset", choices=("paper", "quick"), default=None)
+    p.add_argument("--preset", choices=("paper", "quick"), default=None,
+                   help="paper: METHOD section 6's epochs, batch size and pre-processing for the data set; "
+                        "quick: a few short epochs. Options given explicitly win")
 
 
 # every TrainConfig field has its option (dashes for underscores)
@@ -127,9 +142,11 @@ def register(sub) -> None:
     p = sub.add_parser("info", help="versions, devices and which optional parts are available")
     p.set_defaults(func=_info)
 
+    from ..demo import DEMO
+
     p = sub.add_parser("demo", help="train on scikit-learn's digits and compare with the untrained encoder")
     p.add_argument("--out", default=None, help="run directory (default runs/demo, runs/demo-s<seed> for seed > 0)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--normal-class", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help=f"default {DEMO['epochs']}")
+    p.add_argument("--normal-class", default=None, help=f"the normal digit (default {DEMO['normal_class'][0]})")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
     p.set_defaults(func=_demo)

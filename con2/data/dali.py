@@ -101,14 +101,18 @@ def _view(c, cfg: ViewConfig, channels, fn, types):
                                random_aspect_ratio=list(cfg.ratio), num_attempts=10, antialias=True)
     b, con, s, h = cfg.jitter
     # ops whose probability or strength is 0 are left out of the graph (exact identity, less work)
-    if cfg.jitter_p > 0 and (b > 0 or con > 0):
+    # (each on its own: saturation and hue jitter without brightness / contrast jitter is a valid view)
+    colour = channels == 3 and (s > 0 or h > 0)
+    if cfg.jitter_p > 0 and (b > 0 or con > 0 or colour):
         on = fn.random.coin_flip(probability=cfg.jitter_p)
-        bf = fn.random.uniform(range=[max(0.0, 1 - b), 1 + b])
-        cf = fn.random.uniform(range=[max(0.0, 1 - con), 1 + con])
-        x = fn.brightness_contrast(x, brightness=on * bf + (1 - on), contrast=on * cf + (1 - on))
-        if channels == 3:
+        if b > 0 or con > 0:
+            bf = fn.random.uniform(range=[max(0.0, 1 - b), 1 + b])
+            cf = fn.random.uniform(range=[max(0.0, 1 - con), 1 + con])
+            x = fn.brightness_contrast(x, brightness=on * bf + (1 - on), contrast=on * cf + (1 - on))
+        if channels == 3 and s > 0:
             sf = fn.random.uniform(range=[max(0.0, 1 - s), 1 + s])
             x = fn.saturation(x, saturation=on * sf + (1 - on))
+        if channels == 3 and h > 0:
             hf = fn.random.uniform(range=[-h, h])
             x = fn.hue(x, hue=on * hf * 360.0)
     if channels == 3 and cfg.gray_p > 0:

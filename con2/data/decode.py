@@ -28,24 +28,40 @@ _EXIF_ORIENTATION = 0x0112
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted; hidden files and anything inside hidden
-    folders (.ipynb_checkpoints, .thumbnails, ...) and other suffixes ignored."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """Image files under `folder` (recursively, into symlinked folders too, each real folder once),
+    sorted; hidden files and anything inside hidden folders (.ipynb_checkpoints, .thumbnails, ...)
+    and other suffixes ignored."""
+    found, seen = [], set()
+    # os.walk, not rglob: rglob skips symlinked sub-folders, and their images would be left out unsaid
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back into the tree (or a second link to one folder): walked once
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / f for f in filenames
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in found if p.is_file())
 
 
-def _to_8bit(img, path):
-    """Grayscale of more than 8 bits as 8-bit L. 16-bit modes are scaled by 255 / 65535 (not clipped,
-    as convert("L") would); 32-bit integer (I) and float (F) images are read by their value range:
-    0..255 as is, 0..65535 as 16-bit, float 0..1 as fractions; other ranges are refused, not guessed."""
+# Formats whose mode I images are 16-bit files (a 16-bit PGM / PPM; a 16-bit PNG in older Pillow):
+# scaled as 16-bit whatever their content, not by their range like a 32-bit TIFF
+SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
+
+
+def _to_8bit(img, path, fmt=None):
+    """Grayscale of more than 8 bits as 8-bit L. 16-bit modes and files (mode I of a 16-bit format,
+    `fmt`) are scaled by 255 / 65535 (not clipped, as convert("L") would); other 32-bit integer (I)
+    and float (F) images are read by their value range: 0..255 as is, 0..65535 as 16-bit, float
+    0..1 as fractions; other ranges are refused, not guessed."""
     from PIL import Image
 
     a = np.asarray(img, dtype=np.float64)
     if not np.isfinite(a).all():
         raise DataError(f"{path}: the image has NaN or infinite pixel values")
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if img.mode.startswith("I;16"):
+    if img.mode.startswith("I;16") or (img.mode == "I" and fmt in SIXTEEN_BIT_I_FORMATS):
         scale = 255.0 / 65535.0
     elif lo < 0:
         raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are negative; convert it to 8 or 16 bit")
@@ -69,9 +85,10 @@ def decode_image(path: Path, size: int | tuple[int, int] | None) -> np.ndarray:
 
     with Image.open(path) as img:
         img.load()
+        fmt = img.format  # a transposed copy has none
         img = ImageOps.exif_transpose(img)
         if img.mode in WIDE_GRAY_MODES:
-            img = _to_8bit(img, path)
+            img = _to_8bit(img, path, fmt)
         elif img.mode in GRAY_MODES:
             img = img.convert("L")
         else:  # RGB, RGBA, P, CMYK, YCbCr, ...

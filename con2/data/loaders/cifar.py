@@ -102,3 +102,7 @@ def _check_cifar_file(which: str, source: str, parts: dict, n_labels: int) -> No
         # CIFAR-10's labels fit 0..99 too, and would be read as fine labels of 2 superclasses
         raise DataError(f"{source}: its labels are all 0..{labels.max()}, as in CIFAR-10, not CIFAR-100's fine "
                         f"labels 0..99: is it a cifar100 file? (CIFAR-10: --dataset cifar10)")
+    if which == "cifar100" and n_labels == 100 and labels.max() < len(CIFAR100_SUPERCLASSES):
+        # superclass labels would be read as fine labels 0..19 and mapped to superclasses again
+        raise DataError(f"{source}: its labels are all 0..{labels.max()}, as CIFAR-100's 20 superclass labels, not "
+                        f"its fine labels 0..99: store superclass labels as train_coarse_labels / test_coarse_labels")

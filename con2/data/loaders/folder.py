@@ -158,6 +158,12 @@ def load_folder(cfg) -> OneClassSplit:
     if unknown:
         raise DataError(f"{root}: no class folder {unknown[0]!r}; available: {', '.join(class_list)}")
     normal = tuple(sorted(class_list.index(c) for c in cfg.normal_class))
+    # a normal class without images would leave training to the others without a word
+    normal_tree, where = (trees["train"], root / "train") if has_tree else (trees["all"], root)
+    empty = [c for c in cfg.normal_class if not normal_tree.get(c)]
+    if empty:
+        raise DataError(f"{where}: normal class folder {empty[0]!r} holds no images (image files end in "
+                        f"{', '.join(sorted(IMAGE_SUFFIXES))}); give it some, or leave it out of --normal-class")
 
     # Flatten every part to (files, labels) before decoding so one decode pass serves all parts.
     def flat(tree):

@@ -58,6 +58,8 @@ def load_npz(cfg) -> OneClassSplit:
 
 def _npz_class_table(labels: np.ndarray, z) -> dict:
     """{label: name} of an npz file's classes: its `class_names` where given, else the label."""
-    given = [str(s) for s in z["class_names"]] if "class_names" in z else None
+    # names saved as bytes (dtype S) are text, not "b'cat'"
+    given = ([s.decode(errors="replace") if isinstance(s, bytes) else str(s) for s in z["class_names"].tolist()]
+             if "class_names" in z else None)
     return {v: (given[v] if given and 0 <= v < len(given) else str(v))
             for v in sorted(int(v) for v in np.unique(labels))}

@@ -1,0 +1,37 @@
+"""The command line itself: every option explains itself, and building the parser stays cheap."""
+import argparse
+import subprocess
+import sys
+
+from con2.cli.main import build_parser
+from con2.config import PAPER_EPOCHS, TrainConfig
+from con2.demo import DEMO
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_option_of_every_command_has_help():
+    undocumented = [f"con2 {name} {a.option_strings[-1]}" for name, p in _subcommands().items()
+                    for a in p._actions if a.option_strings and not a.help]
+    assert not undocumented, f"options without help: {undocumented}"
+
+
+def test_the_defaults_in_the_help_are_the_configs():
+    train = " ".join(_subcommands()["train"].format_help().split())  # argparse wraps lines anywhere
+    d = TrainConfig()
+    for text in (f"default {d.epochs}; --preset paper: {PAPER_EPOCHS}", f"(default {d.batch_size};",
+                 f"(default {d.lr:g})", f"(default {d.checkpoint_every})", f"(default {d.data_root})"):
+        assert text in train
+    demo = " ".join(_subcommands()["demo"].format_help().split())
+    assert f"default {DEMO['epochs']}" in demo and f"(default {DEMO['normal_class'][0]})" in demo
+
+
+def test_building_the_parser_loads_no_training_or_evaluation_code():
+    # every `con2 ...` call, --help included, builds the whole parser first
+    code = ("import sys; from con2.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('con2.train', 'con2.evaluate', 'con2.run', 'sklearn') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
