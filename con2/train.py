@@ -10,6 +10,7 @@ the end model.safetensors + model.json (the trained Con2Model).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -46,9 +47,11 @@ def objective_loss(cfg: TrainConfig, z_context, z_content, context_labels, sampl
     return simclr_loss(z_content, sample_ids, cfg.temperature)
 
 
-def check_trained_model(model: Con2Model, views: torch.Tensor, amp: bool) -> None:
+def check_trained_model(model: Con2Model, views: torch.Tensor, amp: bool, agree=bool) -> None:
     """Refuse to save a model that cannot score: finite losses can still leave BatchNorm running
-    statistics (used in eval mode, never in the loss) so large that every representation is NaN."""
+    statistics (used in eval mode, never in the loss) so large that every representation is NaN.
+    agree(found): whether any DDP process found a problem (each encodes its own views; a rank that
+    stopped alone would leave the others waiting in an all-reduce)."""
     state = [*model.named_parameters(), *model.named_buffers()]
     bad = next((f"{name} is not finite" for name, t in state if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if bad is None:
@@ -58,8 +61,9 @@ def check_trained_model(model: Con2Model, views: torch.Tensor, amp: bool) -> Non
             finite = bool(torch.isfinite(model.encode(views[:64])).all())
         model.train(was_training)
         bad = None if finite else "the eval-mode representations are not finite (BatchNorm running statistics blew up)"
-    if bad is not None:
-        raise FloatingPointError(f"training diverged: {bad}, so the model cannot score; lower --lr")
+    if agree(bad is not None):
+        raise FloatingPointError(f"training diverged: {bad or 'on another DDP process'}, so the model cannot score; "
+                                 "lower --lr")
 
 
 def schedule(cfg: TrainConfig, step: int, total: int) -> tuple[float, float]:
@@ -382,6 +386,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         say(f"--resume: no checkpoint in {run_dir}, starting fresh", flush=True)
 
     finite = _FiniteWatch(device)
+    agree = functools.partial(stop_requested, world=world, device=device, sync_point=True)
 
     def checkpoint():
         finite.check()
@@ -412,6 +417,8 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                         finite.check()
                     log.step(views.shape[0] * world, (epoch, step, global_step, loss.item(), lr, alpha) if line else None)
                     if last_in_epoch and ((epoch + 1) % cfg.checkpoint_every == 0):
+                        # a diverged run stops here, not after its last epoch (a checkpoint's cost is ~1 batch)
+                        check_trained_model(model, views, amp, agree)
                         checkpoint()
                     sync_point = last_in_epoch or global_step % LOG_EVERY == 0
                     if stop_requested(interrupt.requested, world, device, sync_point):
@@ -435,7 +442,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         raise
     finally:
         log.close()
-    check_trained_model(model, next(source.batches_from(0))[1], amp)
+    check_trained_model(model, next(source.batches_from(0))[1], amp, agree)
     checkpoint()
     if rank == 0:
         save_model(model, run_dir, cfg, fingerprint)

@@ -294,6 +294,16 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys):
         assert match in err and "Traceback" not in err and len(errors) == 1, err
 
 
+def test_a_diverged_run_stops_at_its_first_checkpoint_not_its_last_epoch(tmp_path):
+    """BatchNorm statistics blown up by a huge --lr (finite losses, NaN eval-mode features) are found
+    at the first periodic checkpoint: the run stops after epoch 1 of 6 and saves no checkpoint of it."""
+    cfg = tiny_cfg(tmp_path / "run", epochs=6, batch_size=16, lr=1e6, max_train_samples=32)
+    with pytest.raises(FloatingPointError, match="training diverged: the eval-mode representations"):
+        train(cfg, progress=False)
+    steps = [json.loads(line)["global_step"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert steps == [2] and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_cli_time_limit_pauses_and_resume_finishes(tmp_path, capsys):
     from con2.cli.main import main
     from con2.cli.train_cmd import parse_duration
