@@ -35,7 +35,8 @@ inline void check_loss_inputs(const at::Tensor& z, const at::Tensor& labels, dou
               "con2: labels must be an integer tensor, got ", labels.scalar_type());
   TORCH_CHECK(labels.device() == z.device(), "con2: labels are on ", labels.device(),
               " but z is on ", z.device());
-  TORCH_CHECK(temperature > 0, "con2: temperature must be > 0, got ", temperature);
+  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "con2: temperature must be a finite number > 0, got ",
+              temperature);
 }
 
 // The loss kernels' working copies: z in the compute dtype, labels int64, both contiguous.
@@ -115,12 +116,15 @@ inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor
   // check here would cost a host sync per batch, stalling the training loop's run-ahead).
   if (m > 0 && images.device().is_cpu()) {
     const at::Tensor codes = has_context ? v.context : at::zeros({1}, v.source.options());
-    const at::Tensor range = at::stack({v.source.min(), v.source.max(), codes.min(), codes.max()});
+    const at::Tensor range =
+        at::stack({v.source.min(), v.source.max(), codes.min(), codes.max(), v.order.min(), v.order.max()});
     const int64_t* r = range.const_data_ptr<int64_t>();
     const int64_t n = images.size(0);
     TORCH_CHECK(r[0] >= 0 && r[1] < n, "con2: source indices must be in [0, ", n, "), got [", r[0], ", ", r[1], "]");
     TORCH_CHECK(r[2] >= 0 && r[3] <= 3, "con2: context codes must be in [0, 3] (bit 0 invert, bit 1 vertical flip), got [",
                 r[2], ", ", r[3], "]");
+    TORCH_CHECK(r[4] >= 0 && r[5] <= 3, "con2: order must hold jitter op indices in [0, 3], got [", r[4], ", ", r[5],
+                "]");
   }
   v.out = at::empty({m, images.size(1), size, size}, images.options().dtype(dtype),  // no relayout copy
                     channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);

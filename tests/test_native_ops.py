@@ -312,7 +312,7 @@ def test_loss_rejects_bad_inputs_in_both_implementations(impl):
     instead of returning NaN or a wrong value."""
     z, labels = _batch(8, 4, 2, "cpu")
     bad = [
-        (z, labels, 0.0), (z, labels, -0.1), (z, labels, float("nan")),  # temperature
+        (z, labels, 0.0), (z, labels, -0.1), (z, labels, float("nan")), (z, labels, float("inf")),  # temperature
         (z, labels[:, None], 0.07), (z, labels[:5], 0.07), (z, labels.float(), 0.07),  # labels
         (z[0], labels, 0.07), (torch.ones(8, 4, dtype=torch.int64), labels, 0.07), (z[:0], labels[:0], 0.07),
     ]
@@ -321,6 +321,23 @@ def test_loss_rejects_bad_inputs_in_both_implementations(impl):
             impl.supcon_loss(*args)
     with pytest.raises((ValueError, RuntimeError), match="rows"):
         impl.con2_loss(z, z[:6], labels, labels[:6], 0.5)
+
+
+def test_loss_ops_reject_infinite_temperature():
+    """1 / inf = 0 made every logit 0: the ops returned NaN or a meaningless loss and gradient."""
+    z, labels = _batch(8, 4, 2, "cpu")
+    _, lse, npos = torch.ops.con2.supcon_fwd(z, labels, 0.1)
+    calls = [
+        lambda t: torch.ops.con2.supcon_fwd(z, labels, t),
+        lambda t: torch.ops.con2.supcon_fwd_bwd(z, labels, t),
+        lambda t: torch.ops.con2.supcon_bwd(torch.ones(()), z, labels, lse, npos, t),
+        lambda t: torch.ops.con2.con2_fwd_bwd(z, z, labels, labels, t, False),
+        lambda t: native.con2_loss(z.clone().requires_grad_(), z, labels, labels, 0.5, t),
+    ]
+    for call in calls:
+        for t in (float("inf"), -float("inf")):
+            with pytest.raises(RuntimeError, match="temperature"):
+                call(t)
 
 
 def test_reference_ops_compute_in_float32_under_autocast():
@@ -531,3 +548,49 @@ def test_cuda_graphs_can_be_switched_off():
     env = {**__import__("os").environ, "CON2_CUDA_GRAPHS": "0"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ simclr_views
+def _identity_views(images, source, boxes, size, context=None):
+    """simclr_views with no jitter (factors 1, 1, 1, 0), no flip, no grey, mean 0 and std 1."""
+    m = source.numel()
+    factors = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).expand(m, 4)
+    return torch.ops.con2.simclr_views(images, source, boxes, torch.zeros(m, dtype=torch.bool), factors,
+                                       torch.arange(4).expand(m, 4), torch.zeros(m, dtype=torch.bool), size, 0.0,
+                                       1.0, torch.float32, False, context)
+
+
+def test_simclr_views_cpu_rejects_out_of_range_order():
+    """order[i] indexes the view's four factors: a value outside [0, 3] read past them (a crash for
+    large values) or silently dropped a jitter step; the torch path raises on it."""
+    images = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    source, boxes = torch.tensor([0, 1]), torch.tensor([[1.0, 1.0, 8.0, 8.0]]).expand(2, 4)
+    factors = torch.tensor([[0.9, 1.1, 0.8, 0.1]]).expand(2, 4)
+    ok = torch.arange(4).expand(2, 4)
+    args = lambda order: (images, source, boxes, torch.zeros(2, dtype=torch.bool), factors, order,  # noqa: E731
+                          torch.zeros(2, dtype=torch.bool), 6, 0.5, 0.25, torch.float32, False)
+    torch.ops.con2.simclr_views(*args(ok))
+    for bad in (4, -1, 2**31 - 1):
+        order = ok.clone()
+        order[1, 2] = bad
+        with pytest.raises(RuntimeError, match="order"):
+            torch.ops.con2.simclr_views(*args(order))
+
+
+@pytest.mark.parametrize("c,h,w", [(3, 32769, 32768), (1, 65540, 32768)], ids=["planes", "rows"])
+def test_simclr_views_cpu_images_past_2_31_bytes(c, h, w):
+    """Plane and row offsets past 2^31 bytes overflowed int32 (a crash). The image is allocated, not
+    filled: the views read only the few pixels set here."""
+    try:
+        images = torch.empty(1, c, h, w, dtype=torch.uint8)  # ~3 GiB of address space, a few pages touched
+    except RuntimeError as exc:  # no overcommit here
+        pytest.skip(f"cannot reserve a {c}x{h}x{w} image: {exc}")
+    vals = torch.tensor([10, 20, 200])[:c]
+    for k in range(c):
+        images[0, k, h - 4:, w - 4:] = int(vals[k])
+        images[0, k, :4, w - 4:] = int(vals[k]) // 2
+    # view 0: a 2 x 2 crop at the bottom right; view 1: near the top, through the vertical flip
+    boxes = torch.tensor([[h - 3.0, w - 3.0, 2.0, 2.0], [1.0, w - 3.0, 2.0, 2.0]])
+    out = _identity_views(images, torch.zeros(2, dtype=torch.long), boxes, 2, torch.tensor([0, 2]))
+    want = (vals.float() / 255).view(1, c, 1, 1).expand(2, c, 2, 2)
+    torch.testing.assert_close(out, want)

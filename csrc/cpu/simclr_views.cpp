@@ -63,9 +63,9 @@ void make_view(const uint8_t* img, int c, int h, int w, int size, const float* b
   const float* to_unit = context & kContextInvert ? kInvertedByteToUnit : kByteToUnit;
   const bool vflip = context & kContextVFlip;
   for (int k = 0; k < c; ++k) {
-    const uint8_t* plane = img + k * h * w;
+    const uint8_t* plane = img + static_cast<int64_t>(k) * h * w;  // int64: planes may pass 2^31 bytes
     for (int i = 0; i < size; ++i) {
-      const uint8_t* row0 = plane + (vflip ? h - 1 - ty.i0[i] : ty.i0[i]) * w;
+      const uint8_t* row0 = plane + static_cast<int64_t>(vflip ? h - 1 - ty.i0[i] : ty.i0[i]) * w;
       const uint8_t* row1 = ty.in1[i] ? (vflip ? row0 - w : row0 + w) : row0;
       const float wy0 = ty.w0[i], wy1 = ty.w1[i];
       const bool y1 = ty.in1[i];
