@@ -297,9 +297,11 @@ def test_native_context_codes_match_context_images(c):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_native_views_cuda_bad_source_index_is_a_device_error():
-    # no host sync per batch on CUDA: the kernel checks its source index and stops with a message
-    # (a fresh process: a device-side assertion ends the CUDA context)
+@pytest.mark.parametrize("bad, message", [("src[3] = 3", "source index is outside"),
+                                          ("order[2, 1] = 7", "op index outside")])
+def test_native_views_cuda_bad_source_index_or_order_is_a_device_error(bad, message):
+    # no host sync per batch on CUDA: a kernel checks the source indices and jitter orders and stops
+    # with a message (a fresh process: a device-side assertion ends the CUDA context)
     import subprocess
     import sys
 
@@ -308,15 +310,16 @@ def test_native_views_cuda_bad_source_index_is_a_device_error():
         "from con2.data import views as V\n"
         "x = torch.zeros(3, 3, 12, 12, dtype=torch.uint8, device='cuda')\n"
         "p = V.sample_view_params(5, 12, 12, V.ViewConfig(size=8), None, 'cuda')\n"
-        "src = torch.tensor([0, 1, 2, 3, 0], device='cuda')\n"
-        "torch.ops.con2.simclr_views(x, src, p.boxes, p.hflip, p.factors, p.order, p.gray, 8, 0.5, 0.5,"
+        "src, order = torch.tensor([0, 1, 2, 0, 0], device='cuda'), p.order.clone()\n"
+        f"{bad}\n"
+        "torch.ops.con2.simclr_views(x, src, p.boxes, p.hflip, p.factors, order, p.gray, 8, 0.5, 0.5,"
         " torch.float32, False)\n"
         "torch.cuda.synchronize()\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     said = out.stdout + out.stderr
-    assert "source index is outside" in said or "device-side assert" in said, said[-2000:]
+    assert message in said or "device-side assert" in said, said[-2000:]
 
 
 @pytest.mark.gpu

@@ -155,11 +155,11 @@ __global__ void __launch_bounds__(kViewThreads) pack_rgb_kernel(const uint8_t* i
   }
 }
 
-// Every view's source index inside the images and context code in [0, 3], else a device-side
-// assertion as in PyTorch's CUDA indexing (a host-side check would cost a sync per batch). A
-// kernel of its own: the check inside views_kernel cost it 15 registers, hence occupancy.
+// Every view's source index inside the images, context code and jitter op indices in [0, 3], else a
+// device-side assertion as in PyTorch's CUDA indexing (a host-side check would cost a sync per
+// batch). A kernel of its own: the check inside views_kernel cost it 15 registers, hence occupancy.
 __global__ void __launch_bounds__(kViewThreads) check_view_inputs_kernel(const int64_t* source, const int64_t* context,
-                                                                         int64_t m, int64_t n) {
+                                                                         const int64_t* order, int64_t m, int64_t n) {
   const int64_t v = static_cast<int64_t>(blockIdx.x) * kViewThreads + threadIdx.x;
   if (v >= m) return;
   if (source[v] < 0 || source[v] >= n) {
@@ -176,6 +176,16 @@ __global__ void __launch_bounds__(kViewThreads) check_view_inputs_kernel(const i
 #else
     throw std::out_of_range("con2 simclr_views: a view's context code is outside [0, 3]");
 #endif
+  }
+  for (int s = 0; s < 4; ++s) {
+    if (order[4 * v + s] < 0 || order[4 * v + s] > 3) {  // views_kernel reads factors[4 * view + op]
+#ifdef __CUDA_ARCH__
+      __assert_fail("con2 simclr_views: a view's jitter order holds an op index outside [0, 3]", __FILE__, __LINE__,
+                    __func__);
+#else
+      throw std::out_of_range("con2 simclr_views: a view's jitter order holds an op index outside [0, 3]");
+#endif
+    }
   }
 }
 
@@ -416,7 +426,7 @@ at::Tensor simclr_views_device(const at::Tensor& images, const at::Tensor& sourc
                 static_cast<float>(-mean / std),           channels_last};
   if (!images.device().is_cpu()) {  // (on the CPU, prepare_view_inputs checked them)
     launch(&check_view_inputs_kernel, dim3(static_cast<unsigned>((m + kViewThreads - 1) / kViewThreads)),
-           dim3(kViewThreads), size_t{0}, args.source, args.context, m, v.images.size(0));
+           dim3(kViewThreads), size_t{0}, args.source, args.context, args.order, m, v.images.size(0));
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "con2_simclr_views_device", [&] {
     auto kernel = args.c == 3 ? &views_kernel<scalar_t, 3> : &views_kernel<scalar_t, 1>;
