@@ -12,8 +12,9 @@ folders are `class-<class>-seed<seed>` with other characters than A-Z a-z 0-9 _ 
 %XX, so two classes never share one ("a b" and "a_b" of an image folder).
 
 Resuming: rerunning the same command continues where it stopped. Runs marked done are not
-touched; a run whose model exists is only evaluated; a half-trained run continues from its
-checkpoint (`train(..., resume=True)`). The manifest is rewritten atomically after every run.
+touched; a run whose model exists is only evaluated (after checking it was trained with this
+sweep's settings); a half-trained run continues from its checkpoint (`train(..., resume=True)`,
+which checks the same). The manifest and the tables are rewritten atomically.
 
 A run that fails (bad data for one class, a loss that turns non-finite, ...) is marked failed with
 its error and the sweep goes on; the tables are written from the runs that finished, and the sweep
@@ -24,15 +25,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import re
+import traceback
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from .config import TrainConfig, is_int
-from .files import read_json, write_json
-from .run import run_finished
-from .scoring import SCORERS
+from .files import read_json, replacing, write_json, write_text
+from .run import identity_mismatch, run_finished
+from .scoring import AGGREGATES, SCORERS, check_scorers, view_plan
 
 MANIFEST = "manifest.json"
 SWEEP_FORMAT = "con2-sweep/1"
@@ -56,9 +58,10 @@ def dataset_classes(dataset: str) -> list[str]:
 
 def run_name(cls: str, seed: int) -> str:
     """class-<cls>-seed<seed>, one folder per (class, seed): characters other than A-Z a-z 0-9 _ . -
-    are written as %XX (their UTF-8 bytes), so "a b" (class-a%20b-...) and "a_b" never share one."""
-    safe = "".join(ch if re.fullmatch(r"[A-Za-z0-9_.-]", ch) else "".join(f"%{b:02X}" for b in ch.encode())
-                   for ch in str(cls))
+    are written as %XX (their UTF-8 bytes; a folder name that is not UTF-8, held as lone surrogates
+    (PEP 383), its own bytes), so "a b" (class-a%20b-...) and "a_b" never share one."""
+    safe = "".join(ch if re.fullmatch(r"[A-Za-z0-9_.-]", ch)
+                   else "".join(f"%{b:02X}" for b in ch.encode(errors="surrogateescape")) for ch in str(cls))
     return f"class-{safe}-seed{seed}"
 
 
@@ -150,8 +153,9 @@ def load_manifest(out: Path, base: TrainConfig, eval_settings: dict) -> dict:
 
 def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[int], out: str | Path,
               views: int = 40, aggregate: str = "mean", scorers: Sequence[str] = SCORERS,
-              eval_batch_size: int = 256, progress: bool = True) -> dict:
-    """Train and evaluate every (class, seed); returns the summary (also written as results.md/csv)."""
+              eval_batch_size: int = 256, progress: bool = True, debug: bool = False) -> dict:
+    """Train and evaluate every (class, seed); returns the summary (also written as results.md/csv).
+    debug: print the traceback of each run that fails (the sweep still goes on)."""
     from . import train as train_mod
     from .evaluate import evaluate_run
 
@@ -167,8 +171,12 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     seeds = [int(s) for s in seeds]
     # the options every run shares, checked once before any run starts
     dataclasses.replace(base, normal_class=[classes[0]], seed=seeds[0]).validate()
+    view_plan(views, None)  # the evaluation's, too: else each run would fail after its training
+    views, scorers = int(views), list(check_scorers(scorers))
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}")
     out.mkdir(parents=True, exist_ok=True)
-    eval_settings = {"views": views, "aggregate": aggregate, "scorers": list(scorers)}
+    eval_settings = {"views": views, "aggregate": aggregate, "scorers": scorers}
     manifest = load_manifest(out, base, eval_settings)
     todo = [(c, s) for c in classes for s in seeds]
     run_keys = _run_keys(out, manifest, todo)
@@ -193,6 +201,11 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
                 entry["status"] = "training"
                 write_json(out / MANIFEST, manifest)
                 train_mod.train(cfg, progress=progress, resume=True)
+            else:  # its checkpoint is checked by train's resume; a finished run only here
+                wrong = identity_mismatch(read_json(run_dir / "config.json"), cfg)
+                if wrong:  # a folder left by another sweep (its manifest deleted): not this sweep's run
+                    raise ValueError(f"{run_dir} holds a run trained with other settings ({wrong}); "
+                                     "sweep into another --out or move that run away")
             if progress:
                 print(f"[{i}/{len(todo)}] {key}: evaluating", flush=True)
             metrics = evaluate_run(run_dir, views=views, scorers=scorers, aggregate=aggregate,
@@ -200,6 +213,8 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
             entry.update(status="done", metrics={k: metrics[k] for k in scorers})
         except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:  # this run only; Ctrl-C stops all
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            if debug:
+                traceback.print_exc()
             entry.pop("metrics", None)
             if progress:
                 print(f"[{i}/{len(todo)}] {key}: FAILED: {entry['error']}", flush=True)
@@ -255,15 +270,16 @@ def write_tables(out: Path, summary: dict, manifest: dict, keys: list[str], scor
                      + " | ".join(f"**{_fmt(summary['all'][s])}**" for s in scorers) + " |")
     lines += ["", "Mean ± sample standard deviation of the test AUROC (none for a single run); test-time views: "
               f"{manifest['eval']['views']}, aggregate: {manifest['eval']['aggregate']}."]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    with open(out / "results.csv", "w", newline="") as fh:
+    # each file replaced in one step; a class (folder) name that is not UTF-8 is written as its bytes
+    write_text(out / "results.md", "\n".join(lines) + "\n")
+    with replacing(out / "results.csv") as tmp, open(tmp, "w", newline="", errors="surrogateescape") as fh:
         w = csv.writer(fh)
         w.writerow(["class", "runs", *[f"{s}_auroc_{x}" for s in scorers for x in ("mean", "std")]])
         for c, row in list(summary["classes"].items()) + [("all", summary["all"])]:
             if row:
                 n = next(iter(row.values()))[2]
                 w.writerow([c, n, *["" if row[s][i] is None else f"{row[s][i]:.6f}" for s in scorers for i in (0, 1)]])
-    with open(out / "runs.csv", "w", newline="") as fh:
+    with replacing(out / "runs.csv") as tmp, open(tmp, "w", newline="", errors="surrogateescape") as fh:
         w = csv.writer(fh)
         w.writerow(["class", "seed", "status", *[f"{s}_{m}" for s in scorers for m in ("auroc", "aupr", "fpr95")]])
         for k in keys:

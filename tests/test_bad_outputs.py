@@ -213,3 +213,33 @@ def test_replaced_files_get_the_mode_a_plain_open_gives(latin_run, tmp_path):
     write_text(tmp_path / "t.txt", "y")  # an existing file keeps its mode, as open() keeps it
     assert mode(tmp_path / "t.txt") == 0o600
     assert mode(latin_run / "model.safetensors") == mode(latin_run / "config.json")
+
+
+def test_a_sweep_of_a_class_whose_name_is_not_utf8_runs_and_tabulates_it(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    for cls, n in ((LATIN, 14), ("other", 4)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    out = tmp_path / "sweep"
+    code, printed = _cli(["sweep", "--dataset", "folder", "--data-root", str(tmp_path / "data"), "--classes", LATIN,
+                          "--seeds", "0", "--width", "4", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                          "--views", "2", "--quiet", "--out", str(out)], monkeypatch)
+    assert code == 0 and b"| caf\xe9 | 1 |" in printed  # the class's name as the bytes it has
+    assert (out / "class-caf%E9-seed0" / "model.safetensors").exists()  # escaped as its byte, %E9
+    assert b"| caf\xe9 | 1 |" in (out / "results.md").read_bytes()
+    assert b"\ncaf\xe9,1," in (out / "results.csv").read_bytes()
+    assert b"\ncaf\xe9,0,done," in (out / "runs.csv").read_bytes()
+
+
+def test_out_may_be_a_fifo_or_device_in_a_folder_the_user_cannot_write(tmp_path, monkeypatch):
+    from con2.cli import output
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    # as for a user other than root: /dev (of /dev/stdout) is not writable; tests may run as root
+    monkeypatch.setattr(output.os, "access", lambda path, mode: Path(path) not in (tmp_path, Path("/dev")))
+    for out in (fifo, "/dev/null"):
+        output.check_output(out)  # written in place (con2.files.replacing), no file made beside it
+    with pytest.raises(PermissionError, match="is not writable"):
+        output.check_output(tmp_path / "scores.csv")

@@ -1,5 +1,6 @@
 """The command line itself: every option explains itself, and building the parser stays cheap."""
 import argparse
+import os
 import subprocess
 import sys
 
@@ -35,3 +36,11 @@ def test_building_the_parser_loads_no_training_or_evaluation_code():
             "print(sorted(m for m in ('con2.train', 'con2.evaluate', 'con2.run', 'sklearn') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_a_bad_setting_in_the_environment_is_one_line_not_a_traceback():
+    # read when con2.ops is imported, which building the parser does (the scorers' names)
+    env = {**os.environ, "CON2_CUDA_LOSS": "fuse"}
+    done = subprocess.run([sys.executable, "-m", "con2.cli.main", "info"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == "con2: error: CON2_CUDA_LOSS must be 'blocked' or 'fused', got 'fuse'\n"

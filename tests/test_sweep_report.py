@@ -109,6 +109,37 @@ def test_a_failed_run_is_recorded_and_the_others_are_tabulated(tmp_path, monkeyp
     assert calls == [("3", 0)] and summary["all"]["nnd"][2] == 3  # a rerun retries the failed run only
 
 
+def test_a_finished_run_of_other_settings_is_not_tabulated_as_this_sweeps(tmp_path, monkeypatch):
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    run_sweep(base, ["8"], [0], tmp_path, views=0, progress=False)
+    (tmp_path / "manifest.json").unlink()  # deleted (say, as corrupt): the run folders stay
+    with pytest.raises(SweepFailed, match=r"class-8-seed0: ValueError: .*class-8-seed0 holds a run trained with "
+                                          r"other settings \(epochs was 1, now 2\)"):
+        run_sweep(TrainConfig(dataset="digits", width=8, epochs=2, image_size=8, device="cpu"), ["8"], [0], tmp_path,
+                  views=0, progress=False)
+    assert calls == [("8", 0)] and (tmp_path / "results.csv").read_text().splitlines()[1:] == []
+    (tmp_path / "manifest.json").unlink()
+    summary = run_sweep(base, ["8"], [0], tmp_path, views=0, progress=False)  # its own settings: evaluated again
+    assert calls == [("8", 0)] and summary["all"]["nnd"][2] == 1
+
+
+def test_sweep_refuses_bad_evaluation_options_before_any_run(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    out = tmp_path / "sweep"
+    for kw, match in [({"views": 3}, "views must be 0 .* got 3"),
+                      ({"aggregate": "median"}, "unknown aggregate 'median'"),
+                      ({"scorers": ["knn"]}, "unknown scorer 'knn'")]:
+        with pytest.raises(ValueError, match=match):  # not one failed run after another, each after its training
+            run_sweep(base, ["8", "3"], [0], out, progress=False, **{"views": 0, **kw})
+    assert calls == [] and not out.exists()
+    summary = run_sweep(base, ["8"], [0], out, views=np.int64(0), scorers="nnd", progress=False)  # as numpy gives
+    assert list(summary["all"]) == ["nnd"] and json.loads((out / "manifest.json").read_text())["eval"]["views"] == 0
+
+
 def test_dataset_classes():
     assert dataset_classes("cifar10") == [str(i) for i in range(10)]
     assert len(dataset_classes("cifar100")) == 20
@@ -280,3 +311,20 @@ def test_cli_sweep_names_its_folder_from_the_defaults_and_needs_no_normal_class(
             "--width", "4", "--batch-size", "8", "--device", "cpu", "--views", "2", "--quiet"]
     assert main(args) == 0, capsys.readouterr().err
     assert (tmp_path / "runs" / "sweep-npz-invert-con2" / "results.md").exists()  # context, objective: defaults
+
+
+def test_cli_sweep_debug_shows_the_traceback_of_a_failed_run(tmp_path, monkeypatch, capsys):
+    from con2.cli.main import main
+
+    def diverges(cfg, **kw):
+        raise FloatingPointError("loss became non-finite")
+
+    monkeypatch.setattr(train_mod, "train", diverges)
+    args = ["sweep", "--classes", "8", "--seeds", "0", "--width", "4", "--epochs", "1", "--device", "cpu",
+            "--views", "0", "--quiet", "--out", str(tmp_path / "sweep")]
+    assert main(args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(SweepFailed, match="1 of 1 runs failed"):
+        main(args + ["--debug"])
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in diverges" in err and "FloatingPointError: loss became non-finite" in err

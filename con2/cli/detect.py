@@ -130,8 +130,8 @@ def _sweep(args) -> None:
     args.out, args.normal_class = str(Path(out) / "base"), [classes[0]]
     base = config_from_args(args)
     run_sweep(base, classes, args.seeds, out, views=args.views, aggregate=args.aggregate,
-              eval_batch_size=args.eval_batch_size, progress=not args.quiet)
-    print((Path(out) / "results.md").read_text())
+              eval_batch_size=args.eval_batch_size, progress=not args.quiet, debug=args.debug)
+    print((Path(out) / "results.md").read_text(errors="surrogateescape"))  # a non-UTF-8 class name as its bytes
     print(f"wrote {Path(out) / 'results.md'}, results.csv, runs.csv, manifest.json")
 
 
@@ -186,7 +186,7 @@ def register(sub) -> None:
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
     p.add_argument("--eval-batch-size", type=_positive, default=256, help="images per encoder call when scoring")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (of each failed run, too)")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("report", help="a self-contained HTML report of a run")

@@ -26,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ValueError as exc:  # a bad CON2_* environment setting, read when con2.ops is imported
+        print(f"con2: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     names_on_stdout()
     with warnings.catch_warnings():
         if not getattr(args, "debug", False):  # one line per warning, like the errors; --debug keeps the source line

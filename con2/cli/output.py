@@ -25,6 +25,8 @@ def check_output(out: str | Path | None, option: str = "--out", example: str = "
     if str(out).endswith(("/", os.sep)):  # Path drops the slash: the file would take the folder's name
         raise IsADirectoryError(f"{option} {out} names a folder (it ends in /); give a file name such as "
                                 f"{path / example}")
+    if path.exists() and not path.is_file():  # /dev/stdout, a FIFO: written in place (files.replacing)
+        return
     folder = next((p for p in path.parents if p.exists()), None)
     if folder is not None and not folder.is_dir():
         raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder")
