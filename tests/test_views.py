@@ -555,3 +555,29 @@ def test_dali_colour_jitter_applies_without_brightness_or_contrast_jitter(dali, 
         colour = dali.DaliBatchSource(sp, None, V.ViewConfig(size=24, jitter=jitter, **still), 3, 0, "cpu")
         a, b = dict(plain.batches_from(0))[0], dict(colour.batches_from(0))[0]
         assert a.shape == b.shape and (a - b).abs().mean() > 0.01, jitter
+
+
+# --- review regressions -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [2**31 - 1, 10**12])
+def test_large_seeds_train_views(seed):
+    # the derived generator seeds once overflowed torch's signed 64-bit manual_seed for any
+    # --seed >= ~1.9e8 (ValueError "Overflow when unpacking long long" at the first step)
+    perm = epoch_permutation(10, seed, 3)
+    assert sorted(perm.tolist()) == list(range(10))
+    src = TensorBatchSource(_split().train, ContextSet("invert"), V.ViewConfig(size=8), 6, seed, "cpu")
+    a, b = dict(src.batches_from(2)), dict(src.batches_from(2, start_step=1))
+    assert len(a) == 2 and torch.equal(a[1], b[1])
+    # seeds that fitted keep their values (runs made before the fix continue unchanged)
+    assert torch.equal(epoch_permutation(10, 3, 1), torch.randperm(10, generator=torch.Generator().manual_seed(300_010)))
+
+
+@pytest.mark.parametrize("native", [False, None])
+@pytest.mark.parametrize("shape", [(2, 2, 8, 8), (2, 4, 8, 8), (2, 3, 0, 8)])
+def test_pipeline_names_images_it_cannot_view(native, shape):
+    # 2- or 4-channel images once failed deep inside the torch ops ("not enough values to unpack")
+    pipe = V.TensorViewPipeline(ContextSet("invert"), V.ViewConfig(size=8), native=native)
+    with pytest.raises(ValueError, match=r"C in \(1, 3\) and H, W >= 1, got shape"):
+        pipe(torch.zeros(shape, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="view size must be >= 1"):
+        V.ViewConfig(size=0)

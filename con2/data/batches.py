@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 
+# torch's manual_seed takes a signed 64-bit value: the derived seeds are reduced into it, so any
+# --seed >= 0 works (a large one overflowed; the values of seeds that fitted are unchanged)
+SEED_MODULUS = 2**63
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    g = torch.Generator().manual_seed((seed * 100_003 + epoch) % SEED_MODULUS)
     return torch.randperm(n, generator=g)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import dali
-from .batches import GlobalBatches, epoch_permutation
+from .batches import SEED_MODULUS, GlobalBatches, epoch_permutation
 from .contexts import ContextSet
 from .split import OneClassSplit, to_nchw
 from .views import TensorViewPipeline, ViewConfig
@@ -32,7 +32,7 @@ class TensorBatchSource(GlobalBatches):
     def step_generator(self, epoch: int, step: int) -> torch.Generator:
         # rank-independent: every rank draws the same views as one process would
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.seed * 1_000_003 + epoch) * 100_003 + step)
+        g.manual_seed(((self.seed * 1_000_003 + epoch) * 100_003 + step) % SEED_MODULUS)
         return g
 
     def batches_from(self, epoch: int, start_step: int = 0):

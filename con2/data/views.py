@@ -40,6 +40,10 @@ class ViewConfig:
     mean: float = 0.5
     std: float = 0.5
 
+    def __post_init__(self):
+        if self.size < 1:
+            raise ValueError(f"the view size must be >= 1 px, got {self.size}")
+
 
 @dataclass
 class ViewParams:
@@ -398,6 +402,9 @@ class TensorViewPipeline:
     def __call__(self, x_u8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if x_u8.dtype != torch.uint8 or x_u8.dim() != 4:
             raise ValueError(f"expected uint8 [N,C,H,W] images, got {x_u8.dtype} {tuple(x_u8.shape)}")
+        if x_u8.shape[1] not in (1, 3) or x_u8.shape[2] < 1 or x_u8.shape[3] < 1:
+            raise ValueError(f"expected uint8 [N,C,H,W] images with C in (1, 3) and H, W >= 1, "
+                             f"got shape {tuple(x_u8.shape)}")
         n = x_u8.shape[0]
         if self._use_native(x_u8.device):
             # one kernel: each view reads its source image directly (no expanded copy), through
