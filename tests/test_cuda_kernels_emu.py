@@ -150,7 +150,7 @@ def test_emulator_computes_wmma_and_shuffles(emu):
 
 @pytest.mark.parametrize(
     "mode,message",
-    [(1, "not 32-byte aligned"), (2, "not rounded to tf32"), (3, "thread 5 failed")],
+    [(1, "not 32-byte aligned"), (2, "not rounded to tf32"), (3, "thread 5 failed"), (4, "grid dimensions")],
 )
 def test_emulator_reports_faults(emu, mode, message):
     with pytest.raises(RuntimeError, match=message):

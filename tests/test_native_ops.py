@@ -594,3 +594,78 @@ def test_simclr_views_cpu_images_past_2_31_bytes(c, h, w):
     out = _identity_views(images, torch.zeros(2, dtype=torch.long), boxes, 2, torch.tensor([0, 2]))
     want = (vals.float() / 255).view(1, c, 1, 1).expand(2, c, 2, 2)
     torch.testing.assert_close(out, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+def test_cuda_ops_reject_operands_on_another_device():
+    """top1_cosine's bank_norms, mahalanobis_sq's mean / whitening (fused kernel) and supcon_bwd's
+    lse / npos reach the CUDA kernels as raw pointers: on the host they were an illegal address
+    (or silently read through unified memory) instead of an error. (Not yet run: no GPU here.)"""
+    q, bank = torch.randn(4, 8, device="cuda"), torch.randn(6, 8, device="cuda")
+    with pytest.raises(RuntimeError, match="bank_norms on cpu"):
+        torch.ops.con2.top1_cosine(q, bank, bank.norm(dim=1).cpu())
+    torch.ops.con2.top1_cosine(q, bank, bank.norm(dim=1))
+    x, mean, w = torch.randn(5, 8, device="cuda"), torch.zeros(8), torch.eye(8)
+    for fused in (True, False):
+        with pytest.raises(RuntimeError, match="mean is on cpu"):
+            torch.ops.con2.mahalanobis_sq(x, mean, w.cuda(), fused)
+        with pytest.raises(RuntimeError, match="whitening on cpu"):
+            torch.ops.con2.mahalanobis_sq(x, mean.cuda(), w, fused)
+        torch.ops.con2.mahalanobis_sq(x, mean.cuda(), w.cuda(), fused)
+    z, labels = _batch(16, 8, 2, "cuda")
+    _, lse, npos = torch.ops.con2.supcon_fwd(z, labels, 0.1)
+    for bad_lse, bad_npos in ((lse.cpu(), npos), (lse, npos.cpu())):
+        with pytest.raises(RuntimeError, match="supcon_bwd: z is on cuda"):
+            torch.ops.con2.supcon_bwd(torch.ones(()), z, labels, bad_lse, bad_npos, 0.1)
+    torch.ops.con2.supcon_bwd(torch.ones(()), z, labels, lse, npos, 0.1)  # a host scalar grad is fine
+    torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+def test_simclr_views_cuda_rgb_planes_past_2_31_bytes():
+    """The RGB pack pass (simclr_views.cuh, pack_rgb_kernel) read the blue byte of pixel t at
+    2 * plane + t in int32: past 2^31 for planes of more than ~716 M pixels taking the one-pixel path
+    (plane % 4 != 0), an out-of-bounds read. 32767 x 32767 (odd, < 2^30 pixels): 3.2 GB of bytes and
+    4.3 GB packed on the GPU. In a subprocess: before the fix an illegal address poisons the CUDA
+    context. (Not yet run: no GPU here.)"""
+    import subprocess
+    import sys
+
+    if torch.cuda.mem_get_info()[0] < 10 * 2**30:
+        pytest.skip("needs ~8 GB of free GPU memory")
+    script = (
+        "import torch\n"
+        "from con2.ops import native\n"
+        "h = w = 32767\n"
+        "images = torch.zeros(1, 3, h, w, dtype=torch.uint8, device='cuda')\n"
+        "vals = torch.tensor([10, 20, 200])\n"
+        "for k in range(3):\n"
+        "    images[0, k, h - 4:, w - 4:] = int(vals[k])\n"
+        "    images[0, k, :4, w - 4:] = int(vals[k]) // 2\n"
+        "boxes = torch.tensor([[h - 3.0, w - 3.0, 2.0, 2.0], [1.0, w - 3.0, 2.0, 2.0]], device='cuda')\n"
+        "factors = torch.tensor([[1.0, 1.0, 1.0, 0.0]], device='cuda').expand(2, 4)\n"
+        "no = torch.zeros(2, dtype=torch.bool, device='cuda')\n"
+        "out = torch.ops.con2.simclr_views(images, torch.zeros(2, dtype=torch.long, device='cuda'), boxes, no,\n"
+        "    factors, torch.arange(4, device='cuda').expand(2, 4), no, 2, 0.0, 1.0, torch.float32, False,\n"
+        "    torch.tensor([0, 2], device='cuda'))\n"
+        "torch.testing.assert_close(out.cpu(), (vals.float() / 255).view(1, 3, 1, 1).expand(2, 3, 2, 2))\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+def test_cuda_top1_zero_or_nan_query_matches_cpu_kernel():
+    """A zero or NaN query (which con2.ops rejects, the op does not) scores NaN against every row, so
+    no candidate is re-scored: the CUDA op decoded the untouched key as index 2^32 - 1 (out of the
+    bank) and a NaN value; the CPU kernel gives (-inf, 0). (Not yet run: no GPU here.)"""
+    bank = torch.randn(6, 8)
+    q = torch.cat([torch.zeros(1, 8), torch.full((1, 8), float("nan")), bank[3:4]])
+    want_v, want_i = torch.ops.con2.top1_cosine(q, bank, bank.norm(dim=1))
+    got_v, got_i = torch.ops.con2.top1_cosine(q.cuda(), bank.cuda(), bank.norm(dim=1).cuda())
+    assert got_i.cpu().tolist() == want_i.tolist() == [0, 0, 3]
+    torch.testing.assert_close(got_v.cpu(), want_v)

@@ -37,6 +37,9 @@ at::Tensor mahalanobis_sq_cuda(const at::Tensor& x, const at::Tensor& mean, cons
   TORCH_CHECK(x.dim() == 2 && x.size(0) > 0, "con2: x must be a non-empty [Q, D] tensor");
   TORCH_CHECK(mean.dim() == 1 && mean.size(0) == x.size(1), "con2: mean must have shape [D]");
   TORCH_CHECK(whitening.dim() == 2 && whitening.size(0) == x.size(1), "con2: whitening must have shape [D, k]");
+  // the fused kernel reads mean and whitening through raw pointers (a host pointer there is no error)
+  TORCH_CHECK(mean.device() == x.device() && whitening.device() == x.device(), "con2: mahalanobis_sq: x is on ",
+              x.device(), " but mean is on ", mean.device(), " and whitening on ", whitening.device());
   c10::cuda::CUDAGuard guard(x.device());
   const auto ct = (x.scalar_type() == at::kDouble || whitening.scalar_type() == at::kDouble) ? at::kDouble
                                                                                               : at::kFloat;

@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(kViewThreads) pack_rgb_kernel(const uint8_t* i
           q.pixel[k] = packed_pixel(r >> (8 * k) & 255u, g >> (8 * k) & 255u, b >> (8 * k) & 255u);
         reinterpret_cast<PackedQuad*>(out)[t] = q;
       } else {
-        out[t] = packed_pixel(img[t], img[plane + t], img[2 * plane + t]);
+        out[t] = packed_pixel(img[t], img[int64_t{plane} + t], img[2 * int64_t{plane} + t]);  // 3 planes > 2^31
       }
     }
   }

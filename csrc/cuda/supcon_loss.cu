@@ -127,6 +127,9 @@ at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z, const at
   c10::cuda::CUDAGuard guard(z.device());
   const auto [zc, lab] = prepare_loss_inputs(z, labels, temperature);
   check_supcon_bwd_inputs(grad, z, lse, npos);
+  // the kernel reads lse / npos through raw pointers (grad, a scalar, is moved below)
+  TORCH_CHECK(lse.device() == z.device() && npos.device() == z.device(), "con2: supcon_bwd: z is on ", z.device(),
+              " but lse is on ", lse.device(), " and npos on ", npos.device());
   const at::Tensor g = grad.reshape({1}).to(zc.options()).contiguous();
   return supcon_bwd_impl(zc, lab, lse, npos, g, temperature, at::Tensor()).to(z.scalar_type());
 }

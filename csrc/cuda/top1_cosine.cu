@@ -72,6 +72,11 @@ __global__ void decode_kernel(const unsigned long long* __restrict__ keys, int64
   const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (q >= Q) return;
   const unsigned long long key = keys[q];
+  if (key == 0) {  // no candidate was scored (NaN scores: a zero / NaN query): the CPU kernel's (-inf, 0),
+    vals[q] = -INFINITY;  // not index 2^32 - 1
+    idx[q] = 0;
+    return;
+  }
   unsigned int u = static_cast<unsigned int>(key >> 32);
   u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
   vals[q] = __uint_as_float(u);
@@ -81,6 +86,11 @@ __global__ void decode_kernel(const unsigned long long* __restrict__ keys, int64
 std::tuple<at::Tensor, at::Tensor> top1_cosine_cuda(const at::Tensor& queries, const at::Tensor& bank,
                                                     const at::Tensor& bank_norms) {
   check_top1_inputs(queries, bank, bank_norms);
+  // the kernels read bank and bank_norms through raw pointers: a host or another GPU's pointer
+  // would be an illegal address (or silently wrong), not an error
+  TORCH_CHECK(bank.device() == queries.device() && bank_norms.device() == queries.device(),
+              "con2: top1_cosine: queries are on ", queries.device(), " but bank is on ", bank.device(),
+              " and bank_norms on ", bank_norms.device());
   TORCH_CHECK(bank.size(0) < (int64_t(1) << 32) - 1, "con2: top1_cosine supports < 2^32 - 1 bank rows");
   TORCH_CHECK(bank.scalar_type() == at::kFloat || bank.scalar_type() == at::kBFloat16 ||
                   bank.scalar_type() == at::kHalf,

@@ -117,6 +117,8 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes, 
   const int nthreads = static_cast<int>(block.x * block.y * block.z);
   if (nthreads <= 0 || nthreads % 32 != 0 || nthreads > 1024) fail("block size must be a multiple of 32, <= 1024");
   if (smem_bytes > 227 * 1024) fail("dynamic shared memory above the sm_90 limit of 227 KB");
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
+    fail("grid dimensions outside CUDA's limits (x < 2^31, y and z <= 65535, none 0)");  // the GPU: a launch error
   g_block_dim = block;
   g_grid_dim = grid;
   for (unsigned bz = 0; bz < grid.z; ++bz)

@@ -19,7 +19,8 @@ struct Args {
   const float* a;  // [16, 8]
   const float* b;  // [8, 16]
   float* out;      // [16, 16] product, then [32] warp sums
-  int mode;        // 0 ok, 1 misaligned pointer, 2 values not rounded to tf32, 3 one thread throws
+  int mode;        // 0 ok, 1 misaligned pointer, 2 values not rounded to tf32, 3 one thread throws,
+                   // 4 a grid with 65536 blocks in y (over CUDA's limit)
 };
 
 __global__ void check_kernel(Args p) {
@@ -54,7 +55,7 @@ at::Tensor self_check(const at::Tensor& a, const at::Tensor& b, int64_t mode) {
   at::Tensor out = at::zeros({256 + 64}, ac.options());
   Args p{ac.const_data_ptr<float>(), bc.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
          static_cast<int>(mode)};
-  con2_emu::launch(&check_kernel, dim3(1), dim3(64), 512 * sizeof(float), p);
+  con2_emu::launch(&check_kernel, mode == 4 ? dim3(1, 65536) : dim3(1), dim3(64), 512 * sizeof(float), p);
   return out;
 }
 
