@@ -63,9 +63,9 @@ def test_chained_calls_resume_a_row_and_write_it_once(tmp_path):
     assert row["launched_by"].startswith("python benchmarks/reproduce/device_job.py breast28-flip --chain")
     metrics = json.loads((runs / "breast28-flip-s1" / "metrics.json").read_text())
     assert row["nnd"]["per_seed"][1] == round(100 * metrics["nnd"]["auroc"], 2)
-    out = call(budget_s=600)  # finished runs are neither trained nor evaluated again
-    assert out.strip().splitlines()[-1] == "DONE"
-    assert json.loads(results.read_text().splitlines()[-1])["seeds"] == row["seeds"]
+    out = call(budget_s=600)  # finished runs are neither trained nor evaluated again, the row not written again
+    assert out.strip().splitlines()[-1] == "DONE" and "written by an earlier call" in out
+    assert results.read_text().splitlines() == [json.dumps(row)]
 
 
 def test_a_stray_runner_is_stopped_with_sigterm_before_runs_resume(tmp_path):
@@ -84,9 +84,69 @@ def test_a_stray_runner_is_stopped_with_sigterm_before_runs_resume(tmp_path):
         assert proc.poll() is None
     pid_file = tmp_path / "runner.pid"
     pid_file.write_text(str(proc.pid))
+    # rows written by that runner went to its killed call's results file: forgotten, to be written again
+    (tmp_path / "row-a.s0.written.json").write_text(json.dumps({"pid": proc.pid, "seeds": []}))
+    (tmp_path / "row-b.s0.written.json").write_text(json.dumps({"pid": proc.pid + 1, "seeds": []}))
     stop_stray_runner(pid_file, wait_s=30)
     assert proc.wait(timeout=5) == 0 and marker.read_text() == "checkpointed"
+    assert not (tmp_path / "row-a.s0.written.json").exists() and (tmp_path / "row-b.s0.written.json").exists()
+    assert not pid_file.exists()
     stop_stray_runner(pid_file)  # no such process any more: nothing to do
+
+
+def test_a_runner_that_left_after_its_call_was_killed_has_its_rows_written_again(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from device_job import stop_stray_runner
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    proc.wait()  # the runner finished (and wrote its rows) after its call had been killed
+    pid_file = tmp_path / "runner.pid"
+    pid_file.write_text(str(proc.pid))
+    (tmp_path / "row-a.s0.written.json").write_text(json.dumps({"pid": proc.pid, "seeds": []}))
+    stop_stray_runner(pid_file)
+    assert not (tmp_path / "row-a.s0.written.json").exists() and not pid_file.exists()
+
+
+def test_a_chained_call_counts_its_budget_from_its_start(tmp_path, monkeypatch):
+    # stopping a stray runner can take up to 90 s: the training deadline must not move by that much
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    import time
+
+    import device_job
+
+    launched = []
+
+    class Runner:
+        pid = 2 ** 22 + 7
+
+        def __init__(self, cmd, **kw):
+            launched.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(device_job, "stop_stray_runner", lambda pid_file: time.sleep(3))
+    monkeypatch.setattr(device_job.subprocess, "Popen", Runner)
+    t0 = time.time()
+    assert device_job.main(["breast28-flip", "--chain", "--data-root", "x", "--seeds", "0", "--steps-per-epoch", "1",
+                            "--budget-s", "600", "--eval-s", "5", "--runs", str(tmp_path / "runs")]) == 0
+    cmd = launched[0]
+    stop_at = float(cmd[cmd.index("--stop-at") + 1])
+    assert stop_at <= t0 + 600 - 5 + 1
+
+
+def test_a_failing_row_does_not_keep_the_others_from_being_written(tmp_path):
+    data = tmp_path / "data"  # BreastMNIST only: the BR35H row cannot load its file
+    data.mkdir()
+    (data / "breastmnist.npz").symlink_to(shared_file("breastmnist.npz"))
+    results = tmp_path / "results.jsonl"
+    cmd = [sys.executable, str(ROOT / "benchmarks/reproduce/run.py"), "br35h-invert", "breast28-invert",
+           "--data-root", str(data), "--seeds", "0", "--epochs", "1", "--width", "4", "--max-train-samples", "32",
+           "--views", "2", "--parallel", "1", "--runs", str(tmp_path / "runs"), "--results", str(results), "--no-amp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 1 and proc.stdout.strip().splitlines()[-1] == "FAILED", proc.stderr[-3000:]
+    assert "br35h-invert seed 0: FAILED" in proc.stdout
+    assert [json.loads(l)["row"] for l in results.read_text().splitlines()] == ["breast28-invert"]
 
 
 def test_device_job_fits_the_schedule_to_the_time_left():
@@ -112,6 +172,10 @@ def test_chained_calls_keep_evaluation_time_only_when_the_runs_can_finish():
     assert chain_stop_at(0, 560, 60, 30, None) == 500                 # unknown: keep the evaluation's time
     assert chain_stop_at(0, 560, 60, 30, 400) == 500                  # finishes here: evaluate here
     assert chain_stop_at(0, 560, 60, 30, 1000) == 545                 # cannot finish: train to the end
+    # ... unless a run may end its training before the call does: its evaluation must fit too
+    assert chain_stop_at(0, 560, 60, 30, 520) == 500
+    # the run closest to its end decides that
+    assert training_left_s([(100, 10.0), (50, 5.0), None], 200, 0, None, soonest=True) == 10
 
 
 
@@ -148,6 +212,27 @@ def test_report_merges_seeds_run_in_separate_calls(tmp_path):
     assert rows["breast224-invert"]["nnd"]["per_seed"] == [75.0]
     assert rows["breast224-invert (256 px views)"]["nnd"]["per_seed"] == [80.0, 70.0]
     assert "| breast224-invert | con2 | 2048 × 64, 224 px views |" in render(rows)
+
+
+def test_report_names_the_schedule_of_the_newest_line_and_drops_no_row(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from report import load
+
+    def entry(seed, epochs, batch=64, views=40, device="H100"):
+        s = {"seed": seed, "nnd": 0.7, "lh": 0.6, "views_per_s": 100, "image_size": 256, "center_crop": 224,
+             "view_size": 224}
+        return {"row": "breast224-flip", "objective": "con2", "paper": 81.7, "paper_scorer": "nnd", "epochs": epochs,
+                "batch_size": batch, "views": views, "seeds": [s], "wall_s": 1.0, "device": device, "commit": "c"}
+
+    results = tmp_path / "results.jsonl"
+    lines = [entry(0, 2048), entry(0, 100), entry(1, 2048, device="H200"),  # the last line's schedule is the newest
+             entry(0, 2048, batch=128), entry(0, 2048, views=10), entry(2, 2048)]
+    results.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows = load(results)
+    assert rows["breast224-flip"]["epochs"] == 2048 and len(rows["breast224-flip"]["seeds"]) == 3
+    assert rows["breast224-flip"]["device"] == "H100, H200"  # the seeds ran on two GPUs
+    assert set(rows) == {"breast224-flip", "breast224-flip (100 epochs)", "breast224-flip (batch 128)",
+                         "breast224-flip (10 test views)"}
 
 
 def test_breast_224_rows_read_their_source_resolution():

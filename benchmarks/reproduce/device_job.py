@@ -48,21 +48,26 @@ def fit_epochs(epochs: int, steps_per_epoch: int, steps_per_s: float, seconds: f
 def stop_stray_runner(pid_file: Path, wait_s: float = 90) -> None:
     """A call killed at its time limit leaves its runner going (it has a session of its own, which
     outlives the call on the GPU machine): stop it with SIGTERM, which makes every run checkpoint,
-    before this call resumes the same runs; SIGKILL only if it does not leave in `wait_s`."""
+    before this call resumes the same runs; SIGKILL only if it does not leave in `wait_s`. The rows
+    that runner wrote went to the killed call's results file, which may not have come back: they are
+    forgotten here, so that this call writes them again."""
     if not pid_file.exists():
         return
     pid = int(pid_file.read_text())
     try:
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    print(f"stopping the runner {pid} left by an earlier call (its runs checkpoint first)", flush=True)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if not group_alive(pid):
-            return
-        time.sleep(0.5)
-    os.killpg(pid, signal.SIGKILL)
+        print(f"stopping the runner {pid} left by an earlier call (its runs checkpoint first)", flush=True)
+        deadline = time.monotonic() + wait_s
+        while group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if group_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had left by itself
+        pass
+    for marker in pid_file.parent.glob("*.written.json"):  # run.py's record of the rows it wrote
+        if json.loads(marker.read_text()).get("pid") == pid:
+            marker.unlink()
+    pid_file.unlink()
 
 
 def group_alive(pgid: int) -> bool:
@@ -92,18 +97,21 @@ def run_progress(run: Path) -> tuple[int, float] | None:
 
 
 def training_left_s(progress: list[tuple[int, float] | None], total_steps: int, fresh: int,
-                    steps_per_s: float | None) -> float | None:
-    """Seconds of training the slowest run still needs (rates measured by earlier calls, else
-    --steps-per-s); None when a rate is unknown. `fresh`: runs not started yet."""
+                    steps_per_s: float | None, soonest: bool = False) -> float | None:
+    """Seconds of training the slowest run (with `soonest`, the run closest to its end) still needs
+    (rates measured by earlier calls, else --steps-per-s); None when a rate is unknown. `fresh`:
+    runs not started yet."""
     need = [(total_steps - step) / rate if rate > 0 else None for step, rate in filter(None, progress)]
     need += [total_steps / steps_per_s if steps_per_s else None] * fresh
-    return None if not need or None in need else max(need)
+    return None if not need or None in need else (min if soonest else max)(need)
 
 
 def chain_stop_at(now: float, budget_s: float, eval_s: float, startup_s: float, left_s: float | None) -> float:
-    """When this call's training must leave. The evaluation's time is kept only when the runs may
-    finish in this call (or nobody knows); a call that cannot finish them trains to its end."""
-    finishing = left_s is None or left_s <= budget_s - startup_s - eval_s
+    """When this call's training must leave; `left_s`: the training that the run closest to its end
+    still needs. A run that ends its training inside the call is evaluated in it, so the evaluation's
+    time is kept unless no run can end before the call does (even with no start-up), or nobody knows;
+    only then does the call train to its end."""
+    finishing = left_s is None or left_s <= budget_s
     return now + budget_s - (eval_s if finishing else 15)
 
 
@@ -138,7 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--chain", action="store_true", help="full schedule across calls (see above)")
     p.add_argument("--runs", default=None, help="run folder (default runs/device-probe; runs/device-chain with --chain)")
     a, passthrough = p.parse_known_args(argv)  # other options go to run.py as they are (--views, --width, ...)
-    t_start = time.perf_counter()
+    t_start, t_call = time.perf_counter(), time.time()  # the budget counts from here
     n_proc = len(a.rows) * len(a.seeds)
 
     def launch(epochs: int, runs: Path, stop_at: float | None = None):
@@ -153,13 +161,14 @@ def main(argv=None) -> int:
     if a.chain:
         runs = Path(a.runs or "runs/device-chain")
         runs.mkdir(parents=True, exist_ok=True)
-        stop_stray_runner(runs / "runner.pid")
+        stop_stray_runner(runs / "runner.pid")  # may take a while: the budget counts from t_call
         total = a.epochs * a.steps_per_epoch
         mine = [seed_dir(runs, r, s) for r in a.rows for s in a.seeds]
         progress = [run_progress(r) for r in mine]
         fresh = sum(not (r / "checkpoint.pt").exists() for r in mine)
         left_s = training_left_s(progress, total, fresh, a.steps_per_s)
-        stop_at = chain_stop_at(time.time(), a.budget_s, a.eval_s, a.startup_s, left_s)
+        soonest_s = training_left_s(progress, total, fresh, a.steps_per_s, soonest=True)
+        stop_at = chain_stop_at(t_call, a.budget_s, a.eval_s, a.startup_s, soonest_s)
         print(f"training left: {'unknown' if left_s is None else f'{left_s:.0f} s'}; this call trains until "
               f"{stop_at - time.time():.0f} s from now", flush=True)
         proc = launch(a.epochs, runs, stop_at=stop_at)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from con2.data import load_split
-from con2.evaluate import evaluate_model
-from con2.metrics import auroc
-from con2.run import load_run
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # con2, where it is not installed (the GPU machine)
+from con2.data import load_split  # noqa: E402
+from con2.evaluate import evaluate_model  # noqa: E402
+from con2.metrics import auroc  # noqa: E402
+from con2.run import load_run  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rows import ROWS, row_config  # noqa: E402

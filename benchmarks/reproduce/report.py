@@ -29,7 +29,7 @@ def _view_size(seed: dict) -> int | None:
 def _schedule(r: dict) -> tuple:
     first = r["seeds"][0] if r["seeds"] else {}
     return (r["epochs"], r["batch_size"], r.get("views"), r.get("objective"), first.get("image_size"),
-            first.get("center_crop"), _view_size(first))
+            first.get("center_crop"), _view_size(first), r.get("amp"))
 
 
 def _label(row: str, sched: tuple, newest: tuple) -> str:
@@ -37,8 +37,14 @@ def _label(row: str, sched: tuple, newest: tuple) -> str:
     if sched == newest:
         return row
     parts = [f"{sched[0]} epochs"] if sched[0] != newest[0] else []
+    if sched[1] != newest[1]:
+        parts.append(f"batch {sched[1]}")
+    if sched[2] != newest[2]:
+        parts.append(f"{sched[2]} test views")
     if sched[6] != newest[6]:
         parts.append(f"{sched[6]} px views")
+    if sched[7] != newest[7]:
+        parts.append("AMP" if sched[7] else "no AMP")
     return f"{row} ({', '.join(parts) or 'other settings'})"
 
 
@@ -65,6 +71,7 @@ def merge(entries: list[dict]) -> dict:
     merged["wall_s"] = sum({id(e): e["wall_s"] for _, e in seeds.values()}.values())
     merged["commit"] = ", ".join(dict.fromkeys(seeds[k][1]["commit"] for k in order))
     used = list({id(e): e for _, e in (seeds[k] for k in order)}.values())
+    merged["device"] = ", ".join(dict.fromkeys(e["device"] for e in used))  # seeds may come from other GPUs
     merged["date"] = ", ".join(dict.fromkeys(e.get("date", "–") for e in used))
     if all("command" in e for e in used):  # one command per call that made some of the seeds
         merged["command"] = "`; `".join(dict.fromkeys(e["command"] for e in used))
@@ -78,17 +85,18 @@ def load(path: Path) -> dict[str, dict]:
     """Row label -> merged row; the label is the row's name, plus its schedule when the row was
     also run on another one (the newest schedule keeps the plain name)."""
     groups: dict[tuple, list[dict]] = {}
+    newest: dict[str, tuple] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
                 groups.setdefault((r["row"], _schedule(r)), []).append(r)
-    newest: dict[str, tuple] = {}
-    for (row, sched) in groups:
-        newest[row] = sched  # dicts keep insertion order: the last schedule seen is the newest
+                newest[r["row"]] = _schedule(r)  # the schedule of the row's last line
     out: dict[str, dict] = {}
     for (row, sched), entries in groups.items():
         label = _label(row, sched, newest[row])
+        while label in out:  # settings the label does not name: never one row over another
+            label += " (other settings)"
         out[label] = merge(entries)
     return out
 

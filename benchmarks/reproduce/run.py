@@ -31,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # con2, where it is not installed (the GPU machine)
 from rows import ROWS, row_config  # noqa: E402
 
 CSI_CROP_SCALE = (0.54, 0.54)
@@ -40,10 +41,14 @@ def _commit() -> str:
     if os.environ.get("CON2_COMMIT"):  # the GPU machine gets a copy of the tree without .git
         return os.environ["CON2_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+        # a tree that differs from HEAD (edits not committed; a copy whose .git is stale) is not that commit
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         return "unknown"
+    return f"{head}+dirty" if head and dirty else head or "unknown"
 
 
 def _read_json(path: Path, default: dict) -> dict:
@@ -95,9 +100,11 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
         print(f"{row_name} seed {seed}: " + (f"resuming at step {start_step}" if start_step else "starting from step 0"),
               flush=True)
         t0 = time.perf_counter()
-        train(cfg, progress=False, resume=True, deadline=args.get("stop_at"))
-        timing = {"train_s": timing["train_s"] + time.perf_counter() - t0, "calls": timing["calls"] + 1}
-        (out / "reproduce_time.json").write_text(json.dumps(timing))
+        try:
+            train(cfg, progress=False, resume=True, deadline=args.get("stop_at"))
+        finally:  # also when stopped by a signal (a stray runner's SIGTERM): that call trained too
+            timing = {"train_s": timing["train_s"] + time.perf_counter() - t0, "calls": timing["calls"] + 1}
+            (out / "reproduce_time.json").write_text(json.dumps(timing))
     if not run_finished(out):
         return {"seed": seed, "paused": True, "step": checkpoint_step(out), "epochs": cfg.epochs}
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -179,15 +186,25 @@ def main(argv=None) -> int:
     jobs = [(r, s) for r in a.rows for s in a.seeds]
     t0 = {r: time.perf_counter() for r in a.rows}
     done: dict[str, list] = {r: [] for r in a.rows}
-    paused = False
+    paused = failed = False
     Path(a.runs).mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=a.parallel, mp_context=__import__("multiprocessing").get_context("spawn")) as ex:
         futures = {ex.submit(run_seed, r, s, args): (r, s) for r, s in jobs}
         for fut in __import__("concurrent.futures").futures.as_completed(futures):
             r, s = futures[fut]
-            res = fut.result()
+            try:
+                res = fut.result()
+            except Exception as exc:  # this row fails; the other rows are still written
+                import traceback
+
+                traceback.print_exception(exc)
+                print(f"{r} seed {s}: FAILED ({type(exc).__name__}: {exc})", flush=True)
+                res = {"seed": s, "failed": True}
+                failed = True
             done[r].append(res)
-            if res.get("paused"):
+            if res.get("failed"):
+                pass
+            elif res.get("paused"):
                 print(f"{r} seed {s}: paused at step {res['step']} (schedule {res['epochs']} epochs)", flush=True)
             else:
                 print(f"{r} seed {s}: NND {100 * res['nnd']:.2f}  LH {100 * res['lh']:.2f}  "
@@ -198,18 +215,28 @@ def main(argv=None) -> int:
             wall = float(wall_file.read_text()) if wall_file.exists() else 0.0
             wall += time.perf_counter() - t0[r]
             wall_file.write_text(f"{wall:.1f}")
-            if any(x.get("paused") for x in done[r]):
+            if any(x.get("failed") for x in done[r]):
+                print(f"== {r}: FAILED (see above); not written", flush=True)
+            elif any(x.get("paused") for x in done[r]):
                 paused = True
                 print(f"== {r}: paused; run the same command again (same --runs) to continue", flush=True)
             else:
                 summary = summarise(r, sorted(done[r], key=lambda x: x["seed"]), wall, args)
+                # a row is written once: a later call of the same command finds the same seeds' results
+                # (device_job.py forgets the rows of a runner whose call was killed: written again)
+                marker = Path(a.runs) / f"{r}.s{'_'.join(map(str, a.seeds))}.written.json"
+                if json.loads(json.dumps(summary["seeds"])) == _read_json(marker, {}).get("seeds"):
+                    print(f"== {r}: written by an earlier call ({marker}; delete it to write the row again)",
+                          flush=True)
+                    continue
                 with open(a.results, "a") as f:
                     f.write(json.dumps(summary) + "\n")
+                marker.write_text(json.dumps({"pid": os.getpid(), "results": a.results, "seeds": summary["seeds"]}))
                 print(f"== {r}: NND {summary['nnd']['mean']:.1f} ± {summary['nnd']['std']:.1f}  "
                       f"LH {summary['lh']['mean']:.1f} ± {summary['lh']['std']:.1f}  (paper {r and ROWS[r].paper})",
                       flush=True)
-    print("PAUSED" if paused else "DONE", flush=True)  # the last line says whether to call again
-    return 0
+    print("FAILED" if failed else "PAUSED" if paused else "DONE", flush=True)  # the last line: call again?
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
