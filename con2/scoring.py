@@ -194,6 +194,11 @@ class ViewEncoder:
 def check_features(f: torch.Tensor, view: View, offset: int = 0) -> None:
     if f.dim() != 2:
         raise ValueError(f"the encoder returned shape {tuple(f.shape)}, expected [batch, dim]")
+    # one test (one host sync) per batch: NaN / inf values, all-zero rows and finite rows whose
+    # float32 norm over- or underflows all leave a norm that is not finite and positive
+    norms = f.norm(dim=1)
+    if bool((torch.isfinite(norms) & (norms > 0)).all()):
+        return
     bad = ~torch.isfinite(f).all(dim=1)
     if bad.any():
         j = int(bad.nonzero()[0]) + offset
@@ -208,17 +213,14 @@ def check_features(f: torch.Tensor, view: View, offset: int = 0) -> None:
             f"{int(zero.sum())} representation(s) are all zero under test-time view {view.index} "
             f"(first: sample {j}); cosine similarity and L2 normalisation are undefined for them"
         )
-    # finite rows whose float32 norm is inf or 0 would normalise to zero or NaN rows
-    norms = f.norm(dim=1)
-    out = ~torch.isfinite(norms) | (norms == 0)
-    if out.any():
-        j = int(out.nonzero()[0])
-        what = "overflow" if not bool(torch.isfinite(norms[j])) else "underflow"
-        raise NonFiniteFeatures(
-            f"{int(out.sum())} representation(s) have an L2 norm that {what}s float32 under test-time view "
-            f"{view.index} (first: sample {j + offset}, largest |value| {float(f[j].abs().max()):.1e}); "
-            "cosine similarity and L2 normalisation are undefined for them: the encoder weights are broken"
-        )
+    out = ~torch.isfinite(norms) | (norms == 0)  # finite rows that would normalise to zero or NaN rows
+    j = int(out.nonzero()[0])
+    what = "overflow" if not bool(torch.isfinite(norms[j])) else "underflow"
+    raise NonFiniteFeatures(
+        f"{int(out.sum())} representation(s) have an L2 norm that {what}s float32 under test-time view "
+        f"{view.index} (first: sample {j + offset}, largest |value| {float(f[j].abs().max()):.1e}); "
+        "cosine similarity and L2 normalisation are undefined for them: the encoder weights are broken"
+    )
 
 
 # ----------------------------------------------------------------------------- Gaussian (S_LH)
@@ -465,15 +467,19 @@ def check_scorers(scorers: Iterable[str] | str) -> tuple[str, ...]:
     return scorers
 
 
+def check_aggregate(how: str) -> str:
+    if how not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {how!r}; choose from {', '.join(AGGREGATES)}")
+    return how
+
+
 def aggregate(per_view: torch.Tensor, how: str = "mean") -> torch.Tensor:
     """[Q, A] per-view scores -> [Q] (mean: the paper's S(x); max: the most anomalous view)."""
     if per_view.dim() != 2 or per_view.shape[1] == 0:
         raise ValueError(f"per-view scores must be [samples, views] with at least one view, got {tuple(per_view.shape)}")
-    if how == "mean":
+    if check_aggregate(how) == "mean":
         return per_view.mean(dim=1)
-    if how == "max":
-        return per_view.max(dim=1).values
-    raise ValueError(f"unknown aggregate {how!r}; choose from {', '.join(AGGREGATES)}")
+    return per_view.max(dim=1).values
 
 
 class Scorer:
@@ -487,10 +493,8 @@ class Scorer:
                  scorers: Iterable[str] = SCORERS, aggregate: str = "mean", seed: int = 0,
                  batch_size: int = 256, bank_dtype: str = "float32", progress: bool = False,
                  bank: FeatureBank | None = None):
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}")
         self.model = model
-        self.aggregate = aggregate
+        self.aggregate = check_aggregate(aggregate)
         self.encoder = ViewEncoder.for_model(model, view_cfg, contexts, views, seed=seed,
                                              batch_size=batch_size, progress=progress)
         self.channels = model.in_channels

@@ -34,7 +34,7 @@ import numpy as np
 from .config import TrainConfig, is_int
 from .files import read_json, replacing, write_json, write_text
 from .run import identity_mismatch, run_finished
-from .scoring import AGGREGATES, SCORERS, check_scorers, view_plan
+from .scoring import SCORERS, check_aggregate, check_scorers, view_plan
 
 MANIFEST = "manifest.json"
 SWEEP_FORMAT = "con2-sweep/1"
@@ -172,9 +172,7 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     # the options every run shares, checked once before any run starts
     dataclasses.replace(base, normal_class=[classes[0]], seed=seeds[0]).validate()
     view_plan(views, None)  # the evaluation's, too: else each run would fail after its training
-    views, scorers = int(views), list(check_scorers(scorers))
-    if aggregate not in AGGREGATES:
-        raise ValueError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}")
+    views, scorers, aggregate = int(views), list(check_scorers(scorers)), check_aggregate(aggregate)
     out.mkdir(parents=True, exist_ok=True)
     eval_settings = {"views": views, "aggregate": aggregate, "scorers": scorers}
     manifest = load_manifest(out, base, eval_settings)

@@ -155,37 +155,29 @@ __global__ void __launch_bounds__(kViewThreads) pack_rgb_kernel(const uint8_t* i
   }
 }
 
+// A device-side assertion as in PyTorch's CUDA indexing; the emulator build throws instead.
+__device__ inline void view_input_error(const char* message) {
+#ifdef __CUDA_ARCH__
+  __assert_fail(message, __FILE__, __LINE__, __func__);
+#else
+  throw std::out_of_range(message);
+#endif
+}
+
 // Every view's source index inside the images, context code and jitter op indices in [0, 3], else a
-// device-side assertion as in PyTorch's CUDA indexing (a host-side check would cost a sync per
-// batch). A kernel of its own: the check inside views_kernel cost it 15 registers, hence occupancy.
+// device-side assertion (a host-side check would cost a sync per batch). A kernel of its own: the
+// check inside views_kernel cost it 15 registers, hence occupancy.
 __global__ void __launch_bounds__(kViewThreads) check_view_inputs_kernel(const int64_t* source, const int64_t* context,
                                                                          const int64_t* order, int64_t m, int64_t n) {
   const int64_t v = static_cast<int64_t>(blockIdx.x) * kViewThreads + threadIdx.x;
   if (v >= m) return;
-  if (source[v] < 0 || source[v] >= n) {
-#ifdef __CUDA_ARCH__
-    __assert_fail("con2 simclr_views: a view's source index is outside [0, number of images)", __FILE__, __LINE__,
-                  __func__);
-#else
-    throw std::out_of_range("con2 simclr_views: a view's source index is outside [0, number of images)");
-#endif
-  }
-  if (context != nullptr && (context[v] < 0 || context[v] > 3)) {
-#ifdef __CUDA_ARCH__
-    __assert_fail("con2 simclr_views: a view's context code is outside [0, 3]", __FILE__, __LINE__, __func__);
-#else
-    throw std::out_of_range("con2 simclr_views: a view's context code is outside [0, 3]");
-#endif
-  }
+  if (source[v] < 0 || source[v] >= n)
+    view_input_error("con2 simclr_views: a view's source index is outside [0, number of images)");
+  if (context != nullptr && (context[v] < 0 || context[v] > 3))
+    view_input_error("con2 simclr_views: a view's context code is outside [0, 3]");
   for (int s = 0; s < 4; ++s) {
-    if (order[4 * v + s] < 0 || order[4 * v + s] > 3) {  // views_kernel reads factors[4 * view + op]
-#ifdef __CUDA_ARCH__
-      __assert_fail("con2 simclr_views: a view's jitter order holds an op index outside [0, 3]", __FILE__, __LINE__,
-                    __func__);
-#else
-      throw std::out_of_range("con2 simclr_views: a view's jitter order holds an op index outside [0, 3]");
-#endif
-    }
+    if (order[4 * v + s] < 0 || order[4 * v + s] > 3)  // views_kernel reads factors[4 * view + op]
+      view_input_error("con2 simclr_views: a view's jitter order holds an op index outside [0, 3]");
   }
 }
 
