@@ -6,6 +6,7 @@ import json
 import math
 import numbers
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -160,6 +161,18 @@ class TrainConfig:
         """The fraction of normals a seeded split puts in val (resolve_val_fraction)."""
         return resolve_val_fraction(self.dataset, self.val_fraction)
 
+    def reads_data_root(self) -> bool:
+        """Whether the images come from --data-root: a folder always; npz and digits never; the
+        other data sets unless --data-file names their file."""
+        return self.dataset == "folder" or (self.dataset not in ("npz", "digits") and not self.data_file)
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """The config as a run or a sweep records it: data paths absolute, so that evaluate / score /
+        predict and a resumed sweep find the same data from any working directory (a moved file is
+        named; changed pixels are refused)."""
+        return dataclasses.replace(self, data_root=absolute_path(self.data_root),
+                                   data_file=absolute_path(self.data_file))
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
@@ -173,6 +186,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**d)
+
+
+def absolute_path(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
 
 
 def lift_legacy_extra(d: dict) -> tuple[dict, dict]:

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig, is_int
+from .config import TrainConfig, absolute_path, is_int
 from .files import read_json, replacing, write_json, write_text
 from .run import identity_mismatch, run_finished
 from .scoring import SCORERS, check_aggregate, check_scorers, view_plan
@@ -138,9 +138,13 @@ def load_manifest(out: Path, base: TrainConfig, eval_settings: dict) -> dict:
     manifest = read_json(path)
     if manifest.get("format") != SWEEP_FORMAT:
         raise ValueError(f"{path} is not a con2 sweep manifest")
-    old, new = manifest["base_config"], _base_dict(base)
+    old, new = dict(manifest["base_config"]), _base_dict(base)
+    for k in ("data_root", "data_file"):  # an older con2 kept them as given: relative to where it ran
+        if k in old:
+            old[k] = absolute_path(old[k])
     # a setting the manifest lacks (written before it existed) is not compared
-    diff = sorted(k for k in set(old) | set(new) if old.get(k, new.get(k)) != new.get(k))
+    unread = set() if base.reads_data_root() else {"data_root"}  # "data" by default, resolved where it runs
+    diff = sorted(k for k in (set(old) | set(new)) - unread if old.get(k, new.get(k)) != new.get(k))
     if diff:
         k = diff[0]
         raise ValueError(f"{out} holds a sweep with {k}={old.get(k)!r}, now {k}={new.get(k)!r}; "
@@ -156,10 +160,7 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
               eval_batch_size: int = 256, progress: bool = True, debug: bool = False) -> dict:
     """Train and evaluate every (class, seed); returns the summary (also written as results.md/csv).
     debug: print the traceback of each run that fails (the sweep still goes on)."""
-    from . import train as train_mod
-    from .evaluate import evaluate_run
-
-    out = Path(out)
+    out, base = Path(out), base.with_absolute_paths()  # resumable from any working directory
     if isinstance(classes, str):  # one class, not one per character
         classes = [classes]
     if list(classes) == ["all"]:
@@ -182,6 +183,30 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
         key = run_keys[(c, s)]
         manifest["runs"].setdefault(key, {"class": c, "seed": s, "dir": key, "status": "pending"})
     write_json(out / MANIFEST, manifest)
+    try:
+        _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, aggregate, eval_batch_size,
+                            progress, debug)
+    except KeyboardInterrupt:
+        print("\nsweep stopped; rerun the same con2 sweep command to continue it", flush=True)
+        raise
+    keys = [run_keys[(c, s)] for c, s in todo]
+    summary = summarize(manifest, keys, classes, scorers)
+    write_tables(out, summary, manifest, keys, scorers)
+    failed = [k for k in keys if manifest["runs"][k]["status"] == "failed"]
+    if failed:
+        raise SweepFailed(f"{len(failed)} of {len(keys)} runs failed (the tables in {out} hold the "
+                          f"{len(keys) - len(failed)} that finished; rerun to retry): "
+                          + "; ".join(f"{k}: {manifest['runs'][k]['error']}" for k in failed[:3]))
+    return summary
+
+
+def _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, aggregate, eval_batch_size,
+                        progress, debug) -> None:
+    """Each (class, seed) in turn, its status kept in the manifest; a failing run is recorded and
+    the others go on (Ctrl-C stops them all)."""
+    from . import train as train_mod
+    from .evaluate import evaluate_run
+
     for i, (c, s) in enumerate(todo, 1):
         key = run_keys[(c, s)]
         entry = manifest["runs"][key]
@@ -217,15 +242,6 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
             if progress:
                 print(f"[{i}/{len(todo)}] {key}: FAILED: {entry['error']}", flush=True)
         write_json(out / MANIFEST, manifest)
-    keys = [run_keys[(c, s)] for c, s in todo]
-    summary = summarize(manifest, keys, classes, scorers)
-    write_tables(out, summary, manifest, keys, scorers)
-    failed = [k for k in keys if manifest["runs"][k]["status"] == "failed"]
-    if failed:
-        raise SweepFailed(f"{len(failed)} of {len(keys)} runs failed (the tables in {out} hold the "
-                          f"{len(keys) - len(failed)} that finished; rerun to retry): "
-                          + "; ".join(f"{k}: {manifest['runs'][k]['error']}" for k in failed[:3]))
-    return summary
 
 
 class SweepFailed(RuntimeError):

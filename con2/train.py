@@ -9,7 +9,6 @@ the end model.safetensors + model.json (the trained Con2Model).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -116,15 +115,6 @@ def _set_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         # one state per GPU of the saving host; this host may have fewer
         torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
-
-
-def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """The config as a run records it: data paths absolute, so that evaluate / score / predict find
-    the same data from any working directory (a moved file is named; changed pixels are refused)."""
-    def absolute(path):
-        return str(Path(path).expanduser().resolve()) if path else path
-
-    return dataclasses.replace(cfg, data_root=absolute(cfg.data_root), data_file=absolute(cfg.data_file))
 
 
 def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
@@ -368,7 +358,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                                device, channels_last=on_gpu, rank=rank, world=world)
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.json", _with_absolute_paths(cfg).to_json())
+        write_text(run_dir / "config.json", cfg.with_absolute_paths().to_json())
         # a fresh start (no checkpoint yet) drops every line of an earlier attempt
         _drop_metrics_after(run_dir / "metrics.jsonl", int(ckpt["global_step"]) if ckpt is not None else 0)
     steps_per_epoch = source.steps_per_epoch

@@ -328,3 +328,56 @@ def test_cli_sweep_debug_shows_the_traceback_of_a_failed_run(tmp_path, monkeypat
         main(args + ["--debug"])
     err = capsys.readouterr().err
     assert "Traceback" in err and "in diverges" in err and "FloatingPointError: loss became non-finite" in err
+
+
+def test_a_sweep_resumes_from_another_directory_and_refuses_other_data_under_the_same_name(tmp_path, monkeypatch):
+    """The manifest records data paths as absolute paths: the same file named from another working
+    directory resumes the sweep, and a different file that happens to have the same relative name
+    is refused (it was compared as a string, so the first was refused and the second accepted)."""
+    rng = np.random.RandomState(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        x = rng.randint(0, 256, (40, 12, 12, 1), dtype=np.uint8)
+        np.savez(tmp_path / name / "d.npz", images=x, labels=np.array([0, 1] * 20))
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    out = tmp_path / "sweep"
+    monkeypatch.chdir(tmp_path / "a")
+    base = TrainConfig(dataset="npz", data_file="d.npz", width=4, epochs=1, device="cpu")
+    run_sweep(base, ["0"], [0], out, views=0, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["base_config"]["data_file"] == str(tmp_path / "a" / "d.npz")
+    calls.clear()
+    monkeypatch.chdir(tmp_path)
+    run_sweep(TrainConfig(dataset="npz", data_file="a/d.npz", width=4, epochs=1, device="cpu"),
+              ["0"], [0], out, views=0, progress=False)
+    assert calls == []
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ValueError, match="data_file="):
+        run_sweep(base, ["0"], [0], out, views=0, progress=False)
+
+
+def test_a_sweep_manifest_with_a_relative_data_path_still_resumes(tmp_path, monkeypatch):
+    """Manifests written before the paths were made absolute hold them as given: read from the same
+    directory, they name the same file."""
+    x = np.random.RandomState(0).randint(0, 256, (40, 12, 12, 1), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=x, labels=np.array([0, 1] * 20))
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    monkeypatch.chdir(tmp_path)
+    base = TrainConfig(dataset="npz", data_file="d.npz", width=4, epochs=1, device="cpu")
+    run_sweep(base, ["0"], [0], "sweep", views=0, progress=False)
+    manifest = json.loads((tmp_path / "sweep" / "manifest.json").read_text())
+    manifest["base_config"]["data_file"] = "d.npz"
+    (tmp_path / "sweep" / "manifest.json").write_text(json.dumps(manifest))
+    calls.clear()
+    run_sweep(base, ["0"], [0], "sweep", views=0, progress=False)
+    assert calls == []
+
+
+def test_an_interrupted_sweep_says_to_rerun_the_sweep(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls, fail_on=("8", 0)))
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(base, ["8"], [0], tmp_path / "sweep", views=0, progress=False)
+    assert "rerun the same con2 sweep command to continue" in capsys.readouterr().out

@@ -315,9 +315,11 @@ def test_cli_time_limit_pauses_and_resume_finishes(tmp_path, capsys):
             parse_duration(bad)
     args = ["train", "--dataset", "digits", "--epochs", "2", "--width", "4", "--max-train-samples", "16",
             "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "run")]
-    main(args + ["--time-limit", "0.001s"])  # spent before the first step ends: one step, then leave
+    # spent before the first step ends: one step, then leave, with the status a job script resubmits on
+    assert main(args + ["--time-limit", "0.001s"]) == 75
     assert "time limit reached" in capsys.readouterr().out and not run_finished(tmp_path / "run")
-    main(["train", "--resume", "--out", str(tmp_path / "run")])  # what the pause message says: the run's settings
+    # what the pause message says: the run's settings
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--time-limit", "1h"]) == 0
     assert "trained model in" in capsys.readouterr().out and run_finished(tmp_path / "run")
 
 

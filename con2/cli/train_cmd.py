@@ -91,6 +91,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg.validate()
 
 
+# sysexits' EX_TEMPFAIL ("try again later"): a job script tells a run paused by --time-limit (resubmit
+# it with --resume) from a finished one (0) and a failed one (2; 130 after Ctrl-C)
+EXIT_PAUSED = 75
+
+
 def parse_duration(text: str) -> float:
     """Seconds from '5400', '90m', '3h50m' or '1h2m3s' (a batch-queue slot, a lent GPU call)."""
     m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
@@ -112,8 +117,9 @@ def _train(args):
     run_dir = train(cfg, resume=args.resume, deadline=deadline)
     if run_finished(run_dir):
         print(f"trained model in {run_dir}")
-    else:
-        print(f"time limit reached; checkpoint saved. Continue with --resume --out {run_dir}")
+        return 0
+    print(f"time limit reached; checkpoint saved. Continue with --resume --out {run_dir}")
+    return EXIT_PAUSED
 
 
 def _info(args):
@@ -135,7 +141,8 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<context>-<objective>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--time-limit", type=parse_duration, default=None, metavar="DURATION",
-                   help="checkpoint and leave after this much wall time (5400, 90m, 3h50m); --resume continues")
+                   help="checkpoint and leave after this much wall time (5400, 90m, 3h50m), with exit status "
+                        f"{EXIT_PAUSED} if the run is not finished; --resume continues")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=_train)
 
