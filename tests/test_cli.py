@@ -44,3 +44,12 @@ def test_a_bad_setting_in_the_environment_is_one_line_not_a_traceback():
     done = subprocess.run([sys.executable, "-m", "con2.cli.main", "info"], capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr == "con2: error: CON2_CUDA_LOSS must be 'blocked' or 'fused', got 'fuse'\n"
+
+
+def test_the_sweep_help_names_its_own_class_and_seed_options_only():
+    # a sweep sets each run's class and seed, and refuses --normal-class / --seed with a pointer
+    sweep = _subcommands()["sweep"].format_help()
+    train = _subcommands()["train"].format_help()
+    assert "--classes" in sweep and "--seeds" in sweep
+    assert "--normal-class" not in sweep and "--seed " not in sweep and "--seed]" not in sweep
+    assert "--normal-class" in train and "--seed SEED" in train

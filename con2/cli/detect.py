@@ -177,7 +177,7 @@ def register(sub) -> None:
     from .train_cmd import add_train_options
 
     p = sub.add_parser("sweep", help="train + evaluate every (normal class, seed); resumable")
-    add_train_options(p)
+    add_train_options(p, sweep=True)
     p.add_argument("--classes", nargs="+", required=True, help="normal classes, or 'all'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of each class")
     p.add_argument("--out", default=None,

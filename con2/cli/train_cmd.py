@@ -12,16 +12,18 @@ from ..config import CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, Tr
 _D = TrainConfig()  # the defaults the help texts name
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by train and sweep; defaults None so presets can tell what was set."""
+def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """Options shared by train and sweep; defaults None so presets can tell what was set. A sweep
+    sets the class and seed of each run (--classes, --seeds): its help leaves theirs out."""
+    per_run = (lambda text: argparse.SUPPRESS) if sweep else (lambda text: text)
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default digits")
     p.add_argument("--context", default=None,
                    help=f"one of {', '.join(CONTEXTS)}, or a comma list for composed contexts (default invert)")
     p.add_argument("--objective", choices=OBJECTIVES, default=None,
                    help="con2 (paper, default), context / content (loss ablations), simclr (baseline)")
     p.add_argument("--normal-class", nargs="+", default=None,
-                   help="the class(es) trained on as normal, by name or index (required unless the data set "
-                        "has a default: digits, breast, pneumonia, oct)")
+                   help=per_run("the class(es) trained on as normal, by name or index (required unless the "
+                                "data set has a default: digits, breast, pneumonia, oct)"))
     p.add_argument("--data-root", default=None, help=f"folder of the data files (default {_D.data_root})")
     p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or cifar from an npz)")
     p.add_argument("--image-size", type=int, default=None, help="resize every image to this square")
@@ -40,7 +42,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help=f"of both contrastive terms (default {_D.temperature:g})")
     p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on the GPU")
-    p.add_argument("--seed", type=int, default=None, help=f"initialisation and view draws (default {_D.seed})")
+    p.add_argument("--seed", type=int, default=None, help=per_run(f"initialisation and view draws (default {_D.seed})"))
     p.add_argument("--width", type=int, default=None, help="ResNet18 base width (64 = paper)")
     p.add_argument("--device", default=None, help="auto (default: cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--pipeline", choices=PIPELINES, default=None,
