@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,8 +95,8 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
             raise ValueError(f"{name}: torch tensors must be [N, H, W] or [N, C, H, W] with C in (1, 3), "
                              f"got shape {tuple(X.shape)}")
         X = t.permute(0, 2, 3, 1).contiguous().numpy()  # checked below like any numpy input
-    if isinstance(X, OneClassSplit):
-        return X.train
+    if isinstance(X, OneClassSplit):  # its train images would be scored against themselves
+        raise TypeError(f"{name} is a OneClassSplit: only fit takes one; score its images (split.test)")
     arr = np.asarray(X)
     if arr.ndim >= 1 and arr.shape[0] == 0:
         raise ValueError(f"{name} holds no images")
@@ -128,6 +129,11 @@ class Con2Detector(BaseEstimator):
     (the model and bank move there), score_batch_size, progress and out. The other options
     (REFIT_PARAMS) shaped the fitted model and bank: with one changed, decision_function,
     predict and save fail until fit is called again (or the option is set back).
+
+    `out`: a folder to keep each fit's training run in (config, metrics.jsonl, model): fit trains
+    into out/fit-N, the next free N, and sets `run_dir_` to it; None (default) trains in a temporary
+    folder that fit removes. Such a run holds no data path (the images were in memory): it is for
+    reading its training log, not for `con2 evaluate`.
     """
 
     _estimator_type = "outlier_detector"  # scikit-learn < 1.6 reads this; newer ones the tags
@@ -155,6 +161,13 @@ class Con2Detector(BaseEstimator):
 
     def _check_params(self) -> float:
         # types first: a str compared with a number would fail with Python's own message
+        if not isinstance(self.progress, (bool, np.bool_)):
+            raise TypeError(f"progress must be True or False, got {self.progress!r}")
+        if self.out is not None and not isinstance(self.out, (str, os.PathLike)):
+            raise TypeError(f"out must be a folder path or None, got {self.out!r} ({type(self.out).__name__})")
+        if self.crop_scale is not None and not isinstance(self.crop_scale, (tuple, list)):
+            raise TypeError(f"crop_scale must be None or a (low, high) tuple, got {type(self.crop_scale).__name__} "
+                            f"{self.crop_scale!r}")
         for name in ("target_fpr", "contamination", "calibration_fraction"):
             value = getattr(self, name)
             if not (is_number(value) or (name == "contamination" and value is None)):
@@ -195,49 +208,71 @@ class Con2Detector(BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None) -> "Con2Detector":
-        """Train on normal images X (y is ignored, as in PyOD)."""
+        """Train on normal images X (y is ignored, as in PyOD). The detector changes only when the
+        whole fit succeeds: a failure (bad input, Ctrl-C, non-finite features) keeps the previous
+        fit, or leaves the detector unfitted."""
         from .run import context_set, load_run, resolve_device
         from .train import train
 
         target_fpr = self._check_params()
-        if isinstance(X, OneClassSplit) and len(X.val):
-            train_imgs, cal_imgs = X.train, X.val
-        else:
-            images = as_nhwc(X)
-            n = len(images)
-            n_cal = int(round(self.calibration_fraction * n))
-            if n_cal < 1 or n - n_cal < 2:
-                raise ValueError(f"{n} normal images are too few to train on and hold out "
-                                 f"{self.calibration_fraction:.0%} for threshold calibration")
-            perm = np.random.default_rng(self.seed).permutation(n)
-            train_imgs, cal_imgs = images[np.sort(perm[n_cal:])], images[np.sort(perm[:n_cal])]
+        train_imgs, cal_imgs = self._fit_images(X)
         split = OneClassSplit(name="detector", train=train_imgs, test=cal_imgs,
-                              test_labels=np.zeros(len(cal_imgs), dtype=np.int64), val=cal_imgs)
-        tmp = None
-        out = self.out
-        if out is None:
-            tmp = tempfile.mkdtemp(prefix="con2-detector-")
-            out = tmp
+                              test_labels=np.zeros(len(cal_imgs), dtype=np.int64), val=cal_imgs,
+                              meta={"calibration_only": True})
+        tmp = tempfile.mkdtemp(prefix="con2-detector-") if self.out is None else None
         try:
-            cfg = self._train_config(out)
+            cfg = self._train_config(tmp or str(_next_fit_dir(Path(self.out))))
             run_dir = train(cfg, split=split, progress=self.progress)
             _, model = load_run(run_dir, device=resolve_device(self.device))
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-        self.model_ = model
-        self.view_cfg_ = scoring_view_config(cfg, split, self.crop_scale)
-        self.contexts_ = context_set(cfg)
-        self.input_shape_ = tuple(int(s) for s in train_imgs.shape[1:])  # H, W, C
-        encoder = self._encoder()
-        self.bank_ = FeatureBank.build(encoder, train_imgs, scorers=(self.scorer,), bank_dtype=self.bank_dtype)
+        view_cfg, contexts = scoring_view_config(cfg, split, self.crop_scale), context_set(cfg)
+        encoder = self._make_encoder(model, view_cfg, contexts)
+        bank = FeatureBank.build(encoder, train_imgs, scorers=(self.scorer,), bank_dtype=self.bank_dtype)
         # per view, so that a new aggregate recalibrates exactly what fit would have
-        self._calibration_views = self._per_view(cal_imgs)
+        cal_views = bank.score_views(encoder, to_nchw(cal_imgs), (self.scorer,))[self.scorer]
+        calibrated = _calibration(aggregate(cal_views, self.aggregate).numpy(), target_fpr)
+        # everything computed: the fitted state changes in one step
+        self.model_, self.view_cfg_, self.contexts_, self.bank_ = model, view_cfg, contexts, bank
+        self.input_shape_ = tuple(int(s) for s in train_imgs.shape[1:])  # H, W, C
+        self.run_dir_ = None if tmp is not None else Path(run_dir)
+        self._calibration_views = cal_views
+        self.decision_scores_, self.threshold_, self.labels_ = calibrated
+        self._calibrated_for = (self.aggregate, target_fpr)
         self._fitted_params = self._refit_params()
-        # the options checked against the previous fit say nothing about this one
-        self._synced_params = None
-        self._calibrate(target_fpr)
+        self._synced_params = None  # the options checked against the previous fit say nothing about this one
         return self
+
+    def _fit_images(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(train, calibration) images: a split's train and val parts (its train part, held out from,
+        when it has no val), else X with a seeded calibration_fraction held out. Checked before training."""
+        if isinstance(X, OneClassSplit):
+            images = as_nhwc(X.train, "the split's train images")
+            if len(X.val):
+                cal = as_nhwc(X.val, "the split's val images")
+                if cal.shape[1:] != images.shape[1:]:
+                    raise ValueError(f"the split's val images are {cal.shape[1]}x{cal.shape[2]}x{cal.shape[3]} "
+                                     f"(H x W x C), its train images {images.shape[1]}x{images.shape[2]}x"
+                                     f"{images.shape[3]}: the held-out normals must be like the training ones")
+                self._check_size(images)
+                return images, cal
+        else:
+            images = as_nhwc(X)
+        self._check_size(images)
+        n = len(images)
+        n_cal = int(round(self.calibration_fraction * n))
+        if n_cal < 1 or n - n_cal < 2:
+            raise ValueError(f"{n} normal images are too few to train on and hold out "
+                             f"{self.calibration_fraction:.0%} for threshold calibration")
+        perm = np.random.default_rng(self.seed).permutation(n)
+        return images[np.sort(perm[n_cal:])], images[np.sort(perm[:n_cal])]
+
+    def _check_size(self, images: np.ndarray) -> None:
+        h, w = images.shape[1:3]
+        if self.image_size is None and h != w:
+            raise ValueError(f"the images are {h}x{w} px (H x W); the encoder takes square views: pass "
+                             f"image_size=S to resize them to S x S")
 
     def _per_view(self, X) -> torch.Tensor:
         return self.bank_.score_views(self._encoder(), self._query(X), (self.scorer,))[self.scorer]
@@ -249,10 +284,9 @@ class Con2Detector(BaseEstimator):
 
     def _calibrate(self, target_fpr: float) -> None:
         """decision_scores_, threshold_, labels_ of the held-out normals under the current aggregate."""
-        if self._calibration_views is not None:
-            self.decision_scores_ = aggregate(self._calibration_views, self.aggregate).numpy()
-        self.threshold_ = calibrate_threshold(self.decision_scores_, target_fpr)
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        views = self._calibration_views  # None in bundles saved before they were kept: their scores as stored
+        scores = self.decision_scores_ if views is None else aggregate(views, self.aggregate).numpy()
+        self.decision_scores_, self.threshold_, self.labels_ = _calibration(scores, target_fpr)
         self._calibrated_for = (self.aggregate, target_fpr)
 
     def set_params(self, **params) -> "Con2Detector":
@@ -308,10 +342,13 @@ class Con2Detector(BaseEstimator):
         self._synced_params = params
 
     def _encoder(self) -> ViewEncoder:
+        return self._make_encoder(self.model_, self.view_cfg_, self.contexts_)
+
+    def _make_encoder(self, model: Con2Model, view_cfg: ViewConfig, contexts) -> ViewEncoder:
         from .scoring import view_plan
 
-        device = next(self.model_.parameters()).device
-        return ViewEncoder(self.model_.encode, self.view_cfg_, self.contexts_, view_plan(self.views, self.contexts_),
+        device = next(model.parameters()).device
+        return ViewEncoder(model.encode, view_cfg, contexts, view_plan(self.views, contexts),
                            seed=self.seed, batch_size=self.score_batch_size, device=device, progress=self.progress)
 
     def _check_fitted(self) -> None:
@@ -414,6 +451,8 @@ class Con2Detector(BaseEstimator):
             raise BundleError(f"{path} has been modified since it was saved: its SHA-256 does not match its contents")
         try:
             params, state = json.loads(meta["params"]), json.loads(meta["state"])
+            if isinstance(params.get("crop_scale"), list):  # JSON has no tuples
+                params["crop_scale"] = tuple(params["crop_scale"])
             det = cls(**params)
             det.device = device
             model = Con2Model(**state["architecture"])
@@ -447,6 +486,19 @@ class Con2Detector(BaseEstimator):
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{path} is an inconsistent con2 bundle: {type(exc).__name__}: {exc}") from exc
         return det
+
+
+def _calibration(scores: np.ndarray, target_fpr: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """(scores, threshold, labels) of the held-out normals."""
+    threshold = calibrate_threshold(scores, target_fpr)
+    return scores, threshold, (scores > threshold).astype(int)
+
+
+def _next_fit_dir(out: Path) -> Path:
+    """out/fit-N with the next free N: each fit keeps its own training run (a refit, a clone in a
+    grid search) instead of finding the folder taken."""
+    taken = [int(p.name[4:]) for p in out.glob("fit-*") if p.name[4:].isdigit()] if out.is_dir() else []
+    return out / f"fit-{max(taken, default=0) + 1}"
 
 
 def _check_bundle_state(det: "Con2Detector", plan: list[View], tensors: dict, feature_dim: int) -> None:

@@ -76,6 +76,9 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     labels = np.asarray(split.test_labels).astype(int)
     if len(labels) == 0:
         raise ValueError(f"{split.name}: the test split is empty; there is nothing to evaluate")
+    if not np.isin(labels, (0, 1)).all():  # found here, not after the scoring
+        raise ValueError(f"{split.name}: test labels must be 0 (normal) or 1 (anomaly), got "
+                         f"{sorted(set(labels.tolist()) - {0, 1})[:5]}")
     if labels.min() == labels.max():
         raise ValueError(f"{split.name}: the test split needs normal and anomalous samples to be evaluated")
     t0 = time.perf_counter()

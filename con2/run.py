@@ -185,6 +185,9 @@ def split_as_trained(cfg: TrainConfig) -> OneClassSplit:
     """The split a run was trained on. Older con2 ignored options the data does not use (a seeded
     split's --test-fraction on MedMNIST, --resolution on a folder, ...), which training now refuses:
     the split of such a run is the one loaded without them."""
+    if cfg.dataset == "npz" and not cfg.data_file:  # training refuses this; Con2Detector.fit records it
+        raise DataError("this run was trained by Con2Detector.fit on images in memory, not on a data file: "
+                        "score with the detector itself (decision_function; save / load keep it)")
     while True:  # each retry resets at least one more field to its default, so this ends
         try:
             return load_split(cfg)

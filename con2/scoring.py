@@ -234,7 +234,12 @@ class GaussianMoments:
         self.n = 0
 
     def update(self, z: torch.Tensor) -> "GaussianMoments":
-        """Add rows z [m, d] (checked finite)."""
+        """Add rows z [m, d] (checked finite, and of the first chunk's width)."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] == 0:
+            raise ValueError(f"the Gaussian scorer needs [n, d] features with d >= 1, got shape "
+                             f"{tuple(getattr(z, 'shape', ()))}")
+        if self.n and z.shape[1] != self.s1.shape[0]:
+            raise ValueError(f"features of dimension {z.shape[1]} after {self.s1.shape[0]}-dimensional ones")
         if not bool(torch.isfinite(z).all()):
             raise NonFiniteFeatures("the Gaussian scorer's train features contain NaN or infinite values")
         z = z.to(torch.float64)
@@ -263,6 +268,8 @@ class GaussianMoments:
         sum_i ||x_i - m||^4 (x_i about the mean m) is expanded in the running sums: with y_i = x_i - shift,
         c = mean(y), q_i = ||y_i||^2: sum (q_i - 2 y_i.c + ||c||^2)^2.
         """
+        if self.n == 0:
+            raise ValueError("the Ledoit-Wolf estimate needs at least one feature row, got none")
         n, d = self.n, self.s1.shape[0]
         c = self.s1 / n
         s = self.s2 / n - torch.outer(c, c)
@@ -296,8 +303,6 @@ class Gaussian:
     @classmethod
     def fit(cls, z: torch.Tensor, jitter: float = 1e-6) -> "Gaussian":
         """Fit on L2-normalised rows z [n, d], n >= 2 (from_moments of one chunk)."""
-        if z.dim() != 2 or z.shape[1] == 0:
-            raise ValueError(f"the Gaussian scorer needs [n, d] features with d >= 1, got shape {tuple(z.shape)}")
         return cls.from_moments(GaussianMoments().update(z), jitter)
 
     @classmethod
@@ -325,6 +330,9 @@ class Gaussian:
     def nll(self, z: torch.Tensor) -> torch.Tensor:
         """-log N(z | mean, Sigma) per row (float64), z already L2-normalised."""
         d = self.mean.shape[0]
+        if z.dim() != 2 or z.shape[1] != d:  # else the op would blame this Gaussian's mean
+            raise ValueError(f"the Gaussian was fitted on {d}-dimensional features; got features of shape "
+                             f"{tuple(z.shape)}")
         m = ops.mahalanobis_sq(z, self.mean, self.whitening).to(torch.float64)
         return 0.5 * (m + self.logdet + d * math.log(2 * math.pi))
 
@@ -475,6 +483,9 @@ def check_aggregate(how: str) -> str:
 
 def aggregate(per_view: torch.Tensor, how: str = "mean") -> torch.Tensor:
     """[Q, A] per-view scores -> [Q] (mean: the paper's S(x); max: the most anomalous view)."""
+    if not isinstance(per_view, torch.Tensor):
+        raise TypeError(f"per-view scores must be a torch tensor [samples, views], got {type(per_view).__name__} "
+                        "(torch.from_numpy converts an array)")
     if per_view.dim() != 2 or per_view.shape[1] == 0:
         raise ValueError(f"per-view scores must be [samples, views] with at least one view, got {tuple(per_view.shape)}")
     if check_aggregate(how) == "mean":

@@ -362,3 +362,105 @@ def test_empty_inputs_and_lists_of_images(fitted):
         det.decision_function([x[0], torch.from_numpy(x[1])])
     with pytest.raises(TypeError, match=r"uint8.*got dtype int64 \(convert 0..255 integers"):
         det.decision_function([im.tolist() for im in x])  # nested Python lists: int64
+
+
+# ----------------------------------------------------------------------------- from a review of the API
+
+def _tiny(**kw):
+    return Con2Detector(**{**dict(epochs=1, width=4, batch_size=16, views=2, progress=False, device="cpu"), **kw})
+
+
+def test_a_failed_fit_keeps_the_previous_fit(fitted, monkeypatch):
+    """A fit that failed after training left the new model and input shape with the old threshold:
+    predict and save then used both, silently."""
+    import copy
+
+    import con2.detector as detector_mod
+    from con2.data import OneClassSplit
+
+    det = copy.deepcopy(fitted[0])
+    x = blobs(8, 3, False)
+    before = (det.decision_function(x), det.threshold_, det.input_shape_)
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 12, 12, 3), dtype=np.uint8)
+    # val images unlike the train ones: refused before any training
+    bad = OneClassSplit(name="x", train=rgb, test=rgb[:2], test_labels=np.zeros(2, int),
+                        val=np.zeros((5, 20, 20, 3), np.uint8))
+    with pytest.raises(ValueError, match="val images are 20x20x3 .* train images 12x12x3"):
+        det.fit(bad)
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detector_mod.FeatureBank, "build", interrupted)  # after training, during the bank
+    with pytest.raises(KeyboardInterrupt):
+        det.fit(rgb)
+    np.testing.assert_array_equal(det.decision_function(x), before[0])
+    assert (det.threshold_, det.input_shape_) == before[1:]
+    fresh = _tiny()
+    with pytest.raises(KeyboardInterrupt):
+        fresh.fit(rgb)
+    with pytest.raises(NotFittedError):
+        fresh.decision_function(x)
+
+
+def test_scoring_a_split_is_refused(fitted):
+    """decision_function(split) scored the split's *train* images (the bank's own)."""
+    from con2.data import OneClassSplit
+
+    x = blobs(12, 4, True)[..., None]
+    split = OneClassSplit(name="x", train=x, test=x[:4], test_labels=np.zeros(4, int), val=x[:0])
+    for call in (fitted[0].decision_function, fitted[0].predict):
+        with pytest.raises(TypeError, match="OneClassSplit: only fit takes one; score its images"):
+            call(split)
+
+
+def test_option_types_found_by_a_review_are_checked_before_training(monkeypatch):
+    import con2.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("trained"))
+    x = blobs(20, 0, True)
+    for kw, match in ((dict(crop_scale=np.array([0.5, 0.9])), "crop_scale must be None or a"),
+                      (dict(crop_scale=torch.tensor([0.5, 0.9])), "crop_scale must be None or a"),
+                      (dict(progress="no"), "progress must be True or False"),
+                      (dict(out=123), "out must be a folder path")):
+        with pytest.raises(TypeError, match=match):
+            _tiny(**kw).fit(x)
+    wide = np.zeros((20, 12, 16), np.uint8)
+    with pytest.raises(ValueError, match=r"12x16 px \(H x W\).*pass image_size=S"):
+        _tiny().fit(wide)
+
+
+def test_each_fit_into_out_keeps_its_own_run(tmp_path, capsys):
+    """With out= a second fit (or a clone's, in a grid search) found the folder taken and raised
+    "pass --resume", a CLI flag; `con2 evaluate` of such a run asked for --data-file."""
+    from sklearn.base import clone
+
+    from con2.evaluate import evaluate_run
+
+    x = blobs(30, 0, True)
+    det = _tiny(out=str(tmp_path / "runs"), progress=True).fit(x)
+    assert "note: the test split" not in capsys.readouterr().out  # the held-out normals are not a test split
+    det.fit(x)
+    other = clone(det).fit(x)
+    assert [det.run_dir_.name, other.run_dir_.name] == ["fit-2", "fit-3"]
+    assert all((tmp_path / "runs" / f"fit-{i}" / "model.safetensors").exists() for i in (1, 2, 3))
+    with pytest.raises(ValueError, match="trained by Con2Detector.fit on images in memory"):
+        evaluate_run(det.run_dir_, views=0, progress=False)
+
+
+def test_a_loaded_detector_has_its_crop_scale_as_a_tuple(fitted, tmp_path):
+    from sklearn.base import clone
+
+    det = clone(fitted[0]).set_params(crop_scale=(0.5, 1.0))
+    det.fit(blobs(30, 0, True))
+    loaded = Con2Detector.load(det.save(tmp_path / "d.safetensors"))
+    assert loaded.get_params()["crop_scale"] == (0.5, 1.0)
+    assert isinstance(loaded.get_params()["crop_scale"], tuple)
+
+
+def test_read_only_images_score_without_a_warning(fitted, tmp_path, recwarn):
+    x = blobs(6, 5, True)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_array_equal(fitted[0].decision_function(mapped), fitted[0].decision_function(x))
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

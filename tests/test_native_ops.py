@@ -336,7 +336,7 @@ def test_loss_ops_reject_infinite_temperature():
     ]
     for call in calls:
         for t in (float("inf"), -float("inf")):
-            with pytest.raises(RuntimeError, match="temperature"):
+            with pytest.raises((RuntimeError, ValueError), match="temperature"):  # op / checked wrapper
                 call(t)
 
 
@@ -669,3 +669,64 @@ def test_cuda_top1_zero_or_nan_query_matches_cpu_kernel():
     got_v, got_i = torch.ops.con2.top1_cosine(q.cuda(), bank.cuda(), bank.norm(dim=1).cuda())
     assert got_i.cpu().tolist() == want_i.tolist() == [0, 0, 3]
     torch.testing.assert_close(got_v.cpu(), want_v)
+
+
+# ------------------------------------------------------------------ input checks found by a review
+
+@pytest.mark.parametrize("impl", [native, reference], ids=["native", "reference"])
+def test_losses_refuse_labels_on_another_device(impl):
+    """labels on the meta device sent the native op to its fake kernel: uninitialised memory came
+    back as the loss (8.7e-13, -7.7e25, ... on three calls) and as its gradient."""
+    z, labels = _batch(8, 6, 3, "cpu")
+    with pytest.raises(ValueError, match="labels is on meta but z is on cpu"):
+        impl.supcon_loss(z, labels.to("meta"))
+    with pytest.raises(ValueError, match="labels is on meta but z is on cpu"):
+        impl.con2_loss(z.clone().requires_grad_(), z, labels.to("meta"), labels, 0.5)
+    with pytest.raises(ValueError, match="labels is on meta but z is on cpu"):
+        impl.con2_loss(z, z.clone().requires_grad_(), labels, labels.to("meta"), 0.5)
+
+
+@pytest.mark.parametrize("impl", [native, reference], ids=["native", "reference"])
+def test_losses_take_a_numpy_temperature_and_refuse_a_bool(impl):
+    import numpy as np
+
+    z, labels = _batch(8, 6, 3, "cpu")
+    torch.testing.assert_close(impl.supcon_loss(z, labels, np.float32(0.07)), impl.supcon_loss(z, labels, 0.07))
+    with pytest.raises((ValueError, TypeError), match="temperature"):
+        reference.supcon_loss(z, labels, True)
+
+
+@pytest.mark.parametrize("impl", [native, reference], ids=["native", "reference"])
+def test_mahalanobis_refuses_non_float_mean_and_whitening(impl):
+    """A complex whitening lost its imaginary part (a C++ warning only); a bool one was taken."""
+    x, mean, w = torch.randn(5, 4), torch.zeros(4), torch.eye(4)
+    for bad_mean, bad_w in ((mean, w.to(torch.complex64)), (mean, w.bool()), (mean.long(), w)):
+        with pytest.raises(TypeError, match="must be a floating-point tensor"):
+            impl.mahalanobis_sq(x, bad_mean, bad_w)
+
+
+@pytest.mark.parametrize("impl", [native, reference], ids=["native", "reference"])
+def test_top1_names_rows_out_of_float32_range_instead_of_calling_them_nan_or_zero(impl):
+    """Rows scaled by 1e30 were said to contain NaN or infinite values, rows scaled by 1e-30 to be
+    zero vectors: their float32 norms overflowed / underflowed."""
+    q, bank = torch.randn(4, 8), torch.randn(6, 8)
+    for scale in (1e30, 1e-30):
+        with pytest.raises(ValueError, match=r"queries row 0 has an L2 norm of .*e[+-]\d+, outside") as e:
+            impl.top1_cosine(q * scale, bank)
+        assert "NaN" not in str(e.value) and "zero vector" not in str(e.value)
+    q[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="queries contains NaN or infinite values"):
+        impl.top1_cosine(q, bank)
+
+
+@pytest.mark.parametrize("impl", [native, reference], ids=["native", "reference"])
+def test_scorer_ops_give_gradients_like_the_reference(impl):
+    """The native top1 / mahalanobis outputs looked differentiable and gave no gradient (PyTorch
+    only warned): with inputs that require grad they follow the reference, which gives them."""
+    q, bank = torch.randn(5, 8, requires_grad=True), torch.randn(7, 8)
+    impl.top1_cosine(q, bank)[0].sum().backward()
+    expected = torch.autograd.grad(reference.top1_cosine(q, bank)[0].sum(), q)[0]
+    torch.testing.assert_close(q.grad, expected)
+    x, mean, w = torch.randn(5, 4, requires_grad=True), torch.randn(4), torch.randn(4, 3)
+    impl.mahalanobis_sq(x, mean, w).sum().backward()
+    torch.testing.assert_close(x.grad, 2 * (x - mean).detach() @ w @ w.T)

@@ -423,3 +423,28 @@ def test_a_bad_target_fpr_fails_before_any_scoring(tmp_path, monkeypatch):
             con2.evaluate.evaluate_model(None, cfg, split, target_fpr=bad, progress=False)
         with pytest.raises(ValueError, match="target FPR must be a number in"):
             predict_files(tmp_path / "run", [tmp_path / "a.png"], target_fpr=bad)
+
+
+def test_scoring_helpers_name_bad_input():
+    """From a review: these raised AttributeError / IndexError from inside, or blamed the Gaussian's mean."""
+    with pytest.raises(ValueError, match="at least one feature row"):
+        ledoit_wolf(torch.zeros(0, 4))
+    with pytest.raises(ValueError, match=r"\[n, d\] features"):
+        ledoit_wolf(torch.zeros(4))
+    g = Gaussian.fit(torch.nn.functional.normalize(torch.randn(20, 3), dim=1))
+    with pytest.raises(ValueError, match="fitted on 3-dimensional features; got features of shape"):
+        g.nll(torch.randn(5, 6))
+    with pytest.raises(TypeError, match="torch tensor"):
+        aggregate(np.zeros((2, 3)))
+
+
+def test_evaluation_refuses_labels_other_than_0_and_1_before_scoring(monkeypatch):
+    import con2.evaluate as evaluate_mod
+    from con2.config import TrainConfig
+    from con2.data import OneClassSplit
+
+    x = np.zeros((6, 8, 8, 1), np.uint8)
+    split = OneClassSplit(name="s", train=x, test=x, test_labels=np.array([0, 2, 0, 2, 0, 2]), val=x[:0])
+    monkeypatch.setattr(evaluate_mod, "run_scorer", lambda *a, **k: pytest.fail("scored"))
+    with pytest.raises(ValueError, match=r"test labels must be 0 \(normal\) or 1 \(anomaly\), got \[2\]"):
+        evaluate_mod.evaluate_model(None, TrainConfig(), split, 2)

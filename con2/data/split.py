@@ -80,7 +80,7 @@ class OneClassSplit:
                if self.meta.get("skipped_files") else "")
             + ("".join(f"; {p} decoded from the files on access" for p in ("train", "val", "test")
                        if not isinstance(self.part(p), np.ndarray)))
-            + ("" if 0 < n_anom < len(self.test) else
+            + ("" if 0 < n_anom < len(self.test) or self.meta.get("calibration_only") else
                "; note: the test split needs normal and anomalous images for `con2 evaluate`")
         )
 
@@ -92,4 +92,6 @@ def to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[..., None]
+    if not arr.flags.writeable:  # a memory map opened read-only: torch warns, and would share its memory
+        arr = arr.copy()
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()

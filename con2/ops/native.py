@@ -179,6 +179,7 @@ def _supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.
     # With grad: the fused op computes loss and gradient together (the similarity is
     # computed once when it fits the scratch budget) and saves only dz, O(M*D).
     # Without grad: forward only.
+    reference.check_loss_inputs(z, labels, temperature)  # labels on the meta device would reach the fake kernel
     if torch.is_grad_enabled() and z.requires_grad:
         return torch.ops.con2.supcon_fwd_bwd(z, labels, float(temperature))[0]
     return torch.ops.con2.supcon_fwd(z, labels, float(temperature))[0]
@@ -207,21 +208,27 @@ def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, te
     """L_Con2 = L_Context + alpha * L_Content; with grad, both heads in one native call."""
     # no shortcut at alpha == 0: the content head must get a (zero) gradient, as with the
     # reference, or AdamW and DDP would treat it as unused
+    reference.check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature)
     if (torch.is_grad_enabled() and (z_context.requires_grad or z_content.requires_grad)
             and z_context.dtype == z_content.dtype):
         losses = torch.ops.con2.con2_fwd_bwd(
             z_context, z_content, context_labels, sample_ids, float(temperature), _FUSED
         )[0]
         return _weighted_heads(losses, alpha)
-    reference.check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature)
     ctx_loss = _supcon(z_context, context_labels, temperature)
     return ctx_loss + alpha * _supcon(z_content, sample_ids, temperature)
+
+
+def _wants_grad(*tensors) -> bool:
+    """The scorer kernels are inference only: with an input that needs a gradient the reference
+    (differentiable) computes the op instead of an output that would silently have none."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def top1_cosine(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor | None = None):
     """Exact nearest bank row by cosine similarity: (values float32 [Q], indices int64 [Q])."""
     reference.check_top1_inputs(queries, bank, bank_norms)
-    if queries.dtype == torch.float64 or bank.dtype == torch.float64:
+    if queries.dtype == torch.float64 or bank.dtype == torch.float64 or _wants_grad(queries, bank, bank_norms):
         return reference.top1_cosine(queries, bank, bank_norms=bank_norms)
     reference.row_norms(queries, "queries")  # raises the reference's errors on zero / NaN rows
     if bank_norms is None:
@@ -241,4 +248,6 @@ def simclr_views(images, source, params, size: int, mean: float, std: float, dty
 def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
     """Per-row ||(x - mean) @ whitening||^2 (float64 if x or whitening is, else float32)."""
     reference.check_mahalanobis_inputs(x, mean, whitening)
+    if _wants_grad(x, mean, whitening):
+        return reference.mahalanobis_sq(x, mean, whitening)
     return torch.ops.con2.mahalanobis_sq(x, mean, whitening, CUDA_MAHALANOBIS_KERNEL == "fused")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import torch
 
@@ -57,7 +58,8 @@ def check_loss_inputs(z: torch.Tensor, labels: torch.Tensor, temperature: float)
     if labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     check_same_device(z=z, labels=labels)
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+            and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
 
 
@@ -138,23 +140,40 @@ def check_mahalanobis_inputs(x: torch.Tensor, mean: torch.Tensor, whitening: tor
         raise ValueError(
             f"whitening must have shape [{x.shape[1]}, k], got {tuple(whitening.shape)}"
         )
+    for name, t in (("mean", mean), ("whitening", whitening)):
+        if not t.is_floating_point():  # a complex one lost its imaginary part, a bool one was taken
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     check_same_device(x=x, mean=mean, whitening=whitening)
 
 
+# Row norms the float32 search takes: outside, products of rows overflow or lose their precision
+# (cosine similarity does not depend on scale, so such rows only need rescaling).
+FLOAT32_NORM_RANGE = (1e-15, 1e15)
+
+
 def row_norms(x: torch.Tensor, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
-    """float32 L2 norms of the rows of x, computed in chunks; zero rows are an error."""
+    """float32 (float64 for float64 x) L2 norms of the rows of x, computed in chunks. Rows that are
+    zero, not finite, or (in float32) outside FLOAT32_NORM_RANGE are an error that says which."""
     dtype = compute_dtype(x)
     rows = _rows_per_chunk(x.shape[1], 4, chunk_bytes)
-    norms = torch.cat([x[i : i + rows].to(dtype).norm(dim=1) for i in range(0, x.shape[0], rows)])
-    if not torch.isfinite(norms).all():
+    chunks = range(0, x.shape[0], rows)
+    norms = torch.cat([x[i : i + rows].to(dtype).norm(dim=1) for i in chunks])
+    lo, hi = FLOAT32_NORM_RANGE if dtype == torch.float32 else (0.0, math.inf)
+    if bool(((norms > lo) & (norms < hi)).all()):  # one check (NaN fails it too); the diagnosis only on failure
+        return norms
+    if not all(bool(torch.isfinite(x[i : i + rows]).all()) for i in chunks):
         raise ValueError(f"{name} contains NaN or infinite values")
-    zero = (norms == 0).nonzero()
+    exact = torch.cat([x[i : i + rows].double().norm(dim=1) for i in chunks])  # float32's may over/underflow
+    zero = (exact == 0).nonzero()
     if zero.numel():
         raise ValueError(
             f"{name} has {zero.numel()} zero vector(s) (first at row {zero[0].item()}): "
             "cosine similarity is undefined for them"
         )
-    return norms
+    r = int((~((norms > lo) & (norms < hi))).nonzero()[0])
+    raise ValueError(f"{name} row {r} has an L2 norm of {exact[r].item():.3g}, outside [{lo:g}, {hi:g}] where "
+                     "float32 arithmetic computes cosines accurately: rescale the rows (cosine similarity does not "
+                     "depend on their scale)")
 
 
 @_no_autocast
