@@ -14,6 +14,13 @@ DATASETS = ("digits", "breast", "pneumonia", "oct", "derma", "blood", "cifar10",
 CONTEXTS = ("invert", "flip", "equalize")
 OBJECTIVES = ("con2", "context", "content", "simclr")
 PIPELINES = ("auto", "tensor", "dali", "workers")
+# The scoring choices (con2.scoring uses them): here so that building the CLI's parser imports no torch.
+SCORERS = ("nnd", "lh")
+AGGREGATES = ("mean", "max")
+BANK_DTYPE_NAMES = ("float32", "float16")
+# Each view is one encoder pass over every bank and test image: the paper uses 40; beyond this a
+# score costs days and the S_LH Gaussians (one d x d matrix per view) no longer fit in memory.
+MAX_VIEWS = 1024
 
 # METHOD section 6: batch size in samples (a batch gives 4x as many views).
 PAPER_BATCH_SIZE = {

@@ -111,7 +111,7 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
         raise ValueError(f"{name}: numpy arrays must be [N, H, W] or [N, H, W, C] with C in (1, 3), "
                          f"got shape {arr.shape}")
     if min(arr.shape[1:3]) < MIN_IMAGE_SIDE:
-        raise ValueError(f"{name}: images are {arr.shape[1]}x{arr.shape[2]} px, at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
+        raise ValueError(f"{name}: images are {arr.shape[2]}x{arr.shape[1]} px, at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                          f"are needed (a single image must still be a batch: [1, H, W(, C)])")
     return np.ascontiguousarray(arr)
 
@@ -252,9 +252,10 @@ class Con2Detector(BaseEstimator):
             if len(X.val):
                 cal = as_nhwc(X.val, "the split's val images")
                 if cal.shape[1:] != images.shape[1:]:
-                    raise ValueError(f"the split's val images are {cal.shape[1]}x{cal.shape[2]}x{cal.shape[3]} "
-                                     f"(H x W x C), its train images {images.shape[1]}x{images.shape[2]}x"
-                                     f"{images.shape[3]}: the held-out normals must be like the training ones")
+                    raise ValueError(f"the split's val images are {cal.shape[2]}x{cal.shape[1]} px with "
+                                     f"{cal.shape[3]} channel(s), its train images {images.shape[2]}x"
+                                     f"{images.shape[1]} px with {images.shape[3]}: the held-out normals must be "
+                                     "like the training ones")
                 self._check_size(images)
                 return images, cal
         else:
@@ -271,7 +272,7 @@ class Con2Detector(BaseEstimator):
     def _check_size(self, images: np.ndarray) -> None:
         h, w = images.shape[1:3]
         if self.image_size is None and h != w:
-            raise ValueError(f"the images are {h}x{w} px (H x W); the encoder takes square views: pass "
+            raise ValueError(f"the images are {w}x{h} px; the encoder takes square views: pass "
                              f"image_size=S to resize them to S x S")
 
     def _per_view(self, X) -> torch.Tensor:
@@ -362,8 +363,8 @@ class Con2Detector(BaseEstimator):
         if images.shape[-1] != c:
             raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}")
         if images.shape[1:3] != (h, w):
-            raise ValueError(f"X images are {images.shape[1]}x{images.shape[2]} px, "
-                             f"the detector was fitted on {h}x{w} px")
+            raise ValueError(f"X images are {images.shape[2]}x{images.shape[1]} px, "
+                             f"the detector was fitted on {w}x{h} px")
         return to_nchw(images)
 
     # ------------------------------------------------------------------ scoring

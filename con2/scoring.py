@@ -44,14 +44,13 @@ import numpy as np
 import torch
 
 from . import ops
+from .config import AGGREGATES, BANK_DTYPE_NAMES, MAX_VIEWS, SCORERS  # noqa: F401 - re-exported
 from .data.contexts import ContextSet
 from .data.keys import image_keys, keyed_uniforms, view_stream
 from .data.images import ImageSet
 from .data.views import N_UNIFORMS, ViewConfig, ViewParams, apply_views, normalize_only, view_params_from_uniforms
 
-SCORERS = ("nnd", "lh")
-AGGREGATES = ("mean", "max")
-BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+BANK_DTYPES = {name: getattr(torch, name) for name in BANK_DTYPE_NAMES}
 ROLE_BANK, ROLE_QUERY = 0, 1
 # Banks above this size get their memory use printed.
 LARGE_BANK_BYTES = 256 * 2**20
@@ -76,11 +75,6 @@ class View:
     index: int
     context: int  # 0 = original, k = ContextSet.compositions[k]
     augmented: bool
-
-
-# Each view is one encoder pass over every bank and test image: the paper uses 40; beyond this a
-# score costs days and the S_LH Gaussians (one d x d matrix per view) no longer fit in memory.
-MAX_VIEWS = 1024
 
 
 def view_plan(views: int, contexts: ContextSet | None) -> list[View]:

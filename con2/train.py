@@ -14,6 +14,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -267,16 +268,24 @@ class _FiniteWatch:
 
 
 class _StepLog:
-    """metrics.jsonl and the progress bar, on rank 0: a line every LOG_EVERY steps and at epoch ends,
-    with the views per second since the last line."""
+    """metrics.jsonl and the progress, on rank 0: a line every LOG_EVERY steps and at epoch ends,
+    with the views per second since the last line. Progress is a bar on a terminal; into a log
+    file (a batch job's) it is a plain line at most every PLAIN_PROGRESS_S seconds, as a bar's
+    carriage returns would make one ever-growing line there."""
+
+    PLAIN_PROGRESS_S = 60.0
 
     def __init__(self, run_dir: Path, total: int, initial: int, rank: int, progress: bool):
         self.file = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
-        self.bar = None
+        self.bar, self.plain = None, False
         if progress and rank == 0:
-            from tqdm.auto import tqdm
+            if sys.stderr.isatty():
+                from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+            else:
+                self.plain, self.total, self.t_start, self.step0 = True, total, time.perf_counter(), initial
+                self.t_said = -math.inf
         self.t_last, self.views = time.perf_counter(), 0
 
     def step(self, n_views: int, line: tuple | None = None) -> None:
@@ -298,12 +307,25 @@ class _StepLog:
             self.file.flush()
         if self.bar:
             self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", views_s=f"{rate:.0f}", refresh=False)
+        if self.plain and (now - self.t_said >= self.PLAIN_PROGRESS_S or global_step == self.total):
+            self.t_said = now
+            done = global_step - self.step0
+            eta = (self.total - global_step) * (now - self.t_start) / max(done, 1)
+            print(f"step {global_step}/{self.total} ({100 * global_step / self.total:.1f}%), epoch {epoch}, "
+                  f"loss {loss:.4f}, lr {lr:.3g}, {rate:.0f} views/s, {_duration(eta)} left",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar:
             self.bar.close()
         if self.file:
             self.file.close()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool = True,

@@ -202,7 +202,7 @@ def test_resize_then_center_crop_is_the_papers_preprocessing():
     odd = load_split(cfg(dataset="digits", image_size=31, center_crop=28)).train  # torchvision's rounding
     ref = v2.CenterCrop(28)(torch.from_numpy(load_split(cfg(dataset="digits", image_size=31)).train).permute(0, 3, 1, 2))
     np.testing.assert_array_equal(odd, ref.permute(0, 2, 3, 1).numpy())
-    with pytest.raises(DataError, match="larger than the 16x16 images"):
+    with pytest.raises(DataError, match="larger than the 16x16 px images"):
         load_split(cfg(dataset="digits", center_crop=20))
     with pytest.raises(ValueError, match="larger than --image-size"):
         cfg(dataset="digits", image_size=20, center_crop=24).validate()
@@ -633,3 +633,11 @@ def test_images_in_a_symlinked_sub_folder_of_a_class_are_read(tmp_path):
     normals = s.train_files + [f for f, y in zip(s.test_files, s.test_labels) if y == 0]
     assert len(normals) == 8 and sum("/site_b/" in f for f in normals) == 4
     assert not any("/loop/" in f for f in normals)
+
+
+def test_a_data_root_that_is_a_file_is_named_so(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"--data-root .*x\.png is a file, not a folder of class folders"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path / "x.png"), normal_class=["a"]))
+    with pytest.raises(DataError, match="image folder not found"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path / "nowhere"), normal_class=["a"]))

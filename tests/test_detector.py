@@ -385,7 +385,7 @@ def test_a_failed_fit_keeps_the_previous_fit(fitted, monkeypatch):
     # val images unlike the train ones: refused before any training
     bad = OneClassSplit(name="x", train=rgb, test=rgb[:2], test_labels=np.zeros(2, int),
                         val=np.zeros((5, 20, 20, 3), np.uint8))
-    with pytest.raises(ValueError, match="val images are 20x20x3 .* train images 12x12x3"):
+    with pytest.raises(ValueError, match="val images are 20x20 px with 3 channel.*, its train images 12x12 px with 3"):
         det.fit(bad)
 
     def interrupted(*args, **kw):
@@ -426,7 +426,7 @@ def test_option_types_found_by_a_review_are_checked_before_training(monkeypatch)
         with pytest.raises(TypeError, match=match):
             _tiny(**kw).fit(x)
     wide = np.zeros((20, 12, 16), np.uint8)
-    with pytest.raises(ValueError, match=r"12x16 px \(H x W\).*pass image_size=S"):
+    with pytest.raises(ValueError, match=r"16x12 px; .*pass image_size=S"):
         _tiny().fit(wide)
 
 

@@ -121,7 +121,7 @@ def test_folder_images_index_like_an_array_and_name_a_file_damaged_past_its_head
     assert cropped.shape == (12, 8, 8, 1)
     np.testing.assert_array_equal(np.asarray(cropped), full[:, 4:12, 6:14])
     assert FolderImages(files, (16, 20), 3)[0].shape == (16, 20, 3)
-    with pytest.raises(DataError, match="larger than the 16x20 images"):
+    with pytest.raises(DataError, match="larger than the 20x16 px images"):
         imgs.center_cropped(18)
     data = open(files[0], "rb").read()
     open(files[0], "wb").write(data[: len(data) // 2])  # the header reads, the pixels do not
@@ -152,7 +152,7 @@ def test_image_set_reads_every_layout_in_chunks_and_names_bad_input(tmp_path):
         ImageSet(x[:0])
     with pytest.raises(ValueError, match="have 3 channel.*expects 1"):
         ImageSet(x).expect(channels=1)
-    with pytest.raises(ValueError, match="are 5x6 px, the model was trained on 8x8 px"):
+    with pytest.raises(ValueError, match="are 6x5 px, the model was trained on 8x8 px"):
         ImageSet(x).expect(size=(8, 8))
 
 

@@ -733,3 +733,48 @@ def test_resume_after_a_crash_does_not_repeat_metrics_lines(tmp_path, monkeypatc
             f.write('{"epoch": 3, "st')  # a line cut short by the crash
         train(cfg, split, progress=False, resume=True)
         assert [json.loads(l)["global_step"] for l in metrics.read_text().splitlines()] == [3, 6, 9, 10, 12]
+
+
+def test_cli_resume_of_a_folder_holding_no_run_is_refused(tmp_path, capsys):
+    """A mistyped --out with --resume trained the default run (digits, width 64, 20 epochs) there."""
+    from con2.cli.main import main
+
+    assert main(["train", "--resume", "--out", str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no run to continue (no config.json there)" in err and "--dataset" in err
+    assert not (tmp_path / "typo").exists()
+
+
+def test_cli_n_train_and_test_fraction_are_alternatives(tmp_path, capsys):
+    """--n-train silently overrode an explicit --test-fraction (which config.json still recorded)."""
+    from con2.cli.main import main
+
+    args = ["train", "--dataset", "digits", "--n-train", "50", "--test-fraction", "0.5", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert "--n-train and --test-fraction are alternatives" in capsys.readouterr().err
+
+
+def test_image_sizes_are_named_width_by_height_everywhere():
+    from con2.data.datasets import DataError
+    from con2.data.images import center_crop_array
+
+    wide = np.zeros((2, 20, 32, 1), np.uint8)  # 20 high, 32 wide
+    with pytest.raises(DataError, match="--center-crop 24 is larger than the 32x20 px images"):
+        center_crop_array(wide, 24)
+
+
+def test_progress_into_a_log_file_is_plain_lines_and_quiet_silences_it(tmp_path):
+    """A bar's carriage returns made one ever-growing line in a batch job's log."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "con2.cli.main", "train", "--dataset", "digits", "--epochs", "2", "--width", "4",
+            "--max-train-samples", "16", "--batch-size", "8", "--device", "cpu"]
+    done = subprocess.run(args + ["--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("step ")]
+    assert lines and lines[-1].startswith("step 4/4 (100.0%), epoch 1, loss ") and "views/s" in lines[-1]
+    quiet = subprocess.run(args + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert quiet.stdout.strip() == f"trained model in {tmp_path / 'b'}"

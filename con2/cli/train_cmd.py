@@ -22,8 +22,9 @@ def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default=None,
                    help="con2 (paper, default), context / content (loss ablations), simclr (baseline)")
     p.add_argument("--normal-class", nargs="+", default=None,
-                   help=per_run("the class(es) trained on as normal, by name or index (required unless the "
-                                "data set has a default: digits, breast, pneumonia, oct)"))
+                   help=per_run("the class(es) trained on as normal, by name or index (folder data: by class "
+                                "folder name; required unless the data set has a default: digits, breast, "
+                                "pneumonia, oct)"))
     p.add_argument("--data-root", default=None, help=f"folder of the data files (default {_D.data_root})")
     p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or cifar from an npz)")
     p.add_argument("--image-size", type=int, default=None, help="resize every image to this square")
@@ -78,6 +79,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base and only what the command line sets (itself or through --preset) replaces it, so
     `--resume --out RUN` alone continues RUN; a changed identity setting is then refused by train."""
     explicit = {f for f in _FIELDS if getattr(args, f, None) is not None}
+    if {"n_train", "test_fraction"} <= explicit:  # the split takes one or the other, never both
+        raise ValueError("--n-train and --test-fraction are alternatives: --n-train N trains on N normals and "
+                         "holds out the rest; give one of them")
     cfg = TrainConfig(**{f: getattr(args, f) for f in explicit})
     if "out" not in explicit:
         cfg.out = f"runs/{cfg.dataset}-{cfg.context.replace(',', '+')}-{cfg.objective}-s{cfg.seed}"
@@ -85,6 +89,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = apply_preset(cfg, args.preset, explicit)
     chosen = explicit | {"out"} | {k for k, v in dataclasses.asdict(cfg).items() if before[k] != v}
     saved = Path(cfg.out) / "config.json"
+    if getattr(args, "resume", False) and not saved.exists() and "dataset" not in explicit:
+        # a mistyped --out would otherwise start the default run (digits) in its place
+        raise ValueError(f"--resume: {cfg.out} holds no run to continue (no config.json there); check the path, "
+                         "or give the settings of the run to start (at least --dataset)")
     if getattr(args, "resume", False) and saved.exists():
         from ..files import read_json
 
@@ -116,7 +124,7 @@ def _train(args):
 
     cfg = config_from_args(args)
     deadline = time.time() + args.time_limit if args.time_limit else None
-    run_dir = train(cfg, resume=args.resume, deadline=deadline)
+    run_dir = train(cfg, resume=args.resume, deadline=deadline, progress=not args.quiet)
     if run_finished(run_dir):
         print(f"trained model in {run_dir}")
         return 0
@@ -145,6 +153,8 @@ def register(sub) -> None:
     p.add_argument("--time-limit", type=parse_duration, default=None, metavar="DURATION",
                    help="checkpoint and leave after this much wall time (5400, 90m, 3h50m), with exit status "
                         f"{EXIT_PAUSED} if the run is not finished; --resume continues")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (by default a bar on a terminal, a line a minute into a log file)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=_train)
 

@@ -28,7 +28,7 @@ CHUNK_BYTES = 256 * 2**20
 def _crop_corner(h: int, w: int, size: int) -> tuple[int, int]:
     """(top, left) of the centred size x size square of an H x W image (torchvision's CenterCrop offsets)."""
     if size > h or size > w:
-        raise DataError(f"--center-crop {size} is larger than the {h}x{w} images; resize them first (--image-size)")
+        raise DataError(f"--center-crop {size} is larger than the {w}x{h} px images; resize them first (--image-size)")
     return int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
 
 
@@ -165,8 +165,8 @@ class ImageSet:
         if channels is not None and self.shape[1] != channels:
             raise ValueError(f"{self.name} have {self.shape[1]} channel(s), the model expects {channels}")
         if size is not None and tuple(self.shape[2:]) != tuple(size):
-            raise ValueError(f"{self.name} are {self.shape[2]}x{self.shape[3]} px, "
-                             f"the model was trained on {size[0]}x{size[1]} px")
+            raise ValueError(f"{self.name} are {self.shape[3]}x{self.shape[2]} px, "
+                             f"the model was trained on {size[1]}x{size[0]} px")
         return self
 
     def __len__(self) -> int:

@@ -214,7 +214,7 @@ def seeded_normal_split(labels: np.ndarray, normal: tuple, cfg) -> dict:
     if cfg.n_train is not None:
         n_train = int(cfg.n_train)
         if not 0 < n_train <= n - n_val:
-            raise DataError(f"n_train={n_train} must be in 1..{n - n_val} ({n} normal samples, {n_val} for val)")
+            raise DataError(f"--n-train {n_train} must be in 1..{n - n_val} ({n} normal samples, {n_val} for val)")
         n_test = n - n_train - n_val
     else:
         n_test = int(round(cfg.test_fraction * n))

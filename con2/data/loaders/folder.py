@@ -137,7 +137,8 @@ def load_folder(cfg) -> OneClassSplit:
     """
     root = Path(cfg.data_root)
     if not root.is_dir():
-        raise DataError(f"image folder not found: {root}")
+        raise DataError(f"--data-root {root} is a file, not a folder of class folders" if root.exists()
+                        else f"image folder not found: {root}")
     if not cfg.normal_class:
         raise DataError("--dataset folder needs --normal-class (one or more class folder names)")
     has_tree = (root / "train").is_dir() and (root / "test").is_dir()
