@@ -14,6 +14,9 @@ DATASETS = ("digits", "breast", "pneumonia", "oct", "derma", "blood", "cifar10",
 CONTEXTS = ("invert", "flip", "equalize")
 OBJECTIVES = ("con2", "context", "content", "simclr")
 PIPELINES = ("auto", "tensor", "dali", "workers")
+# How --image-size S resizes: "stretch" to S x S; "shorter-side" scales the shorter side to S
+# keeping the aspect ratio, then keeps the centred S x S (torchvision's Resize(S) + CenterCrop(S)).
+RESIZE_MODES = ("stretch", "shorter-side")
 # The scoring choices (con2.scoring uses them): here so that building the CLI's parser imports no torch.
 SCORERS = ("nnd", "lh")
 AGGREGATES = ("mean", "max")
@@ -64,6 +67,7 @@ class TrainConfig:
     data_root: str = "data"
     data_file: str | None = None  # the .npz of --dataset npz / cifar from an npz
     image_size: int | None = None  # None: the data's own size
+    resize: str = "stretch"  # RESIZE_MODES: how image_size is reached from non-square images
     center_crop: int | None = None  # then a centred square of this size (paper: 256 -> 224)
     resolution: int | None = None  # MedMNIST file resolution (28, 64, 128, 224)
     epochs: int = 20
@@ -98,6 +102,10 @@ class TrainConfig:
                 bad(f"unknown context {c!r}; choose from {', '.join(CONTEXTS)}")
         if self.objective not in OBJECTIVES:
             bad(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if self.resize not in RESIZE_MODES:
+            bad(f"unknown --resize {self.resize!r}; choose from {', '.join(RESIZE_MODES)}")
+        if self.resize != "stretch" and self.image_size is None:
+            bad(f"--resize {self.resize} says how --image-size S is reached: give --image-size")
         if self.pipeline not in PIPELINES:
             bad(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
         if self.epochs < 1:

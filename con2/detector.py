@@ -186,6 +186,9 @@ class Con2Detector(BaseEstimator):
         if not 0 < self.calibration_fraction < 1:
             raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}")
         check_crop_scale(self.crop_scale)
+        if self.crop_scale is not None and self.views == 0:  # it would be ignored without a word
+            raise ValueError("crop_scale sets the area of the test-time crops, but views=0 makes none (one plain "
+                             "view of each image); leave crop_scale None, or give views >= 2")
         from .scoring import view_plan
 
         view_plan(self.views, None)  # odd or negative view counts fail here, not after training

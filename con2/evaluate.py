@@ -55,11 +55,25 @@ def check_crop_scale(crop_scale) -> tuple[float, float] | None:
     return lo, hi
 
 
+def check_views_crop_scale(views, crop_scale) -> None:
+    """Refuse a crop range with --views 0: its one plain view makes no crops, so the range would be
+    ignored (and, before this check, recorded in metrics.json as if applied)."""
+    if crop_scale is not None and views == 0:
+        raise ValueError("--crop-scale sets the area of the test-time crops, but --views 0 makes none (one plain "
+                         "view of each image); drop --crop-scale, or give --views 2 or more")
+
+
+def class_name(split: OneClassSplit, c) -> str:
+    """The name of class index `c` in the split's class table (the index as text where it has none)."""
+    return split.class_names.get(int(c), str(int(c)))
+
+
 def run_scorer(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40, scorers: Iterable[str] = SCORERS,
                aggregate: str = "mean", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
                progress: bool = True, crop_scale: tuple[float, float] | None = None) -> Scorer:
     """A Scorer with the train bank of `split` encoded by `model` under the run's views and contexts
     (the test-time crops' area range set by `crop_scale`, see scoring_view_config)."""
+    check_views_crop_scale(views, crop_scale)
     return Scorer(model, scoring_view_config(cfg, split, crop_scale), context_set(cfg), split.train, views=views,
                   scorers=scorers, aggregate=aggregate, seed=seed, batch_size=batch_size, bank_dtype=bank_dtype,
                   progress=progress)
@@ -87,10 +101,14 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     per_view = scorer.score_views(split.test, scorers)
     val_scores = scorer.score(split.val, scorers) if len(split.val) else None
     # numpy scalars (a sweep's np.arange views) as Python numbers: the metrics are written as JSON
+    # normal_classes are indices of the class table (folder data: sorted folder names); the names say which
+    # classes they are. crop_scale is None for --views 0: its one plain view makes no crops.
     metrics: dict = {
         "dataset": split.name, "normal_classes": [int(c) for c in split.normal_classes],
+        "normal_class_names": [class_name(split, c) for c in split.normal_classes],
         "context": cfg.context, "objective": cfg.objective, "views": int(views), "aggregate": aggregate,
-        "scoring_seed": int(seed), "crop_scale": list(scorer.encoder.view_cfg.scale), "bank_dtype": bank_dtype,
+        "scoring_seed": int(seed), "crop_scale": list(scorer.encoder.view_cfg.scale) if views else None,
+        "bank_dtype": bank_dtype,
         "con2_version": __version__, "torch_version": torch.__version__,
         "device": str(scorer.encoder.device), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "n_train": int(len(split.train)), "n_val": int(len(split.val)),
@@ -120,6 +138,7 @@ def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = 
     """Score a finished run's test split with every scorer; writes metrics.json and scores.csv."""
 
     run_dir = Path(run_dir)
+    check_views_crop_scale(views, crop_scale)  # before the model and data are loaded
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg, split)
     metrics, scores = evaluate_model(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype,
@@ -168,6 +187,7 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
     if part not in ("test", "val", "train"):
         raise ValueError(f"part must be test, val or train, got {part!r}")
     (scorer,) = check_scorers(scorer)
+    check_views_crop_scale(views, crop_scale)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg, split)
     images = split.part(part)
@@ -202,18 +222,40 @@ def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | 
     """Per image of `part`: label (1 = anomaly), class name ("" where the loader kept none) and
     source file (None for array data sets), so a score row can be traced back to its image."""
     n = len(split.part(part))
-    name = lambda c: split.class_names.get(int(c), str(int(c)))  # noqa: E731
     if part == "test":
         labels = [int(v) for v in split.test_labels]
-        classes = [name(c) for c in split.test_classes] if split.test_classes is not None else [""] * n
+        classes = [class_name(split, c) for c in split.test_classes] if split.test_classes is not None else [""] * n
         files = split.test_files
     else:  # train / val hold normal images only; their class is known when there is one normal class
         labels = [0] * n
-        classes = [name(split.normal_classes[0]) if len(split.normal_classes) == 1 else ""] * n
         files = split.train_files if part == "train" else split.meta.get("val_files")
+        classes = ([class_name(split, split.normal_classes[0])] * n if len(split.normal_classes) == 1
+                   else _folder_classes(split, part, files) or [""] * n)
     if files is not None and len(files) != n:  # e.g. --max-train-samples kept files and images in step
         raise ValueError(f"{part} split: {len(files)} file names for {n} images")
     return labels, classes, files
+
+
+def _folder_classes(split, part: str, files: list[str] | None) -> list[str] | None:
+    """The class of each train / val image of an image folder with several normal classes, read from
+    its path: the loader keeps no per-image class for these parts (only the test part's), but the
+    first folder under the root (<root>/<class>/..., or <root>/<part>/<class>/... for a given split)
+    is it. None where the split has no files or a path does not fit (array data sets)."""
+    root = split.meta.get("source")
+    if not files or root is None or split.meta.get("split") not in ("seeded", "given"):
+        return None
+    base = Path(root) / part if split.meta["split"] == "given" else Path(root)
+    normal = {class_name(split, c) for c in split.normal_classes}
+    classes = []
+    for f in files:
+        try:
+            rel = Path(f).relative_to(base).parts
+        except ValueError:
+            return None
+        if len(rel) < 2 or rel[0] not in normal:
+            return None
+        classes.append(rel[0])
+    return classes
 
 
 def read_scores(run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -4,9 +4,11 @@ Files are decoded as the run's data set was (con2.data.decode.decode_image: 16-b
 scaled, not clipped), converted to the run's channel count (grey to RGB by repetition as the loaders
 do, colour to grey by Pillow's luma) and resized as the run's images were: folder data sets with
 Pillow's bicubic filter, array data sets (MedMNIST, CIFAR, npz, digits) with the loaders' antialiased
-bilinear resize (aspect ratio not kept), to the size before the run's centre crop, then cropped. So a
+bilinear resize (aspect ratio not kept, or with --resize shorter-side kept: the shorter side to the
+size, then the centred square), to the size before the run's centre crop, then cropped. So a
 file gets the score its pixels would get inside `con2 evaluate`. The threshold is calibrated on the
-run's val normals at `target_fpr` (con2.metrics.calibrate_threshold) unless one is given.
+run's val normals at `target_fpr` (default 0.05; con2.metrics.calibrate_threshold) unless one is given:
+the two are alternatives, so giving both is refused.
 """
 from __future__ import annotations
 
@@ -17,34 +19,44 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.decode import list_images
+from .data.decode import list_images, not_a_file
+
+DEFAULT_TARGET_FPR = 0.05
 
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files given and those under the folders given; an entry of a folder that is not a
+    readable file (a dangling symlink, a FIFO) is an error naming it, as training names it, not a
+    file left out of the output without a word."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = list_images(p)
+            found = list_images(p, strict=True)
             if not found:
                 raise FileNotFoundError(f"{p}: no image files in this folder")
             files += found
         elif p.is_file():
             files.append(p)
+        elif p.is_symlink():  # a link whose target is gone, not a name that does not exist
+            raise not_a_file(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     return files
 
 
-def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool) -> np.ndarray:
-    """uint8 [N, H, W, C] made as the run's loader made its images (module docstring); an
-    unreadable file is an error naming it, one far from the run's image shape a warning naming it."""
-    images, stretched = _read(files, size, channels, folder)
+def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool,
+                keep_aspect: bool = False) -> np.ndarray:
+    """uint8 [N, H, W, C] made as the run's loader made its images (module docstring; keep_aspect:
+    --resize shorter-side); an unreadable file is an error naming it, one far from the run's image
+    shape a warning naming it."""
+    images, stretched = _read(files, size, channels, folder, keep_aspect)
     _warn_stretched(stretched, len(files), size)
     return images
 
 
-def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool) -> tuple[np.ndarray, list]:
+def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool,
+          keep_aspect: bool = False) -> tuple[np.ndarray, list]:
     """read_images' images, and the files far from the run's shape (not yet warned about)."""
     from PIL import Image
 
@@ -55,7 +67,7 @@ def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: b
     stretched: list[str] = []
     for i, f in enumerate(files):
         try:
-            arr = decode_image(f, size if folder else None)
+            arr = decode_image(f, size if folder else None, keep_aspect)
             hw = read_header(f)[1] if folder else arr.shape[:2]  # folders are decoded at the run's size
         except DataError as exc:  # its message names the file
             raise DataError(f"cannot read image {exc}") from exc
@@ -66,7 +78,7 @@ def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: b
         if arr.shape[-1] != channels:
             arr = (np.repeat(arr, 3, axis=-1) if channels == 3
                    else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
-        out[i] = resize_images(arr[None], size)[0]  # no-op for folders (decoded at the size)
+        out[i] = resize_images(arr[None], size, keep_aspect)[0]  # no-op for folders (decoded at the size)
     return out, stretched
 
 
@@ -101,32 +113,42 @@ def _ratio(w: int, h: int) -> str:
 
 
 def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggregate: str = "mean",
-                  target_fpr: float = 0.05, threshold: float | None = None, device: str = "auto", seed: int = 0,
+                  target_fpr: float | None = None, threshold: float | None = None, device: str = "auto", seed: int = 0,
                   batch_size: int = 256, bank_dtype: str = "float32", progress: bool = True,
                   crop_scale: tuple[float, float] | None = None) -> list[dict]:
-    """[{file, score, anomaly, threshold}] for every image under `inputs`."""
+    """[{file, score, anomaly, threshold}] for every image under `inputs`: the threshold given, or the
+    one calibrated on the run's val normals at `target_fpr` (None: DEFAULT_TARGET_FPR)."""
     from .data.images import CHUNK_BYTES, center_crop_array
-    from .evaluate import run_scorer
+    from .evaluate import check_views_crop_scale, run_scorer
     from .metrics import calibrate_threshold, check_target_fpr
     from .run import load_run, run_split
 
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"--threshold must be a finite number, got {threshold}")
-    check_target_fpr(target_fpr)  # here, not after the val normals are scored
+    if threshold is not None and target_fpr is not None:  # the target would be ignored without a word
+        raise ValueError(f"--threshold {threshold:g} and --target-fpr {target_fpr} are alternatives (a threshold "
+                         f"given, or one calibrated at that FPR on the val normals); give one of them")
+    target_fpr = check_target_fpr(DEFAULT_TARGET_FPR if target_fpr is None else target_fpr)  # not after scoring
+    check_views_crop_scale(views, crop_scale)
     files = list_inputs(inputs)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg)
     # the run's pre-processing: resize (to the pre-crop size when the run crops), then the centred crop
     size = tuple(int(v) for v in split.meta.get("pre_crop_size") or split.train.shape[1:3])
     if threshold is None and not len(split.val):
-        raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold")
+        # how to get val normals: a seeded split holds some out with --val-fraction; data with its own
+        # split refuses that option, so it needs val images of its own
+        seeded = str(split.meta.get("split", "")).startswith("seeded")
+        retrain = ("retrain with --val-fraction F (e.g. 0.1) to hold out val normals for it" if seeded else
+                   "retrain on data with val normal images (its own split has none, so --val-fraction cannot apply)")
+        raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold, or {retrain}")
     # the files a chunk at a time, so a folder larger than memory can be scored (a file's views are
     # keyed by its pixels: its score does not depend on the chunk it is read in)
     rows = max(1, CHUNK_BYTES // (size[0] * size[1] * split.channels))
     parts, stretched = [files[i:i + rows] for i in range(0, len(files), rows)], []
 
     def images_of(part):
-        images, far = _read(part, size, split.channels, cfg.dataset == "folder")
+        images, far = _read(part, size, split.channels, cfg.dataset == "folder", cfg.resize == "shorter-side")
         stretched.extend(far)
         return center_crop_array(images, cfg.center_crop)
 

@@ -9,7 +9,8 @@ Representations for the PCA and the silhouette score are g(x) and g(t_C(x)) unde
 deterministic view (no augmentation), L2-normalised. The silhouette score uses the Euclidean
 distance between those unit vectors (a monotone function of the cosine distance), labels = context.
 Scores come from the run's scores.csv (written by `con2 evaluate`); when it is missing the run is
-evaluated first.
+evaluated first, with `views` (default 40). A `views` other than the existing evaluation's is refused:
+the page would show the other evaluation under the views asked for.
 """
 from __future__ import annotations
 
@@ -124,9 +125,10 @@ def _subsample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None, views: int = 40, device: str = "auto",
+def build_report(run_dir: str | Path, out: str | Path | None = None, views: int | None = None, device: str = "auto",
                  max_points: int = 300, seed: int = 0, progress: bool = True) -> Path:
-    """Write the run's report.html (or `out`) and return its path."""
+    """Write the run's report.html (or `out`) and return its path. views: of the evaluation shown,
+    None for the run's own (40 when it has none yet); another count than the run's is refused."""
     from sklearn.metrics import silhouette_score
 
     from .data import ContextSet
@@ -134,10 +136,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
     from .run import load_run, run_split
 
     run_dir = Path(run_dir)
+    if views is not None and (run_dir / SCORES_FILE).exists():  # the page would show the other evaluation
+        done = read_json(run_dir / METRICS_FILE).get("views") if (run_dir / METRICS_FILE).exists() else None
+        if done != views:
+            was = f"evaluated with --views {done}" if done is not None else f"evaluated ({METRICS_FILE} is missing)"
+            raise ValueError(f"{run_dir} was {was}, not --views {views}: run `con2 evaluate --run {run_dir} "
+                             f"--views {views}` first, or drop --views to report the run's evaluation")
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg)
     if not (run_dir / SCORES_FILE).exists():
-        evaluate_run(run_dir, views=views, device=device, split=split, progress=progress)
+        evaluate_run(run_dir, views=40 if views is None else views, device=device, split=split, progress=progress)
     labels, scores = read_scores(run_dir)
     if len(labels) != len(split.test):
         raise ValueError(f"{run_dir}/{SCORES_FILE} has {len(labels)} rows but the test split has "

@@ -28,7 +28,7 @@ from .model import Con2Model
 MODEL_FORMAT = "con2-model/1"
 # The settings that make a run what it is: a resume must keep them, and a run's weights must have
 # been trained with them. Paths, device, pipeline, compile and checkpointing may change.
-IDENTITY_KEYS = ("dataset", "context", "objective", "normal_class", "image_size", "center_crop", "resolution",
+IDENTITY_KEYS = ("dataset", "context", "objective", "normal_class", "image_size", "resize", "center_crop", "resolution",
                  "epochs", "batch_size", "lr", "weight_decay", "temperature", "amp", "seed", "width",
                  "split_seed", "test_fraction", "val_fraction", "n_train", "max_train_samples")
 

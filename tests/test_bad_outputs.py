@@ -132,7 +132,8 @@ def test_bad_out_paths_fail_before_any_work(tmp_path, monkeypatch, capsys):
     # a missing folder is made first, as `con2 score` does
     row = {"file": "a.png", "score": 0.5, "anomaly": 0, "threshold": 1.0}
     monkeypatch.setattr("con2.predict.predict_files", lambda *args, **kwargs: [row])
-    assert main(["predict", "--run", "r", "a.png", "--out", str(tmp_path / "new" / "p.csv")]) == 0
+    run = str(tmp_path / "emptydir")  # a folder: --run is checked to be one
+    assert main(["predict", "--run", run, "a.png", "--out", str(tmp_path / "new" / "p.csv")]) == 0
     assert (tmp_path / "new" / "p.csv").read_text().splitlines() == ["file,score,anomaly,threshold", "a.png,0.5,0,1.0"]
 
 
@@ -243,3 +244,139 @@ def test_out_may_be_a_fifo_or_device_in_a_folder_the_user_cannot_write(tmp_path,
         output.check_output(out)  # written in place (con2.files.replacing), no file made beside it
     with pytest.raises(PermissionError, match="is not writable"):
         output.check_output(tmp_path / "scores.csv")
+
+
+# ----------------------------------------------------------------------------- options that would be ignored,
+# outputs that hide which image or class they mean, and --run paths that name no run
+
+@pytest.fixture(scope="module")
+def two_normal_run(tmp_path_factory):
+    """A tiny seeded folder run with two normal classes (a, b), an anomalous one (c) and val normals."""
+    d = tmp_path_factory.mktemp("two")
+    rng = np.random.default_rng(0)
+    for cls, n in (("a", 8), ("b", 8), ("c", 4)):
+        (d / "data" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(d / "data" / cls / f"{cls}{i}.png")
+    cfg = TrainConfig(dataset="folder", data_root=str(d / "data"), normal_class=["a", "b"], test_fraction=0.3,
+                      val_fraction=0.2, epochs=1, width=4, batch_size=8, device="cpu", out=str(d / "run"))
+    return train(cfg, progress=False)
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"con2 {command}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_views_0_refuses_a_crop_scale_and_records_no_crop_range(two_normal_run, tmp_path, capsys):
+    from con2.evaluate import evaluate_run, score_split
+    from con2.predict import predict_files
+    from con2.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(two_normal_run, run)
+    image = str(two_normal_run.parent / "data" / "c" / "c0.png")
+    crop = ["--views", "0", "--crop-scale", "0.5", "0.5", "--quiet"]
+    for command in (["evaluate"], ["score"], ["predict", image]):
+        assert main([command[0], "--run", str(run), *command[1:], *crop]) == 2
+        err = _one_line_error(capsys, command[0])
+        assert "--crop-scale" in err and "--views 0" in err
+    for call in (evaluate_run, score_split, lambda *a, **kw: predict_files(a[0], [image], **kw)):
+        with pytest.raises(ValueError, match=r"--crop-scale.*--views 0"):
+            call(run, views=0, crop_scale=(0.5, 0.5), progress=False)
+    assert not (run / "metrics.json").exists()
+    # one plain view makes no crops: no crop range is recorded (it was the unused training views' 0.08-1)
+    assert evaluate_run(run, views=0, progress=False)["crop_scale"] is None
+    assert json.loads((run / "metrics.json").read_text())["crop_scale"] is None
+    assert "one plain view of each image, no crops" in build_report(run, max_points=20, progress=False).read_text()
+
+
+def test_predict_refuses_a_threshold_with_an_explicit_target_fpr(two_normal_run, capsys):
+    from con2.predict import predict_files
+
+    image = str(two_normal_run.parent / "data" / "c" / "c0.png")
+    args = ["predict", "--run", str(two_normal_run), image, "--views", "2", "--quiet", "--threshold", "0"]
+    assert main(args + ["--target-fpr", "0.5"]) == 2
+    err = _one_line_error(capsys, "predict")
+    assert "--threshold" in err and "--target-fpr" in err
+    with pytest.raises(ValueError, match="--threshold.*--target-fpr"):
+        predict_files(two_normal_run, [image], views=2, threshold=0.0, target_fpr=0.5, progress=False)
+    assert main(args) == 0  # the default target FPR is not a choice the threshold overrides
+    assert capsys.readouterr().out.splitlines()[1].endswith(",0.0")
+
+
+def test_predict_names_a_folder_entry_that_is_not_a_readable_file(two_normal_run, tmp_path, capsys):
+    from con2.data.decode import DataError
+    from con2.predict import list_inputs
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(two_normal_run.parent / "data" / "c" / "c0.png", folder / "ok.png")
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    # as the folder loader names it in training (con2.data.loaders.folder._read_header)
+    says = (f"cannot read image {folder / 'gone.png'}: a dangling symlink (its target {tmp_path / 'missing.png'} "
+            f"does not exist)")
+    assert main(["predict", "--run", str(two_normal_run), str(folder), "--views", "2", "--quiet"]) == 2
+    assert _one_line_error(capsys, "predict") == f"con2 predict: error: {says}\n"
+    for given in (folder, folder / "gone.png"):  # a link given itself, too
+        with pytest.raises(DataError, match=re.escape(f"{folder / 'gone.png'}: a dangling symlink")):
+            list_inputs([given])
+    (folder / "gone.png").unlink()
+    os.mkfifo(folder / "pipe.png")
+    with pytest.raises(DataError, match=re.escape(f"cannot read image {folder / 'pipe.png'}: not a regular file")):
+        list_inputs([folder])
+
+
+def test_train_and_val_scores_name_each_images_class(two_normal_run):
+    from con2.evaluate import score_split
+
+    for part in ("train", "val"):
+        res = score_split(two_normal_run, part, views=0, progress=False)
+        assert all(c in ("a", "b") and Path(f).parent.name == c for c, f in zip(res.classes, res.files))
+    assert set(res.classes) | set(score_split(two_normal_run, "train", views=0, progress=False).classes) == {"a", "b"}
+
+
+def test_a_given_folder_splits_train_and_val_classes_come_from_their_folders(tmp_path):
+    from con2.data import OneClassSplit
+    from con2.evaluate import sample_columns
+
+    root = tmp_path / "root"
+    images = np.zeros((2, 4, 4, 1), np.uint8)
+    split = OneClassSplit("root", images, images, np.array([0, 1]), images, normal_classes=(0, 2),
+                          class_names={0: "a", 1: "c", 2: "b"}, test_classes=np.array([0, 1]),
+                          train_files=[str(root / "train" / "a" / "x.png"),
+                                       str(root / "train" / "b" / "sub" / "y.png")],
+                          test_files=[str(root / "test" / "a" / "z.png"), str(root / "test" / "c" / "w.png")],
+                          meta={"source": str(root), "split": "given",
+                                "val_files": [str(root / "val" / "b" / "v.png"), str(root / "val" / "a" / "u.png")]})
+    assert sample_columns(split, "train")[1] == ["a", "b"]
+    assert sample_columns(split, "val")[1] == ["b", "a"]
+    split.train_files = None  # no files (array data sets): the class is not known
+    assert sample_columns(split, "train")[1] == ["", ""]
+
+
+def test_metrics_name_the_normal_classes(two_normal_run):
+    from con2.evaluate import evaluate_run
+
+    metrics = evaluate_run(two_normal_run, views=0, progress=False, write=False)
+    assert metrics["normal_classes"] == [0, 1] and metrics["normal_class_names"] == ["a", "b"]
+
+
+def test_a_run_path_that_is_no_folder_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for run, says in ((tmp_path / "nodir", "does not exist"), (tmp_path / "afile", "is a file, not a run folder")):
+        for command in (["score"], ["evaluate"], ["predict", "a.png"], ["report"]):
+            assert main([command[0], "--run", str(run), *command[1:], "--quiet"]) == 2
+            err = _one_line_error(capsys, command[0])
+            assert err.startswith(f"con2 {command[0]}: error: --run {run} {says}") and "con2 train --out" in err
+
+
+def test_predict_without_val_normals_says_how_to_get_them(two_normal_run, tmp_path, capsys):
+    cfg = TrainConfig(dataset="folder", data_root=str(two_normal_run.parent / "data"), normal_class=["a"],
+                      epochs=1, width=4, batch_size=8, device="cpu", out=str(tmp_path / "run"))
+    run = train(cfg, progress=False)
+    assert main(["predict", "--run", str(run), str(two_normal_run.parent / "data" / "c" / "c0.png"), "--quiet"]) == 2
+    err = _one_line_error(capsys, "predict")
+    assert "has no val normals to calibrate a threshold on; pass --threshold" in err
+    assert "--val-fraction F (e.g. 0.1)" in err

@@ -641,3 +641,60 @@ def test_a_data_root_that_is_a_file_is_named_so(tmp_path):
         load_split(cfg(dataset="folder", data_root=str(tmp_path / "x.png"), normal_class=["a"]))
     with pytest.raises(DataError, match="image folder not found"):
         load_split(cfg(dataset="folder", data_root=str(tmp_path / "nowhere"), normal_class=["a"]))
+
+
+# --resize shorter-side: torchvision's Resize(S) (aspect kept) + CenterCrop(S) instead of a stretch
+
+def _tall_folder(root, n=6, size=(30, 40)):
+    """Class folders of images 30 wide and 40 high: a bright top band that a stretch keeps and a
+    shorter-side resize crops away, so the two modes give visibly different pixels."""
+    rng = np.random.default_rng(3)
+    for cls in ("good", "bad"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(0, 120, (size[1], size[0], 3), dtype=np.uint8)
+            a[:4] = 255
+            Image.fromarray(a).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_shorter_side_resize_of_a_folder_is_torchvisions_resize_and_center_crop(tmp_path):
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    root = _tall_folder(tmp_path / "data")
+    files = sorted((root / "good").glob("*.png"))
+    want = np.stack([np.asarray(TF.center_crop(TF.resize(Image.open(f), 16, InterpolationMode.BICUBIC), 16))
+                     for f in files])
+    for pipeline in ("tensor", "workers"):  # decoded into memory / on access (FolderImages)
+        sp = load_split(cfg(dataset="folder", data_root=str(root), normal_class=["good"], image_size=16,
+                            resize="shorter-side", test_fraction=0.5, pipeline=pipeline))
+        got = np.concatenate([np.asarray(sp.train), np.asarray(sp.test)[np.asarray(sp.test_labels) == 0]])
+        assert got.shape[1:] == (16, 16, 3)
+        order = [str(f) for f in files]
+        idx = [order.index(f) for f in list(sp.train_files) + [f for f, y in zip(sp.test_files, sp.test_labels) if y == 0]]
+        np.testing.assert_array_equal(got, want[idx])
+    stretched = load_split(cfg(dataset="folder", data_root=str(root), normal_class=["good"], image_size=16,
+                               test_fraction=0.5))
+    assert np.asarray(stretched.train)[:, 0].mean() > 200 > np.asarray(sp.train)[:, 0].mean()  # the band: kept / cut
+
+
+def test_shorter_side_resize_of_an_npz_and_its_checks(tmp_path):
+    import torch
+    from torchvision.transforms import v2
+
+    x = np.random.default_rng(0).integers(0, 256, (20, 40, 30, 1), dtype=np.uint8)
+    path = tmp_path / "d.npz"
+    np.savez(path, images=x, labels=np.array([0, 1] * 10))
+    sp = load_split(cfg(dataset="npz", data_file=str(path), normal_class=["0"], image_size=16,
+                        resize="shorter-side", test_fraction=0.5))
+    ref = v2.CenterCrop(16)(v2.Resize(16, antialias=True)(torch.from_numpy(x).permute(0, 3, 1, 2)))
+    ref = ref.permute(0, 2, 3, 1).numpy()
+    assert sp.train.shape[1:] == (16, 16, 1) and len(sp.train) == 5
+    # each training image is torchvision's resize + crop of one of the normals (to a grey level of rounding)
+    err = np.abs(sp.train[:, None].astype(int) - ref[None, ::2].astype(int)).max(axis=(2, 3, 4))
+    assert (err.min(axis=1) <= 1).all()
+    with pytest.raises(ValueError, match="--resize shorter-side says how --image-size S is reached"):
+        cfg(dataset="npz", data_file=str(path), resize="shorter-side").validate()
+    with pytest.raises(ValueError, match="unknown --resize 'fit'"):
+        cfg(resize="fit").validate()

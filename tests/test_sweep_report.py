@@ -177,6 +177,24 @@ def test_report_states_the_evaluation_it_shows_and_a_missing_one(report_page, tm
     assert "metrics.json is missing" in page and "con2 evaluate --run" in page
 
 
+def test_report_refuses_views_other_than_the_evaluation_it_shows(report_page, tmp_path, capsys):
+    from con2.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(report_page.parent, run)  # evaluated with 2 views
+    says = rf"evaluated with --views 2, not --views 4: run `con2 evaluate --run {re.escape(str(run))} --views 4` first"
+    with pytest.raises(ValueError, match=says):
+        build_report(run, views=4, max_points=20, progress=False)
+    assert main(["report", "--run", str(run), "--views", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("con2 report: error: ") and err.count("\n") == 1 and "or drop --views" in err
+    assert "test-time views: 2," in build_report(run, views=2, max_points=20, progress=False).read_text()
+    assert "test-time views: 2," in build_report(run, max_points=20, progress=False).read_text()  # the run's
+    for name in ("scores.csv", "metrics.json"):  # not evaluated yet: evaluated with the views given
+        (run / name).unlink()
+    assert "test-time views: 4," in build_report(run, views=4, max_points=20, progress=False).read_text()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(report_page, tmp_path):
     probe = tmp_path / "probe.html"
@@ -194,7 +212,7 @@ def test_report_renders_in_headless_chromium(report_page, tmp_path):
     assert shot.exists() and shot.stat().st_size > 20_000
 
 
-def test_cli_stops_quietly_when_its_reader_leaves(monkeypatch, capsys):
+def test_cli_stops_quietly_when_its_reader_leaves(monkeypatch, capsys, tmp_path):
     """`con2 score ... | head`: standard output closing ends the command with 141 (as SIGPIPE would),
     no error; a broken pipe anywhere else is still an error."""
     import numpy as np
@@ -211,7 +229,8 @@ def test_cli_stops_quietly_when_its_reader_leaves(monkeypatch, capsys):
             raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr("sys.stdout", ClosedPipe())
-    assert main(["score", "--run", "somewhere"]) == 141
+    run = str(tmp_path)  # a folder: --run is checked to be one before score_split
+    assert main(["score", "--run", run]) == 141
     monkeypatch.undo()
     capsys.readouterr()
 
@@ -219,7 +238,7 @@ def test_cli_stops_quietly_when_its_reader_leaves(monkeypatch, capsys):
         raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(con2.evaluate, "score_split", broken_elsewhere)
-    assert main(["score", "--run", "somewhere"]) == 2
+    assert main(["score", "--run", run]) == 2
     assert "con2 score: error: [Errno 32] Broken pipe" in capsys.readouterr().err
 
 

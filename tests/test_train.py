@@ -778,3 +778,31 @@ def test_progress_into_a_log_file_is_plain_lines_and_quiet_silences_it(tmp_path)
     quiet = subprocess.run(args + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout.strip() == f"trained model in {tmp_path / 'b'}"
+
+
+def test_predict_decodes_a_shorter_side_run_as_its_folder_loader_did(tmp_path):
+    """--resize shorter-side: a tall file scores as the same file does inside the run's test split
+    (predict stretched it to the square, so its score was another image's)."""
+    from PIL import Image
+
+    from con2.data import load_split
+    from con2.evaluate import run_scorer
+    from con2.predict import predict_files
+
+    rng = np.random.default_rng(5)
+    for cls in ("good", "bad"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(12):
+            a = rng.integers(0, 120, (30, 20), dtype=np.uint8)  # 20 wide, 30 high
+            a[:5] = 255
+            Image.fromarray(a).save(tmp_path / "data" / cls / f"{i}.png")
+    cfg = TrainConfig(dataset="folder", data_root=str(tmp_path / "data"), normal_class=["good"], image_size=16,
+                      resize="shorter-side", center_crop=12, width=4, epochs=1, batch_size=8, device="cpu",
+                      out=str(tmp_path / "run"))
+    run = train(cfg, progress=False)
+    split = load_split(cfg)
+    files = split.test_files[:4]
+    got = predict_files(run, files, views=2, threshold=0.0, progress=False)
+    cfg, model = load_run(run, device="cpu")
+    want = run_scorer(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:4])["nnd"].numpy()
+    np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)

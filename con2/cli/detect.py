@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..scoring import AGGREGATES, BANK_DTYPES, MAX_VIEWS, SCORERS
+from ..config import AGGREGATES, BANK_DTYPE_NAMES, MAX_VIEWS, SCORERS
 from .output import check_output, write_output
 
 
@@ -37,7 +37,7 @@ def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) ->
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per encoder call")
-    p.add_argument("--bank-dtype", choices=tuple(BANK_DTYPES), default="float32", help="storage of the NND bank")
+    p.add_argument("--bank-dtype", choices=BANK_DTYPE_NAMES, default="float32", help="storage of the NND bank")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time view draws")
     p.add_argument("--crop-scale", type=_fraction_pos, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="area range of the test-time random crops (default: the training views', 0.08 1; "
@@ -54,12 +54,22 @@ def _run_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="a trained run directory (con2 train --out)")
 
 
+def _check_run(run: Path) -> None:
+    """--run names a folder: else con2.run.load_run would call it an unfinished run missing its
+    config.json, and suggest training or resuming what is only a mistyped path or a file."""
+    if not run.exists():
+        raise FileNotFoundError(f"--run {run} does not exist; give the folder `con2 train --out` wrote")
+    if not run.is_dir():
+        raise NotADirectoryError(f"--run {run} is a file, not a run folder; give the folder `con2 train --out` wrote")
+
+
 # ----------------------------------------------------------------------------- score
 
 def _score(args) -> None:
     from ..evaluate import score_split
 
     check_output(args.out)
+    _check_run(args.run)
     result = score_split(args.run, args.split, args.scorer, args.views, args.aggregate, args.device, args.seed,
                          args.batch_size, args.bank_dtype, not args.quiet, args.crop_scale)
     write_output(lambda out: result.write_csv(out, args.per_view), args.out)
@@ -72,6 +82,7 @@ def _score(args) -> None:
 def _evaluate(args) -> None:
     from ..evaluate import evaluate_run, format_metrics
 
+    _check_run(args.run)
     m = evaluate_run(args.run, views=args.views, scorers=args.scorers, aggregate=args.aggregate, device=args.device,
                      seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
                      target_fpr=args.target_fpr, per_view=args.per_view, progress=not args.quiet,
@@ -90,6 +101,7 @@ def _predict(args) -> None:
     from ..predict import predict_files
 
     check_output(args.out, example=f"predictions.{args.format}")
+    _check_run(args.run)
     rows = predict_files(args.run, args.inputs, scorer=args.scorer, views=args.views, aggregate=args.aggregate,
                          target_fpr=args.target_fpr, threshold=args.threshold, device=args.device,
                          seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
@@ -141,6 +153,7 @@ def _report(args) -> None:
     from ..report import build_report
 
     check_output(args.out, example="report.html")
+    _check_run(args.run)
     path = build_report(args.run, out=args.out, views=args.views, device=args.device,
                         max_points=args.max_points, progress=not args.quiet)
     print(f"wrote {path}")
@@ -167,9 +180,11 @@ def register(sub) -> None:
     _run_dir(p)
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     _scoring_options(p, scorer_choice=True)
-    p.add_argument("--target-fpr", type=_fraction, default=0.05,
-                   help="false-positive rate on the run's val normals that sets the threshold")
-    p.add_argument("--threshold", type=float, default=None, help="use this threshold instead of calibrating")
+    # default None, not 0.05: --threshold refuses a --target-fpr that was given, not the default
+    p.add_argument("--target-fpr", type=_fraction, default=None,
+                   help="false-positive rate on the run's val normals that sets the threshold (default 0.05)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="use this threshold instead of calibrating one (not with --target-fpr)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="of the output (default csv)")
     p.add_argument("--out", default=None, help="output file (default: stdout)")
     p.set_defaults(func=_predict)
@@ -192,7 +207,9 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="a self-contained HTML report of a run")
     _run_dir(p)
     p.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
-    p.add_argument("--views", type=_views, default=40, help="test-time views, if the run is not evaluated yet")
+    p.add_argument("--views", type=_views, default=None,
+                   help="test-time views of the evaluation shown: the run's (con2 evaluate), or 40 if it has none; "
+                        "another count than the run's is refused")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--max-points", type=_positive, default=300, help="samples per group in the PCA")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

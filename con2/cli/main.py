@@ -27,11 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parser = build_parser()
-    except ValueError as exc:  # a bad CON2_* environment setting, read when con2.ops is imported
-        print(f"con2: error: {exc}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command started: as quiet as during it
+        return 130
     names_on_stdout()
     with warnings.catch_warnings():
         if not getattr(args, "debug", False):  # one line per warning, like the errors; --debug keeps the source line

@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from ..config import CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, TrainConfig, apply_preset
+from ..config import CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, RESIZE_MODES, TrainConfig, apply_preset
 
 _D = TrainConfig()  # the defaults the help texts name
 
@@ -28,6 +28,9 @@ def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--data-root", default=None, help=f"folder of the data files (default {_D.data_root})")
     p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or cifar from an npz)")
     p.add_argument("--image-size", type=int, default=None, help="resize every image to this square")
+    p.add_argument("--resize", choices=RESIZE_MODES, default=None,
+                   help="how --image-size S is reached: stretch to S x S (default), or shorter-side: the shorter "
+                        "side to S keeping the aspect ratio, then the centred S x S (torchvision's Resize(S))")
     p.add_argument("--center-crop", type=int, default=None,
                    help="then keep the centred square of this size (the paper's MedMNIST pre-processing: "
                         "--image-size 256 --center-crop 224)")

@@ -64,7 +64,7 @@ def status() -> str:
     return f"nvidia-dali {dali.__version__}: {where}"
 
 
-def _build(files, batch_size, contexts, cfg, channels, hw, crop, seed, device_id, num_threads):
+def _build(files, batch_size, contexts, cfg, channels, hw, crop, seed, device_id, num_threads, keep_aspect=False):
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
@@ -75,7 +75,11 @@ def _build(files, batch_size, contexts, cfg, channels, hw, crop, seed, device_id
         encoded, _ = fn.readers.file(files=files, random_shuffle=False, name="reader")
         img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu",
                                 output_type=types.GRAY if channels == 1 else types.RGB)
-        img = fn.resize(img, resize_x=hw[1], resize_y=hw[0], interp_type=types.INTERP_CUBIC, antialias=True)
+        if keep_aspect:  # --resize shorter-side: the shorter side to S, then the centred S x S
+            img = fn.resize(img, resize_shorter=hw[0], interp_type=types.INTERP_CUBIC, antialias=True)
+            img = fn.crop(img, crop=[hw[0], hw[1]])
+        else:
+            img = fn.resize(img, resize_x=hw[1], resize_y=hw[0], interp_type=types.INTERP_CUBIC, antialias=True)
         if crop:  # the split's centred crop (paper: resize 256, crop 224); DALI centres at (hw - crop) / 2
             img = fn.crop(img, crop=[crop, crop])
         outs = []
@@ -153,6 +157,7 @@ class DaliBatchSource(GlobalBatches):
                              f"({len(gifs)} in the train split); use --pipeline tensor or workers")
         self.channels = split.channels
         self.hw, self.crop = split.file_decoding
+        self.keep_aspect = split.meta.get("resize") == "shorter-side"
         self.contexts, self.cfg = contexts, view_cfg
         self.init_batches(len(self.files), batch_size, rank, world)
         self.seed, self.device, self.dtype = seed, torch.device(device), dtype
@@ -174,7 +179,7 @@ class DaliBatchSource(GlobalBatches):
         device_id = (self.device.index or 0) if self.device.type == "cuda" else None  # None: CPU-only pipeline
         pipe_seed = ((self.seed * 1_000_003 + epoch) * 1009 + self.rank * 101 + start_step) % (2**31 - 1)
         pipe = _build(files, n_local, self.contexts, self.cfg, self.channels, self.hw, self.crop, pipe_seed, device_id,
-                      self.num_threads)
+                      self.num_threads, self.keep_aspect)
         pipe.build()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         try:

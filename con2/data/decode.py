@@ -27,10 +27,11 @@ GRAY_MODES = ("1", "L", "LA")
 _EXIF_ORIENTATION = 0x0112
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, strict: bool = False) -> list[Path]:
     """Image files under `folder` (recursively, into symlinked folders too, each real folder once),
     sorted; hidden files and anything inside hidden folders (.ipynb_checkpoints, .thumbnails, ...)
-    and other suffixes ignored."""
+    and other suffixes ignored. An image-named entry that is not a file (a dangling symlink, a FIFO)
+    is passed over, or with `strict` (con2 predict, which has no --skip-bad-files) a DataError naming it."""
     found, seen = [], set()
     # os.walk, not rglob: rglob skips symlinked sub-folders, and their images would be left out unsaid
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -42,7 +43,21 @@ def list_images(folder: Path) -> list[Path]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found += [Path(dirpath) / f for f in filenames
                   if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    if strict:  # else such an image would silently get no score
+        bad = next((p for p in sorted(found) if not p.is_file()), None)
+        if bad is not None:
+            raise not_a_file(bad)
     return sorted(p for p in found if p.is_file())
+
+
+def not_a_file(path: Path) -> DataError:
+    """The error for an image-named entry that is not a readable file, in the folder loader's words
+    for a dangling symlink (con2.data.loaders.folder._read_header)."""
+    if path.is_symlink() and not path.exists():
+        why = f"a dangling symlink (its target {os.readlink(path)} does not exist)"
+    else:
+        why = "not a regular file (a FIFO, socket or device)"
+    return DataError(f"cannot read image {path}: {why}")
 
 
 # Formats whose mode I images are 16-bit files (a 16-bit PGM / PPM; a 16-bit PNG in older Pillow):
@@ -77,10 +92,12 @@ def _to_8bit(img, path, fmt=None):
     return Image.fromarray((a * scale).clip(0, 255).round().astype(np.uint8))
 
 
-def decode_image(path: Path, size: int | tuple[int, int] | None) -> np.ndarray:
+def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bool = False) -> np.ndarray:
     """One image file as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour), upright by its EXIF
     orientation (as DALI's decoder and photo viewers show it), resized to size x size or (H, W) when
-    set (bicubic, as folder data sets are resized). Grayscale of more than 8 bits: see _to_8bit."""
+    set (bicubic, as folder data sets are resized); keep_aspect (--resize shorter-side, a square
+    size): the shorter side to that size, then the centred square. Grayscale of more than 8 bits:
+    see _to_8bit."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as img:
@@ -93,12 +110,21 @@ def decode_image(path: Path, size: int | tuple[int, int] | None) -> np.ndarray:
             img = img.convert("L")
         else:  # RGB, RGBA, P, CMYK, YCbCr, ...
             img = img.convert("RGB")
-        if size is not None:
-            h, w = (size, size) if isinstance(size, int) else size
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.BICUBIC)
+        h, w = (size, size) if isinstance(size, int) else size or (None, None)
+        if size is not None and keep_aspect and img.size[0] != img.size[1]:
+            from .images import shorter_side_size
+
+            hh, ww = shorter_side_size(img.size[1], img.size[0], h)
+            img = img.resize((ww, hh), Image.BICUBIC)
+        elif size is not None and img.size != (w, h):
+            img = img.resize((w, h), Image.BICUBIC)
         arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
-    return arr[..., None] if arr.ndim == 2 else arr
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    if arr.shape[:2] != (h, w) and size is not None:  # keep_aspect: the centred square (torchvision's offsets)
+        from .images import center_crop_array
+
+        arr = center_crop_array(arr[None], h)[0]
+    return arr
 
 
 def with_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -25,6 +25,14 @@ DAMAGED = (" (its header was read when the folder was loaded: its pixel data is 
 CHUNK_BYTES = 256 * 2**20
 
 
+def shorter_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(H', W') of torchvision's Resize(size) of an H x W image: the shorter side becomes size, the
+    longer one keeps the aspect ratio (truncated, as torchvision does)."""
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
+
+
 def _crop_corner(h: int, w: int, size: int) -> tuple[int, int]:
     """(top, left) of the centred size x size square of an H x W image (torchvision's CenterCrop offsets)."""
     if size > h or size > w:
@@ -44,21 +52,23 @@ def center_crop_array(images, size: int | None):
 
 class FolderImages:
     """uint8 [N, H, W, C] images decoded from `files` on access: each resized to `hw` (H, W) as the
-    folder loader resizes (resize=False: each must already be H x W, as the loader requires without
+    folder loader resizes (keep_aspect: --resize shorter-side) (resize=False: each must already be H x W, as the loader requires without
     --image-size), then its centred `crop` square (None: no crop), in `channels` channels."""
 
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, files, hw: tuple[int, int], channels: int, crop: int | None = None, resize: bool = True):
+    def __init__(self, files, hw: tuple[int, int], channels: int, crop: int | None = None, resize: bool = True,
+                 keep_aspect: bool = False):
         self.files = [str(f) for f in files]
         self.hw = (int(hw[0]), int(hw[1]))
         self.channels = int(channels)
         self.crop = None if crop is None else int(crop)
         self.resize = bool(resize)
+        self.keep_aspect = bool(keep_aspect)  # --resize shorter-side (decode_image)
 
     def _like(self, files, crop) -> "FolderImages":
-        return FolderImages(files, self.hw, self.channels, crop, self.resize)
+        return FolderImages(files, self.hw, self.channels, crop, self.resize, self.keep_aspect)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -81,7 +91,8 @@ class FolderImages:
         """One image as the loader decodes it; a failure is a DataError naming the file, with `hint`
         (after loading: the file is damaged; while loading, "": the loader's own message follows)."""
         try:
-            image = with_channels(decode_image(Path(path), self.hw if self.resize else None), self.channels)
+            image = with_channels(decode_image(Path(path), self.hw if self.resize else None, self.keep_aspect),
+                                  self.channels)
         except DataError:
             raise
         except Exception as e:  # damaged past its header (the loader read the header only)

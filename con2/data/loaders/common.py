@@ -12,7 +12,7 @@ import numpy as np
 
 from ...config import resolve_val_fraction
 from ..decode import DataError
-from ..images import center_crop_array
+from ..images import center_crop_array, shorter_side_size
 from ..split import OneClassSplit
 
 
@@ -139,11 +139,15 @@ def _empty_like(images: np.ndarray) -> np.ndarray:
     return np.zeros((0,) + images.shape[1:], np.uint8)
 
 
-def resize_images(images: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarray:
+def resize_images(images: np.ndarray, size: int | tuple[int, int] | None, keep_aspect: bool = False) -> np.ndarray:
     """Resize uint8 [N, H, W, C] to size x size, or (H, W) (bilinear, antialiased), in chunks to
-    bound memory. The resize of every array data set (MedMNIST, CIFAR, npz, digits)."""
+    bound memory. The resize of every array data set (MedMNIST, CIFAR, npz, digits). keep_aspect
+    (--resize shorter-side): the shorter side to size, then the centred size x size."""
     if size is None:
         return images
+    if keep_aspect and images.shape[1] != images.shape[2]:  # a square size: the run's, (S, S) or S
+        side = size if isinstance(size, int) else int(size[0])
+        return center_crop_array(resize_images(images, shorter_side_size(*images.shape[1:3], side)), side)
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if images.shape[1:3] == (h, w):
         return images
@@ -169,8 +173,10 @@ def center_crop_split(split: OneClassSplit, size: int | None) -> OneClassSplit:
                                val=center_crop_array(split.val, size), test=center_crop_array(split.test, size))
 
 
-def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_size, meta: dict) -> OneClassSplit:
-    """Build the split from labelled parts {"train": (x, y), "val": (x, y) or None, "test": (x, y)}."""
+def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_size, meta: dict,
+                    keep_aspect: bool = False) -> OneClassSplit:
+    """Build the split from labelled parts {"train": (x, y), "val": (x, y) or None, "test": (x, y)},
+    resized to image_size (keep_aspect: resize_images')."""
     for part, xy in parts.items():
         if xy is not None:
             check_lengths(xy[0], xy[1], f"{name}: {part} split")
@@ -189,7 +195,7 @@ def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_s
         raise DataError(f"{name}: normal class {names} has no training samples; "
                         f"classes available: {available_classes(class_names)}")
     val = normals(*va) if va is not None else _empty_like(train)
-    images = {s: resize_images(x, image_size) for s, x in (("train", train), ("val", val), ("test", te_x))}
+    images = {s: resize_images(x, image_size, keep_aspect) for s, x in (("train", train), ("val", val), ("test", te_x))}
     check_parts_agree(images, meta.get("source", name), image_size is not None)
     return OneClassSplit(
         name=name,

@@ -199,7 +199,8 @@ def load_folder(cfg) -> OneClassSplit:
     parts, part_files = {}, {}
     for s, (files, labels) in listed.items():
         ok = [i for i, f in enumerate(files) if f in header]
-        images = FolderImages([files[i] for i in ok], hw, channels, resize=bool(cfg.image_size))
+        images = FolderImages([files[i] for i in ok], hw, channels, resize=bool(cfg.image_size),
+                              keep_aspect=cfg.resize == "shorter-side")
         if s in held:
             images, bad = images.load(cfg.skip_bad_files)
             skipped += bad
@@ -212,12 +213,12 @@ def load_folder(cfg) -> OneClassSplit:
                         f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
     if channels == 3 and not any(header[Path(f)][0] == 3 for s in parts for f in part_files[s]):
         # the only colour files were among those skipped: the rest are grayscale, as if they had never been
-        parts = {s: (np.ascontiguousarray(a[..., :1]) if s in held else FolderImages(a.files, a.hw, 1, resize=a.resize), y)
+        parts = {s: (np.ascontiguousarray(a[..., :1]) if s in held else FolderImages(a.files, a.hw, 1, resize=a.resize, keep_aspect=a.keep_aspect), y)
                  for s, (a, y) in parts.items()}
     _warn_if_dark(root, [parts[s][0] for s in held], [parts[s][0] for s in parts if s not in held])
     parts.setdefault("val", None)
 
-    meta = {"source": str(root), "split": "given" if has_tree else "seeded",
+    meta = {"source": str(root), "split": "given" if has_tree else "seeded", "resize": cfg.resize,
             "skipped_files": len(skipped), "skipped_paths": [str(p) for p in skipped]}
     if not has_tree:
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,

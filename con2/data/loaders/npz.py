@@ -53,7 +53,8 @@ def load_npz(cfg) -> OneClassSplit:
         parts = {s: (images[i], labels[i]) for s, i in idx.items()}
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
                     n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
-    return one_class_split(path.stem, parts, normal, names, cfg.image_size, meta)
+    # MedMNIST, CIFAR and digits are square: only an npz's images may need --resize shorter-side
+    return one_class_split(path.stem, parts, normal, names, cfg.image_size, meta, cfg.resize == "shorter-side")
 
 
 def _npz_class_table(labels: np.ndarray, z) -> dict:
