@@ -287,3 +287,14 @@ def test_every_kind_of_row_runs_at_a_tiny_schedule(row, tmp_path):
     # the network saw the row's pixels: the crop, else the file's resolution (CIFAR 32 px, BreastMNIST 28 px)
     size = ROWS[row].center_crop or ROWS[row].resolution or {"cifar10": 32, "npz": 64}.get(ROWS[row].dataset, 28)
     assert json.loads((run / "model.json").read_text())["architecture"]["image_size"] == size
+
+
+def test_run_refuses_views_without_test_time_crops(capsys):
+    """Each row is also scored with CSI's crop range, which --views 0 (one plain view) cannot apply:
+    that evaluation would fail after the training."""
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    import run as run_mod
+
+    with pytest.raises(SystemExit):
+        run_mod.main(["breast28-invert", "--data-root", "x", "--views", "0"])
+    assert "--views must be an even number >= 2" in capsys.readouterr().err

@@ -182,6 +182,8 @@ def main(argv=None) -> int:
     unknown = [r for r in a.rows if r not in ROWS]
     if unknown:
         p.error(f"unknown row {unknown[0]!r}; known: {', '.join(ROWS)}")
+    if a.views < 2 or a.views % 2:  # every row is also scored with CSI's crops: views 0 makes none
+        p.error(f"--views must be an even number >= 2 (test-time crops; METHOD: 40), got {a.views}")
     args = vars(a)
     jobs = [(r, s) for r in a.rows for s in a.seeds]
     t0 = {r: time.perf_counter() for r in a.rows}
