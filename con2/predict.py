@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.decode import list_images, not_a_file
+from .data.decode import DataError, list_images, not_a_file
 
 DEFAULT_TARGET_FPR = 0.05
 
@@ -39,7 +39,7 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         elif p.is_symlink():  # a link whose target is gone, not a name that does not exist
-            raise not_a_file(p)
+            raise DataError(f"cannot read image {p}: {not_a_file(p)}")
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     return files

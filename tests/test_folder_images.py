@@ -1,6 +1,7 @@
 """Image folders larger than memory: FolderImages (decoded on access), the loader's choice between
 it and decoding into memory, chunked scoring and fingerprinting, and --pipeline auto's choice."""
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -399,3 +400,15 @@ def test_a_dangling_symlink_is_named_or_skipped_as_an_unreadable_file(tmp_path):
     s = load_split(folder_cfg(tmp_path, skip_bad_files=True))
     assert s.meta["skipped_paths"] == [str(ghost)] and "ghost.png" in s.summary()
     assert len(s.train) + len(s.val) + int((s.test_labels == 0).sum()) == 12
+
+
+def test_a_fifo_named_like_an_image_is_named_or_skipped_not_waited_on(tmp_path):
+    """list_images passed it over without a word (an image the folder lacks), and reading it would
+    wait for a writer forever."""
+    write_folder(tmp_path, colour_one=False)
+    fifo = tmp_path / "good" / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"cannot read image .*pipe\.png: not a regular file .*--skip-bad-files"):
+        load_split(folder_cfg(tmp_path))
+    s = load_split(folder_cfg(tmp_path, skip_bad_files=True))
+    assert s.meta["skipped_paths"] == [str(fifo)]

@@ -46,18 +46,16 @@ def list_images(folder: Path, strict: bool = False) -> list[Path]:
     if strict:  # else such an image would silently get no score
         bad = next((p for p in sorted(found) if not p.is_file()), None)
         if bad is not None:
-            raise not_a_file(bad)
+            raise DataError(f"cannot read image {bad}: {not_a_file(bad)}")
     return sorted(p for p in found if p.is_file())
 
 
-def not_a_file(path: Path) -> DataError:
-    """The error for an image-named entry that is not a readable file, in the folder loader's words
-    for a dangling symlink (con2.data.loaders.folder._read_header)."""
+def not_a_file(path: Path) -> str:
+    """Why an image-named entry is not a readable file (a dangling symlink, a FIFO, ...), for the
+    errors of training's folder loader and of con2 predict."""
     if path.is_symlink() and not path.exists():
-        why = f"a dangling symlink (its target {os.readlink(path)} does not exist)"
-    else:
-        why = "not a regular file (a FIFO, socket or device)"
-    return DataError(f"cannot read image {path}: {why}")
+        return f"a dangling symlink (its target {os.readlink(path)} does not exist)"
+    return "not a regular file (a FIFO, socket or device)"
 
 
 # Formats whose mode I images are 16-bit files (a 16-bit PGM / PPM; a 16-bit PNG in older Pillow):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..decode import IMAGE_SUFFIXES, DataError, list_images, map_files, read_header
+from ..decode import IMAGE_SUFFIXES, DataError, list_images, map_files, not_a_file, read_header
 from ..images import FolderImages
 from ..split import OneClassSplit
 from .common import one_class_split, refuse_split_options, seeded_normal_split
@@ -22,25 +22,23 @@ def _class_dirs(root: Path) -> dict[str, list[Path]]:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    """list_images, plus image-named symlinks whose target is gone: list_images passes them over (not
-    files), but they are images the folder lacks, so like any unreadable file they are named, or with
-    --skip-bad-files skipped and counted (_read_header)."""
+    """list_images, plus image-named entries that are not files (symlinks whose target is gone,
+    FIFOs): list_images passes them over, but they are images the folder lacks, so like any
+    unreadable file they are named, or with --skip-bad-files skipped and counted (_read_header)."""
     files = list_images(folder)
     listed = set(files)
-    dangling = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p not in listed
-                and p.is_symlink() and not p.exists()
-                and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    return sorted(files + dangling) if dangling else files
+    odd = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p not in listed
+           and not p.is_file() and not p.is_dir()
+           and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(files + odd) if odd else files
 
 
 def _read_header(path: Path):
-    """read_header, naming a dangling symlink as such rather than as a missing file."""
-    try:
-        return read_header(path)
-    except OSError:
-        if path.is_symlink() and not path.exists():
-            raise DataError(f"{path}: a dangling symlink (its target {os.readlink(path)} does not exist)") from None
-        raise
+    """read_header of a file; an entry that is not one is named as what it is (opening a FIFO would
+    wait for a writer forever)."""
+    if not path.is_file():
+        raise DataError(f"{path}: {not_a_file(path)}")
+    return read_header(path)
 
 
 def _check_sizes(sizes: list[tuple[int, int]], files: list) -> tuple[int, int]:
