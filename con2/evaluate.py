@@ -226,36 +226,17 @@ def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | 
         labels = [int(v) for v in split.test_labels]
         classes = [class_name(split, c) for c in split.test_classes] if split.test_classes is not None else [""] * n
         files = split.test_files
-    else:  # train / val hold normal images only; their class is known when there is one normal class
+    else:  # train / val hold normal images only: of one of the normal classes, which the loaders record
         labels = [0] * n
         files = split.train_files if part == "train" else split.meta.get("val_files")
-        classes = ([class_name(split, split.normal_classes[0])] * n if len(split.normal_classes) == 1
-                   else _folder_classes(split, part, files) or [""] * n)
+        known = split.train_classes if part == "train" else split.val_classes
+        if known is not None and len(known) == n:
+            classes = [class_name(split, c) for c in known]
+        else:  # a split built without them (Con2Detector's, older callers')
+            classes = [class_name(split, split.normal_classes[0]) if len(split.normal_classes) == 1 else ""] * n
     if files is not None and len(files) != n:  # e.g. --max-train-samples kept files and images in step
         raise ValueError(f"{part} split: {len(files)} file names for {n} images")
     return labels, classes, files
-
-
-def _folder_classes(split, part: str, files: list[str] | None) -> list[str] | None:
-    """The class of each train / val image of an image folder with several normal classes, read from
-    its path: the loader keeps no per-image class for these parts (only the test part's), but the
-    first folder under the root (<root>/<class>/..., or <root>/<part>/<class>/... for a given split)
-    is it. None where the split has no files or a path does not fit (array data sets)."""
-    root = split.meta.get("source")
-    if not files or root is None or split.meta.get("split") not in ("seeded", "given"):
-        return None
-    base = Path(root) / part if split.meta["split"] == "given" else Path(root)
-    normal = {class_name(split, c) for c in split.normal_classes}
-    classes = []
-    for f in files:
-        try:
-            rel = Path(f).relative_to(base).parts
-        except ValueError:
-            return None
-        if len(rel) < 2 or rel[0] not in normal:
-            return None
-        classes.append(rel[0])
-    return classes
 
 
 def read_scores(run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -337,23 +337,32 @@ def test_train_and_val_scores_name_each_images_class(two_normal_run):
     assert set(res.classes) | set(score_split(two_normal_run, "train", views=0, progress=False).classes) == {"a", "b"}
 
 
-def test_a_given_folder_splits_train_and_val_classes_come_from_their_folders(tmp_path):
-    from con2.data import OneClassSplit
+def test_train_and_val_classes_are_recorded_by_the_loaders_for_folders_and_arrays(tmp_path):
+    """With several normal classes the class of a train / val image was known only by parsing its
+    path (folders) or not at all (npz): the loaders now record it, as they do for test images."""
+    from PIL import Image
+
+    from con2.config import TrainConfig
+    from con2.data import load_split
     from con2.evaluate import sample_columns
 
     root = tmp_path / "root"
-    images = np.zeros((2, 4, 4, 1), np.uint8)
-    split = OneClassSplit("root", images, images, np.array([0, 1]), images, normal_classes=(0, 2),
-                          class_names={0: "a", 1: "c", 2: "b"}, test_classes=np.array([0, 1]),
-                          train_files=[str(root / "train" / "a" / "x.png"),
-                                       str(root / "train" / "b" / "sub" / "y.png")],
-                          test_files=[str(root / "test" / "a" / "z.png"), str(root / "test" / "c" / "w.png")],
-                          meta={"source": str(root), "split": "given",
-                                "val_files": [str(root / "val" / "b" / "v.png"), str(root / "val" / "a" / "u.png")]})
-    assert sample_columns(split, "train")[1] == ["a", "b"]
-    assert sample_columns(split, "val")[1] == ["b", "a"]
-    split.train_files = None  # no files (array data sets): the class is not known
-    assert sample_columns(split, "train")[1] == ["", ""]
+    for part, classes in (("train", "ab"), ("val", "ab"), ("test", "abc")):
+        for c in classes:
+            (root / part / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / part / c / f"{i}.png")
+    split = load_split(TrainConfig(dataset="folder", data_root=str(root), normal_class=["a", "b"]))
+    for part in ("train", "val"):
+        labels, classes, files = sample_columns(split, part)
+        assert classes == [Path(f).parent.name for f in files] and set(classes) == {"a", "b"}
+    x = np.zeros((30, 8, 8), np.uint8)
+    np.savez(tmp_path / "d.npz", images=x, labels=np.arange(30) % 3)
+    split = load_split(TrainConfig(dataset="npz", data_file=str(tmp_path / "d.npz"), normal_class=["0", "2"],
+                                   val_fraction=0.2, max_train_samples=9))
+    for part in ("train", "val"):
+        classes = sample_columns(split, part)[1]
+        assert set(classes) == {"0", "2"} and len(classes) == len(split.part(part))
 
 
 def test_metrics_name_the_normal_classes(two_normal_run):

@@ -26,6 +26,8 @@ class OneClassSplit:
     normal_classes: tuple = ()
     class_names: dict = field(default_factory=dict)
     test_classes: np.ndarray | None = None  # original class label of each test image
+    train_classes: np.ndarray | None = None  # and of each train / val image (several normal classes)
+    val_classes: np.ndarray | None = None
     train_files: list | None = None
     test_files: list | None = None
     meta: dict = field(default_factory=dict)

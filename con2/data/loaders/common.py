@@ -187,14 +187,14 @@ def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_s
 
     def normals(x, y):  # not a masked copy when every sample is normal (a held folder part)
         keep = is_normal(y)
-        return x if keep.all() else x[keep]
+        return (x, y) if keep.all() else (x[keep], y[keep])
 
-    train = normals(tr_x, tr_y)
+    train, train_y = normals(tr_x, tr_y)
     if len(train) == 0:
         names = ", ".join(repr(class_names.get(c, c)) for c in normal)
         raise DataError(f"{name}: normal class {names} has no training samples; "
                         f"classes available: {available_classes(class_names)}")
-    val = normals(*va) if va is not None else _empty_like(train)
+    val, val_y = normals(*va) if va is not None else (_empty_like(train), np.zeros(0, np.int64))
     images = {s: resize_images(x, image_size, keep_aspect) for s, x in (("train", train), ("val", val), ("test", te_x))}
     check_parts_agree(images, meta.get("source", name), image_size is not None)
     return OneClassSplit(
@@ -206,6 +206,8 @@ def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_s
         normal_classes=tuple(normal),
         class_names=dict(class_names),
         test_classes=te_y.astype(np.int64),
+        train_classes=np.asarray(train_y, np.int64),
+        val_classes=np.asarray(val_y, np.int64),
         meta=meta,
     )
 
@@ -234,6 +236,8 @@ def limit_train(split: OneClassSplit, max_n: int | None, seed: int) -> OneClassS
         return split
     keep = np.sort(np.random.default_rng(seed).choice(len(split.train), max_n, replace=False))
     split.train = split.train[keep]
+    if split.train_classes is not None:
+        split.train_classes = split.train_classes[keep]
     if split.train_files is not None:
         split.train_files = [split.train_files[i] for i in keep]
     split.meta["max_train_samples"] = max_n
