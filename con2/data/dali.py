@@ -76,12 +76,11 @@ def _build(files, batch_size, contexts, cfg, channels, hw, crop, seed, device_id
         img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu",
                                 output_type=types.GRAY if channels == 1 else types.RGB)
         if keep_aspect:  # --resize shorter-side: the shorter side to S, then the centred S x S
-            img = fn.resize(img, resize_shorter=hw[0], interp_type=types.INTERP_CUBIC, antialias=True)
-            img = fn.crop(img, crop=[hw[0], hw[1]])
+            img = _centre_square(_shorter_side_to(img, hw[0], fn, types), hw[0], fn, types)
         else:
             img = fn.resize(img, resize_x=hw[1], resize_y=hw[0], interp_type=types.INTERP_CUBIC, antialias=True)
-        if crop:  # the split's centred crop (paper: resize 256, crop 224); DALI centres at (hw - crop) / 2
-            img = fn.crop(img, crop=[crop, crop])
+        if crop:  # the split's centred crop (paper: resize 256, crop 224)
+            img = _centre_square(img, crop, fn, types)
         outs = []
         compositions = [()] if contexts is None else contexts.compositions
         for comp in compositions:
@@ -98,6 +97,32 @@ def _build(files, batch_size, contexts, cfg, channels, hw, crop, seed, device_id
         return tuple(outs)
 
     return pipe()
+
+
+def _shorter_side_to(img, size: int, fn, types):
+    """Each [H, W, C] image resized so its shorter side is `size`, the longer one int(size * long /
+    short) as torchvision (con2.data.images.shorter_side_size): resize_shorter rounds it instead."""
+    shape = img.shape(dtype=types.INT32)
+    h, w = shape[0], shape[1]
+    tall = fn.cast(h > w, dtype=types.INT32)
+    new_h = size + tall * ((size * h) // w - size)
+    new_w = size + (1 - tall) * ((size * w) // h - size)
+    return fn.resize(img, size=fn.cast(fn.stack(new_h, new_w), dtype=types.FLOAT), interp_type=types.INTERP_CUBIC,
+                     antialias=True)
+
+
+def _centre_square(img, size: int, fn, types):
+    """The centred size x size square of each [H, W, C] image at the loader's anchors, Python's
+    round((side - size) / 2) (torchvision's CenterCrop, con2.data.images._crop_corner): fn.crop
+    rounds halves up, a pixel off the images the run is scored on whenever side - size is odd."""
+    shape = img.shape(dtype=types.INT32)
+
+    def anchor(excess):  # round(excess / 2), halves to even, in DALI's integer arithmetic
+        return excess // 2 + ((excess & 3) == 3)
+
+    corner = fn.stack(anchor(shape[0] - size), anchor(shape[1] - size))
+    return fn.slice(img, corner, np.array([size, size], np.int32), axes=[0, 1], normalized_anchor=False,
+                    normalized_shape=False)
 
 
 def _view(c, cfg: ViewConfig, channels, fn, types):
