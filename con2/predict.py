@@ -73,7 +73,7 @@ def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: b
             raise DataError(f"cannot read image {exc}") from exc
         except Exception as exc:  # any decoder failure, as the folder loader's map_files reports it
             raise DataError(f"cannot read image {f}: {type(exc).__name__}: {exc}") from exc
-        if problem := _shape_problem(hw, size):
+        if problem := _shape_problem(hw, size, keep_aspect):
             stretched.append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
         if arr.shape[-1] != channels:
             arr = (np.repeat(arr, 3, axis=-1) if channels == 3
@@ -96,11 +96,15 @@ MAX_ASPECT_CHANGE = 2.0
 MIN_SIDE_FRACTION = 0.25
 
 
-def _shape_problem(hw: tuple[int, int], size: tuple[int, int]) -> str:
-    """Why an H x W image is a poor fit for the run's `size` images ("" when it fits)."""
+def _shape_problem(hw: tuple[int, int], size: tuple[int, int], keep_aspect: bool = False) -> str:
+    """Why an H x W image is a poor fit for the run's `size` images ("" when it fits). keep_aspect
+    (--resize shorter-side): not distorted but cropped, so what matters is how much is scored."""
     (h, w), (mh, mw) = hw, size
     change = (w / max(h, 1)) / (mw / mh)
     if max(change, 1 / max(change, 1e-12)) > MAX_ASPECT_CHANGE:
+        if keep_aspect:
+            return (f"aspect ratio {_ratio(w, h)}: the centred square scored is {min(h, w) / max(h, w, 1):.0%} "
+                    "of the image")
         return f"aspect ratio {_ratio(w, h)}, the run's {_ratio(mw, mh)}"
     if h < mh * MIN_SIDE_FRACTION or w < mw * MIN_SIDE_FRACTION:
         return f"a side under 1/{1 / MIN_SIDE_FRACTION:g} of the run's"

@@ -96,9 +96,11 @@ def view_plan(views: int, contexts: ContextSet | None) -> list[View]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    """A bar on a terminal only: into a log file its carriage returns make one ever-growing line
+    (and the next message lands on it); disable=None is tqdm's "not a terminal"."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
+    return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False, file=sys.stderr)
 
 
 class ViewEncoder:

@@ -395,7 +395,7 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         global_step = int(ckpt["global_step"])
         say(f"resuming {run_dir} at step {global_step}/{total}", flush=True)
     elif resume:
-        say(f"--resume: no checkpoint in {run_dir}, starting fresh", flush=True)
+        say(f"{run_dir}: no checkpoint to continue from, starting at step 0", flush=True)
 
     finite = _FiniteWatch(device)
     agree = functools.partial(stop_requested, world=world, device=device, sync_point=True)

@@ -192,6 +192,11 @@ def test_predict_warns_of_images_far_from_the_runs_shape(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # near the run's shape: no warning
         read_images([tmp_path / "ok.png", tmp_path / "wide.png"], (12, 12), 1, True)
+    # --resize shorter-side keeps the aspect ratio: what the warning says is how little is scored
+    Image.fromarray(np.full((10, 40), 128, np.uint8)).save(tmp_path / "strip.png")
+    with pytest.warns(UserWarning, match=r"strip\.png \(40x10 px: aspect ratio 4:1: the centred square scored is "
+                                         r"25% of the image\)$"):
+        read_images([tmp_path / "strip.png"], (12, 12), 1, True, keep_aspect=True)
 
 
 def test_replaced_files_get_the_mode_a_plain_open_gives(latin_run, tmp_path):

@@ -577,7 +577,7 @@ def test_a_normal_class_folder_without_images_is_refused_not_dropped(tmp_path):
         save(tmp_path / "tree" / "train" / "good" / f"{i}.png", seed=i)
         save(tmp_path / "tree" / "test" / "good2" / f"{i}.png", seed=i)
         save(tmp_path / "tree" / "test" / "bad" / f"{i}.png", seed=10 + i)
-    with pytest.raises(DataError, match=r"tree/train: normal class folder 'good2' holds no images"):
+    with pytest.raises(DataError, match=r"tree/train has no class folder 'good2' \(it is only under test/\)"):
         load_split(cfg(dataset="folder", data_root=str(tmp_path / "tree"), normal_class=["good", "good2"]))
     s = load_split(cfg(dataset="folder", data_root=str(tmp_path / "tree"), normal_class=["good"]))
     assert len(s.train) == 3 and int(s.test_labels.sum()) == 6
@@ -698,3 +698,15 @@ def test_shorter_side_resize_of_an_npz_and_its_checks(tmp_path):
         cfg(dataset="npz", data_file=str(path), resize="shorter-side").validate()
     with pytest.raises(ValueError, match="unknown --resize 'fit'"):
         cfg(resize="fit").validate()
+
+
+def test_a_normal_class_only_under_test_is_named_as_such(tmp_path):
+    """It said the train folder's class "holds no images (image files end in ...)", about a folder
+    that does not exist."""
+    for part, classes in (("train", ["good"]), ("test", ["good", "scratch"])):
+        for c in classes:
+            (tmp_path / part / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / part / c / "0.png")
+    with pytest.raises(DataError, match=r"train has no class folder 'scratch' \(it is only under test/\); "
+                                        r"classes to train on: good"):
+        load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["scratch"]))

@@ -448,3 +448,22 @@ def test_evaluation_refuses_labels_other_than_0_and_1_before_scoring(monkeypatch
     monkeypatch.setattr(evaluate_mod, "run_scorer", lambda *a, **k: pytest.fail("scored"))
     with pytest.raises(ValueError, match=r"test labels must be 0 \(normal\) or 1 \(anomaly\), got \[2\]"):
         evaluate_mod.evaluate_model(None, TrainConfig(), split, 2)
+
+
+def test_scoring_progress_is_a_bar_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    from con2.scoring import _progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, shown in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = _progress(3, "scoring", enabled=True)
+        bar.update(3)
+        bar.close()
+        assert ("scoring" in stream.getvalue()) == shown
+    assert _progress(3, "scoring", enabled=False).disable

@@ -159,6 +159,11 @@ def load_folder(cfg) -> OneClassSplit:
     normal = tuple(sorted(class_list.index(c) for c in cfg.normal_class))
     # a normal class without images would leave training to the others without a word
     normal_tree, where = (trees["train"], root / "train") if has_tree else (trees["all"], root)
+    absent = [c for c in cfg.normal_class if c not in normal_tree]
+    if absent:  # a class of test/ (or val/) only: nothing of it to train on
+        raise DataError(f"{where} has no class folder {absent[0]!r} (it is only under "
+                        f"{', '.join(s + '/' for s in trees if absent[0] in trees[s])}); classes to train on: "
+                        f"{', '.join(sorted(normal_tree)) or 'none'}")
     empty = [c for c in cfg.normal_class if not normal_tree.get(c)]
     if empty:
         raise DataError(f"{where}: normal class folder {empty[0]!r} holds no images (image files end in "
