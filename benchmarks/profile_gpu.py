@@ -101,6 +101,8 @@ def view_parts(sizes, n=512, reps=30):
 
 
 if __name__ == "__main__":
+    if not torch.cuda.is_available():
+        sys.exit("profile_gpu.py: needs a CUDA GPU (none here)")
     what, args = sys.argv[1], [int(a) for a in sys.argv[2:]]
     {"loss": lambda: loss(args or [2048, 8192]), "views": lambda: views(args or [32, 224]),
      "view_parts": lambda: view_parts(args or [32, 224])}[what]()

@@ -122,8 +122,8 @@ def _class_identity(base: TrainConfig, cls: str):
         return int(key) if key.lstrip("-").isdigit() else key.lower()  # it, less index-name aliases
     try:
         return resolve_classes([cls], names, base.dataset)
-    except DataError:  # an unknown class: its run fails with the loader's message
-        return ("unknown", key.lower())
+    except DataError as exc:  # refused before any run: each rerun would train the others, then fail on it
+        raise ValueError(f"--classes: {exc}") from None
 
 
 def _base_dict(cfg: TrainConfig) -> dict:
@@ -163,6 +163,8 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     out, base = Path(out), base.with_absolute_paths()  # resumable from any working directory
     if isinstance(classes, str):  # one class, not one per character
         classes = [classes]
+    if "all" in list(classes) and len(classes) > 1 and base.dataset != "folder":
+        raise ValueError("--classes all means every class of the data set: give it alone")
     if list(classes) == ["all"]:
         classes = dataset_classes(base.dataset)
     classes, seeds = [str(c) for c in classes], list(seeds)
@@ -231,6 +233,8 @@ def _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, agg
                                      "sweep into another --out or move that run away")
             if progress:
                 print(f"[{i}/{len(todo)}] {key}: evaluating", flush=True)
+            entry["status"] = "evaluating"  # what a Ctrl-C from here leaves in the manifest
+            write_json(out / MANIFEST, manifest)
             metrics = evaluate_run(run_dir, views=views, scorers=scorers, aggregate=aggregate,
                                    device=base.device, batch_size=eval_batch_size, progress=progress)
             entry.update(status="done", metrics={k: metrics[k] for k in scorers})

@@ -400,3 +400,40 @@ def test_an_interrupted_sweep_says_to_rerun_the_sweep(tmp_path, monkeypatch, cap
     with pytest.raises(KeyboardInterrupt):
         run_sweep(base, ["8"], [0], tmp_path / "sweep", views=0, progress=False)
     assert "rerun the same con2 sweep command to continue" in capsys.readouterr().out
+
+
+def test_a_sweep_refuses_an_unknown_class_before_any_run(tmp_path, monkeypatch):
+    """It trained the other classes, then failed on it and said "rerun to retry", which never could."""
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    with pytest.raises(ValueError, match="--classes: .*'eleven'"):
+        run_sweep(base, ["3", "eleven"], [0], tmp_path / "a", views=0, progress=False)
+    with pytest.raises(ValueError, match="--classes all means every class of the data set: give it alone"):
+        run_sweep(base, ["all", "3"], [0], tmp_path / "b", views=0, progress=False)
+    assert calls == []
+
+
+def test_a_sweep_stopped_while_evaluating_says_so_in_its_manifest(tmp_path, monkeypatch):
+    import con2.evaluate as evaluate_mod
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "train", fake_train([]))
+    monkeypatch.setattr(evaluate_mod, "evaluate_run", interrupted)
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(base, ["3"], [0], tmp_path, views=0, progress=False)
+    assert json.loads((tmp_path / "manifest.json").read_text())["runs"]["class-3-seed0"]["status"] == "evaluating"
+
+
+def test_cli_names_a_sweep_folder_given_as_a_run_and_prefixes_option_errors_with_the_command(tmp_path, capsys):
+    from con2.cli.main import main
+
+    (tmp_path / "manifest.json").write_text("{}")
+    assert main(["evaluate", "--run", str(tmp_path), "--quiet"]) == 2
+    assert "is a sweep folder; its runs are its class-*-seed* sub-folders" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--run", str(tmp_path), "--views", "3"])
+    assert capsys.readouterr().err.startswith("con2 evaluate: error: argument --views")

@@ -61,6 +61,8 @@ def _check_run(run: Path) -> None:
         raise FileNotFoundError(f"--run {run} does not exist; give the folder `con2 train --out` wrote")
     if not run.is_dir():
         raise NotADirectoryError(f"--run {run} is a file, not a run folder; give the folder `con2 train --out` wrote")
+    if (run / "manifest.json").is_file() and not (run / "config.json").is_file():
+        raise ValueError(f"--run {run} is a sweep folder; its runs are its class-*-seed* sub-folders")
 
 
 # ----------------------------------------------------------------------------- score
@@ -194,10 +196,10 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="train + evaluate every (normal class, seed); resumable")
     add_train_options(p, sweep=True)
     p.add_argument("--classes", nargs="+", required=True, help="normal classes, or 'all'")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of each class")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of each class (default 0 1 2)")
     p.add_argument("--out", default=None,
                    help="sweep folder: manifest, runs, tables (default runs/sweep-<dataset>-<context>-<objective>)")
-    p.add_argument("--views", type=_views, default=40, help="test-time views of the evaluation")
+    p.add_argument("--views", type=_views, default=40, help="test-time views of the evaluation (default 40)")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
     p.add_argument("--eval-batch-size", type=_positive, default=256, help="images per encoder call when scoring")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -11,7 +11,7 @@ from .output import ReaderGone, names_on_stdout
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one clear line, no usage dump
-        self.exit(2, f"con2: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")  # "con2 evaluate: error: ...", as the commands' own
 
 
 def build_parser() -> argparse.ArgumentParser:
