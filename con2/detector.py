@@ -39,7 +39,7 @@ from . import __version__
 from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.split import to_nchw
-from .evaluate import check_crop_scale, scoring_view_config
+from .evaluate import check_crop_scale, check_views_crop_scale, scoring_view_config
 from .files import replacing, utf8_name
 from .metrics import calibrate_threshold
 from .model import Con2Model
@@ -186,9 +186,7 @@ class Con2Detector(BaseEstimator):
         if not 0 < self.calibration_fraction < 1:
             raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}")
         check_crop_scale(self.crop_scale)
-        if self.crop_scale is not None and self.views == 0:  # it would be ignored without a word
-            raise ValueError("crop_scale sets the area of the test-time crops, but views=0 makes none (one plain "
-                             "view of each image); leave crop_scale None, or give views >= 2")
+        check_views_crop_scale(self.views, self.crop_scale, views="views=", crop_scale="crop_scale")
         from .scoring import view_plan
 
         view_plan(self.views, None)  # odd or negative view counts fail here, not after training
@@ -250,6 +248,7 @@ class Con2Detector(BaseEstimator):
     def _fit_images(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(train, calibration) images: a split's train and val parts (its train part, held out from,
         when it has no val), else X with a seeded calibration_fraction held out. Checked before training."""
+        cal = None
         if isinstance(X, OneClassSplit):
             images = as_nhwc(X.train, "the split's train images")
             if len(X.val):
@@ -259,11 +258,14 @@ class Con2Detector(BaseEstimator):
                                      f"{cal.shape[3]} channel(s), its train images {images.shape[2]}x"
                                      f"{images.shape[1]} px with {images.shape[3]}: the held-out normals must be "
                                      "like the training ones")
-                self._check_size(images)
-                return images, cal
         else:
             images = as_nhwc(X)
-        self._check_size(images)
+        h, w = images.shape[1:3]
+        if self.image_size is None and h != w:
+            raise ValueError(f"the images are {w}x{h} px; the encoder takes square views: pass "
+                             f"image_size=S to resize them to S x S")
+        if cal is not None:
+            return images, cal
         n = len(images)
         n_cal = int(round(self.calibration_fraction * n))
         if n_cal < 1 or n - n_cal < 2:
@@ -271,12 +273,6 @@ class Con2Detector(BaseEstimator):
                              f"{self.calibration_fraction:.0%} for threshold calibration")
         perm = np.random.default_rng(self.seed).permutation(n)
         return images[np.sort(perm[n_cal:])], images[np.sort(perm[:n_cal])]
-
-    def _check_size(self, images: np.ndarray) -> None:
-        h, w = images.shape[1:3]
-        if self.image_size is None and h != w:
-            raise ValueError(f"the images are {w}x{h} px; the encoder takes square views: pass "
-                             f"image_size=S to resize them to S x S")
 
     def _per_view(self, X) -> torch.Tensor:
         return self.bank_.score_views(self._encoder(), self._query(X), (self.scorer,))[self.scorer]

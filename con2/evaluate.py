@@ -55,12 +55,14 @@ def check_crop_scale(crop_scale) -> tuple[float, float] | None:
     return lo, hi
 
 
-def check_views_crop_scale(views, crop_scale) -> None:
-    """Refuse a crop range with --views 0: its one plain view makes no crops, so the range would be
-    ignored (and, before this check, recorded in metrics.json as if applied)."""
-    if crop_scale is not None and views == 0:
-        raise ValueError("--crop-scale sets the area of the test-time crops, but --views 0 makes none (one plain "
-                         "view of each image); drop --crop-scale, or give --views 2 or more")
+def check_views_crop_scale(views_count, crop_range, views: str = "--views ",
+                           crop_scale: str = "--crop-scale") -> None:
+    """Refuse a crop range with 0 views: their one plain view makes no crops, so the range would be
+    ignored (and, before this check, recorded in metrics.json as if applied). views / crop_scale:
+    how the caller's options are written (the CLI's flags, Con2Detector's parameters)."""
+    if crop_range is not None and views_count == 0:
+        raise ValueError(f"{crop_scale} sets the area of the test-time crops, but {views}0 makes none (one plain "
+                         f"view of each image); drop {crop_scale}, or give {views}2 or more")
 
 
 def class_name(split: OneClassSplit, c) -> str:

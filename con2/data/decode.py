@@ -108,21 +108,18 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
             img = img.convert("L")
         else:  # RGB, RGBA, P, CMYK, YCbCr, ...
             img = img.convert("RGB")
-        h, w = (size, size) if isinstance(size, int) else size or (None, None)
-        if size is not None and keep_aspect and img.size[0] != img.size[1]:
-            from .images import shorter_side_size
+        if size is not None:
+            h, w = (size, size) if isinstance(size, int) else size
+            if keep_aspect and img.size[0] != img.size[1]:
+                from .images import _crop_corner, shorter_side_size
 
-            hh, ww = shorter_side_size(img.size[1], img.size[0], h)
-            img = img.resize((ww, hh), Image.BICUBIC)
-        elif size is not None and img.size != (w, h):
-            img = img.resize((w, h), Image.BICUBIC)
+                hh, ww = shorter_side_size(img.size[1], img.size[0], h)
+                top, left = _crop_corner(hh, ww, h)  # the centred square, at torchvision's offsets
+                img = img.resize((ww, hh), Image.BICUBIC).crop((left, top, left + w, top + h))
+            elif img.size != (w, h):
+                img = img.resize((w, h), Image.BICUBIC)
         arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    if arr.shape[:2] != (h, w) and size is not None:  # keep_aspect: the centred square (torchvision's offsets)
-        from .images import center_crop_array
-
-        arr = center_crop_array(arr[None], h)[0]
-    return arr
+    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def with_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -216,7 +216,8 @@ def load_folder(cfg) -> OneClassSplit:
                         f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
     if channels == 3 and not any(header[Path(f)][0] == 3 for s in parts for f in part_files[s]):
         # the only colour files were among those skipped: the rest are grayscale, as if they had never been
-        parts = {s: (np.ascontiguousarray(a[..., :1]) if s in held else FolderImages(a.files, a.hw, 1, resize=a.resize, keep_aspect=a.keep_aspect), y)
+        parts = {s: (np.ascontiguousarray(a[..., :1]) if s in held
+                     else FolderImages(a.files, a.hw, 1, resize=a.resize, keep_aspect=a.keep_aspect), y)
                  for s, (a, y) in parts.items()}
     _warn_if_dark(root, [parts[s][0] for s in held], [parts[s][0] for s in parts if s not in held])
     parts.setdefault("val", None)
