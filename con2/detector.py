@@ -360,7 +360,9 @@ class Con2Detector(BaseEstimator):
         images = as_nhwc(X)
         h, w, c = self.input_shape_
         if images.shape[-1] != c:
-            raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}")
+            one_rgb = isinstance(X, torch.Tensor) and X.dim() == 3 and X.shape[0] == 3
+            hint = " (a torch [3, H, W] tensor is 3 grayscale images; one RGB image is [1, 3, H, W])" if one_rgb else ""
+            raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}{hint}")
         if images.shape[1:3] != (h, w):
             raise ValueError(f"X images are {images.shape[2]}x{images.shape[1]} px, "
                              f"the detector was fitted on {w}x{h} px")
@@ -375,6 +377,13 @@ class Con2Detector(BaseEstimator):
     def score_samples(self, X) -> np.ndarray:
         """scikit-learn convention: higher = more normal (the negated decision_function)."""
         return -self.decision_function(X)
+
+    @property
+    def fit_predict(self):
+        """Not offered, as LocalOutlierFactor(novelty=True) does not offer it: hasattr is False."""
+        raise AttributeError("Con2Detector has no fit_predict: it is a novelty detector whose bank holds the "
+                             "training images, so their own scores would be biased low; fit on normal images, "
+                             "then predict new ones: det.fit(X_normal).predict(X_new)")
 
     def predict(self, X) -> np.ndarray:
         """1 = anomaly (score > threshold_), 0 = normal."""

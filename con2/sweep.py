@@ -3,7 +3,8 @@
 The sweep folder holds `manifest.json` (the base config, the evaluation settings and every run's
 status and metrics), one run directory per (class, seed), and at the end `results.md` /
 `results.csv` (per class: AUROC mean ± std over seeds for each scorer; last row: mean ± std over
-all classes and seeds) and `runs.csv` (one row per run). Standard deviations are sample standard
+all classes and seeds) and `runs.csv` (one row per run). The tables cover every run the folder holds:
+a later command with more classes or seeds adds to them, one with fewer leaves the others in. Standard deviations are sample standard
 deviations (ddof = 1; none, an empty CSV field, for a single value).
 
 Each class and seed is listed once: a repeated seed, or two names of one class ("8" and "08",
@@ -158,7 +159,8 @@ def load_manifest(out: Path, base: TrainConfig, eval_settings: dict) -> dict:
 def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[int], out: str | Path,
               views: int = 40, aggregate: str = "mean", scorers: Sequence[str] = SCORERS,
               eval_batch_size: int = 256, progress: bool = True, debug: bool = False) -> dict:
-    """Train and evaluate every (class, seed); returns the summary (also written as results.md/csv).
+    """Train and evaluate every (class, seed); returns the summary of every run in `out` (also
+    written as results.md/csv).
     debug: print the traceback of each run that fails (the sweep still goes on)."""
     out, base = Path(out), base.with_absolute_paths()  # resumable from any working directory
     if isinstance(classes, str):  # one class, not one per character
@@ -191,13 +193,17 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     except KeyboardInterrupt:
         print("\nsweep stopped; rerun the same con2 sweep command to continue it", flush=True)
         raise
+    # the tables are the folder's: runs of an earlier command (other classes or seeds) stay in them
+    every_key = list(manifest["runs"])
+    every_class = list(dict.fromkeys(manifest["runs"][k]["class"] for k in every_key))
+    summary = summarize(manifest, every_key, every_class, scorers)
+    write_tables(out, summary, manifest, every_key, scorers)
     keys = [run_keys[(c, s)] for c, s in todo]
-    summary = summarize(manifest, keys, classes, scorers)
-    write_tables(out, summary, manifest, keys, scorers)
     failed = [k for k in keys if manifest["runs"][k]["status"] == "failed"]
     if failed:
+        finished = sum(manifest["runs"][k]["status"] == "done" for k in every_key)
         raise SweepFailed(f"{len(failed)} of {len(keys)} runs failed (the tables in {out} hold the "
-                          f"{len(keys) - len(failed)} that finished; rerun to retry): "
+                          f"{finished} that finished; rerun to retry): "
                           + "; ".join(f"{k}: {manifest['runs'][k]['error']}" for k in failed[:3]))
     return summary
 

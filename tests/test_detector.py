@@ -67,6 +67,19 @@ def test_bad_inputs_fail_clearly(fitted):
         Con2Detector(crop_scale=(0.6, 0.5)).fit(np.zeros((10, 12, 12), np.uint8))
 
 
+def test_a_single_rgb_torch_image_is_named_and_fit_predict_is_not_offered(tmp_path):
+    rng = np.random.default_rng(0)
+    det = Con2Detector(epochs=1, width=8, batch_size=16, views=2, progress=False, device="cpu")
+    det.fit(rng.integers(0, 255, size=(40, 12, 12, 3), dtype=np.uint8))
+    one = torch.from_numpy(rng.integers(0, 255, size=(3, 12, 12), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"1 channel\(s\), the detector was fitted on 3 .*\[1, 3, H, W\]"):
+        det.decision_function(one)
+    assert det.decision_function(one[None]).shape == (1,)
+    assert not hasattr(det, "fit_predict")  # as LocalOutlierFactor(novelty=True)
+    with pytest.raises(AttributeError, match="novelty detector.*det.fit\\(X_normal\\).predict\\(X_new\\)"):
+        det.fit_predict(one[None])
+
+
 def test_crop_scale_sets_the_test_time_views_and_survives_save_load(fitted, tmp_path):
     det = Con2Detector(epochs=1, width=8, batch_size=16, views=2, progress=False, device="cpu",
                        crop_scale=(0.54, 0.54)).fit(blobs(40, 0, True))

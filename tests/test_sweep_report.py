@@ -125,6 +125,21 @@ def test_a_finished_run_of_other_settings_is_not_tabulated_as_this_sweeps(tmp_pa
     assert calls == [("8", 0)] and summary["all"]["nnd"][2] == 1
 
 
+def test_a_later_sweep_command_with_fewer_classes_keeps_the_earlier_runs_in_the_tables(tmp_path, monkeypatch):
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    run_sweep(base, ["8", "3"], [0], tmp_path, views=0, progress=False)
+    summary = run_sweep(base, ["3"], [1], tmp_path, views=0, progress=False)  # one more seed of one class
+    assert calls == [("8", 0), ("3", 0), ("3", 1)]
+    assert list(summary["classes"]) == ["8", "3"] and summary["all"]["nnd"][2] == 3
+    assert summary["classes"]["3"]["nnd"][2] == 2
+    rows = (tmp_path / "runs.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:3] for r in rows] == [["8", "0", "done"], ["3", "0", "done"], ["3", "1", "done"]]
+    assert (tmp_path / "results.csv").read_text().splitlines()[-1].startswith("all,3,")
+    assert "| 8 | 1 |" in (tmp_path / "results.md").read_text()
+
+
 def test_sweep_refuses_bad_evaluation_options_before_any_run(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(train_mod, "train", fake_train(calls))
