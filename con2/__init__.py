@@ -1,5 +1,5 @@
 """con2: Con2 (aligned representation pairs) self-supervised image anomaly detection."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name):

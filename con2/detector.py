@@ -6,6 +6,9 @@ Image inputs (uint8, 0..255; anything else is an error):
 - torch tensors are channels-first, as torchvision: [N, H, W] (grayscale) or [N, C, H, W];
 - `fit` also takes a `con2.data.OneClassSplit` (its train images; its val normals, if any,
   calibrate the threshold).
+With `image_size=S` every image, fitted or scored and of any size, is first resized to S x S (the
+antialiased bilinear resize of `con2 train --image-size S`); without it the images must be square
+and scored images must have the fitted size.
 
 `fit(X)` holds out a seeded `calibration_fraction` of the normals (unless the split has val
 normals), trains the encoder on the rest with `con2.train.train`, encodes the train bank under
@@ -38,6 +41,7 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from . import __version__
 from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number
 from .data import ContextSet, OneClassSplit, ViewConfig
+from .data.loaders.common import resize_images
 from .data.split import to_nchw
 from .evaluate import check_crop_scale, check_views_crop_scale, scoring_view_config
 from .files import replacing, utf8_name
@@ -264,8 +268,9 @@ class Con2Detector(BaseEstimator):
         if self.image_size is None and h != w:
             raise ValueError(f"the images are {w}x{h} px; the encoder takes square views: pass "
                              f"image_size=S to resize them to S x S")
+        images = resize_images(images, self.image_size)  # con2 train --image-size's resize, before any view
         if cal is not None:
-            return images, cal
+            return images, resize_images(cal, self.image_size)
         n = len(images)
         n_cal = int(round(self.calibration_fraction * n))
         if n_cal < 1 or n - n_cal < 2:
@@ -363,9 +368,12 @@ class Con2Detector(BaseEstimator):
             one_rgb = isinstance(X, torch.Tensor) and X.dim() == 3 and X.shape[0] == 3
             hint = " (a torch [3, H, W] tensor is 3 grayscale images; one RGB image is [1, 3, H, W])" if one_rgb else ""
             raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}{hint}")
+        if self.image_size is not None:  # any size, resized as the training images were
+            images = resize_images(images, (h, w))
         if images.shape[1:3] != (h, w):
             raise ValueError(f"X images are {images.shape[2]}x{images.shape[1]} px, "
-                             f"the detector was fitted on {w}x{h} px")
+                             f"the detector was fitted on {w}x{h} px (or fit with image_size=S to resize "
+                             "every image to S x S)")
         return to_nchw(images)
 
     # ------------------------------------------------------------------ scoring
@@ -532,9 +540,11 @@ def _check_bundle_state(det: "Con2Detector", plan: list[View], tensors: dict, fe
 
 
 def _numpy_scalar(value):
-    """json.dumps default: numpy scalars (np.int64(4) views, ...) as Python numbers."""
+    """json.dumps default: numpy scalars (np.int64(4) views, ...) as Python numbers, paths (out) as str."""
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

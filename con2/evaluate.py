@@ -205,6 +205,9 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
 def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSplit, per_view: bool = False) -> None:
     names = [s for s in SCORERS if s in scores]
     labels, classes, files = sample_columns(split, "test")
+    # metrics.json goes first and comes back last: an interruption in between leaves new scores
+    # without metrics (which con2 report names), never new scores beside the old evaluation's metrics
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
     # a non-UTF-8 file or class name is written as its bytes (see con2.cli.output.write_output)
     with replacing(run_dir / SCORES_FILE) as tmp, open(tmp, "w", newline="", errors="surrogateescape") as fh:
         w = csv.writer(fh)
@@ -213,8 +216,9 @@ def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSpl
             w.writerow([i, labels[i], classes[i], *([files[i]] if files else []),
                         *(repr(float(scores[s][i])) for s in names)])
     if per_view:
-        np.savez(run_dir / VIEWS_FILE, labels=labels, views=metrics["views"], aggregate=metrics["aggregate"],
-                 **{s: scores[f"{s}_views"] for s in names})
+        with replacing(run_dir / VIEWS_FILE) as tmp, open(tmp, "wb") as fh:  # a file: savez adds .npz to a name
+            np.savez(fh, labels=labels, views=metrics["views"], aggregate=metrics["aggregate"],
+                     **{s: scores[f"{s}_views"] for s in names})
     else:  # an older file would no longer belong to the metrics written next to it
         (run_dir / VIEWS_FILE).unlink(missing_ok=True)
     write_json(run_dir / METRICS_FILE, metrics)

@@ -52,8 +52,9 @@ def content_only_loss(z_context, z_content, context_labels, sample_ids, alpha=1.
     return supcon_loss(z_content, sample_ids, temperature)
 
 
-def simclr_loss(z: torch.Tensor, sample_ids: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """NT-Xent: SupCon where each view's only positive is the other view of its sample."""
+def simclr_loss(z: torch.Tensor, sample_ids: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """NT-Xent: SupCon where each view's only positive is the other view of its sample (tau 0.07
+    by default as every loss here, METHOD section 5; SimCLR's own papers use 0.5)."""
     return supcon_loss(z, sample_ids, temperature)
 
 

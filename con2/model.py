@@ -18,9 +18,7 @@ def make_encoder(in_channels: int = 3, image_size: int = 32, width: int = 64) ->
     At <= 64 px the CIFAR stem (3x3 conv, stride 1, no max-pool), as CSI and SupContrast.
     `width` != 64 gives a narrower ResNet18 for fast unit tests only.
     """
-    net = resnet18(weights=None, num_classes=1)
-    if width != 64:
-        net = NarrowResNet(width)
+    net = resnet18(weights=None, num_classes=1) if width == 64 else NarrowResNet(width)
     if image_size <= CIFAR_STEM_MAX_SIZE:
         net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -42,6 +40,13 @@ class NarrowResNet(ResNet):
         self.layer2 = self._make_layer(BasicBlock, width * 2, 2, stride=2)
         self.layer3 = self._make_layer(BasicBlock, width * 4, 2, stride=2)
         self.layer4 = self._make_layer(BasicBlock, width * 8, 2, stride=2)
+        # the layers built after ResNet.__init__ get its initialisation too, as in the width-64 model
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
 
 class ProjectionHead(nn.Sequential):

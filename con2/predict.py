@@ -142,8 +142,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     if threshold is None and not len(split.val):
         # how to get val normals: a seeded split holds some out with --val-fraction; data with its own
         # split refuses that option, so it needs val images of its own
-        seeded = str(split.meta.get("split", "")).startswith("seeded")
-        retrain = ("retrain with --val-fraction F (e.g. 0.1) to hold out val normals for it" if seeded else
+        retrain = ("retrain with --val-fraction F (e.g. 0.1) to hold out val normals for it" if split.seeded else
                    "retrain on data with val normal images (its own split has none, so --val-fraction cannot apply)")
         raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold, or {retrain}")
     # the files a chunk at a time, so a folder larger than memory can be scored (a file's views are

@@ -20,7 +20,7 @@ from . import __version__
 from .config import MIN_IMAGE_SIDE, TrainConfig, lift_legacy_extra, resolve_val_fraction
 from .data import ContextSet, OneClassSplit, ViewConfig, load_split
 from .data.datasets import DataError, InapplicableOption
-from .data.images import ImageSet
+from .data.images import FolderImages, ImageSet
 from .data.keys import image_keys
 from .files import read_json, replacing, utf8_name, write_json
 from .model import Con2Model
@@ -200,16 +200,18 @@ def split_as_trained(cfg: TrainConfig) -> OneClassSplit:
 
 def data_fingerprint(split: OneClassSplit) -> dict:
     """What a resume checks the training images against: their count, shape and a hash of the pixels
-    (data files may move; the images must not change). The last one is remembered with its image set,
-    so that a report that first evaluates its run reads a large folder once, not twice."""
+    (data files may move; the images must not change). The last one of images decoded on access
+    from files is remembered with them, so that a report that first evaluates its run reads a large
+    folder once, not twice; an array in memory (cheap to hash, and mutable in place) is hashed each time."""
     global _last_fingerprint
     last, known = _last_fingerprint
     if last() is not split.train:
         images = ImageSet(split.train, "train images")  # chunk by chunk: a folder may be larger than memory
         total = sum(int(image_keys(x).sum()) for _, x in images.chunks(images.chunk_rows()))
         known = {"count": len(images), "shape": list(images.shape[1:]), "hash": total % 2**61}
-        _last_fingerprint = (weakref.ref(split.train), known)
+        if isinstance(split.train, FolderImages):
+            _last_fingerprint = (weakref.ref(split.train), known)
     return dict(known)
 
 
-_last_fingerprint = (lambda: None, {})  # (weak reference to the train images, their fingerprint)
+_last_fingerprint = (lambda: None, {})  # (weak reference to FolderImages train images, their fingerprint)

@@ -377,7 +377,7 @@ class FeatureBank:
         scorers = check_scorers(scorers)
         if bank_dtype not in BANK_DTYPES:
             raise ValueError(f"bank_dtype must be one of {', '.join(BANK_DTYPES)}, got {bank_dtype!r}")
-        train = train if isinstance(train, ImageSet) else ImageSet(train, name="train images")
+        train = ImageSet(train, name="train images")
         log = log or (lambda msg: print(msg, file=sys.stderr))
         n, a = len(train), len(encoder)
         nnd = norms = None
@@ -423,7 +423,7 @@ class FeatureBank:
             raise ValueError(f"the encoder's {len(encoder.plan)} test-time views do not match the "
                              f"bank's {len(self.plan)}; rebuild the bank with the same views")
         shape = self.image_shape
-        images = images if isinstance(images, ImageSet) else ImageSet(images, "query images")
+        images = ImageSet(images, "query images")
         images.expect(channels=shape and shape[0], size=shape and shape[1:])
         q, a = len(images), len(self.plan)
         out = {s: torch.empty((q, a), dtype=torch.float64) for s in scorers}

@@ -43,18 +43,22 @@ SWEEP_FORMAT = "con2-sweep/1"
 _PER_RUN = ("normal_class", "seed", "out", "device", "pipeline", "checkpoint_every", "compile")
 
 
-def dataset_classes(dataset: str) -> list[str]:
-    """The normal classes `--classes all` means for a data set."""
-    from .data.datasets import CIFAR10_CLASSES, CIFAR100_SUPERCLASSES, MEDMNIST
+def dataset_classes(cfg: TrainConfig) -> list[str]:
+    """The normal classes `--classes all` means for cfg's data set: every class of CIFAR, digits, an
+    npz or an image folder (its class folders with training images); MedMNIST's normal class(es)."""
+    from .data.datasets import MEDMNIST, DataError, class_names
+    from .data.loaders.folder import training_class_folders
 
-    if dataset in ("cifar10", "digits"):  # ten classes each
-        return [str(i) for i in range(len(CIFAR10_CLASSES))]
-    if dataset == "cifar100":
-        return [str(i) for i in range(len(CIFAR100_SUPERCLASSES))]
-    if dataset in MEDMNIST:
-        default, names = MEDMNIST[dataset]
+    if cfg.dataset in MEDMNIST:
+        default, names = MEDMNIST[cfg.dataset]
         return [str(c) for c in (default if default is not None else sorted(names))]
-    raise ValueError(f"--classes all: the classes of --dataset {dataset} are not known; list them explicitly")
+    try:
+        if cfg.dataset == "folder":
+            return training_class_folders(Path(cfg.data_root))
+        return [str(label) for label in sorted(class_names(cfg))]
+    except (DataError, OSError, ValueError) as exc:
+        raise ValueError(f"--classes all: the classes of --dataset {cfg.dataset} cannot be listed ({exc}); "
+                         "list them explicitly") from None
 
 
 def run_name(cls: str, seed: int) -> str:
@@ -167,8 +171,8 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
         classes = [classes]
     if "all" in list(classes) and len(classes) > 1 and base.dataset != "folder":
         raise ValueError("--classes all means every class of the data set: give it alone")
-    if list(classes) == ["all"]:
-        classes = dataset_classes(base.dataset)
+    if list(classes) == ["all"]:  # a folder's class named "all" is among them
+        classes = dataset_classes(base)
     classes, seeds = [str(c) for c in classes], list(seeds)
     if not classes or not seeds:
         raise ValueError("a sweep needs at least one class and one seed")

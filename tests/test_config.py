@@ -56,3 +56,15 @@ def test_any_width_from_1_builds_a_working_encoder(width):
     assert model.encode(torch.zeros(2, 1, 8, 8)).shape == (2, 8 * width)
     with pytest.raises(ValueError, match="--width must be >= 1"):
         TrainConfig(width=0).validate()
+
+
+def test_a_narrow_encoder_is_initialised_as_the_width_64_one():
+    """NarrowResNet rebuilt its layers after ResNet.__init__ had initialised them, so the narrow
+    test / demo models had PyTorch's default init, not torchvision's kaiming (fan_out) init."""
+    import math
+
+    torch.manual_seed(0)
+    for width in (16, 64):
+        conv = Con2Model(in_channels=1, image_size=8, width=width).encoder.layer1[0].conv1.weight
+        expected = math.sqrt(2 / (width * 9))  # kaiming normal, fan_out = out channels x 3 x 3
+        assert abs(conv.std().item() / expected - 1) < 0.1, width

@@ -122,6 +122,23 @@ def test_medmnist_missing_file_names_path(tmp_path):
         load_split(cfg(dataset="breast", data_root=str(tmp_path)))
 
 
+def test_a_failed_medmnist_download_says_why(tmp_path, monkeypatch):
+    """With medmnist installed, a failed download (no network, a read-only folder) was swallowed:
+    the error only said to install medmnist."""
+    import sys
+    import types
+
+    class BreastMNIST:
+        def __init__(self, **kwargs):
+            raise ConnectionError("no route to zenodo.org")
+
+    fake = types.SimpleNamespace(INFO={"breastmnist": {"python_class": "BreastMNIST"}}, BreastMNIST=BreastMNIST)
+    monkeypatch.setitem(sys.modules, "medmnist", fake)
+    with pytest.raises(DataError, match=r"breastmnist\.npz.*medmnist could not download it "
+                                        r"\(ConnectionError: no route to zenodo.org\)"):
+        load_split(cfg(dataset="breast", data_root=str(tmp_path)))
+
+
 def test_max_train_samples(tmp_path):
     write_medmnist(tmp_path / "octmnist.npz", 4)
     s = load_split(cfg(dataset="oct", data_root=str(tmp_path), max_train_samples=4))
@@ -543,6 +560,8 @@ def test_a_training_split_of_one_normal_image_is_refused(tmp_path):
     with pytest.raises(DataError, match="only 1 normal training image.*add normal images to the training split"):
         load(one)
     assert len(load(seeded, test_fraction=0.1).train) == 2
+    with pytest.raises(DataError, match="only 1 normal training image.*lower --test-fraction"):  # "seeded per class"
+        load_split(cfg(dataset="digits", normal_class=["8"], test_fraction=0.895))
 
 
 def test_demo_refuses_zero_epochs(tmp_path, monkeypatch):

@@ -445,6 +445,28 @@ def test_option_types_found_by_a_review_are_checked_before_training(monkeypatch)
         _tiny().fit(wide)
 
 
+def test_image_size_resizes_every_image_as_con2_train_does_and_a_path_out_saves(tmp_path):
+    """image_size=S made the views straight from the full-size images (grid_sample, no antialiasing),
+    unlike `con2 train --image-size S`, and scored images had to keep the fitted size; a Path given as
+    out= failed in save, after the training."""
+    from pathlib import Path
+
+    from con2.data.loaders.common import resize_images
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 255, size=(30, 12, 16), dtype=np.uint8)
+    det = _tiny(image_size=8, out=Path(tmp_path / "runs")).fit(wide)
+    assert det.input_shape_ == (8, 8, 1)
+    small = resize_images(wide[..., None], 8)
+    np.testing.assert_array_equal(det.decision_function(wide), det.decision_function(small))
+    big = np.repeat(np.repeat(small, 3, axis=1), 3, axis=2)  # 24x24: any size is resized
+    assert det.decision_function(big).shape == (30,)
+    loaded = Con2Detector.load(det.save(tmp_path / "d.safetensors"))
+    np.testing.assert_array_equal(loaded.decision_function(wide), det.decision_function(wide))
+    with pytest.raises(ValueError, match="fitted on 12x12 px .*image_size=S"):
+        _tiny().fit(blobs(30, 0, True)).decision_function(small)
+
+
 def test_each_fit_into_out_keeps_its_own_run(tmp_path, capsys):
     """With out= a second fit (or a clone's, in a grid search) found the folder taken and raised
     "pass --resume", a CLI flag; `con2 evaluate` of such a run asked for --data-file."""

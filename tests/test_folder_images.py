@@ -77,6 +77,12 @@ def test_a_loaded_folder_is_fingerprinted_once(tmp_path, no_memory, monkeypatch)
     assert data_fingerprint(lazy) == first and sum(reads) == len(lazy.train)
     again = load_split(folder_cfg(tmp_path))  # loaded anew: the files are read anew
     assert data_fingerprint(again) == first and sum(reads) == 2 * len(lazy.train)
+    import dataclasses
+
+    held = dataclasses.replace(lazy, train=np.ones((3, 8, 8, 1), np.uint8))  # in memory: hashed each time,
+    before = data_fingerprint(held)  # as it may change in place
+    held.train[0] ^= 1
+    assert data_fingerprint(held)["hash"] != before["hash"]
 
 
 def test_the_pipeline_and_the_budget_decide_what_is_held(tmp_path, monkeypatch):

@@ -66,6 +66,8 @@ def test_simclr_is_nt_xent():
     ids = torch.arange(n).repeat(2)
     want = sum(ell(z, a, (a + n) % (2 * n), 0.5) for a in range(2 * n)) / (2 * n)
     assert simclr_loss(z, ids, 0.5).item() == pytest.approx(want, rel=1e-9)
+    default = sum(ell(z, a, (a + n) % (2 * n), 0.07) for a in range(2 * n)) / (2 * n)
+    assert simclr_loss(z, ids).item() == pytest.approx(default, rel=1e-9)  # METHOD's 0.07, as every loss
 
 
 def test_permutation_invariance():

@@ -730,3 +730,25 @@ def test_scorer_ops_give_gradients_like_the_reference(impl):
     x, mean, w = torch.randn(5, 4, requires_grad=True), torch.randn(4), torch.randn(4, 3)
     impl.mahalanobis_sq(x, mean, w).sum().backward()
     torch.testing.assert_close(x.grad, 2 * (x - mean).detach() @ w @ w.T)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ok(), reason="needs CUDA + CUDA kernels")
+def test_cuda_con2_loss_steps_with_a_new_alpha_never_stall_the_host():
+    """alpha changes every training step; its [1, alpha] weights were a cached device tensor that
+    missed every step, a copy from pageable memory that waits for the GPU."""
+    zc, cl = _batch(256, 128, 2, "cuda", seed=3)
+    zs, _ = _batch(256, 128, 2, "cuda", seed=4)
+    sid = torch.arange(256, device="cuda") // 2
+    zc.requires_grad_(True)
+    zs.requires_grad_(True)
+    native.con2_loss(zc, zs, cl, sid, 0.0).backward()  # warm-up: workspaces, pinned blocks
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 5):
+            native.con2_loss(zc, zs, cl, sid, step / 4).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want, _, _ = _con2_reference_grads(zc, zs, cl, sid, alpha=0.3)
+    torch.testing.assert_close(native.con2_loss(zc.detach(), zs.detach(), cl, sid, 0.3), want, rtol=1e-5, atol=1e-6)

@@ -261,6 +261,10 @@ def test_scorer_on_a_tiny_model(tiny):
         torch.testing.assert_close(out[name], out[f"{name}_views"].mean(1))
         torch.testing.assert_close(aggregate(out[f"{name}_views"], "max"), out[f"{name}_views"].max(1).values)
     assert (out["nnd"] >= -1 - 1e-6).all() and (out["nnd"] <= 1 + 1e-6).all()
+    from con2.data.images import ImageSet
+
+    wrapped = Scorer(model, ViewConfig(size=12), ContextSet("invert"), ImageSet(train), views=4, batch_size=7)
+    torch.testing.assert_close(wrapped.score(ImageSet(test))["nnd"], out["nnd"])  # an ImageSet as any image input
     # same draws whatever the batch size
     s2 = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=4, batch_size=256)
     torch.testing.assert_close(s2.score(test)["nnd"], out["nnd"], atol=1e-5, rtol=0)
@@ -467,3 +471,29 @@ def test_scoring_progress_is_a_bar_on_a_terminal_only(monkeypatch):
         bar.close()
         assert ("scoring" in stream.getvalue()) == shown
     assert _progress(3, "scoring", enabled=False).disable
+
+
+def test_an_interrupted_evaluation_write_never_leaves_new_scores_beside_old_metrics(tmp_path, monkeypatch):
+    """scores_views.npz was written in place (an interruption left a truncated zip) and after the new
+    scores.csv, so the old metrics.json could describe them (con2 report then plotted them under the
+    old evaluation's settings)."""
+    from con2.data import OneClassSplit
+    from con2.evaluate import METRICS_FILE, SCORES_FILE, VIEWS_FILE, write_results
+
+    imgs = np.zeros((4, 8, 8, 1), np.uint8)
+    split = OneClassSplit(name="t", train=imgs, test=imgs, test_labels=np.array([0, 0, 1, 1]), val=imgs[:0])
+    scores = {"nnd": np.arange(4.0), "nnd_views": np.ones((4, 2))}
+    write_results(tmp_path, {"views": 2, "aggregate": "mean"}, scores, split, per_view=True)
+    with np.load(tmp_path / VIEWS_FILE) as z:
+        np.testing.assert_array_equal(z["nnd"], np.ones((4, 2)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([METRICS_FILE, SCORES_FILE, VIEWS_FILE])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(tmp_path, {"views": 4, "aggregate": "mean"}, {**scores, "nnd": -np.arange(4.0)}, split,
+                      per_view=True)
+    assert not (tmp_path / METRICS_FILE).exists()  # the new scores.csv is not described by the old metrics
+    assert not list(tmp_path.glob("*.tmp"))

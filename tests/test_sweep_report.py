@@ -155,12 +155,35 @@ def test_sweep_refuses_bad_evaluation_options_before_any_run(tmp_path, monkeypat
     assert list(summary["all"]) == ["nnd"] and json.loads((out / "manifest.json").read_text())["eval"]["views"] == 0
 
 
-def test_dataset_classes():
-    assert dataset_classes("cifar10") == [str(i) for i in range(10)]
-    assert len(dataset_classes("cifar100")) == 20
-    assert dataset_classes("breast") == ["1"] and dataset_classes("oct") == ["3"]
-    with pytest.raises(ValueError, match="explicitly"):
-        dataset_classes("folder")
+def test_dataset_classes(tmp_path):
+    assert dataset_classes(TrainConfig(dataset="cifar10")) == [str(i) for i in range(10)]
+    assert len(dataset_classes(TrainConfig(dataset="cifar100"))) == 20
+    assert dataset_classes(TrainConfig(dataset="breast")) == ["1"] and dataset_classes(TrainConfig(dataset="oct")) == ["3"]
+    # an image folder's classes: its class folders with training images ("all" is a name like any other)
+    for d in ("train/all", "train/b", "train/empty", "test/all", "test/c"):
+        (tmp_path / d).mkdir(parents=True)
+    for d in ("train/all", "train/b", "test/all", "test/c"):
+        Image.new("L", (8, 8)).save(tmp_path / d / "x.png")
+    assert dataset_classes(TrainConfig(dataset="folder", data_root=str(tmp_path))) == ["all", "b"]
+    np.savez(tmp_path / "d.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([3, 1, 1, 3]))
+    assert dataset_classes(TrainConfig(dataset="npz", data_file=str(tmp_path / "d.npz"))) == ["1", "3"]
+    with pytest.raises(ValueError, match="--classes all: the classes of --dataset folder cannot be listed "
+                                         r"\(image folder not found: .*nowhere\); list them explicitly"):
+        dataset_classes(TrainConfig(dataset="folder", data_root=str(tmp_path / "nowhere")))
+
+
+def test_a_sweep_of_all_classes_of_a_folder_trains_each_class_folder(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for c in ("all", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / c / f"{i}.png")
+    base = TrainConfig(dataset="folder", data_root=str(root), width=8, epochs=1, image_size=8, device="cpu")
+    summary = run_sweep(base, ["all"], [0], tmp_path / "sweep", views=0, progress=False)
+    assert calls == [("all", 0), ("b", 0)] and list(summary["classes"]) == ["all", "b"]
 
 
 @pytest.fixture(scope="module")

@@ -136,9 +136,9 @@ def _sweep(args) -> None:
         raise ValueError("con2 sweep takes --seeds, not --seed")
     from ..sweep import dataset_classes
 
-    named = TrainConfig(**{k: getattr(args, k) for k in ("dataset", "context", "objective")
+    named = TrainConfig(**{k: getattr(args, k) for k in ("dataset", "context", "objective", "data_root", "data_file")
                            if getattr(args, k) is not None})  # unset ones: the defaults
-    classes = dataset_classes(named.dataset) if args.classes == ["all"] else args.classes
+    classes = dataset_classes(named) if args.classes == ["all"] else args.classes
     out = args.out or f"runs/sweep-{named.dataset}-{named.context.replace(',', '+')}-{named.objective}"
     # the base config; normal class, seed and run directory are set per run by the sweep
     args.out, args.normal_class = str(Path(out) / "base"), [classes[0]]

@@ -92,7 +92,7 @@ def _check_train_count(split: OneClassSplit, cfg) -> None:
         fix = "raise --max-train-samples"
     elif cfg.n_train is not None and cfg.n_train < MIN_TRAIN_IMAGES:
         fix = "raise --n-train"
-    elif split.meta.get("split") == "seeded":
+    elif split.seeded:
         fix = "add normal images, or lower --test-fraction / --val-fraction"
     else:
         fix = "add normal images to the training split, or choose another --normal-class"

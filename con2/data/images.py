@@ -147,11 +147,14 @@ class FolderImages:
 class ImageSet:
     """A uint8 image collection checked once and read in [n, C, H, W] tensor chunks.
 
-    images: a uint8 [N, C, H, W] tensor, or a uint8 [N, H, W, C] / [N, H, W] array or FolderImages.
-    shape: (N, C, H, W). expect() checks it against what a consumer needs.
+    images: a uint8 [N, C, H, W] tensor, or a uint8 [N, H, W, C] / [N, H, W] array or FolderImages,
+    or an ImageSet (its images under its own name, given where it was made). shape: (N, C, H, W).
+    expect() checks it against what a consumer needs.
     """
 
     def __init__(self, images, name: str = "images"):
+        if isinstance(images, ImageSet):
+            images, name = images.images, images.name
         if isinstance(images, torch.Tensor):
             dtype_ok = images.dtype == torch.uint8
             shape = tuple(images.shape) if images.dim() == 4 else None

@@ -65,6 +65,12 @@ class OneClassSplit:
         return int(self.train.shape[1])
 
     @property
+    def seeded(self) -> bool:
+        """con2 drew this split with --split-seed ("seeded", "seeded per class"), so --test-fraction
+        and --val-fraction shape it; data with its own split ("official", "given") ignores them."""
+        return str(self.meta.get("split", "")).startswith("seeded")
+
+    @property
     def file_decoding(self) -> tuple[tuple[int, int], int | None]:
         """How a source that decodes the train files again (DALI, file-reading workers) makes a
         train image as the loader did: resize to (H, W), then the centred square of this side

@@ -175,25 +175,6 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
 
 
-def _blend(a, b, ratio):
-    return (ratio * a + (1 - ratio) * b).clamp(0, 1)
-
-
-def adjust_brightness(x, f):
-    return (x * f).clamp(0, 1)
-
-
-def adjust_contrast(x, f):
-    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(x, mean, f)
-
-
-def adjust_saturation(x, f):
-    if x.shape[1] == 1:
-        return x
-    return _blend(x, _gray(x), f)
-
-
 def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """torchvision's rgb->hsv, hue shift by per-row f [M], hsv->rgb, on float images in [0, 1].
 

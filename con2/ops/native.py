@@ -13,7 +13,6 @@ scalar; outside autocast, gradients come back in the dtype of z.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -191,14 +190,19 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
     return _supcon(z, labels, temperature)
 
 
-@functools.lru_cache(maxsize=8)
 def _head_weights(alpha: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor([1.0, alpha], dtype=dtype, device=device)
+    """[1, alpha] on `device`. alpha changes every training step, so the copy must not stall the
+    host: on a GPU it leaves pinned memory without blocking (a plain copy from pageable memory
+    waits for the GPU to finish the queued work, every step)."""
+    w = torch.tensor([1.0, alpha], dtype=dtype)
+    if device.type == "cuda":
+        return w.pin_memory().to(device, non_blocking=True)
+    return w.to(device)
 
 
 def _weighted_heads(losses: torch.Tensor, alpha: float) -> torch.Tensor:
-    """losses[0] + alpha * losses[1] as one dot with a cached [1, alpha]: one launch forward and
-    one backward, where select / mul / add take ~8 (the loss at M ~ 2048 is launch-bound)."""
+    """losses[0] + alpha * losses[1] as one dot with [1, alpha]: one launch forward and one
+    backward, where select / mul / add take ~8 (the loss at M ~ 2048 is launch-bound)."""
     if torch.compiler.is_compiling():
         return losses[0] + alpha * losses[1]
     return torch.dot(losses, _head_weights(float(alpha), losses.device, losses.dtype))

@@ -21,6 +21,18 @@ def _class_dirs(root: Path) -> dict[str, list[Path]]:
     return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
+def training_class_folders(root: Path) -> list[str]:
+    """The classes of an image folder that hold training images (under train/ when it has its own
+    split): what a one-class sweep's `--classes all` trains, one normal class at a time."""
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    where = root / "train" if (root / "train").is_dir() and (root / "test").is_dir() else root
+    classes = [c for c, files in _class_dirs(where).items() if files]
+    if not classes:
+        raise DataError(f"{where}: no class sub-folders with images")
+    return classes
+
+
 def _list_images(folder: Path) -> list[Path]:
     """list_images, plus image-named entries that are not files (symlinks whose target is gone,
     FIFOs): list_images passes them over, but they are images the folder lacks, so like any

@@ -40,18 +40,22 @@ def medmnist_path(cfg) -> Path:
     return Path(cfg.data_root) / f"{cfg.dataset}mnist{suffix}.npz"
 
 
-def _medmnist_download(flag: str, path: Path, res: int) -> bool:
-    """Fetch the official file through the optional `medmnist` package; False when that is impossible."""
+def _medmnist_download(flag: str, path: Path, res: int) -> str:
+    """Fetch the official file through the optional `medmnist` package; why that failed ("" if it
+    did not), for the missing-file error."""
     try:
         import medmnist  # optional dependency
+    except ImportError:
+        return ""
+    try:
         info = medmnist.INFO[f"{flag}mnist"]
         cls = getattr(medmnist, info["python_class"])
         path.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {} if res == 28 else {"size": res}
         cls(split="train", download=True, root=str(path.parent), **kwargs)
-    except Exception:  # not installed, no network, old version without `size`
-        return False
-    return path.is_file()
+    except Exception as exc:  # no network, a read-only folder, a bad checksum, an old version without `size`
+        return f"; medmnist could not download it ({type(exc).__name__}: {exc})"
+    return "" if path.is_file() else f"; medmnist downloaded into {path.parent} but wrote no {path.name}"
 
 
 def load_medmnist(cfg) -> OneClassSplit:
@@ -66,10 +70,9 @@ def load_medmnist(cfg) -> OneClassSplit:
     refuse_split_options(cfg, f"{flag}mnist has its official train/val/test split")
     path = medmnist_path(cfg)
     res = cfg.resolution or 28
-    if not path.is_file() and not cfg.data_file:
-        _medmnist_download(flag, path, res)
+    failed = _medmnist_download(flag, path, res) if not path.is_file() and not cfg.data_file else ""
     hint = ("; put the official MedMNIST file there (https://zenodo.org/records/10519652) or "
-            "`pip install medmnist` with network access to download it")
+            "`pip install medmnist` with network access to download it" + failed)
     z = read_npz(path, tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")), hint)
     parts = npz_parts(z, ("train", "val", "test"), path)
     _check_medmnist_file(cfg, path, parts)
