@@ -64,16 +64,20 @@ def _check_sizes(sizes: list[tuple[int, int]], files: list) -> tuple[int, int]:
 
 
 def _parts_held(pipeline: str, counts: dict, image_bytes: int) -> set:
-    """The parts of a folder decoded into memory: all for --pipeline tensor; else train, val and test
-    in turn, each while the held parts fit memory_budget() together (train first: the tensor pipeline
-    needs it), never train for --pipeline dali (DALI decodes the files itself). The others are
+    """The parts of a folder decoded into memory: train, val and test in turn, each while the held
+    parts fit memory_budget() together, except train, which --pipeline tensor always holds (it trains
+    from memory) and --pipeline dali never does (DALI decodes the files itself). The others are
     decoded on access."""
-    if pipeline == "tensor":
-        return set(counts)
     budget, used, held = memory_budget(), 0, set()
     for part in ("train", "val", "test"):
-        size = counts.get(part, 0) * image_bytes
-        if part in counts and not (pipeline == "dali" and part == "train") and used + size <= budget:
+        if part not in counts:
+            continue
+        size = counts[part] * image_bytes
+        if part == "train" and pipeline in ("tensor", "dali"):
+            take = pipeline == "tensor"
+        else:
+            take = used + size <= budget
+        if take:
             held.add(part)
             used += size
     return held
