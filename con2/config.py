@@ -141,7 +141,8 @@ class TrainConfig:
             bad(f"--center-crop must be >= {MIN_IMAGE_SIDE}, got {self.center_crop}")
         if self.center_crop is not None and self.image_size is not None and self.center_crop > self.image_size:
             bad(f"--center-crop {self.center_crop} is larger than --image-size {self.image_size}")
-        if self.dataset in ("npz", "folder", "derma", "blood", "cifar10", "cifar100") and not self.normal_class:
+        # npz and folder classes are the data's: their loaders refuse a missing class, listing them
+        if self.dataset in ("derma", "blood", "cifar10", "cifar100") and not self.normal_class:
             bad(f"--dataset {self.dataset} needs --normal-class")
         return self
 

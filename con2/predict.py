@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.decode import DataError, list_images, not_a_file
+from .data.decode import NEAR_BLACK, DataError, list_images, not_a_file
 
 DEFAULT_TARGET_FPR = 0.05
 
@@ -46,25 +46,27 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool,
-                keep_aspect: bool = False) -> np.ndarray:
+                keep_aspect: bool = False, source_size: tuple[int, int] | None = None) -> np.ndarray:
     """uint8 [N, H, W, C] made as the run's loader made its images (module docstring; keep_aspect:
-    --resize shorter-side); an unreadable file is an error naming it, one far from the run's image
-    shape a warning naming it."""
-    images, stretched = _read(files, size, channels, folder, keep_aspect)
-    _warn_stretched(stretched, len(files), size)
+    --resize shorter-side); an unreadable file is an error naming it; one far from the shape of the
+    run's images (source_size: theirs before the loader resized them; None: `size`), or near black,
+    a warning naming it."""
+    images, odd = _read(files, size, channels, folder, keep_aspect, source_size)
+    _warn_odd(odd, len(files), size)
     return images
 
 
 def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool,
-          keep_aspect: bool = False) -> tuple[np.ndarray, list]:
-    """read_images' images, and the files far from the run's shape (not yet warned about)."""
+          keep_aspect: bool = False, source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
+    """read_images' images, and {"stretched": [...], "dark": [...]}: the files far from the run's
+    shape and those near black (not yet warned about)."""
     from PIL import Image
 
     from .data.datasets import resize_images
     from .data.decode import DataError, decode_image, read_header
 
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
-    stretched: list[str] = []
+    odd: dict[str, list[str]] = {"stretched": [], "dark": []}
     for i, f in enumerate(files):
         try:
             arr = decode_image(f, size if folder else None, keep_aspect)
@@ -73,21 +75,29 @@ def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: b
             raise DataError(f"cannot read image {exc}") from exc
         except Exception as exc:  # any decoder failure, as the folder loader's map_files reports it
             raise DataError(f"cannot read image {f}: {type(exc).__name__}: {exc}") from exc
-        if problem := _shape_problem(hw, size, keep_aspect):
-            stretched.append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
+        if problem := _shape_problem(hw, source_size or size, keep_aspect):
+            odd["stretched"].append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
+        if (brightest := int(arr.max())) < NEAR_BLACK:
+            odd["dark"].append(f"{f} (brightest pixel {brightest})")
         if arr.shape[-1] != channels:
             arr = (np.repeat(arr, 3, axis=-1) if channels == 3
                    else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
         out[i] = resize_images(arr[None], size, keep_aspect)[0]  # no-op for folders (decoded at the size)
-    return out, stretched
+    return out, odd
 
 
-def _warn_stretched(stretched: list[str], n: int, size: tuple[int, int]) -> None:
-    if stretched:
-        more = f" and {len(stretched) - 3} more" if len(stretched) > 3 else ""
-        warnings.warn(f"{len(stretched)} of {n} images are resized to the run's {size[1]}x{size[0]} px "
+def _warn_odd(odd: dict, n: int, size: tuple[int, int]) -> None:
+    def listed(names):
+        return "; ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    if odd["stretched"]:
+        warnings.warn(f"{len(odd['stretched'])} of {n} images are resized to the run's {size[1]}x{size[0]} px "
                       f"input from a very different shape, so their scores may mean little: "
-                      f"{'; '.join(stretched[:3])}{more}", stacklevel=3)
+                      f"{listed(odd['stretched'])}", stacklevel=3)
+    if odd["dark"]:  # as the folder loader warns of a training set: 12-bit scans in 16-bit files
+        warnings.warn(f"{len(odd['dark'])} of {n} images are near black after decoding (every pixel under "
+                      f"{NEAR_BLACK} / 255), so their scores may mean little; 12-bit data stored in 16-bit files "
+                      f"is read as 16-bit: rescale such files first: {listed(odd['dark'])}", stacklevel=3)
 
 
 # An image this far from the run's image size is scored as a distorted picture: the resize keeps no
@@ -148,11 +158,14 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     # the files a chunk at a time, so a folder larger than memory can be scored (a file's views are
     # keyed by its pixels: its score does not depend on the chunk it is read in)
     rows = max(1, CHUNK_BYTES // (size[0] * size[1] * split.channels))
-    parts, stretched = [files[i:i + rows] for i in range(0, len(files), rows)], []
+    parts, odd = [files[i:i + rows] for i in range(0, len(files), rows)], {"stretched": [], "dark": []}
+    source_size = split.meta.get("source_size")  # an array data set's images before the loader resized them
 
     def images_of(part):
-        images, far = _read(part, size, split.channels, cfg.dataset == "folder", cfg.resize == "shorter-side")
-        stretched.extend(far)
+        images, found = _read(part, size, split.channels, cfg.dataset == "folder", cfg.resize == "shorter-side",
+                              tuple(source_size) if source_size else None)
+        for k in odd:
+            odd[k].extend(found[k])
         return center_crop_array(images, cfg.center_crop)
 
     first = images_of(parts[0])  # an unreadable file among the first fails before the bank is built
@@ -160,6 +173,6 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     if threshold is None:
         threshold = calibrate_threshold(s.score(split.val)[scorer].numpy(), target_fpr)
     scores = np.concatenate([s.score(images_of(part) if i else first)[scorer].numpy() for i, part in enumerate(parts)])
-    _warn_stretched(stretched, len(files), size)
+    _warn_odd(odd, len(files), size)
     return [{"file": str(f), "score": float(v), "anomaly": int(v > threshold), "threshold": float(threshold)}
             for f, v in zip(files, scores)]

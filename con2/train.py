@@ -339,6 +339,8 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     cfg.validate()
     device, rank, world, local_rank = _init_distributed(cfg)
     run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():  # found now, not as an OS error after loading the data
+        raise FileExistsError(f"--out {run_dir} is a file; give the folder to write the run into")
     ckpt_path = run_dir / CHECKPOINT_FILE
     if not resume and (ckpt_path.exists() or run_finished(run_dir)):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")

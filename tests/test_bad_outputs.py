@@ -199,6 +199,25 @@ def test_predict_warns_of_images_far_from_the_runs_shape(tmp_path):
         read_images([tmp_path / "strip.png"], (12, 12), 1, True, keep_aspect=True)
 
 
+def test_predict_warns_of_near_black_files_and_compares_shapes_with_the_runs_source_images(tmp_path):
+    """12-bit scans in 16-bit PNGs decoded near black and were scored (all flagged) without a word;
+    a 28 px MedMNIST file given to a run that upscaled its 28 px images to 256 px was called far
+    from the run's shape."""
+    from con2.predict import read_images
+
+    Image.fromarray((np.arange(144).reshape(12, 12) * 16).astype(np.uint16)).save(tmp_path / "scan12bit.png")
+    Image.fromarray(np.full((12, 12), 128, np.uint8)).save(tmp_path / "ok.png")
+    assert Image.open(tmp_path / "scan12bit.png").mode.startswith("I")
+    with pytest.warns(UserWarning, match=r"1 of 2 images are near black after decoding \(every pixel under 32 / 255\)"
+                                         r".*rescale such files first: .*scan12bit\.png \(brightest pixel 9\)$"):
+        read_images([tmp_path / "scan12bit.png", tmp_path / "ok.png"], (12, 12), 1, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 12 px files of a run whose 12 px images were upscaled to 64
+        read_images([tmp_path / "ok.png"], (64, 64), 1, False, source_size=(12, 12))
+    with pytest.warns(UserWarning, match="a side under 1/4"):
+        read_images([tmp_path / "ok.png"], (64, 64), 1, False)
+
+
 def test_replaced_files_get_the_mode_a_plain_open_gives(latin_run, tmp_path):
     from safetensors.torch import save_file
 

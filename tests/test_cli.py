@@ -65,3 +65,28 @@ def test_the_sweep_help_names_its_own_class_and_seed_options_only():
     assert "--classes" in sweep and "--seeds" in sweep
     assert "--normal-class" not in sweep and "--seed " not in sweep and "--seed]" not in sweep
     assert "--normal-class" in train and "--seed SEED" in train
+
+
+def test_train_names_an_ignored_data_root_a_file_as_out_and_a_folders_classes(tmp_path, capsys):
+    """--data-root with digits trained on digits without a word; --out naming a file failed with
+    "[Errno 17] File exists"; a folder or npz run without --normal-class did not list the classes."""
+    import numpy as np
+    from PIL import Image
+
+    from con2.cli.main import main
+
+    def error(*args):
+        assert main(["train", *args, "--epochs", "1", "--quiet"]) == 2
+        return capsys.readouterr().err.strip()
+
+    assert error("--data-root", str(tmp_path), "--normal-class", "1") == (
+        "con2 train: error: --data-root does not apply to --dataset digits (scikit-learn's digits, read from no file)")
+    (tmp_path / "run.csv").write_text("")
+    assert error("--out", str(tmp_path / "run.csv")) == (
+        f"con2 train: error: --out {tmp_path / 'run.csv'} is a file; give the folder to write the run into")
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "f" / c / f"{i}.png")
+    assert error("--dataset", "folder", "--data-root", str(tmp_path / "f"), "--out", str(tmp_path / "r")).endswith(
+        "--dataset folder needs --normal-class (one or more class folder names); available: a, b")

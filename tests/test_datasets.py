@@ -250,6 +250,15 @@ def test_folder_with_train_test_tree_mixed_modes(tmp_path):
     assert len(s.train_files) == 4 and len(s.test_files) == 6
     assert all("/train/good/" in f for f in s.train_files)
     assert s.class_names == {0: "bad", 1: "good"} and s.meta["skipped_files"] == 0
+    # what a split tree does not read is named (a Kaggle-style valid/ folder, images loose in test/)
+    (tmp_path / "val").rename(tmp_path / "valid")
+    save(tmp_path / "test" / "loose.png", seed=30)
+    with pytest.warns(UserWarning) as caught:
+        s = load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["good"]))
+    said = [str(w.message) for w in caught]
+    assert any("valid/ not read: the split folders are train/, val/ and test/" in m for m in said)
+    assert any("1 image(s) directly in a split folder are not read (test/loose.png)" in m for m in said)
+    assert len(s.val) == 0 and len(s.test) == 6
 
 
 def test_folder_seeded_split_grayscale_resized(tmp_path):

@@ -313,6 +313,9 @@ def test_cli_time_limit_pauses_and_resume_finishes(tmp_path, capsys):
     for bad in ("", "soon", "0", "3x"):
         with pytest.raises(Exception, match="duration|positive"):
             parse_duration(bad)
+    for ambiguous in ("1h30", "2m30", "1h 30"):  # 1h30 was 1 h 30 s, a job pausing 29.5 min early
+        with pytest.raises(Exception, match=r"give the unit of 30, as in 1h30m or 2m30s"):
+            parse_duration(ambiguous)
     args = ["train", "--dataset", "digits", "--epochs", "2", "--width", "4", "--max-train-samples", "16",
             "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "run")]
     # spent before the first step ends: one step, then leave, with the status a job script resubmits on

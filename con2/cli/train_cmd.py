@@ -101,6 +101,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
         cfg = dataclasses.replace(TrainConfig.from_dict(read_json(saved)),
                                   **{k: getattr(cfg, k) for k in chosen})
+    if "data_root" in explicit and not cfg.reads_data_root():  # else it is ignored without a word
+        source = ("scikit-learn's digits, read from no file" if cfg.dataset == "digits" else
+                  f"it reads --data-file {cfg.data_file}" if cfg.data_file else "give its file as --data-file")
+        raise ValueError(f"--data-root does not apply to --dataset {cfg.dataset} ({source})")
     return cfg.validate()
 
 
@@ -114,6 +118,9 @@ def parse_duration(text: str) -> float:
     m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
     if not text.strip() or m is None or not any(m.groups()):
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 5400, 90m, 3h50m)")
+    if m.group(3) and (m.group(1) or m.group(2)) and not text.strip().endswith("s"):  # "1h30": 30 what?
+        raise argparse.ArgumentTypeError(f"{text!r}: give the unit of {m.group(3)}, as in 1h30m or 2m30s "
+                                         "(a number alone is seconds only on its own)")
     h, mi, se = (float(g) if g else 0.0 for g in m.groups())
     seconds = 3600 * h + 60 * mi + se
     if seconds <= 0:

@@ -21,6 +21,10 @@ class ImageChanged(DataError):
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"}
+# A decoded image whose every pixel is under this is near black: most often 12-bit data stored in
+# 16-bit files, read as 16-bit (training and con2 predict warn of it).
+NEAR_BLACK = 32
+
 # Pillow modes decoded to one channel: more than 8 bits (scaled by _to_8bit), and 8 bits or fewer.
 WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 GRAY_MODES = ("1", "L", "LA")

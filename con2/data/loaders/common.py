@@ -197,6 +197,8 @@ def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_s
     val, val_y = normals(*va) if va is not None else (_empty_like(train), np.zeros(0, np.int64))
     images = {s: resize_images(x, image_size, keep_aspect) for s, x in (("train", train), ("val", val), ("test", te_x))}
     check_parts_agree(images, meta.get("source", name), image_size is not None)
+    # the images' own size, before the resize: what con2 predict compares a file's shape with
+    meta = {**meta, "source_size": [int(v) for v in train.shape[1:3]]}
     return OneClassSplit(
         name=name,
         train=images["train"],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..decode import IMAGE_SUFFIXES, DataError, list_images, map_files, not_a_file, read_header
+from ..decode import IMAGE_SUFFIXES, NEAR_BLACK, DataError, list_images, map_files, not_a_file, read_header
 from ..images import FolderImages
 from ..split import OneClassSplit
 from .common import one_class_split, refuse_split_options, seeded_normal_split
@@ -31,6 +31,24 @@ def training_class_folders(root: Path) -> list[str]:
     if not classes:
         raise DataError(f"{where}: no class sub-folders with images")
     return classes
+
+
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def _warn_of_unread_entries(root: Path) -> None:
+    """A split tree reads <root>/{train,val,test}/<class>/...: name what it leaves out (a valid/ folder
+    holding the val normals, images loose in test/), which would otherwise vanish without a word."""
+    others = sorted(d.name + "/" for d in root.iterdir()
+                    if d.is_dir() and d.name not in SPLIT_FOLDERS and not d.name.startswith("."))
+    loose = [f"{s}/{p.name}" for s in SPLIT_FOLDERS if (root / s).is_dir()
+             for p in sorted((root / s).iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if others:
+        warnings.warn(f"{root}: {', '.join(others)} not read: the split folders are train/, val/ and test/ "
+                      "(rename a validation folder to val/ to calibrate on it)")
+    if loose:
+        warnings.warn(f"{root}: {len(loose)} image(s) directly in a split folder are not read ({', '.join(loose[:3])}"
+                      f"{', ...' if len(loose) > 3 else ''}): images go in class folders, as in test/<class>/")
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -126,12 +144,12 @@ def _warn_if_dark(root: Path, held: list, on_access: list) -> None:
     if not held and not sampled:
         return
     brightest = max([int(a.max()) for a in held] + sampled)
-    if brightest < 32:
+    if brightest < NEAR_BLACK:
         n_held, n_sampled = sum(len(a) for a in held), len(sampled)
         n_lazy = sum(len(imgs) for imgs in on_access)
         which = ("every image is" if not sampled else
                  f"every image checked ({n_held} held in memory, {n_sampled} of {n_lazy} decoded on access) is")
-        warnings.warn(f"{root}: {which} darker than 32 / 255 after decoding (brightest pixel {brightest}); "
+        warnings.warn(f"{root}: {which} darker than {NEAR_BLACK} / 255 after decoding (brightest pixel {brightest}); "
                       f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
 
 
@@ -153,8 +171,6 @@ def load_folder(cfg) -> OneClassSplit:
     if not root.is_dir():
         raise DataError(f"--data-root {root} is a file, not a folder of class folders" if root.exists()
                         else f"image folder not found: {root}")
-    if not cfg.normal_class:
-        raise DataError("--dataset folder needs --normal-class (one or more class folder names)")
     has_tree = (root / "train").is_dir() and (root / "test").is_dir()
     if (root / "train").is_dir() != (root / "test").is_dir():
         have, lack = ("train", "test") if (root / "train").is_dir() else ("test", "train")
@@ -163,11 +179,15 @@ def load_folder(cfg) -> OneClassSplit:
     if has_tree:
         refuse_split_options(cfg, f"{root} has its own split (train/ and test/ folders)")
         trees = {s: _class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
+        _warn_of_unread_entries(root)
     else:
         trees = {"all": _class_dirs(root)}
     class_list = sorted({c for t in trees.values() for c in t})
     if not class_list:
         raise DataError(f"{root}: no class sub-folders found")
+    if not cfg.normal_class:
+        raise DataError(f"--dataset folder needs --normal-class (one or more class folder names); available: "
+                        f"{', '.join(class_list)}")
     names = dict(enumerate(class_list))
     unknown = [c for c in cfg.normal_class if c not in class_list]
     if unknown:
