@@ -156,7 +156,7 @@ class SplitScores:
     """One scorer's scores of one part of a run's split, each traceable to its image.
 
     scores [Q] aggregated over the views (higher = more anomalous), per_view [Q, A]; labels
-    (1 = anomaly), classes and files (None for array data sets) per image, in split order."""
+    (1 = anomaly), classes and files (an npz's rows; None for the other array data sets) per image, in split order."""
 
     part: str
     scorer: str
@@ -168,7 +168,7 @@ class SplitScores:
     files: list[str] | None
 
     def write_csv(self, out: IO[str], per_view: bool = False) -> None:
-        """One row per image: index, label, class, file (folder data), score (and each view's)."""
+        """One row per image: index, label, class, file (folder data, an npz's row), score (and each view's)."""
         w = csv.writer(out)
         extra = [f"view{i}" for i in range(self.per_view.shape[1])] if per_view else []
         w.writerow(["index", "label", "class", *(["file"] if self.files else []), f"{self.scorer}_{self.aggregate}",
@@ -226,7 +226,8 @@ def write_results(run_dir: Path, metrics: dict, scores: dict, split: OneClassSpl
 
 def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | None]:
     """Per image of `part`: label (1 = anomaly), class name ("" where the loader kept none) and
-    source file (None for array data sets), so a score row can be traced back to its image."""
+    source file (an npz's row, "file.npz:name" or "file.npz:images[row]"; None for the other array
+    data sets), so a score row can be traced back to its image."""
     n = len(split.part(part))
     if part == "test":
         labels = [int(v) for v in split.test_labels]
@@ -240,6 +241,8 @@ def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | 
             classes = [class_name(split, c) for c in known]
         else:  # a split built without them (Con2Detector's, older callers')
             classes = [class_name(split, split.normal_classes[0]) if len(split.normal_classes) == 1 else ""] * n
+    if files is None:
+        files = split.sources.get(part)
     if files is not None and len(files) != n:  # e.g. --max-train-samples kept files and images in step
         raise ValueError(f"{part} split: {len(files)} file names for {n} images")
     return labels, classes, files

@@ -738,3 +738,26 @@ def test_a_normal_class_only_under_test_is_named_as_such(tmp_path):
     with pytest.raises(DataError, match=r"train has no class folder 'scratch' \(it is only under test/\); "
                                         r"classes to train on: good"):
         load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["scratch"]))
+
+
+def test_npz_score_rows_name_the_row_or_the_file_each_image_came_from(tmp_path):
+    """A seeded npz split (BR35H's protocol) shuffled its rows into train / val / test: a score row's
+    index could not be traced back to an image of the file."""
+    from con2.evaluate import sample_columns
+
+    n = 30
+    images = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 8, 8), np.uint8)  # pixel value = row
+    labels = (np.arange(n) >= 20).astype(np.uint8)
+    names = np.array([f"scan{i:02d}.jpg".encode() for i in range(n)])  # as BR35H's file stores them (bytes)
+    np.savez(tmp_path / "named.npz", images=images, labels=labels, filenames=names)
+    np.savez(tmp_path / "plain.npz", images=images, labels=labels)
+    for file, name in (("named.npz", lambda r: f"named.npz:scan{r:02d}.jpg"),
+                       ("plain.npz", lambda r: f"plain.npz:images[{r}]")):
+        s = load_split(cfg(dataset="npz", data_file=str(tmp_path / file), normal_class=["0"], val_fraction=0.2,
+                           max_train_samples=5))
+        for part in ("train", "val", "test"):
+            _, _, files = sample_columns(s, part)
+            assert files == [name(int(img[0, 0, 0])) for img in s.part(part)], (file, part)
+    given = given_npz(tmp_path / "given.npz", images[:10], images[10:16])
+    _, _, files = sample_columns(load_split(cfg(dataset="npz", data_file=given, normal_class=["0"])), "test")
+    assert files == [f"given.npz:test_images[{i}]" for i in range(6)]

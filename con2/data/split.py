@@ -31,6 +31,9 @@ class OneClassSplit:
     train_files: list | None = None
     test_files: list | None = None
     meta: dict = field(default_factory=dict)
+    # {part: [where each image came from]} for array data that names its rows (an npz: "file.npz:name"
+    # or "file.npz:images[row]"); folder data names its files in train_files / test_files instead
+    sources: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for part in ("train", "test", "val"):

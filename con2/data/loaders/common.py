@@ -174,9 +174,10 @@ def center_crop_split(split: OneClassSplit, size: int | None) -> OneClassSplit:
 
 
 def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_size, meta: dict,
-                    keep_aspect: bool = False) -> OneClassSplit:
+                    keep_aspect: bool = False, sources: dict | None = None) -> OneClassSplit:
     """Build the split from labelled parts {"train": (x, y), "val": (x, y) or None, "test": (x, y)},
-    resized to image_size (keep_aspect: resize_images')."""
+    resized to image_size (keep_aspect: resize_images'); sources: {part: [each row's origin]}, kept
+    in step with the images (OneClassSplit.sources)."""
     for part, xy in parts.items():
         if xy is not None:
             check_lengths(xy[0], xy[1], f"{name}: {part} split")
@@ -189,6 +190,12 @@ def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_s
         keep = is_normal(y)
         return (x, y) if keep.all() else (x[keep], y[keep])
 
+    def kept(part, y):  # the origins of a part's normal rows (train / val keep only those)
+        names = (sources or {}).get(part)
+        return None if names is None else [n for n, k in zip(names, is_normal(y)) if k]
+
+    origins = {"train": kept("train", tr_y), "val": kept("val", va[1]) if va is not None else None,
+               "test": (sources or {}).get("test")}
     train, train_y = normals(tr_x, tr_y)
     if len(train) == 0:
         names = ", ".join(repr(class_names.get(c, c)) for c in normal)
@@ -211,6 +218,7 @@ def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_s
         train_classes=np.asarray(train_y, np.int64),
         val_classes=np.asarray(val_y, np.int64),
         meta=meta,
+        sources={p: list(v) for p, v in origins.items() if v is not None},
     )
 
 
@@ -242,6 +250,8 @@ def limit_train(split: OneClassSplit, max_n: int | None, seed: int) -> OneClassS
         split.train_classes = split.train_classes[keep]
     if split.train_files is not None:
         split.train_files = [split.train_files[i] for i in keep]
+    if "train" in split.sources:
+        split.sources["train"] = [split.sources["train"][i] for i in keep]
     split.meta["max_train_samples"] = max_n
     return split
 
