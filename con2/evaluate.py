@@ -298,7 +298,7 @@ def _cell(value) -> str:
 
 def format_metrics(metrics: dict) -> str:
     """A small Markdown table of the metrics of every scorer."""
-    lines = ["| scorer | AUROC | AUPR | FPR@95TPR |", "|---|---|---|---|"]
+    lines = ["| scorer | AUROC (%) | AUPR (%) | FPR@95TPR (%) |", "|---|---|---|---|"]
     for s in SCORERS:
         if s in metrics:
             m = metrics[s]

@@ -97,9 +97,12 @@ def view_plan(views: int, contexts: ContextSet | None) -> list[View]:
 
 def _progress(total: int, desc: str, enabled: bool):
     """A bar on a terminal only: into a log file its carriage returns make one ever-growing line
-    (and the next message lands on it); disable=None is tqdm's "not a terminal"."""
+    (and the next message lands on it), so a log gets one plain line saying what starts;
+    disable=None is tqdm's "not a terminal"."""
     from tqdm.auto import tqdm
 
+    if enabled and not sys.stderr.isatty():
+        print(f"{desc}: {total:,} image views", file=sys.stderr, flush=True)
     return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False, file=sys.stderr)
 
 

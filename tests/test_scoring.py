@@ -464,13 +464,17 @@ def test_scoring_progress_is_a_bar_on_a_terminal_only(monkeypatch):
         def isatty(self):
             return True
 
-    for stream, shown in ((io.StringIO(), False), (Terminal(), True)):
+    for stream, bar_shown in ((io.StringIO(), False), (Terminal(), True)):
         monkeypatch.setattr(sys, "stderr", stream)
         bar = _progress(3, "scoring", enabled=True)
         bar.update(3)
         bar.close()
-        assert ("scoring" in stream.getvalue()) == shown
-    assert _progress(3, "scoring", enabled=False).disable
+        assert ("\r" in stream.getvalue()) == bar_shown
+        if not bar_shown:  # a log file gets one plain line saying what starts
+            assert stream.getvalue() == "scoring: 3 image views\n"
+    quiet = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert _progress(3, "scoring", enabled=False).disable and quiet.getvalue() == ""
 
 
 def test_an_interrupted_evaluation_write_never_leaves_new_scores_beside_old_metrics(tmp_path, monkeypatch):

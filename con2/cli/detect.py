@@ -76,7 +76,8 @@ def _score(args) -> None:
                          args.batch_size, args.bank_dtype, not args.quiet, args.crop_scale)
     write_output(lambda out: result.write_csv(out, args.per_view), args.out)
     if args.out:
-        print(f"wrote {len(result.scores)} {args.split} scores to {args.out}", file=sys.stderr)
+        print(f"wrote {len(result.scores)} {args.split} scores to {args.out} (higher = more anomalous)",
+              file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- evaluate
