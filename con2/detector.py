@@ -44,7 +44,7 @@ from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.loaders.common import resize_images
 from .data.split import to_nchw
 from .evaluate import check_crop_scale, check_views_crop_scale, scoring_view_config
-from .files import replacing, utf8_name
+from .files import replacing, tensor_digest, utf8_name
 from .metrics import calibrate_threshold
 from .model import Con2Model
 from .ops.reference import row_norms
@@ -435,7 +435,7 @@ class Con2Detector(BaseEstimator):
                 "params": json.dumps({k: v for k, v in self.get_params().items()}, sort_keys=True,
                                      default=_numpy_scalar),
                 "state": json.dumps(self._state(), sort_keys=True)}
-        meta["sha256"] = _digest(tensors, meta)
+        meta["sha256"] = tensor_digest(tensors, meta)
         path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -464,7 +464,7 @@ class Con2Detector(BaseEstimator):
         if meta.get("con2_version") != __version__:
             raise BundleError(f"{path} was written by con2 {meta.get('con2_version')}, this is con2 {__version__}; "
                               "refit the detector with this version")
-        if meta.get("sha256") != _digest(tensors, meta):
+        if meta.get("sha256") != tensor_digest(tensors, meta):
             raise BundleError(f"{path} has been modified since it was saved: its SHA-256 does not match its contents")
         try:
             params, state = json.loads(meta["params"]), json.loads(meta["state"])
@@ -552,14 +552,3 @@ def _view_cfg_json(cfg: ViewConfig) -> dict:
     import dataclasses
 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-
-
-def _digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
-    """SHA-256 over the metadata (less the digest itself) and every tensor's name, dtype, shape, bytes."""
-    h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()

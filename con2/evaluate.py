@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .config import TrainConfig
 from .data import OneClassSplit
-from .files import replacing, write_json
+from .files import check_writable_folder, replacing, write_json
 from .metrics import calibrate_threshold, check_target_fpr, detection_metrics
 from .run import context_set, load_run, run_split, view_config
 from .scoring import SCORERS, Scorer, check_scorers
@@ -142,6 +142,8 @@ def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = 
     run_dir = Path(run_dir)
     check_views_crop_scale(views, crop_scale)  # before the model and data are loaded
     cfg, model = load_run(run_dir, device=device)
+    if write:
+        check_writable_folder(run_dir, f"the evaluation writes {METRICS_FILE} and {SCORES_FILE} into it")
     split = run_split(run_dir, cfg, split)
     metrics, scores = evaluate_model(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype,
                                      target_fpr, progress, crop_scale)

@@ -1,5 +1,5 @@
-"""Writing a run's files so that an interrupted write never leaves a half-written one, and reading
-its JSON files with an error that names a damaged one."""
+"""Writing a run's files so that an interrupted write never leaves a half-written one, reading its
+JSON files with an error that names a damaged one, and the digest that finds a damaged weights file."""
 from __future__ import annotations
 
 import json
@@ -72,3 +72,26 @@ def read_json(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path} is corrupt (a JSON {type(data).__name__}, not an object)")
     return data
+
+
+def check_writable_folder(folder: Path, why: str) -> None:
+    """An error before the work, not after it, when `folder` cannot take the files `why` writes
+    (a read-only mount, a folder of another user)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder} is not writable, and {why}; copy the run somewhere writable")
+
+
+def tensor_digest(tensors: dict, meta: dict) -> str:
+    """SHA-256 over the metadata (less the digest itself, "sha256") and every tensor's name, dtype,
+    shape and bytes: what a safetensors file written by con2 records so that damage is found."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -22,7 +22,7 @@ from .data import ContextSet, OneClassSplit, ViewConfig, load_split
 from .data.datasets import DataError, InapplicableOption
 from .data.images import FolderImages, ImageSet
 from .data.keys import image_keys
-from .files import read_json, replacing, utf8_name, write_json
+from .files import read_json, replacing, tensor_digest, utf8_name, write_json
 from .model import Con2Model
 
 MODEL_FORMAT = "con2-model/1"
@@ -100,6 +100,7 @@ def save_model(model: Con2Model, run_dir: Path, cfg: TrainConfig, fingerprint: d
     meta = {"format": MODEL_FORMAT, "identity": identity}
     if fingerprint is not None:
         meta["data"] = json.dumps(fingerprint, sort_keys=True)
+    meta["sha256"] = tensor_digest(state, meta)  # damage to the file is found by load_run, not scored
     with replacing(run_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata=meta)
     info = {"format": MODEL_FORMAT, "con2_version": __version__, "architecture": model.architecture(),
@@ -131,13 +132,25 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated / garbage files
         raise ValueError(f"{weights} is corrupt or not a safetensors file ({type(exc).__name__}: {exc})") from None
-    for source, saved in (("model.safetensors", json.loads(meta.get("identity", "{}"))),
-                          ("model.json", info.get("identity", {}))):
+    if "sha256" in meta and meta["sha256"] != tensor_digest(state, meta):  # runs saved before it: unchecked
+        raise ValueError(f"{weights} is corrupt: its SHA-256 does not match its contents (damaged or edited "
+                         "since training); train the run again, or restore the file from a copy")
+    try:
+        identities = (("model.safetensors", json.loads(meta.get("identity", "{}"))),
+                      ("model.json", dict(info.get("identity", {}))))
+        architecture = dict(info["architecture"])
+    except (ValueError, TypeError, KeyError) as exc:  # a hand-edited or damaged file
+        raise ValueError(f"{run_dir}: model.json or model.safetensors is damaged: no readable identity / "
+                         f"architecture ({type(exc).__name__}: {exc})") from None
+    for source, saved in identities:
         wrong = identity_mismatch(saved, cfg)
         if wrong:
             raise ValueError(f"{run_dir}: {source} was trained with other settings than config.json "
                              f"({wrong}); the weights belong to another run")
-    model = Con2Model(**info["architecture"])
+    try:
+        model = Con2Model(**architecture)
+    except TypeError as exc:
+        raise ValueError(f"{run_dir}/model.json: architecture {architecture} is not a con2 model's ({exc})") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

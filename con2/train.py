@@ -121,10 +121,20 @@ def _set_rng_state(state: dict) -> None:
 def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
     """The checkpoint to resume from, after checking it belongs to this run. Read onto the CPU whatever
     the training `device`: torch.set_rng_state takes CPU tensors only (load_state_dict moves the rest)."""
+    import zipfile
+
+    try:  # a torch file is a zip whose members carry CRC-32s: a damaged byte is found, not trained on
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path} is corrupt and cannot be resumed from (not a torch checkpoint: {exc})") from None
+    if bad is not None:
+        raise ValueError(f"{path} is corrupt and cannot be resumed from (its member {bad} fails its CRC check)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated / not a torch file
-        raise ValueError(f"{path} is corrupt and cannot be resumed from ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # not a torch file; torch's own advice (weights_only=False) is wrong for these
+        raise ValueError(f"{path} is corrupt and cannot be resumed from ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a con2 checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
     wrong = identity_mismatch(ckpt["config"], cfg)

@@ -90,3 +90,16 @@ def test_train_names_an_ignored_data_root_a_file_as_out_and_a_folders_classes(tm
             Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "f" / c / f"{i}.png")
     assert error("--dataset", "folder", "--data-root", str(tmp_path / "f"), "--out", str(tmp_path / "r")).endswith(
         "--dataset folder needs --normal-class (one or more class folder names); available: a, b")
+
+
+def test_sigterm_outside_trainings_step_loop_stops_the_command_like_ctrl_c():
+    """SIGTERM while data loaded or the last checkpoint was written killed the process (exit 143,
+    no message); the docs promise 130, as for Ctrl-C."""
+    import signal
+
+    from con2.cli.main import _run
+
+    before = signal.getsignal(signal.SIGTERM)
+    args = argparse.Namespace(command="train", func=lambda a: os.kill(os.getpid(), signal.SIGTERM))
+    assert _run(args) == 130
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone with it

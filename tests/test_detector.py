@@ -8,7 +8,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from con2 import Con2Detector
-from con2.detector import BundleError, NotFittedError, _digest
+from con2.detector import BundleError, NotFittedError
+from con2.files import tensor_digest
 
 
 def blobs(n, seed, bright):
@@ -109,7 +110,7 @@ def _rewrite(path, out, edit_meta=None, edit_tensors=None, rehash=False):
     if edit_tensors:
         edit_tensors(tensors)
     if rehash:
-        meta["sha256"] = _digest(tensors, meta)
+        meta["sha256"] = tensor_digest(tensors, meta)
     save_file(tensors, str(out), metadata=meta)
     return out
 

@@ -158,6 +158,46 @@ def test_load_run_refuses_weights_of_another_run_and_corrupt_files(tmp_path):
         load_run(swapped)
 
 
+def test_damaged_run_files_are_named_not_scored_or_resumed(tmp_path, monkeypatch):
+    """Bytes damaged inside model.safetensors or checkpoint.pt were scored / resumed from without a
+    word (only whole-file damage was found); a model.json without its architecture was a KeyError."""
+    import os
+
+    from con2.evaluate import evaluate_run
+
+    split = tiny_split()
+    run = train(tiny_cfg(tmp_path / "a", epochs=1), split, progress=False)
+    weights = run / "model.safetensors"
+    original = weights.read_bytes()
+    data = bytearray(original)
+    data[-64:] = bytes(b ^ 0x40 for b in data[-64:])  # inside the last tensor's values
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="model.safetensors is corrupt: its SHA-256 does not match"):
+        load_run(run)
+    weights.write_bytes(original)
+    load_run(run)
+    info = json.loads((run / "model.json").read_text())
+    del info["architecture"]
+    (run / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="model.json or model.safetensors is damaged.*architecture"):
+        load_run(run)
+
+    train(tiny_cfg(tmp_path / "b"), split, progress=False, stop_after_steps=2)
+    ckpt = tmp_path / "b" / "checkpoint.pt"
+    data = bytearray(ckpt.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0x01 for b in data[middle:middle + 8])
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checkpoint.pt is corrupt and cannot be resumed from"):
+        train(tiny_cfg(tmp_path / "b"), split, progress=False, resume=True)
+
+    good = train(tiny_cfg(tmp_path / "c", epochs=1), split, progress=False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only mount (root ignores chmod)
+    monkeypatch.setattr("con2.evaluate.evaluate_model", lambda *a, **k: pytest.fail("scored before failing"))
+    with pytest.raises(PermissionError, match="is not writable, and the evaluation writes metrics.json"):
+        evaluate_run(good, views=0, split=split, progress=False)
+
+
 SIGINT_ARGS = ["--dataset", "digits", "--epochs", "40", "--batch-size", "8", "--width", "4", "--device", "cpu",
                "--checkpoint-every", "1"]
 

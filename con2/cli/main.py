@@ -38,7 +38,17 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # a job scheduler's stop, as Ctrl-C: files replaced whole or not at all, exit 130
+
+
 def _run(args) -> int:
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # training's step loop sets its own
+    except ValueError:  # not the main thread (main() called from a worker thread): left as it is
+        previous = None
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -52,6 +62,9 @@ def _run(args) -> int:
             f"out of memory ({exc or 'MemoryError'}); use fewer --views, a smaller --batch-size or a smaller data set")
         print(f"con2 {args.command}: error: {what}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
