@@ -26,7 +26,6 @@ detects corruption and edits by tools that do not know to recompute it; it is no
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil

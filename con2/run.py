@@ -46,8 +46,18 @@ def identity_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
     if "val_fraction" in saved:  # a whole config holds the field as set, an identity as resolved
         saved["val_fraction"] = resolve_val_fraction(saved.get("dataset"), saved["val_fraction"])
     wrong = [f"{key} was {saved[key]!r}, now {now[key]!r}" for key in IDENTITY_KEYS
-             if key in saved and saved[key] != now[key]]
+             if key in saved and saved[key] != now[key] and not (key == "normal_class" and _same_classes(saved, cfg))]
     return "; ".join(wrong) or None
+
+
+def _same_classes(saved: dict, cfg: TrainConfig) -> bool:
+    """Whether the saved normal classes and cfg's are one set spelled two ways ("8" and the
+    default, "08", a name and its index)."""
+    from .data.datasets import normal_class_labels
+
+    then = dataclasses.replace(cfg, normal_class=saved.get("normal_class"))
+    labels = normal_class_labels(cfg)
+    return labels is not None and labels == normal_class_labels(then)
 
 
 

@@ -110,6 +110,12 @@ def test_resume_with_other_settings_fails(tmp_path):
         train(tiny_cfg(tmp_path / "a", batch_size=4), split, progress=False, resume=True)
     with pytest.raises(ValueError, match="normal_class"):
         train(tiny_cfg(tmp_path / "a", normal_class=["3"]), split, progress=False, resume=True)
+    for same in (["8"], ["08"], [8]):  # the default class, given (it was refused: None vs ['8'])
+        assert identity_mismatch(json.loads(config), tiny_cfg(tmp_path / "a", normal_class=same)) is None, same
+    assert identity_mismatch({"dataset": "breast", "normal_class": None},
+                             TrainConfig(dataset="breast", normal_class=["normal, benign"])) is None
+    assert "normal_class" in identity_mismatch({"dataset": "breast", "normal_class": None},
+                                               TrainConfig(dataset="breast", normal_class=["0"]))
     with pytest.raises(ValueError, match="val_fraction was 0.1, now 0.2"):  # a split setting names itself
         train(tiny_cfg(tmp_path / "a", val_fraction=0.2), split, progress=False, resume=True)
     saved = json.loads(config)

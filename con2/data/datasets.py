@@ -115,6 +115,22 @@ def _refuse_unused_sources(cfg) -> None:
 
 # --------------------------------------------------------------------------- class tables
 
+def normal_class_labels(cfg) -> tuple | None:
+    """The label values cfg's --normal-class means (its data set's default when unset), so that two
+    spellings of one class ("8", "08", 8, none for the default; a name or its index) compare equal; None where they
+    cannot be told without the data (a folder's names are exact) or do not resolve."""
+    from .loaders.digits import DIGITS_DEFAULT_CLASS
+
+    defaults = {"digits": [DIGITS_DEFAULT_CLASS], **{k: v[0] for k, v in MEDMNIST.items()}}
+    requested = cfg.normal_class or defaults.get(cfg.dataset)
+    if cfg.dataset == "folder" or requested is None:
+        return None
+    try:
+        return tuple(sorted(resolve_classes(requested, class_names(cfg), cfg.dataset)))
+    except (DataError, OSError, ValueError, KeyError):
+        return None
+
+
 def class_names(cfg) -> dict | None:
     """{label: name} that cfg's --normal-class is resolved against (resolve_classes), read without
     the images; None for folder data, whose classes are its class folders' names, matched exactly."""
