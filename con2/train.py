@@ -150,13 +150,25 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
     return ckpt
 
 
+def _last_logged_step(path: Path) -> int:
+    """The last global step metrics.jsonl logs (0 without a readable line)."""
+    steps = [0]
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                steps.append(int(json.loads(line)["global_step"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+    return max(steps)
+
+
 def _drop_metrics_after(path: Path, global_step: int) -> None:
     """Keep the metrics lines of steps up to the checkpoint's (none on a fresh start): a crash or a
     second Ctrl-C leaves lines of later steps (and maybe one cut short), which the resumed run trains
     and logs again."""
     if not path.exists():
         return
-    lines = path.read_text().splitlines(keepends=True)
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
 
     def kept(line):
         try:
@@ -390,6 +402,12 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
         say(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
     source = make_batch_source(pipeline, split, contexts, views_cfg, cfg.batch_size, cfg.seed,
                                device, channels_last=on_gpu, rank=rank, world=world)
+    if resume and ckpt is None:  # a log past the first checkpoint: one was written, and is gone
+        logged, first = _last_logged_step(run_dir / "metrics.jsonl"), cfg.checkpoint_every * source.steps_per_epoch
+        if logged > first:
+            raise FileNotFoundError(f"{run_dir}: metrics.jsonl logs training up to step {logged}, past the first "
+                                    f"checkpoint (step {first}), but checkpoint.pt is missing; restore it, or "
+                                    "train afresh with another --out (starting again here would drop that log)")
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.json", cfg.with_absolute_paths().to_json())

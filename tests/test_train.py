@@ -204,6 +204,23 @@ def test_damaged_run_files_are_named_not_scored_or_resumed(tmp_path, monkeypatch
         evaluate_run(good, views=0, split=split, progress=False)
 
 
+def test_resume_refuses_a_run_whose_checkpoint_is_gone_but_whose_log_is_past_it(tmp_path):
+    """With checkpoint.pt deleted, --resume restarted at step 0 and erased the metrics history."""
+    split = tiny_split()  # 24 images, batch 8: 3 steps an epoch, a checkpoint after each
+    run = tmp_path / "a"
+    train(tiny_cfg(run, epochs=4), split, progress=False, stop_after_steps=8)
+    log = (run / "metrics.jsonl").read_text()
+    assert max(json.loads(line)["global_step"] for line in log.splitlines()) > 3
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"logs training up to step \d+, past the first checkpoint \(step 3\), "
+                                                r"but checkpoint.pt is missing"):
+        train(tiny_cfg(run, epochs=4), split, progress=False, resume=True)
+    assert (run / "metrics.jsonl").read_text() == log  # the history is kept
+    (run / "metrics.jsonl").write_bytes(b'{"global_step": 2}\n\xe0\xff not utf-8\n')  # before the first: a restart
+    train(tiny_cfg(run, epochs=4), split, progress=False, resume=True)
+    assert run_finished(run)
+
+
 SIGINT_ARGS = ["--dataset", "digits", "--epochs", "40", "--batch-size", "8", "--width", "4", "--device", "cpu",
                "--checkpoint-every", "1"]
 
