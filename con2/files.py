@@ -74,6 +74,24 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
+@contextmanager
+def folder_lock(folder: Path, holder: str):
+    """Hold an exclusive lock on `folder` (a `.lock` file in it) or fail at once naming the folder:
+    two trainings into one run folder would interleave their checkpoints and metrics lines."""
+    import fcntl
+
+    fd = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{folder} is in use: another {holder} is writing it; wait for it to end, or pick "
+                               "another --out") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def check_writable_folder(folder: Path, why: str) -> None:
     """An error before the work, not after it, when `folder` cannot take the files `why` writes
     (a read-only mount, a folder of another user)."""

@@ -9,6 +9,7 @@ the end model.safetensors + model.json (the trained Con2Model).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -26,7 +27,7 @@ from .config import TrainConfig
 from .data import OneClassSplit, load_split
 from .data.sources import make_batch_source, resolve_pipeline
 from .distributed import convert_batchnorm
-from .files import replacing, write_text
+from .files import folder_lock, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
 from .run import (build_model, context_set, data_fingerprint, identity_mismatch, resolve_device, run_finished,
@@ -357,7 +358,13 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     stop_after_steps: leave (after checkpointing) once this many global steps are done;
     for tests of resume. deadline: a `time.time()` after which to leave the same way, for
     time-boxed jobs (a lent GPU call, a batch-queue slot); `run_finished` tells the two apart.
+    A second training into the same run folder while one writes it is refused (folder_lock).
     """
+    with contextlib.ExitStack() as held:  # the run folder's lock, from when it is written until the end
+        return _train(cfg, split, progress, resume, stop_after_steps, deadline, held.enter_context)
+
+
+def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Path:
     cfg.validate()
     device, rank, world, local_rank = _init_distributed(cfg)
     run_dir = Path(cfg.out)
@@ -410,6 +417,10 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
                                     "train afresh with another --out (starting again here would drop that log)")
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
         run_dir.mkdir(parents=True, exist_ok=True)
+        hold(folder_lock(run_dir, "con2 train"))
+        if ckpt_path.exists() != (ckpt is not None) or (not resume and run_finished(run_dir)):
+            raise FileExistsError(f"{run_dir} was written by another training since this one started; "
+                                  "pass --resume to continue it or pick another --out")
         write_text(run_dir / "config.json", cfg.with_absolute_paths().to_json())
         # a fresh start (no checkpoint yet) drops every line of an earlier attempt
         _drop_metrics_after(run_dir / "metrics.jsonl", int(ckpt["global_step"]) if ckpt is not None else 0)

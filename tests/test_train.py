@@ -221,6 +221,22 @@ def test_resume_refuses_a_run_whose_checkpoint_is_gone_but_whose_log_is_past_it(
     assert run_finished(run)
 
 
+def test_a_second_training_into_a_folder_being_written_is_refused(tmp_path):
+    """Two trainings into one --out interleaved their metrics lines and one died on the other's
+    checkpoint.pt.tmp."""
+    from con2.files import folder_lock
+
+    split = tiny_split()
+    run = tmp_path / "a"
+    run.mkdir()
+    with folder_lock(run, "con2 train"):  # as another process's training holds it
+        with pytest.raises(RuntimeError, match=r"a is in use: another con2 train is writing it"):
+            train(tiny_cfg(run, epochs=1), split, progress=False)
+        assert not (run / "config.json").exists()
+    train(tiny_cfg(run, epochs=1), split, progress=False)  # released: trains
+    assert run_finished(run)
+
+
 SIGINT_ARGS = ["--dataset", "digits", "--epochs", "40", "--batch-size", "8", "--width", "4", "--device", "cpu",
                "--checkpoint-every", "1"]
 
