@@ -57,24 +57,34 @@ def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, fol
 
 
 def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool,
-          keep_aspect: bool = False, source_size: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
-    """read_images' images, and {"stretched": [...], "dark": [...]}: the files far from the run's
-    shape and those near black (not yet warned about)."""
+          keep_aspect: bool = False, source_size: tuple[int, int] | None = None,
+          skip_bad: bool = False) -> tuple[np.ndarray, dict]:
+    """read_images' images, and {"stretched": [...], "dark": [...], "unreadable": [(file, why)]}: the
+    files far from the run's shape, those near black and, with skip_bad, those left out because they
+    cannot be read (else the first is an error); not yet warned about."""
     from PIL import Image
 
     from .data.datasets import resize_images
     from .data.decode import DataError, decode_image, read_header
 
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
-    odd: dict[str, list[str]] = {"stretched": [], "dark": []}
+    odd: dict[str, list] = {"stretched": [], "dark": [], "unreadable": []}
+    read = np.zeros(len(files), dtype=bool)
     for i, f in enumerate(files):
         try:
-            arr = decode_image(f, size if folder else None, keep_aspect)
-            hw = read_header(f)[1] if folder else arr.shape[:2]  # folders are decoded at the run's size
-        except DataError as exc:  # its message names the file
-            raise DataError(f"cannot read image {exc}") from exc
-        except Exception as exc:  # any decoder failure, as the folder loader's map_files reports it
-            raise DataError(f"cannot read image {f}: {type(exc).__name__}: {exc}") from exc
+            try:
+                arr = decode_image(f, size if folder else None, keep_aspect)
+                hw = read_header(f)[1] if folder else arr.shape[:2]  # folders are decoded at the run's size
+            except DataError as exc:  # its message names the file
+                raise DataError(f"cannot read image {exc}") from exc
+            except Exception as exc:  # any decoder failure, as the folder loader's map_files reports it
+                raise DataError(f"cannot read image {f}: {type(exc).__name__}: {exc}") from exc
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            odd["unreadable"].append((f, str(exc)))
+            continue
+        read[i] = True
         if problem := _shape_problem(hw, source_size or size, keep_aspect):
             odd["stretched"].append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
         if (brightest := int(arr.max())) < NEAR_BLACK:
@@ -83,7 +93,7 @@ def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: b
             arr = (np.repeat(arr, 3, axis=-1) if channels == 3
                    else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
         out[i] = resize_images(arr[None], size, keep_aspect)[0]  # no-op for folders (decoded at the size)
-    return out, odd
+    return (out if read.all() else out[read]), odd
 
 
 def _warn_odd(odd: dict, n: int, size: tuple[int, int]) -> None:
@@ -94,6 +104,10 @@ def _warn_odd(odd: dict, n: int, size: tuple[int, int]) -> None:
         warnings.warn(f"{len(odd['stretched'])} of {n} images are resized to the run's {size[1]}x{size[0]} px "
                       f"input from a very different shape, so their scores may mean little: "
                       f"{listed(odd['stretched'])}", stacklevel=3)
+    if odd["unreadable"]:
+        warnings.warn(f"left out {len(odd['unreadable'])} of {n} files that cannot be read (--skip-bad-files): "
+                      f"{listed([why.removeprefix('cannot read image ') for _, why in odd['unreadable']])}",
+                      stacklevel=3)
     if odd["dark"]:  # as the folder loader warns of a training set: 12-bit scans in 16-bit files
         warnings.warn(f"{len(odd['dark'])} of {n} images are near black after decoding (every pixel under "
                       f"{NEAR_BLACK} / 255), so their scores may mean little; 12-bit data stored in 16-bit files "
@@ -129,9 +143,10 @@ def _ratio(w: int, h: int) -> str:
 def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggregate: str = "mean",
                   target_fpr: float | None = None, threshold: float | None = None, device: str = "auto", seed: int = 0,
                   batch_size: int = 256, bank_dtype: str = "float32", progress: bool = True,
-                  crop_scale: tuple[float, float] | None = None) -> list[dict]:
+                  crop_scale: tuple[float, float] | None = None, skip_bad_files: bool = False) -> list[dict]:
     """[{file, score, anomaly, threshold}] for every image under `inputs`: the threshold given, or the
-    one calibrated on the run's val normals at `target_fpr` (None: DEFAULT_TARGET_FPR)."""
+    one calibrated on the run's val normals at `target_fpr` (None: DEFAULT_TARGET_FPR). An unreadable
+    file is an error naming it; with skip_bad_files it is left out, named in a warning."""
     from .data.images import CHUNK_BYTES, center_crop_array
     from .evaluate import check_views_crop_scale, run_scorer
     from .metrics import calibrate_threshold, check_target_fpr
@@ -158,21 +173,29 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     # the files a chunk at a time, so a folder larger than memory can be scored (a file's views are
     # keyed by its pixels: its score does not depend on the chunk it is read in)
     rows = max(1, CHUNK_BYTES // (size[0] * size[1] * split.channels))
-    parts, odd = [files[i:i + rows] for i in range(0, len(files), rows)], {"stretched": [], "dark": []}
+    parts, odd = [files[i:i + rows] for i in range(0, len(files), rows)], {"stretched": [], "dark": [], "unreadable": []}
+    scored: list[Path] = []  # the files read, in order
     source_size = split.meta.get("source_size")  # an array data set's images before the loader resized them
 
     def images_of(part):
         images, found = _read(part, size, split.channels, cfg.dataset == "folder", cfg.resize == "shorter-side",
-                              tuple(source_size) if source_size else None)
+                              tuple(source_size) if source_size else None, skip_bad_files)
         for k in odd:
             odd[k].extend(found[k])
+        left_out = {f for f, _ in found["unreadable"]}
+        scored.extend(f for f in part if f not in left_out)
         return center_crop_array(images, cfg.center_crop)
 
     first = images_of(parts[0])  # an unreadable file among the first fails before the bank is built
     s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress, crop_scale)
     if threshold is None:
         threshold = calibrate_threshold(s.score(split.val)[scorer].numpy(), target_fpr)
-    scores = np.concatenate([s.score(images_of(part) if i else first)[scorer].numpy() for i, part in enumerate(parts)])
+    def scores_of(images):  # a chunk whose every file was left out has nothing to score
+        return s.score(images)[scorer].numpy() if len(images) else np.zeros(0)
+
+    scores = np.concatenate([scores_of(images_of(part) if i else first) for i, part in enumerate(parts)])
     _warn_odd(odd, len(files), size)
+    if not scored:
+        raise DataError(f"none of the {len(files)} files could be read (the first: {odd['unreadable'][0][1]})")
     return [{"file": str(f), "score": float(v), "anomaly": int(v > threshold), "threshold": float(threshold)}
-            for f, v in zip(files, scores)]
+            for f, v in zip(scored, scores)]

@@ -352,6 +352,29 @@ def test_predict_names_a_folder_entry_that_is_not_a_readable_file(two_normal_run
         list_inputs([folder])
 
 
+def test_predict_skip_bad_files_scores_the_readable_ones_and_names_the_rest(two_normal_run, tmp_path, capsys):
+    """One unreadable file stopped a whole batch with no rows written; there was no --skip-bad-files."""
+    import csv
+    import io
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "z.png"):
+        shutil.copy(two_normal_run.parent / "data" / "c" / "c0.png", folder / name)
+    (folder / "m.png").write_bytes(b"not an image")
+    args = ["predict", "--run", str(two_normal_run), str(folder), "--views", "2", "--quiet"]
+    assert main(args) == 2 and "m.png" in _one_line_error(capsys, "predict")
+    assert main(args + ["--skip-bad-files"]) == 0
+    out, err = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [Path(r["file"]).name for r in rows] == ["a.png", "z.png"] and rows[0]["score"] == rows[1]["score"]
+    assert "warning: left out 1 of 3 files that cannot be read (--skip-bad-files): " in err and "m.png" in err
+    (folder / "a.png").write_bytes(b"broken")
+    (folder / "z.png").write_bytes(b"broken")
+    assert main(args + ["--skip-bad-files"]) == 2
+    assert "none of the 3 files could be read" in capsys.readouterr().err
+
+
 def test_train_and_val_scores_name_each_images_class(two_normal_run):
     from con2.evaluate import score_split
 

@@ -108,7 +108,7 @@ def _predict(args) -> None:
     rows = predict_files(args.run, args.inputs, scorer=args.scorer, views=args.views, aggregate=args.aggregate,
                          target_fpr=args.target_fpr, threshold=args.threshold, device=args.device,
                          seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
-                         progress=not args.quiet, crop_scale=args.crop_scale)
+                         progress=not args.quiet, crop_scale=args.crop_scale, skip_bad_files=args.skip_bad_files)
 
     def write(out):
         if args.format == "json":
@@ -190,6 +190,8 @@ def register(sub) -> None:
                    help="use this threshold instead of calibrating one (not with --target-fpr)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="of the output (default csv)")
     p.add_argument("--out", default=None, help="output file (default: stdout)")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="leave out files that cannot be read (named in a warning) instead of stopping")
     p.set_defaults(func=_predict)
 
     from .train_cmd import add_train_options
