@@ -83,8 +83,12 @@ class OneClassSplit:
 
     def summary(self) -> str:
         n_anom = int(self.test_labels.sum())
+        normal = ", ".join(repr(str(self.class_names.get(c, c))) for c in self.normal_classes)
         return (
-            f"{self.name}: {len(self.train)} normal train, {len(self.val)} normal val, "
+            f"{self.name}"
+            + (f" (normal: {normal}; every other class is anomalous)" if normal and not self.meta.get("calibration_only")
+               else "")
+            + f": {len(self.train)} normal train, {len(self.val)} normal val, "
             f"{len(self.test)} test ({len(self.test) - n_anom} normal / {n_anom} anomalous), "
             f"{self.train.shape[1]}x{self.train.shape[2]}x{self.channels}"
             + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: {self.meta['skipped_paths'][0]}"

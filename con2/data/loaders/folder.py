@@ -185,6 +185,12 @@ def load_folder(cfg) -> OneClassSplit:
     class_list = sorted({c for t in trees.values() for c in t})
     if not class_list:
         raise DataError(f"{root}: no class sub-folders found")
+    by_case = {}
+    for c in class_list:
+        by_case.setdefault(c.lower(), []).append(c)
+    for same in (v for v in by_case.values() if len(v) > 1):  # train/normal beside test/Normal
+        warnings.warn(f"{root}: class folders {' and '.join(map(repr, same))} differ only in case, so they are "
+                      "different classes (one normal, the other anomalous); give them one name")
     if not cfg.normal_class:
         raise DataError(f"--dataset folder needs --normal-class (one or more class folder names); available: "
                         f"{', '.join(class_list)}")
