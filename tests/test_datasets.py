@@ -120,6 +120,9 @@ def test_blood_by_index_with_resize(tmp_path):
 def test_medmnist_missing_file_names_path(tmp_path):
     with pytest.raises(DataError, match=r"breastmnist\.npz"):
         load_split(cfg(dataset="breast", data_root=str(tmp_path)))
+    write_medmnist(tmp_path / "breastmnist.npz", 2)  # the file given as the folder: not ".../x.npz/x.npz"
+    with pytest.raises(DataError, match=r"--data-root .*breastmnist\.npz is a file; give the folder it is in"):
+        load_split(cfg(dataset="breast", data_root=str(tmp_path / "breastmnist.npz")))
 
 
 def test_a_failed_medmnist_download_says_why(tmp_path, monkeypatch):

@@ -36,6 +36,8 @@ Pneumonia pre-processing is resize 256, centre-crop 224).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .decode import DataError
@@ -59,6 +61,9 @@ def load_split(cfg) -> OneClassSplit:
     """The one-class split named by `cfg` (a con2.config.TrainConfig)."""
     ds = cfg.dataset
     _refuse_unused_sources(cfg)
+    if ds != "folder" and cfg.reads_data_root() and Path(cfg.data_root).is_file():  # not ".../x.npz/x.npz"
+        raise DataError(f"--data-root {cfg.data_root} is a file; give the folder it is in, or the file itself "
+                        "as --data-file")
     if ds in MEDMNIST:
         split = load_medmnist(cfg)
     elif ds in ("cifar10", "cifar100"):
