@@ -125,6 +125,14 @@ def _subsample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
 
 
+def _metrics_table(metrics: dict, run_dir: Path) -> str:
+    try:
+        return format_metrics(metrics)
+    except (KeyError, TypeError, ValueError) as exc:  # a hand-edited or damaged file
+        raise ValueError(f"{run_dir / METRICS_FILE} is damaged ({type(exc).__name__}: {exc}); rerun "
+                         f"`con2 evaluate --run {run_dir}`") from None
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, views: int | None = None, device: str = "auto",
                  max_points: int = 300, seed: int = 0, progress: bool = True) -> Path:
     """Write the run's report.html (or `out`) and return its path. views: of the evaluation shown,
@@ -188,7 +196,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
                  if metrics.get("views") else "one plain view of each image, no crops")
         body.append(f"<h2>Metrics</h2><p>test-time views: {metrics.get('views')}, aggregate: "
                     f"{html.escape(str(metrics.get('aggregate')))}, {crops}</p>"
-                    + _md_table_html(format_metrics(metrics)))
+                    + _md_table_html(_metrics_table(metrics, run_dir)))
     else:
         body.append(f"<h2>Metrics</h2><p>{METRICS_FILE} is missing from the run (the plots use "
                     f"{SCORES_FILE}); run <code>con2 evaluate --run {html.escape(str(run_dir))}</code></p>")

@@ -131,7 +131,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
             raise FileNotFoundError(
                 f"{run_dir} is not a finished con2 run: {name} is missing (train it, or --resume it)"
             )
-    cfg = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    try:
+        cfg = TrainConfig.from_dict(read_json(run_dir / "config.json"))
+    except (TypeError, ValueError) as exc:  # read_json names a file that is not JSON; this, one with bad settings
+        raise ValueError(str(exc) if "config.json" in str(exc) else f"{run_dir / 'config.json'}: {exc}") from None
     info = read_json(run_dir / "model.json")
     if info.get("format") != MODEL_FORMAT:
         raise ValueError(f"{run_dir}/model.json has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")

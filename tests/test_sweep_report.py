@@ -213,6 +213,15 @@ def test_report_states_the_evaluation_it_shows_and_a_missing_one(report_page, tm
     (run / "metrics.json").unlink()
     page = build_report(run, max_points=20, progress=False).read_text()
     assert "metrics.json is missing" in page and "con2 evaluate --run" in page
+    broken = json.loads((report_page.parent / "metrics.json").read_text())
+    broken["nnd"] = {}  # hand-edited: a KeyError traceback from the table
+    (run / "metrics.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"metrics.json is damaged \(KeyError: 'auroc'\); rerun `con2 evaluate"):
+        build_report(run, max_points=20, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "colour": 1}))
+    with pytest.raises(ValueError, match=r"config.json: unknown configuration keys: colour"):
+        build_report(run, max_points=20, progress=False)
 
 
 def test_report_refuses_views_other_than_the_evaluation_it_shows(report_page, tmp_path, capsys):
