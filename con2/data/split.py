@@ -90,7 +90,8 @@ class OneClassSplit:
                else "")
             + f": {len(self.train)} normal train, {len(self.val)} normal val, "
             f"{len(self.test)} test ({len(self.test) - n_anom} normal / {n_anom} anomalous), "
-            f"{self.train.shape[1]}x{self.train.shape[2]}x{self.channels}"
+            f"{self.train.shape[2]}x{self.train.shape[1]}x{self.channels}"
+            + self._resized()
             + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: {self.meta['skipped_paths'][0]}"
                if self.meta.get("skipped_files") else "")
             + ("".join(f"; {p} decoded from the files on access" for p in ("train", "val", "test")
@@ -98,6 +99,17 @@ class OneClassSplit:
             + ("" if 0 < n_anom < len(self.test) or self.meta.get("calibration_only") else
                "; note: the test split needs normal and anomalous images for `con2 evaluate`")
         )
+
+
+    def _resized(self) -> str:
+        """How an array data set's images were resized to the run's (an upscale invents pixels)."""
+        source, pre_crop = self.meta.get("source_size"), self.meta.get("pre_crop_size")
+        made = pre_crop or list(self.train.shape[1:3])
+        if not source or list(source) == list(made):
+            return ""
+        how = "upscaled" if made[0] * made[1] > source[0] * source[1] else "downscaled"
+        crop = f", then centre-cropped to {self.train.shape[2]}x{self.train.shape[1]}" if pre_crop else ""
+        return f" ({how} from {source[1]}x{source[0]} to {made[1]}x{made[0]}{crop})"
 
 
 def to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
