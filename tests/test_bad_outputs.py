@@ -65,7 +65,7 @@ def test_a_run_with_non_utf8_names_evaluates_reports_scores_and_predicts(latin_r
     code, _ = _cli(["report", "--run", str(latin_run), "--max-points", "20", "--quiet",
                     "--out", str(tmp_path / "r.html")], monkeypatch)
     page = (tmp_path / "r.html").read_text(encoding="utf-8")  # valid UTF-8: the page shows the byte as \xe9
-    assert code == 0 and "datacaf\\xe9: " in page
+    assert code == 0 and "datacaf\\xe9 (normal: " in page
 
     code, printed = _cli(["score", "--run", str(latin_run), "--views", "2", "--quiet"], monkeypatch)
     got = [r["file"] for r in csv.DictReader(io.StringIO(printed.decode(errors="surrogateescape"), newline=""))]

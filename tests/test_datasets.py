@@ -262,6 +262,8 @@ def test_folder_with_train_test_tree_mixed_modes(tmp_path):
     assert any("valid/ not read: the split folders are train/, val/ and test/" in m for m in said)
     assert any("1 image(s) directly in a split folder are not read (test/loose.png)" in m for m in said)
     assert len(s.val) == 0 and len(s.test) == 6
+    (tmp_path / "valid").rename(tmp_path / "val")
+    (tmp_path / "test" / "loose.png").unlink()
     (tmp_path / "test" / "good").rename(tmp_path / "test" / "Good")  # every test normal would be an anomaly
     with pytest.warns(UserWarning, match="class folders 'Good' and 'good' differ only in case"):
         load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["good"]))
