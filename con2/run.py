@@ -194,7 +194,15 @@ def run_split(run_dir: str | Path, cfg: TrainConfig, split: OneClassSplit | None
         meta = fh.metadata() or {}
     recorded = [("model.json", info["data"])] if "data" in info else []
     if "data" in meta:
-        recorded.append(("model.safetensors", json.loads(meta["data"])))
+        try:
+            recorded.append(("model.safetensors", json.loads(meta["data"])))
+        except ValueError:
+            recorded.append(("model.safetensors", None))
+    damaged = next((src for src, fp in recorded if not (isinstance(fp, dict) and {"count", "shape", "hash"} <= set(fp))),
+                   None)
+    if damaged:  # a hand-edited or damaged file: not a KeyError from the comparison below
+        raise ValueError(f"{run_dir}: the training-data fingerprint in {damaged} is damaged (count, shape and hash "
+                         "expected); train the run again, or restore the file from a copy")
     if recorded:
         now = data_fingerprint(split)
         for source, saved in recorded:

@@ -183,6 +183,12 @@ def test_damaged_run_files_are_named_not_scored_or_resumed(tmp_path, monkeypatch
     weights.write_bytes(original)
     load_run(run)
     info = json.loads((run / "model.json").read_text())
+    from con2.run import run_split
+
+    for damaged in ({}, None, [1]):
+        (run / "model.json").write_text(json.dumps({**info, "data": damaged}))
+        with pytest.raises(ValueError, match="fingerprint in model.json is damaged"):
+            run_split(run, load_run(run)[0], split)
     del info["architecture"]
     (run / "model.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="model.json or model.safetensors is damaged.*architecture"):
