@@ -68,7 +68,7 @@ def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: b
     from .data.decode import DataError, decode_image, read_header
 
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
-    odd: dict[str, list] = {"stretched": [], "dark": [], "unreadable": []}
+    odd = _no_odd_files()
     read = np.zeros(len(files), dtype=bool)
     for i, f in enumerate(files):
         try:
@@ -94,6 +94,11 @@ def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: b
                    else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
         out[i] = resize_images(arr[None], size, keep_aspect)[0]  # no-op for folders (decoded at the size)
     return (out if read.all() else out[read]), odd
+
+
+def _no_odd_files() -> dict[str, list]:
+    """_read's record of the files to warn about, empty."""
+    return {"stretched": [], "dark": [], "unreadable": []}
 
 
 def _warn_odd(odd: dict, n: int, size: tuple[int, int]) -> None:
@@ -173,7 +178,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     # the files a chunk at a time, so a folder larger than memory can be scored (a file's views are
     # keyed by its pixels: its score does not depend on the chunk it is read in)
     rows = max(1, CHUNK_BYTES // (size[0] * size[1] * split.channels))
-    parts, odd = [files[i:i + rows] for i in range(0, len(files), rows)], {"stretched": [], "dark": [], "unreadable": []}
+    parts, odd = [files[i:i + rows] for i in range(0, len(files), rows)], _no_odd_files()
     scored: list[Path] = []  # the files read, in order
     source_size = split.meta.get("source_size")  # an array data set's images before the loader resized them
 

@@ -151,33 +151,32 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
     return ckpt
 
 
+def _metrics_lines(path: Path) -> list[tuple[str, int | None]]:
+    """metrics.jsonl's lines (with their line ends) and the global step each logs (None for a line
+    cut short or damaged)."""
+    if not path.exists():
+        return []
+
+    def step(line):
+        try:
+            return int(json.loads(line)["global_step"]) if line.endswith("\n") else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    return [(line, step(line)) for line in path.read_text(errors="replace").splitlines(keepends=True)]
+
+
 def _last_logged_step(path: Path) -> int:
     """The last global step metrics.jsonl logs (0 without a readable line)."""
-    steps = [0]
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                steps.append(int(json.loads(line)["global_step"]))
-            except (ValueError, KeyError, TypeError):
-                pass
-    return max(steps)
+    return max([step for _, step in _metrics_lines(path) if step is not None], default=0)
 
 
 def _drop_metrics_after(path: Path, global_step: int) -> None:
     """Keep the metrics lines of steps up to the checkpoint's (none on a fresh start): a crash or a
     second Ctrl-C leaves lines of later steps (and maybe one cut short), which the resumed run trains
     and logs again."""
-    if not path.exists():
-        return
-    lines = path.read_text(errors="replace").splitlines(keepends=True)
-
-    def kept(line):
-        try:
-            return line.endswith("\n") and json.loads(line)["global_step"] <= global_step
-        except (ValueError, KeyError, TypeError):
-            return False
-
-    keep = [line for line in lines if kept(line)]
+    lines = _metrics_lines(path)
+    keep = [line for line, step in lines if step is not None and step <= global_step]
     if len(keep) != len(lines):
         write_text(path, "".join(keep))
 

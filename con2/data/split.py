@@ -100,7 +100,6 @@ class OneClassSplit:
                "; note: the test split needs normal and anomalous images for `con2 evaluate`")
         )
 
-
     def _resized(self) -> str:
         """How an array data set's images were resized to the run's (an upscale invents pixels)."""
         source, pre_crop = self.meta.get("source_size"), self.meta.get("pre_crop_size")

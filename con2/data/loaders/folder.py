@@ -21,19 +21,24 @@ def _class_dirs(root: Path) -> dict[str, list[Path]]:
     return {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def _has_split_tree(root: Path) -> bool:
+    """<root>/train/<class>/... and <root>/test/<class>/... (val/ optional): a split of its own."""
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
 def training_class_folders(root: Path) -> list[str]:
     """The classes of an image folder that hold training images (under train/ when it has its own
     split): what a one-class sweep's `--classes all` trains, one normal class at a time."""
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    where = root / "train" if (root / "train").is_dir() and (root / "test").is_dir() else root
+    where = root / "train" if _has_split_tree(root) else root
     classes = [c for c, files in _class_dirs(where).items() if files]
     if not classes:
         raise DataError(f"{where}: no class sub-folders with images")
     return classes
-
-
-SPLIT_FOLDERS = ("train", "val", "test")
 
 
 def _warn_of_unread_entries(root: Path) -> None:
@@ -171,14 +176,14 @@ def load_folder(cfg) -> OneClassSplit:
     if not root.is_dir():
         raise DataError(f"--data-root {root} is a file, not a folder of class folders" if root.exists()
                         else f"image folder not found: {root}")
-    has_tree = (root / "train").is_dir() and (root / "test").is_dir()
+    has_tree = _has_split_tree(root)
     if (root / "train").is_dir() != (root / "test").is_dir():
         have, lack = ("train", "test") if (root / "train").is_dir() else ("test", "train")
         raise DataError(f"{root} has {have}/ but no {lack}/: give both (each with class folders), "
                         f"or neither for a seeded split of class folders")
     if has_tree:
         refuse_split_options(cfg, f"{root} has its own split (train/ and test/ folders)")
-        trees = {s: _class_dirs(root / s) for s in ("train", "val", "test") if (root / s).is_dir()}
+        trees = {s: _class_dirs(root / s) for s in SPLIT_FOLDERS if (root / s).is_dir()}
         _warn_of_unread_entries(root)
     else:
         trees = {"all": _class_dirs(root)}
