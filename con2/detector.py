@@ -40,6 +40,7 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from . import __version__
 from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number
 from .data import ContextSet, OneClassSplit, ViewConfig
+from .data.input_format import InputFormat
 from .data.loaders.common import resize_images
 from .data.split import to_nchw
 from .evaluate import check_crop_scale, check_views_crop_scale, scoring_view_config
@@ -231,16 +232,54 @@ class Con2Detector(BaseEstimator):
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-        view_cfg, contexts = scoring_view_config(cfg, split, self.crop_scale), context_set(cfg)
+        h, w, c = train_imgs.shape[1:]
+        fmt = InputFormat(size=(h, w), channels=c) if self.image_size is not None else None
+        return self._adopt(model, scoring_view_config(cfg, split, self.crop_scale), context_set(cfg), train_imgs,
+                           to_nchw(cal_imgs), target_fpr, fmt, None if tmp is not None else Path(run_dir), None)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, scorer: str = "nnd", views: int = 40, aggregate: str = "mean",
+                 target_fpr: float = 0.05, seed: int = 0, bank_dtype: str = "float32",
+                 crop_scale: tuple[float, float] | None = None, device: str = "auto", score_batch_size: int = 256,
+                 progress: bool = True) -> "Con2Detector":
+        """The detector of a trained run (`con2 export`): its model, the bank of its training images
+        under these test-time views, the threshold calibrated on its val normals at target_fpr, and
+        its pre-processing (input_format_), so that it scores images as `con2 predict --run` does,
+        without the training data once saved. The options that trained the run are recorded as the
+        detector's (fit would train with them again)."""
+        from .predict import how_to_get_val_normals
+        from .run import context_set, load_run, resolve_device, run_split
+
+        run_dir = Path(run_dir)
+        det = cls(scorer=scorer, views=views, aggregate=aggregate, target_fpr=target_fpr, seed=seed,
+                  bank_dtype=bank_dtype, crop_scale=crop_scale, device=device, score_batch_size=score_batch_size,
+                  progress=progress)
+        det._check_params()  # the scoring options, before the run is read
+        cfg, model = load_run(run_dir, device=resolve_device(device))
+        split = run_split(run_dir, cfg)
+        if not len(split.val):
+            raise ValueError(f"{split.name} has no val normals to calibrate the detector's threshold on; "
+                             f"{how_to_get_val_normals(split)}")
+        det.set_params(context=cfg.context, objective=cfg.objective, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                       amp=cfg.amp, lr=cfg.lr, weight_decay=cfg.weight_decay, temperature=cfg.temperature,
+                       width=cfg.width)
+        source = {"run": run_dir.resolve().name, "dataset": split.name,
+                  "normal_classes": [str(split.class_names.get(c, c)) for c in split.normal_classes]}
+        return det._adopt(model, scoring_view_config(cfg, split, crop_scale), context_set(cfg), split.train,
+                          split.val, det._check_params(), InputFormat.of_run(cfg, split), run_dir, source)
+
+    def _adopt(self, model: Con2Model, view_cfg: ViewConfig, contexts, train, calibration, target_fpr: float,
+               input_format, run_dir, source_run) -> "Con2Detector":
+        """Build the bank of `train` and calibrate the threshold on `calibration` (normals held out
+        from it); then the fitted state changes in one step."""
         encoder = self._make_encoder(model, view_cfg, contexts)
-        bank = FeatureBank.build(encoder, train_imgs, scorers=(self.scorer,), bank_dtype=self.bank_dtype)
+        bank = FeatureBank.build(encoder, train, scorers=(self.scorer,), bank_dtype=self.bank_dtype)
         # per view, so that a new aggregate recalibrates exactly what fit would have
-        cal_views = bank.score_views(encoder, to_nchw(cal_imgs), (self.scorer,))[self.scorer]
+        cal_views = bank.score_views(encoder, calibration, (self.scorer,))[self.scorer]
         calibrated = _calibration(aggregate(cal_views, self.aggregate).numpy(), target_fpr)
-        # everything computed: the fitted state changes in one step
         self.model_, self.view_cfg_, self.contexts_, self.bank_ = model, view_cfg, contexts, bank
-        self.input_shape_ = tuple(int(s) for s in train_imgs.shape[1:])  # H, W, C
-        self.run_dir_ = None if tmp is not None else Path(run_dir)
+        self.input_shape_ = tuple(int(s) for s in train.shape[1:])  # H, W, C
+        self.input_format_, self.source_run_, self.run_dir_ = input_format, source_run, run_dir
         self._calibration_views = cal_views
         self.decision_scores_, self.threshold_, self.labels_ = calibrated
         self._calibrated_for = (self.aggregate, target_fpr)
@@ -367,8 +406,8 @@ class Con2Detector(BaseEstimator):
             one_rgb = isinstance(X, torch.Tensor) and X.dim() == 3 and X.shape[0] == 3
             hint = " (a torch [3, H, W] tensor is 3 grayscale images; one RGB image is [1, 3, H, W])" if one_rgb else ""
             raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}{hint}")
-        if self.image_size is not None:  # any size, resized as the training images were
-            images = resize_images(images, (h, w))
+        if self.input_format_ is not None:  # any size, resized (and cropped) as the training images were
+            images = self.input_format_.apply(images)
         if images.shape[1:3] != (h, w):
             raise ValueError(f"X images are {images.shape[2]}x{images.shape[1]} px, "
                              f"the detector was fitted on {w}x{h} px (or fit with image_size=S to resize "
@@ -419,6 +458,8 @@ class Con2Detector(BaseEstimator):
             "architecture": self.model_.architecture(), "view_config": _view_cfg_json(self.view_cfg_),
             "contexts": self.contexts_.name if self.contexts_ is not None else None,
             "plan": [[v.index, v.context, v.augmented] for v in self.bank_.plan],
+            "input_format": None if self.input_format_ is None else self.input_format_.to_json(),
+            "source_run": self.source_run_,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -479,6 +520,9 @@ class Con2Detector(BaseEstimator):
                                           for k, v in state["view_config"].items()})
             det.contexts_ = ContextSet(state["contexts"]) if state["contexts"] else None
             det.input_shape_ = tuple(int(v) for v in state["input_shape"])
+            det.input_format_ = _input_format(state, det)
+            det.source_run_ = state.get("source_run")
+            det.run_dir_ = None
             det.threshold_ = float(state["threshold"])
             plan = [View(int(i), int(c), bool(a)) for i, c, a in state["plan"]]
             _check_bundle_state(det, plan, tensors, model.feature_dim)
@@ -536,6 +580,18 @@ def _check_bundle_state(det: "Con2Detector", plan: list[View], tensors: dict, fe
     if views is not None and (tuple(views.shape) != (len(scores), len(plan)) or views.dtype != torch.float64):
         raise ValueError(f"calibration.views is {views.dtype} {tuple(views.shape)}, expected float64 "
                          f"[{len(scores)}, {len(plan)}]")
+
+
+def _input_format(state: dict, det: "Con2Detector") -> InputFormat | None:
+    """A bundle's input format; bundles saved before it was kept: the image_size resize, or none."""
+    if state.get("input_format") is not None:
+        fmt = InputFormat.from_json(state["input_format"])
+        if (*fmt.output_size, fmt.channels) != det.input_shape_:
+            raise ValueError(f"the input format makes {fmt.output_size} x {fmt.channels} images, the input shape "
+                             f"is {list(det.input_shape_)}")
+        return fmt
+    h, w, c = det.input_shape_
+    return InputFormat(size=(h, w), channels=c) if det.image_size is not None else None
 
 
 def _numpy_scalar(value):

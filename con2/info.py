@@ -47,6 +47,6 @@ def info_text() -> str:
 
     lines.append(f"image folders held in memory up to {memory_budget() / 2**20:,.0f} MiB decoded "
                  f"(CON2_MEMORY_BUDGET_MB), larger ones decoded on access")
-    for name in ("faiss", "medmnist", "nvidia.dali"):
+    for name in ("faiss", "medmnist", "nvidia.dali", "pydicom"):
         lines.append(f"{name}: {_optional_version(name)}")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Score image files with a trained run: `con2 predict --run RUN_DIR IMAGE_OR_FOLDER...`.
+"""Score image files with a trained run, `con2 predict --run RUN_DIR IMAGE_OR_FOLDER...`, or with a
+detector bundle exported from one, `con2 predict --detector FILE ...` (no training data needed).
 
 Files are decoded as the run's data set was (con2.data.decode.decode_image: 16-bit grayscale
 scaled, not clipped), converted to the run's channel count (grey to RGB by repetition as the loaders
@@ -8,7 +9,9 @@ bilinear resize (aspect ratio not kept, or with --resize shorter-side kept: the 
 size, then the centred square), to the size before the run's centre crop, then cropped. So a
 file gets the score its pixels would get inside `con2 evaluate`. The threshold is calibrated on the
 run's val normals at `target_fpr` (default 0.05; con2.metrics.calibrate_threshold) unless one is given:
-the two are alternatives, so giving both is refused.
+the two are alternatives, so giving both is refused. A bundle keeps the run's pre-processing
+(con2.data.input_format) and its val normals' per-view scores, so it scores and calibrates as the
+run would.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .data.decode import NEAR_BLACK, DataError, list_images, not_a_file
+from .data.input_format import InputFormat
 
 DEFAULT_TARGET_FPR = 0.05
 
@@ -51,29 +55,32 @@ def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, fol
     --resize shorter-side); an unreadable file is an error naming it; one far from the shape of the
     run's images (source_size: theirs before the loader resized them; None: `size`), or near black,
     a warning naming it."""
-    images, odd = _read(files, size, channels, folder, keep_aspect, source_size)
+    fmt = InputFormat(size=size, channels=channels, keep_aspect=keep_aspect, folder_decoding=folder,
+                      source_size=source_size)
+    images, odd = _read(files, fmt)
     _warn_odd(odd, len(files), size)
     return images
 
 
-def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: bool,
-          keep_aspect: bool = False, source_size: tuple[int, int] | None = None,
-          skip_bad: bool = False) -> tuple[np.ndarray, dict]:
-    """read_images' images, and {"stretched": [...], "dark": [...], "unreadable": [(file, why)]}: the
-    files far from the run's shape, those near black and, with skip_bad, those left out because they
-    cannot be read (else the first is an error); not yet warned about."""
+def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tuple[np.ndarray, dict]:
+    """The files as the model's input images (made as `fmt` says, centre crop included), and
+    {"stretched": [...], "dark": [...], "unreadable": [(file, why)]}: the files far from the run's
+    shape, those near black and, with skip_bad, those left out because they cannot be read (else
+    the first is an error); not yet warned about."""
     from PIL import Image
 
     from .data.datasets import resize_images
     from .data.decode import DataError, decode_image, read_header
+    from .data.images import center_crop_array
 
+    size, channels, folder = fmt.size, fmt.channels, fmt.folder_decoding
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
     odd = _no_odd_files()
     read = np.zeros(len(files), dtype=bool)
     for i, f in enumerate(files):
         try:
             try:
-                arr = decode_image(f, size if folder else None, keep_aspect)
+                arr = decode_image(f, size if folder else None, fmt.keep_aspect)
                 hw = read_header(f)[1] if folder else arr.shape[:2]  # folders are decoded at the run's size
             except DataError as exc:  # its message names the file
                 raise DataError(f"cannot read image {exc}") from exc
@@ -85,15 +92,15 @@ def _read(files: Sequence[Path], size: tuple[int, int], channels: int, folder: b
             odd["unreadable"].append((f, str(exc)))
             continue
         read[i] = True
-        if problem := _shape_problem(hw, source_size or size, keep_aspect):
+        if problem := _shape_problem(hw, fmt.source_size or size, fmt.keep_aspect):
             odd["stretched"].append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
         if (brightest := int(arr.max())) < NEAR_BLACK:
             odd["dark"].append(f"{f} (brightest pixel {brightest})")
         if arr.shape[-1] != channels:
             arr = (np.repeat(arr, 3, axis=-1) if channels == 3
                    else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
-        out[i] = resize_images(arr[None], size, keep_aspect)[0]  # no-op for folders (decoded at the size)
-    return (out if read.all() else out[read]), odd
+        out[i] = resize_images(arr[None], size, fmt.keep_aspect)[0]  # no-op for folders (decoded at the size)
+    return center_crop_array(out if read.all() else out[read], fmt.center_crop), odd
 
 
 def _no_odd_files() -> dict[str, list]:
@@ -152,54 +159,101 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     """[{file, score, anomaly, threshold}] for every image under `inputs`: the threshold given, or the
     one calibrated on the run's val normals at `target_fpr` (None: DEFAULT_TARGET_FPR). An unreadable
     file is an error naming it; with skip_bad_files it is left out, named in a warning."""
-    from .data.images import CHUNK_BYTES, center_crop_array
     from .evaluate import check_views_crop_scale, run_scorer
-    from .metrics import calibrate_threshold, check_target_fpr
+    from .metrics import calibrate_threshold
     from .run import load_run, run_split
 
-    if threshold is not None and not math.isfinite(threshold):
-        raise ValueError(f"--threshold must be a finite number, got {threshold}")
-    if threshold is not None and target_fpr is not None:  # the target would be ignored without a word
-        raise ValueError(f"--threshold {threshold:g} and --target-fpr {target_fpr} are alternatives (a threshold "
-                         f"given, or one calibrated at that FPR on the val normals); give one of them")
-    target_fpr = check_target_fpr(DEFAULT_TARGET_FPR if target_fpr is None else target_fpr)  # not after scoring
+    target_fpr = _check_threshold_options(threshold, target_fpr)
     check_views_crop_scale(views, crop_scale)
     files = list_inputs(inputs)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg)
-    # the run's pre-processing: resize (to the pre-crop size when the run crops), then the centred crop
-    size = tuple(int(v) for v in split.meta.get("pre_crop_size") or split.train.shape[1:3])
     if threshold is None and not len(split.val):
-        # how to get val normals: a seeded split holds some out with --val-fraction; data with its own
-        # split refuses that option, so it needs val images of its own
-        retrain = ("retrain with --val-fraction F (e.g. 0.1) to hold out val normals for it" if split.seeded else
-                   "retrain on data with val normal images (its own split has none, so --val-fraction cannot apply)")
-        raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold, or {retrain}")
-    # the files a chunk at a time, so a folder larger than memory can be scored (a file's views are
-    # keyed by its pixels: its score does not depend on the chunk it is read in)
-    rows = max(1, CHUNK_BYTES // (size[0] * size[1] * split.channels))
+        raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold, or "
+                         f"{how_to_get_val_normals(split)}")
+
+    def scorer_and_threshold():
+        s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
+                       crop_scale)
+        t = threshold if threshold is not None else calibrate_threshold(s.score(split.val)[scorer].numpy(), target_fpr)
+        return (lambda images: s.score(images)[scorer].numpy()), t
+
+    return _score_files(files, InputFormat.of_run(cfg, split), scorer_and_threshold, skip_bad_files)
+
+
+def predict_with_detector(detector, inputs, target_fpr: float | None = None, threshold: float | None = None,
+                          aggregate: str | None = None, device: str = "auto", batch_size: int = 256,
+                          progress: bool = True, skip_bad_files: bool = False) -> list[dict]:
+    """predict_files' rows from a detector bundle (`con2 export`, Con2Detector.save; a path, or a
+    loaded Con2Detector): no training data needed. Files are read as the bundle's input format says
+    (a run's pre-processing; a fitted detector's image_size, else its input size). The threshold is
+    the one given, the bundle's own, or recalibrated at `target_fpr` (or for another `aggregate`)
+    from the held-out normals' per-view scores it keeps."""
+    from .detector import Con2Detector
+
+    target_fpr = _check_threshold_options(threshold, target_fpr, default=None)
+    files = list_inputs(inputs)
+    det = detector if isinstance(detector, Con2Detector) else Con2Detector.load(detector, device=device)
+    live = {"score_batch_size": batch_size, "progress": progress}
+    if target_fpr is not None:
+        live.update(target_fpr=target_fpr, contamination=None)
+    if aggregate is not None:
+        live["aggregate"] = aggregate
+    det.set_params(**live)
+    h, w, c = det.input_shape_
+    fmt = det.input_format_ or InputFormat(size=(h, w), channels=c)
+    return _score_files(files, fmt, lambda: (det.decision_function,
+                                             det.threshold_ if threshold is None else threshold), skip_bad_files)
+
+
+def how_to_get_val_normals(split) -> str:
+    """How to get val normals to calibrate a threshold on, for a split that has none: a seeded split
+    holds some out with --val-fraction; data with its own split refuses that option."""
+    return ("retrain with --val-fraction F (e.g. 0.1) to hold out val normals for it" if split.seeded else
+            "retrain on data with val normal images (its own split has none, so --val-fraction cannot apply)")
+
+
+def _check_threshold_options(threshold, target_fpr, default=DEFAULT_TARGET_FPR):
+    """The target FPR to calibrate at (`default` when none is given); a non-finite threshold, or a
+    threshold and a target FPR together (one would be ignored without a word), refused."""
+    from .metrics import check_target_fpr
+
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"--threshold must be a finite number, got {threshold}")
+    if threshold is not None and target_fpr is not None:
+        raise ValueError(f"--threshold {threshold:g} and --target-fpr {target_fpr} are alternatives (a threshold "
+                         f"given, or one calibrated at that FPR on the val normals); give one of them")
+    target_fpr = default if target_fpr is None else target_fpr
+    return None if target_fpr is None else check_target_fpr(target_fpr)  # here, not after scoring
+
+
+def _score_files(files: list[Path], fmt: InputFormat, scorer_and_threshold, skip_bad_files: bool) -> list[dict]:
+    """The rows of predict_files. scorer_and_threshold() -> (score: uint8 [N, H, W, C] -> [N] scores,
+    threshold) is called once the first chunk of files has been read, so that an unreadable file among
+    them fails before the bank is built. The files are read a chunk at a time, so a folder larger than
+    memory can be scored (a file's views are keyed by its pixels: its score does not depend on its chunk)."""
+    from .data.images import CHUNK_BYTES
+
+    rows = max(1, CHUNK_BYTES // (fmt.size[0] * fmt.size[1] * fmt.channels))
     parts, odd = [files[i:i + rows] for i in range(0, len(files), rows)], _no_odd_files()
     scored: list[Path] = []  # the files read, in order
-    source_size = split.meta.get("source_size")  # an array data set's images before the loader resized them
 
     def images_of(part):
-        images, found = _read(part, size, split.channels, cfg.dataset == "folder", cfg.resize == "shorter-side",
-                              tuple(source_size) if source_size else None, skip_bad_files)
+        images, found = _read(part, fmt, skip_bad_files)
         for k in odd:
             odd[k].extend(found[k])
         left_out = {f for f, _ in found["unreadable"]}
         scored.extend(f for f in part if f not in left_out)
-        return center_crop_array(images, cfg.center_crop)
+        return images
 
-    first = images_of(parts[0])  # an unreadable file among the first fails before the bank is built
-    s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress, crop_scale)
-    if threshold is None:
-        threshold = calibrate_threshold(s.score(split.val)[scorer].numpy(), target_fpr)
+    first = images_of(parts[0])
+    score, threshold = scorer_and_threshold()
+
     def scores_of(images):  # a chunk whose every file was left out has nothing to score
-        return s.score(images)[scorer].numpy() if len(images) else np.zeros(0)
+        return score(images) if len(images) else np.zeros(0)
 
     scores = np.concatenate([scores_of(images_of(part) if i else first) for i, part in enumerate(parts)])
-    _warn_odd(odd, len(files), size)
+    _warn_odd(odd, len(files), fmt.size)
     if not scored:
         raise DataError(f"none of the {len(files)} files could be read (the first: {odd['unreadable'][0][1]})")
     return [{"file": str(f), "score": float(v), "anomaly": int(v > threshold), "threshold": float(threshold)}

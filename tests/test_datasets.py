@@ -605,7 +605,7 @@ def test_a_normal_class_folder_without_images_is_refused_not_dropped(tmp_path):
         save(tmp_path / "flat" / "good" / f"{i}.png", seed=i)
         save(tmp_path / "flat" / "bad" / f"{i}.png", seed=10 + i)
     (tmp_path / "flat" / "good2").mkdir()
-    (tmp_path / "flat" / "good2" / "scan.dcm").write_bytes(b"not a listed image type")
+    (tmp_path / "flat" / "good2" / "scan.raw").write_bytes(b"not a listed image type")
     with pytest.raises(DataError, match=r"flat: normal class folder 'good2' holds no images"):
         load_split(cfg(dataset="folder", data_root=str(tmp_path / "flat"), normal_class=["good", "good2"]))
     # a train/ test/ tree: the normal class must have training images, wherever else it has some

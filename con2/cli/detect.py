@@ -1,4 +1,4 @@
-"""`con2 score`, `evaluate`, `predict`, `sweep`, `report`: parsing only, the work is in the API."""
+"""`con2 score`, `evaluate`, `predict`, `export`, `sweep`, `report`: parsing only, the work is in the API."""
 from __future__ import annotations
 
 import argparse
@@ -100,15 +100,32 @@ def _evaluate(args) -> None:
 
 # ----------------------------------------------------------------------------- predict
 
+# set when the detector was exported: given with --detector, they would be ignored
+BUNDLE_FIXED = ("scorer", "views", "bank_dtype", "seed", "crop_scale")
+PREDICT_DEFAULTS = {"scorer": "nnd", "views": 40, "aggregate": "mean", "bank_dtype": "float32", "seed": 0}
+
+
 def _predict(args) -> None:
-    from ..predict import predict_files
+    from ..predict import predict_files, predict_with_detector
 
     check_output(args.out, example=f"predictions.{args.format}")
-    _check_run(args.run)
-    rows = predict_files(args.run, args.inputs, scorer=args.scorer, views=args.views, aggregate=args.aggregate,
-                         target_fpr=args.target_fpr, threshold=args.threshold, device=args.device,
-                         seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
-                         progress=not args.quiet, crop_scale=args.crop_scale, skip_bad_files=args.skip_bad_files)
+    if args.detector is not None:
+        given = [f"--{k.replace('_', '-')}" for k in BUNDLE_FIXED if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: set in the detector bundle when it was exported (con2 export); "
+                             "export the run again to change them")
+        if not args.detector.is_file():
+            raise FileNotFoundError(f"--detector {args.detector}: no such file (con2 export --out writes one)")
+        rows = predict_with_detector(args.detector, args.inputs, target_fpr=args.target_fpr,
+                                     threshold=args.threshold, aggregate=args.aggregate, device=args.device,
+                                     batch_size=args.batch_size, progress=not args.quiet,
+                                     skip_bad_files=args.skip_bad_files)
+    else:
+        _check_run(args.run)
+        opts = {k: PREDICT_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in PREDICT_DEFAULTS}
+        rows = predict_files(args.run, args.inputs, **opts, target_fpr=args.target_fpr, threshold=args.threshold,
+                             device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+                             crop_scale=args.crop_scale, skip_bad_files=args.skip_bad_files)
 
     def write(out):
         if args.format == "json":
@@ -122,6 +139,24 @@ def _predict(args) -> None:
             w.writerows(rows)
 
     write_output(write, args.out)
+
+
+# ----------------------------------------------------------------------------- export
+
+def _export(args) -> None:
+    from ..detector import Con2Detector
+
+    check_output(args.out, example="detector.safetensors")
+    _check_run(args.run)
+    det = Con2Detector.from_run(args.run, scorer=args.scorer, views=args.views, aggregate=args.aggregate,
+                                target_fpr=args.target_fpr, seed=args.seed, bank_dtype=args.bank_dtype,
+                                crop_scale=args.crop_scale, device=args.device, score_batch_size=args.batch_size,
+                                progress=not args.quiet)
+    path = det.save(args.out)
+    above = int(det.labels_.sum())
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {det.scorer} over {det.views} test-time views, "
+          f"threshold {det.threshold_:.6g} ({above} of {len(det.labels_)} val normals above it, target FPR "
+          f"{args.target_fpr:g}); no training data needed to use it: con2 predict --detector {path} IMAGES...")
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -180,9 +215,15 @@ def register(sub) -> None:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="score image files and label them with a calibrated threshold")
-    _run_dir(p)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a trained run directory (con2 train --out)")
+    source.add_argument("--detector", type=Path,
+                        help="a detector bundle (con2 export): scores without the training data; its scorer, "
+                             "views, bank dtype, seed and crop scale are the bundle's")
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     _scoring_options(p, scorer_choice=True)
+    # None: not given (a bundle refuses those it fixes); a run's defaults are PREDICT_DEFAULTS
+    p.set_defaults(**{k: None for k in PREDICT_DEFAULTS})
     # default None, not 0.05: --threshold refuses a --target-fpr that was given, not the default
     p.add_argument("--target-fpr", type=_fraction, default=None,
                    help="false-positive rate on the run's val normals that sets the threshold (default 0.05)")
@@ -193,6 +234,15 @@ def register(sub) -> None:
     p.add_argument("--skip-bad-files", action="store_true",
                    help="leave out files that cannot be read (named in a warning) instead of stopping")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="a detector bundle of a run (one .safetensors file): model, feature bank, "
+                                      "calibrated threshold, pre-processing; predicts without the training data")
+    _run_dir(p)
+    _scoring_options(p, scorer_choice=True)
+    p.add_argument("--target-fpr", type=_fraction, default=0.05,
+                   help="false-positive rate on the run's val normals that sets the threshold (default 0.05)")
+    p.add_argument("--out", type=Path, required=True, help="the bundle file to write (e.g. detector.safetensors)")
+    p.set_defaults(func=_export)
 
     from .train_cmd import add_train_options
 

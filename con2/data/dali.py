@@ -36,8 +36,9 @@ from .batches import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
 
-# Pillow reads these, DALI's image decoder does not (it takes JPEG, JPEG 2000, PNG, TIFF, BMP, PNM, WebP).
-DALI_CANNOT_DECODE = {".gif"}
+# con2 reads these (Pillow; DICOM with pydicom), DALI's image decoder does not (it takes JPEG, JPEG 2000,
+# PNG, TIFF, BMP, PNM, WebP): --pipeline auto picks workers for them, --pipeline dali refuses them.
+DALI_CANNOT_DECODE = {".gif", ".dcm", ".dicom"}
 
 
 def _import():

@@ -1,5 +1,6 @@
 """Reading image files: listing a folder's images, decoding one file as every con2 loader does,
-reading a file's header only, and decoding many files on threads (I/O and decoding overlap)."""
+reading a file's header only, and decoding many files on threads (I/O and decoding overlap).
+Files are read with Pillow, DICOM files with pydicom (optional extra `con2[dicom]`)."""
 from __future__ import annotations
 
 import os
@@ -20,7 +21,16 @@ class ImageChanged(DataError):
     """A file decodes to another size or channel count than its header said: not a file to skip."""
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"}
+class MissingDependency(DataError):
+    """A file con2 reads only with an optional package installed: not a damaged file to skip."""
+
+
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"
+                  } | DICOM_SUFFIXES
+# DICOM photometric interpretations read: grayscale, and colour that pydicom gives (or converts to) as RGB
+DICOM_GRAY = ("MONOCHROME1", "MONOCHROME2")
+DICOM_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 # A decoded image whose every pixel is under this is near black: most often 12-bit data stored in
 # 16-bit files, read as 16-bit (training and con2 predict warn of it).
 NEAR_BLACK = 32
@@ -99,9 +109,12 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
     orientation (as DALI's decoder and photo viewers show it), resized to size x size or (H, W) when
     set (bicubic, as folder data sets are resized); keep_aspect (--resize shorter-side, a square
     size): the shorter side to that size, then the centred square. Grayscale of more than 8 bits:
-    see _to_8bit."""
+    see _to_8bit; DICOM files: see _decode_dicom."""
     from PIL import Image, ImageOps
 
+    if _is_dicom(path):
+        arr = np.array(_resized(Image.fromarray(_decode_dicom(path)), size, keep_aspect), dtype=np.uint8)
+        return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(path) as img:
         img.load()
         fmt = img.format  # a transposed copy has none
@@ -112,18 +125,144 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
             img = img.convert("L")
         else:  # RGB, RGBA, P, CMYK, YCbCr, ...
             img = img.convert("RGB")
-        if size is not None:
-            h, w = (size, size) if isinstance(size, int) else size
-            if keep_aspect and img.size[0] != img.size[1]:
-                from .images import _crop_corner, shorter_side_size
-
-                hh, ww = shorter_side_size(img.size[1], img.size[0], h)
-                top, left = _crop_corner(hh, ww, h)  # the centred square, at torchvision's offsets
-                img = img.resize((ww, hh), Image.BICUBIC).crop((left, top, left + w, top + h))
-            elif img.size != (w, h):
-                img = img.resize((w, h), Image.BICUBIC)
+        img = _resized(img, size, keep_aspect)
         arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _resized(img, size, keep_aspect):
+    """An L or RGB Pillow image resized as decode_image describes (itself when size is None)."""
+    from PIL import Image
+
+    if size is None:
+        return img
+    h, w = (size, size) if isinstance(size, int) else size
+    if keep_aspect and img.size[0] != img.size[1]:
+        from .images import _crop_corner, shorter_side_size
+
+        hh, ww = shorter_side_size(img.size[1], img.size[0], h)
+        top, left = _crop_corner(hh, ww, h)  # the centred square, at torchvision's offsets
+        return img.resize((ww, hh), Image.BICUBIC).crop((left, top, left + w, top + h))
+    return img.resize((w, h), Image.BICUBIC) if img.size != (w, h) else img
+
+
+def _is_dicom(path) -> bool:
+    """A .dcm / .dicom file, or a file of another (or no) suffix with DICOM's "DICM" marker at byte
+    128 (PACS exports are often named IM0001); files of Pillow's suffixes are not opened to check."""
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return suffix in DICOM_SUFFIXES
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:  # left to the decoder to report
+        return False
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _read_dicom(path, pixels: bool):
+    """The pydicom data set of a DICOM file (its header only unless `pixels`), checked to be one 2-D
+    image con2 can decode; each refusal is a one-line DataError naming the file."""
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:
+        raise MissingDependency(f"{path}: reading DICOM files needs pydicom: pip install 'con2[dicom]'") from None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        pi = str(ds.get("PhotometricInterpretation") or "").strip()
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except InvalidDicomError:
+        raise DataError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128)") from None
+    except Exception as e:  # truncated, or a damaged header
+        raise DataError(f"{path}: cannot read the DICOM file: {type(e).__name__}: {_one_line(e)}") from None
+    if frames > 1:
+        raise DataError(f"{path}: a multi-frame DICOM of {frames} frames; con2 reads 2-D images "
+                        f"(save the frame to use as a file of its own)")
+    if "Rows" not in ds or "Columns" not in ds:
+        raise DataError(f"{path}: the DICOM file holds no image (no Rows / Columns)")
+    if pi not in DICOM_GRAY + DICOM_COLOUR or samples != (3 if pi in DICOM_COLOUR else 1):
+        raise DataError(f"{path}: DICOM photometric interpretation {pi or '(none)'} with {samples} sample(s) "
+                        f"per pixel is not read (con2 reads MONOCHROME1, MONOCHROME2, RGB and YBR)")
+    if pixels and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataError(f"{path}: the DICOM file has no pixel data")
+    try:  # pydicom 3 says which decoder plugin a compressed file lacks; 2.x says so when decoding
+        from pydicom.pixels import get_decoder
+    except ImportError:
+        return ds
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    try:
+        decoder = get_decoder(syntax) if syntax else None
+    except NotImplementedError:
+        raise DataError(f"{path}: pydicom cannot decode DICOM transfer syntax {syntax} ({syntax.name})") from None
+    if decoder is not None and not decoder.is_available:
+        raise DataError(f"{path}: no decoder for its compressed DICOM transfer syntax {syntax.name} is installed "
+                        f"({'; '.join(decoder.missing_dependencies)})")
+    return ds
+
+
+def _voi_range(ds, apply_voi_lut) -> tuple[float, float, bool] | None:
+    """(black, white, is_lut): what apply_voi_lut makes of values below and above the first VOI LUT
+    or window of `ds` (the LUT first, as apply_voi_lut prefers it), or None when it has neither."""
+    lut = (ds.get("VOILUTSequence") or [None])[0]
+    if lut is not None and lut.get("LUTDescriptor") is not None and lut.get("LUTData") is not None:
+        entries, first = lut.LUTDescriptor[0] or 2**16, lut.LUTDescriptor[1]
+        probe = np.array([first - 1, first + entries])  # its first and last entries
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        probe = np.array([-np.inf, np.inf])  # a window's output range, whatever its VOI LUT function
+    else:
+        return None
+    black, white = apply_voi_lut(probe, ds, index=0)
+    return float(black), float(white), probe.dtype.kind == "i"
+
+
+def _decode_dicom(path) -> np.ndarray:
+    """A 2-D DICOM image as uint8 [H, W] or [H, W, 3], shown as radiology viewers show it. Grayscale:
+    the Rescale Slope / Intercept (modality LUT), then the first VOI LUT or window from black to
+    white when the file has one, else its own min..max (a constant image is black); MONOCHROME1
+    inverted, so that white is dense as in MONOCHROME2. Colour: RGB (YBR converted), by its bit depth."""
+    ds = _read_dicom(path, pixels=True)  # first: it names a missing pydicom
+    import pydicom
+
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut, convert_color_space
+
+    pi = ds.PhotometricInterpretation
+    try:
+        a = ds.pixel_array
+        if pi in DICOM_COLOUR:
+            if pi.startswith("YBR_FULL") and int(pydicom.__version__.split(".")[0]) < 3:
+                a = convert_color_space(a, pi, "RGB")  # pydicom 3's pixel_array converts YBR itself
+            frac = a / float(2 ** int(ds.BitsStored) - 1)
+        else:
+            a = apply_modality_lut(a, ds)
+            if not np.isfinite(a).all():
+                raise DataError(f"{path}: the image has NaN or infinite pixel values")
+            voi = _voi_range(ds, apply_voi_lut)
+            if voi is None:
+                black, white = float(a.min()), float(a.max())
+            else:
+                black, white, is_lut = voi
+                if is_lut and a.dtype.kind == "f":  # rescaled: a LUT maps whole values (pydicom warns of floats)
+                    a = np.round(a).astype(np.int64)
+                a = apply_voi_lut(a, ds, index=0)
+            if white == black:  # a constant image (or window): black, not 0 / 0
+                return np.zeros(a.shape, np.uint8)
+            frac = (a - black) / (white - black)
+            if pi == "MONOCHROME1":
+                frac = 1.0 - frac
+    except DataError:
+        raise
+    except Exception as e:  # damaged pixel data, or a window pydicom refuses
+        raise DataError(f"{path}: cannot decode the DICOM pixel data: {type(e).__name__}: {_one_line(e)}") from None
+    return (np.asarray(frac, np.float64) * 255.0).clip(0, 255).round().astype(np.uint8)
 
 
 def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -154,9 +293,13 @@ def _png_late_orientation(path: Path) -> int | None:
 def read_header(path: Path) -> tuple[int, tuple[int, int]]:
     """(channels, (H, W)) that decode_image(path, None) will return, from the file's header only
     (upright by its EXIF orientation, a PNG's eXIf chunk after its pixels included); a file that is
-    not an image raises here, one whose pixel data is damaged only when decoded."""
+    not an image raises here, one whose pixel data is damaged only when decoded. DICOM: its header's
+    Rows and Columns; a file con2 cannot decode (multi-frame, no decoder plugin, ...) raises here."""
     from PIL import Image
 
+    if _is_dicom(path):
+        ds = _read_dicom(path, pixels=False)
+        return (3 if ds.PhotometricInterpretation in DICOM_COLOUR else 1), (int(ds.Rows), int(ds.Columns))
     with Image.open(path) as img:
         w, h = img.size
         if img.format == "PNG" and "exif" not in img.info:
@@ -177,7 +320,7 @@ def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: s
     def safe(p):
         try:
             return fn(p), None
-        except ImageChanged:  # not damaged: skipping it would drop a good image
+        except (ImageChanged, MissingDependency):  # not damaged: skipping it would drop a good image
             raise
         except DataError as e:  # read, but refused (its message names the file)
             return None, str(e)

@@ -1,0 +1,164 @@
+"""`con2 export` and `con2 predict --detector`: a run's detector bundle scores image files exactly as
+`con2 predict --run` does, without the training data, and refuses options it cannot honour."""
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from con2 import Con2Detector
+from con2.cli.main import main
+from con2.config import TrainConfig
+from con2.data.input_format import InputFormat
+from con2.detector import BundleError
+from con2.files import tensor_digest
+from con2.metrics import calibrate_threshold
+from con2.train import train
+
+
+@pytest.fixture(scope="module")
+def cropped_run(tmp_path_factory):
+    """A tiny folder run whose images (20 x 24 px files) are resized to 16 x 16 and centre-cropped
+    to 12 x 12, with val normals; and a folder of new images of other sizes to score."""
+    d = tmp_path_factory.mktemp("export")
+    rng = np.random.default_rng(0)
+    for cls, n in (("good", 12), ("bad", 4)):
+        (d / "data" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(d / "data" / cls / f"{cls}{i}.png")
+    (d / "new").mkdir()
+    for i, (h, w) in enumerate([(20, 24), (30, 30), (12, 12)]):
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(d / "new" / f"n{i}.png")
+    cfg = TrainConfig(dataset="folder", data_root=str(d / "data"), normal_class=["good"], image_size=16,
+                      center_crop=12, val_fraction=0.3, epochs=1, width=4, batch_size=8, device="cpu",
+                      out=str(d / "run"))
+    return train(cfg, progress=False), d / "new"
+
+
+def _rows(args, capsys):
+    assert main(args) == 0, capsys.readouterr().err
+    return list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+
+
+def test_a_bundle_predicts_as_the_run_does_without_the_training_data(cropped_run, tmp_path, capsys):
+    run, new = cropped_run
+    by_run = _rows(["predict", "--run", str(run), str(new), "--views", "2", "--quiet"], capsys)
+    bundle = tmp_path / "det.safetensors"
+    assert main(["export", "--run", str(run), "--views", "2", "--quiet", "--out", str(bundle)]) == 0
+    said = capsys.readouterr().out
+    assert f"wrote {bundle}" in said and f"con2 predict --detector {bundle}" in said
+    # no training data, no run: the bundle alone
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(run.parent / "data"), moved)
+    try:
+        by_bundle = _rows(["predict", "--detector", str(bundle), str(new), "--quiet"], capsys)
+    finally:
+        shutil.move(str(moved), run.parent / "data")
+    assert [r["file"] for r in by_bundle] == [r["file"] for r in by_run] and len(by_run) == 3
+    np.testing.assert_allclose([float(r["score"]) for r in by_bundle], [float(r["score"]) for r in by_run],
+                               rtol=1e-6)
+    assert {r["threshold"] for r in by_bundle} == {r["threshold"] for r in by_run}
+    assert [r["anomaly"] for r in by_bundle] == [r["anomaly"] for r in by_run]
+
+
+def test_a_bundle_keeps_the_runs_pre_processing_and_names_its_source(cropped_run, tmp_path):
+    run, _ = cropped_run
+    det = Con2Detector.from_run(run, views=2, device="cpu", progress=False)
+    det.save(tmp_path / "det.safetensors")
+    loaded = Con2Detector.load(tmp_path / "det.safetensors", device="cpu")
+    fmt = InputFormat(size=(16, 16), channels=1, center_crop=12, folder_decoding=True, source_size=(16, 16))
+    assert det.input_format_ == loaded.input_format_ == fmt and loaded.input_shape_ == (12, 12, 1)
+    assert loaded.source_run_ == {"run": run.name, "dataset": det.source_run_["dataset"], "normal_classes": ["good"]}
+    assert loaded.get_params()["context"] == "invert" and loaded.get_params()["width"] == 4
+    # arrays of any size are resized and cropped as the run's were; those of its input size pass as they are
+    x = np.random.default_rng(1).integers(0, 256, (3, 40, 28), dtype=np.uint8)
+    made = fmt.apply(x[..., None])
+    assert made.shape == (3, 12, 12, 1)
+    np.testing.assert_array_equal(loaded.decision_function(x), loaded.decision_function(made))
+    np.testing.assert_array_equal(loaded.decision_function(made), det.decision_function(made))
+
+
+def test_predict_with_a_bundle_recalibrates_or_takes_a_threshold(cropped_run, tmp_path, capsys):
+    run, new = cropped_run
+    bundle = tmp_path / "det.safetensors"
+    det = Con2Detector.from_run(run, views=2, device="cpu", progress=False)
+    det.save(bundle)
+    rows = _rows(["predict", "--detector", str(bundle), str(new), "--quiet", "--target-fpr", "0.5"], capsys)
+    assert float(rows[0]["threshold"]) == pytest.approx(calibrate_threshold(det.decision_scores_, 0.5))
+    rows = _rows(["predict", "--detector", str(bundle), str(new), "--quiet", "--threshold=-1e9"], capsys)
+    assert {r["anomaly"] for r in rows} == {"1"} and float(rows[0]["threshold"]) == -1e9
+    rows = _rows(["predict", "--detector", str(bundle), str(new), "--quiet", "--aggregate", "max"], capsys)
+    assert float(rows[0]["threshold"]) == pytest.approx(
+        calibrate_threshold(det._calibration_views.max(dim=1).values.numpy(), 0.05))
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--views", "4"], "--views: set in the detector bundle"),
+    (["--scorer", "lh", "--seed", "1"], "--scorer, --seed: set in the detector bundle"),
+    (["--threshold", "0", "--target-fpr", "0.1"], "are alternatives"),
+])
+def test_predict_with_a_bundle_refuses_options_it_cannot_honour(cropped_run, tmp_path, capsys, extra, says):
+    run, new = cropped_run
+    bundle = tmp_path / "det.safetensors"
+    Con2Detector.from_run(run, views=2, device="cpu", progress=False).save(bundle)
+    assert main(["predict", "--detector", str(bundle), str(new), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("con2 predict: error: ") and says in err and err.count("\n") == 1
+
+
+def test_predict_takes_a_run_or_a_bundle_and_names_a_missing_bundle(cropped_run, tmp_path, capsys):
+    run, new = cropped_run
+    with pytest.raises(SystemExit):
+        main(["predict", "--run", str(run), "--detector", str(tmp_path / "d.safetensors"), str(new)])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["predict", "--detector", str(tmp_path / "missing.safetensors"), str(new)]) == 2
+    err = capsys.readouterr().err
+    assert "--detector" in err and "no such file" in err and "con2 export" in err
+
+
+def test_export_needs_val_normals_and_a_file_to_write(cropped_run, tmp_path, capsys):
+    run, _ = cropped_run
+    cfg = json.loads((run / "config.json").read_text())
+    cfg.update(val_fraction=0.0, out=str(tmp_path / "no-val"))
+    no_val = train(TrainConfig.from_dict(cfg), progress=False)
+    with pytest.raises(ValueError, match="no val normals.*--val-fraction"):
+        Con2Detector.from_run(no_val, views=2, device="cpu", progress=False)
+    assert main(["export", "--run", str(run), "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_bundle_whose_input_format_disagrees_with_its_input_shape_is_refused(cropped_run, tmp_path):
+    run, _ = cropped_run
+    path = tmp_path / "det.safetensors"
+    Con2Detector.from_run(run, views=2, device="cpu", progress=False).save(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
+    state = json.loads(meta["state"])
+    state["input_format"]["center_crop"] = 10
+    meta["state"] = json.dumps(state, sort_keys=True)
+    meta["sha256"] = tensor_digest(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(BundleError, match="input format"):
+        Con2Detector.load(path, device="cpu")
+
+
+def test_a_fitted_detector_predicts_files_at_its_input_size(tmp_path):
+    from con2.predict import predict_with_detector
+
+    rng = np.random.default_rng(2)
+    normals = rng.integers(0, 256, (30, 10, 10), dtype=np.uint8)
+    det = Con2Detector(epochs=1, width=4, batch_size=8, views=2, progress=False, device="cpu").fit(normals)
+    for i, side in enumerate((10, 14)):
+        Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(tmp_path / f"f{i}.png")
+    rows = predict_with_detector(det, [tmp_path], progress=False)
+    files = [tmp_path / "f0.png", tmp_path / "f1.png"]
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    as_arrays = np.stack([np.asarray(Image.open(files[0])),
+                          np.asarray(Image.open(files[1]).resize((10, 10)))])  # resized to the fitted size
+    np.testing.assert_allclose([r["score"] for r in rows][:1], det.decision_function(as_arrays[:1]))
+    assert all(r["threshold"] == det.threshold_ for r in rows)
