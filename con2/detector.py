@@ -435,6 +435,35 @@ class Con2Detector(BaseEstimator):
         """1 = anomaly (score > threshold_), 0 = normal."""
         return (self.decision_function(X) > self.threshold_).astype(int)
 
+    def summary(self) -> str:
+        """What this fitted detector is, in a few lines (`con2 info --detector FILE`)."""
+        self._check_fitted()
+        h, w, c = self.input_shape_
+        arch = self.model_.architecture()
+        src = self.source_run_
+        lines = [f"from run {src['run']}: {src['dataset']}, normal class(es) "
+                 f"{', '.join(repr(n) for n in src['normal_classes'])}" if src else
+                 "fitted with Con2Detector.fit (no run)"]
+        lines.append(f"model: ResNet18 width {arch['width']}, {c} channel(s), {w}x{h} input, trained with context "
+                     f"{self.context} ({self.objective})")
+        views = (f"{self.views} test-time views (crop area {self.view_cfg_.scale[0]:g}-{self.view_cfg_.scale[1]:g})"
+                 if self.views else "one plain view")
+        bank = (f"bank of {self.bank_.nnd.shape[1]} training images ({self.bank_dtype})" if self.bank_.nnd is not None
+                else "Gaussian statistics of the training images")
+        lines.append(f"scoring: {self.scorer} over {views}, aggregate {self.aggregate}, seed {self.seed}; {bank}")
+        fpr = self._calibrated_for[1]
+        lines.append(f"threshold {self.threshold_:.6g} at target FPR {fpr:g}: {int(self.labels_.sum())} of "
+                     f"{len(self.labels_)} held-out normals above it")
+        fmt = self.input_format_
+        if fmt is None:
+            lines.append(f"input: images must be {w}x{h} px")
+        else:
+            how = ("decoded at" if fmt.folder_decoding else "resized to") + f" {fmt.size[1]}x{fmt.size[0]}"
+            how += " (the shorter side, then the centred square)" if fmt.keep_aspect else ""
+            how += f", then the centred {fmt.center_crop}x{fmt.center_crop}" if fmt.center_crop else ""
+            lines.append(f"input: images of any size {how}")
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ bundle
     def _tensors(self) -> dict[str, torch.Tensor]:
         t = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in self.model_.encoder.state_dict().items()}

@@ -162,3 +162,16 @@ def test_a_fitted_detector_predicts_files_at_its_input_size(tmp_path):
                           np.asarray(Image.open(files[1]).resize((10, 10)))])  # resized to the fitted size
     np.testing.assert_allclose([r["score"] for r in rows][:1], det.decision_function(as_arrays[:1]))
     assert all(r["threshold"] == det.threshold_ for r in rows)
+
+
+def test_info_describes_a_bundle(cropped_run, tmp_path, capsys):
+    run, _ = cropped_run
+    bundle = tmp_path / "det.safetensors"
+    Con2Detector.from_run(run, views=2, device="cpu", progress=False, target_fpr=0.2).save(bundle)
+    assert main(["info", "--detector", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert f"from run {run.name}:" in out and "'good'" in out and "12x12 input" in out
+    assert "nnd over 2 test-time views" in out and "target FPR 0.2" in out
+    assert "decoded at 16x16, then the centred 12x12" in out
+    assert main(["info", "--detector", str(tmp_path / "none.safetensors")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -143,6 +143,15 @@ def _train(args):
 
 
 def _info(args):
+    if args.detector is not None:
+        from ..detector import Con2Detector
+
+        if not args.detector.is_file():
+            raise FileNotFoundError(f"--detector {args.detector}: no such file (con2 export --out writes one)")
+        det = Con2Detector.load(args.detector, device="cpu")
+        print(f"con2 detector bundle {args.detector} ({args.detector.stat().st_size / 2**20:.1f} MiB)")
+        print(det.summary())
+        return
     from ..info import info_text
 
     print(info_text())
@@ -169,6 +178,8 @@ def register(sub) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("info", help="versions, devices and which optional parts are available")
+    p.add_argument("--detector", type=Path, default=None,
+                   help="describe this detector bundle (con2 export) instead: source, scoring, threshold, input")
     p.set_defaults(func=_info)
 
     from ..demo import DEMO
