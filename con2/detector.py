@@ -245,8 +245,9 @@ class Con2Detector(BaseEstimator):
         """The detector of a trained run (`con2 export`): its model, the bank of its training images
         under these test-time views, the threshold calibrated on its val normals at target_fpr, and
         its pre-processing (input_format_), so that it scores images as `con2 predict --run` does,
-        without the training data once saved. The options that trained the run are recorded as the
-        detector's (fit would train with them again)."""
+        without the training data once saved. The run's training options that Con2Detector has
+        (context, objective, schedule, width) are recorded as the detector's; its resize and crop
+        are in input_format_, which a later fit replaces (fit takes image_size instead)."""
         from .predict import how_to_get_val_normals
         from .run import context_set, load_run, resolve_device, run_split
 
@@ -444,8 +445,8 @@ class Con2Detector(BaseEstimator):
         lines = [f"from run {src['run']}: {src['dataset']}, normal class(es) "
                  f"{', '.join(repr(n) for n in src['normal_classes'])}" if src else
                  "fitted with Con2Detector.fit (no run)"]
-        lines.append(f"model: ResNet18 width {arch['width']}, {c} channel(s), {w}x{h} input, trained with context "
-                     f"{self.context} ({self.objective})")
+        lines.append(f"model: ResNet18 width {arch['width']}, {c} channel(s), {w}x{h} input, trained with objective "
+                     f"{self.objective}, context {self.context}")
         views = (f"{self.views} test-time views (crop area {self.view_cfg_.scale[0]:g}-{self.view_cfg_.scale[1]:g})"
                  if self.views else "one plain view")
         bank = (f"bank of {self.bank_.nnd.shape[1]} training images ({self.bank_dtype})" if self.bank_.nnd is not None
@@ -496,9 +497,7 @@ class Con2Detector(BaseEstimator):
         from safetensors.torch import save_file
 
         self._check_fitted()
-        path = Path(path)
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'detector.safetensors'}")
+        path = bundle_path(path)
         tensors = self._tensors()
         meta = {"format": BUNDLE_FORMAT, "con2_version": __version__,
                 "params": json.dumps({k: v for k, v in self.get_params().items()}, sort_keys=True,
@@ -528,8 +527,10 @@ class Con2Detector(BaseEstimator):
         except Exception as exc:
             raise BundleError(f"{path} is not a readable safetensors bundle ({type(exc).__name__}: {exc})") from exc
         if meta.get("format") != BUNDLE_FORMAT:
+            run = (" (a run's weights: give its folder with --run, or make a bundle of it with con2 export)"
+                   if str(meta.get("format", "")).startswith("con2-model") else "")
             raise BundleError(f"{path} is not a con2 detector bundle (format {meta.get('format')!r}, "
-                              f"expected {BUNDLE_FORMAT!r})")
+                              f"expected {BUNDLE_FORMAT!r}){run}")
         if meta.get("con2_version") != __version__:
             raise BundleError(f"{path} was written by con2 {meta.get('con2_version')}, this is con2 {__version__}; "
                               "refit the detector with this version")
@@ -575,6 +576,32 @@ class Con2Detector(BaseEstimator):
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{path} is an inconsistent con2 bundle: {type(exc).__name__}: {exc}") from exc
         return det
+
+
+def bundle_path(path: str | Path) -> Path:
+    """The file a bundle is written to at `path` (a link's target file, the link kept), checked to be
+    one that can be replaced in one step; else an error naming it, before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'detector.safetensors'}")
+    if path.is_symlink() and path.resolve().is_file():
+        path = path.resolve()
+    special = str(path.resolve()).startswith(("/dev/", "/proc/"))
+    if (path.exists() and not path.is_file()) or path.is_symlink() or special:
+        raise ValueError(f"{path} is not a regular file (standard output, a device, a FIFO or a dangling link); "
+                         "a bundle is a binary file written in one step: give a file path")
+    return path
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether `path` is a con2 detector bundle (its header says so; contents not checked)."""
+    from safetensors import safe_open
+
+    try:
+        with utf8_name(path) as name, safe_open(name, framework="pt") as fh:
+            return (fh.metadata() or {}).get("format") == BUNDLE_FORMAT
+    except Exception:  # not a safetensors file at all
+        return False
 
 
 def _calibration(scores: np.ndarray, target_fpr: float) -> tuple[np.ndarray, float, np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.decode import NEAR_BLACK, DataError, list_images, not_a_file
+from .data.decode import IMAGE_SUFFIXES, NEAR_BLACK, DataError, list_images, not_a_file
 from .data.input_format import InputFormat
 
 DEFAULT_TARGET_FPR = 0.05
@@ -38,7 +38,8 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             found = list_images(p, strict=True)
             if not found:
-                raise FileNotFoundError(f"{p}: no image files in this folder")
+                raise FileNotFoundError(f"{p}: no image files in this folder (image files end in "
+                                        f"{', '.join(sorted(IMAGE_SUFFIXES))})")
             files += found
         elif p.is_file():
             files.append(p)
@@ -56,9 +57,9 @@ def read_images(files: Sequence[Path], size: tuple[int, int], channels: int, fol
     run's images (source_size: theirs before the loader resized them; None: `size`), or near black,
     a warning naming it."""
     fmt = InputFormat(size=size, channels=channels, keep_aspect=keep_aspect, folder_decoding=folder,
-                      source_size=source_size)
+                      source_size=source_size or size)
     images, odd = _read(files, fmt)
-    _warn_odd(odd, len(files), size)
+    _warn_odd(odd, len(files), size, stacklevel=3)
     return images
 
 
@@ -70,7 +71,7 @@ def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tu
     from PIL import Image
 
     from .data.datasets import resize_images
-    from .data.decode import DataError, decode_image, read_header
+    from .data.decode import DataError, MissingDependency, decode_image, read_header
     from .data.images import center_crop_array
 
     size, channels, folder = fmt.size, fmt.channels, fmt.folder_decoding
@@ -82,17 +83,19 @@ def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tu
             try:
                 arr = decode_image(f, size if folder else None, fmt.keep_aspect)
                 hw = read_header(f)[1] if folder else arr.shape[:2]  # folders are decoded at the run's size
+            except MissingDependency:
+                raise
             except DataError as exc:  # its message names the file
                 raise DataError(f"cannot read image {exc}") from exc
             except Exception as exc:  # any decoder failure, as the folder loader's map_files reports it
                 raise DataError(f"cannot read image {f}: {type(exc).__name__}: {exc}") from exc
         except DataError as exc:
-            if not skip_bad:
+            if not skip_bad or isinstance(exc, MissingDependency):  # not a bad file: it would drop them all
                 raise
             odd["unreadable"].append((f, str(exc)))
             continue
         read[i] = True
-        if problem := _shape_problem(hw, fmt.source_size or size, fmt.keep_aspect):
+        if fmt.source_size and (problem := _shape_problem(hw, fmt.source_size, fmt.keep_aspect)):
             odd["stretched"].append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
         if (brightest := int(arr.max())) < NEAR_BLACK:
             odd["dark"].append(f"{f} (brightest pixel {brightest})")
@@ -108,22 +111,23 @@ def _no_odd_files() -> dict[str, list]:
     return {"stretched": [], "dark": [], "unreadable": []}
 
 
-def _warn_odd(odd: dict, n: int, size: tuple[int, int]) -> None:
+def _warn_odd(odd: dict, n: int, size: tuple[int, int], stacklevel: int) -> None:
+    """Warn of the files _read found odd; stacklevel: the caller's frame, as warnings counts it from here."""
     def listed(names):
         return "; ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
     if odd["stretched"]:
         warnings.warn(f"{len(odd['stretched'])} of {n} images are resized to the run's {size[1]}x{size[0]} px "
                       f"input from a very different shape, so their scores may mean little: "
-                      f"{listed(odd['stretched'])}", stacklevel=3)
+                      f"{listed(odd['stretched'])}", stacklevel=stacklevel)
     if odd["unreadable"]:
         warnings.warn(f"left out {len(odd['unreadable'])} of {n} files that cannot be read (--skip-bad-files): "
                       f"{listed([why.removeprefix('cannot read image ') for _, why in odd['unreadable']])}",
-                      stacklevel=3)
+                      stacklevel=stacklevel)
     if odd["dark"]:  # as the folder loader warns of a training set: 12-bit scans in 16-bit files
         warnings.warn(f"{len(odd['dark'])} of {n} images are near black after decoding (every pixel under "
                       f"{NEAR_BLACK} / 255), so their scores may mean little; 12-bit data stored in 16-bit files "
-                      f"is read as 16-bit: rescale such files first: {listed(odd['dark'])}", stacklevel=3)
+                      f"is read as 16-bit: rescale such files first: {listed(odd['dark'])}", stacklevel=stacklevel)
 
 
 # An image this far from the run's image size is scored as a distorted picture: the resize keeps no
@@ -253,7 +257,7 @@ def _score_files(files: list[Path], fmt: InputFormat, scorer_and_threshold, skip
         return score(images) if len(images) else np.zeros(0)
 
     scores = np.concatenate([scores_of(images_of(part) if i else first) for i, part in enumerate(parts)])
-    _warn_odd(odd, len(files), fmt.size)
+    _warn_odd(odd, len(files), fmt.size, stacklevel=4)  # predict_files' caller
     if not scored:
         raise DataError(f"none of the {len(files)} files could be read (the first: {odd['unreadable'][0][1]})")
     return [{"file": str(f), "score": float(v), "anomaly": int(v > threshold), "threshold": float(threshold)}

@@ -2,6 +2,7 @@
 inverted), their headers read, refused with a one-line error naming the file when con2 cannot
 read them, and flowing through the folder loader, the pipeline choice and con2 predict."""
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from con2.config import TrainConfig
 from con2.data import DataError, load_split
 from con2.data.decode import decode_image, list_images, read_header
+from con2.data.input_format import InputFormat
+from con2.predict import _read as _predict_read
 
 
 @pytest.fixture
@@ -200,6 +203,15 @@ def test_a_compressed_file_without_its_decoder_plugin_is_named(tmp_path, write_d
         with pytest.raises(DataError, match=r"jls.dcm: no decoder for its compressed DICOM transfer syntax "
                                             r"JPEG-LS Lossless.* is installed \(.*pyjpegls"):
             read(f)
+    # a missing plugin is not a damaged file: neither training nor con2 predict skips it
+    for cls in ("good", "bad"):
+        (tmp_path / cls).mkdir()
+        write_dcm(tmp_path / cls / "ok.dcm", np.arange(16, dtype=np.uint16).reshape(4, 4))
+    shutil.copy(f, tmp_path / "good" / "jls.dcm")
+    with pytest.raises(DataError, match="jls.dcm: no decoder"):
+        load_split(TrainConfig(dataset="folder", data_root=str(tmp_path), normal_class=["good"], skip_bad_files=True))
+    with pytest.raises(DataError, match="jls.dcm: no decoder"):
+        _predict_read([tmp_path / "good" / "ok.dcm", f], InputFormat(size=(8, 8), channels=1), skip_bad=True)
 
 
 def test_without_pydicom_a_dicom_file_asks_for_it_and_is_not_skipped(tmp_path, monkeypatch):
@@ -218,6 +230,9 @@ def test_without_pydicom_a_dicom_file_asks_for_it_and_is_not_skipped(tmp_path, m
     # a missing package is not a damaged file: --skip-bad-files does not drop every DICOM file
     with pytest.raises(DataError, match=r"pip install 'con2\[dicom\]'"):
         load_split(TrainConfig(dataset="folder", data_root=str(tmp_path), normal_class=["good"], skip_bad_files=True))
+    with pytest.raises(DataError, match=r"pip install 'con2\[dicom\]'"):  # con2 predict --skip-bad-files
+        _predict_read([tmp_path / "good" / "0.png", tmp_path / "good" / "scan.dcm"],
+                      InputFormat(size=(6, 6), channels=1), skip_bad=True)
 
 
 def _dicom_folder(root, write_dcm, n_good=8, n_bad=4):

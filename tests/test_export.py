@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from con2 import Con2Detector
 from con2.cli.main import main
 from con2.config import TrainConfig
+from con2.data.decode import decode_image
 from con2.data.input_format import InputFormat
 from con2.detector import BundleError
 from con2.files import tensor_digest
@@ -71,7 +72,7 @@ def test_a_bundle_keeps_the_runs_pre_processing_and_names_its_source(cropped_run
     det = Con2Detector.from_run(run, views=2, device="cpu", progress=False)
     det.save(tmp_path / "det.safetensors")
     loaded = Con2Detector.load(tmp_path / "det.safetensors", device="cpu")
-    fmt = InputFormat(size=(16, 16), channels=1, center_crop=12, folder_decoding=True, source_size=(16, 16))
+    fmt = InputFormat(size=(16, 16), channels=1, center_crop=12, folder_decoding=True)  # files' sizes unknown
     assert det.input_format_ == loaded.input_format_ == fmt and loaded.input_shape_ == (12, 12, 1)
     assert loaded.source_run_ == {"run": run.name, "dataset": det.source_run_["dataset"], "normal_classes": ["good"]}
     assert loaded.get_params()["context"] == "invert" and loaded.get_params()["width"] == 4
@@ -79,6 +80,8 @@ def test_a_bundle_keeps_the_runs_pre_processing_and_names_its_source(cropped_run
     x = np.random.default_rng(1).integers(0, 256, (3, 40, 28), dtype=np.uint8)
     made = fmt.apply(x[..., None])
     assert made.shape == (3, 12, 12, 1)
+    Image.fromarray(x[0]).save(tmp_path / "x0.png")  # resized as the run's files are decoded
+    np.testing.assert_array_equal(made[0], decode_image(tmp_path / "x0.png", (16, 16))[2:14, 2:14])
     np.testing.assert_array_equal(loaded.decision_function(x), loaded.decision_function(made))
     np.testing.assert_array_equal(loaded.decision_function(made), det.decision_function(made))
 
@@ -175,3 +178,40 @@ def test_info_describes_a_bundle(cropped_run, tmp_path, capsys):
     assert "decoded at 16x16, then the centred 12x12" in out
     assert main(["info", "--detector", str(tmp_path / "none.safetensors")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_folder_run_that_resized_its_files_does_not_call_new_shapes_far_from_its_own(cropped_run, tmp_path):
+    """Its files had shapes of their own (here 24 x 20), resized to 16 x 16: the resized size says
+    nothing of the shape a new file should have, so a wide file is not warned of against it."""
+    import warnings
+
+    from con2.predict import predict_files
+
+    run, _ = cropped_run
+    Image.fromarray(np.zeros((30, 90), np.uint8) + 100).save(tmp_path / "wide.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = predict_files(run, [tmp_path / "wide.png"], views=2, progress=False)
+    assert len(rows) == 1
+
+
+def test_export_refuses_outputs_it_would_damage(cropped_run, tmp_path, capsys):
+    run, _ = cropped_run
+    before = (run / "model.safetensors").read_bytes()
+    for out, says in ((run / "model.safetensors", "would replace the run's own model.safetensors"),
+                      ("-", "a bundle is a binary file"),
+                      ("/dev/stdout", "not a regular file")):
+        assert main(["export", "--run", str(run), "--views", "2", "--quiet", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("con2 export: error: ") and says in err, err
+    assert (run / "model.safetensors").read_bytes() == before
+    # a link to a bundle: the file it names is replaced, the link kept
+    target = tmp_path / "v1.safetensors"
+    target.write_bytes(b"old")
+    (tmp_path / "current.safetensors").symlink_to(target)
+    assert main(["export", "--run", str(run), "--views", "2", "--quiet", "--out", str(tmp_path / "current.safetensors")]) == 0
+    assert (tmp_path / "current.safetensors").is_symlink() and Con2Detector.load(target, device="cpu").views == 2
+    with pytest.raises(BundleError, match="a run's weights: give its folder with --run"):
+        Con2Detector.load(run / "model.safetensors")
+    assert main(["predict", "--detector", str(tmp_path), str(run)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -113,9 +113,8 @@ def _predict(args) -> None:
         given = [f"--{k.replace('_', '-')}" for k in BUNDLE_FIXED if getattr(args, k) is not None]
         if given:
             raise ValueError(f"{', '.join(given)}: set in the detector bundle when it was exported (con2 export); "
-                             "export the run again to change them")
-        if not args.detector.is_file():
-            raise FileNotFoundError(f"--detector {args.detector}: no such file (con2 export --out writes one)")
+                             "export the run again with other values")
+        _check_bundle_file(args.detector)
         rows = predict_with_detector(args.detector, args.inputs, target_fpr=args.target_fpr,
                                      threshold=args.threshold, aggregate=args.aggregate, device=args.device,
                                      batch_size=args.batch_size, progress=not args.quiet,
@@ -141,20 +140,36 @@ def _predict(args) -> None:
     write_output(write, args.out)
 
 
+def _check_bundle_file(path: Path) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"--detector {path} is a directory; give the file con2 export wrote")
+    if not path.is_file():
+        raise FileNotFoundError(f"--detector {path}: no such file (con2 export --out writes one)")
+
+
 # ----------------------------------------------------------------------------- export
 
 def _export(args) -> None:
-    from ..detector import Con2Detector
+    from ..detector import Con2Detector, bundle_path, is_bundle
+    from ..evaluate import check_views_crop_scale
 
+    if str(args.out) == "-":
+        raise ValueError("--out -: a bundle is a binary file written in one step; give a file path")
     check_output(args.out, example="detector.safetensors")
+    out = bundle_path(args.out)
     _check_run(args.run)
+    if out.is_file() and out.resolve().parent == args.run.resolve() and not is_bundle(out):
+        raise ValueError(f"--out {args.out} would replace the run's own {out.name}; give another file name "
+                         f"(e.g. {args.run / 'detector.safetensors'})")
+    check_views_crop_scale(args.views, args.crop_scale)
     det = Con2Detector.from_run(args.run, scorer=args.scorer, views=args.views, aggregate=args.aggregate,
                                 target_fpr=args.target_fpr, seed=args.seed, bank_dtype=args.bank_dtype,
                                 crop_scale=args.crop_scale, device=args.device, score_batch_size=args.batch_size,
                                 progress=not args.quiet)
-    path = det.save(args.out)
+    path = det.save(out)
     above = int(det.labels_.sum())
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {det.scorer} over {det.views} test-time views, "
+    views = f"{det.views} test-time views" if det.views else "one plain view"
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {det.scorer} over {views}, "
           f"threshold {det.threshold_:.6g} ({above} of {len(det.labels_)} val normals above it, target FPR "
           f"{args.target_fpr:g}); no training data needed to use it: con2 predict --detector {path} IMAGES...")
 
@@ -226,7 +241,8 @@ def register(sub) -> None:
     p.set_defaults(**{k: None for k in PREDICT_DEFAULTS})
     # default None, not 0.05: --threshold refuses a --target-fpr that was given, not the default
     p.add_argument("--target-fpr", type=_fraction, default=None,
-                   help="false-positive rate on the run's val normals that sets the threshold (default 0.05)")
+                   help="false-positive rate on the run's val normals that sets the threshold (default 0.05; "
+                        "with --detector, the bundle's threshold)")
     p.add_argument("--threshold", type=float, default=None,
                    help="use this threshold instead of calibrating one (not with --target-fpr)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="of the output (default csv)")

@@ -146,8 +146,9 @@ def _info(args):
     if args.detector is not None:
         from ..detector import Con2Detector
 
-        if not args.detector.is_file():
-            raise FileNotFoundError(f"--detector {args.detector}: no such file (con2 export --out writes one)")
+        from .detect import _check_bundle_file
+
+        _check_bundle_file(args.detector)
         det = Con2Detector.load(args.detector, device="cpu")
         print(f"con2 detector bundle {args.detector} ({args.detector.stat().st_size / 2**20:.1f} MiB)")
         print(det.summary())

@@ -22,7 +22,8 @@ class ImageChanged(DataError):
 
 
 class MissingDependency(DataError):
-    """A file con2 reads only with an optional package installed: not a damaged file to skip."""
+    """A file con2 reads only with an optional package installed (pydicom, a DICOM decoder plugin):
+    not a damaged file to skip, so --skip-bad-files does not drop it."""
 
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -113,7 +114,7 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
     from PIL import Image, ImageOps
 
     if _is_dicom(path):
-        arr = np.array(_resized(Image.fromarray(_decode_dicom(path)), size, keep_aspect), dtype=np.uint8)
+        arr = np.array(resize_decoded(Image.fromarray(_decode_dicom(path)), size, keep_aspect), dtype=np.uint8)
         return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(path) as img:
         img.load()
@@ -125,12 +126,12 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
             img = img.convert("L")
         else:  # RGB, RGBA, P, CMYK, YCbCr, ...
             img = img.convert("RGB")
-        img = _resized(img, size, keep_aspect)
+        img = resize_decoded(img, size, keep_aspect)
         arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _resized(img, size, keep_aspect):
+def resize_decoded(img, size, keep_aspect):
     """An L or RGB Pillow image resized as decode_image describes (itself when size is None)."""
     from PIL import Image
 
@@ -201,8 +202,8 @@ def _read_dicom(path, pixels: bool):
     except NotImplementedError:
         raise DataError(f"{path}: pydicom cannot decode DICOM transfer syntax {syntax} ({syntax.name})") from None
     if decoder is not None and not decoder.is_available:
-        raise DataError(f"{path}: no decoder for its compressed DICOM transfer syntax {syntax.name} is installed "
-                        f"({'; '.join(decoder.missing_dependencies)})")
+        raise MissingDependency(f"{path}: no decoder for its compressed DICOM transfer syntax {syntax.name} is "
+                                f"installed ({'; '.join(decoder.missing_dependencies)})")
     return ds
 
 

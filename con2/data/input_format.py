@@ -15,8 +15,9 @@ class InputFormat:
     center_crop: the side of the centred square then kept (None: none); keep_aspect: --resize
     shorter-side (the shorter side to the size, then the centred square); folder_decoding: files
     are decoded at `size` with Pillow's bicubic filter as the folder loader decodes them (else
-    resized with the array loaders' antialiased bilinear resize); source_size: (H, W) of an array
-    data set's images before its loader resized them (files far from it are warned of)."""
+    resized with the array loaders' antialiased bilinear resize); source_size: (H, W) of the data
+    set's images before its loader resized them, files far from it are warned of (None: unknown, a
+    folder of files resized to the run's size, so none are)."""
 
     size: tuple[int, int]
     channels: int
@@ -29,7 +30,8 @@ class InputFormat:
     def of_run(cls, cfg, split) -> "InputFormat":
         """The pre-processing of a run's data set (its config and its loaded split)."""
         size, crop = split.file_decoding
-        source = split.meta.get("source_size")
+        # a folder's files have shapes of their own: known only when the run did not resize them
+        source = split.meta.get("source_size") if cfg.dataset != "folder" else None if cfg.image_size else size
         return cls(size=size, channels=split.channels, center_crop=None if crop is None else int(crop),
                    keep_aspect=cfg.resize == "shorter-side", folder_decoding=cfg.dataset == "folder",
                    source_size=tuple(int(v) for v in source) if source else None)
@@ -40,15 +42,26 @@ class InputFormat:
         return (self.center_crop, self.center_crop) if self.center_crop else self.size
 
     def apply(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, C] arrays of any size as the model's input: resized as an array data set
-        is (antialiased bilinear), then centre-cropped. Images already of the output size pass as
-        they are."""
+        """uint8 [N, H, W, C] arrays of any size as the model's input: resized as the run's images
+        were (a folder's with Pillow's bicubic filter, as its files are decoded; an array data set's
+        with the antialiased bilinear resize), then centre-cropped. Images already of the output
+        size pass as they are."""
         from .images import center_crop_array
         from .loaders.common import resize_images
 
         if images.shape[1:3] == self.output_size:
             return images
-        return center_crop_array(resize_images(images, self.size, self.keep_aspect), self.center_crop)
+        if self.folder_decoding and len(images):
+            from PIL import Image
+
+            from .decode import resize_decoded
+
+            resized = np.stack([np.asarray(resize_decoded(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im),
+                                                          self.size, self.keep_aspect), dtype=np.uint8)
+                                for im in images]).reshape(len(images), *self.size, images.shape[-1])
+        else:
+            resized = resize_images(images, self.size, self.keep_aspect)
+        return center_crop_array(resized, self.center_crop)
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
