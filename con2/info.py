@@ -49,4 +49,30 @@ def info_text() -> str:
                  f"(CON2_MEMORY_BUDGET_MB), larger ones decoded on access")
     for name in ("faiss", "medmnist", "nvidia.dali", "pydicom"):
         lines.append(f"{name}: {_optional_version(name)}")
+    lines += _dicom_decoders()
     return "\n".join(lines)
+
+
+# Compressed DICOM transfer syntaxes met in practice, by pydicom's UID names
+DICOM_SYNTAXES = ("JPEGBaseline8Bit", "JPEGExtended12Bit", "JPEGLossless", "JPEGLosslessSV1", "JPEGLSLossless",
+                  "JPEG2000Lossless", "JPEG2000", "RLELossless")
+
+
+def _dicom_decoders() -> list[str]:
+    """Which compressed DICOM syntaxes pydicom can decode here (its plugins are optional packages):
+    a file of another one is refused when training meets it. pydicom 3 only; none without pydicom."""
+    try:
+        from pydicom import uid
+        from pydicom.pixels import get_decoder
+    except ImportError:
+        return []
+    ok, missing = [], {}
+    for name in DICOM_SYNTAXES:
+        decoder = get_decoder(getattr(uid, name))
+        if decoder.is_available:
+            ok.append(name)
+        else:
+            missing[name] = "; ".join(decoder.missing_dependencies)
+    lines = [f"  compressed DICOM decoded: {', '.join(ok) or 'none'}"]
+    lines += [f"  not decoded: {name} ({needs})" for name, needs in missing.items()]
+    return lines

@@ -319,3 +319,18 @@ def test_a_run_trained_on_dicom_files_predicts_dicom_files(tmp_path, write_dcm, 
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [Path(r["file"]).name for r in rows] == ["0.dcm", "1.dcm", "2.dcm", "3.dcm", "same.png"]
     assert rows[0]["score"] == rows[-1]["score"]  # a DICOM file scores as the PNG of its pixels
+
+
+def test_info_says_which_compressed_dicom_syntaxes_are_decoded_here():
+    pytest.importorskip("pydicom.pixels")
+    from pydicom import uid
+    from pydicom.pixels import get_decoder
+
+    from con2.info import info_text
+
+    text = info_text()
+    decoded = next(line for line in text.splitlines() if "compressed DICOM decoded:" in line)
+    for name in ("RLELossless", "JPEGLSLossless"):
+        assert (name in decoded) == get_decoder(getattr(uid, name)).is_available
+        if not get_decoder(getattr(uid, name)).is_available:
+            assert f"not decoded: {name} (" in text
