@@ -8,7 +8,10 @@ Image inputs (uint8, 0..255; anything else is an error):
   calibrate the threshold).
 With `image_size=S` every image, fitted or scored and of any size, is first resized to S x S (the
 antialiased bilinear resize of `con2 train --image-size S`); without it the images must be square
-and scored images must have the fitted size.
+and scored images must have the fitted size. A detector made from a trained run
+(`Con2Detector.from_run`, `con2 export`) keeps the run's pre-processing (`input_format_`: resize,
+centre crop) and applies it to every scored image, of any size: give it raw images, as
+`con2 predict` reads them from files.
 
 `fit(X)` holds out a seeded `calibration_fraction` of the normals (unless the split has val
 normals), trains the encoder on the rest with `con2.train.train`, encodes the train bank under
@@ -48,7 +51,8 @@ from .files import replacing, tensor_digest, utf8_name
 from .metrics import calibrate_threshold
 from .model import Con2Model
 from .ops.reference import row_norms
-from .scoring import AGGREGATES, BANK_DTYPES, SCORERS, FeatureBank, Gaussian, View, ViewEncoder, aggregate
+from .scoring import (AGGREGATES, BANK_DTYPES, SCORERS, FeatureBank, Gaussian, Scorer, View, ViewEncoder,
+                      aggregate)
 
 BUNDLE_FORMAT = "con2-detector/1"
 # Options the fitted state depends on (the encoder's training, the held-out split, the bank's views,
@@ -234,8 +238,11 @@ class Con2Detector(BaseEstimator):
                 shutil.rmtree(tmp, ignore_errors=True)
         h, w, c = train_imgs.shape[1:]
         fmt = InputFormat(size=(h, w), channels=c) if self.image_size is not None else None
-        return self._adopt(model, scoring_view_config(cfg, split, self.crop_scale), context_set(cfg), train_imgs,
-                           to_nchw(cal_imgs), target_fpr, fmt, None if tmp is not None else Path(run_dir), None)
+        scorer = Scorer(model, scoring_view_config(cfg, split, self.crop_scale), context_set(cfg), train_imgs,
+                        views=self.views, scorers=(self.scorer,), seed=self.seed, batch_size=self.score_batch_size,
+                        bank_dtype=self.bank_dtype, progress=self.progress)
+        return self._adopt(scorer, to_nchw(cal_imgs), target_fpr, fmt, None if tmp is not None else Path(run_dir),
+                           None)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, scorer: str = "nnd", views: int = 40, aggregate: str = "mean",
@@ -247,9 +254,11 @@ class Con2Detector(BaseEstimator):
         its pre-processing (input_format_), so that it scores images as `con2 predict --run` does,
         without the training data once saved. The run's training options that Con2Detector has
         (context, objective, schedule, width) are recorded as the detector's; its resize and crop
-        are in input_format_, which a later fit replaces (fit takes image_size instead)."""
-        from .predict import how_to_get_val_normals
-        from .run import context_set, load_run, resolve_device, run_split
+        are in input_format_, which a later fit replaces (fit takes image_size instead). `seed` is
+        the test-time views' seed, as in `con2 predict --seed`; the run's training seed is in
+        source_run_ (a later fit would train with `seed`)."""
+        from .evaluate import run_scorer
+        from .run import load_run, resolve_device, run_split
 
         run_dir = Path(run_dir)
         det = cls(scorer=scorer, views=views, aggregate=aggregate, target_fpr=target_fpr, seed=seed,
@@ -260,26 +269,28 @@ class Con2Detector(BaseEstimator):
         split = run_split(run_dir, cfg)
         if not len(split.val):
             raise ValueError(f"{split.name} has no val normals to calibrate the detector's threshold on; "
-                             f"{how_to_get_val_normals(split)}")
+                             f"{split.how_to_get_val_normals()}")
         det.set_params(context=cfg.context, objective=cfg.objective, epochs=cfg.epochs, batch_size=cfg.batch_size,
                        amp=cfg.amp, lr=cfg.lr, weight_decay=cfg.weight_decay, temperature=cfg.temperature,
                        width=cfg.width)
-        source = {"run": run_dir.resolve().name, "dataset": split.name,
+        source = {"run": run_dir.resolve().name, "dataset": split.name, "training_seed": cfg.seed,
                   "normal_classes": [str(split.class_names.get(c, c)) for c in split.normal_classes]}
-        return det._adopt(model, scoring_view_config(cfg, split, crop_scale), context_set(cfg), split.train,
-                          split.val, det._check_params(), InputFormat.of_run(cfg, split), run_dir, source)
+        # the Scorer of con2 predict --run / evaluate, so that the bundle scores as they do
+        scorer = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, score_batch_size, bank_dtype,
+                            progress, crop_scale)
+        return det._adopt(scorer, split.val, det._check_params(), InputFormat.of_run(cfg, split), run_dir, source)
 
-    def _adopt(self, model: Con2Model, view_cfg: ViewConfig, contexts, train, calibration, target_fpr: float,
-               input_format, run_dir, source_run) -> "Con2Detector":
-        """Build the bank of `train` and calibrate the threshold on `calibration` (normals held out
-        from it); then the fitted state changes in one step."""
-        encoder = self._make_encoder(model, view_cfg, contexts)
-        bank = FeatureBank.build(encoder, train, scorers=(self.scorer,), bank_dtype=self.bank_dtype)
+    def _adopt(self, scorer: Scorer, calibration, target_fpr: float, input_format, run_dir,
+               source_run) -> "Con2Detector":
+        """Take a Scorer's model, views and bank (of the training images) and calibrate the
+        threshold on `calibration` (normals held out from them); the fitted state changes in one step."""
         # per view, so that a new aggregate recalibrates exactly what fit would have
-        cal_views = bank.score_views(encoder, calibration, (self.scorer,))[self.scorer]
+        cal_views = scorer.score_views(calibration)[self.scorer]
         calibrated = _calibration(aggregate(cal_views, self.aggregate).numpy(), target_fpr)
-        self.model_, self.view_cfg_, self.contexts_, self.bank_ = model, view_cfg, contexts, bank
-        self.input_shape_ = tuple(int(s) for s in train.shape[1:])  # H, W, C
+        enc = scorer.encoder
+        self.model_, self.view_cfg_, self.contexts_, self.bank_ = scorer.model, enc.view_cfg, enc.contexts, scorer.bank
+        c, h, w = scorer.bank.image_shape
+        self.input_shape_ = (int(h), int(w), int(c))
         self.input_format_, self.source_run_, self.run_dir_ = input_format, source_run, run_dir
         self._calibration_views = cal_views
         self.decision_scores_, self.threshold_, self.labels_ = calibrated
@@ -318,8 +329,8 @@ class Con2Detector(BaseEstimator):
         perm = np.random.default_rng(self.seed).permutation(n)
         return images[np.sort(perm[n_cal:])], images[np.sort(perm[:n_cal])]
 
-    def _per_view(self, X) -> torch.Tensor:
-        return self.bank_.score_views(self._encoder(), self._query(X), (self.scorer,))[self.scorer]
+    def _per_view(self, X, formatted: bool = False) -> torch.Tensor:
+        return self.bank_.score_views(self._encoder(), self._query(X, formatted), (self.scorer,))[self.scorer]
 
     def _refit_params(self) -> dict:
         params = self.get_params()
@@ -400,14 +411,15 @@ class Con2Detector(BaseEstimator):
             raise NotFittedError("this Con2Detector is not fitted yet: call fit(X) or Con2Detector.load(path) first")
         self._sync_fitted()  # options assigned directly, not through set_params
 
-    def _query(self, X) -> torch.Tensor:
+    def _query(self, X, formatted: bool = False) -> torch.Tensor:
+        """X as the model's input images: through input_format_ unless `formatted` (made by it already)."""
         images = as_nhwc(X)
         h, w, c = self.input_shape_
         if images.shape[-1] != c:
             one_rgb = isinstance(X, torch.Tensor) and X.dim() == 3 and X.shape[0] == 3
             hint = " (a torch [3, H, W] tensor is 3 grayscale images; one RGB image is [1, 3, H, W])" if one_rgb else ""
             raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}{hint}")
-        if self.input_format_ is not None:  # any size, resized (and cropped) as the training images were
+        if self.input_format_ is not None and not formatted:  # any size, resized and cropped as the training images
             images = self.input_format_.apply(images)
         if images.shape[1:3] != (h, w):
             raise ValueError(f"X images are {images.shape[2]}x{images.shape[1]} px, "
@@ -420,6 +432,12 @@ class Con2Detector(BaseEstimator):
         """Anomaly scores [N] (float64; higher = more anomalous)."""
         self._check_fitted()
         return aggregate(self._per_view(X), self.aggregate).numpy()
+
+    def decision_function_formatted(self, X) -> np.ndarray:
+        """decision_function of images already made as input_format_ says (resized and cropped:
+        con2 predict reads files that way), which it would otherwise resize again."""
+        self._check_fitted()
+        return aggregate(self._per_view(X, formatted=True), self.aggregate).numpy()
 
     def score_samples(self, X) -> np.ndarray:
         """scikit-learn convention: higher = more normal (the negated decision_function)."""
@@ -533,7 +551,7 @@ class Con2Detector(BaseEstimator):
                               f"expected {BUNDLE_FORMAT!r}){run}")
         if meta.get("con2_version") != __version__:
             raise BundleError(f"{path} was written by con2 {meta.get('con2_version')}, this is con2 {__version__}; "
-                              "refit the detector with this version")
+                              f"{_remake_advice(meta)}")
         if meta.get("sha256") != tensor_digest(tensors, meta):
             raise BundleError(f"{path} has been modified since it was saved: its SHA-256 does not match its contents")
         try:
@@ -578,18 +596,34 @@ class Con2Detector(BaseEstimator):
         return det
 
 
+def _remake_advice(meta: dict) -> str:
+    """How to get a bundle of this con2 version: export its run again, or refit."""
+    try:
+        run = (json.loads(meta.get("state", "{}")).get("source_run") or {}).get("run")
+    except (ValueError, AttributeError):
+        run = None
+    return (f"export its run ({run}) again with this version: con2 export --run RUN --out FILE" if run else
+            "refit the detector with this version")
+
+
+# Paths that name a process's standard streams: a bundle written "to" one would replace the link
+STREAMS = ("/proc/", "/dev/fd/", "/dev/stdin", "/dev/stdout", "/dev/stderr")
+
+
 def bundle_path(path: str | Path) -> Path:
     """The file a bundle is written to at `path` (a link's target file, the link kept), checked to be
     one that can be replaced in one step; else an error naming it, before any work."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'detector.safetensors'}")
+    link = os.readlink(path) if path.is_symlink() else ""
+    if os.path.abspath(path).startswith(STREAMS) or link.startswith(STREAMS):
+        raise ValueError(f"{path} is a standard stream; a bundle is a binary file written in one step: "
+                         "give a file path")
     if path.is_symlink() and path.resolve().is_file():
         path = path.resolve()
-    special = str(path.resolve()).startswith(("/dev/", "/proc/"))
-    if (path.exists() and not path.is_file()) or path.is_symlink() or special:
-        raise ValueError(f"{path} is not a regular file (standard output, a device, a FIFO or a dangling link); "
-                         "a bundle is a binary file written in one step: give a file path")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ValueError(f"{path} is not a regular file (a device, a FIFO or a dangling link); give a file path")
     return path
 
 

@@ -82,7 +82,8 @@ def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tu
         try:
             try:
                 arr = decode_image(f, size if folder else None, fmt.keep_aspect)
-                hw = read_header(f)[1] if folder else arr.shape[:2]  # folders are decoded at the run's size
+                # the file's own shape, for the warning: folders are decoded at the run's size
+                hw = (read_header(f)[1] if folder else arr.shape[:2]) if fmt.source_size else None
             except MissingDependency:
                 raise
             except DataError as exc:  # its message names the file
@@ -174,7 +175,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     split = run_split(run_dir, cfg)
     if threshold is None and not len(split.val):
         raise ValueError(f"{split.name} has no val normals to calibrate a threshold on; pass --threshold, or "
-                         f"{how_to_get_val_normals(split)}")
+                         f"{split.how_to_get_val_normals()}")
 
     def scorer_and_threshold():
         s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
@@ -186,35 +187,33 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
 
 
 def predict_with_detector(detector, inputs, target_fpr: float | None = None, threshold: float | None = None,
-                          aggregate: str | None = None, device: str = "auto", batch_size: int = 256,
-                          progress: bool = True, skip_bad_files: bool = False) -> list[dict]:
+                          aggregate: str | None = None, device: str = "auto", batch_size: int | None = None,
+                          progress: bool | None = None, skip_bad_files: bool = False) -> list[dict]:
     """predict_files' rows from a detector bundle (`con2 export`, Con2Detector.save; a path, or a
-    loaded Con2Detector): no training data needed. Files are read as the bundle's input format says
-    (a run's pre-processing; a fitted detector's image_size, else its input size). The threshold is
-    the one given, the bundle's own, or recalibrated at `target_fpr` (or for another `aggregate`)
-    from the held-out normals' per-view scores it keeps."""
+    fitted Con2Detector, which is left as it is): no training data needed. Files are read as the
+    detector's input format says (a run's pre-processing; a fitted detector's image_size, else its
+    input size, other sizes warned of). The threshold is the one given, the detector's own, or
+    recalibrated at `target_fpr` (or for another `aggregate`) from the held-out normals' per-view
+    scores it keeps. batch_size / progress None: the detector's own."""
+    import copy
+
     from .detector import Con2Detector
 
     target_fpr = _check_threshold_options(threshold, target_fpr, default=None)
     files = list_inputs(inputs)
-    det = detector if isinstance(detector, Con2Detector) else Con2Detector.load(detector, device=device)
-    live = {"score_batch_size": batch_size, "progress": progress}
+    if isinstance(detector, Con2Detector):
+        det = copy.copy(detector)  # set_params below recalibrates this copy, not the caller's detector
+    else:
+        det = Con2Detector.load(detector, device=device)
+    live = {"score_batch_size": batch_size, "progress": progress, "aggregate": aggregate}
+    live = {k: v for k, v in live.items() if v is not None}
     if target_fpr is not None:
         live.update(target_fpr=target_fpr, contamination=None)
-    if aggregate is not None:
-        live["aggregate"] = aggregate
     det.set_params(**live)
     h, w, c = det.input_shape_
-    fmt = det.input_format_ or InputFormat(size=(h, w), channels=c)
-    return _score_files(files, fmt, lambda: (det.decision_function,
+    fmt = det.input_format_ or InputFormat(size=(h, w), channels=c, source_size=(h, w))
+    return _score_files(files, fmt, lambda: (det.decision_function_formatted,
                                              det.threshold_ if threshold is None else threshold), skip_bad_files)
-
-
-def how_to_get_val_normals(split) -> str:
-    """How to get val normals to calibrate a threshold on, for a split that has none: a seeded split
-    holds some out with --val-fraction; data with its own split refuses that option."""
-    return ("retrain with --val-fraction F (e.g. 0.1) to hold out val normals for it" if split.seeded else
-            "retrain on data with val normal images (its own split has none, so --val-fraction cannot apply)")
 
 
 def _check_threshold_options(threshold, target_fpr, default=DEFAULT_TARGET_FPR):

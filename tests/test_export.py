@@ -16,6 +16,7 @@ from con2.cli.main import main
 from con2.config import TrainConfig
 from con2.data.decode import decode_image
 from con2.data.input_format import InputFormat
+from con2.data.loaders.common import resize_images
 from con2.detector import BundleError
 from con2.files import tensor_digest
 from con2.metrics import calibrate_threshold
@@ -46,11 +47,11 @@ def _rows(args, capsys):
     return list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
 
 
-def test_a_bundle_predicts_as_the_run_does_without_the_training_data(cropped_run, tmp_path, capsys):
-    run, new = cropped_run
-    by_run = _rows(["predict", "--run", str(run), str(new), "--views", "2", "--quiet"], capsys)
+def _same_predictions(run, new, tmp_path, capsys, options=("--views", "2")):
+    """predict --run, then export and predict --detector with the run's data moved away: the same rows."""
+    by_run = _rows(["predict", "--run", str(run), str(new), "--quiet", *options], capsys)
     bundle = tmp_path / "det.safetensors"
-    assert main(["export", "--run", str(run), "--views", "2", "--quiet", "--out", str(bundle)]) == 0
+    assert main(["export", "--run", str(run), "--quiet", "--out", str(bundle), *options]) == 0
     said = capsys.readouterr().out
     assert f"wrote {bundle}" in said and f"con2 predict --detector {bundle}" in said
     # no training data, no run: the bundle alone
@@ -67,6 +68,31 @@ def test_a_bundle_predicts_as_the_run_does_without_the_training_data(cropped_run
     assert [r["anomaly"] for r in by_bundle] == [r["anomaly"] for r in by_run]
 
 
+@pytest.mark.parametrize("options", [("--views", "2"), ("--views", "2", "--scorer", "lh"), ("--views", "0"),
+                                     ("--views", "2", "--crop-scale", "0.5", "0.5", "--seed", "3")])
+def test_a_bundle_predicts_as_the_run_does_without_the_training_data(cropped_run, tmp_path, capsys, options):
+    run, new = cropped_run
+    _same_predictions(run, new, tmp_path, capsys, options)
+
+
+def test_an_rgb_run_read_from_disk_exports_too(tmp_path, capsys, monkeypatch):
+    """RGB files of another shape, --resize shorter-side, every part decoded on access (none held in memory)."""
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")
+    rng = np.random.default_rng(3)
+    for cls, n in (("good", 10), ("bad", 3)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (18, 26, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    (tmp_path / "new").mkdir()
+    for i, (h, w) in enumerate([(18, 26), (30, 20), (12, 12)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "new" / f"n{i}.png")
+    cfg = TrainConfig(dataset="folder", data_root=str(tmp_path / "data"), normal_class=["good"], image_size=14,
+                      resize="shorter-side", center_crop=12, val_fraction=0.3, epochs=1, width=4, batch_size=8,
+                      device="cpu", out=str(tmp_path / "run"))
+    run = train(cfg, progress=False)
+    _same_predictions(run, tmp_path / "new", tmp_path, capsys)
+
+
 def test_a_bundle_keeps_the_runs_pre_processing_and_names_its_source(cropped_run, tmp_path):
     run, _ = cropped_run
     det = Con2Detector.from_run(run, views=2, device="cpu", progress=False)
@@ -74,16 +100,19 @@ def test_a_bundle_keeps_the_runs_pre_processing_and_names_its_source(cropped_run
     loaded = Con2Detector.load(tmp_path / "det.safetensors", device="cpu")
     fmt = InputFormat(size=(16, 16), channels=1, center_crop=12, folder_decoding=True)  # files' sizes unknown
     assert det.input_format_ == loaded.input_format_ == fmt and loaded.input_shape_ == (12, 12, 1)
-    assert loaded.source_run_ == {"run": run.name, "dataset": det.source_run_["dataset"], "normal_classes": ["good"]}
+    assert loaded.source_run_ == {"run": run.name, "dataset": det.source_run_["dataset"], "training_seed": 0,
+                                  "normal_classes": ["good"]}
     assert loaded.get_params()["context"] == "invert" and loaded.get_params()["width"] == 4
-    # arrays of any size are resized and cropped as the run's were; those of its input size pass as they are
+    # raw arrays of any size are resized and cropped as the run's files were, even those of the crop's size
     x = np.random.default_rng(1).integers(0, 256, (3, 40, 28), dtype=np.uint8)
     made = fmt.apply(x[..., None])
     assert made.shape == (3, 12, 12, 1)
     Image.fromarray(x[0]).save(tmp_path / "x0.png")  # resized as the run's files are decoded
     np.testing.assert_array_equal(made[0], decode_image(tmp_path / "x0.png", (16, 16))[2:14, 2:14])
-    np.testing.assert_array_equal(loaded.decision_function(x), loaded.decision_function(made))
-    np.testing.assert_array_equal(loaded.decision_function(made), det.decision_function(made))
+    np.testing.assert_array_equal(loaded.decision_function(x), loaded.decision_function_formatted(made))
+    np.testing.assert_array_equal(loaded.decision_function(x), det.decision_function(x))
+    np.testing.assert_array_equal(fmt.apply(made)[0], fmt.apply(np.asarray(Image.fromarray(made[0, ..., 0]).resize(
+        (16, 16), Image.BICUBIC))[None, ..., None])[0])  # a crop-sized image is upscaled first, as predict does
 
 
 def test_predict_with_a_bundle_recalibrates_or_takes_a_threshold(cropped_run, tmp_path, capsys):
@@ -158,13 +187,19 @@ def test_a_fitted_detector_predicts_files_at_its_input_size(tmp_path):
     det = Con2Detector(epochs=1, width=4, batch_size=8, views=2, progress=False, device="cpu").fit(normals)
     for i, side in enumerate((10, 14)):
         Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(tmp_path / f"f{i}.png")
-    rows = predict_with_detector(det, [tmp_path], progress=False)
+    before = (det.threshold_, det.get_params())
+    rows = predict_with_detector(det, [tmp_path], target_fpr=0.5)
+    assert (det.threshold_, det.get_params()) == before  # the caller's detector is left as it was
     files = [tmp_path / "f0.png", tmp_path / "f1.png"]
     assert [r["file"] for r in rows] == [str(f) for f in files]
-    as_arrays = np.stack([np.asarray(Image.open(files[0])),
-                          np.asarray(Image.open(files[1]).resize((10, 10)))])  # resized to the fitted size
-    np.testing.assert_allclose([r["score"] for r in rows][:1], det.decision_function(as_arrays[:1]))
-    assert all(r["threshold"] == det.threshold_ for r in rows)
+    # the 14 x 14 file resized to the fitted 10 x 10 as array data sets are
+    as_arrays = np.concatenate([np.asarray(Image.open(files[0]))[None, ..., None],
+                                resize_images(np.asarray(Image.open(files[1]))[None, ..., None], (10, 10))])
+    np.testing.assert_allclose([r["score"] for r in rows], det.decision_function(as_arrays), rtol=1e-6)
+    assert all(r["threshold"] == calibrate_threshold(det.decision_scores_, 0.5) for r in rows)
+    with pytest.warns(UserWarning, match="very different shape"):
+        Image.fromarray(rng.integers(0, 256, (10, 40), dtype=np.uint8)).save(tmp_path / "wide.png")
+        predict_with_detector(det, [tmp_path / "wide.png"], progress=False)
 
 
 def test_info_describes_a_bundle(cropped_run, tmp_path, capsys):
@@ -200,7 +235,7 @@ def test_export_refuses_outputs_it_would_damage(cropped_run, tmp_path, capsys):
     before = (run / "model.safetensors").read_bytes()
     for out, says in ((run / "model.safetensors", "would replace the run's own model.safetensors"),
                       ("-", "a bundle is a binary file"),
-                      ("/dev/stdout", "not a regular file")):
+                      ("/dev/stdout", "is a standard stream")):
         assert main(["export", "--run", str(run), "--views", "2", "--quiet", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("con2 export: error: ") and says in err, err
@@ -215,3 +250,16 @@ def test_export_refuses_outputs_it_would_damage(cropped_run, tmp_path, capsys):
         Con2Detector.load(run / "model.safetensors")
     assert main(["predict", "--detector", str(tmp_path), str(run)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_bundle_from_another_version_names_its_run_to_export_again(cropped_run, tmp_path):
+    run, _ = cropped_run
+    path = tmp_path / "det.safetensors"
+    Con2Detector.from_run(run, views=2, device="cpu", progress=False).save(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
+    meta["con2_version"] = "0.1.0"
+    meta["sha256"] = tensor_digest(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(BundleError, match=rf"written by con2 0.1.0.*export its run \({run.name}\) again"):
+        Con2Detector.load(path, device="cpu")

@@ -171,8 +171,9 @@ def _read_dicom(path, pixels: bool):
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
+        from pydicom.pixels import get_decoder  # pydicom 3: it names the plugin a compressed file lacks
     except ImportError:
-        raise MissingDependency(f"{path}: reading DICOM files needs pydicom: pip install 'con2[dicom]'") from None
+        raise MissingDependency(f"{path}: reading DICOM files needs pydicom 3: pip install 'con2[dicom]'") from None
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
         frames = int(ds.get("NumberOfFrames") or 1)
@@ -192,10 +193,6 @@ def _read_dicom(path, pixels: bool):
                         f"per pixel is not read (con2 reads MONOCHROME1, MONOCHROME2, RGB and YBR)")
     if pixels and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(f"{path}: the DICOM file has no pixel data")
-    try:  # pydicom 3 says which decoder plugin a compressed file lacks; 2.x says so when decoding
-        from pydicom.pixels import get_decoder
-    except ImportError:
-        return ds
     syntax = ds.file_meta.get("TransferSyntaxUID")
     try:
         decoder = get_decoder(syntax) if syntax else None
@@ -228,19 +225,12 @@ def _decode_dicom(path) -> np.ndarray:
     white when the file has one, else its own min..max (a constant image is black); MONOCHROME1
     inverted, so that white is dense as in MONOCHROME2. Colour: RGB (YBR converted), by its bit depth."""
     ds = _read_dicom(path, pixels=True)  # first: it names a missing pydicom
-    import pydicom
-
-    try:
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
-    except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut, convert_color_space
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     pi = ds.PhotometricInterpretation
     try:
-        a = ds.pixel_array
+        a = ds.pixel_array  # YBR converted to RGB by pydicom
         if pi in DICOM_COLOUR:
-            if pi.startswith("YBR_FULL") and int(pydicom.__version__.split(".")[0]) < 3:
-                a = convert_color_space(a, pi, "RGB")  # pydicom 3's pixel_array converts YBR itself
             frac = a / float(2 ** int(ds.BitsStored) - 1)
         else:
             a = apply_modality_lut(a, ds)

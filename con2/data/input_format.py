@@ -42,15 +42,13 @@ class InputFormat:
         return (self.center_crop, self.center_crop) if self.center_crop else self.size
 
     def apply(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, C] arrays of any size as the model's input: resized as the run's images
-        were (a folder's with Pillow's bicubic filter, as its files are decoded; an array data set's
-        with the antialiased bilinear resize), then centre-cropped. Images already of the output
-        size pass as they are."""
+        """Raw uint8 [N, H, W, C] images of any size as the model's input: resized as the run's
+        images were (a folder's with Pillow's bicubic filter, as its files are decoded; an array
+        data set's with the antialiased bilinear resize), then centre-cropped. Every image is: one
+        that happens to have the crop's size is still resized first, as con2 predict would."""
         from .images import center_crop_array
         from .loaders.common import resize_images
 
-        if images.shape[1:3] == self.output_size:
-            return images
         if self.folder_decoding and len(images):
             from PIL import Image
 

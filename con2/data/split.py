@@ -81,6 +81,12 @@ class OneClassSplit:
         h, w = self.meta.get("pre_crop_size", self.train.shape[1:3])
         return (int(h), int(w)), self.meta.get("center_crop")
 
+    def how_to_get_val_normals(self) -> str:
+        """How to get val normals to calibrate a threshold on, for a split that has none: a seeded
+        split holds some out with --val-fraction; data with its own split refuses that option."""
+        return ("retrain with --val-fraction F (e.g. 0.1) to hold out val normals for it" if self.seeded else
+                "retrain on data with val normal images (its own split has none, so --val-fraction cannot apply)")
+
     def summary(self) -> str:
         n_anom = int(self.test_labels.sum())
         normal = ", ".join(repr(str(self.class_names.get(c, c))) for c in self.normal_classes)
