@@ -164,17 +164,24 @@ def test_export_needs_val_normals_and_a_file_to_write(cropped_run, tmp_path, cap
     assert "is a directory" in capsys.readouterr().err
 
 
-def test_a_bundle_whose_input_format_disagrees_with_its_input_shape_is_refused(cropped_run, tmp_path):
-    run, _ = cropped_run
-    path = tmp_path / "det.safetensors"
+def _resealed_bundle(run, path, edit_meta):
+    """A bundle of `run` at `path` with its header metadata edited and its digest recomputed."""
     Con2Detector.from_run(run, views=2, device="cpu", progress=False).save(path)
     with safe_open(str(path), framework="pt") as fh:
         meta, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
-    state = json.loads(meta["state"])
-    state["input_format"]["center_crop"] = 10
-    meta["state"] = json.dumps(state, sort_keys=True)
+    edit_meta(meta)
     meta["sha256"] = tensor_digest(tensors, meta)
     save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def test_a_bundle_whose_input_format_disagrees_with_its_input_shape_is_refused(cropped_run, tmp_path):
+    def crop_10(meta):
+        state = json.loads(meta["state"])
+        state["input_format"]["center_crop"] = 10
+        meta["state"] = json.dumps(state, sort_keys=True)
+
+    path = _resealed_bundle(cropped_run[0], tmp_path / "det.safetensors", crop_10)
     with pytest.raises(BundleError, match="input format"):
         Con2Detector.load(path, device="cpu")
 
@@ -254,12 +261,6 @@ def test_export_refuses_outputs_it_would_damage(cropped_run, tmp_path, capsys):
 
 def test_a_bundle_from_another_version_names_its_run_to_export_again(cropped_run, tmp_path):
     run, _ = cropped_run
-    path = tmp_path / "det.safetensors"
-    Con2Detector.from_run(run, views=2, device="cpu", progress=False).save(path)
-    with safe_open(str(path), framework="pt") as fh:
-        meta, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
-    meta["con2_version"] = "0.1.0"
-    meta["sha256"] = tensor_digest(tensors, meta)
-    save_file(tensors, str(path), metadata=meta)
+    path = _resealed_bundle(run, tmp_path / "det.safetensors", lambda meta: meta.update(con2_version="0.1.0"))
     with pytest.raises(BundleError, match=rf"written by con2 0.1.0.*export its run \({run.name}\) again"):
         Con2Detector.load(path, device="cpu")
