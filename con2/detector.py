@@ -415,12 +415,12 @@ class Con2Detector(BaseEstimator):
         """X as the model's input images: through input_format_ unless `formatted` (made by it already)."""
         images = as_nhwc(X)
         h, w, c = self.input_shape_
+        if self.input_format_ is not None and not formatted:  # any size and channel count, made as the training images
+            images = self.input_format_.apply(images)
         if images.shape[-1] != c:
             one_rgb = isinstance(X, torch.Tensor) and X.dim() == 3 and X.shape[0] == 3
             hint = " (a torch [3, H, W] tensor is 3 grayscale images; one RGB image is [1, 3, H, W])" if one_rgb else ""
             raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}{hint}")
-        if self.input_format_ is not None and not formatted:  # any size, resized and cropped as the training images
-            images = self.input_format_.apply(images)
         if images.shape[1:3] != (h, w):
             raise ValueError(f"X images are {images.shape[2]}x{images.shape[1]} px, "
                              f"the detector was fitted on {w}x{h} px (or fit with image_size=S to resize "

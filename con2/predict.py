@@ -68,8 +68,6 @@ def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tu
     {"stretched": [...], "dark": [...], "unreadable": [(file, why)]}: the files far from the run's
     shape, those near black and, with skip_bad, those left out because they cannot be read (else
     the first is an error); not yet warned about."""
-    from PIL import Image
-
     from .data.datasets import resize_images
     from .data.decode import DataError, MissingDependency, decode_image, read_header
     from .data.images import center_crop_array
@@ -100,9 +98,7 @@ def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tu
             odd["stretched"].append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
         if (brightest := int(arr.max())) < NEAR_BLACK:
             odd["dark"].append(f"{f} (brightest pixel {brightest})")
-        if arr.shape[-1] != channels:
-            arr = (np.repeat(arr, 3, axis=-1) if channels == 3
-                   else np.asarray(Image.fromarray(arr).convert("L"), dtype=np.uint8)[..., None])
+        arr = fmt.in_channels(arr)
         out[i] = resize_images(arr[None], size, fmt.keep_aspect)[0]  # no-op for folders (decoded at the size)
     return center_crop_array(out if read.all() else out[read], fmt.center_crop), odd
 

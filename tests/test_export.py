@@ -264,3 +264,13 @@ def test_a_bundle_from_another_version_names_its_run_to_export_again(cropped_run
     path = _resealed_bundle(run, tmp_path / "det.safetensors", lambda meta: meta.update(con2_version="0.1.0"))
     with pytest.raises(BundleError, match=rf"written by con2 0.1.0.*export its run \({run.name}\) again"):
         Con2Detector.load(path, device="cpu")
+
+
+def test_a_bundle_converts_channels_as_predict_converts_files(cropped_run, tmp_path):
+    run, _ = cropped_run
+    det = Con2Detector.from_run(run, views=2, device="cpu", progress=False)  # a grey run
+    rgb = np.random.default_rng(4).integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+    grey = np.stack([np.asarray(Image.fromarray(im).convert("L")) for im in rgb])
+    np.testing.assert_array_equal(det.decision_function(rgb), det.decision_function(grey))
+    with pytest.raises(ValueError, match="channel"):  # already formatted: taken as it is, so checked
+        det.decision_function_formatted(rgb[:, :12, :12])

@@ -41,13 +41,28 @@ class InputFormat:
         """(H, W) of the model's input images."""
         return (self.center_crop, self.center_crop) if self.center_crop else self.size
 
+    def in_channels(self, image: np.ndarray) -> np.ndarray:
+        """One uint8 [H, W, C] image in this format's channel count, as con2 predict converts files:
+        grey to RGB by repetition (as the loaders do), colour to grey by Pillow's luma."""
+        if image.shape[-1] == self.channels:
+            return image
+        if self.channels == 3:
+            return np.repeat(image, 3, axis=-1)
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(image).convert("L"), dtype=np.uint8)[..., None]
+
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Raw uint8 [N, H, W, C] images of any size as the model's input: resized as the run's
         images were (a folder's with Pillow's bicubic filter, as its files are decoded; an array
-        data set's with the antialiased bilinear resize), then centre-cropped. Every image is: one
-        that happens to have the crop's size is still resized first, as con2 predict would."""
+        data set's with the antialiased bilinear resize), then centre-cropped, in this format's
+        channel count (in_channels). Every image is: one that happens to have the crop's size is
+        still resized first, as con2 predict would."""
         from .images import center_crop_array
         from .loaders.common import resize_images
+
+        if images.shape[-1] != self.channels:
+            images = np.stack([self.in_channels(im) for im in images])
 
         if self.folder_decoding and len(images):
             from PIL import Image
@@ -56,7 +71,7 @@ class InputFormat:
 
             resized = np.stack([np.asarray(resize_decoded(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im),
                                                           self.size, self.keep_aspect), dtype=np.uint8)
-                                for im in images]).reshape(len(images), *self.size, images.shape[-1])
+                                for im in images]).reshape(len(images), *self.size, self.channels)
         else:
             resized = resize_images(images, self.size, self.keep_aspect)
         return center_crop_array(resized, self.center_crop)
