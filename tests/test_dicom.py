@@ -330,3 +330,20 @@ def test_info_says_which_compressed_dicom_syntaxes_are_decoded_here():
         assert (name in decoded) == get_decoder(getattr(uid, name)).is_available
         if not get_decoder(getattr(uid, name)).is_available:
             assert f"not decoded: {name} (" in text
+
+
+def test_a_dcm_file_without_the_dicom_preamble_is_read_as_a_bare_data_set(tmp_path):
+    """Older (ACR-NEMA style) exports hold the data set alone: no 128-byte preamble, no 'DICM'."""
+    pydicom = pytest.importorskip("pydicom", minversion="3.0")
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 5, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = (np.arange(20, dtype=np.uint16) * 100).tobytes()
+    f = tmp_path / "old.dcm"
+    pydicom.dcmwrite(f, ds, implicit_vr=True, little_endian=True)
+    assert f.read_bytes()[128:132] != b"DICM"
+    assert read_header(f) == (1, (4, 5))
+    want = np.round(np.arange(20, dtype=np.float64) / 19 * 255).astype(np.uint8).reshape(4, 5, 1)
+    np.testing.assert_array_equal(decode_image(f, None), want)

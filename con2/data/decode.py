@@ -175,12 +175,16 @@ def _read_dicom(path, pixels: bool):
     except ImportError:
         raise MissingDependency(f"{path}: reading DICOM files needs pydicom 3: pip install 'con2[dicom]'") from None
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+        except InvalidDicomError:
+            ds = _without_preamble(path, pixels)
         frames = int(ds.get("NumberOfFrames") or 1)
         pi = str(ds.get("PhotometricInterpretation") or "").strip()
         samples = int(ds.get("SamplesPerPixel") or 1)
     except InvalidDicomError:
-        raise DataError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128)") from None
+        raise DataError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128, and no image data set "
+                        "without one)") from None
     except Exception as e:  # truncated, or a damaged header
         raise DataError(f"{path}: cannot read the DICOM file: {type(e).__name__}: {_one_line(e)}") from None
     if frames > 1:
@@ -201,6 +205,30 @@ def _read_dicom(path, pixels: bool):
     if decoder is not None and not decoder.is_available:
         raise MissingDependency(f"{path}: no decoder for its compressed DICOM transfer syntax {syntax.name} is "
                                 f"installed ({'; '.join(decoder.missing_dependencies)})")
+    return ds
+
+
+def _without_preamble(path, pixels: bool):
+    """A .dcm / .dicom file written without DICOM's preamble and file meta (older ACR-NEMA style
+    exports): read as a bare data set, its transfer syntax the encoding pydicom found. A file that
+    is no image data set read this way (any file parses as some elements) is InvalidDicomError."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if Path(path).suffix.lower() not in DICOM_SUFFIXES:
+        raise InvalidDicomError(f"{path}: no DICOM preamble")
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+    except Exception:
+        raise InvalidDicomError(f"{path}: not a DICOM data set") from None
+    if "Rows" not in ds or "Columns" not in ds or "PhotometricInterpretation" not in ds:
+        raise InvalidDicomError(f"{path}: not an image data set")
+    implicit, little = ds.original_encoding
+    ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
     return ds
 
 
