@@ -298,6 +298,12 @@ def test_folder_corrupt_image(tmp_path):
     assert str(broken) not in s.train_files + s.test_files
     assert "skipped 1 unreadable file(s), first: " in s.summary() and "broken.png" in s.summary()
     assert "note: the test split needs" not in s.summary()
+    # why it was skipped, after its name; and the first by name, not by when it failed
+    (tmp_path / "a" / "0-empty.png").write_bytes(b"")
+    s = load_split(cfg(dataset="folder", data_root=str(tmp_path), normal_class=["a"], skip_bad_files=True))
+    assert s.meta["skipped_paths"] == [str(tmp_path / "a" / "0-empty.png"), str(broken)]
+    first = s.summary().split("first: ")[1]
+    assert first.startswith(f"{tmp_path / 'a' / '0-empty.png'}: ") and "Error" in first.split(";")[0]
     s.test_labels = np.zeros_like(s.test_labels)  # a test split without anomalies is said up front
     assert "note: the test split needs normal and anomalous images" in s.summary()
 

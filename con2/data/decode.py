@@ -332,8 +332,9 @@ def read_header(path: Path) -> tuple[int, tuple[int, int]]:
 
 def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: str = "decoding"
               ) -> tuple[list, list]:
-    """[fn(file)] in file order on threads (None where a file fails), and the files that failed.
-    A failure raises a DataError naming the file unless skip_bad; progress is shown on a terminal."""
+    """[fn(file)] in file order on threads (None where a file fails), and the (file, why) pairs of
+    those that failed. A failure raises a DataError naming the file unless skip_bad; progress is
+    shown on a terminal."""
     from tqdm.auto import tqdm
 
     def safe(p):
@@ -352,4 +353,4 @@ def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: s
     bad = [(p, err) for p, (_, err) in zip(files, results) if err is not None]
     if bad and not skip_bad:
         raise DataError(f"cannot read image {bad[0][1]} (use --skip-bad-files to skip unreadable files)")
-    return [r for r, _ in results], [p for p, _ in bad]
+    return [r for r, _ in results], bad

@@ -105,20 +105,20 @@ class FolderImages:
                                f"{hint or ' (as their headers say); --image-size S makes every image S x S'}")
         return center_crop_array(image[None], self.crop)[0]
 
-    def load(self, skip_bad: bool = False) -> tuple[np.ndarray, list[str]]:
-        """(every image in one uint8 array, the files left out), as the folder loader holds a part in
+    def load(self, skip_bad: bool = False) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """(every image in one uint8 array, the (file, why) pairs left out), as the folder loader holds a part in
         memory: decoded straight into the array, so the images are never held twice. A file that
         cannot be decoded raises a DataError naming it, or with skip_bad is left out (the rows after
         it move up in place)."""
         out, failed = self._decode_rows("", skip_bad)
         if not failed:
             return out, []
-        gone = {i for i, _ in failed}
+        gone = {i for (i, _), _ in failed}
         kept = [i for i in range(len(self.files)) if i not in gone]
         for j, i in enumerate(kept):  # i >= j: each row moves up into a row already read
             if i != j:
                 out[j] = out[i]
-        return out[:len(kept)], [path for _, path in failed]
+        return out[:len(kept)], [(path, why) for (_, path), why in failed]
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
@@ -128,7 +128,7 @@ class FolderImages:
 
     def _decode_rows(self, hint: str, skip_bad: bool) -> tuple[np.ndarray, list]:
         """Every image decoded straight into one uint8 array (never a second copy of the images), and
-        the (row, file) pairs that failed (map_files: raised unless skip_bad)."""
+        ((row, file), why) of those that failed (map_files: raised unless skip_bad)."""
         out = np.empty(self.shape, np.uint8)
 
         def put(item):
@@ -139,7 +139,7 @@ class FolderImages:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out, failed = self._decode_rows(DAMAGED, skip_bad=True)
-        for i, path in failed:  # decoded again here: one still unreadable raises the DataError naming it
+        for (i, path), _ in failed:  # decoded again here: one still unreadable raises the DataError naming it
             out[i] = self._decode(path)
         return out if dtype is None else out.astype(dtype)
 

@@ -98,7 +98,8 @@ class OneClassSplit:
             f"{len(self.test)} test ({len(self.test) - n_anom} normal / {n_anom} anomalous), "
             f"{self.train.shape[2]}x{self.train.shape[1]}x{self.channels}"
             + self._resized()
-            + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: {self.meta['skipped_paths'][0]}"
+            + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: "
+               f"{self.meta.get('skipped_first') or self.meta['skipped_paths'][0]}"
                if self.meta.get("skipped_files") else "")
             + ("".join(f"; {p} decoded from the files on access" for p in ("train", "val", "test")
                        if not isinstance(self.part(p), np.ndarray)))

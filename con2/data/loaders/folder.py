@@ -76,6 +76,16 @@ def _read_header(path: Path):
     return read_header(path)
 
 
+def _path_of(skipped: tuple) -> str:
+    return str(skipped[0])
+
+
+def _why_skipped(skipped: list[tuple]) -> str:
+    """The first skipped file (in name order) with why: map_files' reason names the file first."""
+    path, why = min(skipped, key=_path_of)
+    return why if str(path) in why else f"{path}: {why}"
+
+
 def _check_sizes(sizes: list[tuple[int, int]], files: list) -> tuple[int, int]:
     """The common (H, W) of images of these (H, W) sizes; all must share one (else --image-size is needed)."""
     h, w = tuple(sizes[0]) if sizes else (1, 1)
@@ -254,13 +264,13 @@ def load_folder(cfg) -> OneClassSplit:
         if s in held:
             images, bad = images.load(cfg.skip_bad_files)
             skipped += bad
-            bad = set(bad)
+            bad = {str(f) for f, _ in bad}
             ok = [i for i in ok if str(files[i]) not in bad]
         part_files[s] = [str(files[i]) for i in ok]
         parts[s] = (images, labels[ok])
     if skipped and not np.isin(parts["train"][1], normal).any():
         raise DataError(f"{root}: no readable training image of normal class {', '.join(cfg.normal_class)} "
-                        f"({len(skipped)} unreadable file(s) skipped, e.g. {skipped[0]})")
+                        f"({len(skipped)} unreadable file(s) skipped, e.g. {_why_skipped(skipped)})")
     if channels == 3 and not any(header[Path(f)][0] == 3 for s in parts for f in part_files[s]):
         # the only colour files were among those skipped: the rest are grayscale, as if they had never been
         parts = {s: (np.ascontiguousarray(a[..., :1]) if s in held
@@ -270,7 +280,8 @@ def load_folder(cfg) -> OneClassSplit:
     parts.setdefault("val", None)
 
     meta = {"source": str(root), "split": "given" if has_tree else "seeded", "resize": cfg.resize,
-            "skipped_files": len(skipped), "skipped_paths": [str(p) for p in skipped]}
+            "skipped_files": len(skipped), "skipped_paths": [str(p) for p, _ in sorted(skipped, key=_path_of)],
+            "skipped_first": _why_skipped(skipped) if skipped else None}
     if not has_tree:
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
                     n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
