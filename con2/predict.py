@@ -68,12 +68,10 @@ def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tu
     {"stretched": [...], "dark": [...], "unreadable": [(file, why)]}: the files far from the run's
     shape, those near black and, with skip_bad, those left out because they cannot be read (else
     the first is an error); not yet warned about."""
-    from .data.datasets import resize_images
     from .data.decode import DataError, MissingDependency, decode_image, read_header
-    from .data.images import center_crop_array
 
-    size, channels, folder = fmt.size, fmt.channels, fmt.folder_decoding
-    out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
+    size, folder = fmt.size, fmt.folder_decoding
+    out = np.empty((len(files), *fmt.output_size, fmt.channels), dtype=np.uint8)
     odd = _no_odd_files()
     read = np.zeros(len(files), dtype=bool)
     for i, f in enumerate(files):
@@ -98,9 +96,8 @@ def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tu
             odd["stretched"].append(f"{f} ({hw[1]}x{hw[0]} px: {problem})")
         if (brightest := int(arr.max())) < NEAR_BLACK:
             odd["dark"].append(f"{f} (brightest pixel {brightest})")
-        arr = fmt.in_channels(arr)
-        out[i] = resize_images(arr[None], size, fmt.keep_aspect)[0]  # no-op for folders (decoded at the size)
-    return center_crop_array(out if read.all() else out[read], fmt.center_crop), odd
+        out[i] = fmt.apply(arr[None])[0]  # the resize a no-op for folders (decoded at the size)
+    return (out if read.all() else out[read]), odd
 
 
 def _no_odd_files() -> dict[str, list]:
