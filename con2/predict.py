@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.decode import IMAGE_SUFFIXES, NEAR_BLACK, DataError, list_images, not_a_file
+from .data.decode import IMAGE_NAMES, NEAR_BLACK, DataError, list_images, not_a_file
 from .data.input_format import InputFormat
 
 DEFAULT_TARGET_FPR = 0.05
@@ -38,8 +38,7 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             found = list_images(p, strict=True)
             if not found:
-                raise FileNotFoundError(f"{p}: no image files in this folder (image files end in "
-                                        f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise FileNotFoundError(f"{p}: no image files in this folder ({IMAGE_NAMES})")
             files += found
         elif p.is_file():
             files.append(p)

@@ -150,6 +150,39 @@ def test_a_dicom_without_a_suffix_is_recognised_by_its_marker(tmp_path, write_dc
     np.testing.assert_array_equal(decode_image(f, None), decode_image(write_dcm(tmp_path / "a.dcm", raw), None))
 
 
+def test_folders_list_dicom_files_named_as_exports_name_them(tmp_path, write_dcm, monkeypatch):
+    """PACS exports name DICOM files IM0001 or by a UID, without .dcm: a folder of them read as empty."""
+    import os
+
+    from con2.data import ContextSet, ViewConfig, dali
+    from con2.data.sources import make_batch_source, resolve_pipeline
+    from con2.predict import list_inputs
+
+    raw = np.arange(20, dtype=np.uint16).reshape(4, 5)
+    export = tmp_path / "export"
+    for cls in ("good", "bad"):
+        (export / cls / "SE1").mkdir(parents=True)
+        for name in ("IM0001", "IM0002", "1.2.840.113619.2.55.3", "scan.IMA"):
+            write_dcm(export / cls / "SE1" / name, raw)
+    write_dcm(export / "good" / "DICOMDIR", raw)  # an export's index: not an image (real ones hold no pixels)
+    (export / "good" / "README").write_text("x" * 200)  # suffix-less, no marker
+    (export / "good" / "1.2.3").write_bytes(b"\0" * 200)  # a UID-like name, no marker
+    (export / "good" / "report.pdf").write_bytes(b"\0" * 128 + b"DICM")  # a marker, but another kind of file
+    os.mkfifo(export / "good" / "IM9999")  # never opened: it would wait for a writer
+    listed = list_images(export / "good")
+    assert [p.name for p in listed] == ["1.2.840.113619.2.55.3", "IM0001", "IM0002", "scan.IMA"]
+    assert list_inputs([export / "good"]) == listed
+
+    monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")  # files decoded on access: auto picks a file pipeline
+    split = load_split(TrainConfig(dataset="folder", data_root=str(export), normal_class=["good"], image_size=5))
+    assert sorted(Path(f).name for f in split.train_files + split.test_files).count("IM0001") == 2
+    np.testing.assert_array_equal(np.asarray(split.train)[0], decode_image(write_dcm(tmp_path / "a.dcm", raw), 5))
+    monkeypatch.setattr(dali, "available", lambda: True)
+    assert resolve_pipeline("auto", split, "cpu") == "workers"
+    with pytest.raises(ValueError, match=r"DALI cannot decode DICOM files such as .*export"):
+        make_batch_source("dali", split, ContextSet("flip"), ViewConfig(size=5), 2, 0, "cpu")
+
+
 def test_files_con2_cannot_read_are_named_in_one_line(tmp_path, write_dcm):
     multi = write_dcm(tmp_path / "multi.dcm", np.zeros((2, 4, 5), np.uint16), NumberOfFrames=2)
     junk = tmp_path / "junk.dcm"
@@ -272,7 +305,7 @@ def test_dali_is_not_picked_for_dicom_files_and_refuses_them(tmp_path, write_dcm
     assert resolve_pipeline("auto", split, "cpu") == "workers"
     png = dataclasses.replace(split, train_files=[f.replace(".dcm", ".png") for f in split.train_files])
     assert resolve_pipeline("auto", png, "cpu") == "dali"  # the suffix alone decides it
-    with pytest.raises(ValueError, match=r"DALI cannot decode \.dcm files such as .*0\.dcm"):
+    with pytest.raises(ValueError, match=r"DALI cannot decode DICOM files such as .*0\.dcm"):
         make_batch_source("dali", split, ContextSet("flip"), ViewConfig(size=8), 4, 0, "cpu")
 
 

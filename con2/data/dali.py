@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .contexts import ContextSet
+from .dicom import is_dicom
 from .batches import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
@@ -39,6 +40,11 @@ from .views import ViewConfig
 # con2 reads these (Pillow; DICOM with pydicom), DALI's image decoder does not (it takes JPEG, JPEG 2000,
 # PNG, TIFF, BMP, PNM, WebP): --pipeline auto picks workers for them, --pipeline dali refuses them.
 DALI_CANNOT_DECODE = {".gif", ".dcm", ".dicom"}
+
+
+def cannot_decode(path) -> bool:
+    """A file DALI's decoder cannot read: a GIF or a DICOM file (by suffix, or one named IM0001)."""
+    return Path(path).suffix.lower() in DALI_CANNOT_DECODE or is_dicom(path)
 
 
 def _import():
@@ -177,10 +183,11 @@ class DaliBatchSource(GlobalBatches):
         if not split.train_files:
             raise ValueError(f"--pipeline dali needs an image-folder data set ({split.name} has no train files)")
         self.files = [str(f) for f in split.train_files]
-        gifs = [f for f in self.files if Path(f).suffix.lower() in DALI_CANNOT_DECODE]
-        if gifs:
-            raise ValueError(f"--pipeline dali: DALI cannot decode {Path(gifs[0]).suffix} files such as {gifs[0]} "
-                             f"({len(gifs)} in the train split); use --pipeline tensor or workers")
+        odd = [f for f in self.files if cannot_decode(f)]
+        if odd:
+            kind = "GIF" if Path(odd[0]).suffix.lower() == ".gif" else "DICOM"
+            raise ValueError(f"--pipeline dali: DALI cannot decode {kind} files such as {odd[0]} "
+                             f"({len(odd)} in the train split); use --pipeline tensor or workers")
         self.channels = split.channels
         self.hw, self.crop = split.file_decoding
         self.keep_aspect = split.meta.get("resize") == "shorter-side"

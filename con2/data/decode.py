@@ -1,6 +1,6 @@
 """Reading image files: listing a folder's images, decoding one file as every con2 loader does,
 reading a file's header only, and decoding many files on threads (I/O and decoding overlap).
-Files are read with Pillow, DICOM files with pydicom (optional extra `con2[dicom]`)."""
+Files are read with Pillow, DICOM files with pydicom (con2.data.dicom)."""
 from __future__ import annotations
 
 import os
@@ -12,26 +12,15 @@ from typing import Callable
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """A data set cannot be loaded as asked; the message is one line saying why."""
-
-
-class ImageChanged(DataError):
-    """A file decodes to another size or channel count than its header said: not a file to skip."""
+from .dicom import DICOM_SUFFIXES, PILLOW_SUFFIXES, decode_dicom, dicom_header, is_dicom, may_be_unnamed_dicom
+from .errors import DataError, ImageChanged, MissingDependency
 
 
-class MissingDependency(DataError):
-    """A file con2 reads only with an optional package installed (pydicom, a DICOM decoder plugin):
-    not a damaged file to skip, so --skip-bad-files does not drop it."""
+IMAGE_SUFFIXES = PILLOW_SUFFIXES | DICOM_SUFFIXES
+# What a folder's listing reads, for the errors that find none
+IMAGE_NAMES = (f"image files end in {', '.join(sorted(IMAGE_SUFFIXES))}, or are DICOM files named without a "
+               "suffix (IM0001) or by a UID")
 
-
-DICOM_SUFFIXES = {".dcm", ".dicom"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"
-                  } | DICOM_SUFFIXES
-# DICOM photometric interpretations read: grayscale, and colour that pydicom gives (or converts to) as RGB
-DICOM_GRAY = ("MONOCHROME1", "MONOCHROME2")
-DICOM_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 # A decoded image whose every pixel is under this is near black: most often 12-bit data stored in
 # 16-bit files, read as 16-bit (training and con2 predict warn of it).
 NEAR_BLACK = 32
@@ -44,8 +33,8 @@ _EXIF_ORIENTATION = 0x0112
 
 def list_images(folder: Path, strict: bool = False) -> list[Path]:
     """Image files under `folder` (recursively, into symlinked folders too, each real folder once),
-    sorted; hidden files and anything inside hidden folders (.ipynb_checkpoints, .thumbnails, ...)
-    and other suffixes ignored. An image-named entry that is not a file (a dangling symlink, a FIFO)
+    sorted (is_image_file: by suffix, and DICOM files by their marker); hidden files, anything inside
+    hidden folders (.ipynb_checkpoints, .thumbnails, ...) and other files ignored. An image-named entry that is not a file (a dangling symlink, a FIFO)
     is passed over, or with `strict` (con2 predict, which has no --skip-bad-files) a DataError naming it."""
     found, seen = [], set()
     # os.walk, not rglob: rglob skips symlinked sub-folders, and their images would be left out unsaid
@@ -56,13 +45,21 @@ def list_images(folder: Path, strict: bool = False) -> list[Path]:
             continue
         seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath) / f for f in filenames
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        found += [Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(Path(dirpath) / f)]
     if strict:  # else such an image would silently get no score
         bad = next((p for p in sorted(found) if not p.is_file()), None)
         if bad is not None:
             raise DataError(f"cannot read image {bad}: {not_a_file(bad)}")
     return sorted(p for p in found if p.is_file())
+
+
+def is_image_file(path: Path) -> bool:
+    """A name con2 reads as an image: one of IMAGE_SUFFIXES, or a regular file named as exports name
+    DICOM files (IM0001, a UID; see may_be_unnamed_dicom) that carries DICOM's marker."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    # is_file first: opening a FIFO to look for the marker would wait for a writer
+    return may_be_unnamed_dicom(path.name) and path.is_file() and is_dicom(path)
 
 
 def not_a_file(path: Path) -> str:
@@ -110,11 +107,11 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
     orientation (as DALI's decoder and photo viewers show it), resized to size x size or (H, W) when
     set (bicubic, as folder data sets are resized); keep_aspect (--resize shorter-side, a square
     size): the shorter side to that size, then the centred square. Grayscale of more than 8 bits:
-    see _to_8bit; DICOM files: see _decode_dicom."""
+    see _to_8bit; DICOM files: see con2.data.dicom.decode_dicom."""
     from PIL import Image, ImageOps
 
-    if _is_dicom(path):
-        arr = np.array(resize_decoded(Image.fromarray(_decode_dicom(path)), size, keep_aspect), dtype=np.uint8)
+    if is_dicom(path):
+        arr = np.array(resize_decoded(Image.fromarray(decode_dicom(path)), size, keep_aspect), dtype=np.uint8)
         return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(path) as img:
         img.load()
@@ -145,143 +142,6 @@ def resize_decoded(img, size, keep_aspect):
         top, left = _crop_corner(hh, ww, h)  # the centred square, at torchvision's offsets
         return img.resize((ww, hh), Image.BICUBIC).crop((left, top, left + w, top + h))
     return img.resize((w, h), Image.BICUBIC) if img.size != (w, h) else img
-
-
-def _is_dicom(path) -> bool:
-    """A .dcm / .dicom file, or a file of another (or no) suffix with DICOM's "DICM" marker at byte
-    128 (PACS exports are often named IM0001); files of Pillow's suffixes are not opened to check."""
-    suffix = Path(path).suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return suffix in DICOM_SUFFIXES
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:  # left to the decoder to report
-        return False
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _read_dicom(path, pixels: bool):
-    """The pydicom data set of a DICOM file (its header only unless `pixels`), checked to be one 2-D
-    image con2 can decode; each refusal is a one-line DataError naming the file."""
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import get_decoder  # pydicom 3: it names the plugin a compressed file lacks
-    except ImportError:
-        raise MissingDependency(f"{path}: reading DICOM files needs pydicom 3: pip install 'con2[dicom]'") from None
-    try:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
-        except InvalidDicomError:
-            ds = _without_preamble(path, pixels)
-        frames = int(ds.get("NumberOfFrames") or 1)
-        pi = str(ds.get("PhotometricInterpretation") or "").strip()
-        samples = int(ds.get("SamplesPerPixel") or 1)
-    except InvalidDicomError:
-        raise DataError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128, and no image data set "
-                        "without one)") from None
-    except Exception as e:  # truncated, or a damaged header
-        raise DataError(f"{path}: cannot read the DICOM file: {type(e).__name__}: {_one_line(e)}") from None
-    if frames > 1:
-        raise DataError(f"{path}: a multi-frame DICOM of {frames} frames; con2 reads 2-D images "
-                        f"(save the frame to use as a file of its own)")
-    if "Rows" not in ds or "Columns" not in ds:
-        raise DataError(f"{path}: the DICOM file holds no image (no Rows / Columns)")
-    if pi not in DICOM_GRAY + DICOM_COLOUR or samples != (3 if pi in DICOM_COLOUR else 1):
-        raise DataError(f"{path}: DICOM photometric interpretation {pi or '(none)'} with {samples} sample(s) "
-                        f"per pixel is not read (con2 reads MONOCHROME1, MONOCHROME2, RGB and YBR)")
-    if pixels and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DataError(f"{path}: the DICOM file has no pixel data")
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    try:
-        decoder = get_decoder(syntax) if syntax else None
-    except NotImplementedError:
-        raise DataError(f"{path}: pydicom cannot decode DICOM transfer syntax {syntax} ({syntax.name})") from None
-    if decoder is not None and not decoder.is_available:
-        raise MissingDependency(f"{path}: no decoder for its compressed DICOM transfer syntax {syntax.name} is "
-                                f"installed ({'; '.join(decoder.missing_dependencies)})")
-    return ds
-
-
-def _without_preamble(path, pixels: bool):
-    """A .dcm / .dicom file written without DICOM's preamble and file meta (older ACR-NEMA style
-    exports): read as a bare data set, its transfer syntax the encoding pydicom found. A file that
-    is no image data set read this way (any file parses as some elements) is InvalidDicomError."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.errors import InvalidDicomError
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    if Path(path).suffix.lower() not in DICOM_SUFFIXES:
-        raise InvalidDicomError(f"{path}: no DICOM preamble")
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
-    except Exception:
-        raise InvalidDicomError(f"{path}: not a DICOM data set") from None
-    if "Rows" not in ds or "Columns" not in ds or "PhotometricInterpretation" not in ds:
-        raise InvalidDicomError(f"{path}: not an image data set")
-    implicit, little = ds.original_encoding
-    ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-    return ds
-
-
-def _voi_range(ds, apply_voi_lut) -> tuple[float, float, bool] | None:
-    """(black, white, is_lut): what apply_voi_lut makes of values below and above the first VOI LUT
-    or window of `ds` (the LUT first, as apply_voi_lut prefers it), or None when it has neither."""
-    lut = (ds.get("VOILUTSequence") or [None])[0]
-    if lut is not None and lut.get("LUTDescriptor") is not None and lut.get("LUTData") is not None:
-        entries, first = lut.LUTDescriptor[0] or 2**16, lut.LUTDescriptor[1]
-        probe = np.array([first - 1, first + entries])  # its first and last entries
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        probe = np.array([-np.inf, np.inf])  # a window's output range, whatever its VOI LUT function
-    else:
-        return None
-    black, white = apply_voi_lut(probe, ds, index=0)
-    return float(black), float(white), probe.dtype.kind == "i"
-
-
-def _decode_dicom(path) -> np.ndarray:
-    """A 2-D DICOM image as uint8 [H, W] or [H, W, 3], shown as radiology viewers show it. Grayscale:
-    the Rescale Slope / Intercept (modality LUT), then the first VOI LUT or window from black to
-    white when the file has one, else its own min..max (a constant image is black); MONOCHROME1
-    inverted, so that white is dense as in MONOCHROME2. Colour: RGB (YBR converted), by its bit depth."""
-    ds = _read_dicom(path, pixels=True)  # first: it names a missing pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    pi = ds.PhotometricInterpretation
-    try:
-        a = ds.pixel_array  # YBR converted to RGB by pydicom
-        if pi in DICOM_COLOUR:
-            frac = a / float(2 ** int(ds.BitsStored) - 1)
-        else:
-            a = apply_modality_lut(a, ds)
-            if not np.isfinite(a).all():
-                raise DataError(f"{path}: the image has NaN or infinite pixel values")
-            voi = _voi_range(ds, apply_voi_lut)
-            if voi is None:
-                black, white = float(a.min()), float(a.max())
-            else:
-                black, white, is_lut = voi
-                if is_lut and a.dtype.kind == "f":  # rescaled: a LUT maps whole values (pydicom warns of floats)
-                    a = np.round(a).astype(np.int64)
-                a = apply_voi_lut(a, ds, index=0)
-            if white == black:  # a constant image (or window): black, not 0 / 0
-                return np.zeros(a.shape, np.uint8)
-            frac = (a - black) / (white - black)
-            if pi == "MONOCHROME1":
-                frac = 1.0 - frac
-    except DataError:
-        raise
-    except Exception as e:  # damaged pixel data, or a window pydicom refuses
-        raise DataError(f"{path}: cannot decode the DICOM pixel data: {type(e).__name__}: {_one_line(e)}") from None
-    return (np.asarray(frac, np.float64) * 255.0).clip(0, 255).round().astype(np.uint8)
 
 
 def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -316,9 +176,8 @@ def read_header(path: Path) -> tuple[int, tuple[int, int]]:
     Rows and Columns; a file con2 cannot decode (multi-frame, no decoder plugin, ...) raises here."""
     from PIL import Image
 
-    if _is_dicom(path):
-        ds = _read_dicom(path, pixels=False)
-        return (3 if ds.PhotometricInterpretation in DICOM_COLOUR else 1), (int(ds.Rows), int(ds.Columns))
+    if is_dicom(path):
+        return dicom_header(path)
     with Image.open(path) as img:
         w, h = img.size
         if img.format == "PNG" and "exif" not in img.info:

@@ -6,8 +6,6 @@ deterministic given (seed, epoch), so training resumes mid-epoch exactly.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -70,7 +68,7 @@ def resolve_pipeline(kind: str, split: OneClassSplit, device) -> str:
     if isinstance(split.train, np.ndarray) and fits_on_device(split.train.nbytes, torch.device(device)):
         return "tensor"
     files = split.train_files or []
-    if files and dali.available() and not any(Path(f).suffix.lower() in dali.DALI_CANNOT_DECODE for f in files):
+    if files and dali.available() and not any(dali.cannot_decode(f) for f in files):
         return "dali"
     return "workers"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..decode import IMAGE_SUFFIXES, NEAR_BLACK, DataError, list_images, map_files, not_a_file, read_header
+from ..decode import IMAGE_NAMES, IMAGE_SUFFIXES, NEAR_BLACK, DataError, is_image_file, list_images, map_files, not_a_file, read_header
 from ..images import FolderImages
 from ..split import OneClassSplit
 from .common import one_class_split, refuse_split_options, seeded_normal_split
@@ -47,7 +47,7 @@ def _warn_of_unread_entries(root: Path) -> None:
     others = sorted(d.name + "/" for d in root.iterdir()
                     if d.is_dir() and d.name not in SPLIT_FOLDERS and not d.name.startswith("."))
     loose = [f"{s}/{p.name}" for s in SPLIT_FOLDERS if (root / s).is_dir()
-             for p in sorted((root / s).iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+             for p in sorted((root / s).iterdir()) if p.is_file() and is_image_file(p)]
     if others:
         warnings.warn(f"{root}: {', '.join(others)} not read: the split folders are train/, val/ and test/ "
                       "(rename a validation folder to val/ to calibrate on it)")
@@ -223,8 +223,8 @@ def load_folder(cfg) -> OneClassSplit:
                         f"{', '.join(sorted(normal_tree)) or 'none'}")
     empty = [c for c in cfg.normal_class if not normal_tree.get(c)]
     if empty:
-        raise DataError(f"{where}: normal class folder {empty[0]!r} holds no images (image files end in "
-                        f"{', '.join(sorted(IMAGE_SUFFIXES))}); give it some, or leave it out of --normal-class")
+        raise DataError(f"{where}: normal class folder {empty[0]!r} holds no images ({IMAGE_NAMES}); "
+                        "give it some, or leave it out of --normal-class")
 
     # Flatten every part to (files, labels) before decoding so one decode pass serves all parts.
     def flat(tree):
