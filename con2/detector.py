@@ -20,16 +20,15 @@ above it (`con2.metrics.calibrate_threshold`). `decision_scores_` and `labels_` 
 images' scores and labels (so shorter than X, unlike PyOD, whose are the training images': scores
 of the training images themselves are meaningless for S_NND, each finds itself).
 
-`save(path)` writes ONE safetensors file: encoder weights, the NND bank and / or the Gaussian
-statistics, the calibration scores (aggregated and per view); the options, the state (threshold, input shape, views) and
-the con2 version as JSON in the header metadata, with a SHA-256 over all tensors and that JSON.
-`Con2Detector.load(path)` never unpickles; a bundle from another con2 version, of another
-format, or whose contents do not match the digest fails with `BundleError`. The digest
-detects corruption and edits by tools that do not know to recompute it; it is not a signature.
+`save(path)` writes ONE safetensors file (`con2.bundle`): encoder weights, the NND bank and / or
+the Gaussian statistics, the calibration scores (aggregated and per view); the options, the state
+(threshold, input shape, views, input format, source run) and the con2 version as JSON in its
+header, with a SHA-256 over all of it. `Con2Detector.load(path)` never unpickles; a bundle from
+another con2 version, of another format, or whose contents do not match the digest fails with
+`BundleError`.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -40,21 +39,19 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
-from . import __version__
+from .bundle import BundleError, bundle_path, read_bundle, write_bundle
 from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.input_format import InputFormat
 from .data.loaders.common import resize_images
 from .data.split import to_nchw
 from .evaluate import check_crop_scale, check_views_crop_scale, scoring_view_config
-from .files import replacing, tensor_digest, utf8_name
 from .metrics import calibrate_threshold
 from .model import Con2Model
 from .ops.reference import row_norms
 from .scoring import (AGGREGATES, BANK_DTYPES, SCORERS, FeatureBank, Gaussian, Scorer, View, ViewEncoder,
                       aggregate)
 
-BUNDLE_FORMAT = "con2-detector/1"
 # Options the fitted state depends on (the encoder's training, the held-out split, the bank's views,
 # scorer and dtype): with one changed since fit, scoring and save fail until the next fit.
 REFIT_PARAMS = ("context", "objective", "epochs", "batch_size", "image_size", "scorer", "views", "seed", "amp",
@@ -64,10 +61,6 @@ REFIT_PARAMS = ("context", "objective", "epochs", "batch_size", "image_size", "s
 # the model and bank there, the others do not change any score.
 LIVE_PARAMS = ("aggregate", "target_fpr", "contamination", "device", "score_batch_size", "out", "progress")
 
-
-
-class BundleError(ValueError):
-    """A detector bundle cannot be loaded: wrong format or version, or tampered with."""
 
 
 class NotFittedError(SklearnNotFittedError):
@@ -512,50 +505,18 @@ class Con2Detector(BaseEstimator):
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector as one .safetensors bundle (see the module docstring)."""
-        from safetensors.torch import save_file
-
         self._check_fitted()
-        path = bundle_path(path)
-        tensors = self._tensors()
-        meta = {"format": BUNDLE_FORMAT, "con2_version": __version__,
-                "params": json.dumps({k: v for k, v in self.get_params().items()}, sort_keys=True,
-                                     default=_numpy_scalar),
-                "state": json.dumps(self._state(), sort_keys=True)}
-        meta["sha256"] = tensor_digest(tensors, meta)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return path
+        path = bundle_path(path)  # before the tensors are gathered: a bad path fails first
+        return write_bundle(path, self._tensors(), self.get_params(), self._state())
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "Con2Detector":
         """Load a bundle written by `save`; never unpickles."""
-        from safetensors import safe_open
-
         from .run import resolve_device
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no detector bundle at {path}")
         dev = resolve_device(device)  # a bad device is the caller's error, not the file's
+        params, state, tensors = read_bundle(path)
         try:
-            with utf8_name(path) as name, safe_open(name, framework="pt") as fh:
-                meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as exc:
-            raise BundleError(f"{path} is not a readable safetensors bundle ({type(exc).__name__}: {exc})") from exc
-        if meta.get("format") != BUNDLE_FORMAT:
-            run = (" (a run's weights: give its folder with --run, or make a bundle of it with con2 export)"
-                   if str(meta.get("format", "")).startswith("con2-model") else "")
-            raise BundleError(f"{path} is not a con2 detector bundle (format {meta.get('format')!r}, "
-                              f"expected {BUNDLE_FORMAT!r}){run}")
-        if meta.get("con2_version") != __version__:
-            raise BundleError(f"{path} was written by con2 {meta.get('con2_version')}, this is con2 {__version__}; "
-                              f"{_remake_advice(meta)}")
-        if meta.get("sha256") != tensor_digest(tensors, meta):
-            raise BundleError(f"{path} has been modified since it was saved: its SHA-256 does not match its contents")
-        try:
-            params, state = json.loads(meta["params"]), json.loads(meta["state"])
             if isinstance(params.get("crop_scale"), list):  # JSON has no tuples
                 params["crop_scale"] = tuple(params["crop_scale"])
             det = cls(**params)
@@ -591,51 +552,9 @@ class Con2Detector(BaseEstimator):
             det._calibration_views = tensors.get("calibration.views")  # None in bundles saved before it was kept
             det._fitted_params = det._refit_params()
             det._calibrated_for = (det.aggregate, det._check_params())
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             raise BundleError(f"{path} is an inconsistent con2 bundle: {type(exc).__name__}: {exc}") from exc
         return det
-
-
-def _remake_advice(meta: dict) -> str:
-    """How to get a bundle of this con2 version: export its run again, or refit."""
-    try:
-        run = (json.loads(meta.get("state", "{}")).get("source_run") or {}).get("run")
-    except (ValueError, AttributeError):
-        run = None
-    return (f"export its run ({run}) again with this version: con2 export --run RUN --out FILE" if run else
-            "refit the detector with this version")
-
-
-# Paths that name a process's standard streams: a bundle written "to" one would replace the link
-STREAMS = ("/proc/", "/dev/fd/", "/dev/stdin", "/dev/stdout", "/dev/stderr")
-
-
-def bundle_path(path: str | Path) -> Path:
-    """The file a bundle is written to at `path` (a link's target file, the link kept), checked to be
-    one that can be replaced in one step; else an error naming it, before any work."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'detector.safetensors'}")
-    link = os.readlink(path) if path.is_symlink() else ""
-    if os.path.abspath(path).startswith(STREAMS) or link.startswith(STREAMS):
-        raise ValueError(f"{path} is a standard stream; a bundle is a binary file written in one step: "
-                         "give a file path")
-    if path.is_symlink() and path.resolve().is_file():
-        path = path.resolve()
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ValueError(f"{path} is not a regular file (a device, a FIFO or a dangling link); give a file path")
-    return path
-
-
-def is_bundle(path: Path) -> bool:
-    """Whether `path` is a con2 detector bundle (its header says so; contents not checked)."""
-    from safetensors import safe_open
-
-    try:
-        with utf8_name(path) as name, safe_open(name, framework="pt") as fh:
-            return (fh.metadata() or {}).get("format") == BUNDLE_FORMAT
-    except Exception:  # not a safetensors file at all
-        return False
 
 
 def _calibration(scores: np.ndarray, target_fpr: float) -> tuple[np.ndarray, float, np.ndarray]:
@@ -682,15 +601,6 @@ def _input_format(state: dict, det: "Con2Detector") -> InputFormat | None:
         return fmt
     h, w, c = det.input_shape_
     return InputFormat(size=(h, w), channels=c) if det.image_size is not None else None
-
-
-def _numpy_scalar(value):
-    """json.dumps default: numpy scalars (np.int64(4) views, ...) as Python numbers, paths (out) as str."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _view_cfg_json(cfg: ViewConfig) -> dict:

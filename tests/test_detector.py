@@ -8,7 +8,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from con2 import Con2Detector
-from con2.detector import BundleError, NotFittedError
+from con2.bundle import BundleError
+from con2.detector import NotFittedError
 from con2.files import tensor_digest
 
 

@@ -17,7 +17,7 @@ from con2.config import TrainConfig
 from con2.data.decode import decode_image
 from con2.data.input_format import InputFormat
 from con2.data.loaders.common import resize_images
-from con2.detector import BundleError
+from con2.bundle import BundleError
 from con2.files import tensor_digest
 from con2.metrics import calibrate_threshold
 from con2.train import train

@@ -150,7 +150,8 @@ def _check_bundle_file(path: Path) -> None:
 # ----------------------------------------------------------------------------- export
 
 def _export(args) -> None:
-    from ..detector import Con2Detector, bundle_path, is_bundle
+    from ..bundle import bundle_path, is_bundle
+    from ..detector import Con2Detector
     from ..evaluate import check_views_crop_scale
 
     if str(args.out) == "-":
