@@ -27,7 +27,7 @@ demo: install
 	$(VENV)/bin/con2 demo
 
 test: install
-	$(PY) -m pytest tests -q
+	CON2_REQUIRE_NATIVE=1 $(PY) -m pytest tests -q
 
 bench: install
 	$(PY) -m pytest benchmarks -q

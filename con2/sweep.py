@@ -8,7 +8,9 @@ a later command with more classes or seeds adds to them, one with fewer leaves t
 deviations (ddof = 1; none, an empty CSV field, for a single value).
 
 Each class and seed is listed once: a repeated seed, or two names of one class ("8" and "08",
-"0" and "airplane"), is refused before anything runs, as it would count one run twice. Run
+"0" and "airplane"), is refused before anything runs, as it would count one run twice; a class the
+folder already holds under another name (`--classes cat` after `--classes all`, which lists "3")
+keeps that name, so a later command resumes its runs instead of training them again. Run
 folders are `class-<class>-seed<seed>` with other characters than A-Z a-z 0-9 _ . - escaped as
 %XX, so two classes never share one ("a b" and "a_b" of an image folder).
 
@@ -17,7 +19,9 @@ touched; a run whose model exists is only evaluated (after checking it was train
 sweep's settings); a half-trained run continues from its checkpoint (`train(..., resume=True)`,
 which checks the same). The manifest and the tables are rewritten atomically.
 
-A run that fails (bad data for one class, a loss that turns non-finite, ...) is marked failed with
+The data are loaded for the first run to train before the folder is made, so a problem every run
+shares (a missing data file, a bad option) is refused once, before anything is written. A later
+run that fails (bad data for one class, a loss that turns non-finite, ...) is marked failed with
 its error and the sweep goes on; the tables are written from the runs that finished, and the sweep
 then ends with an error listing the failures (rerunning retries them). Ctrl-C stops the sweep.
 """
@@ -182,18 +186,20 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     dataclasses.replace(base, normal_class=[classes[0]], seed=seeds[0]).validate()
     view_plan(views, None)  # the evaluation's, too: else each run would fail after its training
     views, scorers, aggregate = int(views), list(check_scorers(scorers)), check_aggregate(aggregate)
-    out.mkdir(parents=True, exist_ok=True)
     eval_settings = {"views": views, "aggregate": aggregate, "scorers": scorers}
     manifest = load_manifest(out, base, eval_settings)
+    classes = _as_named_before(base, manifest, classes)
     todo = [(c, s) for c in classes for s in seeds]
     run_keys = _run_keys(out, manifest, todo)
+    first = _first_split(base, out, todo, run_keys, manifest)
+    out.mkdir(parents=True, exist_ok=True)
     for c, s in todo:
         key = run_keys[(c, s)]
         manifest["runs"].setdefault(key, {"class": c, "seed": s, "dir": key, "status": "pending"})
     write_json(out / MANIFEST, manifest)
     try:
         _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, aggregate, eval_batch_size,
-                            progress, debug)
+                            progress, debug, first)
     except KeyboardInterrupt:
         print("\nsweep stopped; rerun the same con2 sweep command to continue it", flush=True)
         raise
@@ -212,14 +218,43 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     return summary
 
 
+def _as_named_before(base: TrainConfig, manifest: dict, classes: list[str]) -> list[str]:
+    """Each class under the name the sweep folder already holds its runs by ("3" when "cat" is
+    asked after `--classes all`, "8" for "08"): one class, one set of runs in the tables."""
+    named = {}
+    for entry in manifest["runs"].values():
+        named.setdefault(_class_identity(base, str(entry["class"])), entry["class"])
+    return [named.get(_class_identity(base, c), c) for c in classes]
+
+
+def _first_split(base: TrainConfig, out: Path, todo, run_keys, manifest) -> tuple:
+    """(class, its OneClassSplit) of the first run not done, loaded before anything is written: a data
+    problem every run shares (a missing file) is refused once, not met by each run. The split does
+    not depend on the seed, so that class's runs train on it instead of loading it again. (None,
+    None) when every run is done or the first is under way (train resumes it on the split it had)."""
+    from .data import DataError, load_split
+
+    pending = next(((c, s) for c, s in todo if (manifest["runs"].get(run_keys[(c, s)]) or {}).get("status") != "done"),
+                   None)
+    if pending is None or (out / run_keys[pending]).exists():
+        return None, None
+    try:
+        return pending[0], load_split(dataclasses.replace(base, normal_class=[pending[0]], seed=pending[1]))
+    except (DataError, OSError) as exc:
+        raise ValueError(f"the data of the first run to train ({run_keys[pending]}) cannot be loaded, so nothing "
+                         f"was run: {exc}") from None
+
+
 def _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, aggregate, eval_batch_size,
-                        progress, debug) -> None:
+                        progress, debug, first=(None, None)) -> None:
     """Each (class, seed) in turn, its status kept in the manifest; a failing run is recorded and
-    the others go on (Ctrl-C stops them all)."""
+    the others go on (Ctrl-C stops them all). first: (class, split) already loaded (_first_split)."""
     from . import train as train_mod
     from .evaluate import evaluate_run
 
     for i, (c, s) in enumerate(todo, 1):
+        if c != first[0]:
+            first = (None, None)  # past that class's runs: its images are not held any longer
         key = run_keys[(c, s)]
         entry = manifest["runs"][key]
         if entry["status"] == "done":
@@ -235,7 +270,7 @@ def _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, agg
                     print(f"[{i}/{len(todo)}] {key}: training", flush=True)
                 entry["status"] = "training"
                 write_json(out / MANIFEST, manifest)
-                train_mod.train(cfg, progress=progress, resume=True)
+                train_mod.train(cfg, split=first[1], progress=progress, resume=True)
             else:  # its checkpoint is checked by train's resume; a finished run only here
                 wrong = identity_mismatch(read_json(run_dir / "config.json"), cfg)
                 if wrong:  # a folder left by another sweep (its manifest deleted): not this sweep's run

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from con2.cli.main import build_parser
 from con2.config import PAPER_EPOCHS, TrainConfig
 from con2.demo import DEMO
@@ -103,3 +105,16 @@ def test_sigterm_outside_trainings_step_loop_stops_the_command_like_ctrl_c():
     args = argparse.Namespace(command="train", func=lambda a: os.kill(os.getpid(), signal.SIGTERM))
     assert _run(args) == 130
     assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone with it
+
+
+def test_the_native_extension_is_built_where_make_test_requires_it():
+    """The native ops' tests skip without con2._C (a user without a compiler can still run the suite),
+    so a build that silently failed would leave CI testing only the references. `make test` sets
+    CON2_REQUIRE_NATIVE=1: there a missing or partial extension fails here."""
+    from con2 import ops
+
+    if os.environ.get("CON2_REQUIRE_NATIVE") != "1":
+        pytest.skip("CON2_REQUIRE_NATIVE is not set (make test sets it)")
+    assert ops._native is not None, f"con2._C is not loaded: {ops.NATIVE_IMPORT_ERROR}"
+    assert ops._native.has_kernels("cpu"), "con2._C lacks CPU kernels for some ops"
+    assert ops.native_views("cpu")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from con2.config import TrainConfig
 from con2.data import ContextSet, DataError, OneClassSplit, ViewConfig, load_split
+from con2.data.decode import decode_image
 from con2.data.images import FolderImages, ImageSet
 from con2.data.sources import make_batch_source, resolve_pipeline
 from con2.model import Con2Model
@@ -370,9 +371,11 @@ def test_load_decodes_a_repeated_file_into_every_row_it_fills(tmp_path):
     imgs = FolderImages(sorted(str(p) for p in (tmp_path / "good").glob("*.png")), (16, 20), 1)
     picked = imgs[np.array([0, 3, 0, 3])]
     loaded, skipped = picked.load()
-    assert skipped == []
-    np.testing.assert_array_equal(loaded, np.asarray(picked))
-    np.testing.assert_array_equal(loaded[0], loaded[2])
+    assert skipped == [] and loaded.shape == (4, 16, 20, 1)
+    want = [decode_image(imgs.files[i], (16, 20)) for i in (0, 3, 0, 3)]  # each row its own file, decoded alone
+    np.testing.assert_array_equal(loaded, np.stack(want))
+    assert not np.array_equal(want[0], want[1])
+    np.testing.assert_array_equal(np.asarray(picked), loaded)
 
 
 def test_a_damaged_file_in_a_part_decoded_on_access_does_not_fail_the_dark_check(tmp_path, no_memory):

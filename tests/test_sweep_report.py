@@ -254,9 +254,10 @@ def test_report_renders_in_headless_chromium(report_page, tmp_path):
     assert 'data-loaded="4/4"' in dom
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
-    subprocess.run(args + ["--window-size=1100,3200", f"--screenshot={shot}", report_page.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and shot.stat().st_size > 20_000
+    shot.unlink(missing_ok=True)  # a screenshot of an earlier run must not pass for this one
+    done = subprocess.run(args + ["--window-size=1100,3200", f"--screenshot={shot}", report_page.as_uri()],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0 and shot.exists() and shot.stat().st_size > 20_000
 
 
 def test_cli_stops_quietly_when_its_reader_leaves(monkeypatch, capsys, tmp_path):
@@ -484,3 +485,45 @@ def test_cli_names_a_sweep_folder_given_as_a_run_and_prefixes_option_errors_with
     with pytest.raises(SystemExit):
         main(["evaluate", "--run", str(tmp_path), "--views", "3"])
     assert capsys.readouterr().err.startswith("con2 evaluate: error: argument --views")
+
+
+def test_a_later_sweep_command_naming_a_class_another_way_resumes_its_runs(tmp_path, monkeypatch):
+    """`--classes 8` then `--classes 08` (or a name, then `all`'s index) trained the class again under
+    the new name and counted it twice in the tables."""
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    run_sweep(base, ["8"], [0, 1], tmp_path, views=0, progress=False)
+    summary = run_sweep(base, ["08", "3"], [0, 1], tmp_path, views=0, progress=False)
+    assert calls == [("8", 0), ("8", 1), ("3", 0), ("3", 1)]  # 08 is 8: done, not trained again
+    assert {c: row["nnd"][2] for c, row in summary["classes"].items()} == {"8": 2, "3": 2}
+    assert summary["all"]["nnd"][2] == 4
+    assert sorted(p.name for p in tmp_path.glob("class-*")) == [
+        "class-3-seed0", "class-3-seed1", "class-8-seed0", "class-8-seed1"]
+    calls.clear()
+    cifar = TrainConfig(dataset="cifar10", device="cpu")
+    from con2.sweep import _as_named_before
+
+    manifest = {"runs": {"class-cat-seed0": {"class": "cat", "seed": 0}}}
+    assert _as_named_before(cifar, manifest, dataset_classes(cifar))[3] == "cat"  # all's "3" is the cat runs
+
+
+def test_a_data_problem_every_run_shares_is_refused_once_before_the_sweep_folder_is_made(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    out = tmp_path / "sweep"
+    missing = TrainConfig(dataset="npz", data_file=str(tmp_path / "missing.npz"), device="cpu")
+    with pytest.raises(ValueError, match=r"the data of the first run to train \(class-1-seed0\) cannot be loaded, "
+                                         r"so nothing was run: data file not found: .*missing\.npz"):
+        run_sweep(missing, ["1"], [0, 1], out, views=0, progress=False)
+    with pytest.raises(ValueError, match="--dataset npz needs --data-file PATH.npz"):
+        run_sweep(TrainConfig(dataset="npz", device="cpu"), "all", [0], out, views=0, progress=False)
+    with pytest.raises(ValueError, match="--dataset npz needs --data-file PATH.npz"):
+        run_sweep(TrainConfig(dataset="npz", device="cpu"), ["0"], [0], out, views=0, progress=False)
+    assert calls == [] and not out.exists()
+    # the split loaded for that check is the one the first class's runs train on
+    seen = []
+    monkeypatch.setattr(train_mod, "train", lambda cfg, split=None, **kw: (seen.append(split), fake_train(calls)(cfg, split))[1])
+    run_sweep(TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu"), ["8", "3"], [0, 1], out,
+              views=0, progress=False)
+    assert seen[0] is not None and seen[1] is seen[0] and seen[2:] == [None, None]

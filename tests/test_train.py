@@ -272,17 +272,33 @@ def test_ctrl_c_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "cut"))
 
 
-@pytest.mark.parametrize("objective", ["context", "content", "simclr"])
-def test_objectives_train(tmp_path, objective):
+@pytest.mark.parametrize("objective,loss", [("context", "context_only_loss"), ("content", "content_only_loss"),
+                                            ("simclr", "simclr_loss")])
+def test_objectives_train_with_their_own_loss(tmp_path, monkeypatch, objective, loss):
+    import con2.train
+
+    called = []
+    for name in ("con2_loss", "context_only_loss", "content_only_loss", "simclr_loss"):
+        fn = getattr(con2.train, name)
+        monkeypatch.setattr(con2.train, name, lambda *a, _n=name, _f=fn: (called.append(_n), _f(*a))[1])
     run = train(tiny_cfg(tmp_path / objective, epochs=1, objective=objective, context="flip"),
                 tiny_split(channels=3), progress=False)
-    assert (run / "model.safetensors").exists()
+    assert set(called) == {loss} and len(called) > 0
+    cfg, _ = load_run(run)
+    assert cfg.objective == objective
 
 
-def test_more_than_two_contexts(tmp_path):
+def test_two_contexts_compose_into_four(tmp_path, monkeypatch):
+    """invert,flip: the identity, invert, flip and both; every step contrasts all four."""
+    import con2.train
+
+    seen, loss = [], con2.train.con2_loss
+    monkeypatch.setattr(con2.train, "con2_loss",
+                        lambda z1, z2, labels, *a: (seen.append(labels.unique().tolist()), loss(z1, z2, labels, *a))[1])
     run = train(tiny_cfg(tmp_path / "k4", epochs=1, context="invert,flip"), tiny_split(), progress=False)
     cfg, model = load_run(run)
     assert cfg.context == "invert,flip"
+    assert seen and all(labels == [0, 1, 2, 3] for labels in seen)
 
 
 def test_load_run_rejects_foreign_weights(tmp_path):
@@ -580,6 +596,7 @@ def test_predict_reads_the_files_a_chunk_at_a_time_with_the_same_scores(tmp_path
     from PIL import Image
 
     import con2.data.images
+    import con2.predict
     from con2.data import load_split
     from con2.predict import predict_files
 
@@ -592,9 +609,12 @@ def test_predict_reads_the_files_a_chunk_at_a_time_with_the_same_scores(tmp_path
         warnings.simplefilter("always")
         want = predict_files(run, files, views=2, threshold=0.0, progress=False)
     monkeypatch.setattr(con2.data.images, "CHUNK_BYTES", 2 * 16 * 16)  # the run's 16 px grey images
+    reads, read = [], con2.predict._read
+    monkeypatch.setattr(con2.predict, "_read", lambda part, *a: (reads.append(list(part)), read(part, *a))[1])
     with warnings.catch_warnings(record=True) as chunked:
         warnings.simplefilter("always")
         got = predict_files(run, files, views=2, threshold=0.0, progress=False)
+    assert reads == [files[0:2], files[2:4], files[4:5]]  # read 2 files at a time
     assert [r["file"] for r in got] == [str(f) for f in files]
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-6, atol=1e-7)
     msgs = [str(w.message) for w in chunked if "resized to the run's" in str(w.message)]
@@ -721,16 +741,22 @@ def test_scoring_options_have_clear_limits(tmp_path, capsys):
         evaluate_model(model, cfg, no_test, views=2, progress=False)
 
 
-def test_a_checkpoint_is_read_onto_the_cpu_so_its_rng_states_restore(tmp_path):
+def test_a_checkpoint_is_read_onto_the_cpu_so_its_rng_states_restore(tmp_path, monkeypatch):
     """The checkpoint was read with map_location=the training device; torch.set_rng_state takes CPU
     byte tensors only, so every resume on a GPU failed with "RNG state must be a torch.ByteTensor"
     (test_resume_on_the_gpu runs the real thing where a GPU is present)."""
+    import dataclasses
+
     from con2.run import data_fingerprint
     from con2.train import _read_checkpoint, _set_rng_state
 
     split, cfg = tiny_split(), tiny_cfg(tmp_path / "a")
     train(cfg, split, progress=False, stop_after_steps=2)
-    ckpt = _read_checkpoint(tmp_path / "a" / "checkpoint.pt", cfg, data_fingerprint(split))
+    where, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (where.append(k.get("map_location")), load(*a, **k))[1])
+    on_gpu = dataclasses.replace(cfg, device="cuda")  # a resume on a GPU, here where none is needed
+    ckpt = _read_checkpoint(tmp_path / "a" / "checkpoint.pt", on_gpu, data_fingerprint(split))
+    assert where == ["cpu"]
     assert ckpt["rng"]["cpu"].device.type == "cpu" and ckpt["rng"]["cpu"].dtype == torch.uint8
     with pytest.raises(TypeError, match="ByteTensor"):  # what a state on another device met
         torch.set_rng_state(ckpt["rng"]["cpu"].to("meta"))

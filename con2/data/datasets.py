@@ -150,6 +150,8 @@ def class_names(cfg) -> dict | None:
         return dict(enumerate(CIFAR100_SUPERCLASSES))
     if ds in MEDMNIST:
         return dict(MEDMNIST[ds][1])
+    if not cfg.data_file:
+        raise DataError("--dataset npz needs --data-file PATH.npz")
     with np.load(cfg.data_file, allow_pickle=False) as z:
         labels = [np.ravel(z[k]) for k in ("labels", "train_labels", "val_labels", "test_labels") if k in z]
         return _npz_class_table(np.concatenate(labels), z)
