@@ -188,6 +188,14 @@ def test_cifar_npz_fake_and_missing(tmp_path):
     s = load_split(cfg(dataset="cifar100", data_root=str(tmp_path), normal_class=["4"]))
     check_split(s, 10, 0, 200, 190)  # 5 fine classes x 2 images
     assert set(s.test_classes) == set(range(20))
+    # the score files name an npz's rows (its order need not be the official files'; named by its filenames array)
+    assert s.sources["test"][:2] == ["cifar100.npz:test_images[0]", "cifar100.npz:test_images[1]"]
+    np.savez(tmp_path / "cifar100.npz", **dict(np.load(tmp_path / "cifar100.npz")),
+             test_filenames=np.array([f"img{i}.png" for i in range(200)]))
+    s = load_split(cfg(dataset="cifar100", data_root=str(tmp_path), normal_class=["4"]))
+    assert s.sources["test"][:2] == ["cifar100.npz:img0.png", "cifar100.npz:img1.png"]
+    train_rows = [int(r.split("[")[1][:-1]) for r in s.sources["train"]]
+    assert (CIFAR100_FINE_TO_COARSE[fine[train_rows]] == 4).all()  # each name in step with its image
     with pytest.raises(DataError, match="cifar10 not found"):
         load_split(cfg(dataset="cifar10", data_root=str(tmp_path), normal_class=["0"]))
 

@@ -527,3 +527,25 @@ def test_a_data_problem_every_run_shares_is_refused_once_before_the_sweep_folder
     run_sweep(TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu"), ["8", "3"], [0, 1], out,
               views=0, progress=False)
     assert seen[0] is not None and seen[1] is seen[0] and seen[2:] == [None, None]
+
+
+def test_out_dash_is_standard_output_and_the_report_refuses_it(monkeypatch, capsys, tmp_path):
+    """`con2 score --out -` wrote a file named "-" and said so; the Unix spelling of standard output."""
+    import numpy as np
+
+    import con2.evaluate
+    from con2.cli.main import main
+
+    scores = con2.evaluate.SplitScores("test", "nnd", "mean", np.array([0.5, 1.5]), np.zeros((2, 2)), [0, 1],
+                                       ["a", "b"], None)
+    monkeypatch.setattr(con2.evaluate, "score_split", lambda *a, **k: scores)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["score", "--run", str(run), "--out", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("index,label,class") and len(out.splitlines()) == 3
+    assert "wrote" not in err and not (tmp_path / "-").exists()
+    assert main(["report", "--run", str(run), "--out", "-"]) == 2
+    assert "--out -: the report is an HTML page written to a file" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()

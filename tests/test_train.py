@@ -486,6 +486,8 @@ def test_scoring_refuses_data_that_changed_since_training(tmp_path, monkeypatch)
     assert json.loads((run / "config.json").read_text())["data_file"] == str(tmp_path / "a.npz")  # absolute
     monkeypatch.chdir(tmp_path.parent)  # the run still finds its data from another directory
     assert np.isfinite(score_split(run, views=2, progress=False).scores).all()
+    with pytest.raises(ValueError, match=r"score_split scores with one scorer \('nnd' or 'lh'\), got \['nnd', 'lh'\]"):
+        score_split(run, "test", ["nnd", "lh"], views=2, progress=False)
     # weights (and model.json) of a run with the same settings on other data
     shutil.copytree(run, tmp_path / "swapped")
     for name in ("model.safetensors", "model.json"):

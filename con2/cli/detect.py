@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config import AGGREGATES, BANK_DTYPE_NAMES, MAX_VIEWS, SCORERS
-from .output import check_output, write_output
+from .output import check_output, to_stdout, write_output
 
 
 def _checked(convert, ok, expected: str):
@@ -75,7 +75,7 @@ def _score(args) -> None:
     result = score_split(args.run, args.split, args.scorer, args.views, args.aggregate, args.device, args.seed,
                          args.batch_size, args.bank_dtype, not args.quiet, args.crop_scale)
     write_output(lambda out: result.write_csv(out, args.per_view), args.out)
-    if args.out:
+    if not to_stdout(args.out):
         print(f"wrote {len(result.scores)} {args.split} scores to {args.out} (higher = more anomalous)",
               file=sys.stderr)
 
@@ -206,6 +206,8 @@ def _sweep(args) -> None:
 def _report(args) -> None:
     from ..report import build_report
 
+    if str(args.out) == "-":
+        raise ValueError("--out -: the report is an HTML page written to a file; give a file path (e.g. report.html)")
     check_output(args.out, example="report.html")
     _check_run(args.run)
     path = build_report(args.run, out=args.out, views=args.views, device=args.device,
@@ -219,7 +221,7 @@ def register(sub) -> None:
     _scoring_options(p, scorer_choice=True)
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which part of the run's split")
     p.add_argument("--per-view", action="store_true", help="also write every view's score")
-    p.add_argument("--out", default=None, help="CSV file (default: stdout)")
+    p.add_argument("--out", default=None, help="CSV file (default, or -: standard output)")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("evaluate", help="AUROC / AUPR / FPR95 of both scorers on the run's test split")
@@ -247,7 +249,7 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="use this threshold instead of calibrating one (not with --target-fpr)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="of the output (default csv)")
-    p.add_argument("--out", default=None, help="output file (default: stdout)")
+    p.add_argument("--out", default=None, help="output file (default, or -: standard output)")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="leave out files that cannot be read (named in a warning) instead of stopping")
     p.set_defaults(func=_predict)

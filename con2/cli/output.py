@@ -15,9 +15,14 @@ class ReaderGone(Exception):
     """The reader of standard output left; the command ends quietly (exit status 141, as SIGPIPE)."""
 
 
+def to_stdout(out: str | Path | None) -> bool:
+    """No --out, or `--out -` (the usual spelling of standard output): the table goes to standard output."""
+    return not out or str(out) == "-"
+
+
 def check_output(out: str | Path | None, option: str = "--out", example: str = "scores.csv") -> None:
     """Fail now, not after the work, on an --out that cannot be written; create its folder."""
-    if not out:
+    if to_stdout(out):
         return
     path = Path(out)
     if path.is_dir():
@@ -47,11 +52,12 @@ def names_on_stdout() -> None:
 
 
 def write_output(write: Callable[[IO[str]], None], out: str | Path | None) -> None:
-    """write(stream) into the file `out` (replaced in one step once complete), or to standard output.
+    """write(stream) into the file `out` (replaced in one step once complete), or to standard output
+    (no `out`, or "-").
     File and class names that are not UTF-8 (their bytes held as lone surrogates, PEP 383) are
     written as those bytes, as the file system has them: a reader decoding with surrogateescape
     gets the very path back, which no escaped form could promise (a name may hold a backslash)."""
-    if out:
+    if not to_stdout(out):
         with replacing(Path(out)) as tmp, open(tmp, "w", newline="", errors="surrogateescape") as fh:
             write(fh)
         return

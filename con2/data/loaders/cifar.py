@@ -9,8 +9,8 @@ import numpy as np
 
 from ..decode import DataError
 from ..split import OneClassSplit
-from .common import (available_classes, check_has_images, check_lengths, npz_parts, one_class_split, read_npz,
-                     refuse_split_options, resolve_classes)
+from .common import (available_classes, check_has_images, check_lengths, npz_parts, npz_row_names, one_class_split,
+                     read_npz, refuse_split_options, resolve_classes)
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -80,7 +80,11 @@ def load_cifar(cfg) -> OneClassSplit:
     _check_cifar_file(which, source, parts, 100 if fine else len(names))
     if fine:
         parts = {s: (x, CIFAR100_FINE_TO_COARSE[y]) for s, (x, y) in parts.items()}
-    return one_class_split(which, parts, normal, names, cfg.image_size, {"source": source, "split": "official"})
+    # an npz's rows (its own order, not necessarily the official files'): named for the score files
+    sources = ({s: npz_row_names(z, f"{s}_", len(y), Path(source)) for s, (_, y) in parts.items()}
+               if not source.startswith("torchvision:") else None)
+    return one_class_split(which, parts, normal, names, cfg.image_size, {"source": source, "split": "official"},
+                           sources=sources)
 
 
 def _check_cifar_file(which: str, source: str, parts: dict, n_labels: int) -> None:

@@ -83,6 +83,15 @@ def label_vector(labels: np.ndarray, where: str = "labels") -> np.ndarray:
     return y.astype(np.int64)
 
 
+def npz_row_names(z, prefix: str, n: int, path: Path) -> list[str]:
+    """Where each row of `{prefix}images` came from, for the score files: the file's own names
+    (`{prefix}filenames`, as BR35H's file has) where it has them for every row, else the row."""
+    key = f"{prefix}filenames"
+    if key in z and z[key].shape == (n,):
+        return [f"{path.name}:{v.decode(errors='replace') if isinstance(v, bytes) else v}" for v in z[key].tolist()]
+    return [f"{path.name}:{prefix}images[{i}]" for i in range(n)]
+
+
 def npz_parts(z, parts, where) -> dict:
     """{part: (images, labels)} from the `{part}_images` / `{part}_labels` arrays of an npz, each checked."""
     return {s: (nhwc_images(z[f"{s}_images"], f"{where}:{s}_images"),

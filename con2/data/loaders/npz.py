@@ -10,7 +10,7 @@ import numpy as np
 from ..decode import DataError
 from ..split import OneClassSplit
 from .common import (available_classes, check_has_images, check_lengths, label_vector, nhwc_images, npz_parts,
-                     one_class_split, read_npz, refuse_split_options, resolve_classes, seeded_normal_split)
+                     npz_row_names, one_class_split, read_npz, refuse_split_options, resolve_classes, seeded_normal_split)
 
 
 def load_npz(cfg) -> OneClassSplit:
@@ -53,22 +53,13 @@ def load_npz(cfg) -> OneClassSplit:
         parts = {s: (images[i], labels[i]) for s, i in idx.items()}
         meta.update(split_seed=cfg.split_seed, test_fraction=cfg.test_fraction,
                     n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
-        row_names = _row_names(z, "", len(labels), path)
+        row_names = npz_row_names(z, "", len(labels), path)
         sources = {s: [row_names[j] for j in i] for s, i in idx.items()}
     else:
-        sources = {s: _row_names(z, f"{s}_", len(y), path) for s, (_, y) in parts.items()}
+        sources = {s: npz_row_names(z, f"{s}_", len(y), path) for s, (_, y) in parts.items()}
     # MedMNIST, CIFAR and digits are square: only an npz's images may need --resize shorter-side
     return one_class_split(path.stem, parts, normal, names, cfg.image_size, meta, cfg.resize == "shorter-side",
                            sources)
-
-
-def _row_names(z, prefix: str, n: int, path: Path) -> list[str]:
-    """Where each row of `{prefix}images` came from, for the score files: the file's own names
-    (`{prefix}filenames`, as BR35H's file has) where it has them for every row, else the row."""
-    key = f"{prefix}filenames"
-    if key in z and z[key].shape == (n,):
-        return [f"{path.name}:{v.decode(errors='replace') if isinstance(v, bytes) else v}" for v in z[key].tolist()]
-    return [f"{path.name}:{prefix}images[{i}]" for i in range(n)]
 
 
 def _npz_class_table(labels: np.ndarray, z) -> dict:
