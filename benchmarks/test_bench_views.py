@@ -5,12 +5,17 @@ CPU: TensorViewPipeline with the native simclr_views kernel and with the torch o
 chunked) vs WorkerBatchSource (torchvision, 2 worker processes), timed in the same run. GPU
 (marked `gpu`, skipped without CUDA): the torch ops eager and torch.compile'd and the native
 CUDA kernel, and each one's time relative to one ResNet18 training step (Con2Model, forward +
-backward, bf16 autocast, channels_last) on the same 2048 views.
+backward, bf16 autocast, channels_last) on the same 2048 views. pytest-benchmark times one GPU
+call plus a synchronisation; the CUDA-event medians (pipeline and train step) are printed and
+kept in extra_info.
 
     pytest benchmarks/test_bench_views.py --benchmark-json=views.json
     CON2_BENCH_VIEWS_N=128 pytest benchmarks/test_bench_views.py     # smaller batches
     python benchmarks/test_bench_views.py --gpu                      # GPU table without pytest
-Every case checks its output (shape, range, layout) before it is timed.
+Every case checks its output (shape, dtype, memory layout, finite values in [-1, 1]) before it is
+timed, and the values where there is a reference: the native kernel's views (CPU) against the
+torch ops on the same random parameters (tests/test_views.py's tolerance, 5e-4 in float32), every
+GPU mode's bf16 views against the CPU torch ops on the parameters that mode drew.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import torch
 
 from con2.data.contexts import ContextSet
 from con2.data.split import OneClassSplit
-from con2.data.views import TensorViewPipeline, ViewConfig
+from con2.data.views import TensorViewPipeline, ViewConfig, ViewParams, apply_views, sample_view_params
 
 N = int(os.environ.get("CON2_BENCH_VIEWS_N", "512"))
 SIZES = [32, 224]
@@ -36,9 +41,28 @@ def _images(n, size, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def _check(views, n, size):
-    assert views.shape == (4 * n, 3, size, size)
-    assert torch.isfinite(views).all() and views.min() >= -1 and views.max() <= 1
+def _check(views, count, size, c=3, dtype=torch.float32, channels_last=False):
+    """`count` views of c channels: shape, dtype, memory layout, finite values in [-1, 1]."""
+    assert views.shape == (count, c, size, size) and views.dtype == dtype
+    assert views.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    v = views.float()
+    assert torch.isfinite(v).all() and v.min() >= -1 and v.max() <= 1
+
+
+def _assert_same_views(got, want, chunk=256):
+    """got against reference views `want` (float32), chunk by chunk (a batch at 224 px is 1.2 GB):
+    float32 as tests/test_views.py checks the native kernel (max |d| <= 5e-4, mean |d| < 1e-5),
+    bf16 / fp16 output at its rounding (rtol = atol = 1e-2)."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    exact = got.dtype == torch.float32
+    tol = dict(rtol=0, atol=5e-4) if exact else dict(rtol=1e-2, atol=1e-2)
+    total = 0.0
+    for i in range(0, got.shape[0], chunk):
+        g, w = got[i : i + chunk].float().cpu(), want[i : i + chunk].float().cpu()
+        torch.testing.assert_close(g, w, **tol, msg=lambda m, i=i: f"views from {i}: {m}")
+        total += (g - w).abs().double().sum().item()
+    if exact:
+        assert total / got.numel() < 1e-5, total / got.numel()
 
 
 def _record_rate(benchmark, views: int, stat: str) -> None:
@@ -58,7 +82,14 @@ def test_cpu_tensor_pipeline(benchmark, size, impl):
     x = torch.from_numpy(_images(N, size)).permute(0, 3, 1, 2).contiguous()
     pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), native=impl == "native")
     g = torch.Generator().manual_seed(0)
-    _check(pipe(x, g), N, size)
+    out = pipe(x, g)
+    _check(out, 4 * N, size)  # 2 contexts x 2 views of each sample
+    if impl == "native":  # the kernel against its reference, the torch ops, on the same draws
+        ref = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), native=False)
+        want = ref(x, torch.Generator().manual_seed(0))
+        _assert_same_views(out, want)
+        del want, ref
+    del out
     benchmark.group = f"views-cpu-{size}px"
     benchmark.pedantic(pipe, args=(x, g), rounds=3 if size <= 64 else 1, iterations=1, warmup_rounds=0)
     _record_rate(benchmark, 4 * N, "mean")
@@ -77,7 +108,7 @@ def test_cpu_worker_dataloader(benchmark, size):
         (_, views), = list(src.batches_from(next(epoch)))
         return views
 
-    _check(one_batch(), N, size)
+    _check(one_batch(), 4 * N, size)
     benchmark.group = f"views-cpu-{size}px"
     benchmark.pedantic(one_batch, rounds=3 if size <= 64 else 1, iterations=1, warmup_rounds=0)
     _record_rate(benchmark, 4 * N, "mean")
@@ -95,12 +126,33 @@ def test_cpu_test_time_views(benchmark, c, size, impl):
         pytest.skip("con2._C has no simclr_views kernel")
     imgs = torch.from_numpy(_images(256, size)).permute(0, 3, 1, 2)[:, :c].contiguous()
     ctx, plan = ContextSet("invert"), [View(0, 0, True), View(1, 1, True)]
-    enc = ViewEncoder(lambda x: x.mean((2, 3)), ViewConfig(size), ctx, plan, batch_size=256, native=impl == "native")
+
+    seen = []  # the views the timed encoder is given while checking (one batch of 256 per view)
+
+    def encode(x):
+        if seen is not None:
+            seen.append(x)
+        return x.mean((2, 3))
+
+    enc = ViewEncoder(encode, ViewConfig(size), ctx, plan, batch_size=256, native=impl == "native")
 
     def both():
         return [enc.encode(imgs, v, 0) for v in plan]
 
     assert all(f.shape == (256, c) and torch.isfinite(f).all() for f in both())
+    assert len(seen) == len(plan)
+    for views in seen:
+        _check(views, 256, size, c=c)
+    if impl == "native":  # against the torch ops' views (parameters keyed by image: the same draws)
+        want = []
+        ref = ViewEncoder(lambda x: want.append(x) or x.mean((2, 3)), ViewConfig(size), ctx, plan, batch_size=256,
+                          native=False)
+        for v in plan:
+            ref.encode(imgs, v, 0)
+        for got, views in zip(seen, want, strict=True):
+            _assert_same_views(got, views)
+        del want, ref
+    seen = None  # the timed rounds keep nothing
     benchmark.group = f"test-time-views-cpu-{c}ch-{size}px"
     benchmark.pedantic(both, rounds=3, iterations=1, warmup_rounds=0)
     _record_rate(benchmark, 512, "min")  # the minimum over rounds, as docs/PERFORMANCE.md reports this case
@@ -120,24 +172,39 @@ def _cuda_time(fn, reps=20):
     return float(np.median(times))
 
 
+def _cpu_reference(x_u8, cfg, params):
+    """The CPU torch ops (float32) on the views' parameters `params` (drawn on the GPU, copied
+    here), the views laid out as TensorViewPipeline lays them out for the invert context set: block
+    2k + v = context k, view v, n samples each."""
+    x = x_u8.cpu()
+    per_context = torch.stack(ContextSet("invert").apply_all(x))  # [K, n, C, H, W]
+    both = per_context[:, None].expand(-1, 2, -1, -1, -1, -1).reshape(-1, *x.shape[1:])
+    cpu_params = ViewParams(params.boxes.cpu(), params.hflip.cpu(), params.factors.cpu(), params.order.cpu(),
+                            params.gray.cpu())
+    return apply_views(both, cpu_params, cfg)
+
+
 def gpu_case(size, mode, n=N):
-    """(pipeline ms, train-step ms) for 4n views on the GPU; mode eager / compiled (torch ops) or
-    native (the simclr_views CUDA kernel); checks against eager first."""
+    """(pipeline ms, train-step ms, call) for 4n views on the GPU; mode eager / compiled (torch ops)
+    or native (the simclr_views CUDA kernel); call() makes one batch and waits for it. Checks the
+    views against the CPU torch ops on the same parameters first."""
     from con2.model import Con2Model
 
     dev = torch.device("cuda")
+    cfg = ViewConfig(size)
     x = torch.from_numpy(_images(n, size)).permute(0, 3, 1, 2).contiguous().to(dev)
     # native: the kernel with the default compile setting (random parameters derived by a compiled
-    # function, as in training); eager: no compilation at all
-    pipe = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), dtype=torch.bfloat16, channels_last=True,
+    # function, as in training); eager: no compilation at all; compiled: the torch ops' view function
+    # compiled (their parameters are derived eagerly either way)
+    pipe = TensorViewPipeline(ContextSet("invert"), cfg, dtype=torch.bfloat16, channels_last=True,
                               compile={"eager": False, "compiled": True, "native": None}[mode], native=mode == "native")
-    ref = TensorViewPipeline(ContextSet("invert"), ViewConfig(size), compile=False, native=False)
     out = pipe(x, torch.Generator(dev).manual_seed(0))
-    _check(out.float(), n, size)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    if mode != "eager":
-        diff = (out.float() - ref(x, torch.Generator(dev).manual_seed(0))).abs().max().item()
-        assert diff < 2e-2, diff  # bf16 output
+    _check(out, 4 * n, size, dtype=torch.bfloat16, channels_last=True)
+    # the same draws as the pipeline's: same generator seed, view count and derivation
+    params = sample_view_params(4 * n, size, size, cfg, torch.Generator(dev).manual_seed(0), dev,
+                                compile=mode == "native")
+    _assert_same_views(out, _cpu_reference(x, cfg, params))
+    del params
     g = torch.Generator(dev).manual_seed(1)
     t_pipe = _cuda_time(lambda: pipe(x, g))
 
@@ -153,7 +220,13 @@ def gpu_case(size, mode, n=N):
         opt.zero_grad(set_to_none=True)
 
     t_step = _cuda_time(step, reps=10)
-    return t_pipe, t_step
+
+    def call():
+        views = pipe(x, g)
+        torch.cuda.synchronize()
+        return views
+
+    return t_pipe, t_step, call
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -161,11 +234,15 @@ def gpu_case(size, mode, n=N):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_gpu_tensor_pipeline(benchmark, size, mode):
-    t_pipe, t_step = gpu_case(size, mode)
+    """pytest-benchmark times one call + synchronisation; extra_info: the CUDA-event medians."""
+    t_pipe, t_step, call = gpu_case(size, mode)
+    print(f"\n[views cuda] {size}px {mode}: pipeline {t_pipe:.3f} ms ({4 * N / t_pipe * 1e3:,.0f} views/s), "
+          f"train step {t_step:.3f} ms, ratio {t_pipe / t_step:.3f} (CUDA-event medians)")
     benchmark.group = f"views-cuda-{size}px"
     benchmark.extra_info.update(pipeline_ms=t_pipe, train_step_ms=t_step, ratio=t_pipe / t_step,
-                                views_per_s=4 * N / t_pipe * 1e3)
-    benchmark.pedantic(lambda: None, rounds=1)  # timed with CUDA events above
+                                views_per_s=4 * N / t_pipe * 1e3, timer="pipeline_ms, train_step_ms: CUDA-event "
+                                "medians of 20 / 10 calls; the benchmark's own stats: wall time of one call + sync")
+    benchmark.pedantic(call, rounds=20, iterations=1, warmup_rounds=1)
 
 
 if __name__ == "__main__" and "--gpu" in sys.argv:
@@ -176,7 +253,7 @@ if __name__ == "__main__" and "--gpu" in sys.argv:
         for mode in ("eager", "compiled", "native"):
             t0 = time.perf_counter()
             try:
-                tp, ts = gpu_case(size, mode)
+                tp, ts, _ = gpu_case(size, mode)
                 print(f"{size:4d}px {mode:8s}: pipeline {tp:8.3f} ms  "
                       f"({4 * N / tp * 1e3:,.0f} views/s)  train step {ts:8.3f} ms  ratio {tp / ts:.3f}  "
                       f"[case wall {time.perf_counter() - t0:.0f} s]", flush=True)

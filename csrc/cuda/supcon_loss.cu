@@ -1,7 +1,7 @@
 // CUDA SupCon / Con2 loss: forward and backward.
 //
 // Same blocked scheme as the CPU kernel: the M x M similarity is produced one row block
-// at a time by cuBLAS (float32, into a scratch block of at most 32 MB) and reduced by
+// at a time by cuBLAS (float32, into a scratch block of at most 64 MB) and reduced by
 // the kernels below: forward = one thread block per row (max, positive sum / count,
 // sum of exp, all in float32 or float64); backward = an elementwise kernel that turns
 // the recomputed block into H = G + G^T for those rows, then one GEMM dz = H @ z.
