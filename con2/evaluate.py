@@ -190,10 +190,11 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
     the bank built from its train images under the run's views (what `con2 score` writes)."""
     if part not in ("test", "val", "train"):
         raise ValueError(f"part must be test, val or train, got {part!r}")
-    if not isinstance(scorer, str):  # a list would fail deep inside; evaluate_run takes several
+    scorers = check_scorers(scorer)  # a name, or a sequence of one
+    if len(scorers) != 1:
         raise ValueError(f"score_split scores with one scorer ('nnd' or 'lh'), got {scorer!r}; "
                          "evaluate_run(run, scorers=...) scores with several")
-    (scorer,) = check_scorers(scorer)
+    (scorer,) = scorers
     check_views_crop_scale(views, crop_scale)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg, split)

@@ -211,7 +211,7 @@ def run_split(run_dir: str | Path, cfg: TrainConfig, split: OneClassSplit | None
                     f"{run_dir}: the training images differ from those its model was trained on ({source}: "
                     f"{saved['count']} images of {saved['shape']}; now {now['count']} of {now['shape']}, or other "
                     f"pixels): the data changed since training ({cfg.data_file or cfg.data_root}), or the "
-                    f"weights belong to another run")
+                    f"weights belong to another run{_listing_note(split)}")
     return split
 
 
@@ -230,6 +230,19 @@ def split_as_trained(cfg: TrainConfig) -> OneClassSplit:
             if all(getattr(cfg, k) == v for k, v in defaults.items()):
                 raise
             cfg = dataclasses.replace(cfg, **defaults)
+
+
+def _listing_note(split: OneClassSplit) -> str:
+    """A folder run's training files that earlier con2 did not list (DICOM files without a .dcm
+    suffix, read since the eighteenth session): the likely reason its images now differ."""
+    from .data.decode import IMAGE_SUFFIXES
+
+    files = (split.train_files or []) + (split.test_files or [])  # a file of test/ shifts a seeded split too
+    unnamed = [f for f in files if Path(f).suffix.lower() not in IMAGE_SUFFIXES]
+    if not unnamed:
+        return ""
+    return (f"; among them {len(unnamed)} DICOM file(s) without a .dcm suffix such as {unnamed[0]}, which con2 "
+            "now reads and earlier versions left out: move them aside to use this run, or train it again")
 
 
 def data_fingerprint(split: OneClassSplit) -> dict:

@@ -19,10 +19,10 @@ touched; a run whose model exists is only evaluated (after checking it was train
 sweep's settings); a half-trained run continues from its checkpoint (`train(..., resume=True)`,
 which checks the same). The manifest and the tables are rewritten atomically.
 
-The data are loaded for the first run to train before the folder is made, so a problem every run
-shares (a missing data file, a bad option) is refused once, before anything is written. A later
-run that fails (bad data for one class, a loss that turns non-finite, ...) is marked failed with
-its error and the sweep goes on; the tables are written from the runs that finished, and the sweep
+The data files every run reads are checked before the folder is made (con2.data.check_data_source:
+a missing file or --data-file is refused once, not met by each run in turn). A run that fails (bad
+data for one class, a loss that turns non-finite, ...) is marked failed with its error and the
+sweep goes on; the tables are written from the runs that finished, and the sweep
 then ends with an error listing the failures (rerunning retries them). Ctrl-C stops the sweep.
 """
 from __future__ import annotations
@@ -191,7 +191,13 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     classes = _as_named_before(base, manifest, classes)
     todo = [(c, s) for c in classes for s in seeds]
     run_keys = _run_keys(out, manifest, todo)
-    first = _first_split(base, out, todo, run_keys, manifest)
+    if any((manifest["runs"].get(run_keys[t]) or {}).get("status") != "done" for t in todo):
+        from .data import DataError, check_data_source
+
+        try:  # what every run reads, checked once: else each run would fail on it in turn
+            check_data_source(base)
+        except DataError as exc:
+            raise ValueError(f"{exc} (nothing was run)") from None
     out.mkdir(parents=True, exist_ok=True)
     for c, s in todo:
         key = run_keys[(c, s)]
@@ -199,7 +205,7 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     write_json(out / MANIFEST, manifest)
     try:
         _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, aggregate, eval_batch_size,
-                            progress, debug, first)
+                            progress, debug)
     except KeyboardInterrupt:
         print("\nsweep stopped; rerun the same con2 sweep command to continue it", flush=True)
         raise
@@ -227,34 +233,14 @@ def _as_named_before(base: TrainConfig, manifest: dict, classes: list[str]) -> l
     return [named.get(_class_identity(base, c), c) for c in classes]
 
 
-def _first_split(base: TrainConfig, out: Path, todo, run_keys, manifest) -> tuple:
-    """(class, its OneClassSplit) of the first run not done, loaded before anything is written: a data
-    problem every run shares (a missing file) is refused once, not met by each run. The split does
-    not depend on the seed, so that class's runs train on it instead of loading it again. (None,
-    None) when every run is done or the first is under way (train resumes it on the split it had)."""
-    from .data import DataError, load_split
-
-    pending = next(((c, s) for c, s in todo if (manifest["runs"].get(run_keys[(c, s)]) or {}).get("status") != "done"),
-                   None)
-    if pending is None or (out / run_keys[pending]).exists():
-        return None, None
-    try:
-        return pending[0], load_split(dataclasses.replace(base, normal_class=[pending[0]], seed=pending[1]))
-    except (DataError, OSError) as exc:
-        raise ValueError(f"the data of the first run to train ({run_keys[pending]}) cannot be loaded, so nothing "
-                         f"was run: {exc}") from None
-
-
 def _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, aggregate, eval_batch_size,
-                        progress, debug, first=(None, None)) -> None:
+                        progress, debug) -> None:
     """Each (class, seed) in turn, its status kept in the manifest; a failing run is recorded and
-    the others go on (Ctrl-C stops them all). first: (class, split) already loaded (_first_split)."""
+    the others go on (Ctrl-C stops them all)."""
     from . import train as train_mod
     from .evaluate import evaluate_run
 
     for i, (c, s) in enumerate(todo, 1):
-        if c != first[0]:
-            first = (None, None)  # past that class's runs: its images are not held any longer
         key = run_keys[(c, s)]
         entry = manifest["runs"][key]
         if entry["status"] == "done":
@@ -270,7 +256,7 @@ def _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, agg
                     print(f"[{i}/{len(todo)}] {key}: training", flush=True)
                 entry["status"] = "training"
                 write_json(out / MANIFEST, manifest)
-                train_mod.train(cfg, split=first[1], progress=progress, resume=True)
+                train_mod.train(cfg, progress=progress, resume=True)
             else:  # its checkpoint is checked by train's resume; a finished run only here
                 wrong = identity_mismatch(read_json(run_dir / "config.json"), cfg)
                 if wrong:  # a folder left by another sweep (its manifest deleted): not this sweep's run

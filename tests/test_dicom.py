@@ -170,9 +170,32 @@ def test_folders_list_dicom_files_named_as_exports_name_them(tmp_path, write_dcm
     (export / "good" / "1.2.3").write_bytes(b"\0" * 200)  # a UID-like name, no marker
     (export / "good" / "report.pdf").write_bytes(b"\0" * 128 + b"DICM")  # a marker, but another kind of file
     os.mkfifo(export / "good" / "IM9999")  # never opened: it would wait for a writer
+    sr = write_dcm(tmp_path / "sr.dcm", raw)  # a structured report of the export: a DICOM object, no image
+    import pydicom
+
+    ds = pydicom.dcmread(sr)
+    for tag in ("Rows", "Columns", "PixelData", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                "SamplesPerPixel", "PhotometricInterpretation"):
+        delattr(ds, tag)
+    ds.save_as(export / "good" / "SR0001")
     listed = list_images(export / "good")
     assert [p.name for p in listed] == ["1.2.840.113619.2.55.3", "IM0001", "IM0002", "scan.IMA"]
     assert list_inputs([export / "good"]) == listed
+    locked = export / "good" / "IM0003"
+    shutil.copy(listed[1], locked)
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):  # root reads it anyway: refuse it as the file system would
+        import con2.data.dicom
+
+        def has_marker(path, strict=False, real=con2.data.dicom.has_marker):
+            if Path(path).name == "IM0003":
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, strict)
+
+        monkeypatch.setattr(con2.data.dicom, "has_marker", has_marker)
+    assert list_images(export / "good") == [locked] + listed
+    monkeypatch.undo()  # a file that cannot be opened is listed, so that reading it names it
+    locked.unlink()
 
     monkeypatch.setenv("CON2_MEMORY_BUDGET_MB", "0")  # files decoded on access: auto picks a file pipeline
     split = load_split(TrainConfig(dataset="folder", data_root=str(export), normal_class=["good"], image_size=5))
@@ -352,6 +375,13 @@ def test_a_run_trained_on_dicom_files_predicts_dicom_files(tmp_path, write_dcm, 
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [Path(r["file"]).name for r in rows] == ["0.dcm", "1.dcm", "2.dcm", "3.dcm", "same.png"]
     assert rows[0]["score"] == rows[-1]["score"]  # a DICOM file scores as the PNG of its pixels
+    # a suffix-less DICOM file now listed among a run's images (earlier con2 left such files out): named
+    shutil.copy(tmp_path / "data" / "good" / "0.dcm", tmp_path / "data" / "good" / "IM0001")
+    from con2.evaluate import evaluate_run
+
+    with pytest.raises(DataError, match=r"the data changed since training .*; among them 1 DICOM file\(s\) without "
+                                        r"a \.dcm suffix such as .*IM0001, which con2 now reads"):
+        evaluate_run(run, views=0, progress=False)
 
 
 def test_info_says_which_compressed_dicom_syntaxes_are_decoded_here():

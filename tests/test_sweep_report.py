@@ -512,21 +512,35 @@ def test_a_data_problem_every_run_shares_is_refused_once_before_the_sweep_folder
     calls = []
     monkeypatch.setattr(train_mod, "train", fake_train(calls))
     out = tmp_path / "sweep"
-    missing = TrainConfig(dataset="npz", data_file=str(tmp_path / "missing.npz"), device="cpu")
-    with pytest.raises(ValueError, match=r"the data of the first run to train \(class-1-seed0\) cannot be loaded, "
-                                         r"so nothing was run: data file not found: .*missing\.npz"):
-        run_sweep(missing, ["1"], [0, 1], out, views=0, progress=False)
+    for base, says in [
+        (TrainConfig(dataset="npz", data_file=str(tmp_path / "missing.npz"), device="cpu"),
+         r"data file not found: .*missing\.npz \(nothing was run\)"),
+        (TrainConfig(dataset="npz", device="cpu"), r"--dataset npz needs --data-file PATH.npz \(nothing was run\)"),
+        (TrainConfig(dataset="cifar10", data_root=str(tmp_path), device="cpu"),
+         r"cifar10 not found: expected .*cifar10\.npz or torchvision's .*cifar-10-batches-py"),
+        (TrainConfig(dataset="folder", data_root=str(tmp_path / "nowhere"), device="cpu"), "image folder not found"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            run_sweep(base, ["1"], [0, 1], out, views=0, progress=False)
     with pytest.raises(ValueError, match="--dataset npz needs --data-file PATH.npz"):
         run_sweep(TrainConfig(dataset="npz", device="cpu"), "all", [0], out, views=0, progress=False)
-    with pytest.raises(ValueError, match="--dataset npz needs --data-file PATH.npz"):
-        run_sweep(TrainConfig(dataset="npz", device="cpu"), ["0"], [0], out, views=0, progress=False)
     assert calls == [] and not out.exists()
-    # the split loaded for that check is the one the first class's runs train on
-    seen = []
-    monkeypatch.setattr(train_mod, "train", lambda cfg, split=None, **kw: (seen.append(split), fake_train(calls)(cfg, split))[1])
-    run_sweep(TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu"), ["8", "3"], [0, 1], out,
-              views=0, progress=False)
-    assert seen[0] is not None and seen[1] is seen[0] and seen[2:] == [None, None]
+
+
+def test_a_data_problem_of_one_class_fails_its_runs_and_the_others_go_on(tmp_path, monkeypatch):
+    """Only what every run shares is refused up front: a class with too few images is that class's
+    failure (checking the first class's split up front stopped every sweep whose first class had one)."""
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    labels = np.array([0] * 2 + [1] * 20 + [2] * 20)
+    np.savez(tmp_path / "d.npz", images=np.random.default_rng(0).integers(0, 256, (42, 8, 8), dtype=np.uint8),
+             labels=labels)
+    base = TrainConfig(dataset="npz", data_file=str(tmp_path / "d.npz"), width=8, epochs=1, device="cpu")
+    with pytest.raises(SweepFailed, match="1 of 3 runs failed.*class-0-seed0"):
+        run_sweep(base, "all", [0], tmp_path / "sweep", views=0, progress=False)
+    assert calls == [("0", 0), ("1", 0), ("2", 0)]
+    md = (tmp_path / "sweep" / "results.md").read_text()
+    assert "| 1 | 1 |" in md and "| 2 | 1 |" in md
 
 
 def test_out_dash_is_standard_output_and_the_report_refuses_it(monkeypatch, capsys, tmp_path):

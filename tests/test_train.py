@@ -488,6 +488,7 @@ def test_scoring_refuses_data_that_changed_since_training(tmp_path, monkeypatch)
     assert np.isfinite(score_split(run, views=2, progress=False).scores).all()
     with pytest.raises(ValueError, match=r"score_split scores with one scorer \('nnd' or 'lh'\), got \['nnd', 'lh'\]"):
         score_split(run, "test", ["nnd", "lh"], views=2, progress=False)
+    assert np.isfinite(score_split(run, "test", ["nnd"], views=2, progress=False).scores).all()  # a list of one
     # weights (and model.json) of a run with the same settings on other data
     shutil.copytree(run, tmp_path / "swapped")
     for name in ("model.safetensors", "model.json"):

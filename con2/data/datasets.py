@@ -41,18 +41,19 @@ from pathlib import Path
 import numpy as np
 
 from .decode import DataError
-from .loaders.cifar import CIFAR10_CLASSES, CIFAR100_FINE_TO_COARSE, CIFAR100_SUPERCLASSES, load_cifar
+from .loaders.cifar import (CIFAR10_CLASSES, CIFAR100_FINE_TO_COARSE, CIFAR100_SUPERCLASSES, check_cifar_source,
+                             load_cifar)
 from .loaders.common import InapplicableOption, center_crop_split, limit_train, resolve_classes, resize_images
 from .loaders.digits import DIGIT_NAMES, load_digits_split
-from .loaders.folder import load_folder, memory_budget
+from .loaders.folder import load_folder, memory_budget, training_class_folders
 from .loaders.medmnist import MEDMNIST, load_medmnist
 from .loaders.npz import _npz_class_table, load_npz
 from .split import OneClassSplit
 
 # the names other code imports from here (the loaders' are re-exported)
 __all__ = ["CIFAR100_FINE_TO_COARSE", "CIFAR100_SUPERCLASSES", "CIFAR10_CLASSES", "DataError", "InapplicableOption",
-           "MEDMNIST", "MIN_TRAIN_IMAGES", "resolve_classes", "class_names", "load_split", "memory_budget",
-           "resize_images"]
+           "MEDMNIST", "MIN_TRAIN_IMAGES", "resolve_classes", "check_data_source", "class_names", "load_split",
+           "memory_budget", "resize_images"]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -60,10 +61,7 @@ __all__ = ["CIFAR100_FINE_TO_COARSE", "CIFAR100_SUPERCLASSES", "CIFAR10_CLASSES"
 def load_split(cfg) -> OneClassSplit:
     """The one-class split named by `cfg` (a con2.config.TrainConfig)."""
     ds = cfg.dataset
-    _refuse_unused_sources(cfg)
-    if ds != "folder" and cfg.reads_data_root() and Path(cfg.data_root).is_file():  # not ".../x.npz/x.npz"
-        raise DataError(f"--data-root {cfg.data_root} is a file; give the folder it is in, or the file itself "
-                        "as --data-file")
+    _check_source_options(cfg)
     if ds in MEDMNIST:
         split = load_medmnist(cfg)
     elif ds in ("cifar10", "cifar100"):
@@ -80,6 +78,30 @@ def load_split(cfg) -> OneClassSplit:
     split = limit_train(split, cfg.max_train_samples, cfg.split_seed)
     _check_train_count(split, cfg)
     return split
+
+
+def check_data_source(cfg) -> None:
+    """The files cfg's data set is read from are there, its images unread: what every run of a
+    sweep shares, checked once (a DataError naming what is missing). A MedMNIST file that is not
+    here is downloaded by the first run, so only one given as --data-file is checked."""
+    ds = cfg.dataset
+    _check_source_options(cfg)
+    if ds == "npz" or (ds in MEDMNIST and cfg.data_file):
+        if not cfg.data_file:
+            raise DataError("--dataset npz needs --data-file PATH.npz")
+        if not Path(cfg.data_file).is_file():
+            raise DataError(f"data file not found: {cfg.data_file}")
+    elif ds in ("cifar10", "cifar100"):
+        check_cifar_source(cfg)
+    elif ds == "folder":
+        training_class_folders(Path(cfg.data_root))
+
+
+def _check_source_options(cfg) -> None:
+    _refuse_unused_sources(cfg)
+    if cfg.dataset != "folder" and cfg.reads_data_root() and Path(cfg.data_root).is_file():  # not ".../x.npz/x.npz"
+        raise DataError(f"--data-root {cfg.data_root} is a file; give the folder it is in, or the file itself "
+                        "as --data-file")
 
 
 # --------------------------------------------------------------------------- option checks

@@ -12,7 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from .dicom import DICOM_SUFFIXES, PILLOW_SUFFIXES, decode_dicom, dicom_header, is_dicom, may_be_unnamed_dicom
+from .dicom import (DICOM_SUFFIXES, PILLOW_SUFFIXES, decode_dicom, dicom_header, is_dicom, is_unnamed_dicom_image,
+                    may_be_unnamed_dicom)
 from .errors import DataError, ImageChanged, MissingDependency
 
 
@@ -55,11 +56,12 @@ def list_images(folder: Path, strict: bool = False) -> list[Path]:
 
 def is_image_file(path: Path) -> bool:
     """A name con2 reads as an image: one of IMAGE_SUFFIXES, or a regular file named as exports name
-    DICOM files (IM0001, a UID; see may_be_unnamed_dicom) that carries DICOM's marker."""
+    DICOM files (IM0001, a UID; see may_be_unnamed_dicom) that is a DICOM image (or cannot be read
+    to tell: then reading it names it)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
     # is_file first: opening a FIFO to look for the marker would wait for a writer
-    return may_be_unnamed_dicom(path.name) and path.is_file() and is_dicom(path)
+    return may_be_unnamed_dicom(path.name) and path.is_file() and is_unnamed_dicom_image(path)
 
 
 def not_a_file(path: Path) -> str:

@@ -26,22 +26,47 @@ def is_dicom(path) -> bool:
     return suffix in DICOM_SUFFIXES or has_marker(path)
 
 
-def has_marker(path) -> bool:
-    """DICOM's "DICM" marker at byte 128 (a file that cannot be read is left to the decoder to name)."""
+def has_marker(path, strict: bool = False) -> bool:
+    """DICOM's "DICM" marker at byte 128. A file that cannot be read: False (left to the decoder to
+    name), or with `strict` the OSError."""
     try:
         with open(path, "rb") as f:
             f.seek(128)
             return f.read(4) == b"DICM"
     except OSError:
+        if strict:
+            raise
         return False
 
 
 def may_be_unnamed_dicom(name: str) -> bool:
     """A file name a PACS or scanner export gives DICOM files without a .dcm suffix: none (IM0001),
     digits (a UID such as 1.2.840.113619.2.55.3.1), or Siemens' .IMA. Such a file in a folder is read
-    when it carries the marker; DICOMDIR, an export's index, holds no image."""
+    when it is a DICOM image (is_unnamed_dicom_image); DICOMDIR, an export's index, holds none."""
     suffix = Path(name).suffix.lower()
     return name.upper() != "DICOMDIR" and (suffix in ("", ".ima") or suffix[1:].isdigit())
+
+
+def is_unnamed_dicom_image(path) -> bool:
+    """Whether a regular file named as exports name DICOM files (may_be_unnamed_dicom) is an image to
+    read: it carries the marker and its header has Rows and Columns (an export's structured reports,
+    presentation states and key-object notes have none). A file that cannot be opened, or whose
+    header cannot be parsed, counts as one, so that reading it names it (or --skip-bad-files skips
+    it) instead of it being left out without a word."""
+    try:
+        if not has_marker(path, strict=True):
+            return False
+    except OSError:
+        return True
+    try:
+        import pydicom
+    except ImportError:
+        return True  # read_dicom asks for pydicom
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+    except Exception:  # noqa: BLE001 - damaged: named when read
+        return True
+    return "Rows" in ds and "Columns" in ds
 
 
 def dicom_header(path) -> tuple[int, tuple[int, int]]:

@@ -37,6 +37,17 @@ CIFAR100_FINE_TO_COARSE = np.array([
 ], dtype=np.int64)
 
 
+def check_cifar_source(cfg) -> None:
+    """The npz or torchvision's files _cifar_arrays reads are there (DataError otherwise), unread."""
+    which = cfg.dataset
+    npz = Path(cfg.data_file) if cfg.data_file else Path(cfg.data_root) / f"{which}.npz"
+    folder = Path(cfg.data_root) / ("cifar-10-batches-py" if which == "cifar10" else "cifar-100-python")
+    if cfg.data_file and not npz.is_file():
+        raise DataError(f"data file not found: {npz}")
+    if not cfg.data_file and not npz.is_file() and not folder.is_dir():
+        raise DataError(f"{which} not found: expected {npz} or torchvision's {folder}")
+
+
 def _cifar_arrays(cfg, which: str) -> tuple[dict, str]:
     """(train/test images and labels, source) from an npz if one is there, else torchvision's files."""
     npz = Path(cfg.data_file) if cfg.data_file else Path(cfg.data_root) / f"{which}.npz"
