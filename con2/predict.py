@@ -28,15 +28,15 @@ from .data.input_format import InputFormat
 DEFAULT_TARGET_FPR = 0.05
 
 
-def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+def list_inputs(inputs: Sequence[str | Path], skip_bad: bool = False) -> list[Path]:
     """The image files given and those under the folders given; an entry of a folder that is not a
     readable file (a dangling symlink, a FIFO) is an error naming it, as training names it, not a
-    file left out of the output without a word."""
+    file left out of the output without a word (with skip_bad: listed, for _read to skip and name)."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = list_images(p, strict=True)
+            found = list_images(p, strict=not skip_bad, keep_odd=skip_bad)
             if not found:
                 raise FileNotFoundError(f"{p}: no image files in this folder ({IMAGE_NAMES})")
             files += found
@@ -76,6 +76,8 @@ def _read(files: Sequence[Path], fmt: InputFormat, skip_bad: bool = False) -> tu
     for i, f in enumerate(files):
         try:
             try:
+                if not Path(f).is_file():  # a folder's dangling link or FIFO (list_inputs' skip_bad): never opened
+                    raise DataError(f"{f}: {not_a_file(Path(f))}")
                 arr = decode_image(f, size if folder else None, fmt.keep_aspect)
                 # the file's own shape, for the warning: folders are decoded at the run's size
                 hw = (read_header(f)[1] if folder else arr.shape[:2]) if fmt.source_size else None
@@ -162,7 +164,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
 
     target_fpr = _check_threshold_options(threshold, target_fpr)
     check_views_crop_scale(views, crop_scale)
-    files = list_inputs(inputs)
+    files = list_inputs(inputs, skip_bad_files)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg)
     if threshold is None and not len(split.val):
@@ -192,7 +194,7 @@ def predict_with_detector(detector, inputs, target_fpr: float | None = None, thr
     from .detector import Con2Detector
 
     target_fpr = _check_threshold_options(threshold, target_fpr, default=None)
-    files = list_inputs(inputs)
+    files = list_inputs(inputs, skip_bad_files)
     if isinstance(detector, Con2Detector):
         det = copy.copy(detector)  # set_params below recalibrates this copy, not the caller's detector
     else:

@@ -369,6 +369,15 @@ def test_predict_skip_bad_files_scores_the_readable_ones_and_names_the_rest(two_
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [Path(r["file"]).name for r in rows] == ["a.png", "z.png"] and rows[0]["score"] == rows[1]["score"]
     assert "warning: left out 1 of 3 files that cannot be read (--skip-bad-files): " in err and "m.png" in err
+    # a dangling link and a FIFO are unreadable files too (they stopped the command even with the option)
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(folder / "pipe.png")
+    assert main(args + ["--skip-bad-files"]) == 0
+    out, err = capsys.readouterr()
+    assert [Path(r["file"]).name for r in csv.DictReader(io.StringIO(out))] == ["a.png", "z.png"]
+    assert "left out 3 of 5 files" in err and "gone.png: a dangling symlink" in " ".join(err.split())
+    (folder / "gone.png").unlink()
+    (folder / "pipe.png").unlink()
     (folder / "a.png").write_bytes(b"broken")
     (folder / "z.png").write_bytes(b"broken")
     assert main(args + ["--skip-bad-files"]) == 2

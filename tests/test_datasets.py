@@ -98,6 +98,9 @@ def test_oct_default_normal_class(tmp_path):
     assert s.normal_classes == (3,)
     check_split(s, 10, 2, 20, 15)
     assert np.array_equal(s.train, a["train_images"][3::4, ..., None])
+    # score files name each row of the official file (they had no file column for MedMNIST)
+    assert s.sources["train"][:2] == ["octmnist.npz:train_images[3]", "octmnist.npz:train_images[7]"]
+    assert s.sources["test"] == [f"octmnist.npz:test_images[{i}]" for i in range(20)]
 
 
 def test_derma_needs_normal_class_and_reads_64(tmp_path):

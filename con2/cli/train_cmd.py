@@ -26,7 +26,7 @@ def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                                 "folder name; required unless the data set has a default: digits, breast, "
                                 "pneumonia, oct)"))
     p.add_argument("--data-root", default=None, help=f"folder of the data files (default {_D.data_root})")
-    p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or cifar from an npz)")
+    p.add_argument("--data-file", default=None, help="the .npz for --dataset npz (or a MedMNIST / CIFAR file elsewhere than --data-root)")
     p.add_argument("--image-size", type=int, default=None, help="resize every image to this square")
     p.add_argument("--resize", choices=RESIZE_MODES, default=None,
                    help="how --image-size S is reached: stretch to S x S (default), or shorter-side: the shorter "
@@ -38,8 +38,8 @@ def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="MedMNIST file resolution")
     p.add_argument("--epochs", type=int, default=None, help=f"default {_D.epochs}; --preset paper: {PAPER_EPOCHS}")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"samples per step, each giving 4 views (default {_D.batch_size}; --preset paper: "
-                        "the data set's)")
+                   help=f"samples per step (default {_D.batch_size}; --preset paper: the data set's), each giving "
+                        "2 views in each context: 4 views with one --context")
     p.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate, cosine decay (default {_D.lr:g})")
     p.add_argument("--weight-decay", type=float, default=None,
                    help=f"AdamW weight decay (default {_D.weight_decay:g})")

@@ -32,11 +32,13 @@ GRAY_MODES = ("1", "L", "LA")
 _EXIF_ORIENTATION = 0x0112
 
 
-def list_images(folder: Path, strict: bool = False) -> list[Path]:
+def list_images(folder: Path, strict: bool = False, keep_odd: bool = False) -> list[Path]:
     """Image files under `folder` (recursively, into symlinked folders too, each real folder once),
     sorted (is_image_file: by suffix, and DICOM files by their marker); hidden files, anything inside
-    hidden folders (.ipynb_checkpoints, .thumbnails, ...) and other files ignored. An image-named entry that is not a file (a dangling symlink, a FIFO)
-    is passed over, or with `strict` (con2 predict, which has no --skip-bad-files) a DataError naming it."""
+    hidden folders (.ipynb_checkpoints, .thumbnails, ...) and other files ignored. An image-named
+    entry that is not a file (a dangling symlink, a FIFO) is passed over, or with `strict` (con2
+    predict) a DataError naming it, or with `keep_odd` (predict --skip-bad-files) listed, for its
+    reader to name as unreadable (never opening it: see not_a_file)."""
     found, seen = [], set()
     # os.walk, not rglob: rglob skips symlinked sub-folders, and their images would be left out unsaid
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -51,7 +53,7 @@ def list_images(folder: Path, strict: bool = False) -> list[Path]:
         bad = next((p for p in sorted(found) if not p.is_file()), None)
         if bad is not None:
             raise DataError(f"cannot read image {bad}: {not_a_file(bad)}")
-    return sorted(p for p in found if p.is_file())
+    return sorted(p for p in found if keep_odd or p.is_file())
 
 
 def is_image_file(path: Path) -> bool:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..decode import DataError
 from ..split import OneClassSplit
-from .common import (available_classes, check_has_images, check_lengths, npz_parts, one_class_split, read_npz,
-                     refuse_split_options, resolve_classes)
+from .common import (available_classes, check_has_images, check_lengths, npz_parts, npz_row_names, one_class_split,
+                     read_npz, refuse_split_options, resolve_classes)
 
 
 MEDMNIST = {
@@ -76,8 +76,10 @@ def load_medmnist(cfg) -> OneClassSplit:
     z = read_npz(path, tuple(f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")), hint)
     parts = npz_parts(z, ("train", "val", "test"), path)
     _check_medmnist_file(cfg, path, parts)
+    sources = {s: npz_row_names(z, f"{s}_", len(y), path) for s, (_, y) in parts.items()}  # for the score files
     return one_class_split(f"{flag}mnist", parts, normal, names, cfg.image_size,
-                           {"source": str(path), "split": "official", "resolution": int(parts["train"][0].shape[1])})
+                           {"source": str(path), "split": "official", "resolution": int(parts["train"][0].shape[1])},
+                           sources=sources)
 
 
 def _check_medmnist_file(cfg, path: Path, parts: dict) -> None:
