@@ -42,8 +42,10 @@ def list_inputs(inputs: Sequence[str | Path], skip_bad: bool = False) -> list[Pa
             files += found
         elif p.is_file():
             files.append(p)
-        elif p.is_symlink():  # a link whose target is gone, not a name that does not exist
-            raise DataError(f"cannot read image {p}: {not_a_file(p)}")
+        elif p.is_symlink() or p.exists():  # a link whose target is gone, a FIFO: not a name that does not exist
+            if not skip_bad:
+                raise DataError(f"cannot read image {p}: {not_a_file(p)}")
+            files.append(p)  # _read names and skips it, never opening it
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     return files

@@ -376,6 +376,12 @@ def test_predict_skip_bad_files_scores_the_readable_ones_and_names_the_rest(two_
     out, err = capsys.readouterr()
     assert [Path(r["file"]).name for r in csv.DictReader(io.StringIO(out))] == ["a.png", "z.png"]
     assert "left out 3 of 5 files" in err and "gone.png: a dangling symlink" in " ".join(err.split())
+    given = ["predict", "--run", str(two_normal_run), str(folder / "a.png"), str(folder / "pipe.png"),
+             str(folder / "gone.png"), "--views", "2", "--quiet"]  # named on the command line, too
+    assert main(given) == 2 and "pipe.png: not a regular file (a FIFO" in " ".join(capsys.readouterr().err.split())
+    assert main(given + ["--skip-bad-files"]) == 0
+    out, err = capsys.readouterr()
+    assert [Path(r["file"]).name for r in csv.DictReader(io.StringIO(out))] == ["a.png"] and "left out 2 of 3" in err
     (folder / "gone.png").unlink()
     (folder / "pipe.png").unlink()
     (folder / "a.png").write_bytes(b"broken")
