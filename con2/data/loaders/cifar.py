@@ -37,20 +37,24 @@ CIFAR100_FINE_TO_COARSE = np.array([
 ], dtype=np.int64)
 
 
+def _cifar_paths(cfg, which: str) -> tuple[Path, Path]:
+    """(the npz, torchvision's folder) a CIFAR data set is read from: --data-file, else under --data-root."""
+    npz = Path(cfg.data_file) if cfg.data_file else Path(cfg.data_root) / f"{which}.npz"
+    return npz, Path(cfg.data_root) / ("cifar-10-batches-py" if which == "cifar10" else "cifar-100-python")
+
+
 def check_cifar_source(cfg) -> None:
     """The npz or torchvision's files _cifar_arrays reads are there (DataError otherwise), unread."""
-    which = cfg.dataset
-    npz = Path(cfg.data_file) if cfg.data_file else Path(cfg.data_root) / f"{which}.npz"
-    folder = Path(cfg.data_root) / ("cifar-10-batches-py" if which == "cifar10" else "cifar-100-python")
+    npz, folder = _cifar_paths(cfg, cfg.dataset)
     if cfg.data_file and not npz.is_file():
         raise DataError(f"data file not found: {npz}")
     if not cfg.data_file and not npz.is_file() and not folder.is_dir():
-        raise DataError(f"{which} not found: expected {npz} or torchvision's {folder}")
+        raise DataError(f"{cfg.dataset} not found: expected {npz} or torchvision's {folder}")
 
 
 def _cifar_arrays(cfg, which: str) -> tuple[dict, str]:
     """(train/test images and labels, source) from an npz if one is there, else torchvision's files."""
-    npz = Path(cfg.data_file) if cfg.data_file else Path(cfg.data_root) / f"{which}.npz"
+    npz, folder = _cifar_paths(cfg, which)
     if cfg.data_file or npz.is_file():
         z = read_npz(npz, ("train_images", "train_labels", "test_images", "test_labels"))
         return z, str(npz)
@@ -61,9 +65,8 @@ def _cifar_arrays(cfg, which: str) -> tuple[dict, str]:
         tr = ds_cls(cfg.data_root, train=True, download=False)
         te = ds_cls(cfg.data_root, train=False, download=False)
     except RuntimeError as e:
-        folder = "cifar-10-batches-py" if which == "cifar10" else "cifar-100-python"
         raise DataError(
-            f"{which} not found: expected {npz} or torchvision's {Path(cfg.data_root) / folder} ({e}); "
+            f"{which} not found: expected {npz} or torchvision's {folder} ({e}); "
             f"download with `python -c \"import torchvision; torchvision.datasets."
             f"{ds_cls.__name__}('{cfg.data_root}', download=True)\"`") from e
     return {"train_images": tr.data, "train_labels": np.array(tr.targets),
