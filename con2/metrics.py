@@ -5,7 +5,6 @@ import math
 import warnings
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +28,8 @@ def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 
 def auroc(labels, scores) -> float:
     labels, scores = _check(labels, scores)
+    from sklearn.metrics import roc_auc_score  # here: sklearn costs predict a second at start-up
+
     return float(roc_auc_score(labels, scores))
 
 
@@ -36,6 +37,8 @@ def aupr(labels, scores) -> float:
     """Area under the precision-recall curve as average precision (sklearn's step-wise sum, not a
     trapezoid), anomalies as positives."""
     labels, scores = _check(labels, scores)
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(labels, scores))
 
 
@@ -46,6 +49,8 @@ def fpr_at_tpr(labels, scores, tpr: float = 0.95) -> float:
     labels, scores = _check(labels, scores)
     # every threshold: the default drop_intermediate removes collinear points, such as the one where
     # tied (anomaly, normal) pairs first reach `tpr`, and the next point has a higher FPR
+    from sklearn.metrics import roc_curve
+
     fpr, tprs, _ = roc_curve(labels, scores, drop_intermediate=False)
     return float(fpr[np.searchsorted(tprs, tpr - 1e-12, side="left")])
 
