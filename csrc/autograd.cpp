@@ -43,6 +43,11 @@ class Con2FwdBwd : public torch::autograd::Function<Con2FwdBwd> {
   // Gradients were computed in the forward for upstream gradients of 1: scale each head by its
   // loss's upstream gradient. Gradients flowing into the dz outputs are not supported (unused).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // grad mode is on only under create_graph=True: this backward is not itself differentiable, so
+    // a second derivative through it would silently miss the loss's own term
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "con2's native loss has no second derivative (backward with create_graph=True, as for a gradient "
+                "penalty); use con2.ops.reference's loss, or set CON2_DISABLE_EXT=1");
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& g = grads[0];
     at::Tensor grad0, grad1;

@@ -79,6 +79,10 @@ inline void check_con2_inputs(const at::Tensor& z_context, const at::Tensor& z_c
 // the random parameters of con2.data.views.ViewParams and an optional context code; prepared as
 // contiguous working copies (float32 boxes / factors, int64 source / order / context, bool flags)
 // plus the output in its layout. `context` stays undefined when the op got none.
+// Largest image side (float32 source coordinates are exact below 2^24) and view side (the CPU
+// kernel's int pixel offsets, times 3 channels, stay below 2^31); the CUDA kernel has its own, smaller cap.
+constexpr int64_t kMaxImageSide = int64_t{1} << 24;
+constexpr int64_t kMaxViewSide = int64_t{1} << 14;
 struct ViewInputs {
   at::Tensor images, source, boxes, hflip, factors, order, gray, context, out;
 };
@@ -90,6 +94,9 @@ inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor
               "con2: simclr_views expects uint8 [S, C, H, W] images, got ", images.scalar_type(), " ", images.sizes());
   TORCH_CHECK(images.size(1) == 1 || images.size(1) == 3, "con2: images must have 1 or 3 channels, got ", images.size(1));
   TORCH_CHECK(images.size(2) >= 1 && images.size(3) >= 1, "con2: empty images");
+  // source coordinates are float32, exact to 2^24: past that the taps' weights and indices go wrong
+  TORCH_CHECK(images.size(2) <= kMaxImageSide && images.size(3) <= kMaxImageSide, "con2: simclr_views takes images of at most ",
+              kMaxImageSide, " px a side, got ", images.size(3), "x", images.size(2));
   const int64_t m = source.numel();
   TORCH_CHECK(source.dim() == 1 && !source.is_floating_point(), "con2: source must be an integer [M] tensor");
   TORCH_CHECK(m == 0 || images.size(0) > 0, "con2: simclr_views got ", m, " views of an empty image batch");
@@ -102,7 +109,11 @@ inline ViewInputs prepare_view_inputs(const at::Tensor& images, const at::Tensor
                     context->scalar_type() != at::kBool,
                 "con2: context must be an integer [M] tensor of context codes for M = ", m, " views, got ",
                 context->scalar_type(), " ", context->sizes());
-  TORCH_CHECK(size >= 1, "con2: size must be >= 1, got ", size);
+  TORCH_CHECK(size >= 1 && size <= kMaxViewSide, "con2: size must be in [1, ", kMaxViewSide, "], got ", size);
+  TORCH_CHECK(!order.is_floating_point() && !order.is_complex() && order.scalar_type() != at::kBool,
+              "con2: order must be an integer [M, 4] tensor of jitter op indices, got ", order.scalar_type());
+  TORCH_CHECK(!boxes.is_complex() && !factors.is_complex(), "con2: boxes and factors must be real, got ",
+              boxes.scalar_type(), " and ", factors.scalar_type());
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "con2: views are float32, bfloat16 or float16, not ", dtype);
   for (const at::Tensor* t : {&source, &boxes, &hflip, &factors, &order, &gray})

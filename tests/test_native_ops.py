@@ -127,6 +127,28 @@ def test_gradcheck_float64(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_second_derivative_through_the_native_loss_is_refused(device):
+    """The native backwards are not differentiable: under create_graph=True (a gradient penalty) the
+    second derivative silently lacked the loss's own term. It is an error naming the way out, and
+    the first derivative through the same call is unchanged."""
+    x = torch.randn(10, 6, dtype=torch.float64, device=device)
+    labels = torch.randint(0, 3, (10,), device=device)
+    sid = torch.arange(10, device=device) // 2
+    losses = {"supcon": lambda z: native.supcon_loss(z, labels, 0.2),
+              "con2": lambda z: native.con2_loss(z, z.flip(1), labels, sid, 0.5, 0.2),
+              "supcon_fwd": lambda z: torch.ops.con2.supcon_fwd(z, labels, 0.2)[0]}
+    for name, loss in losses.items():
+        w = torch.eye(6, dtype=torch.float64, device=device, requires_grad=True)
+        with pytest.raises(RuntimeError, match="no second derivative.*CON2_DISABLE_EXT"):
+            torch.autograd.grad(loss(F.normalize(x @ w, dim=1)), w, create_graph=True)
+        (g,) = torch.autograd.grad(loss(F.normalize(x @ w, dim=1)), w)
+        ref = {"supcon": lambda z: reference.supcon_loss(z, labels, 0.2),
+               "con2": lambda z: reference.con2_loss(z, z.flip(1), labels, sid, 0.5, 0.2)}.get(name, losses["supcon"])
+        (want,) = torch.autograd.grad(ref(F.normalize(x @ w, dim=1)), w)
+        torch.testing.assert_close(g, want, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_loss_nan_free_edge_cases(device, dtype):
     # M = 1 (no positives, empty denominator), duplicate rows, bf16
@@ -582,6 +604,30 @@ def test_simclr_views_cpu_rejects_out_of_range_order():
         order[1, 2] = bad
         with pytest.raises(RuntimeError, match="order"):
             torch.ops.con2.simclr_views(*args(order))
+
+
+def test_simclr_views_refuses_sides_past_float32_coordinates_and_non_integer_orders():
+    """Float32 source coordinates are exact to 2^24 px: past that a tap's weight became 2 or 0 and its
+    index could pass the row's end; views past 2^14 px overflowed the CPU kernel's int offsets; a
+    float order was truncated. Each is an error naming the input (the images are expanded, never
+    allocated)."""
+    one = torch.zeros(1, 1, 1, 1, dtype=torch.uint8)
+    source, box = torch.zeros(1, dtype=torch.long), torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    for shape in ((1, 1, 1, 2**24 + 1), (1, 1, 2**24 + 1, 1)):
+        with pytest.raises(RuntimeError, match="at most 16777216 px a side"):
+            _identity_views(one.expand(*shape), source, box, 1)
+    _identity_views(one.expand(1, 1, 1, 2**24), source, box, 1)
+    with pytest.raises(RuntimeError, match=r"size must be in \[1, 16384\]"):
+        _identity_views(one, source, box, 2**14 + 1)
+    no = torch.zeros(1, dtype=torch.bool)
+    factors = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    for order, says in ((torch.tensor([[0.0, 1.9, 2.5, 3.99]]), "order must be an integer"),
+                        (torch.ones(1, 4, dtype=torch.bool), "order must be an integer")):
+        with pytest.raises(RuntimeError, match=says):
+            torch.ops.con2.simclr_views(one, source, box, no, factors, order, no, 1, 0.0, 1.0, torch.float32, False)
+    with pytest.raises(RuntimeError, match="boxes and factors must be real"):
+        torch.ops.con2.simclr_views(one, source, box.to(torch.complex64), no, factors, torch.arange(4).view(1, 4), no,
+                                    1, 0.0, 1.0, torch.float32, False)
 
 
 @pytest.mark.parametrize("c,h,w", [(3, 32769, 32768), (1, 65540, 32768)], ids=["planes", "rows"])

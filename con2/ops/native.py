@@ -136,9 +136,17 @@ def _supcon_setup_context(ctx, inputs, output):
     ctx.temperature = temperature
 
 
+# Under create_graph=True a backward runs with grad mode on: the native backwards are not themselves
+# differentiable, so a second derivative through them would silently miss the loss's own term.
+_NO_DOUBLE_BACKWARD = ("con2's native loss has no second derivative (backward with create_graph=True, as for a "
+                       "gradient penalty); use con2.ops.reference's loss, or set CON2_DISABLE_EXT=1")
+
+
 def _supcon_backward(ctx, grad_loss, grad_lse, grad_npos):
     # lse / npos are auxiliary outputs for the backward; gradients through them are not
     # supported (they are never used by the loss wrappers below).
+    if torch.is_grad_enabled():
+        raise RuntimeError(_NO_DOUBLE_BACKWARD)
     z, labels, lse, npos = ctx.saved_tensors
     grad_z = None
     if ctx.needs_input_grad[0]:
@@ -161,6 +169,8 @@ def _fwd_bwd_setup_context(ctx, inputs, output):
 def _fwd_bwd_backward(ctx, grad_loss, grad_dz):
     # The gradient was computed in the forward (for an upstream gradient of 1);
     # gradients flowing into the dz output itself are not supported (never used).
+    if torch.is_grad_enabled():
+        raise RuntimeError(_NO_DOUBLE_BACKWARD)
     (dz,) = ctx.saved_tensors
     grad_z = None
     if ctx.needs_input_grad[0]:
