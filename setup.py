@@ -8,7 +8,8 @@ wrapper scripts) and PyTorch is a CUDA build, or when FORCE_CUDA=1. Environment:
   CON2_NO_EXT=1           pure-Python install, no extension
   TORCH_CUDA_ARCH_LIST    CUDA architectures (default "9.0")
   CON2_NO_HOST_ARCH=1     do not add -mavx2 -mfma even if this CPU has them
-No network or git access happens here.
+No network or git access happens here. Building con2._C needs the torch it will run with already
+installed (pip install --no-build-isolation); an sdist needs no torch.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import os
 import platform
 import re
 import shutil
+import sys
 
 from setuptools import setup
 
@@ -76,6 +78,10 @@ def _host_simd_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
 
 
+# setup.py commands that compile con2._C (the others, sdist / egg_info / dist_info, need no torch)
+BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "bdist", "install", "develop", "editable_wheel"}
+
+
 def extension_config():
     """(ext_modules, cmdclass) for con2._C, or ([], {}) when there is nothing to build."""
     if _truthy("CON2_NO_EXT") or not os.path.exists(os.path.join(CSRC, "con2.cpp")):
@@ -85,7 +91,17 @@ def extension_config():
     if cuda_home and not os.environ.get("CUDA_HOME"):
         # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
         os.environ["CUDA_HOME"] = cuda_home
-    import torch
+    try:
+        import torch
+    except ImportError:
+        if not BUILD_COMMANDS & set(sys.argv[1:]):  # an sdist or the metadata: nothing is compiled
+            return [], {}
+        raise SystemExit(
+            "con2: the native extension con2._C is built against the torch it will run with, and none is "
+            "installed here. Install torch first (pip install torch torchvision), then this package without "
+            "build isolation: pip install --no-build-isolation <con2 source>; or CON2_NO_EXT=1 for a "
+            "pure-Python install."
+        ) from None
     from torch.utils import cpp_extension as cx
 
     if _truthy("CON2_NO_CUDA"):

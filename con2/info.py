@@ -47,8 +47,9 @@ def info_text() -> str:
 
     lines.append(f"image folders held in memory up to {memory_budget() / 2**20:,.0f} MiB decoded "
                  f"(CON2_MEMORY_BUDGET_MB), larger ones decoded on access")
-    for name in ("faiss", "medmnist", "nvidia.dali", "pydicom"):
-        lines.append(f"{name}: {_optional_version(name)}")
+    for name, use in (("faiss", "the benchmarks' baseline"), ("medmnist", "MedMNIST downloads"),
+                      ("nvidia.dali", "the dali pipeline"), ("pydicom", "DICOM files")):
+        lines.append(f"{name} ({use}): {_optional_version(name)}")
     lines += _dicom_decoders()
     return "\n".join(lines)
 

@@ -8,7 +8,9 @@ Set CON2_DISABLE_EXT=1 to force the references.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import warnings
 
 import torch
 
@@ -23,6 +25,13 @@ if os.environ.get("CON2_DISABLE_EXT", "0") not in ("1", "true", "yes"):
         # (a bad CON2_CUDA_* setting is a ValueError and stops here, not a silent fallback)
         _native = None
         NATIVE_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+        if importlib.util.find_spec("con2._C") is not None:
+            # a pure-Python install has no con2._C and says so in `con2 info`; a con2._C that is there
+            # but does not load is a broken build, several times slower than it should be
+            warnings.warn(f"con2._C is installed but does not load ({NATIVE_IMPORT_ERROR}); con2 runs on its "
+                          f"slower PyTorch references. It was most likely built against another torch than this "
+                          f"{torch.__version__}: reinstall con2 with pip install --no-build-isolation "
+                          "--force-reinstall --no-deps <con2 source>", RuntimeWarning, stacklevel=2)
 else:
     NATIVE_IMPORT_ERROR = "disabled by CON2_DISABLE_EXT=1"
 
