@@ -8,6 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+# What training and `con2 evaluate` write into a run folder (tests/test_cli.py checks a real one):
+# an --out of another command must not replace them.
+RUN_FILES = ("config.json", "model.json", "model.safetensors", "checkpoint.pt", "metrics.jsonl", "metrics.json",
+             "scores.csv", "scores_views.npz", ".lock")
+
+
 @contextmanager
 def replacing(path: str | Path):
     """Yield a temporary path beside `path` to write to; once the block succeeds it replaces
@@ -18,6 +24,7 @@ def replacing(path: str | Path):
     if path.exists() and not path.is_file():  # /dev/stdout, a FIFO: written in place, never replaced
         yield path
         return
+    path.parent.mkdir(parents=True, exist_ok=True)  # an --out in a new folder (cli.output checked it)
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.unlink(missing_ok=True)  # a stale one would lend its mode to the new file

@@ -120,7 +120,8 @@ def test_bad_out_paths_fail_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("con2.report.build_report", no_work)
     (tmp_path / "emptydir").mkdir()
     (tmp_path / "afile").write_text("")
-    for command in (["predict", "--run", "r", "a.png"], ["report", "--run", "r"]):
+    (tmp_path / "r").mkdir()  # --run is checked first (to be a folder), then --out
+    for command in (["predict", "--run", str(tmp_path / "r"), "a.png"], ["report", "--run", str(tmp_path / "r")]):
         for out, says in ((tmp_path / "emptydir", "emptydir is a directory; give a file name such as"),
                           (tmp_path / "afile" / "x.csv", "afile is a file, not a folder"),
                           (f"{tmp_path}/newdir/", "names a folder (it ends in /); give a file name such as")):
@@ -451,3 +452,48 @@ def test_predict_without_val_normals_says_how_to_get_them(two_normal_run, tmp_pa
     err = _one_line_error(capsys, "predict")
     assert "has no val normals to calibrate a threshold on; pass --threshold" in err
     assert "--val-fraction F (e.g. 0.1)" in err
+
+
+def test_no_command_writes_over_the_runs_own_files(two_normal_run, tmp_path, capsys):
+    """score, predict and report wrote their table over --out RUN/model.safetensors (or config.json,
+    checkpoint.pt, metrics.json) without a word, destroying the run; export refused it alone."""
+    from con2.evaluate import evaluate_run
+    from con2.files import RUN_FILES
+
+    run = tmp_path / "run"
+    shutil.copytree(two_normal_run, run)
+    evaluate_run(run, views=2, per_view=True, progress=False)
+    made = {p.name for p in run.iterdir()}
+    assert made <= set(RUN_FILES), made - set(RUN_FILES)  # every file training and evaluate write is guarded
+    before = {name: (run / name).read_bytes() for name in made}
+    image = str(two_normal_run.parent / "data" / "c" / "c0.png")
+    for name in sorted(made):
+        for command in (["score"], ["predict", image], ["report"], ["export"]):
+            assert main([command[0], "--run", str(run), *command[1:], "--views", "2", "--quiet",
+                         "--out", str(run / name)]) == 2
+            assert f"would replace the run's own {name}" in _one_line_error(capsys, command[0])
+    assert {name: (run / name).read_bytes() for name in made} == before
+    # another name in the run folder is the user's to choose
+    assert main(["score", "--run", str(run), "--views", "2", "--quiet", "--out", str(run / "nnd.csv")]) == 0
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_a_command_that_fails_leaves_no_out_folders_and_predict_writes_json_by_the_suffix(two_normal_run, tmp_path,
+                                                                                           capsys):
+    out = tmp_path / "new" / "a" / "x.csv"
+    assert main(["score", "--run", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "does not exist" in _one_line_error(capsys, "score")
+    # refused by the scoring, after the --out checks
+    assert main(["score", "--run", str(two_normal_run), "--views", "0", "--quiet", "--crop-scale", "0.5", "0.5",
+                 "--out", str(out)]) == 2
+    assert "--crop-scale" in _one_line_error(capsys, "score")
+    assert not (tmp_path / "new").exists()
+    image = str(two_normal_run.parent / "data" / "c" / "c0.png")
+    out = tmp_path / "new" / "p.json"
+    assert main(["predict", "--run", str(two_normal_run), image, "--views", "2", "--quiet", "--out", str(out)]) == 0
+    assert capsys.readouterr().err.strip() == f"wrote 1 predictions to {out} (json)"
+    (row,) = json.loads(out.read_text())
+    assert row["file"].endswith("c0.png")
+    assert main(["predict", "--run", str(two_normal_run), image, "--views", "2", "--quiet", "--format", "csv",
+                 "--out", str(out)]) == 0  # an explicit format wins over the suffix
+    assert out.read_text().startswith("file,")

@@ -70,8 +70,8 @@ def _check_run(run: Path) -> None:
 def _score(args) -> None:
     from ..evaluate import score_split
 
-    check_output(args.out)
     _check_run(args.run)
+    check_output(args.out, run=args.run)
     result = score_split(args.run, args.split, args.scorer, args.views, args.aggregate, args.device, args.seed,
                          args.batch_size, args.bank_dtype, not args.quiet, args.crop_scale)
     write_output(lambda out: result.write_csv(out, args.per_view), args.out)
@@ -108,7 +108,10 @@ PREDICT_DEFAULTS = {"scorer": "nnd", "views": 40, "aggregate": "mean", "bank_dty
 def _predict(args) -> None:
     from ..predict import predict_files, predict_with_detector
 
-    check_output(args.out, example=f"predictions.{args.format}")
+    if args.run is not None:
+        _check_run(args.run)
+    fmt = args.format or ("json" if not to_stdout(args.out) and Path(args.out).suffix.lower() == ".json" else "csv")
+    check_output(args.out, example=f"predictions.{fmt}", run=args.run)
     if args.detector is not None:
         given = [f"--{k.replace('_', '-')}" for k in BUNDLE_FIXED if getattr(args, k) is not None]
         if given:
@@ -120,14 +123,13 @@ def _predict(args) -> None:
                                      batch_size=args.batch_size, progress=not args.quiet,
                                      skip_bad_files=args.skip_bad_files)
     else:
-        _check_run(args.run)
         opts = {k: PREDICT_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in PREDICT_DEFAULTS}
         rows = predict_files(args.run, args.inputs, **opts, target_fpr=args.target_fpr, threshold=args.threshold,
                              device=args.device, batch_size=args.batch_size, progress=not args.quiet,
                              crop_scale=args.crop_scale, skip_bad_files=args.skip_bad_files)
 
     def write(out):
-        if args.format == "json":
+        if fmt == "json":
             # ensure_ascii (the default) writes a non-UTF-8 name's surrogates as \udcXX escapes: valid
             # JSON that json.load turns back into the same str, so os.fsencode gives the file's bytes
             json.dump(rows, out, indent=2)
@@ -138,6 +140,8 @@ def _predict(args) -> None:
             w.writerows(rows)
 
     write_output(write, args.out)
+    if not to_stdout(args.out):
+        print(f"wrote {len(rows)} predictions to {args.out} ({fmt})", file=sys.stderr)
 
 
 def _check_bundle_file(path: Path) -> None:
@@ -156,9 +160,9 @@ def _export(args) -> None:
 
     if str(args.out) == "-":
         raise ValueError("--out -: a bundle is a binary file written in one step; give a file path")
-    check_output(args.out, example="detector.safetensors")
-    out = bundle_path(args.out)
     _check_run(args.run)
+    out = bundle_path(args.out)
+    check_output(out, example="detector.safetensors", run=args.run)
     if out.is_file() and out.resolve().parent == args.run.resolve() and not is_bundle(out):
         raise ValueError(f"--out {args.out} would replace the run's own {out.name}; give another file name "
                          f"(e.g. {args.run / 'detector.safetensors'})")
@@ -208,8 +212,8 @@ def _report(args) -> None:
 
     if str(args.out) == "-":
         raise ValueError("--out -: the report is an HTML page written to a file; give a file path (e.g. report.html)")
-    check_output(args.out, example="report.html")
     _check_run(args.run)
+    check_output(args.out, example="report.html", run=args.run)
     path = build_report(args.run, out=args.out, views=args.views, device=args.device,
                         max_points=args.max_points, progress=not args.quiet)
     print(f"wrote {path}")
@@ -248,7 +252,8 @@ def register(sub) -> None:
                         "with --detector, the bundle's threshold)")
     p.add_argument("--threshold", type=float, default=None,
                    help="use this threshold instead of calibrating one (not with --target-fpr)")
-    p.add_argument("--format", choices=("csv", "json"), default="csv", help="of the output (default csv)")
+    p.add_argument("--format", choices=("csv", "json"), default=None,
+                   help="of the output (default: json for an --out ending in .json, else csv)")
     p.add_argument("--out", default=None, help="output file (default, or -: standard output)")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="leave out files that cannot be read (named in a warning) instead of stopping")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import IO, Callable
 
-from ..files import replacing
+from ..files import RUN_FILES, replacing
 
 
 class ReaderGone(Exception):
@@ -20,8 +20,11 @@ def to_stdout(out: str | Path | None) -> bool:
     return not out or str(out) == "-"
 
 
-def check_output(out: str | Path | None, option: str = "--out", example: str = "scores.csv") -> None:
-    """Fail now, not after the work, on an --out that cannot be written; create its folder."""
+def check_output(out: str | Path | None, option: str = "--out", example: str = "scores.csv",
+                 run: Path | None = None) -> None:
+    """Fail now, not after the work, on an --out that cannot be written or (given the --run folder)
+    would replace one of the run's own files. Its missing folders are made when it is written, so a
+    command that fails first leaves none behind."""
     if to_stdout(out):
         return
     path = Path(out)
@@ -32,15 +35,16 @@ def check_output(out: str | Path | None, option: str = "--out", example: str = "
                                 f"{path / example}")
     if path.exists() and not path.is_file():  # /dev/stdout, a FIFO: written in place (files.replacing)
         return
-    folder = next((p for p in path.parents if p.exists()), None)
-    if folder is not None and not folder.is_dir():
+    if run is not None and path.name in RUN_FILES and path.parent.resolve() == Path(run).resolve():
+        raise ValueError(f"{option} {out} would replace the run's own {path.name}; give another file name "
+                         f"(e.g. {Path(run) / example})")
+    folder = next((p for p in path.parents if p.exists()), Path("."))
+    if not folder.is_dir():
         raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # no permission, a read-only file system
-        raise OSError(f"{option} {path}: cannot create its folder {path.parent}: {exc.strerror or exc}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):  # the temporary file is made beside it
-        raise PermissionError(f"{option} {path}: the folder {path.parent} is not writable")
+    # the temporary file is made beside it, and any missing folders inside `folder`
+    if not os.access(folder, os.W_OK | os.X_OK):
+        made = "" if folder == path.parent else f" (to make {path.parent} in)"
+        raise PermissionError(f"{option} {path}: the folder {folder}{made} is not writable")
 
 
 def names_on_stdout() -> None:
