@@ -69,7 +69,7 @@ def read_bundle(path: str | Path) -> tuple[dict, dict, dict]:
     except Exception as exc:
         raise BundleError(f"{path} is not a readable safetensors bundle ({type(exc).__name__}: {exc})") from exc
     if meta.get("format") != BUNDLE_FORMAT:
-        run = (" (a run's weights: give its folder with --run, or make a bundle of it with con2 export)"
+        run = (" (a run's weights: commands that take a run take its folder with --run; make a bundle of it with con2 export)"
                if str(meta.get("format", "")).startswith("con2-model") else "")
         raise BundleError(f"{path} is not a con2 detector bundle (format {meta.get('format')!r}, "
                           f"expected {BUNDLE_FORMAT!r}){run}")

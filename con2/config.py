@@ -169,6 +169,7 @@ class TrainConfig:
             setattr(self, name, bool(value))
         if not isinstance(self.context, str):
             raise TypeError(f"--context must be a string such as 'invert' or 'invert,flip', got {self.context!r}")
+        self.context = context_spelling(self.context)
         if isinstance(self.normal_class, str):  # a string would be read as one class per character
             raise TypeError(f"--normal-class must be a list of class names, got the string {self.normal_class!r}; "
                             f"write [{self.normal_class!r}]")
@@ -217,6 +218,12 @@ def lift_legacy_extra(d: dict) -> tuple[dict, dict]:
         if key in legacy and d.get(key) is None:
             d[key] = legacy.pop(key)
     return d, legacy
+
+
+def context_spelling(context: str) -> str:
+    """One spelling of a context list: 'invert, flip' trains what 'invert,flip' does (and names a run
+    folder without a space)."""
+    return ",".join(c.strip() for c in context.split(","))
 
 
 def resolve_val_fraction(dataset: str | None, val_fraction: float | None) -> float:

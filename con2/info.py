@@ -45,8 +45,11 @@ def info_text() -> str:
     lines += [f"  {k}: {v}" for k, v in available_pipelines().items()]
     from .data.datasets import memory_budget
 
-    lines.append(f"image folders held in memory up to {memory_budget() / 2**20:,.0f} MiB decoded "
-                 f"(CON2_MEMORY_BUDGET_MB), larger ones decoded on access")
+    try:
+        lines.append(f"image folders held in memory up to {memory_budget() / 2**20:,.0f} MiB decoded "
+                     f"(CON2_MEMORY_BUDGET_MB), larger ones decoded on access")
+    except ValueError as exc:  # a bad setting: said here, the rest of the diagnosis still printed
+        lines.append(f"image folders held in memory: {exc}")
     for name, use in (("faiss", "the benchmarks' baseline"), ("medmnist", "MedMNIST downloads"),
                       ("nvidia.dali", "the dali pipeline"), ("pydicom", "DICOM files")):
         lines.append(f"{name} ({use}): {_optional_version(name)}")

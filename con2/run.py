@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .config import MIN_IMAGE_SIDE, TrainConfig, lift_legacy_extra, resolve_val_fraction
+from .config import MIN_IMAGE_SIDE, TrainConfig, context_spelling, lift_legacy_extra, resolve_val_fraction
 from .data import ContextSet, OneClassSplit, ViewConfig, load_split
 from .data.datasets import DataError, InapplicableOption
 from .data.images import FolderImages, ImageSet
@@ -43,6 +43,8 @@ def identity_mismatch(saved: dict, cfg: TrainConfig) -> str | None:
     saved identity lacks (written by an older con2) are not compared."""
     now = json.loads(json.dumps(run_identity(cfg)))  # lists / tuples as JSON has them
     saved, _ = lift_legacy_extra(saved)  # configs written before val_fraction / n_train were fields
+    if isinstance(saved.get("context"), str):  # written before the spelling was normalised
+        saved["context"] = context_spelling(saved["context"])
     if "val_fraction" in saved:  # a whole config holds the field as set, an identity as resolved
         saved["val_fraction"] = resolve_val_fraction(saved.get("dataset"), saved["val_fraction"])
     wrong = [f"{key} was {saved[key]!r}, now {now[key]!r}" for key in IDENTITY_KEYS

@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -34,6 +35,7 @@ from .run import (build_model, context_set, data_fingerprint, identity_mismatch,
                   save_model, split_as_trained, view_config)
 
 CHECKPOINT_FORMAT = "con2-checkpoint/1"
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "global_step", "rng")  # what a resume reads
 CHECKPOINT_FILE = "checkpoint.pt"  # in the run directory, from the first checkpoint on (kept at the end)
 LOG_EVERY = 10  # steps between metrics lines inside an epoch
 
@@ -138,6 +140,10 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
                          f"{str(exc).splitlines()[0]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a con2 checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:  # checked before the run's files are touched
+        raise ValueError(f"{path} is not a complete con2 checkpoint (missing {', '.join(map(repr, missing))}) and "
+                         "cannot be resumed from; restore it, or train afresh with another --out")
     wrong = identity_mismatch(ckpt["config"], cfg)
     if wrong:
         raise ValueError(f"cannot continue the run in {path.parent}: {wrong} (its checkpoint.pt); "
@@ -149,6 +155,11 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
                          f"of {fingerprint['shape']} now, or other pixels); resume with the run's data or pick "
                          f"another --out")
     return ckpt
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run, quoted for a shell (a folder name may hold spaces)."""
+    return f"con2 train --resume --out {shlex.quote(str(run_dir))}"
 
 
 def _metrics_lines(path: Path) -> list[tuple[str, int | None]]:
@@ -484,13 +495,15 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
                         return run_dir
     except _HardInterrupt:
         if rank == 0:
-            print(f"\nstopped mid-step; the last checkpoint is kept. Continue with --resume --out {run_dir}", flush=True)
+            kept = ("the last checkpoint is kept" if ckpt_path.exists() else
+                    "no checkpoint was saved yet, so a resume starts at step 0")
+            print(f"\nstopped mid-step; {kept}. Continue with {resume_command(run_dir)}", flush=True)
         raise
     except KeyboardInterrupt:  # at a step boundary (or before the first step)
         checkpoint()
         if rank == 0:
-            print(f"\ninterrupted at step {global_step}/{total}; checkpoint saved. Continue with --resume --out {run_dir}",
-                  flush=True)
+            print(f"\ninterrupted at step {global_step}/{total}; checkpoint saved. Continue with "
+                  f"{resume_command(run_dir)}", flush=True)
         raise
     finally:
         log.close()

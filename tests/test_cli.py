@@ -118,3 +118,66 @@ def test_the_native_extension_is_built_where_make_test_requires_it():
     assert ops._native is not None, f"con2._C is not loaded: {ops.NATIVE_IMPORT_ERROR}"
     assert ops._native.has_kernels("cpu"), "con2._C lacks CPU kernels for some ops"
     assert ops.native_views("cpu")
+
+
+def _tiny_folder(root):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for cls, n in (("good", 14), ("bad", 4)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return ["--dataset", "folder", "--data-root", str(root), "--normal-class", "good", "--width", "4",
+            "--batch-size", "8"]
+
+
+def test_train_survives_its_reader_leaving_and_quotes_the_resume_command(tmp_path):
+    """`con2 train ... | head -1` ended the training with a BrokenPipeError once the pipe closed; the
+    'Continue with' hint was not quoted for a folder name with a space."""
+    data = _tiny_folder(tmp_path / "data")
+    out = tmp_path / "my run"
+    cmd = [sys.executable, "-c", "import sys; from con2.cli.main import main; sys.exit(main())", "train", *data,
+           "--epochs", "3", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves after the first line
+    assert proc.wait(timeout=300) == 0
+    assert (out / "model.safetensors").exists()
+    paused = subprocess.run(cmd[:-2] + ["--epochs", "400", "--out", str(out.with_name("p q")), "--time-limit", "1s",
+                                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert paused.returncode == 75, paused.stderr
+    assert f"Continue with con2 train --resume --out '{out.with_name('p q')}'" in paused.stdout
+
+
+def test_train_refusals_name_their_cause_before_touching_the_run(tmp_path, capsys):
+    import torch
+
+    from con2.cli.main import main
+
+    data = _tiny_folder(tmp_path / "data")
+
+    def error(*args):
+        assert main(["train", *data, "--quiet", *args]) == 2
+        return capsys.readouterr().err.strip()
+
+    assert error("--out", "").endswith("--out is empty; give the run's folder (e.g. runs/my-run)")
+    assert "--test-fraction 0.99 and a val fraction" in error("--test-fraction", "0.99", "--out", str(tmp_path / "t"))
+    # 'invert, flip' is 'invert,flip': a resume with either spelling continues the run
+    run = tmp_path / "ctx"
+    assert main(["train", *data, "--quiet", "--context", "invert, flip", "--epochs", "400", "--out", str(run),
+                 "--time-limit", "1s"]) == 75
+    capsys.readouterr()
+    assert '"context": "invert,flip"' in (run / "config.json").read_text()
+    # a checkpoint without what a resume reads is refused before config.json or metrics.jsonl change
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    del ckpt["optimizer"]
+    torch.save(ckpt, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+    err = error("--resume", "--context", "invert,flip", "--out", str(run))
+    assert "is not a complete con2 checkpoint (missing 'optimizer')" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+    (run / "config.json").unlink()
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 2
+    assert "has a checkpoint.pt but no config.json" in capsys.readouterr().err

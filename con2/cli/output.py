@@ -74,3 +74,37 @@ def write_output(write: Callable[[IO[str]], None], out: str | Path | None) -> No
         except (OSError, ValueError, io.UnsupportedOperation):
             pass
         raise ReaderGone from None
+
+
+class ReaderMayLeave:
+    """Standard output for a long command's progress lines (con2 train | head): when its reader
+    leaves, the lines go nowhere and the work goes on (a BrokenPipeError would have ended training)."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        self._gone = True
+        try:  # so the interpreter's own flush at exit does not fail on the closed pipe again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+
+    def __getattr__(self, name):  # isatty, encoding, fileno...: the stream's
+        return getattr(self._stream, name)
+

@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 import time
 from pathlib import Path
 
-from ..config import CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, RESIZE_MODES, TrainConfig, apply_preset
+from ..config import (CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, RESIZE_MODES, TrainConfig, apply_preset,
+                      context_spelling)
+from .output import ReaderMayLeave
 
 _D = TrainConfig()  # the defaults the help texts name
 
@@ -47,7 +50,7 @@ def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help=f"of both contrastive terms (default {_D.temperature:g})")
     p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on the GPU")
     p.add_argument("--seed", type=int, default=None, help=per_run(f"initialisation and view draws (default {_D.seed})"))
-    p.add_argument("--width", type=int, default=None, help="ResNet18 base width (64 = paper)")
+    p.add_argument("--width", type=int, default=None, help=f"ResNet18 base width (default {_D.width} = paper)")
     p.add_argument("--device", default=None, help="auto (default: cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--pipeline", choices=PIPELINES, default=None,
                    help="where the views are made (default auto; `con2 info` lists what is available)")
@@ -69,7 +72,7 @@ def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--max-train-samples", type=int, default=None, help="train on a random subset of this many normals")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--preset", choices=("paper", "quick"), default=None,
-                   help="paper: METHOD section 6's epochs, batch size and pre-processing for the data set; "
+                   help="paper: the paper's epochs, batch size and pre-processing for the data set; "
                         "quick: a few short epochs. Options given explicitly win")
 
 
@@ -87,13 +90,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                          "holds out the rest; give one of them")
     cfg = TrainConfig(**{f: getattr(args, f) for f in explicit})
     if "out" not in explicit:
-        cfg.out = f"runs/{cfg.dataset}-{cfg.context.replace(',', '+')}-{cfg.objective}-s{cfg.seed}"
+        cfg.out = f"runs/{cfg.dataset}-{context_spelling(cfg.context).replace(',', '+')}-{cfg.objective}-s{cfg.seed}"
+    elif not str(cfg.out).strip():  # "" would train into the current folder
+        raise ValueError("--out is empty; give the run's folder (e.g. runs/my-run)")
     before = dataclasses.asdict(cfg)
     cfg = apply_preset(cfg, args.preset, explicit)
     chosen = explicit | {"out"} | {k for k, v in dataclasses.asdict(cfg).items() if before[k] != v}
     saved = Path(cfg.out) / "config.json"
     if getattr(args, "resume", False) and not saved.exists() and "dataset" not in explicit:
         # a mistyped --out would otherwise start the default run (digits) in its place
+        if (Path(cfg.out) / "checkpoint.pt").exists():
+            raise ValueError(f"--resume: {cfg.out} has a checkpoint.pt but no config.json; give the run's settings "
+                             "again (at least --dataset): the checkpoint's own are checked against them")
         raise ValueError(f"--resume: {cfg.out} holds no run to continue (no config.json there); check the path, "
                          "or give the settings of the run to start (at least --dataset)")
     if getattr(args, "resume", False) and saved.exists():
@@ -130,16 +138,21 @@ def parse_duration(text: str) -> float:
 
 def _train(args):
     from ..run import run_finished
-    from ..train import train
+    from ..train import resume_command, train
 
     cfg = config_from_args(args)
     deadline = time.time() + args.time_limit if args.time_limit else None
-    run_dir = train(cfg, resume=args.resume, deadline=deadline, progress=not args.quiet)
-    if run_finished(run_dir):
-        print(f"trained model in {run_dir}")
-        return 0
-    print(f"time limit reached; checkpoint saved. Continue with --resume --out {run_dir}")
-    return EXIT_PAUSED
+    stdout, sys.stdout = sys.stdout, ReaderMayLeave(sys.stdout)  # `con2 train ... | head` must not stop it
+    try:
+        run_dir = train(cfg, resume=args.resume, deadline=deadline, progress=not args.quiet)
+        if run_finished(run_dir):
+            print(f"trained model in {run_dir}")
+            return 0
+        print(f"time limit reached; checkpoint saved. Continue with {resume_command(run_dir)}")
+        return EXIT_PAUSED
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
 
 
 def _info(args):

@@ -245,6 +245,10 @@ def seeded_normal_split(labels: np.ndarray, normal: tuple, cfg) -> dict:
         n_test = n - n_train - n_val
     else:
         n_test = int(round(cfg.test_fraction * n))
+        if n_test + n_val >= n:  # else "the class has no training samples", of a class that has some
+            raise DataError(f"--test-fraction {cfg.test_fraction:g} and a val fraction of "
+                            f"{cfg.split_val_fraction():g} hold out {n_test} + {n_val} of the {n} normal samples, "
+                            "leaving none to train on; lower them")
     test_normal, val, train = np.split(normal_idx, [n_test, n_test + n_val])
     anomalies = np.flatnonzero(~np.isin(labels, normal))
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(np.concatenate([test_normal, anomalies]))}

@@ -100,7 +100,8 @@ def _check_medmnist_file(cfg, path: Path, parts: dict) -> None:
     res = cfg.resolution or (None if cfg.data_file else 28)  # a --data-file of any MedMNIST resolution
     if res is not None and (h, w) != (res, res):
         if cfg.resolution:
-            fix = (f"give the {res} px file ({what}_{res}.npz), or leave --resolution out to train at the file's "
+            name = f"{what}.npz" if res == 28 else f"{what}_{res}.npz"  # MedMNIST's names (medmnist_path)
+            fix = (f"give the {res} px file ({name}), or leave --resolution out to train at the file's "
                    f"size (--image-size resizes)")
             raise DataError(f"{path}: its images are {w}x{h} px, not the {res}x{res} px of --resolution {res}: {fix}")
         raise DataError(f"{path}: its images are {w}x{h} px, not the 28x28 px of MedMNIST's {path.name}; "
