@@ -380,6 +380,11 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():  # found now, not as an OS error after loading the data
         raise FileExistsError(f"--out {run_dir} is a file; give the folder to write the run into")
+    folder = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise NotADirectoryError(f"--out {run_dir}: {folder} is a file, not a folder")
+    if rank == 0 and not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {run_dir}: the folder {folder} is not writable")
     ckpt_path = run_dir / CHECKPOINT_FILE
     if not resume and (ckpt_path.exists() or run_finished(run_dir)):
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
@@ -426,7 +431,10 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
                                     f"checkpoint (step {first}), but checkpoint.pt is missing; restore it, or "
                                     "train afresh with another --out (starting again here would drop that log)")
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"--out {run_dir}: cannot make the folder ({exc.strerror or exc})") from exc
         hold(folder_lock(run_dir, "con2 train"))
         if ckpt_path.exists() != (ckpt is not None) or (not resume and run_finished(run_dir)):
             raise FileExistsError(f"{run_dir} was written by another training since this one started; "

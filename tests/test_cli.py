@@ -86,6 +86,12 @@ def test_train_names_an_ignored_data_root_a_file_as_out_and_a_folders_classes(tm
     (tmp_path / "run.csv").write_text("")
     assert error("--out", str(tmp_path / "run.csv")) == (
         f"con2 train: error: --out {tmp_path / 'run.csv'} is a file; give the folder to write the run into")
+    assert error("--out", str(tmp_path / "run.csv" / "sub")) == (
+        f"con2 train: error: --out {tmp_path / 'run.csv' / 'sub'}: {tmp_path / 'run.csv'} is a file, not a folder")
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        assert error("--out", str(tmp_path / "ro" / "run")) == (
+            f"con2 train: error: --out {tmp_path / 'ro' / 'run'}: the folder {tmp_path / 'ro'} is not writable")
     for c in ("a", "b"):
         (tmp_path / "f" / c).mkdir(parents=True)
         for i in range(3):

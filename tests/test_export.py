@@ -253,7 +253,7 @@ def test_export_refuses_outputs_it_would_damage(cropped_run, tmp_path, capsys):
     (tmp_path / "current.safetensors").symlink_to(target)
     assert main(["export", "--run", str(run), "--views", "2", "--quiet", "--out", str(tmp_path / "current.safetensors")]) == 0
     assert (tmp_path / "current.safetensors").is_symlink() and Con2Detector.load(target, device="cpu").views == 2
-    with pytest.raises(BundleError, match="a run's weights: give its folder with --run"):
+    with pytest.raises(BundleError, match="a run's weights: commands that take a run take its folder with --run"):
         Con2Detector.load(run / "model.safetensors")
     assert main(["predict", "--detector", str(tmp_path), str(run)]) == 2
     assert "is a directory" in capsys.readouterr().err
