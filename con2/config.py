@@ -41,7 +41,7 @@ PAPER_PREPROCESSING = {ds: (256, 224) for ds in ("breast", "pneumonia", "oct", "
 
 # TrainConfig fields by type, checked before any range check (a str compared with an int would fail
 # with Python's own message; a float width with torch's); the optional ones may also be None.
-_INT_FIELDS = ("epochs", "batch_size", "seed", "split_seed", "width", "checkpoint_every")
+_INT_FIELDS = ("epochs", "batch_size", "seed", "split_seed", "width", "checkpoint_every", "workers")
 _OPTIONAL_INT_FIELDS = ("image_size", "center_crop", "resolution", "n_train", "max_train_samples")
 _NUMBER_FIELDS = ("lr", "weight_decay", "temperature", "test_fraction")
 _OPTIONAL_NUMBER_FIELDS = ("val_fraction",)
@@ -80,6 +80,7 @@ class TrainConfig:
     width: int = 64  # ResNet18 base width; 64 is the paper's, smaller only for tests
     device: str = "auto"
     pipeline: str = "auto"
+    workers: int = 2  # DataLoader processes of the workers pipeline (views do not depend on it)
     checkpoint_every: int = 10  # epochs
     skip_bad_files: bool = False
     split_seed: int = 0  # seeded split for npz/folder data without one
@@ -122,6 +123,8 @@ class TrainConfig:
             bad(f"--width must be >= 1, got {self.width}")
         if self.seed < 0 or self.split_seed < 0:
             bad(f"--seed and --split-seed must be >= 0, got {self.seed} and {self.split_seed}")
+        if self.workers < 0:
+            bad(f"--workers must be >= 0 (0: views made in the training process), got {self.workers}")
         if self.checkpoint_every < 1:
             bad(f"--checkpoint-every must be >= 1 (epochs), got {self.checkpoint_every}")
         if self.max_train_samples is not None and self.max_train_samples < 1:

@@ -18,6 +18,7 @@ import shlex
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -203,7 +204,7 @@ class _Interrupt:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self.requested = False
+        self.requested, self.pid = False, os.getpid()
         self.old = {}
         try:
             for sig in self.SIGNALS:
@@ -214,6 +215,8 @@ class _Interrupt:
         return self
 
     def _handle(self, signum, frame):
+        if os.getpid() != self.pid:  # a forked DataLoader worker (Ctrl-C reaches the whole process
+            return                   # group): the main process stops them; one "stopping" line, not three
         if self.requested:
             raise _HardInterrupt
         self.requested = True
@@ -422,8 +425,11 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     pipeline = pipeline or resolve_pipeline(cfg.pipeline, split, device)
     if cfg.pipeline == "auto":
         say(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
+    if rank == 0 and pipeline != "workers" and cfg.workers != TrainConfig.workers:
+        warnings.warn(f"--workers {cfg.workers} applies to the workers pipeline; the {pipeline} pipeline makes "
+                      "these views")
     source = make_batch_source(pipeline, split, contexts, views_cfg, cfg.batch_size, cfg.seed,
-                               device, channels_last=on_gpu, rank=rank, world=world)
+                               device, channels_last=on_gpu, rank=rank, world=world, workers=cfg.workers)
     if resume and ckpt is None:  # a log past the first checkpoint: one was written, and is gone
         logged, first = _last_logged_step(run_dir / "metrics.jsonl"), cfg.checkpoint_every * source.steps_per_epoch
         if logged > first:

@@ -247,6 +247,25 @@ SIGINT_ARGS = ["--dataset", "digits", "--epochs", "40", "--batch-size", "8", "--
                "--checkpoint-every", "1"]
 
 
+def test_a_forked_worker_leaves_ctrl_c_to_the_main_process(monkeypatch, capsys):
+    """Ctrl-C reaches the whole process group: each DataLoader worker (forked, so with the handler)
+    printed its own "stopping" line."""
+    import os
+    import signal
+
+    from con2.train import _Interrupt
+
+    with _Interrupt() as interrupt:
+        pid = os.getpid()
+        monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+        interrupt._handle(signal.SIGINT, None)
+        interrupt._handle(signal.SIGINT, None)  # not a second signal either: no _HardInterrupt
+        assert not interrupt.requested and capsys.readouterr().out == ""
+        monkeypatch.setattr(os, "getpid", lambda: pid)
+        interrupt._handle(signal.SIGINT, None)
+        assert interrupt.requested and capsys.readouterr().out.count("stopping") == 1
+
+
 def test_ctrl_c_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
     """SIGINT lands mid-step (the forward pass has moved the BatchNorm statistics): training stops
     at the step's end and checkpoints that, so resuming gives exactly the uninterrupted weights,
@@ -565,6 +584,8 @@ def test_paper_preset_sets_the_papers_schedule_and_preprocessing():
     assert (parsed("--dataset", "breast").image_size, parsed("--dataset", "breast").epochs) == (None, 20)
     c = parsed("--dataset", "npz", "--normal-class", "0", "--n-train", "1000", "--val-fraction", "0.1")
     assert (c.n_train, c.val_fraction) == (1000, 0.1)  # the BR35H protocol's split, from the command line
+    with pytest.warns(UserWarning, match="--objective simclr trains on the original images only.*--context flip"):
+        parsed("--objective", "simclr", "--context", "flip")  # the baseline has no contexts: said, not ignored
 
 
 def test_predict_applies_the_runs_center_crop(tmp_path):
@@ -923,3 +944,23 @@ def test_predict_decodes_a_shorter_side_run_as_its_folder_loader_did(tmp_path):
     cfg, model = load_run(run, device="cpu")
     want = run_scorer(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:4])["nnd"].numpy()
     np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
+
+
+def test_workers_sets_the_dataloader_processes_and_is_named_where_it_does_not_apply(tmp_path, monkeypatch):
+    import con2.train as training
+    from con2.data import sources
+
+    with pytest.raises(ValueError, match="--workers must be >= 0"):
+        TrainConfig(workers=-1).validate()
+    made = []
+
+    def spy(*args, **kw):
+        made.append(source := real(*args, **kw))
+        return source
+
+    real = sources.make_batch_source
+    monkeypatch.setattr(training, "make_batch_source", spy)
+    train(tiny_cfg(tmp_path / "w", epochs=1, pipeline="workers", workers=0, max_train_samples=16), progress=False)
+    assert made[-1].num_workers == 0  # was 2 whatever the machine
+    with pytest.warns(UserWarning, match="--workers 3 applies to the workers pipeline; the tensor pipeline"):
+        train(tiny_cfg(tmp_path / "t", epochs=1, pipeline="tensor", workers=3, max_train_samples=16), progress=False)

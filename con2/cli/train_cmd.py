@@ -6,6 +6,7 @@ import dataclasses
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..config import (CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, RESIZE_MODES, TrainConfig, apply_preset,
@@ -54,6 +55,9 @@ def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--device", default=None, help="auto (default: cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--pipeline", choices=PIPELINES, default=None,
                    help="where the views are made (default auto; `con2 info` lists what is available)")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"DataLoader processes of --pipeline workers (default {_D.workers}; 0: in the training "
+                        "process); the views are the same for any number")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"epochs between checkpoints (default {_D.checkpoint_every})")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
@@ -113,6 +117,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         source = ("scikit-learn's digits, read from no file" if cfg.dataset == "digits" else
                   f"it reads --data-file {cfg.data_file}" if cfg.data_file else "give its file as --data-file")
         raise ValueError(f"--data-root does not apply to --dataset {cfg.dataset} ({source})")
+    if "context" in explicit and cfg.objective == "simclr":  # else a flip baseline and an invert one look different
+        warnings.warn(f"--objective simclr trains on the original images only (METHOD section 5); "
+                      f"--context {cfg.context} is not used")
     return cfg.validate()
 
 

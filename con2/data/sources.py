@@ -74,14 +74,16 @@ def resolve_pipeline(kind: str, split: OneClassSplit, device) -> str:
 
 
 def make_batch_source(kind: str, split: OneClassSplit, contexts, view_cfg, batch_size, seed, device,
-                      dtype=torch.float32, channels_last=False, rank=0, world=1):
-    """The batch source of --pipeline tensor|dali|workers, or auto (resolve_pipeline)."""
+                      dtype=torch.float32, channels_last=False, rank=0, world=1, workers=2):
+    """The batch source of --pipeline tensor|dali|workers, or auto (resolve_pipeline); `workers`:
+    the DataLoader processes of the workers pipeline."""
     kind = resolve_pipeline(kind, split, device)
     if kind == "tensor":
         return TensorBatchSource(split.train, contexts, view_cfg, batch_size, seed, device, dtype,
                                  channels_last, rank, world)
     if kind == "workers":
-        return WorkerBatchSource(split, contexts, view_cfg, batch_size, seed, device, dtype, channels_last, rank, world)
+        return WorkerBatchSource(split, contexts, view_cfg, batch_size, seed, device, dtype, channels_last, rank, world,
+                                 num_workers=workers)
     if kind == "dali":
         return dali.DaliBatchSource(split, contexts, view_cfg, batch_size, seed, device, dtype, channels_last, rank, world)
     raise ValueError(f"unknown pipeline {kind!r}; choose auto, tensor, dali or workers")
