@@ -408,6 +408,9 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     torch.manual_seed(cfg.seed)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
     say(split.summary(), flush=True)
+    if not progress and rank == 0:  # --quiet: still told of files left out and an unusable test split
+        for note in split.notes():
+            warnings.warn(note.removeprefix("note: "))
     contexts = context_set(cfg)
     model = build_model(cfg, split).to(device)
     on_gpu = device.type == "cuda"

@@ -187,3 +187,17 @@ def test_train_refusals_name_their_cause_before_touching_the_run(tmp_path, capsy
     (run / "config.json").unlink()
     assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 2
     assert "has a checkpoint.pt but no config.json" in capsys.readouterr().err
+
+
+def test_quiet_training_still_names_skipped_files_and_an_unusable_test_split(tmp_path, capsys):
+    """--quiet dropped the summary line, and with it the only word of files left out."""
+    from con2.cli.main import main
+
+    data = _tiny_folder(tmp_path / "data")
+    (tmp_path / "data" / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert main(["train", *data, "--skip-bad-files", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped" not in out and "con2 train: warning: skipped 1 unreadable file(s), first: " in err and "broken.png" in err
+    assert main(["train", *data, "--skip-bad-files", "--epochs", "1", "--out", str(tmp_path / "s")]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped 1 unreadable file(s)" in out and "warning" not in err  # said once, in the summary

@@ -98,14 +98,23 @@ class OneClassSplit:
             f"{len(self.test)} test ({len(self.test) - n_anom} normal / {n_anom} anomalous), "
             f"{self.train.shape[2]}x{self.train.shape[1]}x{self.channels}"
             + self._resized()
-            + (f"; skipped {self.meta['skipped_files']} unreadable file(s), first: "
-               f"{self.meta.get('skipped_first') or self.meta['skipped_paths'][0]}"
-               if self.meta.get("skipped_files") else "")
+            + "".join(f"; {note}" for note in self.notes() if note.startswith("skipped"))
             + ("".join(f"; {p} decoded from the files on access" for p in ("train", "val", "test")
                        if not isinstance(self.part(p), np.ndarray)))
-            + ("" if 0 < n_anom < len(self.test) or self.meta.get("calibration_only") else
-               "; note: the test split needs normal and anomalous images for `con2 evaluate`")
+            + "".join(f"; {note}" for note in self.notes() if note.startswith("note:"))
         )
+
+    def notes(self) -> list[str]:
+        """What the summary says that a user must see even with --quiet: files left out, a test
+        split that cannot be evaluated."""
+        n_anom = int(self.test_labels.sum())
+        notes = []
+        if self.meta.get("skipped_files"):
+            notes.append(f"skipped {self.meta['skipped_files']} unreadable file(s), first: "
+                         f"{self.meta.get('skipped_first') or self.meta['skipped_paths'][0]}")
+        if not (0 < n_anom < len(self.test) or self.meta.get("calibration_only")):
+            notes.append("note: the test split needs normal and anomalous images for `con2 evaluate`")
+        return notes
 
     def _resized(self) -> str:
         """How an array data set's images were resized to the run's (an upscale invents pixels)."""
