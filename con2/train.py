@@ -373,8 +373,14 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     time-boxed jobs (a lent GPU call, a batch-queue slot); `run_finished` tells the two apart.
     A second training into the same run folder while one writes it is refused (folder_lock).
     """
+    grouped = dist.is_available() and dist.is_initialized()
     with contextlib.ExitStack() as held:  # the run folder's lock, from when it is written until the end
-        return _train(cfg, split, progress, resume, stop_after_steps, deadline, held.enter_context)
+        run_dir = _train(cfg, split, progress, resume, stop_after_steps, deadline, held.enter_context)
+    if not grouped and dist.is_available() and dist.is_initialized():
+        # the group this training made (torchrun): left open, gloo's threads could abort the process at exit
+        # ("terminate called without an active exception") after a finished run
+        dist.destroy_process_group()
+    return run_dir
 
 
 def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Path:

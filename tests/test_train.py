@@ -820,6 +820,8 @@ from con2.train import train
 # each rank computes its own deadline (the CLI does: time.time() + --time-limit when it starts)
 deadline = 0.0 if os.environ["RANK"] == "0" else time.time() + 3600
 train(tiny_cfg({out!r}, epochs=200, batch_size=8), tiny_split(), progress=False, deadline=deadline)
+import torch.distributed as dist
+assert not dist.is_initialized()  # the group train made is closed: left to exit, gloo could abort the process
 """
 
 
