@@ -12,3 +12,7 @@ def __getattr__(name):
 
 
 __all__ = ["__version__", "Con2Detector"]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))  # Con2Detector too, for completion and help()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +17,27 @@ from .files import replacing, tensor_digest, utf8_name
 
 BUNDLE_FORMAT = "con2-detector/1"
 # Paths that name a process's standard streams: a bundle written "to" one would replace the link
-STREAMS = ("/proc/", "/dev/fd/", "/dev/stdin", "/dev/stdout", "/dev/stderr")
+STREAMS = re.compile(r"/dev/(fd/|stdin$|stdout$|stderr$)|/proc/(self|thread-self|\d+)/fd/")
 
 
 class BundleError(ValueError):
     """A detector bundle cannot be loaded: wrong format or version, or tampered with."""
 
 
+def _as_path(path, verb: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{verb} takes the bundle's path (a str or pathlib.Path), got {type(path).__name__}")
+    return Path(path)
+
+
 def bundle_path(path: str | Path) -> Path:
     """The file a bundle is written to at `path` (a link's target file, the link kept), checked to be
     one that can be replaced in one step; else an error naming it, before any work."""
-    path = Path(path)
+    path = _as_path(path, "save")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'detector.safetensors'}")
     link = os.readlink(path) if path.is_symlink() else ""
-    if os.path.abspath(path).startswith(STREAMS) or link.startswith(STREAMS):
+    if STREAMS.match(os.path.abspath(path)) or STREAMS.match(link):
         raise ValueError(f"{path} is a standard stream; a bundle is a binary file written in one step: "
                          "give a file path")
     if path.is_symlink() and path.resolve().is_file():
@@ -59,7 +66,10 @@ def read_bundle(path: str | Path) -> tuple[dict, dict, dict]:
     """(params, state, tensors) of a bundle written by write_bundle, checked; BundleError otherwise."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = _as_path(path, "load")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a detector bundle: a training run's folder is read by "
+                                "Con2Detector.from_run(folder), or made a bundle with con2 export")
     if not path.is_file():
         raise FileNotFoundError(f"no detector bundle at {path}")
     try:

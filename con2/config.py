@@ -32,6 +32,7 @@ PAPER_BATCH_SIZE = {
 }
 PAPER_EPOCHS = 2048
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer and the loss hold lr and temperature in float32
+MIN_TEMPERATURE = 1e-6  # con2.ops.reference.TEMPERATURE_RANGE (not imported: config stays free of torch)
 # The smallest side views are trained at: ResNet18 (CIFAR stem) halves it three times.
 MIN_IMAGE_SIDE = 8
 # METHOD section 6: "MedMNIST, BR35H, Pneumonia: resize 256, center-crop 224" (as --image-size,
@@ -116,13 +117,15 @@ class TrainConfig:
         for name, value in (("lr", self.lr), ("temperature", self.temperature)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= FLOAT32_MAX):  # NaN too
                 bad(f"--{name} must be a number > 0 that float32 can hold, got {value!r}")
+        if self.temperature < MIN_TEMPERATURE:  # else the loss refuses it at the first step
+            bad(f"--temperature must be >= {MIN_TEMPERATURE:g} (the loss kernels' range), got {self.temperature!r}")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
                 and self.weight_decay >= 0):
             bad(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.width < 1:
             bad(f"--width must be >= 1, got {self.width}")
-        if self.seed < 0 or self.split_seed < 0:
-            bad(f"--seed and --split-seed must be >= 0, got {self.seed} and {self.split_seed}")
+        if not (0 <= self.seed < 2**63 and 0 <= self.split_seed < 2**63):  # torch's generators take 64 bits
+            bad(f"--seed and --split-seed must be in [0, 2**63), got {self.seed} and {self.split_seed}")
         if self.workers < 0:
             bad(f"--workers must be >= 0 (0: views made in the training process), got {self.workers}")
         if self.checkpoint_every < 1:

@@ -85,6 +85,8 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
             raise TypeError(f"{name} mixes torch tensors (channels first) and other images (channels last); "
                             "give one kind")
     if isinstance(X, torch.Tensor):
+        if X.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device: it holds no pixel data")
         t = X.detach().cpu()
         if t.dim() >= 1 and t.shape[0] == 0:
             raise ValueError(f"{name} holds no images")
@@ -401,19 +403,22 @@ class Con2Detector(BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "bank_"):
-            raise NotFittedError("this Con2Detector is not fitted yet: call fit(X) or Con2Detector.load(path) first")
+            raise NotFittedError("this Con2Detector is not fitted yet: call fit(X), or take the detector that "
+                                 "load returns (det = Con2Detector.load(path); it makes a new one)")
         self._sync_fitted()  # options assigned directly, not through set_params
 
     def _query(self, X, formatted: bool = False) -> torch.Tensor:
         """X as the model's input images: through input_format_ unless `formatted` (made by it already)."""
         images = as_nhwc(X)
         h, w, c = self.input_shape_
+        if c == 3 and isinstance(X, torch.Tensor) and X.dim() == 3 and X.shape[0] == 3:
+            # most likely one RGB image; input_format_ would turn its planes into 3 grey images and score each
+            raise ValueError("X is a torch [3, H, W] tensor, read as 3 grayscale images by an RGB detector: pass "
+                             "one RGB image as [1, 3, H, W] (X[None]), grayscale images as [N, 1, H, W]")
         if self.input_format_ is not None and not formatted:  # any size and channel count, made as the training images
             images = self.input_format_.apply(images)
         if images.shape[-1] != c:
-            one_rgb = isinstance(X, torch.Tensor) and X.dim() == 3 and X.shape[0] == 3
-            hint = " (a torch [3, H, W] tensor is 3 grayscale images; one RGB image is [1, 3, H, W])" if one_rgb else ""
-            raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}{hint}")
+            raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}")
         if images.shape[1:3] != (h, w):
             raise ValueError(f"X images are {images.shape[2]}x{images.shape[1]} px, "
                              f"the detector was fitted on {w}x{h} px (or fit with image_size=S to resize "
@@ -572,12 +577,16 @@ def _next_fit_dir(out: Path) -> Path:
 
 def _check_bundle_state(det: "Con2Detector", plan: list[View], tensors: dict, feature_dim: int) -> None:
     """The bundle's state is self-consistent (ValueError otherwise, reported as a BundleError)."""
+    from .scoring import view_plan
+
     if len(det.input_shape_) != 3 or det.input_shape_[2] not in (1, 3):
         raise ValueError(f"input_shape must be [H, W, C] with C in (1, 3), got {list(det.input_shape_)}")
     if not np.isfinite(det.threshold_):
         raise ValueError(f"the threshold is {det.threshold_}")
     if [v.index for v in plan] != list(range(len(plan))) or not plan:
         raise ValueError("the view plan must list views 0, 1, ... in order")
+    if plan != view_plan(det.views, det.contexts_):  # else the first score fails on the mismatch
+        raise ValueError(f"its view plan ({len(plan)} views) is not that of views={det.views}")
     scorer_tensor = {"nnd": "bank.nnd", "lh": "bank.lh_mean"}[det.scorer]
     if scorer_tensor not in tensors:
         raise ValueError(f"no {det.scorer} bank in it ({scorer_tensor} is missing)")
@@ -586,6 +595,8 @@ def _check_bundle_state(det: "Con2Detector", plan: list[View], tensors: dict, fe
         if t is not None and (t.shape[0] != len(plan) or t.shape[-1] != feature_dim):
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected [{len(plan)}, ..., {feature_dim}]")
     views, scores = tensors.get("calibration.views"), tensors["calibration.scores"]
+    if scores.dim() != 1 or len(scores) == 0:  # set_params(target_fpr=...) recalibrates on them
+        raise ValueError(f"calibration.scores must hold the held-out normals' scores, got shape {tuple(scores.shape)}")
     if views is not None and (tuple(views.shape) != (len(scores), len(plan)) or views.dtype != torch.float64):
         raise ValueError(f"calibration.views is {views.dtype} {tuple(views.shape)}, expected float64 "
                          f"[{len(scores)}, {len(plan)}]")

@@ -39,7 +39,7 @@ def con2_loss(
         raise ValueError(
             f"z_context {tuple(z_context.shape)} and z_content {tuple(z_content.shape)} differ in shape"
         )
-    return ops.con2_loss(z_context, z_content, context_labels, sample_ids, float(alpha), temperature)
+    return ops.con2_loss(z_context, z_content, context_labels, sample_ids, alpha, temperature)
 
 
 def context_only_loss(z_context, z_content, context_labels, sample_ids, alpha=1.0, temperature=0.07):

@@ -62,9 +62,11 @@ def detection_metrics(labels, scores) -> dict[str, float]:
 def calibrate_threshold(normal_scores, target_fpr: float = 0.05, conservative: bool = False) -> float:
     """A threshold t on held-out *normal* scores; predict anomaly when score > t.
 
-    Default (empirical): t is the (k+1)-th largest calibration score with k = floor(target_fpr * n),
-    so on the calibration data exactly floor(target_fpr * n) / n <= target_fpr of the scores lie
-    above t (fewer with ties).
+    Default (empirical): t is just above the (k+1)-th largest calibration score with
+    k = floor(target_fpr * n), so on the calibration data exactly floor(target_fpr * n) / n <=
+    target_fpr of the scores lie above t (fewer with ties). "Just above": by a relative 1e-5 (the
+    float32 rounding a score gets from the batch it is scored in is ~1e-7), never reaching the next
+    larger score, so that calibration image is not flagged when scored again in other company.
 
     Finite samples: for a new normal sample exchangeable with the n calibration samples the
     expected false-positive rate of that threshold is (k + 1) / (n + 1), which exceeds the
@@ -95,7 +97,15 @@ def calibrate_threshold(normal_scores, target_fpr: float = 0.05, conservative: b
         k = int(math.floor(target_fpr * n + 1e-9))
         if k >= n:
             k = n - 1
-    return float(s[k])
+    return _just_above(s, k)
+
+
+def _just_above(descending: np.ndarray, k: int) -> float:
+    """A threshold above descending[k] by float32 rounding's margin, below every larger score."""
+    at = descending[k]
+    larger = descending[descending > at]
+    upper = larger.min() if larger.size else np.inf
+    return float(min(at + 1e-5 * max(1.0, abs(at)), (at + upper) / 2 if np.isfinite(upper) else np.inf))
 
 
 def check_target_fpr(target_fpr) -> float:

@@ -67,9 +67,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
+        device = torch.device(name) if isinstance(name, (str, torch.device)) else None
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N): {exc}") from None
+    if device is None:  # torch's own message lists every overload of torch.device
+        raise ValueError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:N)")
+    if device.type not in ("cpu", "cuda"):  # meta holds no data: a model moved there is gone
+        raise ValueError(f"--device {name!r}: con2 runs on cpu or cuda[:N] only")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return device

@@ -234,9 +234,11 @@ class GaussianMoments:
 
     def update(self, z: torch.Tensor) -> "GaussianMoments":
         """Add rows z [m, d] (checked finite, and of the first chunk's width)."""
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] == 0:
-            raise ValueError(f"the Gaussian scorer needs [n, d] features with d >= 1, got shape "
-                             f"{tuple(getattr(z, 'shape', ()))}")
+        ops.reference.check_tensors(features=z)
+        if z.dim() != 2 or z.shape[1] == 0:
+            raise ValueError(f"the Gaussian scorer needs [n, d] features with d >= 1, got shape {tuple(z.shape)}")
+        if not z.is_floating_point():  # complex would lose its imaginary part, ints and bools are no features
+            raise TypeError(f"the Gaussian scorer needs floating-point features, got {z.dtype}")
         if self.n and z.shape[1] != self.s1.shape[0]:
             raise ValueError(f"features of dimension {z.shape[1]} after {self.s1.shape[0]}-dimensional ones")
         if not bool(torch.isfinite(z).all()):
@@ -329,6 +331,7 @@ class Gaussian:
     def nll(self, z: torch.Tensor) -> torch.Tensor:
         """-log N(z | mean, Sigma) per row (float64), z already L2-normalised."""
         d = self.mean.shape[0]
+        ops.reference.check_tensors(features=z)
         if z.dim() != 2 or z.shape[1] != d:  # else the op would blame this Gaussian's mean
             raise ValueError(f"the Gaussian was fitted on {d}-dimensional features; got features of shape "
                              f"{tuple(z.shape)}")
@@ -487,6 +490,8 @@ def aggregate(per_view: torch.Tensor, how: str = "mean") -> torch.Tensor:
                         "(torch.from_numpy converts an array)")
     if per_view.dim() != 2 or per_view.shape[1] == 0:
         raise ValueError(f"per-view scores must be [samples, views] with at least one view, got {tuple(per_view.shape)}")
+    if not per_view.is_floating_point():
+        raise TypeError(f"per-view scores must be floating point, got {per_view.dtype}")
     if check_aggregate(how) == "mean":
         return per_view.mean(dim=1)
     return per_view.max(dim=1).values

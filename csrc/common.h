@@ -25,9 +25,15 @@ inline int64_t block_rows(int64_t cols, int64_t elem_size, int64_t bytes, int64_
   return std::max<int64_t>(lo, std::min<int64_t>(hi, r));
 }
 
+// The temperatures the loss takes (con2/ops/reference.py TEMPERATURE_RANGE): below, the logits of unit
+// rows reach the diagonal mask's scale and float32 overflows; above float32's largest, 1/T is 0.
+constexpr double kMinTemperature = 1e-6;
+constexpr double kMaxTemperature = 3.4028234663852886e38;
+
 inline void check_loss_inputs(const at::Tensor& z, const at::Tensor& labels, double temperature) {
   TORCH_CHECK(z.dim() == 2, "con2: z must be a 2-D [M, D] tensor, got ", z.sizes());
   TORCH_CHECK(z.size(0) >= 1, "con2: z is empty");
+  TORCH_CHECK(z.size(1) >= 1, "con2: z has no columns (D = 0)");
   TORCH_CHECK(z.is_floating_point(), "con2: z must be floating point, got ", z.scalar_type());
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == z.size(0),
               "con2: labels must have shape [", z.size(0), "], got ", labels.sizes());
@@ -35,7 +41,8 @@ inline void check_loss_inputs(const at::Tensor& z, const at::Tensor& labels, dou
               "con2: labels must be an integer tensor, got ", labels.scalar_type());
   TORCH_CHECK(labels.device() == z.device(), "con2: labels are on ", labels.device(),
               " but z is on ", z.device());
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "con2: temperature must be a finite number > 0, got ",
+  TORCH_CHECK(std::isfinite(temperature) && temperature >= kMinTemperature && temperature <= kMaxTemperature,
+              "con2: temperature must be a number in [1e-06, 3.403e+38] (the float32 kernels' range), got ",
               temperature);
 }
 
@@ -58,6 +65,8 @@ inline void check_top1_inputs(const at::Tensor& queries, const at::Tensor& bank,
   TORCH_CHECK(queries.dim() == 2 && bank.dim() == 2 && queries.size(1) == bank.size(1),
               "con2: top1_cosine expects [Q, D] queries and an [N, D] bank");
   TORCH_CHECK(queries.size(0) > 0 && bank.size(0) > 0, "con2: top1_cosine got an empty input");
+  TORCH_CHECK(queries.size(1) > 0, "con2: top1_cosine got rows of dimension 0");
+  TORCH_CHECK(bank_norms.is_floating_point(), "con2: bank_norms must be floating point, got ", bank_norms.scalar_type());
   TORCH_CHECK(bank_norms.dim() == 1 && bank_norms.size(0) == bank.size(0),
               "con2: bank_norms must have shape [", bank.size(0), "]");
 }

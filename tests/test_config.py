@@ -68,3 +68,15 @@ def test_a_narrow_encoder_is_initialised_as_the_width_64_one():
         conv = Con2Model(in_channels=1, image_size=8, width=width).encoder.layer1[0].conv1.weight
         expected = math.sqrt(2 / (width * 9))  # kaiming normal, fan_out = out channels x 3 x 3
         assert abs(conv.std().item() / expected - 1) < 0.1, width
+
+
+def test_the_temperature_range_is_the_loss_kernels():
+    """A temperature the loss refuses was accepted and failed at the first training step."""
+    from con2.config import FLOAT32_MAX, MIN_TEMPERATURE
+    from con2.ops.reference import TEMPERATURE_RANGE
+
+    assert (MIN_TEMPERATURE, FLOAT32_MAX) == TEMPERATURE_RANGE
+    with pytest.raises(ValueError, match="--temperature must be >= 1e-06"):
+        TrainConfig(temperature=1e-7).validate()
+    with pytest.raises(ValueError, match=r"--seed and --split-seed must be in \[0, 2\*\*63\)"):
+        TrainConfig(seed=2**64).validate()  # failed inside torch.manual_seed after loading the data

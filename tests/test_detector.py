@@ -74,8 +74,13 @@ def test_a_single_rgb_torch_image_is_named_and_fit_predict_is_not_offered(tmp_pa
     det = Con2Detector(epochs=1, width=8, batch_size=16, views=2, progress=False, device="cpu")
     det.fit(rng.integers(0, 255, size=(40, 12, 12, 3), dtype=np.uint8))
     one = torch.from_numpy(rng.integers(0, 255, size=(3, 12, 12), dtype=np.uint8))
-    with pytest.raises(ValueError, match=r"1 channel\(s\), the detector was fitted on 3 .*\[1, 3, H, W\]"):
+    with pytest.raises(ValueError, match=r"read as 3 grayscale images by an RGB detector: pass one RGB image as "
+                                         r"\[1, 3, H, W\]"):
         det.decision_function(one)
+    resizing = Con2Detector(epochs=1, width=8, batch_size=16, views=2, progress=False, device="cpu", image_size=12)
+    resizing.fit(rng.integers(0, 255, size=(40, 12, 12, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="read as 3 grayscale images"):  # its input format made them RGB: 3 scores
+        resizing.decision_function(one)
     assert det.decision_function(one[None]).shape == (1,)
     assert not hasattr(det, "fit_predict")  # as LocalOutlierFactor(novelty=True)
     with pytest.raises(AttributeError, match="novelty detector.*det.fit\\(X_normal\\).predict\\(X_new\\)"):
@@ -191,9 +196,16 @@ def test_inconsistent_bundles_fail_at_load_and_norms_are_recomputed(fitted, tmp_
         t["bank.nnd"] = t["bank.nnd"].clone()
         t["bank.nnd"][0, 0, 0] = float("nan")
 
+    def four_views(m):  # a 2-view plan and bank: the first score failed on the mismatch
+        m["params"] = json.dumps(dict(json.loads(m["params"]), views=4), sort_keys=True)
+
+    def no_calibration(t):  # set_params(target_fpr=...) failed inside the threshold calibration
+        t["calibration.scores"] = t["calibration.scores"][:0]
+        t.pop("calibration.views", None)
+
     cases = [dict(edit_meta=state_edit(threshold=float("nan"))), dict(edit_meta=state_edit(input_shape=[16])),
              dict(edit_meta=state_edit(plan=[[0, 0]])), dict(edit_tensors=drop("bank.nnd")),
-             dict(edit_tensors=nan_bank)]
+             dict(edit_tensors=nan_bank), dict(edit_meta=four_views), dict(edit_tensors=no_calibration)]
     for i, kw in enumerate(cases):
         bad = _rewrite(path, tmp_path / f"bad{i}.safetensors", rehash=True, **kw)
         with pytest.raises(BundleError, match="inconsistent"):
@@ -284,10 +296,10 @@ def test_new_target_fpr_or_contamination_recalibrates_the_threshold(fitted):
     x = blobs(5, 7, True)
     np.testing.assert_array_equal(det.predict(x), (det.decision_function(x) > det.threshold_).astype(int))
     det.set_params(contamination=0.0)  # replaces target_fpr
-    assert det.threshold_ == cal.max()
+    assert cal.max() < det.threshold_ == pytest.approx(cal.max(), rel=2e-5)
     with pytest.raises(ValueError, match="contamination"):
         det.set_params(contamination=0.7)
-    assert det.contamination == 0.0 and det.threshold_ == cal.max()
+    assert det.contamination == 0.0 and cal.max() < det.threshold_ == pytest.approx(cal.max(), rel=2e-5)
     det.contamination, det.target_fpr = None, 0.1  # assigned directly: applied when scoring
     det.predict(x)
     assert det.threshold_ == t0
@@ -335,7 +347,14 @@ def test_device_and_batch_size_after_fit(fitted):
     np.testing.assert_allclose(det.decision_function(x), s, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="not a device"):
         det.set_params(device="bogus")
+    with pytest.raises(ValueError, match="'meta': con2 runs on cpu or cuda"):  # the model moved there was lost
+        det.set_params(device="meta")
+    with pytest.raises(ValueError, match="not a device name"):  # not torch's list of overloads
+        det.set_params(device=None)
     assert det.device == "auto"
+    np.testing.assert_allclose(det.decision_function(x), s, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="meta device: it holds no pixel data"):
+        det.decision_function(torch.empty((2, 12, 12), dtype=torch.uint8, device="meta"))
     with pytest.raises(ValueError, match="score_batch_size"):
         det.set_params(score_batch_size=0)
     if torch.cuda.is_available():  # the model and bank move with the option
@@ -503,3 +522,23 @@ def test_read_only_images_score_without_a_warning(fitted, tmp_path, recwarn):
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
     np.testing.assert_array_equal(fitted[0].decision_function(mapped), fitted[0].decision_function(x))
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def test_load_is_told_from_its_misuses(fitted, tmp_path):
+    """load on an instance returns a new detector (the instance stays unfitted); a run folder or None
+    is not a bundle path; a bundle may be saved under /proc (no stream there)."""
+    det, path = fitted
+    unfitted = Con2Detector()
+    unfitted.load(path)
+    with pytest.raises(NotFittedError, match=r"det = Con2Detector.load\(path\); it makes a new one"):
+        unfitted.predict(blobs(2, 0, True))
+    with pytest.raises(IsADirectoryError, match="a training run's folder is read by Con2Detector.from_run"):
+        Con2Detector.load(tmp_path)
+    with pytest.raises(TypeError, match="load takes the bundle's path"):
+        Con2Detector.load(None)
+    with pytest.raises(TypeError, match="save takes the bundle's path"):
+        det.save(None)
+    with pytest.raises(ValueError, match="is a standard stream"):
+        det.save(f"/proc/{__import__('os').getpid()}/fd/1")
+    import con2
+    assert "Con2Detector" in dir(con2)

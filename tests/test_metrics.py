@@ -50,6 +50,20 @@ def test_threshold_hits_target_fpr_on_calibration_data(n, target):
     assert false_positive_rate(scores, t) <= target
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 500.0])  # NND distances, LH negative log-likelihoods
+def test_threshold_leaves_the_calibration_labels_to_float32_rounding(scale):
+    """The threshold was a calibration score itself: that image, scored again in another batch
+    (a ~1e-7 relative change), was flagged or not by chance."""
+    rng = np.random.default_rng(1)
+    scores = scale * rng.uniform(size=200)
+    for target in (0.0, 0.05, 0.5):
+        t = calibrate_threshold(scores, target)
+        rounded = scores * (1 + rng.choice([-1.0, 1.0], size=scores.size) * 2e-7)
+        assert false_positive_rate(rounded, t) == false_positive_rate(scores, t) == np.floor(target * 200 + 1e-9) / 200
+    tied = np.array([3.0, 2.0, 2.0, 2.0 + 1e-9, 1.0])  # the margin stops short of the next larger score
+    assert 2.0 < calibrate_threshold(tied, 0.4) < 2.0 + 1e-9
+
+
 def test_conservative_threshold_and_small_samples():
     s = np.random.default_rng(0).normal(size=99)
     t = calibrate_threshold(s, 0.05, conservative=True)  # k = floor(0.05 * 100) - 1 = 4 above
@@ -60,7 +74,8 @@ def test_conservative_threshold_and_small_samples():
     with pytest.raises(ValueError, match="at least one"):
         calibrate_threshold([], 0.05)
     with pytest.warns(UserWarning, match="none can"):  # a target of 0 cannot be guaranteed: the maximum
-        assert calibrate_threshold(s, 0.0, conservative=True) == s.max()
+        t = calibrate_threshold(s, 0.0, conservative=True)
+    assert s.max() < t == pytest.approx(s.max(), rel=2e-5)
 
 
 def test_fpr95_is_exact_when_tied_scores_make_the_roc_curve_straight():

@@ -333,7 +333,7 @@ def test_loss_rejects_bad_inputs_in_both_implementations(impl):
     """The reference (the fallback when the extension is missing) refuses what the kernels refuse,
     instead of returning NaN or a wrong value."""
     z, labels = _batch(8, 4, 2, "cpu")
-    temperature = r"temperature must be a finite number > 0, got "
+    temperature = r"temperature must be a number in \[1e-06, 3.403e\+38\] \(the float32 kernels' range\), got "
     bad = [  # (z, labels, temperature), the error, what it says
         ((z, labels, 0.0), ValueError, temperature + "0.0"), ((z, labels, -0.1), ValueError, temperature + "-0.1"),
         ((z, labels, float("nan")), ValueError, temperature + "nan"),
@@ -344,12 +344,24 @@ def test_loss_rejects_bad_inputs_in_both_implementations(impl):
         ((z[0], labels, 0.07), ValueError, r"z must be a 2-D \[M, D\] tensor, got shape \(4,\)"),
         ((torch.ones(8, 4, dtype=torch.int64), labels, 0.07), TypeError, "z must be floating point, got torch.int64"),
         ((z[:0], labels[:0], 0.07), ValueError, "z is empty"),
+        # below 1e-6 the logits reach the diagonal mask's scale (the kernel returned -inf at 1e-11); past
+        # float32's largest the kernel's 1/T was NaN (the reference's 1/T a float64 number)
+        ((z, labels, 1e-11), ValueError, temperature + "1e-11"), ((z, labels, 1e100), ValueError, temperature + "1e"),
+        ((z[:, :0], labels, 0.07), ValueError, r"z has no columns \(D = 0\)"),
+        ((z.numpy(), labels, 0.07), TypeError, r"z must be a torch.Tensor, got numpy.ndarray \(torch.from_numpy"),
+        ((z, labels.tolist(), 0.07), TypeError, "labels must be a torch.Tensor, got list"),
     ]
     for args, error, says in bad:
         with pytest.raises(error, match=says):
             impl.supcon_loss(*args)
     with pytest.raises((ValueError, RuntimeError), match="rows"):
         impl.con2_loss(z, z[:6], labels, labels[:6], 0.5)
+    for alpha in (float("nan"), float("inf"), True, None, "0.5"):  # "0.5" was taken, NaN gave a NaN loss
+        with pytest.raises(ValueError, match="alpha must be a finite number"):
+            impl.con2_loss(z, z, labels, labels, alpha)
+    with pytest.raises(TypeError, match="alpha must be a number, not a tensor that requires grad"):
+        impl.con2_loss(z, z, labels, labels, torch.tensor(0.5, requires_grad=True))
+    assert impl.con2_loss(z, z, labels, labels, torch.tensor(0.5)) == impl.con2_loss(z, z, labels, labels, 0.5)
 
 
 def test_loss_ops_reject_infinite_temperature():
@@ -389,6 +401,15 @@ def test_top1_and_mahalanobis_reject_bad_norms_types_and_devices(impl):
     for norms in (torch.zeros(6), torch.full((6,), float("nan")), -torch.ones(6), torch.ones(6, 1), torch.ones(5)):
         with pytest.raises(ValueError, match="bank_norms"):
             impl.top1_cosine(q, bank, bank_norms=norms)
+    for norms in (torch.ones(6, dtype=torch.long), torch.ones(6, dtype=torch.bool), torch.ones(6, dtype=torch.complex64)):
+        with pytest.raises(TypeError, match="bank_norms must be floating point"):  # long norms gave "cosines" near 3
+            impl.top1_cosine(q, bank, bank_norms=norms)
+    with pytest.raises(ValueError, match=r"queries has no columns"):
+        impl.top1_cosine(q[:, :0], bank[:, :0])
+    with pytest.raises(TypeError, match="bank must be a torch.Tensor, got numpy.ndarray"):
+        impl.top1_cosine(q, bank.numpy())
+    with pytest.raises(ValueError, match=r"whitening has no columns \(k = 0\)"):
+        impl.mahalanobis_sq(torch.randn(5, 8), torch.zeros(8), torch.zeros(8, 0))
     x, mean, w = torch.randn(5, 8), torch.zeros(8), torch.eye(8)
     with pytest.raises(TypeError, match="floating"):
         impl.mahalanobis_sq(x.long(), mean, w)
@@ -746,7 +767,7 @@ def test_losses_take_a_numpy_temperature_and_refuse_a_bool(impl):
     z, labels = _batch(8, 6, 3, "cpu")
     torch.testing.assert_close(impl.supcon_loss(z, labels, np.float32(0.07)), impl.supcon_loss(z, labels, 0.07))
     for call in (lambda: impl.supcon_loss(z, labels, True), lambda: impl.con2_loss(z, z, labels, labels, 0.5, True)):
-        with pytest.raises(ValueError, match="temperature must be a finite number > 0, got True"):
+        with pytest.raises(ValueError, match=r"temperature must be a number in \[1e-06, .*got True"):
             call()
 
 

@@ -501,3 +501,21 @@ def test_an_interrupted_evaluation_write_never_leaves_new_scores_beside_old_metr
                       per_view=True)
     assert not (tmp_path / METRICS_FILE).exists()  # the new scores.csv is not described by the old metrics
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_scorers_refuse_features_and_scores_that_are_no_numbers():
+    """Complex features lost their imaginary part (a torch warning only), int and bool ones were fitted,
+    a numpy array was 'not [n, d]' though it was, and integer per-view scores failed inside torch."""
+    from con2.scoring import Gaussian, aggregate
+
+    z = torch.nn.functional.normalize(torch.randn(20, 6, dtype=torch.float64), dim=1)
+    for bad in (z.to(torch.complex64), (z > 0).long(), z > 0):
+        with pytest.raises(TypeError, match="the Gaussian scorer needs floating-point features"):
+            Gaussian.fit(bad)
+    with pytest.raises(TypeError, match="features must be a torch.Tensor, got numpy.ndarray"):
+        Gaussian.fit(z.numpy())
+    with pytest.raises(TypeError, match="features must be a torch.Tensor, got numpy.ndarray"):
+        Gaussian.fit(z).nll(z.numpy())
+    for how in ("mean", "max"):
+        with pytest.raises(TypeError, match="per-view scores must be floating point, got torch.int64"):
+            aggregate(torch.ones(3, 2, dtype=torch.long), how)

@@ -223,6 +223,7 @@ def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, te
     # no shortcut at alpha == 0: the content head must get a (zero) gradient, as with the
     # reference, or AdamW and DDP would treat it as unused
     reference.check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature)
+    alpha = reference.check_alpha(alpha)
     if (torch.is_grad_enabled() and (z_context.requires_grad or z_content.requires_grad)
             and z_context.dtype == z_content.dtype):
         losses = torch.ops.con2.con2_fwd_bwd(

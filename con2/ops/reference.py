@@ -22,6 +22,32 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 # single-element batch all -inf, and logsumexp(-inf) - (-inf) is NaN.
 _MASKED = -1e9
 
+# The temperatures the loss takes (csrc/common.h kMinTemperature, float32's largest): below 1e-6 the
+# logits of unit rows reach the mask's scale and the float32 kernels overflow; above, 1/T is 0 in float32.
+TEMPERATURE_RANGE = (1e-6, 3.4028234663852886e38)
+
+
+def check_tensors(**named) -> None:
+    """Each named argument a torch.Tensor (None allowed for those the caller made optional)."""
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            kind, module = type(t).__qualname__, type(t).__module__
+            kind = kind if module == "builtins" else f"{module}.{kind}"
+            hint = " (torch.from_numpy converts it)" if module == "numpy" else ""
+            raise TypeError(f"{name} must be a torch.Tensor, got {kind}{hint}")
+
+
+def check_alpha(alpha) -> float:
+    """The weight of L_Content: a finite real number (a tensor's gradient would be lost in float())."""
+    if isinstance(alpha, torch.Tensor) and alpha.requires_grad:
+        raise TypeError("alpha must be a number, not a tensor that requires grad (the loss takes no gradient "
+                        "with respect to it)")
+    if isinstance(alpha, torch.Tensor) and alpha.numel() == 1 and alpha.is_floating_point():
+        alpha = alpha.item()
+    if not (isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    return float(alpha)
+
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
@@ -31,7 +57,8 @@ def _no_autocast(fn):
     """Run fn with autocast off: its float32 matrix products must not be downcast to bf16 / fp16."""
     @functools.wraps(fn)
     def wrapper(first, *args, **kwargs):
-        kind = first.device.type if first.device.type in ("cpu", "cuda") else "cpu"
+        # not a tensor (numpy's arrays have a .device "cpu" too): the function's own checks name it
+        kind = first.device.type if isinstance(first, torch.Tensor) and first.device.type == "cuda" else "cpu"
         with torch.autocast(kind, enabled=False):
             return fn(first, *args, **kwargs)
     return wrapper
@@ -47,10 +74,13 @@ def check_same_device(**tensors: torch.Tensor) -> None:
 
 def check_loss_inputs(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> None:
     """The native loss kernels' rules (csrc/common.h check_loss_inputs)."""
-    if not isinstance(z, torch.Tensor) or z.dim() != 2:
-        raise ValueError(f"z must be a 2-D [M, D] tensor, got shape {tuple(getattr(z, 'shape', ()))}")
+    check_tensors(z=z, labels=labels)
+    if z.dim() != 2:
+        raise ValueError(f"z must be a 2-D [M, D] tensor, got shape {tuple(z.shape)}")
     if z.shape[0] < 1:
         raise ValueError("z is empty")
+    if z.shape[1] < 1:
+        raise ValueError("z has no columns (D = 0)")
     if not z.is_floating_point():
         raise TypeError(f"z must be floating point, got {z.dtype}")
     if labels.dim() != 1 or labels.shape[0] != z.shape[0]:
@@ -58,9 +88,11 @@ def check_loss_inputs(z: torch.Tensor, labels: torch.Tensor, temperature: float)
     if labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     check_same_device(z=z, labels=labels)
+    lo, hi = TEMPERATURE_RANGE
     if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
-            and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+            and math.isfinite(temperature) and lo <= temperature <= hi):
+        raise ValueError(f"temperature must be a number in [{lo:g}, {hi:.4g}] (the float32 kernels' range), "
+                         f"got {temperature!r}")
 
 
 def check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature: float) -> None:
@@ -96,16 +128,20 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
 def con2_loss(z_context, z_content, context_labels, sample_ids, alpha: float, temperature: float = 0.07):
     """L_Con2 = L_Context + alpha * L_Content (METHOD section 5)."""
     check_con2_inputs(z_context, z_content, context_labels, sample_ids, temperature)
+    alpha = check_alpha(alpha)
     return supcon_loss(z_context, context_labels, temperature) + alpha * supcon_loss(
         z_content, sample_ids, temperature
     )
 
 
 def _check_rows(name: str, t: torch.Tensor) -> None:
+    check_tensors(**{name: t})
     if t.dim() != 2:
         raise ValueError(f"{name} must be a 2-D [rows, dim] tensor, got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has no columns (dim = 0)")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
@@ -124,7 +160,11 @@ def check_top1_inputs(queries: torch.Tensor, bank: torch.Tensor, bank_norms: tor
     if queries.device != bank.device:
         raise ValueError(f"queries are on {queries.device} but the bank is on {bank.device}")
     if bank_norms is not None:
-        # precomputed norms are trusted by the search: wrong ones would scale every similarity
+        # precomputed norms are trusted by the search (the bank's rows are not read for them): wrong
+        # ones would scale every similarity
+        check_tensors(bank_norms=bank_norms)
+        if not bank_norms.is_floating_point():
+            raise TypeError(f"bank_norms must be floating point (the bank rows' L2 norms), got {bank_norms.dtype}")
         if bank_norms.dim() != 1 or bank_norms.shape[0] != bank.shape[0]:
             raise ValueError(f"bank_norms must have shape [{bank.shape[0]}], got {tuple(bank_norms.shape)}")
         check_same_device(bank=bank, bank_norms=bank_norms)
@@ -134,12 +174,15 @@ def check_top1_inputs(queries: torch.Tensor, bank: torch.Tensor, bank_norms: tor
 
 def check_mahalanobis_inputs(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> None:
     _check_rows("x", x)
+    check_tensors(mean=mean, whitening=whitening)
     if mean.dim() != 1 or mean.shape[0] != x.shape[1]:
         raise ValueError(f"mean must have shape [{x.shape[1]}], got {tuple(mean.shape)}")
     if whitening.dim() != 2 or whitening.shape[0] != x.shape[1]:
         raise ValueError(
             f"whitening must have shape [{x.shape[1]}, k], got {tuple(whitening.shape)}"
         )
+    if whitening.shape[1] == 0:
+        raise ValueError("whitening has no columns (k = 0)")
     for name, t in (("mean", mean), ("whitening", whitening)):
         if not t.is_floating_point():  # a complex one lost its imaginary part, a bool one was taken
             raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
