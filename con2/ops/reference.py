@@ -28,7 +28,7 @@ TEMPERATURE_RANGE = (1e-6, 3.4028234663852886e38)
 
 
 def check_tensors(**named) -> None:
-    """Each named argument a torch.Tensor (None allowed for those the caller made optional)."""
+    """Each named argument a torch.Tensor, else a TypeError naming it and what it is."""
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             kind, module = type(t).__qualname__, type(t).__module__
