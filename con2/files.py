@@ -14,6 +14,15 @@ RUN_FILES = ("config.json", "model.json", "model.safetensors", "checkpoint.pt", 
              "scores.csv", "scores_views.npz", ".lock")
 
 
+def nearest_folder(path: Path, option: str, out) -> Path:
+    """The nearest of `path` and its parents that exists (where the missing ones will be made), checked
+    to be a folder; else an error naming the option and its value `out`."""
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{option} {out}: {folder} is a file, not a folder")
+    return folder
+
+
 @contextmanager
 def replacing(path: str | Path):
     """Yield a temporary path beside `path` to write to; once the block succeeds it replaces

@@ -103,9 +103,8 @@ def calibrate_threshold(normal_scores, target_fpr: float = 0.05, conservative: b
 def _just_above(descending: np.ndarray, k: int) -> float:
     """A threshold above descending[k] by float32 rounding's margin, below every larger score."""
     at = descending[k]
-    larger = descending[descending > at]
-    upper = larger.min() if larger.size else np.inf
-    return float(min(at + 1e-5 * max(1.0, abs(at)), (at + upper) / 2 if np.isfinite(upper) else np.inf))
+    upper = descending[descending > at].min(initial=np.inf)
+    return float(min(at + 1e-5 * max(1.0, abs(at)), (at + upper) / 2))
 
 
 def check_target_fpr(target_fpr) -> float:

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import OneClassSplit, load_split
 from .data.sources import make_batch_source, resolve_pipeline
 from .distributed import convert_batchnorm
-from .files import folder_lock, replacing, write_text
+from .files import folder_lock, nearest_folder, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
 from .run import (build_model, context_set, data_fingerprint, identity_mismatch, resolve_device, run_finished,
@@ -389,9 +389,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():  # found now, not as an OS error after loading the data
         raise FileExistsError(f"--out {run_dir} is a file; give the folder to write the run into")
-    folder = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
-    if not folder.is_dir():
-        raise NotADirectoryError(f"--out {run_dir}: {folder} is a file, not a folder")
+    folder = nearest_folder(run_dir, "--out", run_dir)
     if rank == 0 and not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"--out {run_dir}: the folder {folder} is not writable")
     ckpt_path = run_dir / CHECKPOINT_FILE

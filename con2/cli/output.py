@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import IO, Callable
 
-from ..files import RUN_FILES, replacing
+from ..files import RUN_FILES, nearest_folder, replacing
 
 
 class ReaderGone(Exception):
@@ -38,9 +38,7 @@ def check_output(out: str | Path | None, option: str = "--out", example: str = "
     if run is not None and path.name in RUN_FILES and path.parent.resolve() == Path(run).resolve():
         raise ValueError(f"{option} {out} would replace the run's own {path.name}; give another file name "
                          f"(e.g. {Path(run) / example})")
-    folder = next((p for p in path.parents if p.exists()), Path("."))
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder")
+    folder = nearest_folder(path.parent, option, path)
     # the temporary file is made beside it, and any missing folders inside `folder`
     if not os.access(folder, os.W_OK | os.X_OK):
         made = "" if folder == path.parent else f" (to make {path.parent} in)"

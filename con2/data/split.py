@@ -88,7 +88,7 @@ class OneClassSplit:
                 "retrain on data with val normal images (its own split has none, so --val-fraction cannot apply)")
 
     def summary(self) -> str:
-        n_anom = int(self.test_labels.sum())
+        n_anom, notes = int(self.test_labels.sum()), self.notes()
         normal = ", ".join(repr(str(self.class_names.get(c, c))) for c in self.normal_classes)
         return (
             f"{self.name}"
@@ -98,10 +98,10 @@ class OneClassSplit:
             f"{len(self.test)} test ({len(self.test) - n_anom} normal / {n_anom} anomalous), "
             f"{self.train.shape[2]}x{self.train.shape[1]}x{self.channels}"
             + self._resized()
-            + "".join(f"; {note}" for note in self.notes() if note.startswith("skipped"))
+            + "".join(f"; {note}" for note in notes if note.startswith("skipped"))
             + ("".join(f"; {p} decoded from the files on access" for p in ("train", "val", "test")
                        if not isinstance(self.part(p), np.ndarray)))
-            + "".join(f"; {note}" for note in self.notes() if note.startswith("note:"))
+            + "".join(f"; {note}" for note in notes if note.startswith("note:"))
         )
 
     def notes(self) -> list[str]:

@@ -45,6 +45,11 @@ def native_available(device: torch.device | str | None = None) -> bool:
     return _native.has_kernels(torch.device(device).type)
 
 
+def _native_for(first) -> bool:
+    """Whether the native kernels take this call; a non-tensor goes to the reference, whose checks name it."""
+    return isinstance(first, torch.Tensor) and native_available(first.device)
+
+
 def native_status() -> dict[str, dict[str, bool]]:
     """{op: {device_type: native?}} for `con2 info`."""
     ops = ("con2_loss", "supcon_loss", "top1_cosine", "mahalanobis_sq")
@@ -71,30 +76,25 @@ def simclr_views(images, source, params, size, mean, std, dtype=torch.float32, c
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    reference.check_tensors(z=z, labels=labels)
-    if native_available(z.device):
+    if _native_for(z):
         return _native.supcon_loss(z, labels, temperature)
     return reference.supcon_loss(z, labels, temperature)
 
 
 def con2_loss(z_context, z_content, context_labels, sample_ids, alpha, temperature=0.07):
-    reference.check_tensors(z_context=z_context, z_content=z_content, context_labels=context_labels,
-                            sample_ids=sample_ids)
-    if native_available(z_context.device):
+    if _native_for(z_context):
         return _native.con2_loss(z_context, z_content, context_labels, sample_ids, alpha, temperature)
     return reference.con2_loss(z_context, z_content, context_labels, sample_ids, alpha, temperature)
 
 
 def top1_cosine(queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor | None = None):
-    reference.check_tensors(queries=queries, bank=bank)
-    if native_available(queries.device):
+    if _native_for(queries):
         return _native.top1_cosine(queries, bank, bank_norms)
     return reference.top1_cosine(queries, bank, bank_norms=bank_norms)
 
 
 def mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor) -> torch.Tensor:
-    reference.check_tensors(x=x, mean=mean, whitening=whitening)
-    if native_available(x.device):
+    if _native_for(x):
         return _native.mahalanobis_sq(x, mean, whitening)
     return reference.mahalanobis_sq(x, mean, whitening)
 
