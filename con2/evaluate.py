@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import IO, Iterable
 
@@ -23,7 +24,7 @@ from . import __version__
 from .config import TrainConfig
 from .data import OneClassSplit
 from .files import check_writable_folder, replacing, write_json
-from .metrics import calibrate_threshold, check_target_fpr, detection_metrics
+from .metrics import binary_labels, calibrate_threshold, check_target_fpr, detection_metrics
 from .run import context_set, load_run, run_split, view_config
 from .scoring import SCORERS, Scorer, check_scorers
 from .scoring import aggregate as aggregate_views  # `aggregate` names the option below
@@ -89,12 +90,9 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     """(metrics, {scorer: [Q] test scores, scorer + '_views': [Q, A]}) of a model on a split."""
     scorers = check_scorers(scorers)
     target_fpr = check_target_fpr(target_fpr)  # here, not after hours of scoring
-    labels = np.asarray(split.test_labels).astype(int)
+    labels = binary_labels(split.test_labels, f"{split.name}: test labels")  # found here, not after the scoring
     if len(labels) == 0:
         raise ValueError(f"{split.name}: the test split is empty; there is nothing to evaluate")
-    if not np.isin(labels, (0, 1)).all():  # found here, not after the scoring
-        raise ValueError(f"{split.name}: test labels must be 0 (normal) or 1 (anomaly), got "
-                         f"{sorted(set(labels.tolist()) - {0, 1})[:5]}")
     if labels.min() == labels.max():
         raise ValueError(f"{split.name}: the test split needs normal and anomalous samples to be evaluated")
     t0 = time.perf_counter()
@@ -202,6 +200,10 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
     if not len(images):
         raise ValueError(f"the {part} split of {run_dir} is empty")
     labels, classes, files = sample_columns(split, part)  # checked before the scoring
+    if part == "train":
+        warnings.warn("the train images are scored against the bank built from themselves (in-sample): their "
+                      "scores sit lower than any unseen image's (with --views 0 each finds itself, nnd -1), so "
+                      "they are no reference for thresholds or plots; --split val scores held-out normal images")
     per_view = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
                           crop_scale).score_views(images)[scorer]
     return SplitScores(part, scorer, aggregate, aggregate_views(per_view, aggregate).numpy(), per_view.numpy(),
@@ -236,7 +238,7 @@ def sample_columns(split, part: str) -> tuple[list[int], list[str], list[str] | 
     data sets), so a score row can be traced back to its image."""
     n = len(split.part(part))
     if part == "test":
-        labels = [int(v) for v in split.test_labels]
+        labels = binary_labels(split.test_labels, f"{split.name}: test labels").tolist()
         classes = [class_name(split, c) for c in split.test_classes] if split.test_classes is not None else [""] * n
         files = split.test_files
     else:  # train / val hold normal images only: of one of the normal classes, which the loaders record

@@ -44,9 +44,26 @@ def replacing(path: str | Path):
         mode = (path if path.is_file() else tmp).stat().st_mode & 0o7777
         yield tmp
         os.chmod(tmp, mode)
+        _sync(tmp)  # the new bytes reach the disk before the name moves: a crash keeps the old file or the new
         os.replace(tmp, path)
+        _sync(path.parent)  # and the rename itself
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sync(path: Path) -> None:
+    """fsync a file or folder (a read-only descriptor is enough on Linux); where a file system
+    cannot (some network mounts refuse it on folders), the write stays as durable as it can be."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -7,18 +7,27 @@ import warnings
 import numpy as np
 
 
+def binary_labels(values, what: str = "labels") -> np.ndarray:
+    """`values` as an int array of 0 (normal) / 1 (anomaly), compared as values, not truncated ints:
+    0.7 and NaN are not labels ("0" / "1" strings are); a ValueError names the values that are not."""
+    raw = np.asarray(values).ravel()
+    try:
+        as_float = raw.astype(np.float64)
+    except (TypeError, ValueError):
+        as_float = None
+    if as_float is None or not np.isin(as_float, (0.0, 1.0)).all():
+        odd = raw if as_float is None else raw[~np.isin(as_float, (0.0, 1.0))]
+        shown = sorted({str(v) for v in odd.tolist()})[:5]
+        raise ValueError(f"{what} must be 0 (normal) or 1 (anomaly), got {', '.join(shown)}")
+    return as_float.astype(int)
+
+
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     raw = np.asarray(labels).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if raw.shape != scores.shape:
         raise ValueError(f"{raw.size} labels but {scores.size} scores")
-    try:  # compare values, not truncated ints: 0.9 is not a label ("0" / "1" strings are)
-        ok = np.isin(raw.astype(np.float64), (0.0, 1.0)).all()
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError("labels must be 0 (normal) or 1 (anomaly)")
-    labels = raw.astype(np.float64).astype(int)
+    labels = binary_labels(raw)
     if not np.isfinite(scores).all():
         raise ValueError(f"{int((~np.isfinite(scores)).sum())} score(s) are NaN or infinite")
     if labels.min() == labels.max():

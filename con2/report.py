@@ -26,6 +26,7 @@ import torch
 from .data.split import to_nchw
 from .evaluate import METRICS_FILE, SCORES_FILE, evaluate_run, format_metrics, read_scores, scoring_view_config
 from .files import read_json, write_text
+from .metrics import binary_labels
 
 
 def _subplots(nrows=1, ncols=1, figsize=(5, 4), **kw):
@@ -173,7 +174,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
         return (unit_rows(encoder.encode(x, encoder.plan[0], 0).cpu()).numpy(),
                 unit_rows(encoder.encode(x, encoder.plan[1], 0).cpu()).numpy())
 
-    test_labels = np.asarray(split.test_labels).astype(int)
+    test_labels = binary_labels(split.test_labels, f"{split.name}: test labels")
     groups = {"train": pair(_subsample(split.train, max_points, seed)),
               "test normal": pair(_subsample(split.test[test_labels == 0], max_points, seed)),
               "test anomalous": pair(_subsample(split.test[test_labels == 1], max_points, seed))}

@@ -471,9 +471,11 @@ def check_scorers(scorers: Iterable[str] | str) -> tuple[str, ...]:
     if isinstance(scorers, str):
         scorers = (scorers,)
     scorers = tuple(scorers)
+    if not scorers:
+        raise ValueError(f"no scorer given; choose from {', '.join(SCORERS)}")
     bad = [s for s in scorers if s not in SCORERS]
-    if bad or not scorers:
-        raise ValueError(f"unknown scorer {bad[0] if bad else '(none)'!r}; choose from {', '.join(SCORERS)}")
+    if bad:
+        raise ValueError(f"unknown scorer {bad[0]!r}; choose from {', '.join(SCORERS)}")
     return scorers
 
 
@@ -523,7 +525,7 @@ class Scorer:
 
     def score_views(self, images, scorers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         images = ImageSet(images, "query images").expect(channels=self.channels, size=self.input_size)
-        return self.bank.score_views(self.encoder, images, scorers or self.bank.scorers)
+        return self.bank.score_views(self.encoder, images, self.bank.scorers if scorers is None else scorers)
 
     def score(self, images, scorers: Iterable[str] | None = None, per_view: bool = False):
         """{scorer: [Q] aggregated scores}; with per_view, also {scorer + '_views': [Q, A]}."""

@@ -158,6 +158,34 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
     return ckpt
 
 
+def _load_training_state(ckpt: dict, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Put the checkpoint's weights and optimiser state into `model` and `optimizer`; weights of
+    another architecture (a checkpoint older than the settings it records) are named, not a torch dump."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot continue the run in {path.parent}: its {path.name} holds weights or optimiser "
+                         f"state of another model ({first}); continue it with the settings it was trained with "
+                         "or pick another --out") from None
+
+
+def _warn_if_views_change(ckpt: dict, pipeline: str, device: torch.device) -> None:
+    """The tensor and workers pipelines resume bit-exactly only with the pipeline and device type that
+    drew the run's views so far (each seeds its own generators); another is allowed, and said."""
+    was_pipeline, was_device = ckpt.get("pipeline"), ckpt.get("device_type")  # absent in older checkpoints
+    changed = []
+    if was_pipeline is not None and was_pipeline != pipeline:
+        changed.append(f"the {was_pipeline} pipeline drew its views so far, the {pipeline} pipeline draws the rest")
+    if was_device is not None and was_device != device.type:
+        changed.append(f"it trained on {was_device} so far and goes on on {device.type}")
+    if changed:
+        warnings.warn(f"resuming with other view draws ({'; '.join(changed)}): the remaining views are drawn "
+                      "differently (equally distributed), so the weights will not equal those of one "
+                      "uninterrupted run; resume with the same --pipeline and --device for that")
+
+
 def resume_command(run_dir: Path) -> str:
     """The command that continues the run, quoted for a shell (a folder name may hold spaces)."""
     return f"con2 train --resume --out {shlex.quote(str(run_dir))}"
@@ -432,6 +460,8 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     pipeline = pipeline or resolve_pipeline(cfg.pipeline, split, device)
     if cfg.pipeline == "auto":
         say(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
+    if rank == 0 and ckpt is not None:
+        _warn_if_views_change(ckpt, pipeline, device)
     if rank == 0 and pipeline != "workers" and cfg.workers != TrainConfig.workers:
         warnings.warn(f"--workers {cfg.workers} applies to the workers pipeline; the {pipeline} pipeline makes "
                       "these views")
@@ -443,6 +473,8 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
             raise FileNotFoundError(f"{run_dir}: metrics.jsonl logs training up to step {logged}, past the first "
                                     f"checkpoint (step {first}), but checkpoint.pt is missing; restore it, or "
                                     "train afresh with another --out (starting again here would drop that log)")
+    if ckpt is not None:  # before any file is written: weights that do not fit leave the run as it was
+        _load_training_state(ckpt, ckpt_path, model, optimizer)
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -461,8 +493,6 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
 
     global_step = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"])
         global_step = int(ckpt["global_step"])
         say(f"resuming {run_dir} at step {global_step}/{total}", flush=True)
@@ -480,7 +510,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
             "format": CHECKPOINT_FORMAT, "con2_version": __version__, "config": json.loads(cfg.to_json()),
             "data_fingerprint": fingerprint,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "global_step": global_step, "rng": _rng_state(), "pipeline": pipeline,
+            "global_step": global_step, "rng": _rng_state(), "pipeline": pipeline, "device_type": device.type,
         }, ckpt_path)
 
     log = _StepLog(run_dir, total, global_step, rank, progress)

@@ -155,6 +155,19 @@ def test_replacing_refuses_a_folder_before_the_write_and_writes_a_fifo_in_place(
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # not replaced by a regular file
 
 
+def test_replacing_syncs_the_new_bytes_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    from con2.files import write_text
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    target = tmp_path / "checkpoint.json"
+    write_text(target, "new")
+    assert events == [("fsync", str(target) + ".tmp"), ("replace", str(target)), ("fsync", str(tmp_path))]
+    assert target.read_text() == "new"
+
+
 def _nnd(value):
     """An edit giving line 3 of scores.csv this nnd cell; None cuts the row before it."""
     return lambda rows: rows[:2] + [rows[2][:3] + ([] if value is None else [value, *rows[2][4:]])] + rows[3:]
@@ -395,9 +408,15 @@ def test_train_and_val_scores_name_each_images_class(two_normal_run):
     from con2.evaluate import score_split
 
     for part in ("train", "val"):
-        res = score_split(two_normal_run, part, views=0, progress=False)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            res = score_split(two_normal_run, part, views=0, progress=False)
         assert all(c in ("a", "b") and Path(f).parent.name == c for c, f in zip(res.classes, res.files))
-    assert set(res.classes) | set(score_split(two_normal_run, "train", views=0, progress=False).classes) == {"a", "b"}
+        in_sample = [w for w in said if "scored against the bank built from themselves" in str(w.message)]
+        assert len(in_sample) == (part == "train"), part  # the train scores are in-sample, and it is said
+    train = score_split(two_normal_run, "train", views=0, progress=False)
+    assert set(res.classes) | set(train.classes) == {"a", "b"}
+    assert np.allclose(train.scores, -1.0, atol=1e-5)  # what the warning says: each finds itself
 
 
 def test_train_and_val_classes_are_recorded_by_the_loaders_for_folders_and_arrays(tmp_path):

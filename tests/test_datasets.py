@@ -349,7 +349,7 @@ def test_decode_image_reads_high_bit_depth_and_float_by_their_range(tmp_path):
     Image.fromarray((ramp * 1000).astype(np.float32), "F").save(tmp_path / "wide.tif")
     Image.fromarray((ramp - 10).astype(np.float32), "F").save(tmp_path / "negative.tif")
     Image.fromarray(np.full((16, 16), np.nan, np.float32), "F").save(tmp_path / "nan.tif")
-    for name, match in (("wide.tif", "outside 0..255"), ("negative.tif", "negative"), ("nan.tif", "NaN")):
+    for name, match in (("wide.tif", "outside 0..1 or 0..255, the ranges con2 reads float"), ("negative.tif", "negative"), ("nan.tif", "NaN")):
         with pytest.raises(DataError, match=match):
             decode_image(tmp_path / name, None)
 
@@ -672,6 +672,19 @@ def test_npz_class_names_stored_as_bytes_read_as_text(tmp_path):
     np.savez(tmp_path / "b.npz", images=images, labels=np.arange(20) % 2, class_names=np.array([b"cat", b"dog"]))
     s = load_split(cfg(dataset="npz", data_file=str(tmp_path / "b.npz"), normal_class=["dog"]))
     assert s.class_names == {0: "cat", 1: "dog"} and s.normal_classes == (1,)
+
+
+def test_npz_class_names_must_name_every_label_once(tmp_path):
+    images = np.zeros((20, 8, 8), np.uint8)
+    cases = [([1, 2], ["normal", "tumor"], r"names 2 classes \(labels 0..1\), but the labels also hold 2"),
+             ([0, 1], [["a", "b"]], r"one name per class \(1-D\), got shape \(1, 2\)"),
+             ([0, 1], ["same", "same"], "gives 'same' to more than one label")]
+    for labels, names, match in cases:  # 1-based labels named from 0 trained on the wrong class, unsaid
+        np.savez(tmp_path / "c.npz", images=images, labels=np.resize(labels, 20), class_names=np.array(names))
+        with pytest.raises(DataError, match=match):
+            load_split(cfg(dataset="npz", data_file=str(tmp_path / "c.npz"), normal_class=["0"]))
+    np.savez(tmp_path / "c.npz", images=images, labels=np.resize([0, 2], 20), class_names=np.array(["a", "b", "c"]))
+    assert load_split(cfg(dataset="npz", data_file=str(tmp_path / "c.npz"), normal_class=["c"])).normal_classes == (2,)
 
 
 def test_images_in_a_symlinked_sub_folder_of_a_class_are_read(tmp_path):

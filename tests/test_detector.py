@@ -140,7 +140,7 @@ def test_tampered_bundles_fail(fitted, tmp_path):
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0xFF  # flip a byte in the tensor data
     (tmp_path / "flip.safetensors").write_bytes(bytes(raw))
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match="modified since it was saved: its SHA-256 does not match"):
         Con2Detector.load(tmp_path / "flip.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a bundle")
     with pytest.raises(BundleError, match="not a readable"):

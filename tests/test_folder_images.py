@@ -113,6 +113,52 @@ def test_headers_name_bad_files_and_size_mismatches_before_any_decoding(tmp_path
     assert all("junk" not in f for f in s.train_files + s.test_files)
 
 
+def test_a_rotated_tiff_is_sized_as_it_decodes(tmp_path):
+    from con2.data.decode import read_header
+
+    a = np.zeros((16, 20, 3), np.uint8)
+    a[:4, :4] = 255
+    img = Image.fromarray(a)  # 20 wide, 16 high
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees to display: 16 wide, 20 high
+    for name in ("r.tif", "r.jpg", "r.png"):
+        img.save(tmp_path / name, exif=exif)
+        assert read_header(tmp_path / name) == (3, (20, 16)), name  # the TIFF was swapped twice
+        assert decode_image(tmp_path / name, None).shape == (20, 16, 3), name
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path, monkeypatch):
+    write_folder(tmp_path)
+    (tmp_path / "bad" / "more").mkdir()
+    real = os.scandir
+
+    def scandir(path="."):  # as a folder without read permission (root reads every folder)
+        if os.fspath(path).endswith("more"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot list the folder .*bad/more \(Permission denied\): its images "
+                                        "would be left out"):
+        load_split(folder_cfg(tmp_path))
+
+
+def test_a_folder_of_32_bit_images_read_in_different_ways_is_refused(tmp_path):
+    ramp = np.arange(16 * 20).reshape(16, 20) % 240
+    for cls in ("good", "bad"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            Image.fromarray(ramp.astype(np.int32) + 20 * i, "I").save(tmp_path / cls / f"{i}.tif")  # max 239..339
+    with pytest.raises(DataError, match=r"read in different ways .*0.tif as 8-bit values; .*[1-5].tif as "
+                                        "16-bit values"):
+        load_split(folder_cfg(tmp_path))
+    for cls in ("good", "bad"):  # maxima 259..359: all read as 16-bit, so accepted
+        for i in range(6):
+            Image.fromarray(ramp.astype(np.int32) + 20 + 20 * i, "I").save(tmp_path / cls / f"{i}.tif")
+    s = load_split(folder_cfg(tmp_path))
+    assert s.train.shape[1:] == (16, 20, 1)
+
+
 def test_folder_images_index_like_an_array_and_name_a_file_damaged_past_its_header(tmp_path):
     write_folder(tmp_path, colour_one=False)
     files = sorted(str(p) for p in (tmp_path / "good").glob("*.png"))

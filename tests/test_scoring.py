@@ -272,6 +272,9 @@ def test_scorer_on_a_tiny_model(tiny):
     s0 = Scorer(model, ViewConfig(size=12), ContextSet("invert"), train, views=0)
     torch.testing.assert_close(s0.score(train[:5])["nnd"], torch.full((5,), -1.0, dtype=torch.float64),
                                atol=1e-5, rtol=0)
+    for none in ([], ()):  # were taken as "every scorer"
+        with pytest.raises(ValueError, match="no scorer given; choose from nnd, lh"):
+            s0.score(train[:5], scorers=none)
 
 
 def test_float16_bank_scores_close_to_float32(tiny):
@@ -450,8 +453,12 @@ def test_evaluation_refuses_labels_other_than_0_and_1_before_scoring(monkeypatch
     x = np.zeros((6, 8, 8, 1), np.uint8)
     split = OneClassSplit(name="s", train=x, test=x, test_labels=np.array([0, 2, 0, 2, 0, 2]), val=x[:0])
     monkeypatch.setattr(evaluate_mod, "run_scorer", lambda *a, **k: pytest.fail("scored"))
-    with pytest.raises(ValueError, match=r"test labels must be 0 \(normal\) or 1 \(anomaly\), got \[2\]"):
+    with pytest.raises(ValueError, match=r"s: test labels must be 0 \(normal\) or 1 \(anomaly\), got 2$"):
         evaluate_mod.evaluate_model(None, TrainConfig(), split, 2)
+    for odd, shown in (([0, 0.7, 1, 1, 0, 1], "0.7"), ([0, np.nan, 1, 1, 0, 1], "nan")):  # were cast to 0 / -2**63
+        split = OneClassSplit(name="s", train=x, test=x, test_labels=np.array(odd), val=x[:0])
+        with pytest.raises(ValueError, match=f"got {shown}$"):
+            evaluate_mod.evaluate_model(None, TrainConfig(), split, 2)
 
 
 def test_scoring_progress_is_a_bar_on_a_terminal_only(monkeypatch):

@@ -41,7 +41,7 @@ def list_images(folder: Path, strict: bool = False, keep_odd: bool = False) -> l
     reader to name as unreadable (never opening it: see not_a_file)."""
     found, seen = [], set()
     # os.walk, not rglob: rglob skips symlinked sub-folders, and their images would be left out unsaid
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=_unlistable):
         real = os.path.realpath(dirpath)
         if real in seen:  # a link back into the tree (or a second link to one folder): walked once
             dirnames[:] = []
@@ -54,6 +54,12 @@ def list_images(folder: Path, strict: bool = False, keep_odd: bool = False) -> l
         if bad is not None:
             raise DataError(f"cannot read image {bad}: {not_a_file(bad)}")
     return sorted(p for p in found if keep_odd or p.is_file())
+
+
+def _unlistable(exc: OSError):
+    # os.walk passes over a folder it cannot list: its images (a whole class) would vanish unsaid
+    raise DataError(f"cannot list the folder {exc.filename} ({exc.strerror or exc}): its images would be left "
+                    "out; make it readable or move it out of the image tree")
 
 
 def is_image_file(path: Path) -> bool:
@@ -80,30 +86,51 @@ SIXTEEN_BIT_I_FORMATS = ("PNG", "PPM")
 
 
 def _to_8bit(img, path, fmt=None):
-    """Grayscale of more than 8 bits as 8-bit L. 16-bit modes and files (mode I of a 16-bit format,
-    `fmt`) are scaled by 255 / 65535 (not clipped, as convert("L") would); other 32-bit integer (I)
-    and float (F) images are read by their value range: 0..255 as is, 0..65535 as 16-bit, float
-    0..1 as fractions; other ranges are refused, not guessed."""
+    """Grayscale of more than 8 bits as 8-bit L, scaled as _wide_scale says."""
     from PIL import Image
 
     a = np.asarray(img, dtype=np.float64)
+    scale, _ = _wide_scale(a, img.mode, fmt, path)
+    return Image.fromarray((a * scale).clip(0, 255).round().astype(np.uint8))
+
+
+def _wide_scale(a: np.ndarray, mode: str, fmt: str | None, path) -> tuple[float, str]:
+    """(factor to 0..255, how the values were read) for pixels `a` of a Pillow image of more than
+    8 bits: 16-bit modes and files (mode I of a 16-bit format, `fmt`) by 255 / 65535 (not clipped, as
+    convert("L") would); other 32-bit integer (I) and float (F) images by their value range: 0..255
+    as is, 0..65535 as 16-bit, float 0..1 as fractions; other ranges are refused, not guessed. A folder
+    whose 32-bit images are read in different ways is refused (wide_value_kind, the folder loader)."""
     if not np.isfinite(a).all():
         raise DataError(f"{path}: the image has NaN or infinite pixel values")
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if img.mode.startswith("I;16") or (img.mode == "I" and fmt in SIXTEEN_BIT_I_FORMATS):
-        scale = 255.0 / 65535.0
-    elif lo < 0:
-        raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are negative; convert it to 8 or 16 bit")
-    elif img.mode == "F" and hi <= 1.0:
-        scale = 255.0
-    elif hi <= 255.0:
-        scale = 1.0
-    elif hi <= 65535.0 and img.mode == "I":
-        scale = 255.0 / 65535.0
-    else:
-        raise DataError(f"{path}: mode {img.mode} pixel values {lo:g}..{hi:g} are outside 0..255 / 0..65535 "
-                        f"(or 0..1 for float); convert it to an 8- or 16-bit image")
-    return Image.fromarray((a * scale).clip(0, 255).round().astype(np.uint8))
+    if mode.startswith("I;16") or (mode == "I" and fmt in SIXTEEN_BIT_I_FORMATS):
+        return 255.0 / 65535.0, "16-bit"
+    if lo < 0:
+        raise DataError(f"{path}: mode {mode} pixel values {lo:g}..{hi:g} are negative; convert it to 8 or 16 bit")
+    if mode == "F" and hi <= 1.0:
+        return 255.0, "fractions of 1"
+    if hi <= 255.0:
+        return 1.0, "8-bit values"
+    if hi <= 65535.0 and mode == "I":
+        return 255.0 / 65535.0, "16-bit values"
+    ranges = "0..255 or 0..65535" if mode == "I" else "0..1 or 0..255"
+    raise DataError(f"{path}: mode {mode} pixel values {lo:g}..{hi:g} are outside {ranges}, the ranges con2 reads "
+                    f"{'32-bit integer' if mode == 'I' else 'float'} images in; convert it to an 8- or 16-bit image")
+
+
+def wide_value_kind(path: Path) -> str | None:
+    """How decode_image reads a 32-bit integer or float image's values, judged by their range
+    ("8-bit values", "16-bit values", "fractions of 1"); None for every other image, whose depth
+    alone decides. For the folder loader: one folder's images must all be read one way."""
+    from PIL import Image
+
+    if is_dicom(path):
+        return None
+    with Image.open(path) as img:
+        if img.mode not in ("I", "F") or (img.mode == "I" and img.format in SIXTEEN_BIT_I_FORMATS):
+            return None
+        img.load()
+        return _wide_scale(np.asarray(img, dtype=np.float64), img.mode, img.format, path)[1]
 
 
 def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bool = False) -> np.ndarray:
@@ -188,9 +215,19 @@ def read_header(path: Path) -> tuple[int, tuple[int, int]]:
             orientation = _png_late_orientation(path)
         else:
             orientation = img.getexif().get(_EXIF_ORIENTATION)
-        if orientation in (5, 6, 7, 8):  # transposed / rotated by 90 degrees
+        # transposed / rotated by 90 degrees; Pillow (11.1+) opens a TIFF with its upright size already
+        if orientation in (5, 6, 7, 8) and not _upright_tiff(img):
             h, w = w, h
         return (1 if img.mode in WIDE_GRAY_MODES + GRAY_MODES else 3), (h, w)
+
+
+def _upright_tiff(img) -> bool:
+    """Whether Pillow reports this TIFF's size after its orientation (its stored width and height
+    swapped), as newer versions do when they open it: swapping again would misname its size."""
+    if img.format != "TIFF":
+        return False
+    stored = (img.tag_v2.get(256), img.tag_v2.get(257))  # ImageWidth, ImageLength
+    return stored != img.size
 
 
 def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: str = "decoding"

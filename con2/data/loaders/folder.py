@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..decode import IMAGE_NAMES, IMAGE_SUFFIXES, NEAR_BLACK, DataError, is_image_file, list_images, map_files, not_a_file, read_header
+from ..decode import (IMAGE_NAMES, IMAGE_SUFFIXES, NEAR_BLACK, DataError, is_image_file, list_images, map_files,
+                      not_a_file, read_header, wide_value_kind)
 from ..images import FolderImages
 from ..split import OneClassSplit
 from .common import one_class_split, refuse_split_options, seeded_normal_split
@@ -73,7 +74,22 @@ def _read_header(path: Path):
     wait for a writer forever)."""
     if not path.is_file():
         raise DataError(f"{path}: {not_a_file(path)}")
-    return read_header(path)
+    return (*read_header(path), wide_value_kind(path))
+
+
+def _check_value_kinds(header: dict) -> None:
+    """32-bit integer and float images are read by their value range (decode._wide_scale): a folder
+    whose images are read in different ways (maxima of 240 and 260: as-is and as 16-bit) would hold
+    images of unrelated brightness, so it is refused, naming one file of each way."""
+    first = {}
+    for f, h in header.items():
+        if h[2] is not None:
+            first.setdefault(h[2], f)
+    if len(first) > 1:
+        ways = "; ".join(f"{f} as {kind}" for kind, f in first.items())
+        raise DataError(f"the folder's 32-bit integer or float images are read in different ways by their value "
+                        f"range ({ways}), so their brightness would not compare; convert them to 8- or 16-bit "
+                        "images of one scale")
 
 
 def _path_of(skipped: tuple) -> str:
@@ -249,6 +265,7 @@ def load_folder(cfg) -> OneClassSplit:
     all_files = [f for s in listed for f in listed[s][0]]
     headers, skipped = map_files(_read_header, all_files, cfg.skip_bad_files, "reading")
     header = {f: h for f, h in zip(all_files, headers) if h is not None}
+    _check_value_kinds(header)
     channels = 3 if any(h[0] == 3 for h in header.values()) else 1
     hw = ((cfg.image_size, cfg.image_size) if cfg.image_size
           else _check_sizes([h[1] for h in header.values()], [str(f) for f in header]))

@@ -43,7 +43,7 @@ def load_npz(cfg) -> OneClassSplit:
     else:
         raise DataError(f"{path}: needs keys train_images/train_labels/test_images/test_labels or images/labels "
                         f"(has: {', '.join(sorted(z)) or 'none'})")
-    names = _npz_class_table(all_labels, z)
+    names = _npz_class_table(all_labels, z, path)
     if not cfg.normal_class:
         raise DataError(f"--dataset npz needs --normal-class; available: {available_classes(names)}")
     normal = resolve_classes(cfg.normal_class, names, path.name)
@@ -62,10 +62,23 @@ def load_npz(cfg) -> OneClassSplit:
                            sources)
 
 
-def _npz_class_table(labels: np.ndarray, z) -> dict:
-    """{label: name} of an npz file's classes: its `class_names` where given, else the label."""
+def _npz_class_table(labels: np.ndarray, z, path) -> dict:
+    """{label: name} of an npz file's classes: its `class_names` where given (class_names[i] names
+    label i, so it must cover every label: 1-based labels would shift every name by one), else the label."""
+    table = {v: str(v) for v in sorted(int(v) for v in np.unique(labels))}
+    if "class_names" not in z:
+        return table
+    given = z["class_names"]
+    if given.ndim != 1:
+        raise DataError(f"{path}:class_names must be one name per class (1-D), got shape {given.shape}")
     # names saved as bytes (dtype S) are text, not "b'cat'"
-    given = ([s.decode(errors="replace") if isinstance(s, bytes) else str(s) for s in z["class_names"].tolist()]
-             if "class_names" in z else None)
-    return {v: (given[v] if given and 0 <= v < len(given) else str(v))
-            for v in sorted(int(v) for v in np.unique(labels))}
+    given = [s.decode(errors="replace") if isinstance(s, bytes) else str(s) for s in given.tolist()]
+    uncovered = [v for v in table if not 0 <= v < len(given)]
+    if uncovered:
+        raise DataError(f"{path}: class_names names {len(given)} classes (labels 0..{len(given) - 1}), but the "
+                        f"labels also hold {', '.join(map(str, uncovered[:5]))}; class_names[i] names label i")
+    names = {v: given[v] for v in table}
+    twice = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
+    if twice:
+        raise DataError(f"{path}: class_names gives {', '.join(map(repr, twice))} to more than one label")
+    return names
