@@ -124,26 +124,30 @@ PYEOF
 }
 
 throughput() {  # the whole Con2 step (views, forward, loss, backward, AdamW), AMP, batch 512 = 2048 views
-  local data="${DATA_ROOT:-.carry/data}"
+  local data="${DATA_ROOT:-.carry/data}" rc=0
   for size in 32 224; do
     for views in compiled native; do
       CON2_CUDA_VIEWS=$views "$PY" benchmarks/train_throughput.py --dataset breast --data-root "$data" \
         --image-size $size --batch-size 512 --steps 10 --warmup 3 --amp 2>&1 | sed "s/^/[views=$views] /" \
         | tee -a "$OUT/throughput.txt"
+      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1  # go on with the other runs; the stage reports the failure
     done
   done
-  return 0
+  return $rc
 }
 
 train_probe() {  # the reproduction's 224 px step (paper batch) under the options not tried yet
   local common="--data-root ${DATA_ROOT:-.carry/data} --image-size 256 --center-crop 224 --amp --steps 40 --warmup 8"
+  local rc=0
   for opts in "" "--cudnn-benchmark" "--cudnn-benchmark --compile" "--cudnn-benchmark --procs 2" "--cudnn-benchmark --procs 3"; do
     "$PY" benchmarks/train_throughput.py --dataset breast --batch-size 64 $common $opts 2>&1 | tail -4 | tee -a "$OUT/train_probe.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
   done
   for opts in "" "--cudnn-benchmark" "--cudnn-benchmark --procs 2"; do
     "$PY" benchmarks/train_throughput.py --dataset pneumonia --batch-size 128 $common $opts 2>&1 | tail -4 | tee -a "$OUT/train_probe.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
   done
-  return 0
+  return $rc
 }
 
 case "$STAGE" in

@@ -127,6 +127,29 @@ def test_a_rotated_tiff_is_sized_as_it_decodes(tmp_path):
         assert decode_image(tmp_path / name, None).shape == (20, 16, 3), name
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB", "RGBA"])
+def test_a_tiff_is_turned_upright_by_each_orientation_as_exif_says(tmp_path, mode):
+    from PIL import ImageOps
+
+    from con2.data.decode import read_header
+
+    plane = (np.arange(16 * 20) % 251).astype(np.uint8).reshape(16, 20)  # no symmetry to hide a wrong turn
+    stored = {"L": Image.fromarray(plane), "I;16": Image.fromarray(plane.astype(np.uint16) * 257),
+              "RGB": Image.fromarray(np.stack([plane] * 3, -1)),
+              "RGBA": Image.fromarray(np.stack([plane] * 3 + [np.full_like(plane, 255)], -1))}[mode]
+    for orientation in range(1, 9):
+        exif = stored.getexif()
+        exif[0x0112] = orientation
+        stored.save(tmp_path / "o.tif", exif=exif)
+        marked = Image.fromarray(plane)
+        marked.info["exif"] = exif.tobytes()
+        upright = np.asarray(ImageOps.exif_transpose(marked))  # the turn EXIF asks for, on the plain pixels
+        got = decode_image(tmp_path / "o.tif", None)
+        # Pillow 13 scrambled L, I;16 and RGBA turned by 90 degrees (5-8) while loading them
+        np.testing.assert_array_equal(got[..., 0], upright, err_msg=f"{mode} orientation {orientation}")
+        assert read_header(tmp_path / "o.tif")[1] == upright.shape
+
+
 def test_a_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path, monkeypatch):
     write_folder(tmp_path)
     (tmp_path / "bad" / "more").mkdir()

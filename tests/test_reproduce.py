@@ -225,14 +225,15 @@ def test_report_names_the_schedule_of_the_newest_line_and_drops_no_row(tmp_path)
                 "batch_size": batch, "views": views, "seeds": [s], "wall_s": 1.0, "device": device, "commit": "c"}
 
     results = tmp_path / "results.jsonl"
-    lines = [entry(0, 2048), entry(0, 100), entry(1, 2048, device="H200"),  # the last line's schedule is the newest
-             entry(0, 2048, batch=128), entry(0, 2048, views=10), entry(2, 2048)]
+    smoke = {**entry(0, 2048), "width": 8, "max_train_samples": 64}  # run.py's smoke options: another model
+    lines = [entry(0, 2048), entry(0, 100), entry(1, 2048, device="H200"), smoke,
+             entry(0, 2048, batch=128), entry(0, 2048, views=10), entry(2, 2048)]  # the last line's schedule is the newest
     results.write_text("".join(json.dumps(x) + "\n" for x in lines))
     rows = load(results)
     assert rows["breast224-flip"]["epochs"] == 2048 and len(rows["breast224-flip"]["seeds"]) == 3
     assert rows["breast224-flip"]["device"] == "H100, H200"  # the seeds ran on two GPUs
     assert set(rows) == {"breast224-flip", "breast224-flip (100 epochs)", "breast224-flip (batch 128)",
-                         "breast224-flip (10 test views)"}
+                         "breast224-flip (10 test views)", "breast224-flip (width 8, 64 training samples)"}
 
 
 def test_breast_224_rows_read_their_source_resolution():
@@ -264,7 +265,7 @@ SMOKE_ROWS = ["breast64-flip", "breast224-equalize", "breast224from64-invert", "
 def test_every_kind_of_row_runs_at_a_tiny_schedule(row, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
     from rows import ROWS
-    from run import run_seed
+    from run import run_seed, summarise
 
     data = shared_file("breastmnist.npz").parent
     if ROWS[row].data_file and ROWS[row].dataset == "cifar10":  # the per-class file the GPU machine gets
@@ -280,6 +281,8 @@ def test_every_kind_of_row_runs_at_a_tiny_schedule(row, tmp_path):
             "max_train_samples": 8, "batch_size": 4, "views": 2, "stop_at": None}
     res = run_seed(row, 0, args)
     assert res["epochs"] == 1 and not res.get("paused")
+    summary = summarise(row, [res], 1.0, args)  # the smoke settings travel with the row, so report.py keeps
+    assert (summary["width"], summary["max_train_samples"]) == (4, 8)  # it apart from the paper's runs
     for key in ("nnd", "lh", "nnd_csi", "lh_csi"):
         assert 0 <= res[key] <= 1, key
     run = tmp_path / "runs" / f"{row}-s0"
@@ -298,3 +301,13 @@ def test_run_refuses_views_without_test_time_crops(capsys):
     with pytest.raises(SystemExit):
         run_mod.main(["breast28-invert", "--data-root", "x", "--views", "0"])
     assert "--views must be an even number >= 2" in capsys.readouterr().err
+
+
+def test_results_md_is_what_report_py_makes_of_the_results_and_notes(tmp_path):
+    """docs/RESULTS.md is generated: an edit of NOTES.md or results.jsonl without re-running
+    report.py left it stale."""
+    sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
+    from report import load, render
+
+    made = render(load(ROOT / "benchmarks/reproduce/results.jsonl"))
+    assert (ROOT / "docs/RESULTS.md").read_text() == made, "run: python benchmarks/reproduce/report.py"

@@ -29,7 +29,7 @@ def _view_size(seed: dict) -> int | None:
 def _schedule(r: dict) -> tuple:
     first = r["seeds"][0] if r["seeds"] else {}
     return (r["epochs"], r["batch_size"], r.get("views"), r.get("objective"), first.get("image_size"),
-            first.get("center_crop"), _view_size(first), r.get("amp"))
+            first.get("center_crop"), _view_size(first), r.get("amp"), r.get("width"), r.get("max_train_samples"))
 
 
 def _label(row: str, sched: tuple, newest: tuple) -> str:
@@ -45,6 +45,10 @@ def _label(row: str, sched: tuple, newest: tuple) -> str:
         parts.append(f"{sched[6]} px views")
     if sched[7] != newest[7]:
         parts.append("AMP" if sched[7] else "no AMP")
+    if sched[8] != newest[8]:  # smoke tests (run.py --width / --max-train-samples); None: the paper's
+        parts.append(f"width {sched[8] or 64}")
+    if sched[9] != newest[9]:
+        parts.append(f"{sched[9]} training samples" if sched[9] else "all training samples")
     return f"{row} ({', '.join(parts) or 'other settings'})"
 
 

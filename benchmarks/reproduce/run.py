@@ -129,6 +129,14 @@ def run_seed(row_name: str, seed: int, args: dict) -> dict:
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
+def timed_seed(row_name: str, seed: int, args: dict) -> tuple[dict, float, float]:
+    """run_seed, with the wall-clock times (Unix, comparable across the pool's processes) it started and
+    ended: a row's wall time runs from its first seed's start, not from the call's (queue time excluded)."""
+    start = time.time()
+    res = run_seed(row_name, seed, args)
+    return res, start, time.time()
+
+
 def row_command(row_name: str, seeds: list[int], args: dict) -> str:
     """The run.py command that makes this row again (machine-specific options left out)."""
     parts = ["python benchmarks/reproduce/run.py", row_name, "--data-root", args["data_root"],
@@ -152,6 +160,9 @@ def summarise(row_name: str, seeds: list[dict], wall: float, args: dict) -> dict
            "seeds": seeds, "wall_s": round(wall, 1), "device": seeds[0]["device"], "commit": _commit(),
            "date": time.strftime("%Y-%m-%d"), "extra": {**row.extra, **({"n_train": row.n_train} if row.n_train else {})},
            "command": row_command(row_name, [r["seed"] for r in seeds], args)}
+    for key in ("width", "max_train_samples"):  # smoke-test settings: never merged with the paper's runs
+        if args.get(key) is not None:
+            out[key] = args[key]
     if os.environ.get("CON2_LAUNCHER"):  # the outer command (device_job.py) that ran this one
         out["launched_by"] = os.environ["CON2_LAUNCHER"]
     for s in ("nnd", "lh", "nnd_csi", "lh_csi"):
@@ -186,16 +197,17 @@ def main(argv=None) -> int:
         p.error(f"--views must be an even number >= 2 (test-time crops; METHOD: 40), got {a.views}")
     args = vars(a)
     jobs = [(r, s) for r in a.rows for s in a.seeds]
-    t0 = {r: time.perf_counter() for r in a.rows}
+    spans: dict[str, list] = {r: [] for r in a.rows}  # (start, end) of each seed's work in this call
     done: dict[str, list] = {r: [] for r in a.rows}
     paused = failed = False
     Path(a.runs).mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=a.parallel, mp_context=__import__("multiprocessing").get_context("spawn")) as ex:
-        futures = {ex.submit(run_seed, r, s, args): (r, s) for r, s in jobs}
+        futures = {ex.submit(timed_seed, r, s, args): (r, s) for r, s in jobs}
         for fut in __import__("concurrent.futures").futures.as_completed(futures):
             r, s = futures[fut]
             try:
-                res = fut.result()
+                res, *span = fut.result()
+                spans[r].append(span)
             except Exception as exc:  # this row fails; the other rows are still written
                 import traceback
 
@@ -215,7 +227,8 @@ def main(argv=None) -> int:
                 continue
             wall_file = Path(a.runs) / f"{r}.wall_s"  # the row's wall time, summed over calls
             wall = float(wall_file.read_text()) if wall_file.exists() else 0.0
-            wall += time.perf_counter() - t0[r]
+            if spans[r]:  # from the row's first seed's start to its last seed's end in this call
+                wall += max(end for _, end in spans[r]) - min(start for start, _ in spans[r])
             wall_file.write_text(f"{wall:.1f}")
             if any(x.get("failed") for x in done[r]):
                 print(f"== {r}: FAILED (see above); not written", flush=True)

@@ -176,4 +176,4 @@ def class_names(cfg) -> dict | None:
         raise DataError("--dataset npz needs --data-file PATH.npz")
     with np.load(cfg.data_file, allow_pickle=False) as z:
         labels = [np.ravel(z[k]) for k in ("labels", "train_labels", "val_labels", "test_labels") if k in z]
-        return _npz_class_table(np.concatenate(labels), z)
+        return _npz_class_table(np.concatenate(labels), z, cfg.data_file)

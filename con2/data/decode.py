@@ -145,9 +145,12 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
         arr = np.array(resize_decoded(Image.fromarray(decode_dicom(path)), size, keep_aspect), dtype=np.uint8)
         return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(path) as img:
-        img.load()
         fmt = img.format  # a transposed copy has none
-        img = ImageOps.exif_transpose(img)
+        if fmt == "TIFF" and img.tag_v2.get(_EXIF_ORIENTATION, 1) in _TRANSPOSE:
+            img = _load_upright_tiff(path)
+        else:
+            img.load()
+            img = ImageOps.exif_transpose(img)
         if img.mode in WIDE_GRAY_MODES:
             img = _to_8bit(img, path, fmt)
         elif img.mode in GRAY_MODES:
@@ -157,6 +160,48 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
         img = resize_decoded(img, size, keep_aspect)
         arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _transposes():
+    from PIL import Image
+
+    t = Image.Transpose  # as ImageOps.exif_transpose maps EXIF orientations
+    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+            7: t.TRANSVERSE, 8: t.ROTATE_90}
+
+
+_TRANSPOSE = range(2, 9)  # the orientations that move pixels
+
+
+def _load_upright_tiff(path: Path):
+    """A TIFF with an EXIF orientation, loaded as stored and then turned upright here: Pillow (13)
+    turns it itself while loading and scrambles the pixels of L, I;16 and RGBA images rotated by 90
+    degrees (orientations 5-8). The orientation entry of the first IFD is set to 1 in a copy of the
+    bytes, so Pillow loads the pixels as stored."""
+    import io
+    import struct
+
+    from PIL import Image, ImageOps
+
+    data = bytearray(Path(path).read_bytes())
+    order = {b"II*\0": "<", b"MM\0*": ">"}.get(bytes(data[:4]))  # classic TIFF (not BigTIFF)
+    try:
+        (ifd,) = struct.unpack_from(order + "I", data, 4)
+        (entries,) = struct.unpack_from(order + "H", data, ifd)
+        for at in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+            tag, kind, count = struct.unpack_from(order + "HHI", data, at)
+            if tag == _EXIF_ORIENTATION and kind == 3 and count == 1:  # one SHORT, held in the entry
+                (orientation,) = struct.unpack_from(order + "H", data, at + 8)
+                if orientation in _TRANSPOSE:
+                    struct.pack_into(order + "H", data, at + 8, 1)
+                    img = Image.open(io.BytesIO(bytes(data)))
+                    img.load()
+                    return img.transpose(_transposes()[orientation])
+    except (TypeError, struct.error):  # BigTIFF, or an entry where none fits: Pillow's own reading
+        pass
+    with Image.open(path) as img:
+        img.load()
+        return ImageOps.exif_transpose(img)
 
 
 def resize_decoded(img, size, keep_aspect):
