@@ -28,6 +28,7 @@ from . import __version__
 from .config import TrainConfig
 from .data import OneClassSplit, load_split
 from .data.sources import make_batch_source, resolve_pipeline
+from .data.workers import VIEW_SEEDS
 from .distributed import convert_batchnorm
 from .files import folder_lock, nearest_folder, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
@@ -176,6 +177,8 @@ def _warn_if_views_change(ckpt: dict, pipeline: str, device: torch.device) -> No
     drew the run's views so far (each seeds its own generators); another is allowed, and said."""
     was_pipeline, was_device = ckpt.get("pipeline"), ckpt.get("device_type")  # absent in older checkpoints
     changed = []
+    if was_pipeline == pipeline == "workers" and ckpt.get("view_seeds", 1) != VIEW_SEEDS:
+        changed.append("the workers pipeline seeds each sample's views in another way since this checkpoint")
     if was_pipeline is not None and was_pipeline != pipeline:
         changed.append(f"the {was_pipeline} pipeline drew its views so far, the {pipeline} pipeline draws the rest")
     if was_device is not None and was_device != device.type:
@@ -433,9 +436,13 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     fingerprint = data_fingerprint(split)
     per_step = min(cfg.batch_size, fingerprint["count"])  # the sources cap a batch at the data's size
     if per_step % world:  # the ranks all-gather their projections in equal parts
+        count = fingerprint["count"]
+        fix = (f"give a --batch-size that is a multiple of {world}" if cfg.batch_size <= count else
+               f"a step is capped at the {count} training images: give a --batch-size of at most "
+               f"{count - count % world}, a multiple of {world}" if count >= world else
+               f"there are fewer training images than processes")
         raise ValueError(f"a training step of {per_step} samples (--batch-size {cfg.batch_size}, "
-                         f"{fingerprint['count']} training images) cannot be split over {world} DDP processes: "
-                         f"give a --batch-size that is a multiple of {world}")
+                         f"{count} training images) cannot be split over {world} DDP processes: {fix}")
     ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint) if continuing else None
     torch.manual_seed(cfg.seed)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
@@ -511,6 +518,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
             "data_fingerprint": fingerprint,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "global_step": global_step, "rng": _rng_state(), "pipeline": pipeline, "device_type": device.type,
+            "view_seeds": VIEW_SEEDS,
         }, ckpt_path)
 
     log = _StepLog(run_dir, total, global_step, rank, progress)

@@ -76,6 +76,12 @@ def test_workers_pipeline_resumes_mid_epoch_identically_and_a_changed_pipeline_i
                                          "the rest.*will not equal"):  # allowed (another machine), but said
         train(tiny_cfg(tmp_path / "c", pipeline="workers", workers=0), split, progress=False, resume=True)
     assert run_finished(tmp_path / "c")
+    train(tiny_cfg(tmp_path / "d", pipeline="workers", workers=0), split, progress=False, stop_after_steps=4)
+    ckpt = torch.load(tmp_path / "d" / "checkpoint.pt", weights_only=True)
+    del ckpt["view_seeds"]  # a checkpoint of the workers pipeline as it seeded views until the 21st session
+    torch.save(ckpt, tmp_path / "d" / "checkpoint.pt")
+    with pytest.warns(UserWarning, match="seeds each sample's views in another way"):
+        train(tiny_cfg(tmp_path / "d", pipeline="workers", workers=0), split, progress=False, resume=True)
 
 
 def test_resume_of_weights_of_another_model_is_named_and_leaves_the_run_untouched(tmp_path):
@@ -838,9 +844,11 @@ def test_ddp_batch_that_does_not_split_evenly_is_refused(tmp_path, monkeypatch):
     import con2.train as train_mod
 
     monkeypatch.setattr(train_mod, "_init_distributed", lambda cfg: (torch.device("cpu"), 0, 2, 0))
-    with pytest.raises(ValueError, match="7 samples .* 2 DDP processes"):
+    with pytest.raises(ValueError, match="7 samples .* 2 DDP processes: give a --batch-size that is a multiple of 2"):
         train(tiny_cfg(tmp_path / "odd", batch_size=7), tiny_split(), progress=False)
-    with pytest.raises(ValueError, match="6 samples .* 4 DDP processes"):  # a batch capped at the data's size
+    # a batch capped at the data's size: a multiple of 4 as --batch-size would not help
+    with pytest.raises(ValueError, match="6 samples .* 4 DDP processes: a step is capped at the 6 training "
+                                         "images: give a --batch-size of at most 4, a multiple of 4"):
         monkeypatch.setattr(train_mod, "_init_distributed", lambda cfg: (torch.device("cpu"), 0, 4, 0))
         train(tiny_cfg(tmp_path / "small", batch_size=64), tiny_split(n=6), progress=False)
     assert not (tmp_path / "odd").exists() and not (tmp_path / "small").exists()

@@ -390,6 +390,18 @@ def test_tensor_source_determinism_and_ddp_slices():
         assert torch.equal(full, local)
 
 
+def test_worker_view_seeds_never_repeat_across_epochs_of_a_large_set():
+    from con2.data.workers import sample_seed
+
+    # a stride of 100,003 gave epoch 0's position 100,003 the seed (and views) of epoch 1's position 0
+    n = 300_000  # a folder of this many images goes through the workers pipeline
+    for seed in (0, 7, 2**62):
+        edges = [(e, p) for e in range(3) for p in (0, 1, 100_002, 100_003, 100_004, n - 1)]
+        seeds = [sample_seed(seed, e, p) for e, p in edges]
+        assert len(set(seeds)) == len(edges) and all(0 <= x < 2**63 for x in seeds)
+    assert sample_seed(7, 0, 2**32 - 1) != sample_seed(7, 1, 0) and sample_seed(7, 0, 5) != sample_seed(8, 0, 5)
+
+
 def test_worker_source_shapes_and_determinism():
     sp = _split(n=8)
     src = make_batch_source("workers", sp, ContextSet("invert"), V.ViewConfig(size=8), 4, 1, "cpu")

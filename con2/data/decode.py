@@ -99,7 +99,7 @@ def _wide_scale(a: np.ndarray, mode: str, fmt: str | None, path) -> tuple[float,
     8 bits: 16-bit modes and files (mode I of a 16-bit format, `fmt`) by 255 / 65535 (not clipped, as
     convert("L") would); other 32-bit integer (I) and float (F) images by their value range: 0..255
     as is, 0..65535 as 16-bit, float 0..1 as fractions; other ranges are refused, not guessed. A folder
-    whose 32-bit images are read in different ways is refused (wide_value_kind, the folder loader)."""
+    whose 32-bit images are read in different ways is refused (read_header's value_kind, the folder loader)."""
     if not np.isfinite(a).all():
         raise DataError(f"{path}: the image has NaN or infinite pixel values")
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
@@ -116,21 +116,6 @@ def _wide_scale(a: np.ndarray, mode: str, fmt: str | None, path) -> tuple[float,
     ranges = "0..255 or 0..65535" if mode == "I" else "0..1 or 0..255"
     raise DataError(f"{path}: mode {mode} pixel values {lo:g}..{hi:g} are outside {ranges}, the ranges con2 reads "
                     f"{'32-bit integer' if mode == 'I' else 'float'} images in; convert it to an 8- or 16-bit image")
-
-
-def wide_value_kind(path: Path) -> str | None:
-    """How decode_image reads a 32-bit integer or float image's values, judged by their range
-    ("8-bit values", "16-bit values", "fractions of 1"); None for every other image, whose depth
-    alone decides. For the folder loader: one folder's images must all be read one way."""
-    from PIL import Image
-
-    if is_dicom(path):
-        return None
-    with Image.open(path) as img:
-        if img.mode not in ("I", "F") or (img.mode == "I" and img.format in SIXTEEN_BIT_I_FORMATS):
-            return None
-        img.load()
-        return _wide_scale(np.asarray(img, dtype=np.float64), img.mode, img.format, path)[1]
 
 
 def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bool = False) -> np.ndarray:
@@ -245,25 +230,42 @@ def _png_late_orientation(path: Path) -> int | None:
     return None
 
 
-def read_header(path: Path) -> tuple[int, tuple[int, int]]:
+def read_header(path: Path, value_kind: bool = False) -> tuple:
     """(channels, (H, W)) that decode_image(path, None) will return, from the file's header only
     (upright by its EXIF orientation, a PNG's eXIf chunk after its pixels included); a file that is
     not an image raises here, one whose pixel data is damaged only when decoded. DICOM: its header's
-    Rows and Columns; a file con2 cannot decode (multi-frame, no decoder plugin, ...) raises here."""
+    Rows and Columns; a file con2 cannot decode (multi-frame, no decoder plugin, ...) raises here.
+    With value_kind, a third item: how a 32-bit integer or float image's values are read, judged by
+    their range ("8-bit values", "16-bit values", "fractions of 1"; its pixels are read for it), None
+    for every other image, whose depth alone decides (the folder loader reads each folder one way)."""
     from PIL import Image
 
     if is_dicom(path):
-        return dicom_header(path)
+        return (*dicom_header(path), None) if value_kind else dicom_header(path)
     with Image.open(path) as img:
-        w, h = img.size
-        if img.format == "PNG" and "exif" not in img.info:
-            orientation = _png_late_orientation(path)
-        else:
-            orientation = img.getexif().get(_EXIF_ORIENTATION)
-        # transposed / rotated by 90 degrees; Pillow (11.1+) opens a TIFF with its upright size already
-        if orientation in (5, 6, 7, 8) and not _upright_tiff(img):
-            h, w = w, h
-        return (1 if img.mode in WIDE_GRAY_MODES + GRAY_MODES else 3), (h, w)
+        if value_kind:
+            return (*_header(img, path), _value_kind(img, path))
+        return _header(img, path)
+
+
+def _value_kind(img, path: Path) -> str | None:
+    if img.mode not in ("I", "F") or (img.mode == "I" and img.format in SIXTEEN_BIT_I_FORMATS):
+        return None
+    fmt = img.format
+    img.load()  # its pixels (only of 32-bit images); after _header, which reads the header's orientation
+    return _wide_scale(np.asarray(img, dtype=np.float64), img.mode, fmt, path)[1]
+
+
+def _header(img, path: Path) -> tuple[int, tuple[int, int]]:
+    w, h = img.size
+    if img.format == "PNG" and "exif" not in img.info:
+        orientation = _png_late_orientation(path)
+    else:
+        orientation = img.getexif().get(_EXIF_ORIENTATION)
+    # transposed / rotated by 90 degrees; Pillow (11.1+) opens a TIFF with its upright size already
+    if orientation in (5, 6, 7, 8) and not _upright_tiff(img):
+        h, w = w, h
+    return (1 if img.mode in WIDE_GRAY_MODES + GRAY_MODES else 3), (h, w)
 
 
 def _upright_tiff(img) -> bool:

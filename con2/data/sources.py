@@ -28,7 +28,9 @@ class TensorBatchSource(GlobalBatches):
         self.init_batches(len(images), batch_size, rank, world)
 
     def step_generator(self, epoch: int, step: int) -> torch.Generator:
-        # rank-independent: every rank draws the same views as one process would
+        # rank-independent: every rank draws the same views as one process would; distinct per step
+        # while an epoch has fewer than 100,003 steps (6.4M images at batch 64: the tensor pipeline holds
+        # its images in memory, far fewer)
         g = torch.Generator(device=self.device)
         g.manual_seed(((self.seed * 1_000_003 + epoch) * 100_003 + step) % SEED_MODULUS)
         return g

@@ -40,8 +40,16 @@ def view_transform(cfg: ViewConfig, channels: int) -> v2.Compose:
     ])
 
 
+# How sample_seed mixes its parts; checkpoints record it, so a resume across a change is told
+# (1: a stride of 100,003 positions, so epoch e's position p + 100,003 drew epoch e + 1's position p views)
+VIEW_SEEDS = 2
+
+
 def sample_seed(seed: int, epoch: int, position: int) -> int:
-    return ((seed * 1_000_003 + epoch) * 100_003 + position) % (2**63)
+    """The seed of one sample's views: distinct for every (epoch, position) of a run while positions
+    stay below 2**32 and epochs below 2**31 (a sum modulo 2**63 of a per-run base and epoch * 2**32 +
+    position)."""
+    return ((seed * 1_000_003) * 2**32 + epoch * 2**32 + position) % (2**63)
 
 
 class _ViewDataset(Dataset):

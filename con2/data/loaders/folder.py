@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..decode import (IMAGE_NAMES, IMAGE_SUFFIXES, NEAR_BLACK, DataError, is_image_file, list_images, map_files,
-                      not_a_file, read_header, wide_value_kind)
+                      not_a_file, read_header)
 from ..images import FolderImages
 from ..split import OneClassSplit
 from .common import one_class_split, refuse_split_options, seeded_normal_split
@@ -74,11 +74,11 @@ def _read_header(path: Path):
     wait for a writer forever)."""
     if not path.is_file():
         raise DataError(f"{path}: {not_a_file(path)}")
-    return (*read_header(path), wide_value_kind(path))
+    return read_header(path, value_kind=True)
 
 
 def _check_value_kinds(header: dict) -> None:
-    """32-bit integer and float images are read by their value range (decode._wide_scale): a folder
+    """32-bit integer and float images are read by their value range (read_header's value_kind): a folder
     whose images are read in different ways (maxima of 240 and 260: as-is and as 16-bit) would hold
     images of unrelated brightness, so it is refused, naming one file of each way."""
     first = {}
