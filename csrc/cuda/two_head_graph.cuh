@@ -147,7 +147,9 @@ class GraphCache {
 
   GraphEntry* add(const GraphKey& key, const at::TensorOptions& opts) {
     if (entries_.size() >= kMaxEntries) {
-      // replays of the evicted graph may still run on any stream: let them finish first
+      // replays of the evicted graph may still run on any stream of its own device (the cache is
+      // shared by every GPU of the process): let them finish there before its memory is freed
+      c10::cuda::CUDAGuard on_its_device(static_cast<c10::DeviceIndex>(entries_.back()->key.device));
       C10_CUDA_CHECK(cudaDeviceSynchronize());
       entries_.pop_back();
     }
