@@ -440,7 +440,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
         fix = (f"give a --batch-size that is a multiple of {world}" if cfg.batch_size <= count else
                f"a step is capped at the {count} training images: give a --batch-size of at most "
                f"{count - count % world}, a multiple of {world}" if count >= world else
-               f"there are fewer training images than processes")
+               "there are fewer training images than processes")
         raise ValueError(f"a training step of {per_step} samples (--batch-size {cfg.batch_size}, "
                          f"{count} training images) cannot be split over {world} DDP processes: {fix}")
     ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint) if continuing else None

@@ -179,7 +179,7 @@ def test_a_folder_of_32_bit_images_read_in_different_ways_is_refused(tmp_path):
         for i in range(6):
             Image.fromarray(ramp.astype(np.int32) + 20 + 20 * i, "I").save(tmp_path / cls / f"{i}.tif")
     s = load_split(folder_cfg(tmp_path))
-    assert s.train.shape[1:] == (16, 20, 1)
+    assert s.train.shape[1:] == (16, 20, 1) and s.meta["wide_values"] == "16-bit values"  # DALI cannot read them
 
 
 def test_folder_images_index_like_an_array_and_name_a_file_damaged_past_its_header(tmp_path):
@@ -297,6 +297,13 @@ def test_auto_picks_dali_or_workers_for_a_folder_that_is_not_held(tmp_path, monk
     assert kind(lazy) == "DaliBatchSource"
     gif = dataclasses.replace(lazy, train_files=lazy.train_files[:-1] + ["x.gif"])  # DALI cannot decode GIF
     assert resolve_pipeline("auto", gif, "cpu") == "workers"
+    # 32-bit images con2 reads by their range: DALI read float 0..255 as fractions (white) and failed on int32
+    for read_as, pipeline in (("8-bit values", "workers"), ("16-bit values", "workers"), ("fractions of 1", "dali")):
+        wide = dataclasses.replace(lazy, meta={**lazy.meta, "wide_values": read_as})
+        assert resolve_pipeline("auto", wide, "cpu") == pipeline, read_as
+    with pytest.raises(ValueError, match="read as 8-bit values, which DALI's decoder does not do; use --pipeline workers"):
+        make_batch_source("dali", dataclasses.replace(lazy, meta={**lazy.meta, "wide_values": "8-bit values"}),
+                          ContextSet("flip"), cfg, 4, 0, "cpu")
     monkeypatch.setattr(dali, "available", lambda: False)
     assert kind(lazy) == "WorkerBatchSource"
     x = np.zeros((8, 12, 12, 1), np.uint8)

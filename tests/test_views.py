@@ -1,6 +1,9 @@
 """The tensor view pipeline against torchvision, its random parameters, and the batch sources."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -483,6 +486,19 @@ def test_dali_shapes_ranges_and_contexts(dali, tmp_path, c):
     assert torch.equal(a[0], b[0])
     blocks = a[0].float().reshape(8, 3, -1)
     assert not torch.allclose(blocks[0], blocks[1])
+
+
+def test_dali_names_a_file_whose_pixels_are_damaged(dali, tmp_path):
+    from con2.data import DataError
+
+    sp = _folder_split(tmp_path)
+    damaged = sp.train_files[3]
+    raw = Path(damaged).read_bytes()
+    Path(damaged).write_bytes(raw[: len(raw) // 2])  # the header intact (the loader's scan passes), pixels cut
+    cfg = V.ViewConfig(size=24)
+    with pytest.raises(DataError, match=f"cannot read image {re.escape(damaged)}: .*the DALI pipeline"):
+        for _ in dali.DaliBatchSource(sp, ContextSet("invert"), cfg, 3, 0, "cpu").batches_from(0):
+            pass
 
 
 def _cropped_folder_split(tmp_path, pipeline="dali", image_size=32):

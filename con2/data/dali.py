@@ -33,6 +33,7 @@ import torch
 
 from .contexts import ContextSet
 from .dicom import is_dicom
+from .errors import DataError
 from .batches import GlobalBatches, epoch_permutation
 from .split import OneClassSplit
 from .views import ViewConfig
@@ -45,6 +46,29 @@ DALI_CANNOT_DECODE = {".gif", ".dcm", ".dicom"}
 def cannot_decode(path) -> bool:
     """A file DALI's decoder cannot read: a GIF or a DICOM file (by suffix, or one named IM0001)."""
     return Path(path).suffix.lower() in DALI_CANNOT_DECODE or is_dicom(path)
+
+
+def _name_unreadable(files: list[str], exc: Exception) -> str:
+    """The message for a DALI decoding failure: the first of `files` that con2's own decoder cannot
+    read either, named (DALI's message names none for some files), else DALI's message with the step's files."""
+    from .decode import decode_image
+
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for f in files:
+        try:
+            decode_image(Path(f), None)
+        except Exception as e:  # noqa: BLE001 - any decoder failure names the file
+            return f"cannot read image {f}: {type(e).__name__}: {e} (the DALI pipeline: {said})"
+    return f"the DALI pipeline failed on one of {len(files)} training files from {files[0]} on: {said}"
+
+
+def cannot_read_values(split: OneClassSplit) -> str | None:
+    """Why DALI would decode a folder's 32-bit images other than con2 does (it reads float pixels as
+    fractions of 1 and fails on 32-bit integers; con2 reads both by their range), or None."""
+    kind = split.meta.get("wide_values")
+    if kind in (None, "fractions of 1"):
+        return None
+    return f"its 32-bit integer or float images are read as {kind}, which DALI's decoder does not do"
 
 
 def _import():
@@ -188,6 +212,9 @@ class DaliBatchSource(GlobalBatches):
             kind = "GIF" if Path(odd[0]).suffix.lower() == ".gif" else "DICOM"
             raise ValueError(f"--pipeline dali: DALI cannot decode {kind} files such as {odd[0]} "
                              f"({len(odd)} in the train split); use --pipeline tensor or workers")
+        why = cannot_read_values(split)
+        if why:
+            raise ValueError(f"--pipeline dali: {why}; use --pipeline workers (or tensor, when the images fit)")
         self.channels = split.channels
         self.hw, self.crop = split.file_decoding
         self.keep_aspect = split.meta.get("resize") == "shorter-side"
@@ -216,8 +243,12 @@ class DaliBatchSource(GlobalBatches):
         pipe.build()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         try:
-            for step in steps:
-                outs = pipe.run()
+            for i, step in enumerate(steps):
+                try:
+                    outs = pipe.run()
+                except Exception as exc:  # noqa: BLE001 - DALI names no file for some (a damaged PNG)
+                    # the pipeline reads ahead: the failing file is in this step or the next few
+                    raise DataError(_name_unreadable(files[i * n_local:(i + 4) * n_local], exc)) from exc
                 views = torch.cat([_to_torch(o, self.device) for o in outs])
                 yield step, views.to(self.device).to(dtype=self.dtype, memory_format=fmt)
         finally:

@@ -64,13 +64,14 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
 
 def resolve_pipeline(kind: str, split: OneClassSplit, device) -> str:
     """--pipeline auto -> tensor when the training images are held in memory and fit the device; else DALI
-    for an image folder DALI can decode, when it is installed; else workers. Other kinds as given."""
+    for an image folder DALI decodes as con2 does, when it is installed; else workers. Other kinds as given."""
     if kind != "auto":
         return kind
     if isinstance(split.train, np.ndarray) and fits_on_device(split.train.nbytes, torch.device(device)):
         return "tensor"
     files = split.train_files or []
-    if files and dali.available() and not any(dali.cannot_decode(f) for f in files):
+    if (files and dali.available() and not dali.cannot_read_values(split)
+            and not any(dali.cannot_decode(f) for f in files)):
         return "dali"
     return "workers"
 

@@ -77,7 +77,7 @@ def _read_header(path: Path):
     return read_header(path, value_kind=True)
 
 
-def _check_value_kinds(header: dict) -> None:
+def _check_value_kinds(header: dict) -> str | None:
     """32-bit integer and float images are read by their value range (read_header's value_kind): a folder
     whose images are read in different ways (maxima of 240 and 260: as-is and as 16-bit) would hold
     images of unrelated brightness, so it is refused, naming one file of each way."""
@@ -90,6 +90,7 @@ def _check_value_kinds(header: dict) -> None:
         raise DataError(f"the folder's 32-bit integer or float images are read in different ways by their value "
                         f"range ({ways}), so their brightness would not compare; convert them to 8- or 16-bit "
                         "images of one scale")
+    return next(iter(first), None)  # how its 32-bit images are read (the DALI pipeline reads them otherwise)
 
 
 def _path_of(skipped: tuple) -> str:
@@ -265,7 +266,7 @@ def load_folder(cfg) -> OneClassSplit:
     all_files = [f for s in listed for f in listed[s][0]]
     headers, skipped = map_files(_read_header, all_files, cfg.skip_bad_files, "reading")
     header = {f: h for f, h in zip(all_files, headers) if h is not None}
-    _check_value_kinds(header)
+    value_kind = _check_value_kinds(header)
     channels = 3 if any(h[0] == 3 for h in header.values()) else 1
     hw = ((cfg.image_size, cfg.image_size) if cfg.image_size
           else _check_sizes([h[1] for h in header.values()], [str(f) for f in header]))
@@ -297,6 +298,7 @@ def load_folder(cfg) -> OneClassSplit:
     parts.setdefault("val", None)
 
     meta = {"source": str(root), "split": "given" if has_tree else "seeded", "resize": cfg.resize,
+            "wide_values": value_kind,
             "skipped_files": len(skipped), "skipped_paths": [str(p) for p, _ in sorted(skipped, key=_path_of)],
             "skipped_first": _why_skipped(skipped) if skipped else None}
     if not has_tree:
