@@ -17,6 +17,13 @@ def shared_file(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every test starts from one torch seed: its random inputs do not depend on which tests ran
+    before it (-k, --lf, a test added earlier in the file)."""
+    torch.manual_seed(0)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

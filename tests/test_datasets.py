@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,8 @@ def test_blood_by_index_with_resize(tmp_path):
         load_split(cfg(dataset="blood", data_root=str(tmp_path), normal_class=["nope"]))
 
 
-def test_medmnist_missing_file_names_path(tmp_path):
+def test_medmnist_missing_file_names_path(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "medmnist", None)  # where it is installed, con2 would download the file
     with pytest.raises(DataError, match=r"breastmnist\.npz"):
         load_split(cfg(dataset="breast", data_root=str(tmp_path)))
     write_medmnist(tmp_path / "breastmnist.npz", 2)  # the file given as the folder: not ".../x.npz/x.npz"

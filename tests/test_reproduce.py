@@ -110,8 +110,6 @@ def test_a_runner_that_left_after_its_call_was_killed_has_its_rows_written_again
 def test_a_chained_call_counts_its_budget_from_its_start(tmp_path, monkeypatch):
     # stopping a stray runner can take up to 90 s: the training deadline must not move by that much
     sys.path.insert(0, str(ROOT / "benchmarks/reproduce"))
-    import time
-
     import device_job
 
     launched = []
@@ -125,9 +123,15 @@ def test_a_chained_call_counts_its_budget_from_its_start(tmp_path, monkeypatch):
         def wait(self):
             return 0
 
-    monkeypatch.setattr(device_job, "stop_stray_runner", lambda pid_file: time.sleep(3))
+    clock = [1_700_000_000.25]  # the call's clock: 3 s pass while the stray runner is stopped, nothing else
+
+    def stop_stray_runner(pid_file):
+        clock[0] += 3
+
+    monkeypatch.setattr(device_job, "stop_stray_runner", stop_stray_runner)
+    monkeypatch.setattr(device_job.time, "time", lambda: clock[0])
     monkeypatch.setattr(device_job.subprocess, "Popen", Runner)
-    t0 = time.time()
+    t0 = clock[0]
     assert device_job.main(["breast28-flip", "--chain", "--data-root", "x", "--seeds", "0", "--steps-per-epoch", "1",
                             "--budget-s", "600", "--eval-s", "5", "--runs", str(tmp_path / "runs")]) == 0
     cmd = launched[0]

@@ -249,14 +249,18 @@ def test_report_renders_in_headless_chromium(report_page, tmp_path):
               "document.body.setAttribute('data-loaded', i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length);"
               "});</script></body>")
     probe.write_text(report_page.read_text().replace("</body>", script))
-    args = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
-    dom = subprocess.run(args + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert 'data-loaded="4/4"' in dom
+    # a profile of its own, and /tmp for shared memory (a container's /dev/shm is often 64 MB: chromium
+    # crashed or dumped a blank page there)
+    args = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
+    dumped = subprocess.run(args + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=300)
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    assert 'data-loaded="4/4"' in dumped.stdout
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)  # a screenshot of an earlier run must not pass for this one
     done = subprocess.run(args + ["--window-size=1100,3200", f"--screenshot={shot}", report_page.as_uri()],
-                          capture_output=True, timeout=120)
+                          capture_output=True, timeout=300)
     assert done.returncode == 0 and shot.exists() and shot.stat().st_size > 20_000
 
 

@@ -314,7 +314,7 @@ def test_ctrl_c_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": root}
     proc = subprocess.Popen(cli + SIGINT_ARGS + ["--out", str(tmp_path / "cut")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for_metrics_lines(tmp_path / "cut" / "metrics.jsonl", 3)
+    _wait_for_metrics_lines(tmp_path / "cut" / "metrics.jsonl", 3, procs=[proc])
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
@@ -392,11 +392,22 @@ def _start_ddp(tmp_path, epochs):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
 
 
-def _wait_for_metrics_lines(metrics, n, timeout=120):
+def _wait_for_metrics_lines(metrics, n, timeout=300, procs=()):
+    """Until `metrics` holds n lines, so a signal sent next reaches a training past its start-up; a
+    process that ended, or a wait past `timeout`, fails here with its output (a signal sent then would
+    fail later, naming the wrong cause)."""
     import time
 
     t0 = time.time()
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= n) and time.time() - t0 < timeout:
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= n):
+        ended = [p for p in procs if p.poll() is not None]
+        if ended or time.time() - t0 > timeout:
+            for p in procs:
+                p.kill()
+            outs = [p.communicate()[0] or "" for p in procs]
+            out = "".join(o.decode(errors="replace") if isinstance(o, bytes) else o for o in outs)
+            pytest.fail(f"training did not log {n} metrics lines ({'a process ended' if ended else 'timed out'}):\n"
+                        f"{out[-3000:]}")
         time.sleep(0.05)
 
 
@@ -414,7 +425,7 @@ def test_ddp_ranks_stop_after_the_same_step_when_one_is_interrupted(tmp_path):
     import signal
 
     procs = _start_ddp(tmp_path, epochs=200)
-    _wait_for_metrics_lines(tmp_path / "ddp" / "metrics.jsonl", 2)
+    _wait_for_metrics_lines(tmp_path / "ddp" / "metrics.jsonl", 2, procs=procs)
     procs[1].send_signal(signal.SIGINT)
     try:
         outs = [p.communicate(timeout=120)[0].decode() for p in procs]
