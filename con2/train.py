@@ -437,10 +437,13 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     per_step = min(cfg.batch_size, fingerprint["count"])  # the sources cap a batch at the data's size
     if per_step % world:  # the ranks all-gather their projections in equal parts
         count = fingerprint["count"]
-        fix = (f"give a --batch-size that is a multiple of {world}" if cfg.batch_size <= count else
-               f"a step is capped at the {count} training images: give a --batch-size of at most "
-               f"{count - count % world}, a multiple of {world}" if count >= world else
-               "there are fewer training images than processes")
+        if cfg.batch_size <= count:
+            fix = f"give a --batch-size that is a multiple of {world}"
+        elif count >= world:  # the step is the data's size: another multiple of world would not help
+            fix = (f"a step is capped at the {count} training images: give a --batch-size of at most "
+                   f"{count - count % world}, a multiple of {world}")
+        else:
+            fix = "there are fewer training images than processes"
         raise ValueError(f"a training step of {per_step} samples (--batch-size {cfg.batch_size}, "
                          f"{count} training images) cannot be split over {world} DDP processes: {fix}")
     ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint) if continuing else None

@@ -223,8 +223,8 @@ def register(sub) -> None:
     p = sub.add_parser("score", help="anomaly scores of a run's test (or val/train) images")
     _run_dir(p)
     _scoring_options(p, scorer_choice=True)
-    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="which part of the run's split (train: in-sample, each image is in the bank it is "
-                   "scored against)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="which part of the run's split (train: in-sample, each image is in the bank it is scored against)")
     p.add_argument("--per-view", action="store_true", help="also write every view's score")
     p.add_argument("--out", default=None, help="CSV file (default, or -: standard output)")
     p.set_defaults(func=_score)

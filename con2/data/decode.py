@@ -131,8 +131,9 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
         return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(path) as img:
         fmt = img.format  # a transposed copy has none
-        if fmt == "TIFF" and img.tag_v2.get(_EXIF_ORIENTATION, 1) in _TRANSPOSE:
-            img = _load_upright_tiff(path)
+        turned = _tiff_turned_here(path) if fmt == "TIFF" and img.tag_v2.get(_EXIF_ORIENTATION, 1) != 1 else None
+        if turned is not None:
+            img = turned
         else:
             img.load()
             img = ImageOps.exif_transpose(img)
@@ -147,29 +148,24 @@ def decode_image(path: Path, size: int | tuple[int, int] | None, keep_aspect: bo
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _transposes():
-    from PIL import Image
-
-    t = Image.Transpose  # as ImageOps.exif_transpose maps EXIF orientations
-    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
-            7: t.TRANSVERSE, 8: t.ROTATE_90}
-
-
-_TRANSPOSE = range(2, 9)  # the orientations that move pixels
-
-
-def _load_upright_tiff(path: Path):
-    """A TIFF with an EXIF orientation, loaded as stored and then turned upright here: Pillow (13)
-    turns it itself while loading and scrambles the pixels of L, I;16 and RGBA images rotated by 90
-    degrees (orientations 5-8). The orientation entry of the first IFD is set to 1 in a copy of the
-    bytes, so Pillow loads the pixels as stored."""
+def _tiff_turned_here(path: Path):
+    """A TIFF with an EXIF orientation, loaded as stored and then turned upright here (None where
+    its orientation entry is not the plain one this reads: Pillow's own turn then): Pillow (13) turns
+    it itself while loading and scrambles the pixels of L, I;16 and RGBA images rotated by 90 degrees
+    (orientations 5-8). The orientation entry of the first IFD is set to 1 in a copy of the bytes,
+    so Pillow loads the pixels as stored."""
     import io
     import struct
 
-    from PIL import Image, ImageOps
+    from PIL import Image
 
+    turns = Image.Transpose  # as ImageOps.exif_transpose maps EXIF orientations
+    turn = {2: turns.FLIP_LEFT_RIGHT, 3: turns.ROTATE_180, 4: turns.FLIP_TOP_BOTTOM, 5: turns.TRANSPOSE,
+            6: turns.ROTATE_270, 7: turns.TRANSVERSE, 8: turns.ROTATE_90}
     data = bytearray(Path(path).read_bytes())
-    order = {b"II*\0": "<", b"MM\0*": ">"}.get(bytes(data[:4]))  # classic TIFF (not BigTIFF)
+    order = {b"II*\0": "<", b"MM\0*": ">"}.get(bytes(data[:4]))
+    if order is None:  # BigTIFF
+        return None
     try:
         (ifd,) = struct.unpack_from(order + "I", data, 4)
         (entries,) = struct.unpack_from(order + "H", data, ifd)
@@ -177,16 +173,15 @@ def _load_upright_tiff(path: Path):
             tag, kind, count = struct.unpack_from(order + "HHI", data, at)
             if tag == _EXIF_ORIENTATION and kind == 3 and count == 1:  # one SHORT, held in the entry
                 (orientation,) = struct.unpack_from(order + "H", data, at + 8)
-                if orientation in _TRANSPOSE:
-                    struct.pack_into(order + "H", data, at + 8, 1)
-                    img = Image.open(io.BytesIO(bytes(data)))
-                    img.load()
-                    return img.transpose(_transposes()[orientation])
-    except (TypeError, struct.error):  # BigTIFF, or an entry where none fits: Pillow's own reading
-        pass
-    with Image.open(path) as img:
-        img.load()
-        return ImageOps.exif_transpose(img)
+                if orientation not in turn:
+                    return None
+                struct.pack_into(order + "H", data, at + 8, 1)
+                img = Image.open(io.BytesIO(bytes(data)))
+                img.load()
+                return img.transpose(turn[orientation])
+    except struct.error:  # an entry past the end of the file
+        return None
+    return None
 
 
 def resize_decoded(img, size, keep_aspect):
@@ -263,12 +258,12 @@ def _header(img, path: Path) -> tuple[int, tuple[int, int]]:
     else:
         orientation = img.getexif().get(_EXIF_ORIENTATION)
     # transposed / rotated by 90 degrees; Pillow (11.1+) opens a TIFF with its upright size already
-    if orientation in (5, 6, 7, 8) and not _upright_tiff(img):
+    if orientation in (5, 6, 7, 8) and not _tiff_sized_upright(img):
         h, w = w, h
     return (1 if img.mode in WIDE_GRAY_MODES + GRAY_MODES else 3), (h, w)
 
 
-def _upright_tiff(img) -> bool:
+def _tiff_sized_upright(img) -> bool:
     """Whether Pillow reports this TIFF's size after its orientation (its stored width and height
     swapped), as newer versions do when they open it: swapping again would misname its size."""
     if img.format != "TIFF":

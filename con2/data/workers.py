@@ -47,9 +47,8 @@ VIEW_SEEDS = 2
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """The seed of one sample's views: distinct for every (epoch, position) of a run while positions
-    stay below 2**32 and epochs below 2**31 (a sum modulo 2**63 of a per-run base and epoch * 2**32 +
-    position)."""
-    return ((seed * 1_000_003) * 2**32 + epoch * 2**32 + position) % (2**63)
+    stay below 2**32 and epochs below 2**31 (modulo 2**63: a per-run base plus epoch * 2**32 + position)."""
+    return (((seed * 1_000_003 + epoch) << 32) + position) % (2**63)
 
 
 class _ViewDataset(Dataset):

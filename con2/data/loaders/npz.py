@@ -3,6 +3,7 @@ labels only (then the seeded split of the normals), and its class table (`_npz_c
 file's `class_names`, else the label values)."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ def _npz_class_table(labels: np.ndarray, z, path) -> dict:
         raise DataError(f"{path}: class_names names {len(given)} classes (labels 0..{len(given) - 1}), but the "
                         f"labels also hold {', '.join(map(str, uncovered[:5]))}; class_names[i] names label i")
     names = {v: given[v] for v in table}
-    twice = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
+    twice = sorted(n for n, k in Counter(names.values()).items() if k > 1)
     if twice:
         raise DataError(f"{path}: class_names gives {', '.join(map(repr, twice))} to more than one label")
     return names
