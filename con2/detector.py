@@ -67,6 +67,20 @@ class NotFittedError(SklearnNotFittedError):
     """Raised before fit / load; scikit-learn's NotFittedError, so its `except` clauses catch it."""
 
 
+def shaped_nhwc(X, shape=None, name: str = "X") -> np.ndarray:
+    """as_nhwc(X), then `shape` (a resize to one size, or None). A list or tuple of images of
+    different sizes is taken one image at a time when there is a `shape` to bring them to one."""
+    if shape is not None and isinstance(X, (list, tuple)) and len({tuple(np.shape(x)) for x in X}) > 1:
+        parts = [shape(as_nhwc([x], f"{name}[{i}]")) for i, x in enumerate(X)]
+        odd = next((i for i, p in enumerate(parts) if p.shape[1:] != parts[0].shape[1:]), None)
+        if odd is not None:
+            raise ValueError(f"{name}: image 0 has {parts[0].shape[-1]} channel(s), image {odd} has "
+                             f"{parts[odd].shape[-1]}: give them in one colour mode")
+        return np.concatenate(parts)
+    images = as_nhwc(X, name)
+    return images if shape is None else shape(images)
+
+
 def as_nhwc(X, name: str = "X") -> np.ndarray:
     """uint8 [N, H, W, C] numpy from the documented input layouts, else a clear error. A list or
     tuple is a batch of equal-shaped images: numpy [H, W(, C)] or torch [(C, )H, W], not both."""
@@ -77,7 +91,8 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
         odd = next((i for i, s in enumerate(shapes) if s != shapes[0]), None)
         if odd is not None:
             raise ValueError(f"{name}: all images must have one shape; image 0 is {shapes[0]}, "
-                             f"image {odd} is {shapes[odd]} (resize them first)")
+                             f"image {odd} is {shapes[odd]} (resize them first, or fit with image_size=S, "
+                             "which resizes each image)")
         tensors = [isinstance(x, torch.Tensor) for x in X]
         if all(tensors):
             X = torch.stack(list(X))  # channels-first like any torch input
@@ -101,13 +116,13 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
     if isinstance(X, OneClassSplit):  # its train images would be scored against themselves
         raise TypeError(f"{name} is a OneClassSplit: only fit takes one; score its images (split.test)")
     arr = np.asarray(X)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be uint8 images (a numpy array, torch tensor, or list of images), got "
+                        f"{type(X).__name__}" + (f" of dtype {arr.dtype}" if isinstance(X, np.ndarray) else ""))
     if arr.ndim >= 1 and arr.shape[0] == 0:
         raise ValueError(f"{name} holds no images")
     if arr.dtype != np.uint8:
-        hint = {"f": " (convert floats in [0, 1] with (x * 255).round().astype(np.uint8))",
-                "i": " (convert 0..255 integers with .astype(np.uint8))",
-                "u": " (convert 0..255 integers with .astype(np.uint8))"}.get(arr.dtype.kind, "")
-        raise TypeError(f"{name} must be uint8 images in 0..255, got dtype {arr.dtype}{hint}")
+        raise TypeError(f"{name} must be uint8 images in 0..255, got dtype {arr.dtype}{_uint8_hint(arr)}")
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
@@ -117,6 +132,22 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
         raise ValueError(f"{name}: images are {arr.shape[2]}x{arr.shape[1]} px, at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                          f"are needed (a single image must still be a batch: [1, H, W(, C)])")
     return np.ascontiguousarray(arr)
+
+
+def _uint8_hint(arr: np.ndarray) -> str:
+    """How to make uint8 0..255 images of `arr`, by its values: a cast alone wraps values above 255."""
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        return ""
+    finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+    if finite.size < arr.size:
+        return " (it holds NaN or infinite values)"
+    lo, hi = finite.min(), finite.max()
+    if lo < 0 or hi > 255:
+        return f" (its values run from {lo} to {hi}: scale them to 0..255 first)"
+    if arr.dtype.kind == "f" and hi <= 1:
+        return " (its values are in [0, 1]: convert with (x * 255).round().astype(np.uint8))"
+    return " (its values are in 0..255: convert with " + ("x.round()" if arr.dtype.kind == "f" else "x") + \
+        ".astype(np.uint8))"
 
 
 class Con2Detector(BaseEstimator):
@@ -175,6 +206,8 @@ class Con2Detector(BaseEstimator):
             value = getattr(self, name)
             if not (is_number(value) or (name == "contamination" and value is None)):
                 raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        if not (is_int(self.seed) and 0 <= self.seed < 2**63):  # before TrainConfig, which names its CLI flags
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if self.scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
         if self.aggregate not in AGGREGATES:
@@ -183,9 +216,9 @@ class Con2Detector(BaseEstimator):
             raise ValueError(f"bank_dtype must be one of {', '.join(BANK_DTYPES)}, got {self.bank_dtype!r}")
         if self.contamination is not None and not 0 <= self.contamination <= 0.5:
             raise ValueError(f"contamination must be in [0, 0.5] (as in PyOD), got {self.contamination}")
+        if not 0 <= self.target_fpr < 1:  # checked even while contamination replaces it: a bundle keeps it
+            raise ValueError(f"target_fpr must be in [0, 1), got {self.target_fpr}")
         fpr = self.target_fpr if self.contamination is None else self.contamination
-        if not 0 <= fpr < 1:
-            raise ValueError(f"target_fpr / contamination must be in [0, 1), got {fpr}")
         if not 0 < self.calibration_fraction < 1:
             raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}")
         check_crop_scale(self.crop_scale)
@@ -308,7 +341,8 @@ class Con2Detector(BaseEstimator):
                                      f"{images.shape[1]} px with {images.shape[3]}: the held-out normals must be "
                                      "like the training ones")
         else:
-            images = as_nhwc(X)
+            # images of different sizes are resized one by one to image_size
+            images = shaped_nhwc(X, None if self.image_size is None else self._resize)
         h, w = images.shape[1:3]
         if self.image_size is None and h != w:
             raise ValueError(f"the images are {w}x{h} px; the encoder takes square views: pass "
@@ -323,6 +357,9 @@ class Con2Detector(BaseEstimator):
                              f"{self.calibration_fraction:.0%} for threshold calibration")
         perm = np.random.default_rng(self.seed).permutation(n)
         return images[np.sort(perm[n_cal:])], images[np.sort(perm[:n_cal])]
+
+    def _resize(self, images: np.ndarray) -> np.ndarray:
+        return resize_images(images, self.image_size)
 
     def _per_view(self, X, formatted: bool = False) -> torch.Tensor:
         return self.bank_.score_views(self._encoder(), self._query(X, formatted), (self.scorer,))[self.scorer]
@@ -409,14 +446,17 @@ class Con2Detector(BaseEstimator):
 
     def _query(self, X, formatted: bool = False) -> torch.Tensor:
         """X as the model's input images: through input_format_ unless `formatted` (made by it already)."""
-        images = as_nhwc(X)
         h, w, c = self.input_shape_
-        if c == 3 and isinstance(X, torch.Tensor) and X.dim() == 3 and X.shape[0] == 3:
-            # most likely one RGB image; input_format_ would turn its planes into 3 grey images and score each
-            raise ValueError("X is a torch [3, H, W] tensor, read as 3 grayscale images by an RGB detector: pass "
-                             "one RGB image as [1, 3, H, W] (X[None]), grayscale images as [N, 1, H, W]")
-        if self.input_format_ is not None and not formatted:  # any size and channel count, made as the training images
-            images = self.input_format_.apply(images)
+        if c == 3 and isinstance(X, (torch.Tensor, np.ndarray)) and X.ndim == 3 and X.shape[0] == 3:
+            # most likely one channels-first RGB image (a tensor, or its .numpy()); input_format_ would
+            # turn its planes into 3 grey images and score each
+            kind, one, grey = (("torch", "[1, 3, H, W] (X[None])", "[N, 1, H, W]") if isinstance(X, torch.Tensor)
+                               else ("numpy", "[1, H, W, 3] (channels last)", "[N, H, W, 1]"))
+            raise ValueError(f"X is a {kind} [3, H, W] array, read as 3 grayscale images by an RGB detector: pass "
+                             f"one RGB image as {one}, grayscale images as {grey}")
+        # any size and channel count, made as the training images (images of different sizes one by one)
+        fmt = None if formatted else self.input_format_
+        images = shaped_nhwc(X, None if fmt is None else fmt.apply)
         if images.shape[-1] != c:
             raise ValueError(f"X has {images.shape[-1]} channel(s), the detector was fitted on {c}")
         if images.shape[1:3] != (h, w):

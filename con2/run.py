@@ -67,7 +67,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name) if isinstance(name, (str, torch.device)) else None
+        # an int is a CUDA device index, as torch.device(0) reads it
+        device = torch.device(name) if isinstance(name, (str, torch.device, int)) and not isinstance(name, bool) \
+            else None
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N): {exc}") from None
     if device is None:  # torch's own message lists every overload of torch.device
@@ -132,6 +134,10 @@ def run_finished(run_dir: str | Path) -> bool:
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, Con2Model]:
     """The config and trained model of a finished run, in eval mode."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        hint = ("a detector bundle: load it with Con2Detector.load / --detector" if run_dir.suffix == ".safetensors"
+                and run_dir.name != "model.safetensors" else f"give the run's folder, {run_dir.parent}")
+        raise NotADirectoryError(f"{run_dir} is a file, not a run folder ({hint})")
     for name in ("config.json", "model.json", "model.safetensors"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(

@@ -394,7 +394,7 @@ def test_empty_inputs_and_lists_of_images(fitted):
     np.testing.assert_array_equal(det.decision_function([torch.from_numpy(im)[None] for im in x]), s)  # [1, H, W]
     with pytest.raises(TypeError, match="mixes torch tensors"):
         det.decision_function([x[0], torch.from_numpy(x[1])])
-    with pytest.raises(TypeError, match=r"uint8.*got dtype int64 \(convert 0..255 integers"):
+    with pytest.raises(TypeError, match=r"uint8.*got dtype int64 \(its values are in 0..255: convert with x.astype"):
         det.decision_function([im.tolist() for im in x])  # nested Python lists: int64
 
 
@@ -542,3 +542,77 @@ def test_load_is_told_from_its_misuses(fitted, tmp_path):
         det.save(f"/proc/{__import__('os').getpid()}/fd/1")
     import con2
     assert "Con2Detector" in dir(con2)
+
+
+# ----------------------------------------------------------------------------- from a second review of the API
+
+def test_the_uint8_hint_follows_the_values_not_the_dtype(fitted):
+    """Every float input was told to multiply by 255: float images in 0..255 (OpenCV, PIL) then wrapped
+    round uint8 silently; integers above 255 were told to cast, which wraps too."""
+    det, _ = fitted
+    x = blobs(2, 0, True)
+    for arr, match in [(x / 255.0, r"in \[0, 1\]: convert with \(x \* 255\).round\(\)"),
+                       (x.astype(np.float32), r"in 0..255: convert with x.round\(\).astype\(np.uint8\)"),
+                       (x.astype(np.uint16) * 4, "values run from 0 to 9.*scale them to 0..255 first"),
+                       (np.where(x > 200, np.nan, x / 255.0), "NaN or infinite"),
+                       (x.astype(np.complex64), "complex64")]:
+        with pytest.raises(TypeError, match=match):
+            det.decision_function(arr)
+    for other in (None, {"a": 1}, "images"):
+        with pytest.raises(TypeError, match=f"must be uint8 images .*got {type(other).__name__}"):
+            det.decision_function(other)
+
+
+def test_a_numpy_channels_first_rgb_image_is_refused_like_a_tensor(tmp_path):
+    """tensor.numpy() of one RGB image, [3, H, W], was scored as 3 grey images by an RGB detector that
+    resizes (its input format turns grey into RGB); the tensor itself was refused."""
+    rng = np.random.default_rng(0)
+    det = _tiny(image_size=12).fit(rng.integers(0, 255, size=(30, 12, 12, 3), dtype=np.uint8))
+    one = rng.integers(0, 255, size=(3, 12, 12), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"numpy \[3, H, W\] array.*\[1, H, W, 3\] \(channels last\)"):
+        det.decision_function(one)
+    assert det.decision_function(one.transpose(1, 2, 0)[None]).shape == (1,)
+
+
+def test_target_fpr_is_checked_while_contamination_replaces_it():
+    with pytest.raises(ValueError, match="target_fpr must be in"):
+        _tiny(target_fpr=2.0, contamination=0.1).fit(blobs(30, 0, True))
+
+
+def test_images_of_different_sizes_are_resized_one_by_one_with_image_size(tmp_path):
+    """The docstring says every image, of any size, is resized to image_size; a list of images of
+    different sizes was refused ("all images must have one shape") in fit and in scoring."""
+    from con2.data.loaders.common import resize_images
+
+    rng = np.random.default_rng(0)
+    sized = [rng.integers(0, 255, size=(10 + i % 5, 12 + i % 3), dtype=np.uint8) for i in range(30)]
+    det = _tiny(image_size=8).fit(sized)
+    assert det.input_shape_ == (8, 8, 1)
+    one_by_one = np.concatenate([resize_images(im[None, ..., None], 8) for im in sized[:6]])
+    np.testing.assert_array_equal(det.decision_function(sized[:6]), det.decision_function(one_by_one))
+    with pytest.raises(ValueError, match="image 0 has 1 channel.*image 1 has 3: give them in one colour mode"):  # fit resizes, it does not convert colour
+        _tiny(image_size=8).fit([sized[0], np.zeros((9, 9, 3), np.uint8)] + sized[2:])
+    with pytest.raises(ValueError, match="image 1 is .*or fit with image_size=S"):
+        _tiny().fit(sized)
+
+
+def test_from_run_given_a_file_names_it(fitted, tmp_path):
+    with pytest.raises(NotADirectoryError, match="is a file, not a run folder .*Con2Detector.load"):
+        Con2Detector.from_run(fitted[1])
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match=f"give the run's folder, {tmp_path}"):
+        Con2Detector.from_run(tmp_path / "model.safetensors")
+
+
+def test_detector_option_errors_name_the_option_and_an_int_device_is_an_index():
+    with pytest.raises(ValueError, match=r"^seed must be an integer in \[0, 2\*\*63\), got -1$"):
+        _tiny(seed=-1).fit(blobs(30, 0, True))
+    from con2.run import resolve_device
+
+    if torch.cuda.is_available():
+        assert resolve_device(0) == torch.device("cuda", 0)
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device(0)
+    with pytest.raises(ValueError, match="not a device name"):
+        resolve_device(True)
