@@ -117,6 +117,8 @@ class TrainConfig:
         for name, value in (("lr", self.lr), ("temperature", self.temperature)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= FLOAT32_MAX):  # NaN too
                 bad(f"--{name} must be a number > 0 that float32 can hold, got {value!r}")
+        if self.lr > 1e37:  # AdamW's first step divides it by 1 - beta1 = 0.1, in float32 (max 3.4e38)
+            bad(f"--lr must be at most 1e37 (AdamW's step size lr / (1 - 0.9) must fit float32), got {self.lr!r}")
         if self.temperature < MIN_TEMPERATURE:  # else the loss refuses it at the first step
             bad(f"--temperature must be >= {MIN_TEMPERATURE:g} (the loss kernels' range), got {self.temperature!r}")
         if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)

@@ -45,7 +45,7 @@ from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.input_format import InputFormat
 from .data.loaders.common import resize_images
 from .data.split import to_nchw
-from .evaluate import check_crop_scale, check_views_crop_scale, scoring_view_config
+from .evaluate import check_crop_pixels, check_crop_scale, check_views_crop_scale, scoring_view_config
 from .metrics import calibrate_threshold
 from .model import Con2Model
 from .ops.reference import row_norms
@@ -71,19 +71,20 @@ def shaped_nhwc(X, shape=None, name: str = "X") -> np.ndarray:
     """as_nhwc(X), then `shape` (a resize to one size, or None). A list or tuple of images of
     different sizes is taken one image at a time when there is a `shape` to bring them to one."""
     if shape is not None and isinstance(X, (list, tuple)) and len({tuple(np.shape(x)) for x in X}) > 1:
-        parts = [shape(as_nhwc([x], f"{name}[{i}]")) for i, x in enumerate(X)]
+        parts = [shape(as_nhwc([x], f"{name}[{i}]", resized=True)) for i, x in enumerate(X)]
         odd = next((i for i, p in enumerate(parts) if p.shape[1:] != parts[0].shape[1:]), None)
         if odd is not None:
             raise ValueError(f"{name}: image 0 has {parts[0].shape[-1]} channel(s), image {odd} has "
                              f"{parts[odd].shape[-1]}: give them in one colour mode")
         return np.concatenate(parts)
-    images = as_nhwc(X, name)
+    images = as_nhwc(X, name, resized=shape is not None)
     return images if shape is None else shape(images)
 
 
-def as_nhwc(X, name: str = "X") -> np.ndarray:
+def as_nhwc(X, name: str = "X", resized: bool = False) -> np.ndarray:
     """uint8 [N, H, W, C] numpy from the documented input layouts, else a clear error. A list or
-    tuple is a batch of equal-shaped images: numpy [H, W(, C)] or torch [(C, )H, W], not both."""
+    tuple is a batch of equal-shaped images: numpy [H, W(, C)] or torch [(C, )H, W], not both.
+    Images must have sides of MIN_IMAGE_SIDE px unless they will be `resized`."""
     if isinstance(X, (list, tuple)):
         if not X:
             raise ValueError(f"{name} holds no images (an empty {type(X).__name__})")
@@ -124,11 +125,16 @@ def as_nhwc(X, name: str = "X") -> np.ndarray:
     if arr.dtype != np.uint8:
         raise TypeError(f"{name} must be uint8 images in 0..255, got dtype {arr.dtype}{_uint8_hint(arr)}")
     if arr.ndim == 3:
+        if resized and arr.shape[-1] in (1, 3) and min(arr.shape[:2]) >= MIN_IMAGE_SIDE:
+            # images of any size are resized, but H x 1 or H x 3 px ones are most likely one image's channels
+            raise ValueError(f"{name} of shape {arr.shape} looks like one image [H, W, C] without its batch axis: "
+                             f"pass X[None] (or, for {arr.shape[0]} images {arr.shape[2]} px wide, "
+                             f"[N, H, W, 1])")
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
         raise ValueError(f"{name}: numpy arrays must be [N, H, W] or [N, H, W, C] with C in (1, 3), "
                          f"got shape {arr.shape}")
-    if min(arr.shape[1:3]) < MIN_IMAGE_SIDE:
+    if not resized and min(arr.shape[1:3]) < MIN_IMAGE_SIDE:
         raise ValueError(f"{name}: images are {arr.shape[2]}x{arr.shape[1]} px, at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
                          f"are needed (a single image must still be a batch: [1, H, W(, C)])")
     return np.ascontiguousarray(arr)
@@ -253,6 +259,7 @@ class Con2Detector(BaseEstimator):
 
         target_fpr = self._check_params()
         train_imgs, cal_imgs = self._fit_images(X)
+        check_crop_pixels(self.crop_scale, train_imgs.shape[1])  # before the training, not after it
         split = OneClassSplit(name="detector", train=train_imgs, test=cal_imgs,
                               test_labels=np.zeros(len(cal_imgs), dtype=np.int64), val=cal_imgs,
                               meta={"calibration_only": True})
@@ -332,9 +339,10 @@ class Con2Detector(BaseEstimator):
         when it has no val), else X with a seeded calibration_fraction held out. Checked before training."""
         cal = None
         if isinstance(X, OneClassSplit):
-            images = as_nhwc(X.train, "the split's train images")
+            resized = self.image_size is not None
+            images = as_nhwc(X.train, "the split's train images", resized)
             if len(X.val):
-                cal = as_nhwc(X.val, "the split's val images")
+                cal = as_nhwc(X.val, "the split's val images", resized)
                 if cal.shape[1:] != images.shape[1:]:
                     raise ValueError(f"the split's val images are {cal.shape[2]}x{cal.shape[1]} px with "
                                      f"{cal.shape[3]} channel(s), its train images {images.shape[2]}x"

@@ -39,8 +39,20 @@ def scoring_view_config(cfg: TrainConfig, split: OneClassSplit, crop_scale: tupl
     given: CSI's evaluation, where the 40 test-time views of the paper come from, fixes it at
     (0.54, 0.54); the paper's T_test is only said to be a subset of the training views T."""
     view_cfg = view_config(cfg, split)
-    crop_scale = check_crop_scale(crop_scale)
+    crop_scale = check_crop_pixels(crop_scale, view_cfg.size)
     return view_cfg if crop_scale is None else dataclasses.replace(view_cfg, scale=crop_scale)
+
+
+def check_crop_pixels(crop_scale, size: int) -> tuple[float, float] | None:
+    """check_crop_scale, and crops of at least a pixel of a size x size image: a crop that rounds to
+    no pixel is not drawn, and torchvision's RandomResizedCrop then takes the whole image instead,
+    the opposite of the small crops asked for."""
+    crop_scale = check_crop_scale(crop_scale)
+    if crop_scale is not None and crop_scale[0] * size * size < 1:
+        raise ValueError(f"crop scale {crop_scale[0]:g} of a {size}x{size} px image is under one pixel (a crop "
+                         f"that small falls back to the whole image): give a low end of at least "
+                         f"{1 / (size * size):.3g}")
+    return crop_scale
 
 
 def check_crop_scale(crop_scale) -> tuple[float, float] | None:

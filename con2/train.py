@@ -330,8 +330,8 @@ class _FiniteWatch:
     def check(self) -> None:
         bad = int(self.first_bad)
         if bad >= 0:
-            raise FloatingPointError(f"loss became non-finite (nan or inf) at step {bad}; lower --lr, raise --temperature "
-                                     "or disable --amp")
+            raise FloatingPointError(f"loss became non-finite (nan or inf) at step {bad}; lower --lr or --weight-decay, "
+                                     "raise --temperature or disable --amp")
 
 
 class _StepLog:
@@ -463,8 +463,8 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     forward = _training_forward(model, cfg, device, world, local_rank)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     amp = cfg.amp and on_gpu  # bf16 autocast on the GPU; float32 on the CPU
-    if cfg.amp and not on_gpu:
-        say("--amp: bf16 autocast is used on the GPU only; training in float32 on the CPU", flush=True)
+    if cfg.amp and not on_gpu and rank == 0:  # a warning: --quiet must not hide that the flag is not applied
+        warnings.warn("--amp: bf16 autocast is used on the GPU only; training in float32 on the CPU")
     # auto depends on this host's memory: a resumed run keeps the pipeline that made its views so far
     pipeline = (ckpt or {}).get("pipeline") if cfg.pipeline == "auto" else None
     pipeline = pipeline or resolve_pipeline(cfg.pipeline, split, device)

@@ -80,3 +80,14 @@ def test_the_temperature_range_is_the_loss_kernels():
         TrainConfig(temperature=1e-7).validate()
     with pytest.raises(ValueError, match=r"--seed and --split-seed must be in \[0, 2\*\*63\)"):
         TrainConfig(seed=2**64).validate()  # failed inside torch.manual_seed after loading the data
+
+
+def test_an_lr_whose_adamw_step_overflows_float32_is_refused():
+    """--lr 1e38 passed and AdamW's first step failed with torch's "cannot be converted to type float
+    without overflow", naming no option."""
+    with pytest.raises(ValueError, match="--lr must be at most 1e37"):
+        TrainConfig(lr=1.1e37).validate()
+    TrainConfig(lr=1e37).validate()
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=1e37)
+    opt.param_groups[0]["params"][0].grad = torch.ones(2)
+    opt.step()  # the largest lr accepted still steps

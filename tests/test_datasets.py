@@ -801,3 +801,15 @@ def test_npz_score_rows_name_the_row_or_the_file_each_image_came_from(tmp_path):
     given = given_npz(tmp_path / "given.npz", images[:10], images[10:16])
     _, _, files = sample_columns(load_split(cfg(dataset="npz", data_file=given, normal_class=["0"])), "test")
     assert files == [f"given.npz:test_images[{i}]" for i in range(6)]
+
+
+def test_a_val_fraction_asked_for_gives_at_least_one_val_normal(tmp_path):
+    """0.01 of 50 normals rounded to no val image, silently; con2 predict then asked for a val fraction."""
+    labels = np.array([0] * 50 + [1] * 10, np.uint8)
+    np.savez(tmp_path / "d.npz", images=np.zeros((60, 8, 8), np.uint8), labels=labels)
+    s = load_split(cfg(dataset="npz", data_file=str(tmp_path / "d.npz"), normal_class=["0"], val_fraction=0.01))
+    check_split(s, 34, 1, 25, 10)
+    s = load_split(cfg(dataset="npz", data_file=str(tmp_path / "d.npz"), normal_class=["0"], val_fraction=0.0))
+    check_split(s, 35, 0, 25, 10)  # none asked for: none
+    s = load_split(cfg(dataset="digits", val_fraction=0.001))
+    assert len(s.val) == 1  # the normal digit's own share

@@ -616,3 +616,23 @@ def test_detector_option_errors_name_the_option_and_an_int_device_is_an_index():
             resolve_device(0)
     with pytest.raises(ValueError, match="not a device name"):
         resolve_device(True)
+
+
+def test_images_under_8_px_are_taken_when_they_are_resized():
+    """The size floor ran before the resize: image_size=16 refused 4x4 images that it would resize
+    (con2 train --image-size trains on 1x1 images); one image without its batch axis is still named."""
+    rng = np.random.default_rng(0)
+    det = _tiny(image_size=8).fit(rng.integers(0, 255, size=(30, 4, 4), dtype=np.uint8))
+    assert det.decision_function(rng.integers(0, 255, size=(3, 1, 1), dtype=np.uint8)).shape == (3,)
+    assert det.decision_function([np.zeros((2, 300), np.uint8), np.zeros((5, 5), np.uint8)]).shape == (2,)
+    with pytest.raises(ValueError, match=r"looks like one image \[H, W, C\] without its batch axis"):
+        det.decision_function(np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(ValueError, match="at least 8x8"):  # no resize: the floor holds
+        _tiny().fit(rng.integers(0, 255, size=(30, 4, 4), dtype=np.uint8))
+
+
+def test_a_crop_scale_under_one_pixel_is_refused_before_training():
+    """torchvision takes the whole image when no crop of the asked area has a pixel: 1e-4 of 16x16
+    images gave whole-image views, the opposite of the small crops asked for."""
+    with pytest.raises(ValueError, match=r"crop scale 0.0001 of a 12x12 px image is under one pixel"):
+        _tiny(crop_scale=(1e-4, 1e-3), epochs=10**6).fit(blobs(30, 0, True))

@@ -360,6 +360,11 @@ def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--run", str(run), "--crop-scale", "0", "1"])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:  # train refuses a negative seed; the scoring commands took it
+        main(["evaluate", "--run", str(run), "--seed", "-1"])
+    assert exc.value.code == 2 and "--seed: expected an integer in [0, 2**63)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="under one pixel"):  # all its crops would be the whole image
+        scoring_view_config(cfg, split, (1e-4, 1e-3))
 
 
 def test_a_score_depends_on_the_image_only_not_on_its_company(tiny):
@@ -526,3 +531,20 @@ def test_scorers_refuse_features_and_scores_that_are_no_numbers():
     for how in ("mean", "max"):
         with pytest.raises(TypeError, match="per-view scores must be floating point, got torch.int64"):
             aggregate(torch.ones(3, 2, dtype=torch.long), how)
+
+
+def test_view_seeds_2_to_the_32_apart_draw_other_views_and_low_seeds_keep_theirs():
+    """The seed was reduced to 32 bits, so --seed 4294967296 scored exactly as --seed 0."""
+    assert view_stream(0, 1, 1) != view_stream(2**32, 1, 1) != view_stream(2**33, 1, 1)
+    assert view_stream(5, 3, 0) == int(_mix32_reference(((5 * 1_000_003 + 3) * 7) & 0xFFFFFFFF))
+    from con2.scoring import ViewEncoder
+
+    for bad in (-1, 2**63, 1.5, True):
+        with pytest.raises(ValueError, match="test-time views' seed must be an integer in"):
+            ViewEncoder(lambda x: x, None, None, [], seed=bad)
+
+
+def _mix32_reference(x: int) -> int:
+    from con2.data.keys import _mix32
+
+    return int(_mix32(torch.tensor(x)))

@@ -1019,3 +1019,9 @@ def test_workers_sets_the_dataloader_processes_and_is_named_where_it_does_not_ap
     assert made[-1].num_workers == 0  # was 2 whatever the machine
     with pytest.warns(UserWarning, match="--workers 3 applies to the workers pipeline; the tensor pipeline"):
         train(tiny_cfg(tmp_path / "t", epochs=1, pipeline="tensor", workers=3, max_train_samples=16), progress=False)
+
+
+def test_amp_on_the_cpu_is_a_warning_that_quiet_keeps(tmp_path):
+    """--amp on the CPU was told with a progress line, which --quiet hid: the flag did nothing, unsaid."""
+    with pytest.warns(UserWarning, match="--amp: bf16 autocast is used on the GPU only"):
+        train(tiny_cfg(tmp_path / "run", epochs=1, amp=True, max_train_samples=16), progress=False)

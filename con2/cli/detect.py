@@ -29,6 +29,7 @@ _views = _checked(int, lambda v: v == 0 or (v % 2 == 0 and 2 <= v <= MAX_VIEWS),
 _fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 _positive = _checked(int, lambda v: v >= 1, "a positive integer")
 _fraction_pos = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+_seed = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63), as con2 train's --seed")
 
 
 def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) -> None:
@@ -38,7 +39,7 @@ def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) ->
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per encoder call")
     p.add_argument("--bank-dtype", choices=BANK_DTYPE_NAMES, default="float32", help="storage of the NND bank")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test-time view draws")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the test-time view draws")
     p.add_argument("--crop-scale", type=_fraction_pos, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="area range of the test-time random crops (default: the training views', 0.08 1; "
                         "CSI's evaluation: 0.54 0.54)")

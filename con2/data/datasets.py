@@ -13,7 +13,7 @@ Splits, by source:
 * npz with only `images`/`labels`, and a folder without train/ test/ sub-folders: a seeded split
   (`cfg.split_seed`) of the *normal* samples only; every anomalous sample goes to test, because
   anomalies are never trained on and val is normal-only (threshold calibration).
-  Normals: round(test_fraction * n) to test, round(val_fraction * n) to val
+  Normals: round(test_fraction * n) to test, round(val_fraction * n) to val, at least one
   (`cfg.val_fraction`, default 0), the rest to train. `cfg.n_train` instead fixes the number
   of training normals; test then gets all normals not in train or val.
   BR35H as METHOD section 10 suggests (1000 normal train; 500 normal + 1500 tumour test):

@@ -65,5 +65,10 @@ def keyed_uniforms(keys: torch.Tensor, stream: int, columns: int) -> torch.Tenso
 
 
 def view_stream(seed: int, view: int, role: int) -> int:
-    """The random stream of one (seed, test-time view, bank-or-query role)."""
-    return int(_mix32(torch.tensor(((int(seed) * 1_000_003 + view) * 7 + role) & _MASK32)))
+    """The random stream of one (seed, test-time view, bank-or-query role). A seed's bits above 32
+    are mixed in (seeds 2**32 apart drew the same views); below 2**32 the streams are unchanged."""
+    seed = int(seed)
+    x = ((seed * 1_000_003 + view) * 7 + role) & _MASK32
+    if seed >> 32:
+        x ^= int(_mix32(torch.tensor((seed >> 32) & _MASK32)))
+    return int(_mix32(torch.tensor(x)))

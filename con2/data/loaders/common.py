@@ -231,13 +231,20 @@ def one_class_split(name, parts: dict, normal: tuple, class_names: dict, image_s
     )
 
 
+def held_out_count(fraction: float, n: int) -> int:
+    """round(fraction * n), but at least one image for a fraction above 0: a --val-fraction asked
+    for gives val normals (0.01 of 50 rounded to none, and con2 predict then asked for a val fraction)."""
+    count = int(round(fraction * n))
+    return max(count, 1) if fraction > 0 and n > 1 else count
+
+
 def seeded_normal_split(labels: np.ndarray, normal: tuple, cfg) -> dict:
     """Indices {"train", "val", "test"}: normals split by fractions, every anomaly to test
     (con2.data.datasets' docstring)."""
     rng = np.random.default_rng(cfg.split_seed)
     normal_idx = rng.permutation(np.flatnonzero(np.isin(labels, normal)))
     n = len(normal_idx)
-    n_val = int(round(cfg.split_val_fraction() * n))
+    n_val = held_out_count(cfg.split_val_fraction(), n)
     if cfg.n_train is not None:
         n_train = int(cfg.n_train)
         if not 0 < n_train <= n - n_val:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..split import OneClassSplit
-from .common import InapplicableOption, one_class_split, resolve_classes
+from .common import InapplicableOption, held_out_count, one_class_split, resolve_classes
 
 DIGITS_DEFAULT_CLASS = "8"  # the digit raw-pixel nearest neighbour finds hardest (AUROC ~0.98, not 1.0)
 DIGITS_DEFAULT_SIZE = 16
@@ -36,7 +36,7 @@ def load_digits_split(cfg) -> OneClassSplit:
     for c in range(10):
         members = rng.permutation(np.flatnonzero(labels == c))
         n_test = int(round(cfg.test_fraction * len(members)))
-        n_val = int(round(val_fraction * len(members)))
+        n_val = held_out_count(val_fraction, len(members))
         for part, sel in zip(("test", "val", "train"), np.split(members, [n_test, n_test + n_val])):
             idx[part].append(sel)
     parts = {s: (images[np.sort(np.concatenate(v))], labels[np.sort(np.concatenate(v))]) for s, v in idx.items()}
