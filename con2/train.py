@@ -33,8 +33,8 @@ from .distributed import convert_batchnorm
 from .files import folder_lock, nearest_folder, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
-from .run import (build_model, context_set, data_fingerprint, identity_mismatch, resolve_device, run_finished,
-                  save_model, split_as_trained, view_config)
+from .run import (build_model, context_set, data_fingerprint, fingerprints_differ, identity_mismatch, resolve_device,
+                  run_finished, save_model, split_as_trained, view_config)
 
 CHECKPOINT_FORMAT = "con2-checkpoint/1"
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "global_step", "rng")  # what a resume reads
@@ -151,7 +151,7 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
         raise ValueError(f"cannot continue the run in {path.parent}: {wrong} (its checkpoint.pt); "
                          f"continue it with its settings or pick another --out")
     saved = ckpt.get("data_fingerprint")
-    if saved is not None and saved != fingerprint:
+    if saved is not None and fingerprints_differ(saved, fingerprint):
         raise ValueError(f"cannot continue the run in {path.parent}: the training images differ from the "
                          f"checkpoint's ({saved['count']} images of {saved['shape']} then, {fingerprint['count']} "
                          f"of {fingerprint['shape']} now, or other pixels); resume with the run's data or pick "

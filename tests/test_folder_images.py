@@ -83,7 +83,7 @@ def test_a_loaded_folder_is_fingerprinted_once(tmp_path, no_memory, monkeypatch)
     held = dataclasses.replace(lazy, train=np.ones((3, 8, 8, 1), np.uint8))  # in memory: hashed each time,
     before = data_fingerprint(held)  # as it may change in place
     held.train[0] ^= 1
-    assert data_fingerprint(held)["hash"] != before["hash"]
+    assert data_fingerprint(held)["hash"] != before["hash"] and data_fingerprint(held)["pixels"] != before["pixels"]
 
 
 def test_the_pipeline_and_the_budget_decide_what_is_held(tmp_path, monkeypatch):

@@ -1025,3 +1025,25 @@ def test_amp_on_the_cpu_is_a_warning_that_quiet_keeps(tmp_path):
     """--amp on the CPU was told with a progress line, which --quiet hid: the flag did nothing, unsaid."""
     with pytest.warns(UserWarning, match="--amp: bf16 autocast is used on the GPU only"):
         train(tiny_cfg(tmp_path / "run", epochs=1, amp=True, max_train_samples=16), progress=False)
+
+
+def test_the_fingerprint_sees_every_pixel_and_older_fingerprints_are_still_checked(tmp_path):
+    """The fingerprint keyed at most 4096 values an image: a 72x72 data file rewritten with every other
+    column white (45 % of the pixels) was evaluated under the old run without a word."""
+    from con2.run import data_fingerprint, fingerprints_differ, run_split
+
+    split = tiny_split(n=8, size=72)
+    changed = tiny_split(n=8, size=72)
+    changed.train[:, :, 1::2] = 255
+    before, after = data_fingerprint(split), data_fingerprint(changed)
+    assert before["hash"] == after["hash"]  # the sampled key misses it (that is why "pixels" exists)
+    assert fingerprints_differ(before, after)
+    old = {k: before[k] for k in ("count", "shape", "hash")}  # a run saved before "pixels"
+    assert not fingerprints_differ(old, after) and fingerprints_differ(old, data_fingerprint(tiny_split(8, 72, seed=1)))
+    run = train(tiny_cfg(tmp_path / "r", epochs=1, batch_size=4), split, progress=False)
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    with pytest.raises(ValueError, match="training images differ"):
+        run_split(run, cfg, changed)
+    with pytest.raises(ValueError, match="training images differ"):
+        train(tiny_cfg(tmp_path / "s", epochs=2, batch_size=4), split, progress=False, stop_after_steps=1)
+        train(tiny_cfg(tmp_path / "s", epochs=2, batch_size=4), changed, progress=False, resume=True)

@@ -1,8 +1,8 @@
 """Counter-based random numbers keyed by an image's pixels.
 
 A sample's test-time views (con2.scoring) are drawn from a hash of (seed, view, role, its pixels),
-so its score does not depend on the other images it is scored with; the same key fingerprints a
-run's training images for --resume (con2.train). Integer maths only: equal on every device.
+so its score does not depend on the other images it is scored with. The same key over a sample
+of an image's pixels was a run's training-data fingerprint ("hash" in con2.run.data_fingerprint). Integer maths only: equal on every device.
 """
 from __future__ import annotations
 
