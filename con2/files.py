@@ -2,8 +2,12 @@
 JSON files with an error that names a damaged one, and the digest that finds a damaged weights file."""
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
+import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,31 +28,83 @@ def nearest_folder(path: Path, option: str, out) -> Path:
 
 
 @contextmanager
-def replacing(path: str | Path):
+def replacing(path: str | Path, make_folder: bool = True):
     """Yield a temporary path beside `path` to write to; once the block succeeds it replaces
-    `path` in one step (os.replace), and if the block fails it is removed and `path` is untouched."""
+    `path` in one step (os.replace), and if the block fails it is removed and `path` is untouched.
+    A link to a file is written through (its target replaced, the link kept). The temporary name
+    is this writer's own, so two processes writing one file (two `con2 evaluate` of a run) never
+    write into each other's; ones left by a killed writer are removed. `make_folder=False`: the
+    folder must still exist (a run's, which a training must not silently make again elsewhere
+    after the folder was moved or deleted)."""
     path = Path(path)
+    if path.is_symlink() and path.resolve().is_file():
+        path = path.resolve()
     if path.is_dir():  # found now, not by os.replace after the work, naming the .tmp file
         raise IsADirectoryError(f"{path} is a directory; give a file name")
     if path.exists() and not path.is_file():  # /dev/stdout, a FIFO: written in place, never replaced
         yield path
         return
+    if not make_folder and not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent} is gone (moved or deleted while it was being written): "
+                                f"{path.name} was not written")
     path.parent.mkdir(parents=True, exist_ok=True)  # an --out in a new folder (cli.output checked it)
-    tmp = path.with_name(path.name + ".tmp")
+    _remove_stale_temporaries(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        tmp.unlink(missing_ok=True)  # a stale one would lend its mode to the new file
         # the mode a plain open() gives: the file's own if it exists, else 0666 & ~umask (read from a
         # file the kernel creates with it, as os.umask can only be read by changing it); set again
         # below because some writers make their own file (safetensors' save_file: 0600)
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         mode = (path if path.is_file() else tmp).stat().st_mode & 0o7777
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:  # a full disk, as each writer words it (torch: "unexpected pos 1523456 vs ...")
+            if _out_of_space(exc, tmp.parent):
+                raise _no_space(path) from exc
+            raise
         os.chmod(tmp, mode)
         _sync(tmp)  # the new bytes reach the disk before the name moves: a crash keeps the old file or the new
         os.replace(tmp, path)
         _sync(path.parent)  # and the rename itself
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _out_of_space(exc: Exception, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):  # safetensors' message
+        return True
+    try:  # torch's zip writer says only that a write came up short
+        return shutil.disk_usage(folder).free < 2**16
+    except OSError:
+        return False
+
+
+def _no_space(path: Path) -> OSError:
+    exc = OSError(f"no space left on the device of {path.parent} (or the quota is used up): {path.name} was not "
+                  "written" + (" and the previous one is kept" if path.exists() else "") + "; free some space")
+    exc.errno = errno.ENOSPC
+    return exc
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries of `path` whose writer is no longer running (killed before its
+    `finally`): NAME.PID-TOKEN.tmp, and NAME.tmp of con2 before the twenty-second session."""
+    for tmp in path.parent.glob(glob.escape(path.name) + ".*tmp"):
+        pid = tmp.name[len(path.name) + 1:].partition("-")[0]
+        if tmp.name == path.name + ".tmp" or (pid.isdigit() and not _running(int(pid))):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _sync(path: Path) -> None:
@@ -84,15 +140,15 @@ def utf8_name(path: str | Path):
     yield name
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_text(path: str | Path, text: str, make_folder: bool = True) -> None:
     """`text` into `path`; a file or class name that is not UTF-8 (its bytes held as lone surrogates,
     PEP 383) is written as those bytes, the name as the file system has it."""
-    with replacing(path) as tmp:
+    with replacing(path, make_folder) as tmp:
         tmp.write_text(text, errors="surrogateescape")
 
 
-def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2))
+def write_json(path: str | Path, obj, make_folder: bool = True) -> None:
+    write_text(path, json.dumps(obj, indent=2), make_folder)
 
 
 def read_json(path: str | Path) -> dict:

@@ -120,11 +120,11 @@ def save_model(model: Con2Model, run_dir: Path, cfg: TrainConfig, fingerprint: d
     if fingerprint is not None:
         meta["data"] = json.dumps(fingerprint, sort_keys=True)
     meta["sha256"] = tensor_digest(state, meta)  # damage to the file is found by load_run, not scored
-    with replacing(run_dir / "model.safetensors") as tmp:
+    with replacing(run_dir / "model.safetensors", make_folder=False) as tmp:  # a vanished run is not made anew
         save_file(state, str(tmp), metadata=meta)
     info = {"format": MODEL_FORMAT, "con2_version": __version__, "architecture": model.architecture(),
             "identity": json.loads(identity), **({"data": fingerprint} if fingerprint is not None else {})}
-    write_json(run_dir / "model.json", info)
+    write_json(run_dir / "model.json", info, make_folder=False)
 
 
 def run_finished(run_dir: str | Path) -> bool:
@@ -201,7 +201,16 @@ def run_split(run_dir: str | Path, cfg: TrainConfig, split: OneClassSplit | None
     copied from a run on other data would otherwise give silently wrong scores. Runs saved before
     the fingerprint was recorded are not checked."""
     run_dir = Path(run_dir)
-    split = split if split is not None else split_as_trained(cfg)
+    if split is None:
+        try:
+            split = split_as_trained(cfg)
+        except DataError as exc:
+            where = cfg.data_file or cfg.data_root
+            if where and not Path(where).exists():  # moved since training: say how the run finds it again
+                key = "data_file" if cfg.data_file else "data_root"
+                raise DataError(f"{exc}. If the data moved, set \"{key}\" in {run_dir / 'config.json'} to its new "
+                                "place (the run checks that its training images are the same)") from None
+            raise
     info = read_json(run_dir / "model.json")
     with utf8_name(run_dir / "model.safetensors") as name, safe_open(name, framework="pt") as fh:
         meta = fh.metadata() or {}

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import contextlib
 import re
+import shutil
 import traceback
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -37,7 +39,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .config import TrainConfig, absolute_path, is_int
-from .files import read_json, replacing, write_json, write_text
+from .files import folder_lock, read_json, replacing, write_json, write_text
 from .run import identity_mismatch, run_finished
 from .scoring import SCORERS, check_aggregate, check_scorers, view_plan
 
@@ -186,6 +188,27 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     dataclasses.replace(base, normal_class=[classes[0]], seed=seeds[0]).validate()
     view_plan(views, None)  # the evaluation's, too: else each run would fail after its training
     views, scorers, aggregate = int(views), list(check_scorers(scorers)), check_aggregate(aggregate)
+    with _held_folder(out):  # two sweeps into one folder would each keep their own manifest, the last one's kept
+        return _sweep(base, classes, seeds, out, views, aggregate, scorers, eval_batch_size, progress, debug)
+
+
+@contextlib.contextmanager
+def _held_folder(out: Path):
+    """`out`, made if missing, locked against another sweep while the block runs; a folder made here
+    that the sweep left empty (it failed its checks) is removed again."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give the folder to write the sweep into")
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out, "con2 sweep"):
+            yield
+    finally:
+        if made and [p.name for p in out.iterdir()] == [".lock"]:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _sweep(base, classes, seeds, out, views, aggregate, scorers, eval_batch_size, progress, debug) -> dict:
     eval_settings = {"views": views, "aggregate": aggregate, "scorers": scorers}
     manifest = load_manifest(out, base, eval_settings)
     classes = _as_named_before(base, manifest, classes)
@@ -198,7 +221,6 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
             check_data_source(base)
         except DataError as exc:
             raise ValueError(f"{exc} (nothing was run)") from None
-    out.mkdir(parents=True, exist_ok=True)
     for c, s in todo:
         key = run_keys[(c, s)]
         manifest["runs"].setdefault(key, {"class": c, "seed": s, "dir": key, "status": "pending"})

@@ -30,7 +30,7 @@ from .data import OneClassSplit, load_split
 from .data.sources import make_batch_source, resolve_pipeline
 from .data.workers import VIEW_SEEDS
 from .distributed import convert_batchnorm
-from .files import folder_lock, nearest_folder, replacing, write_text
+from .files import folder_lock, nearest_folder, read_json, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
 from .run import (build_model, context_set, data_fingerprint, fingerprints_differ, identity_mismatch, resolve_device,
@@ -104,8 +104,27 @@ def _gather_projections(z_context, z_content, n_local, n_contexts, offset, world
 
 # --------------------------------------------------------------------------- checkpoints
 
+def _refuse_foreign_files(run_dir: Path) -> None:
+    """A training from step 0 writes config.json and metrics.jsonl into --out: refuse to replace
+    ones that con2 did not write (a project folder given as --out), naming them, before any work."""
+    config = run_dir / "config.json"
+    if config.is_file():
+        try:
+            saved = read_json(config)
+            TrainConfig.from_dict(saved)
+            ours = "dataset" in saved
+        except (ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise FileExistsError(f"{config} is not a con2 run's configuration, and training would replace it: "
+                                  "pick another --out")
+    elif (run_dir / "metrics.jsonl").is_file():  # con2 writes config.json first
+        raise FileExistsError(f"{run_dir / 'metrics.jsonl'} has no con2 config.json beside it, and training would "
+                              "replace it: pick another --out")
+
+
 def _atomic_save(obj, path: Path) -> None:
-    with replacing(path) as tmp:
+    with replacing(path, make_folder=False) as tmp:  # a run folder moved away is not made again by its checkpoint
         torch.save(obj, tmp)
 
 
@@ -420,6 +439,9 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():  # found now, not as an OS error after loading the data
         raise FileExistsError(f"--out {run_dir} is a file; give the folder to write the run into")
+    if run_dir.is_symlink() and not run_dir.exists():  # mkdir would say only "File exists"
+        raise FileNotFoundError(f"--out {run_dir} is a link to {os.readlink(run_dir)}, which does not exist: make "
+                                "that folder, or give another --out")
     folder = nearest_folder(run_dir, "--out", run_dir)
     if rank == 0 and not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"--out {run_dir}: the folder {folder} is not writable")
@@ -430,6 +452,8 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
         raise FileExistsError(f"{run_dir} holds a trained model but no checkpoint to continue from; "
                               f"pick another --out to train again")
     continuing = resume and ckpt_path.exists()
+    if not continuing:
+        _refuse_foreign_files(run_dir)
     if split is None:  # a run being continued keeps the split it was trained on
         split = split_as_trained(cfg) if continuing else load_split(cfg)
     views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written

@@ -8,7 +8,9 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import struct
+import sys
 import warnings
 from pathlib import Path
 
@@ -164,8 +166,50 @@ def test_replacing_syncs_the_new_bytes_before_the_rename_and_the_folder_after(tm
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
     target = tmp_path / "checkpoint.json"
     write_text(target, "new")
-    assert events == [("fsync", str(target) + ".tmp"), ("replace", str(target)), ("fsync", str(tmp_path))]
+    (kind, written), *rest = events
+    assert kind == "fsync" and re.fullmatch(re.escape(str(target)) + rf"\.{os.getpid()}-[0-9a-f]{{8}}\.tmp", written)
+    assert rest == [("replace", str(target)), ("fsync", str(tmp_path))]
     assert target.read_text() == "new"
+
+
+def test_two_writers_of_one_file_each_write_their_own_temporary(tmp_path):
+    """Both wrote NAME.tmp: the second unlinked the first's, the first's os.replace moved the second's
+    half-written file into place, and the second then failed with FileNotFoundError."""
+    from con2.files import replacing
+
+    target = tmp_path / "scores.csv"
+    with replacing(target) as a, replacing(target) as b:
+        assert a != b
+        a.write_text("first")
+        b.write_text("second")
+    assert target.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
+    # a killed writer's temporary (and the single name of earlier con2) is removed by the next write;
+    # a running writer's is kept
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = [tmp_path / f"scores.csv.{dead.stdout.strip()}-0badc0de.tmp", tmp_path / "scores.csv.tmp"]
+    live = tmp_path / f"scores.csv.{os.getppid()}-0badc0de.tmp"
+    for p in (*left, live):
+        p.write_text("x")
+    with replacing(target) as tmp:
+        tmp.write_text("third")
+    assert not any(p.exists() for p in left) and live.exists() and target.read_text() == "third"
+
+
+def test_a_link_is_written_through_and_a_vanished_run_folder_is_not_made_again(tmp_path):
+    """score --out LINK replaced the link with a file (its target kept the old scores); a run folder
+    moved away during training was made again by the next checkpoint, splitting the run in two."""
+    from con2.files import replacing, write_text
+
+    real = tmp_path / "real.csv"
+    real.write_text("old")
+    (tmp_path / "link.csv").symlink_to(real)
+    write_text(tmp_path / "link.csv", "new")
+    assert (tmp_path / "link.csv").is_symlink() and real.read_text() == "new"
+    with pytest.raises(FileNotFoundError, match=r"gone \(moved or deleted while it was being written\): "
+                                                r"checkpoint.pt was not written"):
+        with replacing(tmp_path / "moved" / "checkpoint.pt", make_folder=False):
+            pass
+    assert not (tmp_path / "moved").exists()
 
 
 def _nnd(value):
@@ -516,3 +560,37 @@ def test_a_command_that_fails_leaves_no_out_folders_and_predict_writes_json_by_t
     assert main(["predict", "--run", str(two_normal_run), image, "--views", "2", "--quiet", "--format", "csv",
                  "--out", str(out)]) == 0  # an explicit format wins over the suffix
     assert out.read_text().startswith("file,")
+
+
+def test_a_full_disk_is_named_whatever_the_writer_says(tmp_path, monkeypatch):
+    """torch's zip writer stopped with "[enforce fail at inline_container.cc:672] . unexpected pos ...",
+    safetensors' with a SafetensorError that the CLI printed as a traceback."""
+    import errno
+
+    import con2.files
+    from con2.files import replacing
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_text("old")
+    space = {"free": 2**30}
+    monkeypatch.setattr(con2.files.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**31, 0, space["free"]))
+
+    class SafetensorError(Exception):  # safetensors' own class derives from Exception only
+        pass
+
+    failures = [OSError(errno.ENOSPC, "No space left on device"),
+                SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                                "\"No space left on device\" })"),
+                RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1523456 vs 1523344")]
+    for i, failure in enumerate(failures):
+        space["free"] = 0 if i == 2 else 2**30  # torch's says nothing of space: the folder's free space does
+        with pytest.raises(OSError, match=r"no space left on the device of .*checkpoint.pt was not written and the "
+                                          r"previous one is kept") as exc:
+            with replacing(target):
+                raise failure
+        assert exc.value.errno == errno.ENOSPC and target.read_text() == "old"
+        assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    space["free"] = 2**30
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # with room left, the writer's own error
+        with replacing(target):
+            raise failures[2]

@@ -162,6 +162,8 @@ def test_export_needs_val_normals_and_a_file_to_write(cropped_run, tmp_path, cap
         Con2Detector.from_run(no_val, views=2, device="cpu", progress=False)
     assert main(["export", "--run", str(run), "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "bundles") + "/"]) == 2  # wrote a file "bundles"
+    assert "names a folder (it ends in /)" in capsys.readouterr().err and not (tmp_path / "bundles").exists()
 
 
 def _resealed_bundle(run, path, edit_meta):

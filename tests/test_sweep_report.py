@@ -567,3 +567,24 @@ def test_out_dash_is_standard_output_and_the_report_refuses_it(monkeypatch, caps
     assert main(["report", "--run", str(run), "--out", "-"]) == 2
     assert "--out -: the report is an HTML page written to a file" in capsys.readouterr().err
     assert not (tmp_path / "-").exists()
+
+
+def test_a_second_sweep_into_a_folder_in_use_is_refused(tmp_path, monkeypatch):
+    """Two sweeps into one --out each kept their own manifest: the last one written listed the other's
+    finished runs as failed ("in use") until the sweep was run again."""
+    from con2.files import folder_lock
+
+    calls = []
+    monkeypatch.setattr(train_mod, "train", fake_train(calls))
+    base = TrainConfig(dataset="digits", width=8, epochs=1, image_size=8, device="cpu")
+    out = tmp_path / "sweep"
+    out.mkdir()
+    with folder_lock(out, "con2 sweep"):  # as another process's sweep holds it
+        with pytest.raises(RuntimeError, match="sweep is in use: another con2 sweep is writing it"):
+            run_sweep(base, ["8"], [0], out, views=0, progress=False)
+    assert calls == [] and not (out / "manifest.json").exists()
+    run_sweep(base, ["8"], [0], out, views=0, progress=False)
+    assert calls == [("8", 0)]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file; give the folder to write the sweep into"):
+        run_sweep(base, ["8"], [0], tmp_path / "file", views=0, progress=False)

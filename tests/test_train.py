@@ -1047,3 +1047,64 @@ def test_the_fingerprint_sees_every_pixel_and_older_fingerprints_are_still_check
     with pytest.raises(ValueError, match="training images differ"):
         train(tiny_cfg(tmp_path / "s", epochs=2, batch_size=4), split, progress=False, stop_after_steps=1)
         train(tiny_cfg(tmp_path / "s", epochs=2, batch_size=4), changed, progress=False, resume=True)
+
+
+def test_files_that_con2_did_not_write_are_not_replaced_by_a_training(tmp_path):
+    """--out of a project folder replaced its config.json and metrics.jsonl without a word; a dangling
+    link as --out said only "cannot make the folder (File exists)"."""
+    split = tiny_split()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "dir")
+    with pytest.raises(FileNotFoundError, match="dangling is a link to .*nowhere/dir, which does not exist"):
+        train(tiny_cfg(tmp_path / "dangling", epochs=1), split, progress=False)
+    (tmp_path / "dangling").unlink()
+    for name, text, match in [("config.json", '{"my_project_setting": 1}', "config.json is not a con2 run's"),
+                              ("config.json", "{}", "config.json is not a con2 run's"),
+                              ("metrics.jsonl", '{"my": "log"}\n', "metrics.jsonl has no con2 config.json")]:
+        folder = tmp_path / f"p{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / name).write_text(text)
+        with pytest.raises(FileExistsError, match=match):
+            train(tiny_cfg(folder, epochs=1), split, progress=False)
+        assert (folder / name).read_text() == text
+    # a run started and killed before its first checkpoint is con2's own: trained afresh
+    run = tmp_path / "started"
+    train(tiny_cfg(run, epochs=1), split, progress=False, stop_after_steps=0)
+    (run / "checkpoint.pt").unlink()
+    train(tiny_cfg(run, epochs=1), split, progress=False)
+    assert run_finished(run)
+
+
+def test_a_run_folder_moved_away_during_training_stops_it(tmp_path, monkeypatch):
+    """The next checkpoint made the folder again at the old path: the run ended in two halves, neither
+    of which evaluate could read."""
+    import con2.train as trainer
+
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    real = trainer._atomic_save
+
+    def move_then_save(obj, path):
+        if run.exists():
+            run.rename(moved)
+        real(obj, path)
+
+    monkeypatch.setattr(trainer, "_atomic_save", move_then_save)
+    with pytest.raises(FileNotFoundError, match="run is gone .*checkpoint.pt was not written"):
+        train(tiny_cfg(run, epochs=1), tiny_split(), progress=False)
+    assert not run.exists() and (moved / "config.json").exists()
+
+
+def test_a_run_whose_data_file_moved_says_how_to_point_it_there(tmp_path):
+    """Every reader failed with "data file not found" and no way on: the commands take no data path."""
+    from con2.data.datasets import DataError
+    from con2.evaluate import evaluate_run
+
+    x = np.random.RandomState(0).randint(0, 256, (40, 12, 12), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=x, labels=np.array([0] * 30 + [1] * 10))
+    run = train(tiny_cfg(tmp_path / "run", dataset="npz", data_file=str(tmp_path / "d.npz"), normal_class=["0"],
+                         epochs=1, val_fraction=0.2), progress=False)
+    (tmp_path / "d.npz").rename(tmp_path / "moved.npz")
+    with pytest.raises(DataError, match=r"If the data moved, set \"data_file\" in .*config.json to its new place"):
+        evaluate_run(run, views=0, device="cpu", progress=False)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_file": str(tmp_path / "moved.npz")}))
+    assert evaluate_run(run, views=0, device="cpu", progress=False)["nnd"]["auroc"] >= 0

@@ -162,8 +162,8 @@ def _export(args) -> None:
     if str(args.out) == "-":
         raise ValueError("--out -: a bundle is a binary file written in one step; give a file path")
     _check_run(args.run)
+    check_output(args.out, example="detector.safetensors", run=args.run)  # as given: a Path drops a trailing /
     out = bundle_path(args.out)
-    check_output(out, example="detector.safetensors", run=args.run)
     if out.is_file() and out.resolve().parent == args.run.resolve() and not is_bundle(out):
         raise ValueError(f"--out {args.out} would replace the run's own {out.name}; give another file name "
                          f"(e.g. {args.run / 'detector.safetensors'})")
@@ -267,7 +267,7 @@ def register(sub) -> None:
     _scoring_options(p, scorer_choice=True)
     p.add_argument("--target-fpr", type=_fraction, default=0.05,
                    help="false-positive rate on the run's val normals that sets the threshold (default 0.05)")
-    p.add_argument("--out", type=Path, required=True, help="the bundle file to write (e.g. detector.safetensors)")
+    p.add_argument("--out", required=True, help="the bundle file to write (e.g. detector.safetensors)")
     p.set_defaults(func=_export)
 
     from .train_cmd import add_train_options
