@@ -34,6 +34,8 @@ def list_inputs(inputs: Sequence[str | Path], skip_bad: bool = False) -> list[Pa
     file left out of the output without a word (with skip_bad: listed, for _read to skip and name)."""
     files: list[Path] = []
     for item in inputs:
+        if not str(item).strip():  # Path("") is the current folder: every image under it
+            raise ValueError("an input path is empty; give image files or folders")
         p = Path(item)
         if p.is_dir():
             found = list_images(p, strict=not skip_bad, keep_odd=skip_bad)

@@ -27,9 +27,10 @@ then ends with an error listing the failures (rerunning retries them). Ctrl-C st
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
-import contextlib
+import os
 import re
 import shutil
 import traceback
@@ -39,7 +40,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .config import TrainConfig, absolute_path, is_int
-from .files import folder_lock, read_json, replacing, write_json, write_text
+from .files import folder_lock, nearest_folder, read_json, replacing, write_json, write_text
 from .run import identity_mismatch, run_finished
 from .scoring import SCORERS, check_aggregate, check_scorers, view_plan
 
@@ -105,8 +106,8 @@ def check_sweep(base: TrainConfig, classes: list[str], seeds: list) -> None:
     """Each seed and each class once: a repeated one would be one run counted twice in the tables
     (or trained twice under two names)."""
     for s in seeds:
-        if not (is_int(s) and s >= 0):
-            raise ValueError(f"--seeds must be integers >= 0, got {s!r}")
+        if not (is_int(s) and 0 <= s < 2**63):  # torch's generators take 64 bits
+            raise ValueError(f"--seeds must be integers in [0, 2**63), got {s!r}")
     dup = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
     if dup is not None:
         raise ValueError(f"--seeds lists {dup} twice; list each seed once")
@@ -198,6 +199,11 @@ def _held_folder(out: Path):
     that the sweep left empty (it failed its checks) is removed again."""
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; give the folder to write the sweep into")
+    if (out / "config.json").is_file():
+        raise FileExistsError(f"--out {out} holds a training run; give the sweep a folder of its own")
+    folder = nearest_folder(out, "--out", out)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: the folder {folder} is not writable")
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:

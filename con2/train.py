@@ -108,6 +108,9 @@ def _refuse_foreign_files(run_dir: Path) -> None:
     """A training from step 0 writes config.json and metrics.jsonl into --out: refuse to replace
     ones that con2 did not write (a project folder given as --out), naming them, before any work."""
     config = run_dir / "config.json"
+    if (run_dir / "manifest.json").is_file():
+        raise FileExistsError(f"{run_dir} is a con2 sweep folder; train into another --out (its runs are its "
+                              "class-*-seed* sub-folders)")
     if config.is_file():
         try:
             saved = read_json(config)
@@ -454,11 +457,19 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     continuing = resume and ckpt_path.exists()
     if not continuing:
         _refuse_foreign_files(run_dir)
+    elif (run_dir / "config.json").is_file():  # before its data loads: another --dataset is named as such
+        wrong = identity_mismatch(read_json(run_dir / "config.json"), cfg)
+        if wrong:
+            raise ValueError(f"cannot continue the run in {run_dir}: {wrong} (its config.json); continue it with "
+                             "its settings or pick another --out")
     if split is None:  # a run being continued keeps the split it was trained on
         split = split_as_trained(cfg) if continuing else load_split(cfg)
     views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
     fingerprint = data_fingerprint(split)
     per_step = min(cfg.batch_size, fingerprint["count"])  # the sources cap a batch at the data's size
+    if per_step < cfg.batch_size and rank == 0:
+        warnings.warn(f"--batch-size {cfg.batch_size} is more than the {per_step} training images: each step takes "
+                      f"all {per_step}")
     if per_step % world:  # the ranks all-gather their projections in equal parts
         count = fingerprint["count"]
         if cfg.batch_size <= count:

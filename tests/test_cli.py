@@ -201,3 +201,49 @@ def test_quiet_training_still_names_skipped_files_and_an_unusable_test_split(tmp
     assert main(["train", *data, "--skip-bad-files", "--epochs", "1", "--out", str(tmp_path / "s")]) == 0
     out, err = capsys.readouterr()
     assert "skipped 1 unreadable file(s)" in out and "warning" not in err  # said once, in the summary
+
+
+def test_cli_review_refusals_name_the_option_and_the_folder_kind(tmp_path, capsys, monkeypatch):
+    """From a review of every option: a resume with another --dataset loaded that data first and named
+    it ("image folder not found"); runs and sweeps went into each other's folders; --n-train with a
+    smaller --max-train-samples left normals unused; a class named twice; an npz that is a folder was
+    "not found"; a device given as --detector was "no such file"; a torch CPU allocation failure and a
+    batch larger than the data went unexplained."""
+    from con2.cli.main import main
+
+    data = _tiny_folder(tmp_path / "data")
+
+    def error(*args):
+        assert main([*args]) == 2
+        return capsys.readouterr().err.strip()
+
+    run = tmp_path / "run"
+    assert main(["train", *data, "--batch-size", "64", "--epochs", "400", "--quiet", "--out", str(run),
+                 "--time-limit", "1s"]) == 75
+    assert ("con2 train: warning: --batch-size 64 is more than the 10 training images: each step takes all 10"
+            in capsys.readouterr().err)
+    assert "dataset was 'folder', now 'digits'" in error("train", "--resume", "--out", str(run),
+                                                                            "--dataset", "digits", "--quiet")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "manifest.json").write_text("{}")
+    assert "is a con2 sweep folder" in error("train", *data, "--quiet", "--out", str(tmp_path / "sweep"))
+    assert "holds a training run; give the sweep a folder of its own" in error(
+        "sweep", *data[:4], "--classes", "good", "--seeds", "0", "--out", str(run), "--quiet")
+    monkeypatch.setattr("os.access", lambda *a, **k: False)  # a read-only parent, as root sees it too
+    assert "--out " in error("sweep", *data[:4], "--classes", "good", "--seeds", "0", "--out",
+                             str(tmp_path / "ro" / "sw"), "--quiet") and not (tmp_path / "ro").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert "would leave some of them unused" in error("train", "--dataset", "npz", "--data-file", "x.npz",
+                                                      "--n-train", "30", "--max-train-samples", "5", "--out",
+                                                      str(tmp_path / "n"))
+    assert "--normal-class names 8 more than once" in error("train", "--dataset", "digits", "--normal-class", "8",
+                                                            "8", "--out", str(tmp_path / "d"))
+    assert "is a folder, not an .npz data file" in error("train", "--dataset", "npz", "--data-file", str(tmp_path),
+                                                          "--normal-class", "0", "--out", str(tmp_path / "f"))
+    assert "/dev/null is not a regular file" in error("info", "--detector", "/dev/null")
+    monkeypatch.setattr("con2.train.build_model", lambda *a: (_ for _ in ()).throw(RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 360000000000 bytes.")))
+    assert error("train", *data, "--quiet", "--out", str(tmp_path / "m")).endswith(
+        "allocate 360000000000 bytes.); use a smaller --batch-size, --width or --image-size")

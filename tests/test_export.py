@@ -1,5 +1,6 @@
 """`con2 export` and `con2 predict --detector`: a run's detector bundle scores image files exactly as
 `con2 predict --run` does, without the training data, and refuses options it cannot honour."""
+import contextlib
 import csv
 import io
 import json
@@ -276,3 +277,38 @@ def test_a_bundle_converts_channels_as_predict_converts_files(cropped_run, tmp_p
     np.testing.assert_array_equal(det.decision_function(rgb), det.decision_function(grey))
     with pytest.raises(ValueError, match="channel"):  # already formatted: taken as it is, so checked
         det.decision_function_formatted(rgb[:, :12, :12])
+
+
+def test_an_out_that_is_an_input_or_another_runs_file_is_refused_before_the_work(cropped_run, tmp_path, capsys):
+    """predict --out an input image or the --detector bundle, score --out the run's data file and
+    predict --detector --out RUN/config.json each replaced what the command (or a run) still needed;
+    an empty path meant standard output, the default or the current folder."""
+    run, new = cropped_run
+    bundle = tmp_path / "d.safetensors"
+    assert main(["export", "--run", str(run), "--views", "2", "--quiet", "--out", str(bundle)]) == 0
+    capsys.readouterr()
+    image = tmp_path / "a.png"
+    shutil.copy(new / "n0.png", image)
+    before = image.read_bytes(), bundle.read_bytes(), (run / "config.json").read_bytes()
+    for args, says in [(["predict", "--detector", str(bundle), str(image), "--out", str(image)], "is one of this "
+                        "command's inputs"),
+                       (["predict", "--detector", str(bundle), str(image), "--out", str(bundle)], "inputs"),
+                       (["predict", "--detector", str(bundle), str(image), "--out", str(run / "config.json")],
+                        "would replace the run's own config.json"),
+                       (["predict", "--detector", str(bundle), ""], "expected a path, not an empty one, got ''"),
+                       (["score", "--run", str(run), "--out", ""], "expected a path, not an empty one")]:
+        with pytest.raises(SystemExit) if "" in args else contextlib.nullcontext():
+            assert main(args) == 2
+        assert says in capsys.readouterr().err, args
+    assert (image.read_bytes(), bundle.read_bytes(), (run / "config.json").read_bytes()) == before
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.zeros((20, 12, 12), np.uint8), labels=np.array([0] * 15 + [1] * 5))
+    cfg = json.loads((run / "config.json").read_text())
+    other = tmp_path / "npz-run"
+    cfg.update(dataset="npz", data_file=str(data), normal_class=["0"], data_root=None, image_size=None,
+               center_crop=None, out=str(other))
+    train(TrainConfig.from_dict(cfg), progress=False)
+    for command in (["score", "--run", str(other)], ["report", "--run", str(other)]):
+        assert main([*command, "--out", str(data)]) == 2
+        assert "is one of this command's inputs" in capsys.readouterr().err
+    assert np.load(data)["images"].shape == (20, 12, 12)

@@ -305,8 +305,9 @@ def test_sweep_refuses_repeated_seeds_and_classes(tmp_path, monkeypatch):
                                   (["8", "08"], [0], "--classes lists '8' and '08', the same digits class"),
                                   (["3", " 3"], [0], "'3' and ' 3', the same digits class"),
                                   (["8", "8"], [0], "--classes lists '8' twice"),
-                                  (["8"], [1.5], "--seeds must be integers >= 0, got 1.5"),
-                                  (["8"], [-1], "--seeds must be integers >= 0")]:
+                                  (["8"], [1.5], r"--seeds must be integers in \[0, 2\*\*63\), got 1.5"),
+                                  (["8"], [2**64], r"--seeds must be integers in \[0, 2\*\*63\)"),
+                                  (["8"], [-1], "--seeds must be integers in")]:
         with pytest.raises(ValueError, match=match):
             run_sweep(base, classes, seeds, out, views=0, progress=False)
     assert calls == [] and not out.exists()  # refused before anything ran or was written

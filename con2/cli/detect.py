@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def _checked(convert, ok, expected: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if not ok(v):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {v}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {v!r}")
         return v
     return parse
 
@@ -30,6 +31,8 @@ _fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 _positive = _checked(int, lambda v: v >= 1, "a positive integer")
 _fraction_pos = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 _seed = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63), as con2 train's --seed")
+# an empty path meant standard output, the default path or the current folder, unsaid
+named_path = _checked(str, lambda v: v.strip() != "", "a path, not an empty one")
 
 
 def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) -> None:
@@ -66,13 +69,25 @@ def _check_run(run: Path) -> None:
         raise ValueError(f"--run {run} is a sweep folder; its runs are its class-*-seed* sub-folders")
 
 
+def _run_inputs(run: Path | None) -> list[str]:
+    """The files a run's scoring reads besides the run (its data file): an --out must not replace them."""
+    if run is None:
+        return []
+    from ..files import read_json
+
+    try:
+        return [str(read_json(run / "config.json").get("data_file") or "")]
+    except (OSError, ValueError):  # the run's own checks name a missing or damaged config.json
+        return []
+
+
 # ----------------------------------------------------------------------------- score
 
 def _score(args) -> None:
     from ..evaluate import score_split
 
     _check_run(args.run)
-    check_output(args.out, run=args.run)
+    check_output(args.out, run=args.run, inputs=_run_inputs(args.run))
     result = score_split(args.run, args.split, args.scorer, args.views, args.aggregate, args.device, args.seed,
                          args.batch_size, args.bank_dtype, not args.quiet, args.crop_scale)
     write_output(lambda out: result.write_csv(out, args.per_view), args.out)
@@ -112,7 +127,8 @@ def _predict(args) -> None:
     if args.run is not None:
         _check_run(args.run)
     fmt = args.format or ("json" if not to_stdout(args.out) and Path(args.out).suffix.lower() == ".json" else "csv")
-    check_output(args.out, example=f"predictions.{fmt}", run=args.run)
+    check_output(args.out, example=f"predictions.{fmt}", run=args.run,
+                 inputs=[*args.inputs, args.detector or "", *_run_inputs(args.run)])
     if args.detector is not None:
         given = [f"--{k.replace('_', '-')}" for k in BUNDLE_FIXED if getattr(args, k) is not None]
         if given:
@@ -148,6 +164,8 @@ def _predict(args) -> None:
 def _check_bundle_file(path: Path) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"--detector {path} is a directory; give the file con2 export wrote")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--detector {path} is not a regular file (a device or a FIFO); give the file con2 export wrote")
     if not path.is_file():
         raise FileNotFoundError(f"--detector {path}: no such file (con2 export --out writes one)")
 
@@ -162,7 +180,8 @@ def _export(args) -> None:
     if str(args.out) == "-":
         raise ValueError("--out -: a bundle is a binary file written in one step; give a file path")
     _check_run(args.run)
-    check_output(args.out, example="detector.safetensors", run=args.run)  # as given: a Path drops a trailing /
+    # as given: a Path drops a trailing /
+    check_output(args.out, example="detector.safetensors", run=args.run, inputs=_run_inputs(args.run))
     out = bundle_path(args.out)
     if out.is_file() and out.resolve().parent == args.run.resolve() and not is_bundle(out):
         raise ValueError(f"--out {args.out} would replace the run's own {out.name}; give another file name "
@@ -177,7 +196,7 @@ def _export(args) -> None:
     views = f"{det.views} test-time views" if det.views else "one plain view"
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {det.scorer} over {views}, "
           f"threshold {det.threshold_:.6g} ({above} of {len(det.labels_)} val normals above it, target FPR "
-          f"{args.target_fpr:g}); no training data needed to use it: con2 predict --detector {path} IMAGES...")
+          f"{args.target_fpr:g}); no training data needed to use it: con2 predict --detector {shlex.quote(str(path))} IMAGES...")
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -214,8 +233,9 @@ def _report(args) -> None:
     if str(args.out) == "-":
         raise ValueError("--out -: the report is an HTML page written to a file; give a file path (e.g. report.html)")
     _check_run(args.run)
-    check_output(args.out, example="report.html", run=args.run)
-    path = build_report(args.run, out=args.out, views=args.views, device=args.device,
+    out = args.out if args.out is not None else args.run / "report.html"  # build_report's default, checked too
+    check_output(out, example="report.html", run=args.run, inputs=_run_inputs(args.run))
+    path = build_report(args.run, out=out, views=args.views, device=args.device,
                         max_points=args.max_points, progress=not args.quiet)
     print(f"wrote {path}")
 
@@ -227,7 +247,7 @@ def register(sub) -> None:
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="which part of the run's split (train: in-sample, each image is in the bank it is scored against)")
     p.add_argument("--per-view", action="store_true", help="also write every view's score")
-    p.add_argument("--out", default=None, help="CSV file (default, or -: standard output)")
+    p.add_argument("--out", type=named_path, default=None, help="CSV file (default, or -: standard output)")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("evaluate", help="AUROC / AUPR / FPR95 of both scorers on the run's test split")
@@ -244,7 +264,7 @@ def register(sub) -> None:
     source.add_argument("--detector", type=Path,
                         help="a detector bundle (con2 export): scores without the training data; its scorer, "
                              "views, bank dtype, seed and crop scale are the bundle's")
-    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("inputs", nargs="+", type=named_path, help="image files or folders of images")
     _scoring_options(p, scorer_choice=True)
     # None: not given (a bundle refuses those it fixes); a run's defaults are PREDICT_DEFAULTS
     p.set_defaults(**{k: None for k in PREDICT_DEFAULTS})
@@ -256,7 +276,7 @@ def register(sub) -> None:
                    help="use this threshold instead of calibrating one (not with --target-fpr)")
     p.add_argument("--format", choices=("csv", "json"), default=None,
                    help="of the output (default: json for an --out ending in .json, else csv)")
-    p.add_argument("--out", default=None, help="output file (default, or -: standard output)")
+    p.add_argument("--out", type=named_path, default=None, help="output file (default, or -: standard output)")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="leave out files that cannot be read (named in a warning) instead of stopping")
     p.set_defaults(func=_predict)
@@ -267,7 +287,7 @@ def register(sub) -> None:
     _scoring_options(p, scorer_choice=True)
     p.add_argument("--target-fpr", type=_fraction, default=0.05,
                    help="false-positive rate on the run's val normals that sets the threshold (default 0.05)")
-    p.add_argument("--out", required=True, help="the bundle file to write (e.g. detector.safetensors)")
+    p.add_argument("--out", type=named_path, required=True, help="the bundle file to write (e.g. detector.safetensors)")
     p.set_defaults(func=_export)
 
     from .train_cmd import add_train_options
@@ -276,7 +296,7 @@ def register(sub) -> None:
     add_train_options(p, sweep=True)
     p.add_argument("--classes", nargs="+", required=True, help="normal classes, or 'all'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of each class (default 0 1 2)")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=named_path, default=None,
                    help="sweep folder: manifest, runs, tables (default runs/sweep-<dataset>-<context>-<objective>)")
     p.add_argument("--views", type=_views, default=40, help="test-time views of the evaluation (default 40)")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
@@ -287,7 +307,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("report", help="a self-contained HTML report of a run")
     _run_dir(p)
-    p.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--out", type=named_path, default=None, help="HTML file (default RUN_DIR/report.html)")
     p.add_argument("--views", type=_views, default=None,
                    help="test-time views of the evaluation shown: the run's (con2 evaluate), or 40 if it has none; "
                         "another count than the run's is refused")

@@ -58,8 +58,12 @@ def _run(args) -> int:
     except (ValueError, OSError, TypeError, RuntimeError, FloatingPointError, MemoryError) as exc:
         if getattr(args, "debug", False):
             raise
-        what = str(exc) if not isinstance(exc, MemoryError) else (
-            f"out of memory ({exc or 'MemoryError'}); use fewer --views, a smaller --batch-size or a smaller data set")
+        what = str(exc)
+        # torch's CPU allocator raises a RuntimeError ("DefaultCPUAllocator: can't allocate memory: ...")
+        if isinstance(exc, MemoryError) or "can't allocate memory" in what:
+            smaller = ("a smaller --batch-size, --width or --image-size" if args.command in ("train", "sweep", "demo")
+                       else "fewer --views, a smaller --batch-size or a smaller data set")
+            what = f"out of memory ({what.splitlines()[0] if what else 'MemoryError'}); use {smaller}"
         print(f"con2 {args.command}: error: {what}", file=sys.stderr)
         return 2
     finally:

@@ -6,7 +6,7 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Iterable
 
 from ..files import RUN_FILES, nearest_folder, replacing
 
@@ -21,13 +21,22 @@ def to_stdout(out: str | Path | None) -> bool:
 
 
 def check_output(out: str | Path | None, option: str = "--out", example: str = "scores.csv",
-                 run: Path | None = None) -> None:
-    """Fail now, not after the work, on an --out that cannot be written or (given the --run folder)
-    would replace one of the run's own files. Its missing folders are made when it is written, so a
-    command that fails first leaves none behind."""
+                 run: Path | None = None, inputs: Iterable[str | Path] = ()) -> None:
+    """Fail now, not after the work, on an --out that cannot be written, would replace one of a
+    run's own files (the --run folder's, or any folder holding a con2 run) or one of the command's
+    `inputs` (its images, bundle, the run's data file). Its missing folders are made when it is
+    written, so a command that fails first leaves none behind."""
     if to_stdout(out):
         return
     path = Path(out)
+    target = path.resolve()
+    for given in inputs:
+        if given and Path(given).resolve() == target:
+            raise ValueError(f"{option} {out} is one of this command's inputs ({given}); writing it would destroy "
+                             f"it: give another file name such as {path.parent / example}")
+    if path.name in RUN_FILES and (path.parent / "config.json").is_file() and any(
+            (path.parent / name).exists() for name in ("model.json", "checkpoint.pt")):
+        run = path.parent  # a run, if not the command's own
     if path.is_dir():
         raise IsADirectoryError(f"{option} {path} is a directory; give a file name such as {path / example}")
     if str(out).endswith(("/", os.sep)):  # Path drops the slash: the file would take the folder's name

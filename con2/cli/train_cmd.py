@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import (CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, RESIZE_MODES, TrainConfig, apply_preset,
                       context_spelling)
+from .detect import named_path
 from .output import ReaderMayLeave
 
 _D = TrainConfig()  # the defaults the help texts name
@@ -206,7 +207,8 @@ def register(sub) -> None:
     from ..demo import DEMO
 
     p = sub.add_parser("demo", help="train on scikit-learn's digits and compare with the untrained encoder")
-    p.add_argument("--out", default=None, help="run directory (default runs/demo, runs/demo-s<seed> for seed > 0)")
+    p.add_argument("--out", type=named_path, default=None,
+                   help="run directory (default runs/demo, runs/demo-s<seed> for seed > 0)")
     p.add_argument("--epochs", type=int, default=None, help=f"default {DEMO['epochs']}")
     p.add_argument("--normal-class", default=None, help=f"the normal digit (default {DEMO['normal_class'][0]})")
     p.add_argument("--seed", type=int, default=0, help="default 0")

@@ -278,6 +278,8 @@ def limit_train(split: OneClassSplit, max_n: int | None, seed: int) -> OneClassS
 
 def read_npz(path: Path, required: tuple, hint: str = "") -> dict:
     """All arrays of an .npz, checking the required keys are there."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an .npz data file (--dataset folder reads a folder of images)")
     if not path.is_file():
         raise DataError(f"data file not found: {path}{hint}")
     try:
