@@ -134,9 +134,6 @@ class TrainConfig:
             bad(f"--checkpoint-every must be >= 1 (epochs), got {self.checkpoint_every}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             bad(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
-        if self.n_train is not None and self.max_train_samples is not None and self.max_train_samples < self.n_train:
-            bad(f"--n-train {self.n_train} fixes the training normals and --max-train-samples {self.max_train_samples} "
-                "would leave some of them unused (in neither train nor test): give one of the two")
         named = [str(c) for c in self.normal_class or []]
         twice = sorted({c for c in named if named.count(c) > 1})
         if twice:  # a run's identity would differ from the one naming each class once

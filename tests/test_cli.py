@@ -205,10 +205,9 @@ def test_quiet_training_still_names_skipped_files_and_an_unusable_test_split(tmp
 
 def test_cli_review_refusals_name_the_option_and_the_folder_kind(tmp_path, capsys, monkeypatch):
     """From a review of every option: a resume with another --dataset loaded that data first and named
-    it ("image folder not found"); runs and sweeps went into each other's folders; --n-train with a
-    smaller --max-train-samples left normals unused; a class named twice; an npz that is a folder was
-    "not found"; a device given as --detector was "no such file"; a torch CPU allocation failure and a
-    batch larger than the data went unexplained."""
+    it ("image folder not found"); runs and sweeps went into each other's folders; a class named twice;
+    an npz that is a folder was "not found"; a device given as --detector was "no such file"; a torch
+    CPU allocation failure and a batch larger than the data went unexplained."""
     from con2.cli.main import main
 
     data = _tiny_folder(tmp_path / "data")
@@ -234,9 +233,6 @@ def test_cli_review_refusals_name_the_option_and_the_folder_kind(tmp_path, capsy
                              str(tmp_path / "ro" / "sw"), "--quiet") and not (tmp_path / "ro").exists()
     monkeypatch.undo()
     capsys.readouterr()
-    assert "would leave some of them unused" in error("train", "--dataset", "npz", "--data-file", "x.npz",
-                                                      "--n-train", "30", "--max-train-samples", "5", "--out",
-                                                      str(tmp_path / "n"))
     assert "--normal-class names 8 more than once" in error("train", "--dataset", "digits", "--normal-class", "8",
                                                             "8", "--out", str(tmp_path / "d"))
     assert "is a folder, not an .npz data file" in error("train", "--dataset", "npz", "--data-file", str(tmp_path),
