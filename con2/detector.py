@@ -117,7 +117,7 @@ def as_nhwc(X, name: str = "X", resized: bool = False) -> np.ndarray:
     if isinstance(X, OneClassSplit):  # its train images would be scored against themselves
         raise TypeError(f"{name} is a OneClassSplit: only fit takes one; score its images (split.test)")
     arr = np.asarray(X)
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf":  # objects (None, dicts, ragged lists), strings, complex numbers
         raise TypeError(f"{name} must be uint8 images (a numpy array, torch tensor, or list of images), got "
                         f"{type(X).__name__}" + (f" of dtype {arr.dtype}" if isinstance(X, np.ndarray) else ""))
     if arr.ndim >= 1 and arr.shape[0] == 0:

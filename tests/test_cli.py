@@ -243,3 +243,18 @@ def test_cli_review_refusals_name_the_option_and_the_folder_kind(tmp_path, capsy
         "allocate 360000000000 bytes.")))
     assert error("train", *data, "--quiet", "--out", str(tmp_path / "m")).endswith(
         "allocate 360000000000 bytes.); use a smaller --batch-size, --width or --image-size")
+
+
+def test_evaluate_says_a_target_fpr_it_cannot_use(tmp_path, capsys):
+    """--target-fpr on a run without val normals calibrated nothing, and said nothing."""
+    from con2.cli.main import main
+
+    data = _tiny_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", *data, "--epochs", "1", "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--views", "0", "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err  # the default, not asked for
+    assert main(["evaluate", "--run", str(run), "--views", "0", "--quiet", "--target-fpr", "0.1"]) == 0
+    assert "warning: --target-fpr 0.1: the run has no val normals, so no threshold was calibrated" in \
+        capsys.readouterr().err

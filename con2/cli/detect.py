@@ -6,6 +6,7 @@ import csv
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from ..config import AGGREGATES, BANK_DTYPE_NAMES, MAX_VIEWS, SCORERS
@@ -104,8 +105,11 @@ def _evaluate(args) -> None:
     _check_run(args.run)
     m = evaluate_run(args.run, views=args.views, scorers=args.scorers, aggregate=args.aggregate, device=args.device,
                      seed=args.seed, batch_size=args.batch_size, bank_dtype=args.bank_dtype,
-                     target_fpr=args.target_fpr, per_view=args.per_view, progress=not args.quiet,
-                     crop_scale=args.crop_scale)
+                     target_fpr=0.05 if args.target_fpr is None else args.target_fpr, per_view=args.per_view,
+                     progress=not args.quiet, crop_scale=args.crop_scale)
+    if args.target_fpr is not None and not m["n_val"]:  # given, and nothing to calibrate on: said, not ignored
+        warnings.warn(f"--target-fpr {args.target_fpr:g}: the run has no val normals, so no threshold was "
+                      "calibrated (train with --val-fraction F to hold some out)")
     views = (f"{m['views']} test-time views (crop area {m['crop_scale'][0]:g}-{m['crop_scale'][1]:g})" if m["views"]
              else "one plain view of each image (no crops)")
     print(f"{m['dataset']}: {m['n_test']} test images ({m['n_test_anomalous']} anomalous), {views}, "
@@ -254,7 +258,8 @@ def register(sub) -> None:
     _run_dir(p)
     _scoring_options(p)
     p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS), help="default: all")
-    p.add_argument("--target-fpr", type=_fraction, default=0.05, help="threshold calibrated on val normals")
+    p.add_argument("--target-fpr", type=_fraction, default=None,
+                   help="threshold calibrated on val normals (default 0.05)")
     p.add_argument("--per-view", action="store_true", help="also write scores_views.npz")
     p.set_defaults(func=_evaluate)
 
