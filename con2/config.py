@@ -54,6 +54,11 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def is_seed(value) -> bool:
+    """An integer in [0, 2**63): what torch's generators take (64 bits, signed)."""
+    return is_int(value) and 0 <= value < 2**63
+
+
 def is_number(value) -> bool:
     """An int, float or numpy number (NaN included: range checks reject it); not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
@@ -126,7 +131,7 @@ class TrainConfig:
             bad(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.width < 1:
             bad(f"--width must be >= 1, got {self.width}")
-        if not (0 <= self.seed < 2**63 and 0 <= self.split_seed < 2**63):  # torch's generators take 64 bits
+        if not (is_seed(self.seed) and is_seed(self.split_seed)):
             bad(f"--seed and --split-seed must be in [0, 2**63), got {self.seed} and {self.split_seed}")
         if self.workers < 0:
             bad(f"--workers must be >= 0 (0: views made in the training process), got {self.workers}")

@@ -40,7 +40,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from .bundle import BundleError, bundle_path, read_bundle, write_bundle
-from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number
+from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number, is_seed
 from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.input_format import InputFormat
 from .data.loaders.common import resize_images
@@ -212,7 +212,7 @@ class Con2Detector(BaseEstimator):
             value = getattr(self, name)
             if not (is_number(value) or (name == "contamination" and value is None)):
                 raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-        if not (is_int(self.seed) and 0 <= self.seed < 2**63):  # before TrainConfig, which names its CLI flags
+        if not is_seed(self.seed):  # before TrainConfig, which names its CLI flags
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if self.scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")

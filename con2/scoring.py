@@ -45,6 +45,7 @@ import torch
 
 from . import ops
 from .config import AGGREGATES, BANK_DTYPE_NAMES, MAX_VIEWS, SCORERS  # noqa: F401 - re-exported
+from .config import is_seed
 from .data.contexts import ContextSet
 from .data.keys import image_keys, keyed_uniforms, view_stream
 from .data.images import ImageSet
@@ -120,7 +121,7 @@ class ViewEncoder:
                  device: torch.device | str = "cpu", progress: bool = False, native: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        if not is_seed(seed):
             raise ValueError(f"the test-time views' seed must be an integer in [0, 2**63), got {seed!r}")
         if any(v.context != 0 for v in plan) and contexts is None:
             raise ValueError("the view plan uses a context transform but no contexts were given")

@@ -39,7 +39,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig, absolute_path, is_int
+from .config import TrainConfig, absolute_path, is_seed
 from .files import folder_lock, nearest_folder, read_json, replacing, write_json, write_text
 from .run import identity_mismatch, run_finished
 from .scoring import SCORERS, check_aggregate, check_scorers, view_plan
@@ -106,7 +106,7 @@ def check_sweep(base: TrainConfig, classes: list[str], seeds: list) -> None:
     """Each seed and each class once: a repeated one would be one run counted twice in the tables
     (or trained twice under two names)."""
     for s in seeds:
-        if not (is_int(s) and 0 <= s < 2**63):  # torch's generators take 64 bits
+        if not is_seed(s):
             raise ValueError(f"--seeds must be integers in [0, 2**63), got {s!r}")
     dup = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
     if dup is not None:

@@ -126,6 +126,15 @@ def _refuse_foreign_files(run_dir: Path) -> None:
                               "replace it: pick another --out")
 
 
+def _refuse_another_run(saved: dict, cfg: TrainConfig, source: Path) -> None:
+    """A resume whose settings differ from those the run's `source` file (config.json, checkpoint.pt)
+    records is refused, naming every one that differs."""
+    wrong = identity_mismatch(saved, cfg)
+    if wrong:
+        raise ValueError(f"cannot continue the run in {source.parent}: {wrong} (its {source.name}); "
+                         "continue it with its settings or pick another --out")
+
+
 def _atomic_save(obj, path: Path) -> None:
     with replacing(path, make_folder=False) as tmp:  # a run folder moved away is not made again by its checkpoint
         torch.save(obj, tmp)
@@ -168,10 +177,7 @@ def _read_checkpoint(path: Path, cfg: TrainConfig, fingerprint: dict) -> dict:
     if missing:  # checked before the run's files are touched
         raise ValueError(f"{path} is not a complete con2 checkpoint (missing {', '.join(map(repr, missing))}) and "
                          "cannot be resumed from; restore it, or train afresh with another --out")
-    wrong = identity_mismatch(ckpt["config"], cfg)
-    if wrong:
-        raise ValueError(f"cannot continue the run in {path.parent}: {wrong} (its checkpoint.pt); "
-                         f"continue it with its settings or pick another --out")
+    _refuse_another_run(ckpt["config"], cfg, path)
     saved = ckpt.get("data_fingerprint")
     if saved is not None and fingerprints_differ(saved, fingerprint):
         raise ValueError(f"cannot continue the run in {path.parent}: the training images differ from the "
@@ -458,10 +464,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     if not continuing:
         _refuse_foreign_files(run_dir)
     elif (run_dir / "config.json").is_file():  # before its data loads: another --dataset is named as such
-        wrong = identity_mismatch(read_json(run_dir / "config.json"), cfg)
-        if wrong:
-            raise ValueError(f"cannot continue the run in {run_dir}: {wrong} (its config.json); continue it with "
-                             "its settings or pick another --out")
+        _refuse_another_run(read_json(run_dir / "config.json"), cfg, run_dir / "config.json")
     if split is None:  # a run being continued keeps the split it was trained on
         split = split_as_trained(cfg) if continuing else load_split(cfg)
     views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..config import AGGREGATES, BANK_DTYPE_NAMES, MAX_VIEWS, SCORERS
+from ..config import AGGREGATES, BANK_DTYPE_NAMES, MAX_VIEWS, SCORERS, is_seed
 from .output import check_output, to_stdout, write_output
 
 
@@ -31,7 +31,7 @@ _views = _checked(int, lambda v: v == 0 or (v % 2 == 0 and 2 <= v <= MAX_VIEWS),
 _fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 _positive = _checked(int, lambda v: v >= 1, "a positive integer")
 _fraction_pos = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
-_seed = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63), as con2 train's --seed")
+_seed = _checked(int, is_seed, "an integer in [0, 2**63), as con2 train's --seed")
 # an empty path meant standard output, the default path or the current folder, unsaid
 named_path = _checked(str, lambda v: v.strip() != "", "a path, not an empty one")
 
