@@ -45,7 +45,7 @@ from .data import ContextSet, OneClassSplit, ViewConfig
 from .data.input_format import InputFormat
 from .data.loaders.common import resize_images
 from .data.split import to_nchw
-from .evaluate import check_crop_pixels, check_crop_scale, check_views_crop_scale, scoring_view_config
+from .evaluate import check_crop_pixels, check_crop_scale, check_view_options, scoring_view_config
 from .metrics import calibrate_threshold
 from .model import Con2Model
 from .ops.reference import row_norms
@@ -228,7 +228,9 @@ class Con2Detector(BaseEstimator):
         if not 0 < self.calibration_fraction < 1:
             raise ValueError(f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}")
         check_crop_scale(self.crop_scale)
-        check_views_crop_scale(self.views, self.crop_scale, views="views=", crop_scale="crop_scale")
+        # the crop range only: a max aggregate with views=0 (the same scores as mean) is refused where it is
+        # given (fit, from_run), so that a bundle saved with one by earlier con2 still loads
+        check_view_options(self.views, self.crop_scale, views="views=", crop_scale="crop_scale")
         from .scoring import view_plan
 
         view_plan(self.views, None)  # odd or negative view counts fail here, not after training
@@ -258,6 +260,7 @@ class Con2Detector(BaseEstimator):
         from .train import train
 
         target_fpr = self._check_params()
+        check_view_options(self.views, None, self.aggregate, views="views=", aggregate="aggregate=")
         train_imgs, cal_imgs = self._fit_images(X)
         check_crop_pixels(self.crop_scale, train_imgs.shape[1])  # before the training, not after it
         split = OneClassSplit(name="detector", train=train_imgs, test=cal_imgs,
@@ -300,6 +303,7 @@ class Con2Detector(BaseEstimator):
                   bank_dtype=bank_dtype, crop_scale=crop_scale, device=device, score_batch_size=score_batch_size,
                   progress=progress)
         det._check_params()  # the scoring options, before the run is read
+        check_view_options(views, None, aggregate, views="views=", aggregate="aggregate=")
         cfg, model = load_run(run_dir, device=resolve_device(device))
         split = run_split(run_dir, cfg)
         if not len(split.val):

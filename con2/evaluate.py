@@ -68,14 +68,21 @@ def check_crop_scale(crop_scale) -> tuple[float, float] | None:
     return lo, hi
 
 
-def check_views_crop_scale(views_count, crop_range, views: str = "--views ",
-                           crop_scale: str = "--crop-scale") -> None:
-    """Refuse a crop range with 0 views: their one plain view makes no crops, so the range would be
-    ignored (and, before this check, recorded in metrics.json as if applied). views / crop_scale:
-    how the caller's options are written (the CLI's flags, Con2Detector's parameters)."""
-    if crop_range is not None and views_count == 0:
+def check_view_options(views_count, crop_range, how: str = "mean", views: str = "--views ",
+                       crop_scale: str = "--crop-scale", aggregate: str = "--aggregate") -> None:
+    """Refuse a crop range or a max aggregate with 0 views: their one plain view makes no crops and
+    has nothing to aggregate, so the option would be ignored (and, before this check, recorded in
+    metrics.json as if applied). views / crop_scale / aggregate: how the caller's options are
+    written (the CLI's flags, Con2Detector's parameters)."""
+    if views_count != 0:
+        return
+    if crop_range is not None:
         raise ValueError(f"{crop_scale} sets the area of the test-time crops, but {views}0 makes none (one plain "
                          f"view of each image); drop {crop_scale}, or give {views}2 or more")
+    if how != "mean":
+        raise ValueError(f"{aggregate}{' ' if aggregate.startswith('--') else ''}{how} combines the scores of "
+                         f"test-time views, but {views}0 makes one (a plain view of each image); drop {aggregate}, "
+                         f"or give {views}2 or more")
 
 
 def class_name(split: OneClassSplit, c) -> str:
@@ -88,7 +95,7 @@ def run_scorer(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40, s
                progress: bool = True, crop_scale: tuple[float, float] | None = None) -> Scorer:
     """A Scorer with the train bank of `split` encoded by `model` under the run's views and contexts
     (the test-time crops' area range set by `crop_scale`, see scoring_view_config)."""
-    check_views_crop_scale(views, crop_scale)
+    check_view_options(views, crop_scale, aggregate)
     return Scorer(model, scoring_view_config(cfg, split, crop_scale), context_set(cfg), split.train, views=views,
                   scorers=scorers, aggregate=aggregate, seed=seed, batch_size=batch_size, bank_dtype=bank_dtype,
                   progress=progress)
@@ -150,7 +157,7 @@ def evaluate_run(run_dir: str | Path, views: int = 40, scorers: Iterable[str] = 
     """Score a finished run's test split with every scorer; writes metrics.json and scores.csv."""
 
     run_dir = Path(run_dir)
-    check_views_crop_scale(views, crop_scale)  # before the model and data are loaded
+    check_view_options(views, crop_scale, aggregate)  # before the model and data are loaded
     cfg, model = load_run(run_dir, device=device)
     if write:
         check_writable_folder(run_dir, f"the evaluation writes {METRICS_FILE} and {SCORES_FILE} into it")
@@ -205,7 +212,7 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
         raise ValueError(f"score_split scores with one scorer ('nnd' or 'lh'), got {scorer!r}; "
                          "evaluate_run(run, scorers=...) scores with several")
     (scorer,) = scorers
-    check_views_crop_scale(views, crop_scale)
+    check_view_options(views, crop_scale, aggregate)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg, split)
     images = split.part(part)

@@ -162,12 +162,12 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     """[{file, score, anomaly, threshold}] for every image under `inputs`: the threshold given, or the
     one calibrated on the run's val normals at `target_fpr` (None: DEFAULT_TARGET_FPR). An unreadable
     file is an error naming it; with skip_bad_files it is left out, named in a warning."""
-    from .evaluate import check_views_crop_scale, run_scorer
+    from .evaluate import check_view_options, run_scorer
     from .metrics import calibrate_threshold
     from .run import load_run, run_split
 
     target_fpr = _check_threshold_options(threshold, target_fpr)
-    check_views_crop_scale(views, crop_scale)
+    check_view_options(views, crop_scale, aggregate)
     files = list_inputs(inputs, skip_bad_files)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg)
@@ -207,6 +207,9 @@ def predict_with_detector(detector, inputs, target_fpr: float | None = None, thr
     live = {k: v for k, v in live.items() if v is not None}
     if target_fpr is not None:
         live.update(target_fpr=target_fpr, contamination=None)
+    if aggregate not in (None, "mean") and det.views == 0:
+        raise ValueError(f"--aggregate {aggregate} combines the scores of test-time views, but the detector scores "
+                         "one plain view of each image (exported with --views 0); drop --aggregate")
     det.set_params(**live)
     h, w, c = det.input_shape_
     fmt = det.input_format_ or InputFormat(size=(h, w), channels=c, source_size=(h, w))

@@ -40,6 +40,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .config import TrainConfig, absolute_path, is_seed
+from .evaluate import check_view_options
 from .files import folder_lock, nearest_folder, read_json, replacing, write_json, write_text
 from .run import identity_mismatch, run_finished
 from .scoring import SCORERS, check_aggregate, check_scorers, view_plan
@@ -189,6 +190,7 @@ def run_sweep(base: TrainConfig, classes: Sequence[str] | str, seeds: Iterable[i
     dataclasses.replace(base, normal_class=[classes[0]], seed=seeds[0]).validate()
     view_plan(views, None)  # the evaluation's, too: else each run would fail after its training
     views, scorers, aggregate = int(views), list(check_scorers(scorers)), check_aggregate(aggregate)
+    check_view_options(views, None, aggregate)
     with _held_folder(out):  # two sweeps into one folder would each keep their own manifest, the last one's kept
         return _sweep(base, classes, seeds, out, views, aggregate, scorers, eval_batch_size, progress, debug)
 

@@ -374,6 +374,35 @@ def test_views_0_refuses_a_crop_scale_and_records_no_crop_range(two_normal_run, 
     assert "one plain view of each image, no crops" in build_report(run, max_points=20, progress=False).read_text()
 
 
+def test_views_0_refuses_a_max_aggregate(two_normal_run, tmp_path, capsys):
+    """--views 0 --aggregate max scored the one plain view (max of one is the view) and recorded "max"."""
+    from con2.detector import Con2Detector
+    from con2.evaluate import evaluate_run
+    from con2.predict import predict_with_detector
+    from con2.sweep import run_sweep
+
+    run = tmp_path / "run"
+    shutil.copytree(two_normal_run, run)
+    image = str(two_normal_run.parent / "data" / "c" / "c0.png")
+    plain_max = ["--views", "0", "--aggregate", "max", "--quiet"]
+    for command in (["evaluate"], ["score"], ["predict", image], ["export", "--out", str(tmp_path / "d.safetensors")]):
+        assert main([command[0], "--run", str(run), *command[1:], *plain_max]) == 2
+        err = _one_line_error(capsys, command[0])
+        assert "--aggregate max combines the scores of test-time views, but --views 0 makes one" in err
+    assert not (run / "metrics.json").exists() and not (tmp_path / "d.safetensors").exists()
+    with pytest.raises(ValueError, match="--aggregate max .* --views 0"):
+        evaluate_run(run, views=0, aggregate="max", progress=False)
+    with pytest.raises(ValueError, match="--aggregate max .* --views 0"):
+        run_sweep(TrainConfig(epochs=1, device="cpu"), ["1"], [0], tmp_path / "sweep", views=0, aggregate="max")
+    assert not (tmp_path / "sweep").exists()
+    with pytest.raises(ValueError, match="aggregate=max combines .* views=0 makes one"):
+        Con2Detector.from_run(run, views=0, aggregate="max", progress=False)
+    plain = Con2Detector.from_run(run, views=0, progress=False)
+    with pytest.raises(ValueError, match="--aggregate max .* the detector scores one plain view"):
+        predict_with_detector(plain, [image], aggregate="max")
+    assert len(predict_with_detector(plain, [image], aggregate="mean")) == 1
+
+
 def test_predict_refuses_a_threshold_with_an_explicit_target_fpr(two_normal_run, capsys):
     from con2.predict import predict_files
 

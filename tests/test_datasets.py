@@ -512,6 +512,10 @@ def test_seeded_split_options_on_data_with_its_own_split_are_refused(tmp_path):
     assert len(load_split(cfg(dataset="digits", test_fraction=0.5)).test) > len(load_split(cfg(dataset="digits")).test)
     with pytest.raises(DataError, match="--resolution picks a MedMNIST file"):
         load_split(cfg(dataset="npz", data_file=path, normal_class=["0"], resolution=64))
+    # it used to do nothing on data read whole from one file (or from none)
+    for data in ({"dataset": "digits"}, {"dataset": "npz", "data_file": path, "normal_class": ["0"]}):
+        with pytest.raises(DataError, match=f"--skip-bad-files .* --dataset {data['dataset']} has no image files"):
+            load_split(cfg(**data, skip_bad_files=True))
 
 
 def test_a_file_given_for_a_named_data_set_must_look_like_it(tmp_path):

@@ -461,6 +461,8 @@ def test_option_types_found_by_a_review_are_checked_before_training(monkeypatch)
             _tiny(**kw).fit(x)
     with pytest.raises(ValueError, match="views=0 makes none"):
         _tiny(views=0, crop_scale=(0.5, 1.0)).fit(x)
+    with pytest.raises(ValueError, match="aggregate=max combines the scores of test-time views, but views=0"):
+        _tiny(views=0, aggregate="max").fit(x)
     wide = np.zeros((20, 12, 16), np.uint8)
     with pytest.raises(ValueError, match=r"16x12 px; .*pass image_size=S"):
         _tiny().fit(wide)

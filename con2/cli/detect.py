@@ -179,7 +179,7 @@ def _check_bundle_file(path: Path) -> None:
 def _export(args) -> None:
     from ..bundle import bundle_path, is_bundle
     from ..detector import Con2Detector
-    from ..evaluate import check_views_crop_scale
+    from ..evaluate import check_view_options
 
     if str(args.out) == "-":
         raise ValueError("--out -: a bundle is a binary file written in one step; give a file path")
@@ -190,7 +190,7 @@ def _export(args) -> None:
     if out.is_file() and out.resolve().parent == args.run.resolve() and not is_bundle(out):
         raise ValueError(f"--out {args.out} would replace the run's own {out.name}; give another file name "
                          f"(e.g. {args.run / 'detector.safetensors'})")
-    check_views_crop_scale(args.views, args.crop_scale)
+    check_view_options(args.views, args.crop_scale, args.aggregate)
     det = Con2Detector.from_run(args.run, scorer=args.scorer, views=args.views, aggregate=args.aggregate,
                                 target_fpr=args.target_fpr, seed=args.seed, bank_dtype=args.bank_dtype,
                                 crop_scale=args.crop_scale, device=args.device, score_batch_size=args.batch_size,

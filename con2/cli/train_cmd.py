@@ -62,7 +62,7 @@ def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"epochs between checkpoints (default {_D.checkpoint_every})")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
-                   help="leave out a folder's unreadable images (counted in a warning) instead of stopping")
+                   help="--dataset folder: leave out unreadable images (counted in a warning) instead of stopping")
     p.add_argument("--split-seed", type=int, default=None,
                    help=f"seed of the split of data without its own split, and of --max-train-samples' "
                         f"subset (default {_D.split_seed})")

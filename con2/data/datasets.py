@@ -128,7 +128,7 @@ def _check_train_count(split: OneClassSplit, cfg) -> None:
 
 
 def _refuse_unused_sources(cfg) -> None:
-    """--resolution and --data-file where the data set reads neither: refused, not ignored."""
+    """--resolution, --data-file and --skip-bad-files where the data set uses none: refused, not ignored."""
     if cfg.resolution is not None and cfg.dataset not in MEDMNIST:
         raise InapplicableOption(f"--resolution picks a MedMNIST file ({', '.join(MEDMNIST)}); it does not apply "
                                  f"to --dataset {cfg.dataset} (--image-size resizes any data set)", ("resolution",))
@@ -138,6 +138,9 @@ def _refuse_unused_sources(cfg) -> None:
     if cfg.data_file and cfg.dataset == "digits":
         raise InapplicableOption("--data-file does not apply to --dataset digits (scikit-learn's digits, read "
                                  "from no file)", ("data_file",))
+    if cfg.skip_bad_files and cfg.dataset != "folder":
+        raise InapplicableOption(f"--skip-bad-files leaves out unreadable image files of --dataset folder; --dataset "
+                                 f"{cfg.dataset} has no image files to leave out", ("skip_bad_files",))
 
 
 # --------------------------------------------------------------------------- class tables
