@@ -19,7 +19,7 @@ def run(chunk):
         return fn(both, params.boxes, params.hflip, params.factors, params.order, params.gray)
     out = torch.empty((m, 3, size, size), dtype=torch.bfloat16, device=dev).contiguous(memory_format=torch.channels_last)
     for i in range(0, m, chunk):
-        p = V._chunk_views(params, slice(i, i + chunk))
+        p = params[i : i + chunk]
         out[i:i + chunk] = fn(both[i:i + chunk], p.boxes, p.hflip, p.factors, p.order, p.gray)
     return out
 

@@ -243,6 +243,12 @@ def context_spelling(context: str) -> str:
     return ",".join(c.strip() for c in context.split(","))
 
 
+def default_folder_name(cfg: TrainConfig) -> str:
+    """What a run (runs/NAME-sSEED) or a sweep (runs/sweep-NAME) is named without --out: data set,
+    contexts ("invert+flip") and objective."""
+    return f"{cfg.dataset}-{context_spelling(cfg.context).replace(',', '+')}-{cfg.objective}"
+
+
 def resolve_val_fraction(dataset: str | None, val_fraction: float | None) -> float:
     """val_fraction, or the data set's default when None: 0.1 for digits, 0 for npz and folder."""
     if val_fraction is not None:

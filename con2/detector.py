@@ -42,8 +42,8 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from .bundle import BundleError, bundle_path, read_bundle, write_bundle
 from .config import MIN_IMAGE_SIDE, TrainConfig, is_int, is_number, is_seed
 from .data import ContextSet, OneClassSplit, ViewConfig
+from .data.datasets import resize_images
 from .data.input_format import InputFormat
-from .data.loaders.common import resize_images
 from .data.split import to_nchw
 from .evaluate import check_crop_pixels, check_crop_scale, check_view_options, scoring_view_config
 from .metrics import calibrate_threshold
@@ -67,18 +67,18 @@ class NotFittedError(SklearnNotFittedError):
     """Raised before fit / load; scikit-learn's NotFittedError, so its `except` clauses catch it."""
 
 
-def shaped_nhwc(X, shape=None, name: str = "X") -> np.ndarray:
-    """as_nhwc(X), then `shape` (a resize to one size, or None). A list or tuple of images of
-    different sizes is taken one image at a time when there is a `shape` to bring them to one."""
-    if shape is not None and isinstance(X, (list, tuple)) and len({tuple(np.shape(x)) for x in X}) > 1:
-        parts = [shape(as_nhwc([x], f"{name}[{i}]", resized=True)) for i, x in enumerate(X)]
+def shaped_nhwc(X, resize=None, name: str = "X") -> np.ndarray:
+    """as_nhwc(X), then `resize` (a function that resizes images to one size, or None). A list or tuple of images of
+    different sizes is taken one image at a time when there is a `resize` to bring them to one."""
+    if resize is not None and isinstance(X, (list, tuple)) and len({tuple(np.shape(x)) for x in X}) > 1:
+        parts = [resize(as_nhwc([x], f"{name}[{i}]", resized=True)) for i, x in enumerate(X)]
         odd = next((i for i, p in enumerate(parts) if p.shape[1:] != parts[0].shape[1:]), None)
         if odd is not None:
             raise ValueError(f"{name}: image 0 has {parts[0].shape[-1]} channel(s), image {odd} has "
                              f"{parts[odd].shape[-1]}: give them in one colour mode")
         return np.concatenate(parts)
-    images = as_nhwc(X, name, resized=shape is not None)
-    return images if shape is None else shape(images)
+    images = as_nhwc(X, name, resized=resize is not None)
+    return images if resize is None else resize(images)
 
 
 def as_nhwc(X, name: str = "X", resized: bool = False) -> np.ndarray:
@@ -199,7 +199,7 @@ class Con2Detector(BaseEstimator):
         self.score_batch_size, self.out, self.progress = score_batch_size, out, progress
         self.crop_scale = crop_scale  # test-time crops' area range; None: the training views' (0.08, 1)
 
-    def _check_params(self) -> float:
+    def _checked_target_fpr(self) -> float:
         # types first: a str compared with a number would fail with Python's own message
         if not isinstance(self.progress, (bool, np.bool_)):
             raise TypeError(f"progress must be True or False, got {self.progress!r}")
@@ -230,7 +230,7 @@ class Con2Detector(BaseEstimator):
         check_crop_scale(self.crop_scale)
         # the crop range only: a max aggregate with views=0 (the same scores as mean) is refused where it is
         # given (fit, from_run), so that a bundle saved with one by earlier con2 still loads
-        check_view_options(self.views, self.crop_scale, views="views=", crop_scale="crop_scale")
+        check_view_options(self.views, self.crop_scale, views_flag="views=", crop_flag="crop_scale")
         from .scoring import view_plan
 
         view_plan(self.views, None)  # odd or negative view counts fail here, not after training
@@ -259,8 +259,8 @@ class Con2Detector(BaseEstimator):
         from .run import context_set, load_run, resolve_device
         from .train import train
 
-        target_fpr = self._check_params()
-        check_view_options(self.views, None, self.aggregate, views="views=", aggregate="aggregate=")
+        target_fpr = self._checked_target_fpr()
+        check_view_options(self.views, None, self.aggregate, views_flag="views=", aggregate_flag="aggregate=")
         train_imgs, cal_imgs = self._fit_images(X)
         check_crop_pixels(self.crop_scale, train_imgs.shape[1])  # before the training, not after it
         split = OneClassSplit(name="detector", train=train_imgs, test=cal_imgs,
@@ -295,15 +295,15 @@ class Con2Detector(BaseEstimator):
         are in input_format_, which a later fit replaces (fit takes image_size instead). `seed` is
         the test-time views' seed, as in `con2 predict --seed`; the run's training seed is in
         source_run_ (a later fit would train with `seed`)."""
-        from .evaluate import run_scorer
+        from .evaluate import scorer_for_run
         from .run import load_run, resolve_device, run_split
 
         run_dir = Path(run_dir)
         det = cls(scorer=scorer, views=views, aggregate=aggregate, target_fpr=target_fpr, seed=seed,
                   bank_dtype=bank_dtype, crop_scale=crop_scale, device=device, score_batch_size=score_batch_size,
                   progress=progress)
-        det._check_params()  # the scoring options, before the run is read
-        check_view_options(views, None, aggregate, views="views=", aggregate="aggregate=")
+        det._checked_target_fpr()  # the scoring options, before the run is read
+        check_view_options(views, None, aggregate, views_flag="views=", aggregate_flag="aggregate=")
         cfg, model = load_run(run_dir, device=resolve_device(device))
         split = run_split(run_dir, cfg)
         if not len(split.val):
@@ -315,9 +315,9 @@ class Con2Detector(BaseEstimator):
         source = {"run": run_dir.resolve().name, "dataset": split.name, "training_seed": cfg.seed,
                   "normal_classes": [str(split.class_names.get(c, c)) for c in split.normal_classes]}
         # the Scorer of con2 predict --run / evaluate, so that the bundle scores as they do
-        scorer = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, score_batch_size, bank_dtype,
+        scorer = scorer_for_run(model, cfg, split, views, (scorer,), aggregate, seed, score_batch_size, bank_dtype,
                             progress, crop_scale)
-        return det._adopt(scorer, split.val, det._check_params(), InputFormat.of_run(cfg, split), run_dir, source)
+        return det._adopt(scorer, split.val, det._checked_target_fpr(), InputFormat.of_run(cfg, split), run_dir, source)
 
     def _adopt(self, scorer: Scorer, calibration, target_fpr: float, input_format, run_dir,
                source_run) -> "Con2Detector":
@@ -427,7 +427,7 @@ class Con2Detector(BaseEstimator):
                              f"model, bank and threshold depend on it; fit again (or set it back)")
         from .run import resolve_device
 
-        target_fpr = self._check_params()
+        target_fpr = self._checked_target_fpr()
         if self.aggregate != self._calibrated_for[0] and self._calibration_views is None:
             raise ValueError(f"this detector holds no per-view calibration scores (a bundle saved before they were "
                              f"kept) so its threshold stays calibrated for aggregate={self._calibrated_for[0]!r}; "
@@ -441,13 +441,10 @@ class Con2Detector(BaseEstimator):
         self._synced_params = params
 
     def _encoder(self) -> ViewEncoder:
-        return self._make_encoder(self.model_, self.view_cfg_, self.contexts_)
-
-    def _make_encoder(self, model: Con2Model, view_cfg: ViewConfig, contexts) -> ViewEncoder:
         from .scoring import view_plan
 
-        device = next(model.parameters()).device
-        return ViewEncoder(model.encode, view_cfg, contexts, view_plan(self.views, contexts),
+        device = next(self.model_.parameters()).device
+        return ViewEncoder(self.model_.encode, self.view_cfg_, self.contexts_, view_plan(self.views, self.contexts_),
                            seed=self.seed, batch_size=self.score_batch_size, device=device, progress=self.progress)
 
     def _check_fitted(self) -> None:
@@ -608,7 +605,7 @@ class Con2Detector(BaseEstimator):
             det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
             det._calibration_views = tensors.get("calibration.views")  # None in bundles saved before it was kept
             det._fitted_params = det._refit_params()
-            det._calibrated_for = (det.aggregate, det._check_params())
+            det._calibrated_for = (det.aggregate, det._checked_target_fpr())
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             raise BundleError(f"{path} is an inconsistent con2 bundle: {type(exc).__name__}: {exc}") from exc
         return det

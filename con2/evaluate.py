@@ -3,8 +3,8 @@ score any part of a run's split (`score_split`, behind `con2 score`).
 
 `evaluate_run(run_dir)` writes into the run directory:
   metrics.json      the metrics of every scorer and the settings used
-  scores.csv        per test sample: index, label (1 = anomaly), class name, source file (folder
-                    data sets), one column per scorer
+  scores.csv        per test sample: index, label (1 = anomaly), class name, source (a folder's
+                    file or an npz's row, where the data names them), one column per scorer
   scores_views.npz  (per_view=True) the [Q, A] per-view scores of every scorer, and the labels
 """
 from __future__ import annotations
@@ -68,21 +68,21 @@ def check_crop_scale(crop_scale) -> tuple[float, float] | None:
     return lo, hi
 
 
-def check_view_options(views_count, crop_range, how: str = "mean", views: str = "--views ",
-                       crop_scale: str = "--crop-scale", aggregate: str = "--aggregate") -> None:
+def check_view_options(views, crop_scale, aggregate: str = "mean", views_flag: str = "--views ",
+                       crop_flag: str = "--crop-scale", aggregate_flag: str = "--aggregate") -> None:
     """Refuse a crop range or a max aggregate with 0 views: their one plain view makes no crops and
     has nothing to aggregate, so the option would be ignored (and, before this check, recorded in
-    metrics.json as if applied). views / crop_scale / aggregate: how the caller's options are
-    written (the CLI's flags, Con2Detector's parameters)."""
-    if views_count != 0:
+    metrics.json as if applied). The *_flag arguments: how the caller's options are written (the
+    CLI's flags, Con2Detector's parameters)."""
+    if views != 0:
         return
-    if crop_range is not None:
-        raise ValueError(f"{crop_scale} sets the area of the test-time crops, but {views}0 makes none (one plain "
-                         f"view of each image); drop {crop_scale}, or give {views}2 or more")
-    if how != "mean":
-        raise ValueError(f"{aggregate}{' ' if aggregate.startswith('--') else ''}{how} combines the scores of "
-                         f"test-time views, but {views}0 makes one (a plain view of each image); drop {aggregate}, "
-                         f"or give {views}2 or more")
+    if crop_scale is not None:
+        raise ValueError(f"{crop_flag} sets the area of the test-time crops, but {views_flag}0 makes none (one plain "
+                         f"view of each image); drop {crop_flag}, or give {views_flag}2 or more")
+    if aggregate != "mean":
+        sep = " " if aggregate_flag.startswith("--") else ""
+        raise ValueError(f"{aggregate_flag}{sep}{aggregate} combines the scores of test-time views, but {views_flag}0 "
+                         f"makes one (a plain view of each image); drop {aggregate_flag}, or give {views_flag}2 or more")
 
 
 def class_name(split: OneClassSplit, c) -> str:
@@ -90,7 +90,7 @@ def class_name(split: OneClassSplit, c) -> str:
     return split.class_names.get(int(c), str(int(c)))
 
 
-def run_scorer(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40, scorers: Iterable[str] = SCORERS,
+def scorer_for_run(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40, scorers: Iterable[str] = SCORERS,
                aggregate: str = "mean", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
                progress: bool = True, crop_scale: tuple[float, float] | None = None) -> Scorer:
     """A Scorer with the train bank of `split` encoded by `model` under the run's views and contexts
@@ -115,7 +115,7 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
     if labels.min() == labels.max():
         raise ValueError(f"{split.name}: the test split needs normal and anomalous samples to be evaluated")
     t0 = time.perf_counter()
-    scorer = run_scorer(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype, progress,
+    scorer = scorer_for_run(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype, progress,
                         crop_scale)
     per_view = scorer.score_views(split.test, scorers)
     val_scores = scorer.score(split.val, scorers) if len(split.val) else None
@@ -175,7 +175,8 @@ class SplitScores:
     """One scorer's scores of one part of a run's split, each traceable to its image.
 
     scores [Q] aggregated over the views (higher = more anomalous), per_view [Q, A]; labels
-    (1 = anomaly), classes and files (an npz's rows; None for the other array data sets) per image, in split order."""
+    (1 = anomaly), classes and files (a folder's file or an npz's row; None for the other array data sets)
+    per image, in split order."""
 
     part: str
     scorer: str
@@ -223,7 +224,7 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
         warnings.warn("the train images are scored against the bank built from themselves (in-sample): their "
                       "scores sit lower than any unseen image's (with --views 0 each finds itself, nnd -1), so "
                       "they are no reference for thresholds or plots; --split val scores held-out normal images")
-    per_view = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
+    per_view = scorer_for_run(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
                           crop_scale).score_views(images)[scorer]
     return SplitScores(part, scorer, aggregate, aggregate_views(per_view, aggregate).numpy(), per_view.numpy(),
                        labels, classes, files)

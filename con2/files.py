@@ -90,7 +90,7 @@ def _no_space(path: Path) -> OSError:
 
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove the temporaries of `path` whose writer is no longer running (killed before its
-    `finally`): NAME.PID-TOKEN.tmp, and NAME.tmp of con2 before the twenty-second session."""
+    `finally`): NAME.PID-TOKEN.tmp, and the NAME.tmp of older con2 (one temporary name per file)."""
     for tmp in path.parent.glob(glob.escape(path.name) + ".*tmp"):
         pid = tmp.name[len(path.name) + 1:].partition("-")[0]
         if tmp.name == path.name + ".tmp" or (pid.isdigit() and not _running(int(pid))):

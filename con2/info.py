@@ -32,13 +32,11 @@ def info_text() -> str:
     for op, devices in ops.native_status().items():
         where = ", ".join(f"{d}={'native' if ok else 'reference'}" for d, ok in devices.items())
         lines.append(f"  {op}: {where}")
-    if ops.native_available("cuda"):
-        kernel = ops._native.CUDA_LOSS_KERNEL
-        graphs = "on" if ops._native.CUDA_GRAPHS else "off"
-        lines.append(f"  CUDA Con2 loss kernels: {kernel} (CON2_CUDA_LOSS=blocked|fused), "
-                     f"CUDA graph replay {graphs} (CON2_CUDA_GRAPHS=1|0)")
-        maha = ops._native.CUDA_MAHALANOBIS_KERNEL
-        lines.append(f"  CUDA mahalanobis_sq kernel: {maha} (CON2_CUDA_MAHALANOBIS=blocked|fused)")
+    cuda = ops.cuda_kernel_choices()
+    if cuda:
+        lines.append(f"  CUDA Con2 loss kernels: {cuda['loss']} (CON2_CUDA_LOSS=blocked|fused), "
+                     f"CUDA graph replay {'on' if cuda['graphs'] else 'off'} (CON2_CUDA_GRAPHS=1|0)")
+        lines.append(f"  CUDA mahalanobis_sq kernel: {cuda['mahalanobis']} (CON2_CUDA_MAHALANOBIS=blocked|fused)")
     from .data.pipeline_info import available_pipelines
 
     lines.append("view pipelines:")

@@ -129,8 +129,8 @@ def _warn_odd(odd: dict, n: int, size: tuple[int, int], stacklevel: int) -> None
                       f"is read as 16-bit: rescale such files first: {listed(odd['dark'])}", stacklevel=stacklevel)
 
 
-# An image this far from the run's image size is scored as a distorted picture: the resize keeps no
-# aspect ratio, and upscaling a few pixels invents the rest.
+# An image this far from the run's image size is scored as a distorted picture: a stretching resize
+# keeps no aspect ratio, and upscaling a few pixels invents the rest.
 MAX_ASPECT_CHANGE = 2.0
 MIN_SIDE_FRACTION = 0.25
 
@@ -162,7 +162,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
     """[{file, score, anomaly, threshold}] for every image under `inputs`: the threshold given, or the
     one calibrated on the run's val normals at `target_fpr` (None: DEFAULT_TARGET_FPR). An unreadable
     file is an error naming it; with skip_bad_files it is left out, named in a warning."""
-    from .evaluate import check_view_options, run_scorer
+    from .evaluate import check_view_options, scorer_for_run
     from .metrics import calibrate_threshold
     from .run import load_run, run_split
 
@@ -176,7 +176,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
                          f"{split.how_to_get_val_normals()}")
 
     def scorer_and_threshold():
-        s = run_scorer(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
+        s = scorer_for_run(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
                        crop_scale)
         t = threshold if threshold is not None else calibrate_threshold(s.score(split.val)[scorer].numpy(), target_fpr)
         return (lambda images: s.score(images)[scorer].numpy()), t

@@ -1,8 +1,8 @@
 """A run directory and what its config defines: the device, contexts, view size and model, the
 saved weights with the settings they were trained with, and a fingerprint of the training images.
 
-Layout (written by con2.train): config.json, metrics.jsonl, checkpoint.pt while training, and at the
-end model.safetensors + model.json. Everything that reads a run (evaluate, score, predict, report,
+Layout (written by con2.train): config.json, metrics.jsonl, checkpoint.pt (written while training,
+kept at the end for --resume / --epochs more), and at the end model.safetensors + model.json. Everything that reads a run (evaluate, score, predict, report,
 the detector) goes through load_run, which refuses weights of another run.
 """
 from __future__ import annotations
@@ -256,7 +256,7 @@ def split_as_trained(cfg: TrainConfig) -> OneClassSplit:
 
 def _listing_note(split: OneClassSplit) -> str:
     """A folder run's training files that earlier con2 did not list (DICOM files without a .dcm
-    suffix, read since the eighteenth session): the likely reason its images now differ."""
+    suffix, which older con2 left out): the likely reason its images now differ."""
     from .data.decode import IMAGE_SUFFIXES
 
     files = (split.train_files or []) + (split.test_files or [])  # a file of test/ shifts a seeded split too

@@ -181,10 +181,7 @@ class ViewEncoder:
             if params is None:
                 x = normalize_only(self._context(view, raw), self.view_cfg)
             else:
-                sl = slice(i, i + self.batch_size)
-                chunk = type(params)(params.boxes[sl], params.hflip[sl], params.factors[sl],
-                                     params.order[sl], params.gray[sl])
-                x = self._augmented(view, raw, chunk)
+                x = self._augmented(view, raw, params[i : i + self.batch_size])
             f = self.encode_fn(x).float()
             check_features(f, view, offset=first + i)
             out.append(f)
@@ -511,20 +508,15 @@ class Scorer:
 
     def __init__(self, model, view_cfg: ViewConfig, contexts: ContextSet | None, train, views: int = 40,
                  scorers: Iterable[str] = SCORERS, aggregate: str = "mean", seed: int = 0,
-                 batch_size: int = 256, bank_dtype: str = "float32", progress: bool = False,
-                 bank: FeatureBank | None = None):
+                 batch_size: int = 256, bank_dtype: str = "float32", progress: bool = False):
         self.model = model
         self.aggregate = check_aggregate(aggregate)
         self.encoder = ViewEncoder.for_model(model, view_cfg, contexts, views, seed=seed,
                                              batch_size=batch_size, progress=progress)
         self.channels = model.in_channels
-        if bank is None:
-            train = ImageSet(train, "train images").expect(channels=self.channels)
-            self.input_size = tuple(train.shape[2:])
-            bank = FeatureBank.build(self.encoder, train, scorers, bank_dtype)
-        else:
-            self.input_size = None
-        self.bank = bank
+        train = ImageSet(train, "train images").expect(channels=self.channels)
+        self.input_size = tuple(train.shape[2:])
+        self.bank = FeatureBank.build(self.encoder, train, scorers, bank_dtype)
 
     def score_views(self, images, scorers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         images = ImageSet(images, "query images").expect(channels=self.channels, size=self.input_size)

@@ -54,8 +54,7 @@ _PER_RUN = ("normal_class", "seed", "out", "device", "pipeline", "checkpoint_eve
 def dataset_classes(cfg: TrainConfig) -> list[str]:
     """The normal classes `--classes all` means for cfg's data set: every class of CIFAR, digits, an
     npz or an image folder (its class folders with training images); MedMNIST's normal class(es)."""
-    from .data.datasets import MEDMNIST, DataError, class_names
-    from .data.loaders.folder import training_class_folders
+    from .data.datasets import MEDMNIST, DataError, class_names, training_class_folders
 
     if cfg.dataset in MEDMNIST:
         default, names = MEDMNIST[cfg.dataset]

@@ -46,9 +46,9 @@ def objective_loss(cfg: TrainConfig, z_context, z_content, context_labels, sampl
     if cfg.objective == "con2":
         return con2_loss(z_context, z_content, context_labels, sample_ids, alpha, cfg.temperature)
     if cfg.objective == "context":
-        return context_only_loss(z_context, z_content, context_labels, sample_ids, alpha, cfg.temperature)
+        return context_only_loss(z_context, context_labels, cfg.temperature)
     if cfg.objective == "content":
-        return content_only_loss(z_context, z_content, context_labels, sample_ids, alpha, cfg.temperature)
+        return content_only_loss(z_content, sample_ids, cfg.temperature)
     return simclr_loss(z_content, sample_ids, cfg.temperature)
 
 

@@ -321,7 +321,7 @@ def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys
     from con2.cli.main import main
     from con2.config import TrainConfig
     from con2.data import load_split
-    from con2.evaluate import run_scorer, scoring_view_config
+    from con2.evaluate import scorer_for_run, scoring_view_config
     from con2.run import load_run
     from con2.train import train
 
@@ -334,8 +334,8 @@ def test_test_time_crop_scale_reaches_the_views_and_the_metrics(tmp_path, capsys
     assert scoring_view_config(cfg, split, (0.54, 0.54)).scale == (0.54, 0.54)
     with pytest.raises(ValueError, match="crop scale"):
         scoring_view_config(cfg, split, (0.9, 0.5))
-    default = run_scorer(model, cfg, split, views=4, scorers=("nnd",), progress=False)
-    csi = run_scorer(model, cfg, split, views=4, scorers=("nnd",), progress=False, crop_scale=(0.54, 0.54))
+    default = scorer_for_run(model, cfg, split, views=4, scorers=("nnd",), progress=False)
+    csi = scorer_for_run(model, cfg, split, views=4, scorers=("nnd",), progress=False, crop_scale=(0.54, 0.54))
     assert csi.encoder.view_cfg.scale == (0.54, 0.54)
     assert not torch.allclose(default.score(split.test[:8])["nnd"], csi.score(split.test[:8])["nnd"])
 
@@ -424,7 +424,7 @@ def test_a_bad_target_fpr_fails_before_any_scoring(tmp_path, monkeypatch):
     def no_scoring(*a, **k):
         raise AssertionError("scored before the options were checked")
 
-    monkeypatch.setattr(con2.evaluate, "run_scorer", no_scoring)
+    monkeypatch.setattr(con2.evaluate, "scorer_for_run", no_scoring)
     monkeypatch.setattr(con2.run, "load_run", no_scoring)
     cfg = TrainConfig(dataset="digits", width=4, image_size=12, device="cpu", out=str(tmp_path / "run"))
     imgs = np.zeros((4, 12, 12, 1), np.uint8)
@@ -457,7 +457,7 @@ def test_evaluation_refuses_labels_other_than_0_and_1_before_scoring(monkeypatch
 
     x = np.zeros((6, 8, 8, 1), np.uint8)
     split = OneClassSplit(name="s", train=x, test=x, test_labels=np.array([0, 2, 0, 2, 0, 2]), val=x[:0])
-    monkeypatch.setattr(evaluate_mod, "run_scorer", lambda *a, **k: pytest.fail("scored"))
+    monkeypatch.setattr(evaluate_mod, "scorer_for_run", lambda *a, **k: pytest.fail("scored"))
     with pytest.raises(ValueError, match=r"s: test labels must be 0 \(normal\) or 1 \(anomaly\), got 2$"):
         evaluate_mod.evaluate_model(None, TrainConfig(), split, 2)
     for odd, shown in (([0, 0.7, 1, 1, 0, 1], "0.7"), ([0, np.nan, 1, 1, 0, 1], "nan")):  # were cast to 0 / -2**63

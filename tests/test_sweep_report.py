@@ -383,6 +383,16 @@ def test_cli_sweep_names_its_folder_from_the_defaults_and_needs_no_normal_class(
             "--width", "4", "--batch-size", "8", "--device", "cpu", "--views", "2", "--quiet"]
     assert main(args) == 0, capsys.readouterr().err
     assert (tmp_path / "runs" / "sweep-npz-invert-con2" / "results.md").exists()  # context, objective: defaults
+    # named as a run is: "invert, flip" (a space after the comma) made a folder "...invert+ flip..."
+    import con2.sweep
+
+    def fake_sweep(base, classes, seeds, out, **kw):
+        Path(out).mkdir(parents=True)
+        (Path(out) / "results.md").write_text("")
+
+    monkeypatch.setattr(con2.sweep, "run_sweep", fake_sweep)
+    assert main([*args, "--context", "invert, flip"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "runs" / "sweep-npz-invert+flip-con2" / "results.md").exists()
 
 
 def test_cli_sweep_debug_shows_the_traceback_of_a_failed_run(tmp_path, monkeypatch, capsys):

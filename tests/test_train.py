@@ -643,7 +643,7 @@ def test_predict_applies_the_runs_center_crop(tmp_path):
     from PIL import Image
 
     from con2.data import load_split
-    from con2.evaluate import run_scorer
+    from con2.evaluate import scorer_for_run
     from con2.predict import predict_files
 
     cfg = tiny_cfg(tmp_path / "run", epochs=1, image_size=12, center_crop=10, max_train_samples=24)
@@ -659,7 +659,7 @@ def test_predict_applies_the_runs_center_crop(tmp_path):
     cfg, model = load_run(run, device="cpu")
     split = load_split(cfg)
     assert split.test.shape[1:] == (10, 10, 1)
-    want = run_scorer(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:5])["nnd"].numpy()
+    want = scorer_for_run(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:5])["nnd"].numpy()
     np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
 
 
@@ -705,7 +705,7 @@ def test_predict_makes_a_file_into_the_pixels_the_run_was_trained_on(tmp_path):
     from sklearn.datasets import load_digits
 
     from con2.data import load_split
-    from con2.evaluate import run_scorer
+    from con2.evaluate import scorer_for_run
     from con2.predict import predict_files
 
     cfg = tiny_cfg(tmp_path / "run", epochs=1, center_crop=12, max_train_samples=24)
@@ -720,7 +720,7 @@ def test_predict_makes_a_file_into_the_pixels_the_run_was_trained_on(tmp_path):
         Image.fromarray(img[:, :, 0]).save(tmp_path / f"{i}.png")
     got = predict_files(run, [tmp_path / f"{i}.png" for i in range(4)], views=2, threshold=0.0, progress=False)
     cfg, model = load_run(run, device="cpu")
-    want = run_scorer(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:4])["nnd"].numpy()
+    want = scorer_for_run(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:4])["nnd"].numpy()
     np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
 
 
@@ -746,7 +746,7 @@ def test_score_csv_names_each_images_class_and_file(tmp_path):
 
     from con2.cli.main import main
     from con2.data import load_split
-    from con2.evaluate import run_scorer, score_split
+    from con2.evaluate import scorer_for_run, score_split
 
     rng = np.random.default_rng(0)
     for cls, n in (("good", 14), ("crack", 4)):
@@ -768,7 +768,7 @@ def test_score_csv_names_each_images_class_and_file(tmp_path):
         assert [r["class"] for r in rows] == [f.split("/")[-2] for f in files]
         assert [int(r["label"]) for r in rows] == [int(r["class"] != "good") for r in rows]
         cfg_, model = load_run(run, device="cpu")
-        want = run_scorer(model, cfg_, split, 2, ("nnd",), progress=False).score(getattr(split, part))["nnd"].numpy()
+        want = scorer_for_run(model, cfg_, split, 2, ("nnd",), progress=False).score(getattr(split, part))["nnd"].numpy()
         np.testing.assert_allclose([float(r["nnd_mean"]) for r in rows], want, rtol=1e-5, atol=1e-6)
     assert sum(int(r["label"]) for r in csv.DictReader((tmp_path / "test.csv").open())) == 4
     # the library call behind `con2 score` gives the CSV's columns as arrays
@@ -982,7 +982,7 @@ def test_predict_decodes_a_shorter_side_run_as_its_folder_loader_did(tmp_path):
     from PIL import Image
 
     from con2.data import load_split
-    from con2.evaluate import run_scorer
+    from con2.evaluate import scorer_for_run
     from con2.predict import predict_files
 
     rng = np.random.default_rng(5)
@@ -1000,7 +1000,7 @@ def test_predict_decodes_a_shorter_side_run_as_its_folder_loader_did(tmp_path):
     files = split.test_files[:4]
     got = predict_files(run, files, views=2, threshold=0.0, progress=False)
     cfg, model = load_run(run, device="cpu")
-    want = run_scorer(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:4])["nnd"].numpy()
+    want = scorer_for_run(model, cfg, split, 2, ("nnd",), progress=False).score(split.test[:4])["nnd"].numpy()
     np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
 
 

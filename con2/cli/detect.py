@@ -1,4 +1,4 @@
-"""`con2 score`, `evaluate`, `predict`, `export`, `sweep`, `report`: parsing only, the work is in the API."""
+"""`con2 score`, `evaluate`, `predict`, `export`, `sweep`, `report`: parsing and the commands' defaults (output names, a sweep's classes); the work is in the API."""
 from __future__ import annotations
 
 import argparse
@@ -9,42 +9,21 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..config import AGGREGATES, BANK_DTYPE_NAMES, MAX_VIEWS, SCORERS, is_seed
+from ..config import AGGREGATES, BANK_DTYPE_NAMES, SCORERS
+from .options import (check_bundle_file, named_path, positive_fraction, positive_int, seed_int, unit_fraction,
+                      view_count)
 from .output import check_output, to_stdout, write_output
 
 
-def _checked(convert, ok, expected: str):
-    """An argparse type: convert the text, then check it, naming what was expected."""
-    def parse(text: str):
-        try:
-            v = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {v!r}")
-        return v
-    return parse
-
-
-_views = _checked(int, lambda v: v == 0 or (v % 2 == 0 and 2 <= v <= MAX_VIEWS),
-                  f"--views 0 (one deterministic view) or an even number 2..{MAX_VIEWS}")
-_fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-_positive = _checked(int, lambda v: v >= 1, "a positive integer")
-_fraction_pos = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
-_seed = _checked(int, is_seed, "an integer in [0, 2**63), as con2 train's --seed")
-# an empty path meant standard output, the default path or the current folder, unsaid
-named_path = _checked(str, lambda v: v.strip() != "", "a path, not an empty one")
-
-
 def _scoring_options(p: argparse.ArgumentParser, scorer_choice: bool = False) -> None:
-    p.add_argument("--views", type=_views, default=40,
+    p.add_argument("--views", type=view_count, default=40,
                    help="test-time views: even A >= 2 (half original, half context), or 0 for one plain view")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=_positive, default=256, help="images per encoder call")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per encoder call")
     p.add_argument("--bank-dtype", choices=BANK_DTYPE_NAMES, default="float32", help="storage of the NND bank")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the test-time view draws")
-    p.add_argument("--crop-scale", type=_fraction_pos, nargs=2, metavar=("LOW", "HIGH"), default=None,
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the test-time view draws")
+    p.add_argument("--crop-scale", type=positive_fraction, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="area range of the test-time random crops (default: the training views', 0.08 1; "
                         "CSI's evaluation: 0.54 0.54)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -138,7 +117,7 @@ def _predict(args) -> None:
         if given:
             raise ValueError(f"{', '.join(given)}: set in the detector bundle when it was exported (con2 export); "
                              "export the run again with other values")
-        _check_bundle_file(args.detector)
+        check_bundle_file(args.detector)
         rows = predict_with_detector(args.detector, args.inputs, target_fpr=args.target_fpr,
                                      threshold=args.threshold, aggregate=args.aggregate, device=args.device,
                                      batch_size=args.batch_size, progress=not args.quiet,
@@ -163,15 +142,6 @@ def _predict(args) -> None:
     write_output(write, args.out)
     if not to_stdout(args.out):
         print(f"wrote {len(rows)} predictions to {args.out} ({fmt})", file=sys.stderr)
-
-
-def _check_bundle_file(path: Path) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(f"--detector {path} is a directory; give the file con2 export wrote")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"--detector {path} is not a regular file (a device or a FIFO); give the file con2 export wrote")
-    if not path.is_file():
-        raise FileNotFoundError(f"--detector {path}: no such file (con2 export --out writes one)")
 
 
 # ----------------------------------------------------------------------------- export
@@ -206,7 +176,7 @@ def _export(args) -> None:
 # ----------------------------------------------------------------------------- sweep
 
 def _sweep(args) -> None:
-    from ..config import TrainConfig
+    from ..config import TrainConfig, default_folder_name
     from ..sweep import run_sweep
     from .train_cmd import config_from_args
 
@@ -219,7 +189,7 @@ def _sweep(args) -> None:
     named = TrainConfig(**{k: getattr(args, k) for k in ("dataset", "context", "objective", "data_root", "data_file")
                            if getattr(args, k) is not None})  # unset ones: the defaults
     classes = dataset_classes(named) if args.classes == ["all"] else args.classes
-    out = args.out or f"runs/sweep-{named.dataset}-{named.context.replace(',', '+')}-{named.objective}"
+    out = args.out or f"runs/sweep-{default_folder_name(named)}"
     # the base config; normal class, seed and run directory are set per run by the sweep
     args.out, args.normal_class = str(Path(out) / "base"), [classes[0]]
     base = config_from_args(args)
@@ -258,7 +228,7 @@ def register(sub) -> None:
     _run_dir(p)
     _scoring_options(p)
     p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS), help="default: all")
-    p.add_argument("--target-fpr", type=_fraction, default=None,
+    p.add_argument("--target-fpr", type=unit_fraction, default=None,
                    help="threshold calibrated on val normals (default 0.05)")
     p.add_argument("--per-view", action="store_true", help="also write scores_views.npz")
     p.set_defaults(func=_evaluate)
@@ -274,7 +244,7 @@ def register(sub) -> None:
     # None: not given (a bundle refuses those it fixes); a run's defaults are PREDICT_DEFAULTS
     p.set_defaults(**{k: None for k in PREDICT_DEFAULTS})
     # default None, not 0.05: --threshold refuses a --target-fpr that was given, not the default
-    p.add_argument("--target-fpr", type=_fraction, default=None,
+    p.add_argument("--target-fpr", type=unit_fraction, default=None,
                    help="false-positive rate on the run's val normals that sets the threshold (default 0.05; "
                         "with --detector, the bundle's threshold)")
     p.add_argument("--threshold", type=float, default=None,
@@ -290,7 +260,7 @@ def register(sub) -> None:
                                       "calibrated threshold, pre-processing; predicts without the training data")
     _run_dir(p)
     _scoring_options(p, scorer_choice=True)
-    p.add_argument("--target-fpr", type=_fraction, default=0.05,
+    p.add_argument("--target-fpr", type=unit_fraction, default=0.05,
                    help="false-positive rate on the run's val normals that sets the threshold (default 0.05)")
     p.add_argument("--out", type=named_path, required=True, help="the bundle file to write (e.g. detector.safetensors)")
     p.set_defaults(func=_export)
@@ -303,9 +273,9 @@ def register(sub) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of each class (default 0 1 2)")
     p.add_argument("--out", type=named_path, default=None,
                    help="sweep folder: manifest, runs, tables (default runs/sweep-<dataset>-<context>-<objective>)")
-    p.add_argument("--views", type=_views, default=40, help="test-time views of the evaluation (default 40)")
+    p.add_argument("--views", type=view_count, default=40, help="test-time views of the evaluation (default 40)")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="over views (mean = paper)")
-    p.add_argument("--eval-batch-size", type=_positive, default=256, help="images per encoder call when scoring")
+    p.add_argument("--eval-batch-size", type=positive_int, default=256, help="images per encoder call when scoring")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks (of each failed run, too)")
     p.set_defaults(func=_sweep)
@@ -313,11 +283,11 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="a self-contained HTML report of a run")
     _run_dir(p)
     p.add_argument("--out", type=named_path, default=None, help="HTML file (default RUN_DIR/report.html)")
-    p.add_argument("--views", type=_views, default=None,
+    p.add_argument("--views", type=view_count, default=None,
                    help="test-time views of the evaluation shown: the run's (con2 evaluate), or 40 if it has none; "
                         "another count than the run's is refused")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
-    p.add_argument("--max-points", type=_positive, default=300, help="samples per group in the PCA")
+    p.add_argument("--max-points", type=positive_int, default=300, help="samples per group in the PCA")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=_report)

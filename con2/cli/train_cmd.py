@@ -10,8 +10,8 @@ import warnings
 from pathlib import Path
 
 from ..config import (CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, RESIZE_MODES, TrainConfig, apply_preset,
-                      context_spelling)
-from .detect import named_path
+                      default_folder_name)
+from .options import check_bundle_file, named_path
 from .output import ReaderMayLeave
 
 _D = TrainConfig()  # the defaults the help texts name
@@ -95,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                          "holds out the rest; give one of them")
     cfg = TrainConfig(**{f: getattr(args, f) for f in explicit})
     if "out" not in explicit:
-        cfg.out = f"runs/{cfg.dataset}-{context_spelling(cfg.context).replace(',', '+')}-{cfg.objective}-s{cfg.seed}"
+        cfg.out = f"runs/{default_folder_name(cfg)}-s{cfg.seed}"
     elif not str(cfg.out).strip():  # "" would train into the current folder
         raise ValueError("--out is empty; give the run's folder (e.g. runs/my-run)")
     before = dataclasses.asdict(cfg)
@@ -167,9 +167,7 @@ def _info(args):
     if args.detector is not None:
         from ..detector import Con2Detector
 
-        from .detect import _check_bundle_file
-
-        _check_bundle_file(args.detector)
+        check_bundle_file(args.detector)
         det = Con2Detector.load(args.detector, device="cpu")
         print(f"con2 detector bundle {args.detector} ({args.detector.stat().st_size / 2**20:.1f} MiB)")
         print(det.summary())

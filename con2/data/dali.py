@@ -132,7 +132,7 @@ def _build(files, batch_size, contexts, cfg, channels, hw, crop, seed, device_id
 
 def _shorter_side_to(img, size: int, fn, types):
     """Each [H, W, C] image resized so its shorter side is `size`, the longer one int(size * long /
-    short) as torchvision (con2.data.images.shorter_side_size): resize_shorter rounds it instead."""
+    short) as torchvision (con2.data.decode.shorter_side_size): resize_shorter rounds it instead."""
     shape = img.shape(dtype=types.INT32)
     h, w = shape[0], shape[1]
     tall = fn.cast(h > w, dtype=types.INT32)
@@ -144,7 +144,7 @@ def _shorter_side_to(img, size: int, fn, types):
 
 def _centre_square(img, size: int, fn, types):
     """The centred size x size square of each [H, W, C] image at the loader's anchors, Python's
-    round((side - size) / 2) (torchvision's CenterCrop, con2.data.images._crop_corner): fn.crop
+    round((side - size) / 2) (torchvision's CenterCrop, con2.data.decode.crop_corner): fn.crop
     rounds halves up, a pixel off the images the run is scored on whenever side - size is odd."""
     shape = img.shape(dtype=types.INT32)
 

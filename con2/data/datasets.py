@@ -3,7 +3,7 @@
 `load_split(cfg)` dispatches on `cfg.dataset`. All images are uint8 [N, H, W, C], C in {1, 3}.
 The loaders live in con2.data.loaders, one module per source (medmnist, cifar, npz, digits,
 folder) and the helpers they share (common); the names other code imports from here are
-re-exported.
+listed in __all__.
 
 Splits, by source:
 
@@ -29,7 +29,8 @@ Every split has at least 2 training normals (the S_LH scorer's Gaussian), and it
 image size and channel count; a named data set's file (MedMNIST, CIFAR) is checked to look like it.
 
 Resizing: when `cfg.image_size` is set, images are resized to a square of that size
-(array data: bilinear with antialiasing; folder images: Pillow bicubic, aspect ratio not kept);
+(array data: bilinear with antialiasing; folder images: Pillow bicubic), aspect ratio not kept, or
+with `--resize shorter-side` scaled on the shorter side and centre-cropped to the square;
 then `cfg.center_crop` keeps the centred square of that size (the paper's MedMNIST / BR35H /
 Pneumonia pre-processing is resize 256, centre-crop 224).
 `cfg.max_train_samples` subsamples the training normals with `cfg.split_seed`.
@@ -43,17 +44,17 @@ import numpy as np
 from .decode import DataError
 from .loaders.cifar import (CIFAR10_CLASSES, CIFAR100_FINE_TO_COARSE, CIFAR100_SUPERCLASSES, check_cifar_source,
                              load_cifar)
-from .loaders.common import InapplicableOption, center_crop_split, limit_train, resolve_classes, resize_images
+from .loaders.common import InapplicableOption, center_crop_split, limit_train, resize_images, resolve_classes
 from .loaders.digits import DIGIT_NAMES, load_digits_split
 from .loaders.folder import load_folder, memory_budget, training_class_folders
 from .loaders.medmnist import MEDMNIST, load_medmnist
 from .loaders.npz import _npz_class_table, load_npz
 from .split import OneClassSplit
 
-# the names other code imports from here (the loaders' are re-exported)
-__all__ = ["CIFAR100_FINE_TO_COARSE", "CIFAR100_SUPERCLASSES", "CIFAR10_CLASSES", "DataError", "InapplicableOption",
-           "MEDMNIST", "MIN_TRAIN_IMAGES", "resolve_classes", "check_data_source", "class_names", "load_split",
-           "memory_budget", "resize_images"]
+# the names other code imports from here (some of them the loaders')
+__all__ = ["CIFAR100_FINE_TO_COARSE", "CIFAR100_SUPERCLASSES", "DataError", "InapplicableOption", "MEDMNIST",
+           "check_data_source", "class_names", "load_split", "memory_budget", "normal_class_labels", "resize_images",
+           "resolve_classes", "training_class_folders"]
 
 
 # --------------------------------------------------------------------------- entry point

@@ -184,6 +184,21 @@ def _tiff_turned_here(path: Path):
     return None
 
 
+def shorter_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(H', W') of torchvision's Resize(size) of an H x W image: the shorter side becomes size, the
+    longer one keeps the aspect ratio (truncated, as torchvision does)."""
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
+
+
+def crop_corner(h: int, w: int, size: int) -> tuple[int, int]:
+    """(top, left) of the centred size x size square of an H x W image (torchvision's CenterCrop offsets)."""
+    if size > h or size > w:
+        raise DataError(f"--center-crop {size} is larger than the {w}x{h} px images; resize them first (--image-size)")
+    return int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+
+
 def resize_decoded(img, size, keep_aspect):
     """An L or RGB Pillow image resized as decode_image describes (itself when size is None)."""
     from PIL import Image
@@ -192,10 +207,8 @@ def resize_decoded(img, size, keep_aspect):
         return img
     h, w = (size, size) if isinstance(size, int) else size
     if keep_aspect and img.size[0] != img.size[1]:
-        from .images import _crop_corner, shorter_side_size
-
         hh, ww = shorter_side_size(img.size[1], img.size[0], h)
-        top, left = _crop_corner(hh, ww, h)  # the centred square, at torchvision's offsets
+        top, left = crop_corner(hh, ww, h)  # the centred square, at torchvision's offsets
         return img.resize((ww, hh), Image.BICUBIC).crop((left, top, left + w, top + h))
     return img.resize((w, h), Image.BICUBIC) if img.size != (w, h) else img
 

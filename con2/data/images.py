@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .decode import DataError, ImageChanged, decode_image, map_files, with_channels
+from .decode import DataError, ImageChanged, crop_corner, decode_image, map_files, with_channels
 from .split import to_nchw
 
 DAMAGED = (" (its header was read when the folder was loaded: its pixel data is damaged or it changed since; "
@@ -25,28 +25,13 @@ DAMAGED = (" (its header was read when the folder was loaded: its pixel data is 
 CHUNK_BYTES = 256 * 2**20
 
 
-def shorter_side_size(h: int, w: int, size: int) -> tuple[int, int]:
-    """(H', W') of torchvision's Resize(size) of an H x W image: the shorter side becomes size, the
-    longer one keeps the aspect ratio (truncated, as torchvision does)."""
-    if h <= w:
-        return size, int(size * w / h)
-    return int(size * h / w), size
-
-
-def _crop_corner(h: int, w: int, size: int) -> tuple[int, int]:
-    """(top, left) of the centred size x size square of an H x W image (torchvision's CenterCrop offsets)."""
-    if size > h or size > w:
-        raise DataError(f"--center-crop {size} is larger than the {w}x{h} px images; resize them first (--image-size)")
-    return int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-
-
 def center_crop_array(images, size: int | None):
     """The centred size x size square of uint8 [N, H, W, C] images (a FolderImages stays one)."""
     if size is None:
         return images
     if isinstance(images, FolderImages):
         return images.center_cropped(size)
-    top, left = _crop_corner(*images.shape[1:3], size)
+    top, left = crop_corner(*images.shape[1:3], size)
     return np.ascontiguousarray(images[:, top:top + size, left:left + size])
 
 
@@ -84,7 +69,7 @@ class FolderImages:
     def center_cropped(self, size: int | None) -> "FolderImages":
         if size is None:
             return self
-        _crop_corner(*self.hw, size)  # refuses a crop larger than the images, now rather than at first access
+        crop_corner(*self.hw, size)  # refuses a crop larger than the images, now rather than at first access
         return self._like(self.files, size)
 
     def _decode(self, path: str, hint: str = DAMAGED) -> np.ndarray:

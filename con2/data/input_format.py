@@ -59,7 +59,7 @@ class InputFormat:
         channel count (in_channels). Every image is: one that happens to have the crop's size is
         still resized first, as con2 predict would."""
         from .images import center_crop_array
-        from .loaders.common import resize_images
+        from .datasets import resize_images
 
         if images.shape[-1] != self.channels:
             images = np.stack([self.in_channels(im) for im in images])

@@ -2,7 +2,8 @@
 
 A sample's test-time views (con2.scoring) are drawn from a hash of (seed, view, role, its pixels),
 so its score does not depend on the other images it is scored with. The same key over a sample
-of an image's pixels was a run's training-data fingerprint ("hash" in con2.run.data_fingerprint).
+of an image's pixels is the "hash" of a run's training-data fingerprint (con2.run.data_fingerprint;
+kept so that runs saved before its "pixels" key are still checked).
 Integer maths only: equal on every device.
 """
 from __future__ import annotations

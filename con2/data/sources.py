@@ -1,8 +1,9 @@
 """Batch sources: where each training step's 2KN views come from.
 
 A source yields, for a given epoch, view tensors in the con2 layout (see
-con2.losses.view_labels) for this process's share of each global batch. Sources are
-deterministic given (seed, epoch), so training resumes mid-epoch exactly.
+con2.losses.view_labels) for this process's share of each global batch. The tensor and worker
+sources are deterministic given (seed, epoch), so training resumes mid-epoch exactly; DALI's
+draws other (equally distributed) views after a resume (con2.data.dali).
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ class OneClassSplit:
 
     train: normal samples of the train split only. val: normal samples of the val split
     (threshold calibration; may be empty). test: the whole test split.
-    files_*: source file paths for folder data sets (None for array data sets).
+    train_files / test_files: source file paths for folder data sets (None for array data sets; a
+    folder's val files are in meta["val_files"], an npz's rows in `sources`).
     A part is a numpy array, or for an image folder larger than memory a con2.data.images.FolderImages
     (same dtype / shape / indexing, decoded on access; see `in_memory`).
     """

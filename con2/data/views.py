@@ -55,6 +55,10 @@ class ViewParams:
     order: torch.Tensor  # [M, 4] permutation of the four jitter ops
     gray: torch.Tensor  # [M] bool
 
+    def __getitem__(self, rows: slice) -> "ViewParams":
+        """The parameters of views `rows` (a chunk of the M views)."""
+        return ViewParams(self.boxes[rows], self.hflip[rows], self.factors[rows], self.order[rows], self.gray[rows])
+
 
 # Columns of the one uniform draw per view that every random parameter is derived from (one
 # launch instead of ~15 on the GPU; the derivation is elementwise, so torch.compile fuses it).
@@ -261,10 +265,6 @@ def _views_float(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig, dense_
 CPU_CHUNK_BYTES = 1 << 23
 
 
-def _chunk_views(params: ViewParams, sl: slice) -> ViewParams:
-    return ViewParams(params.boxes[sl], params.hflip[sl], params.factors[sl], params.order[sl], params.gray[sl])
-
-
 def apply_views(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig, dtype=torch.float32,
                 channels_last: bool = False) -> torch.Tensor:
     """uint8 [M,C,H,W] + per-view params -> normalised float views [M,C,size,size]."""
@@ -277,7 +277,7 @@ def apply_views(x_u8: torch.Tensor, params: ViewParams, cfg: ViewConfig, dtype=t
     out = torch.empty((m, c, cfg.size, cfg.size), dtype=dtype, device=x_u8.device).contiguous(memory_format=fmt)
     for i in range(0, m, chunk):
         sl = slice(i, i + chunk)
-        out[sl] = _views_float(x_u8[sl], _chunk_views(params, sl), cfg, dense_hue=False)
+        out[sl] = _views_float(x_u8[sl], params[sl], cfg, dense_hue=False)
     return out
 
 
@@ -324,7 +324,7 @@ class TensorViewPipeline:
     `native`: None = the native simclr_views kernel where con2.ops.native_views says so (CPU
     with the extension built, CUDA too unless CON2_CUDA_VIEWS=compiled); True / False force it / the torch ops.
     `compile`: None = torch.compile, on CUDA inputs, the view function of the torch-ops path and
-    the derivation of the random parameters (both paths); eager elsewhere, and eager again if
+    the native path's derivation of the random parameters; eager elsewhere, and eager again if
     compiling fails. True/False force it.
     """
 

@@ -59,6 +59,15 @@ def native_status() -> dict[str, dict[str, bool]]:
     return status
 
 
+def cuda_kernel_choices() -> dict[str, object]:
+    """The CUDA kernels the environment picked (CON2_CUDA_LOSS, CON2_CUDA_GRAPHS,
+    CON2_CUDA_MAHALANOBIS), for `con2 info`; empty without the CUDA extension."""
+    if not native_available("cuda"):
+        return {}
+    return {"loss": _native.CUDA_LOSS_KERNEL, "graphs": _native.CUDA_GRAPHS,
+            "mahalanobis": _native.CUDA_MAHALANOBIS_KERNEL}
+
+
 def native_views_kernel(device: torch.device | str) -> bool:
     """True when the extension has a simclr_views kernel for `device`."""
     return _native is not None and _native.has_kernels(torch.device(device).type, "simclr_views")

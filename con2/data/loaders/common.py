@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ...config import resolve_val_fraction
-from ..decode import DataError
-from ..images import center_crop_array, shorter_side_size
+from ..decode import DataError, shorter_side_size
+from ..images import center_crop_array
 from ..split import OneClassSplit
 
 

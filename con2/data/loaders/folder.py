@@ -191,7 +191,8 @@ def load_folder(cfg) -> OneClassSplit:
     cfg.normal_class names one or more class folders. Without train/ and test/ the seeded split of
     con2.data.datasets' docstring is used (normals split, the other classes all to test). Images are decoded
     with Pillow (DICOM with pydicom, con2.data.decode): all grayscale -> 1 channel, any colour image ->
-    every image RGB. With cfg.image_size every image is resized to that square (bicubic, aspect not kept); without it all images must
+    every image RGB. With cfg.image_size every image is resized to that square (bicubic, aspect not kept, or
+    with --resize shorter-side scaled on the shorter side and centre-cropped); without it all images must
     already share one size. Unreadable files raise a DataError naming the file, or with
     cfg.skip_bad_files are dropped and counted in meta["skipped_files"].
 
