@@ -68,8 +68,8 @@ class NotFittedError(SklearnNotFittedError):
 
 
 def shaped_nhwc(X, resize=None, name: str = "X") -> np.ndarray:
-    """as_nhwc(X), then `resize` (a function that resizes images to one size, or None). A list or tuple of images of
-    different sizes is taken one image at a time when there is a `resize` to bring them to one."""
+    """as_nhwc(X), then `resize` (a function that resizes images to one size, or None). A list or
+    tuple of images of different sizes is taken one image at a time when there is a `resize`."""
     if resize is not None and isinstance(X, (list, tuple)) and len({tuple(np.shape(x)) for x in X}) > 1:
         parts = [resize(as_nhwc([x], f"{name}[{i}]", resized=True)) for i, x in enumerate(X)]
         odd = next((i for i, p in enumerate(parts) if p.shape[1:] != parts[0].shape[1:]), None)
@@ -316,7 +316,7 @@ class Con2Detector(BaseEstimator):
                   "normal_classes": [str(split.class_names.get(c, c)) for c in split.normal_classes]}
         # the Scorer of con2 predict --run / evaluate, so that the bundle scores as they do
         scorer = scorer_for_run(model, cfg, split, views, (scorer,), aggregate, seed, score_batch_size, bank_dtype,
-                            progress, crop_scale)
+                                progress, crop_scale)
         return det._adopt(scorer, split.val, det._checked_target_fpr(), InputFormat.of_run(cfg, split), run_dir, source)
 
     def _adopt(self, scorer: Scorer, calibration, target_fpr: float, input_format, run_dir,

@@ -81,8 +81,9 @@ def check_view_options(views, crop_scale, aggregate: str = "mean", views_flag: s
                          f"view of each image); drop {crop_flag}, or give {views_flag}2 or more")
     if aggregate != "mean":
         sep = " " if aggregate_flag.startswith("--") else ""
-        raise ValueError(f"{aggregate_flag}{sep}{aggregate} combines the scores of test-time views, but {views_flag}0 "
-                         f"makes one (a plain view of each image); drop {aggregate_flag}, or give {views_flag}2 or more")
+        raise ValueError(f"{aggregate_flag}{sep}{aggregate} combines the scores of test-time views, but "
+                         f"{views_flag}0 makes one (a plain view of each image); drop {aggregate_flag}, or give "
+                         f"{views_flag}2 or more")
 
 
 def class_name(split: OneClassSplit, c) -> str:
@@ -91,8 +92,8 @@ def class_name(split: OneClassSplit, c) -> str:
 
 
 def scorer_for_run(model, cfg: TrainConfig, split: OneClassSplit, views: int = 40, scorers: Iterable[str] = SCORERS,
-               aggregate: str = "mean", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
-               progress: bool = True, crop_scale: tuple[float, float] | None = None) -> Scorer:
+                   aggregate: str = "mean", seed: int = 0, batch_size: int = 256, bank_dtype: str = "float32",
+                   progress: bool = True, crop_scale: tuple[float, float] | None = None) -> Scorer:
     """A Scorer with the train bank of `split` encoded by `model` under the run's views and contexts
     (the test-time crops' area range set by `crop_scale`, see scoring_view_config)."""
     check_view_options(views, crop_scale, aggregate)
@@ -116,7 +117,7 @@ def evaluate_model(model, cfg: TrainConfig, split: OneClassSplit, views: int = 4
         raise ValueError(f"{split.name}: the test split needs normal and anomalous samples to be evaluated")
     t0 = time.perf_counter()
     scorer = scorer_for_run(model, cfg, split, views, scorers, aggregate, seed, batch_size, bank_dtype, progress,
-                        crop_scale)
+                            crop_scale)
     per_view = scorer.score_views(split.test, scorers)
     val_scores = scorer.score(split.val, scorers) if len(split.val) else None
     # numpy scalars (a sweep's np.arange views) as Python numbers: the metrics are written as JSON
@@ -225,7 +226,7 @@ def score_split(run_dir: str | Path, part: str = "test", scorer: str = "nnd", vi
                       "scores sit lower than any unseen image's (with --views 0 each finds itself, nnd -1), so "
                       "they are no reference for thresholds or plots; --split val scores held-out normal images")
     per_view = scorer_for_run(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
-                          crop_scale).score_views(images)[scorer]
+                              crop_scale).score_views(images)[scorer]
     return SplitScores(part, scorer, aggregate, aggregate_views(per_view, aggregate).numpy(), per_view.numpy(),
                        labels, classes, files)
 

@@ -177,7 +177,7 @@ def predict_files(run_dir, inputs, scorer: str = "nnd", views: int = 40, aggrega
 
     def scorer_and_threshold():
         s = scorer_for_run(model, cfg, split, views, (scorer,), aggregate, seed, batch_size, bank_dtype, progress,
-                       crop_scale)
+                           crop_scale)
         t = threshold if threshold is not None else calibrate_threshold(s.score(split.val)[scorer].numpy(), target_fpr)
         return (lambda images: s.score(images)[scorer].numpy()), t
 

@@ -2,8 +2,9 @@
 saved weights with the settings they were trained with, and a fingerprint of the training images.
 
 Layout (written by con2.train): config.json, metrics.jsonl, checkpoint.pt (written while training,
-kept at the end for --resume / --epochs more), and at the end model.safetensors + model.json. Everything that reads a run (evaluate, score, predict, report,
-the detector) goes through load_run, which refuses weights of another run.
+kept at the end for --resume / --epochs more), and at the end model.safetensors + model.json.
+Everything that reads a run (evaluate, score, predict, report, the detector) goes through load_run,
+which refuses weights of another run.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`con2 score`, `evaluate`, `predict`, `export`, `sweep`, `report`: parsing and the commands' defaults (output names, a sweep's classes); the work is in the API."""
+"""`con2 score`, `evaluate`, `predict`, `export`, `sweep`, `report`: parsing and the commands' defaults
+(output names, a sweep's classes); the work is in the API."""
 from __future__ import annotations
 
 import argparse
