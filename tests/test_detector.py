@@ -638,3 +638,13 @@ def test_a_crop_scale_under_one_pixel_is_refused_before_training():
     images gave whole-image views, the opposite of the small crops asked for."""
     with pytest.raises(ValueError, match=r"crop scale 0.0001 of a 12x12 px image is under one pixel"):
         _tiny(crop_scale=(1e-4, 1e-3), epochs=10**6).fit(blobs(30, 0, True))
+
+
+def test_the_calibration_images_are_held_out_of_training_and_of_the_bank():
+    """An in-sample threshold sits too low (FPR on new normals above target_fpr); only the shape of
+    decision_scores_ was checked (mutation QA: training on every image passed)."""
+    x = np.random.default_rng(0).integers(0, 256, size=(20, 12, 12), dtype=np.uint8)
+    det = Con2Detector(epochs=1, width=4, batch_size=8, views=0, scorer="nnd", progress=False, target_fpr=0.1,
+                       calibration_fraction=0.2, device="cpu").fit(x)
+    assert det.bank_.nnd.shape[1] == 16 and det.decision_scores_.shape == (4,)
+    assert (det.decision_scores_ > -1 + 1e-4).all()  # no calibration image finds itself in the bank

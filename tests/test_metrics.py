@@ -88,3 +88,17 @@ def test_fpr95_is_exact_when_tied_scores_make_the_roc_curve_straight():
     for bad in (0.0, 1.5, float("nan")):  # was an IndexError from deep inside for 1.5
         with pytest.raises(ValueError, match="tpr must be in"):
             fpr_at_tpr(y, s, bad)
+
+
+def test_aupr_takes_the_anomalies_as_the_positive_class():
+    """The only AUPR test ranked perfectly, where either class as positive gives 1 (mutation QA)."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.array([1, 0, 0, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    assert aupr(y, s) == pytest.approx((1 / 1 + 2 / 4) / 2)  # anomalies at ranks 1 and 4
+    assert aupr(y, s) == pytest.approx(average_precision_score(y, s))
+
+
+def test_false_positive_rate_counts_scores_strictly_above_the_threshold():
+    assert false_positive_rate([1.0, 2.0, 3.0], 2.0) == pytest.approx(1 / 3)

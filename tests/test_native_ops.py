@@ -831,3 +831,19 @@ def test_cuda_con2_loss_steps_with_a_new_alpha_never_stall_the_host():
         torch.cuda.set_sync_debug_mode("default")
     want, _, _ = _con2_reference_grads(zc, zs, cl, sid, alpha=0.3)
     torch.testing.assert_close(native.con2_loss(zc.detach(), zs.detach(), cl, sid, 0.3), want, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_top1_over_several_bank_blocks_equals_one_block_and_ties_go_to_the_lowest_index():
+    """The reference (the fallback without a kernel) splits banks over ~65k rows into blocks; every
+    other test used one block, so a wrong block offset, norm or tie rule went unseen (mutation QA)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(7, 16, generator=g)
+    b = torch.randn(100, 16, generator=g) * (0.5 + torch.rand(100, 1, generator=g))  # rows of different norms
+    b[95] = b[3] * 2.0  # the same direction again, in a later block
+    q[0] = b[3]
+    one_block = reference.top1_cosine(q, b)
+    blocks = reference.top1_cosine(q, b, chunk_bytes=7 * 4 * 10)  # 10 bank rows per block
+    want = F.normalize(q, dim=1) @ F.normalize(b, dim=1).T
+    torch.testing.assert_close(blocks[0], want.max(1).values, atol=1e-6, rtol=0)
+    torch.testing.assert_close(blocks[0], one_block[0])
+    assert torch.equal(blocks[1], one_block[1]) and blocks[1][0].item() == 3

@@ -548,3 +548,108 @@ def _mix32_reference(x: int) -> int:
     from con2.data.keys import _mix32
 
     return int(_mix32(torch.tensor(x)))
+
+
+def test_ledoit_wolf_clips_the_shrinkage_at_one_as_sklearn():
+    """Nearly isotropic features with n >> d: unclipped, the shrinkage is 1.37 and the covariance
+    -0.37 S + 1.37 mu I (mutation QA: the test at n=40, d=30 has 0.92 and cannot tell)."""
+    from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
+
+    z = torch.randn(200, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    want_cov, want_shrinkage = sklearn_ledoit_wolf(z.numpy())
+    assert want_shrinkage == 1.0  # the case under test
+    _, cov, shrinkage = ledoit_wolf(z)
+    assert shrinkage == pytest.approx(1.0)
+    np.testing.assert_allclose(cov.numpy(), want_cov, atol=1e-12)
+
+
+def test_feature_bank_lh_is_the_gaussian_nll_of_unit_features():
+    """S_LH over g/|g| (METHOD section 7) for train and query features alike: the LH tests fed Gaussian
+    rows of unit length already, so dropping either normalisation went unseen (mutation QA)."""
+    from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
+
+    from con2.scoring import ROLE_BANK, ROLE_QUERY
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (30, 1, 8, 8), dtype=torch.uint8, generator=g)
+    test = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8, generator=g)
+    contexts = ContextSet("invert")
+    encoder = ViewEncoder(lambda x: 50.0 * (x.flatten(1)[:, :6] + 3.0), IDENTITY_VIEWS, contexts,
+                          view_plan(0, contexts))  # raw features far from unit norm, of different norms
+    bank = FeatureBank.build(encoder, train, scorers=("lh",), log=lambda s: None)
+    got = bank.score_views(encoder, test, ("lh",))["lh"][:, 0].numpy()
+
+    def unit(f):
+        return (f / f.norm(dim=1, keepdim=True)).double().numpy()
+
+    train_f = unit(encoder.encode(train, encoder.plan[0], ROLE_BANK))
+    test_f = unit(encoder.encode(test, encoder.plan[0], ROLE_QUERY))
+    cov, _ = sklearn_ledoit_wolf(train_f)
+    cov += np.eye(6) * 1e-6 * np.trace(cov) / 6  # the ridge of Gaussian.fit
+    want = -multivariate_normal(train_f.mean(0), cov).logpdf(test_f)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_bank_and_query_views_of_an_image_are_independent_draws():
+    """The role is part of each view's stream: without it an image scored against a bank holding it
+    (train images, duplicates) met its own identical views (mutation QA)."""
+    from con2.scoring import ROLE_BANK, ROLE_QUERY
+
+    contexts = ContextSet("invert")
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    encoder = ViewEncoder(lambda x: x.flatten(1), ViewConfig(size=8), contexts, view_plan(2, contexts), native=False)
+    view = encoder.plan[0]
+    assert not torch.allclose(encoder.encode(images, view, ROLE_BANK), encoder.encode(images, view, ROLE_QUERY))
+
+
+def test_evaluation_calibrates_on_val_and_rates_each_class_under_either_aggregate(monkeypatch):
+    """metrics.json's threshold block and --aggregate against a scorer of known per-view scores: the
+    threshold from the val normals (not the test or train ones), the FPR over the test normals, the
+    TPR over the anomalies, the AUROC of the aggregate asked for (mutation QA: none was checked)."""
+    import types
+
+    import con2.evaluate as evaluate
+    from con2.config import TrainConfig
+    from con2.data import OneClassSplit
+    from con2.metrics import auroc, calibrate_threshold
+
+    rng = np.random.default_rng(0)
+
+    def images(n):
+        return rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8)
+
+    split = OneClassSplit(name="t", train=images(20), test=images(40), val=images(20),
+                          test_labels=np.r_[np.zeros(20), np.ones(20)].astype(int))
+    test_scores = np.r_[np.arange(20.0), np.arange(20.0) + 10]  # normals 0..19, anomalies 10..29
+    val_scores = np.arange(20.0) + 0.1
+    per_view = {id(split.test): torch.from_numpy(np.c_[test_scores, np.r_[test_scores[:20] + 0.5, np.zeros(20)]]),
+                id(split.val): torch.from_numpy(np.c_[val_scores, val_scores + 0.5]),
+                id(split.train): torch.zeros(20, 2, dtype=torch.float64)}
+
+    def combined(part, how):
+        v = per_view[id(part)]
+        return (v.mean(1) if how == "mean" else v.max(1).values).numpy()
+
+    class KnownScores:
+        encoder = types.SimpleNamespace(view_cfg=types.SimpleNamespace(scale=(0.08, 1.0)), device="cpu")
+
+        def __init__(self, how):
+            self.how = how
+
+        def score_views(self, images, scorers=None):
+            return {"nnd": per_view[id(images)]}
+
+        def score(self, images, scorers=None):
+            return {"nnd": torch.from_numpy(combined(images, self.how))}
+
+    for how in ("mean", "max"):
+        monkeypatch.setattr(evaluate, "scorer_for_run", lambda *a, _how=how, **k: KnownScores(_how))
+        m, _ = evaluate.evaluate_model(None, TrainConfig(dataset="digits"), split, views=2, scorers=("nnd",),
+                                       aggregate=how, target_fpr=0.1, progress=False)
+        test = combined(split.test, how)
+        assert m["nnd"]["auroc"] == pytest.approx(auroc(split.test_labels, test))
+        t = calibrate_threshold(combined(split.val, how), 0.1)
+        assert m["nnd"]["threshold"]["value"] == pytest.approx(t)
+        assert m["nnd"]["threshold"]["test_fpr"] == pytest.approx((test[:20] > t).mean())
+        assert m["nnd"]["threshold"]["test_tpr"] == pytest.approx((test[20:] > t).mean())
+        assert m["nnd"]["threshold"]["test_fpr"] == pytest.approx(0.1)  # 2 of the 20 test normals, as on val

@@ -1111,3 +1111,29 @@ def test_a_run_whose_data_file_moved_says_how_to_point_it_there(tmp_path):
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "data_file": str(tmp_path / "moved.npz")}))
     assert evaluate_run(run, views=0, device="cpu", progress=False)["nnd"]["auroc"] >= 0
+
+
+def test_the_optimizer_is_methods_adamw_with_the_configured_weight_decay(tmp_path):
+    """Only the config's values were checked, not the optimizer's (mutation QA: a fixed decay passed)."""
+    run = train(tiny_cfg(tmp_path / "wd", epochs=1, weight_decay=0.123), tiny_split(), progress=False)
+    group = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == pytest.approx(0.123) and tuple(group["betas"]) == (0.9, 0.999)
+
+
+@pytest.mark.parametrize("objective", ["con2", "context", "content", "simclr"])
+def test_each_objective_is_supcon_over_its_head_and_labels(objective):
+    """The ablations' wiring of heads and labels (the test above checks only which loss is called)."""
+    from con2.losses import view_labels
+    from con2.ops import reference
+    from con2.train import objective_loss
+
+    g = torch.Generator().manual_seed(0)
+    z_context, z_content = (torch.nn.functional.normalize(torch.randn(12, 8, generator=g, dtype=torch.float64), dim=1)
+                            for _ in range(2))
+    context_labels, sample_ids = view_labels(3, 2)
+    got = objective_loss(TrainConfig(objective=objective), z_context, z_content, context_labels, sample_ids, 0.3)
+    on_context = reference.supcon_loss(z_context, context_labels)
+    on_content = reference.supcon_loss(z_content, sample_ids)
+    want = {"con2": on_context + 0.3 * on_content, "context": on_context, "content": on_content,
+            "simclr": on_content}[objective]
+    assert got.item() == pytest.approx(want.item(), rel=1e-9)

@@ -656,3 +656,32 @@ def test_dali_decodes_a_shorter_side_resize_like_the_loader(dali, tmp_path):
     # the framing and size exactly the loader's (fn.resize's resize_shorter rounded the longer side,
     # fn.crop its anchor: 0.076 apart); DALI's cubic filter is not Pillow's (grey levels)
     assert (got - want).abs().mean() < 0.01
+
+
+def test_view_defaults_are_methods_simclr_set_and_reach_its_bounds():
+    """METHOD section 3's augmentations: the factors were only checked to stay inside their ranges,
+    so a weaker jitter passed (mutation QA)."""
+    cfg = V.ViewConfig(size=32)
+    assert cfg.scale == (0.08, 1.0) and cfg.ratio == (3 / 4, 4 / 3) and cfg.hflip_p == 0.5
+    assert cfg.jitter == (0.4, 0.4, 0.4, 0.1) and cfg.jitter_p == 0.8 and cfg.gray_p == 0.2
+    assert cfg.mean == 0.5 and cfg.std == 0.5
+    p = V.sample_view_params(20000, 32, 32, cfg, torch.Generator().manual_seed(0), "cpu")
+    jittered = p.factors[(p.factors != torch.tensor([1.0, 1.0, 1.0, 0.0])).any(1)]
+    torch.testing.assert_close(jittered.min(0).values, torch.tensor([0.6, 0.6, 0.6, -0.1]), atol=2e-3, rtol=0)
+    torch.testing.assert_close(jittered.max(0).values, torch.tensor([1.4, 1.4, 1.4, 0.1]), atol=2e-3, rtol=0)
+
+
+def test_crops_reach_every_edge_as_torchvisions():
+    """torchvision draws a crop's top from 0..H-h inclusive: a draw from 0..H-h-1 never touched the
+    bottom or right edge and passed (mutation QA)."""
+    p = V.sample_view_params(20000, 20, 20, V.ViewConfig(size=8), torch.Generator().manual_seed(0), "cpu")
+    top, left, h, w = p.boxes.unbind(1)
+    assert ((top + h == 20) & (h < 20)).any() and ((left + w == 20) & (w < 20)).any()
+    assert (top == 0).any() and (left == 0).any()
+
+
+def test_the_plain_view_resize_is_torchvisions_antialiased_one():
+    """--views 0's one view of an image of another size (mutation QA: no antialiasing passed)."""
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    want = (TF.resize(x.float() / 255, [12, 12], antialias=True) - 0.5) / 0.5
+    torch.testing.assert_close(V.normalize_only(x, V.ViewConfig(size=12)), want, atol=1e-5, rtol=0)
