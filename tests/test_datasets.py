@@ -817,3 +817,16 @@ def test_a_val_fraction_asked_for_gives_at_least_one_val_normal(tmp_path):
     check_split(s, 35, 0, 25, 10)  # none asked for: none
     s = load_split(cfg(dataset="digits", val_fraction=0.001))
     assert len(s.val) == 1  # the normal digit's own share
+
+
+def test_the_seeded_split_rounds_its_test_share_and_sends_every_anomaly_to_test():
+    """round(test_fraction * n) normals to test (a floor passed: only an unrelated test saw it, by chance)."""
+    from con2.data.loaders.common import seeded_normal_split
+
+    labels = np.array([0] * 10 + [1] * 4)
+    parts = seeded_normal_split(labels, (0,), cfg(dataset="npz", test_fraction=0.27))  # 2.7 normals: 3
+    assert (labels[parts["test"]] == 0).sum() == 3 and len(parts["train"]) == 7 and len(parts["val"]) == 0
+    assert set(np.flatnonzero(labels == 1)) <= set(parts["test"])
+    assert sorted(np.concatenate(list(parts.values()))) == list(range(14))  # each index in one part
+    parts = seeded_normal_split(labels, (0,), cfg(dataset="npz", test_fraction=0.27, val_fraction=0.16))
+    assert (len(parts["train"]), len(parts["val"]), (labels[parts["test"]] == 0).sum()) == (5, 2, 3)  # 1.6 val: 2
