@@ -442,9 +442,10 @@ def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool =
     return run_dir
 
 
-def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Path:
-    cfg.validate()
-    device, rank, world, local_rank = _init_distributed(cfg)
+def _check_out(cfg: TrainConfig, resume: bool, rank: int) -> tuple[Path, Path, bool]:
+    """(run_dir, checkpoint path, whether a checkpoint is continued) after the checks of --out that
+    need no data: a file, a dangling link, an unwritable folder, a run there already (or none to
+    resume), files con2 did not write, a run trained with other settings."""
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():  # found now, not as an OS error after loading the data
         raise FileExistsError(f"--out {run_dir} is a file; give the folder to write the run into")
@@ -465,16 +466,17 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
         _refuse_foreign_files(run_dir)
     elif (run_dir / "config.json").is_file():  # before its data loads: another --dataset is named as such
         _refuse_another_run(read_json(run_dir / "config.json"), cfg, run_dir / "config.json")
-    if split is None:  # a run being continued keeps the split it was trained on
-        split = split_as_trained(cfg) if continuing else load_split(cfg)
-    views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
-    fingerprint = data_fingerprint(split)
-    per_step = min(cfg.batch_size, fingerprint["count"])  # the sources cap a batch at the data's size
+    return run_dir, ckpt_path, continuing
+
+
+def _check_step_split(cfg: TrainConfig, count: int, world: int, rank: int) -> None:
+    """A step of min(batch size, `count` training images) samples: warned of when the data caps it,
+    refused when it does not split evenly over the `world` DDP processes."""
+    per_step = min(cfg.batch_size, count)  # the sources cap a batch at the data's size
     if per_step < cfg.batch_size and rank == 0:
         warnings.warn(f"--batch-size {cfg.batch_size} is more than the {per_step} training images: each step takes "
                       f"all {per_step}")
     if per_step % world:  # the ranks all-gather their projections in equal parts
-        count = fingerprint["count"]
         if cfg.batch_size <= count:
             fix = f"give a --batch-size that is a multiple of {world}"
         elif count >= world:  # the step is the data's size: another multiple of world would not help
@@ -484,6 +486,48 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
             fix = "there are fewer training images than processes"
         raise ValueError(f"a training step of {per_step} samples (--batch-size {cfg.batch_size}, "
                          f"{count} training images) cannot be split over {world} DDP processes: {fix}")
+
+
+def _pick_pipeline(cfg: TrainConfig, split, device: torch.device, ckpt: dict | None, rank: int, say) -> str:
+    """The view pipeline: --pipeline, or for auto the one a resumed run made its views with so far
+    (auto depends on this host's memory), else the one auto picks here, said."""
+    pipeline = (ckpt or {}).get("pipeline") if cfg.pipeline == "auto" else None
+    pipeline = pipeline or resolve_pipeline(cfg.pipeline, split, device)
+    if cfg.pipeline == "auto":
+        say(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
+    if rank == 0 and ckpt is not None:
+        _warn_if_views_change(ckpt, pipeline, device)
+    if rank == 0 and pipeline != "workers" and cfg.workers != TrainConfig.workers:
+        warnings.warn(f"--workers {cfg.workers} applies to the workers pipeline; the {pipeline} pipeline makes "
+                      "these views")
+    return pipeline
+
+
+def _open_run_folder(cfg: TrainConfig, run_dir: Path, ckpt: dict | None, resume: bool, hold) -> None:
+    """Make and lock the run folder (the lock held through `hold`), refuse one another training wrote
+    since the checks, write config.json and drop the metrics lines past the checkpoint continued."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"--out {run_dir}: cannot make the folder ({exc.strerror or exc})") from exc
+    hold(folder_lock(run_dir, "con2 train"))
+    if (run_dir / CHECKPOINT_FILE).exists() != (ckpt is not None) or (not resume and run_finished(run_dir)):
+        raise FileExistsError(f"{run_dir} was written by another training since this one started; "
+                              "pass --resume to continue it or pick another --out")
+    write_text(run_dir / "config.json", cfg.with_absolute_paths().to_json())
+    # a fresh start (no checkpoint yet) drops every line of an earlier attempt
+    _drop_metrics_after(run_dir / "metrics.jsonl", int(ckpt["global_step"]) if ckpt is not None else 0)
+
+
+def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Path:
+    cfg.validate()
+    device, rank, world, local_rank = _init_distributed(cfg)
+    run_dir, ckpt_path, continuing = _check_out(cfg, resume, rank)
+    if split is None:  # a run being continued keeps the split it was trained on
+        split = split_as_trained(cfg) if continuing else load_split(cfg)
+    views_cfg = view_config(cfg, split)  # refuses unusable image sizes before any file is written
+    fingerprint = data_fingerprint(split)
+    _check_step_split(cfg, fingerprint["count"], world, rank)
     ckpt = _read_checkpoint(ckpt_path, cfg, fingerprint) if continuing else None
     torch.manual_seed(cfg.seed)
     say = print if progress and rank == 0 else (lambda *a, **k: None)
@@ -503,16 +547,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     amp = cfg.amp and on_gpu  # bf16 autocast on the GPU; float32 on the CPU
     if cfg.amp and not on_gpu and rank == 0:  # a warning: --quiet must not hide that the flag is not applied
         warnings.warn("--amp: bf16 autocast is used on the GPU only; training in float32 on the CPU")
-    # auto depends on this host's memory: a resumed run keeps the pipeline that made its views so far
-    pipeline = (ckpt or {}).get("pipeline") if cfg.pipeline == "auto" else None
-    pipeline = pipeline or resolve_pipeline(cfg.pipeline, split, device)
-    if cfg.pipeline == "auto":
-        say(f"--pipeline auto: the {pipeline} pipeline makes the views", flush=True)
-    if rank == 0 and ckpt is not None:
-        _warn_if_views_change(ckpt, pipeline, device)
-    if rank == 0 and pipeline != "workers" and cfg.workers != TrainConfig.workers:
-        warnings.warn(f"--workers {cfg.workers} applies to the workers pipeline; the {pipeline} pipeline makes "
-                      "these views")
+    pipeline = _pick_pipeline(cfg, split, device, ckpt, rank, say)
     source = make_batch_source(pipeline, split, contexts, views_cfg, cfg.batch_size, cfg.seed,
                                device, channels_last=on_gpu, rank=rank, world=world, workers=cfg.workers)
     if resume and ckpt is None:  # a log past the first checkpoint: one was written, and is gone
@@ -524,17 +559,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
     if ckpt is not None:  # before any file is written: weights that do not fit leave the run as it was
         _load_training_state(ckpt, ckpt_path, model, optimizer)
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OSError(f"--out {run_dir}: cannot make the folder ({exc.strerror or exc})") from exc
-        hold(folder_lock(run_dir, "con2 train"))
-        if ckpt_path.exists() != (ckpt is not None) or (not resume and run_finished(run_dir)):
-            raise FileExistsError(f"{run_dir} was written by another training since this one started; "
-                                  "pass --resume to continue it or pick another --out")
-        write_text(run_dir / "config.json", cfg.with_absolute_paths().to_json())
-        # a fresh start (no checkpoint yet) drops every line of an earlier attempt
-        _drop_metrics_after(run_dir / "metrics.jsonl", int(ckpt["global_step"]) if ckpt is not None else 0)
+        _open_run_folder(cfg, run_dir, ckpt, resume, hold)
     steps_per_epoch = source.steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     n_contexts = source.pipeline.n_contexts if hasattr(source, "pipeline") else (len(contexts) if contexts else 1)
