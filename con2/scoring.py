@@ -50,6 +50,7 @@ from .data.contexts import ContextSet
 from .data.keys import image_keys, keyed_uniforms, view_stream
 from .data.images import ImageSet
 from .data.views import N_UNIFORMS, ViewConfig, ViewParams, apply_views, normalize_only, view_params_from_uniforms
+from .progress import progress as progress_bar
 
 BANK_DTYPES = {name: getattr(torch, name) for name in BANK_DTYPE_NAMES}
 ROLE_BANK, ROLE_QUERY = 0, 1
@@ -94,17 +95,6 @@ def view_plan(views: int, contexts: ContextSet | None) -> list[View]:
         return [View(i, 0, True) for i in range(views)]
     half = views // 2
     return [View(i, 0 if i < half else 1, True) for i in range(views)]
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    """A bar on a terminal only: into a log file its carriage returns make one ever-growing line
-    (and the next message lands on it), so a log gets one plain line saying what starts;
-    disable=None is tqdm's "not a terminal"."""
-    from tqdm.auto import tqdm
-
-    if enabled and not sys.stderr.isatty():
-        print(f"{desc}: {total:,} image views", file=sys.stderr, flush=True)
-    return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False, file=sys.stderr)
 
 
 class ViewEncoder:
@@ -389,7 +379,7 @@ class FeatureBank:
         nnd = norms = None
         moments = [GaussianMoments() for _ in encoder.plan] if "lh" in scorers else None
         unit_sums = [0.0] * a  # per view, the float64 sum of the unit rows (the collapse check)
-        with _progress(n * a, "encoding train bank", encoder.progress) as pbar:
+        with progress_bar(n * a, "encoding train bank", encoder.progress) as pbar:
             for start, x in train.chunks(chunk_rows or train.chunk_rows(encoder.batch_size)):
                 keys = image_keys(x)  # on the host: the same keys, whatever the device
                 x = x.to(encoder.device)
@@ -433,7 +423,7 @@ class FeatureBank:
         images.expect(channels=shape and shape[0], size=shape and shape[1:])
         q, a = len(images), len(self.plan)
         out = {s: torch.empty((q, a), dtype=torch.float64) for s in scorers}
-        with _progress(q * a, "scoring", encoder.progress) as pbar:
+        with progress_bar(q * a, "scoring", encoder.progress) as pbar:
             for start, x in images.chunks(chunk_rows or images.chunk_rows(encoder.batch_size)):
                 keys = image_keys(x)  # on the host: the same keys, whatever the device
                 x = x.to(encoder.device)

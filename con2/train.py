@@ -33,6 +33,7 @@ from .distributed import convert_batchnorm
 from .files import folder_lock, nearest_folder, read_json, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
+from .progress import PLAIN_EVERY_S, duration_text
 from .run import (build_model, context_set, data_fingerprint, fingerprints_differ, identity_mismatch, resolve_device,
                   run_finished, save_model, split_as_trained, view_config)
 
@@ -255,18 +256,21 @@ def _drop_metrics_after(path: Path, global_step: int) -> None:
 # --------------------------------------------------------------------------- training
 
 class _Interrupt:
-    """Ctrl-C (SIGINT) and SIGTERM ask training to stop after the current step, which then
-    checkpoints: a signal arriving mid-step (after the forward pass moved the BatchNorm statistics,
-    or halfway through the optimizer's update) would otherwise save a state that no uninterrupted
-    run passes through. A second signal leaves at once, keeping the last checkpoint."""
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed; not under nohup, which ignores it)
+    ask training to stop after the current step, which then checkpoints: a signal arriving mid-step
+    (after the forward pass moved the BatchNorm statistics, or halfway through the optimizer's
+    update) would otherwise save a state that no uninterrupted run passes through. A second signal
+    leaves at once, keeping the last checkpoint."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
     def __enter__(self):
         self.requested, self.pid = False, os.getpid()
         self.old = {}
         try:
             for sig in self.SIGNALS:
+                if sig not in (signal.SIGINT, signal.SIGTERM) and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # nohup's SIGHUP: ignored, as it asked
                 self.old[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: signals go to the main thread anyway
@@ -368,7 +372,7 @@ class _StepLog:
     file (a batch job's) it is a plain line at most every PLAIN_PROGRESS_S seconds, as a bar's
     carriage returns would make one ever-growing line there."""
 
-    PLAIN_PROGRESS_S = 60.0
+    PLAIN_PROGRESS_S = PLAIN_EVERY_S
 
     def __init__(self, run_dir: Path, total: int, initial: int, rank: int, progress: bool):
         self.file = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
@@ -407,7 +411,7 @@ class _StepLog:
             done = global_step - self.step0
             eta = (self.total - global_step) * (now - self.t_start) / max(done, 1)
             print(f"step {global_step}/{self.total} ({100 * global_step / self.total:.1f}%), epoch {epoch}, "
-                  f"loss {loss:.4f}, lr {lr:.3g}, {rate:.0f} views/s, {_duration(eta)} left",
+                  f"loss {loss:.4f}, lr {lr:.3g}, {rate:.0f} views/s, {duration_text(eta)} left",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -415,12 +419,6 @@ class _StepLog:
             self.bar.close()
         if self.file:
             self.file.close()
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool = True,

@@ -100,17 +100,32 @@ def test_train_names_an_ignored_data_root_a_file_as_out_and_a_folders_classes(tm
         "--dataset folder needs --normal-class (one or more class folder names); available: a, b")
 
 
-def test_sigterm_outside_trainings_step_loop_stops_the_command_like_ctrl_c():
+def test_sigterm_outside_trainings_step_loop_stops_the_command_like_ctrl_c(capsys, monkeypatch):
     """SIGTERM while data loaded or the last checkpoint was written killed the process (exit 143,
-    no message); the docs promise 130, as for Ctrl-C."""
+    no message); the docs promise 130, as for Ctrl-C. A stopped command said nothing in its log, and
+    SIGHUP (the terminal closed) killed it at once, unless nohup ignored it."""
     import signal
 
     from con2.cli.main import _run
 
-    before = signal.getsignal(signal.SIGTERM)
-    args = argparse.Namespace(command="train", func=lambda a: os.kill(os.getpid(), signal.SIGTERM))
-    assert _run(args) == 130
-    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone with it
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        args = argparse.Namespace(command="evaluate", func=lambda a, _s=sig: os.kill(os.getpid(), _s))
+        assert _run(args) == 130
+        assert capsys.readouterr().err == f"con2 evaluate: stopped by {sig.name}\n"
+        assert {s: signal.getsignal(s) for s in before} == before  # the command's handlers are gone with it
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert _run(argparse.Namespace(command="score", func=interrupted)) == 130
+    assert capsys.readouterr().err == "con2 score: interrupted\n"
+    # under nohup SIGHUP stays ignored: the command goes on when the terminal closes
+    monkeypatch.setattr(signal, "getsignal", lambda s: signal.SIG_IGN if s == signal.SIGHUP else before[s])
+    seen = {}
+    monkeypatch.setattr(signal, "signal", lambda s, handler: seen.setdefault(s, handler))
+    assert _run(argparse.Namespace(command="train", func=lambda a: 0)) == 0
+    assert signal.SIGHUP not in seen and signal.SIGTERM in seen
 
 
 def test_the_native_extension_is_built_where_make_test_requires_it():
@@ -140,17 +155,29 @@ def _tiny_folder(root):
 
 
 def test_train_survives_its_reader_leaving_and_quotes_the_resume_command(tmp_path):
-    """`con2 train ... | head -1` ended the training with a BrokenPipeError once the pipe closed; the
-    'Continue with' hint was not quoted for a folder name with a space."""
+    """`con2 train ... | head -1` ended the training with a BrokenPipeError once the pipe closed; with
+    `2>&1 | head -1` (progress and warnings on standard error) it still did, silently, exit 1, no model;
+    evaluate, sweep, report, export and demo too. The 'Continue with' hint was not quoted for a
+    folder name with a space."""
     data = _tiny_folder(tmp_path / "data")
     out = tmp_path / "my run"
-    cmd = [sys.executable, "-c", "import sys; from con2.cli.main import main; sys.exit(main())", "train", *data,
-           "--epochs", "3", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    proc.stdout.readline()
-    proc.stdout.close()  # the reader leaves after the first line
-    assert proc.wait(timeout=300) == 0
+    cli = [sys.executable, "-c", "import sys; from con2.cli.main import main; sys.exit(main())"]
+    cmd = [*cli, "train", *data, "--val-fraction", "0.2", "--epochs", "3", "--out", str(out)]
+
+    def reader_leaves(command, lines=1):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(lines):
+            proc.stdout.readline()
+        proc.stdout.close()  # the reader leaves after the first line(s)
+        return proc.wait(timeout=300)
+
+    assert reader_leaves(cmd) == 0
     assert (out / "model.safetensors").exists()
+    assert reader_leaves([*cli, "evaluate", "--run", str(out), "--views", "2"]) == 0
+    assert (out / "metrics.json").exists()
+    assert reader_leaves([*cli, "export", "--run", str(out), "--views", "2", "--out", str(tmp_path / "d.safetensors")],
+                         lines=0) == 0
+    assert (tmp_path / "d.safetensors").exists()
     paused = subprocess.run(cmd[:-2] + ["--epochs", "400", "--out", str(out.with_name("p q")), "--time-limit", "1s",
                                         "--quiet"], capture_output=True, text=True, timeout=300)
     assert paused.returncode == 75, paused.stderr
@@ -258,3 +285,22 @@ def test_evaluate_says_a_target_fpr_it_cannot_use(tmp_path, capsys):
     assert main(["evaluate", "--run", str(run), "--views", "0", "--quiet", "--target-fpr", "0.1"]) == 0
     assert "warning: --target-fpr 0.1: the run has no val normals, so no threshold was calibrated" in \
         capsys.readouterr().err
+
+
+def test_long_work_reports_progress_into_a_log_and_quiet_silences_it(capsys, monkeypatch):
+    """Into a log file scoring said only what started: 15 minutes of silence for a large folder;
+    decoding a folder said nothing at all, and its bar showed on a terminal under --quiet."""
+    import con2.progress as progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # a line at every update, not once a minute
+    with progress.progress(4, "scoring") as bar:  # standard error is not a terminal here
+        for _ in range(4):
+            bar.update(1)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "scoring: 4 image views" and err[1].startswith("scoring: 1/4 image views (25%), ")
+    assert err[-1].startswith("scoring: 3/4 image views (75%)") and err[-1].endswith(" left") and len(err) == 4
+    with progress.silenced():
+        with progress.progress(4, "decoding", unit="images") as bar:
+            bar.update(4)
+    assert capsys.readouterr().err == ""
+    assert not progress._silenced  # only while the block runs

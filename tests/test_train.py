@@ -306,6 +306,25 @@ def test_a_forked_worker_leaves_ctrl_c_to_the_main_process(monkeypatch, capsys):
         assert interrupt.requested and capsys.readouterr().out.count("stopping") == 1
 
 
+def test_a_closed_terminal_stops_training_after_its_step_unless_nohup_ignores_it():
+    """SIGHUP ended training at once, losing the steps since the last checkpoint."""
+    import signal
+
+    from con2.train import _Interrupt
+
+    before = signal.getsignal(signal.SIGHUP)
+    with _Interrupt() as interrupt:
+        assert signal.getsignal(signal.SIGHUP) == interrupt._handle
+    assert signal.getsignal(signal.SIGHUP) is before
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+    try:
+        with _Interrupt() as interrupt:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == interrupt._handle
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_ctrl_c_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
     """SIGINT lands mid-step (the forward pass has moved the BatchNorm statistics): training stops
     at the step's end and checkpoints that, so resuming gives exactly the uninterrupted weights,

@@ -6,7 +6,13 @@ import sys
 import warnings
 
 from .. import __version__
-from .output import ReaderGone, names_on_stdout
+from ..progress import silenced
+from .output import ReaderGone, ReaderMayLeave, names_on_stdout
+
+# Commands whose result is a table on standard output: a reader leaving early ends them (exit 141,
+# write_output). The others' standard output carries progress and a summary after the work is saved,
+# which must not stop the work when its reader leaves (`con2 sweep ... | head`).
+TABLE_COMMANDS = ("score", "predict")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,20 +44,48 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
-def _stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # a job scheduler's stop, as Ctrl-C: files replaced whole or not at all, exit 130
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop) or SIGHUP (the terminal closed), taken as Ctrl-C: files are
+    replaced whole or not at all, training checkpoints, exit 130."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+
+
+def _stop_on_signal(signum, frame):
+    raise Stopped(signum)
+
+
+def _stop_signals() -> list:
+    """The signals a command stops on as on Ctrl-C; SIGHUP only where it is not ignored already
+    (`nohup con2 train ...` must go on when the terminal closes)."""
+    import signal
+
+    hangup = getattr(signal, "SIGHUP", None)
+    return [signal.SIGTERM] + ([hangup] if hangup and signal.getsignal(hangup) is signal.SIG_DFL else [])
 
 
 def _run(args) -> int:
     import signal
 
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # training's step loop sets its own
-    except ValueError:  # not the main thread (main() called from a worker thread): left as it is
-        previous = None
+        for sig in _stop_signals():  # training's step loop sets its own while it runs
+            previous[sig] = signal.signal(sig, _stop_on_signal)
+    except ValueError:  # not the main thread (main() called from a worker thread): left as they are
+        pass
+    streams = sys.stdout, sys.stderr
+    sys.stderr = ReaderMayLeave(sys.stderr)  # progress and warnings: `2>&1 | head` must not stop the work
+    if args.command not in TABLE_COMMANDS:
+        sys.stdout = ReaderMayLeave(sys.stdout)
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        with silenced(getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:  # a line for the log of a job that was stopped
+        print(f"con2 {args.command}: {f'stopped by {exc}' if isinstance(exc, Stopped) else 'interrupted'}",
+              file=sys.stderr, flush=True)
         return 130
     except ReaderGone:  # `con2 score ... | head`: the reader left, nothing is wrong
         return 141
@@ -67,8 +101,12 @@ def _run(args) -> int:
         print(f"con2 {args.command}: error: {what}", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, ReaderMayLeave):  # a table command's own stdout: write_output's
+                stream.flush()
+        sys.stdout, sys.stderr = streams
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

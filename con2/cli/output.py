@@ -2,6 +2,7 @@
 may leave early (`con2 score ... | head`)."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -84,8 +85,9 @@ def write_output(write: Callable[[IO[str]], None], out: str | Path | None) -> No
 
 
 class ReaderMayLeave:
-    """Standard output for a long command's progress lines (con2 train | head): when its reader
-    leaves, the lines go nowhere and the work goes on (a BrokenPipeError would have ended training)."""
+    """Standard output or error for a command's progress lines (`con2 train 2>&1 | head`): when the
+    reader leaves (a closed pipe; a closed terminal, EIO), the lines go nowhere and the work goes on
+    (a BrokenPipeError would have ended training, before its model was saved)."""
 
     def __init__(self, stream: IO[str]):
         self._stream, self._gone = stream, False
@@ -94,18 +96,20 @@ class ReaderMayLeave:
         if not self._gone:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
-                self._leave()
+            except OSError as exc:
+                self._leave(exc)
         return len(text)
 
     def flush(self) -> None:
         if not self._gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._leave()
+            except OSError as exc:
+                self._leave(exc)
 
-    def _leave(self) -> None:
+    def _leave(self, exc: OSError) -> None:
+        if exc.errno not in (errno.EPIPE, errno.EIO):  # a full disk under a redirected log is an error
+            raise exc
         self._gone = True
         try:  # so the interpreter's own flush at exit does not fail on the closed pipe again
             os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 from ..config import (CONTEXTS, DATASETS, OBJECTIVES, PAPER_EPOCHS, PIPELINES, RESIZE_MODES, TrainConfig, apply_preset,
                       default_folder_name)
 from .options import check_bundle_file, named_path
-from .output import ReaderMayLeave
 
 _D = TrainConfig()  # the defaults the help texts name
 
@@ -150,17 +148,13 @@ def _train(args):
 
     cfg = config_from_args(args)
     deadline = time.time() + args.time_limit if args.time_limit else None
-    stdout, sys.stdout = sys.stdout, ReaderMayLeave(sys.stdout)  # `con2 train ... | head` must not stop it
-    try:
-        run_dir = train(cfg, resume=args.resume, deadline=deadline, progress=not args.quiet)
-        if run_finished(run_dir):
-            print(f"trained model in {run_dir}")
-            return 0
-        print(f"time limit reached; checkpoint saved. Continue with {resume_command(run_dir)}")
-        return EXIT_PAUSED
-    finally:
-        sys.stdout.flush()
-        sys.stdout = stdout
+    # a reader of the output leaving (`con2 train | head`) does not stop it: con2.cli.main wraps it
+    run_dir = train(cfg, resume=args.resume, deadline=deadline, progress=not args.quiet)
+    if run_finished(run_dir):
+        print(f"trained model in {run_dir}")
+        return 0
+    print(f"time limit reached; checkpoint saved. Continue with {resume_command(run_dir)}")
+    return EXIT_PAUSED
 
 
 def _info(args):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -290,7 +289,7 @@ def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: s
     """[fn(file)] in file order on threads (None where a file fails), and the (file, why) pairs of
     those that failed. A failure raises a DataError naming the file unless skip_bad; progress is
     shown on a terminal."""
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     def safe(p):
         try:
@@ -302,9 +301,12 @@ def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: s
         except Exception as e:  # any decoder failure: truncated, not an image, unsupported
             return None, f"{p}: {type(e).__name__}: {e}"
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(tqdm(pool.map(safe, files), total=len(files), desc=f"{what} {len(files)} images",
-                            file=sys.stderr, leave=False, disable=None if len(files) >= 1000 else True))
+    results = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
+            progress_bar(len(files), what, enabled=len(files) >= 1000, unit="images") as bar:
+        for result in pool.map(safe, files):
+            results.append(result)
+            bar.update(1)
     bad = [(p, err) for p, (_, err) in zip(files, results) if err is not None]
     if bad and not skip_bad:
         raise DataError(f"cannot read image {bad[0][1]} (use --skip-bad-files to skip unreadable files)")
