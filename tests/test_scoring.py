@@ -470,7 +470,7 @@ def test_scoring_progress_is_a_bar_on_a_terminal_only(monkeypatch):
     import io
     import sys
 
-    from con2.scoring import _progress
+    from con2.progress import progress as _progress
 
     class Terminal(io.StringIO):
         def isatty(self):
