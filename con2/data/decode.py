@@ -287,8 +287,8 @@ def _tiff_sized_upright(img) -> bool:
 def map_files(fn: Callable[[Path], object], files: list, skip_bad: bool, what: str = "decoding"
               ) -> tuple[list, list]:
     """[fn(file)] in file order on threads (None where a file fails), and the (file, why) pairs of
-    those that failed. A failure raises a DataError naming the file unless skip_bad; progress is
-    shown on a terminal."""
+    those that failed. A failure raises a DataError naming the file unless skip_bad; for 1000 files
+    or more progress is shown (con2.progress: a bar on a terminal, a line a minute into a log)."""
     from ..progress import progress as progress_bar
 
     def safe(p):
