@@ -181,6 +181,24 @@ def folder_lock(folder: Path, holder: str):
         os.close(fd)  # releases the lock
 
 
+def folder_in_use(folder: Path) -> bool:
+    """Whether a folder_lock on `folder` is held now (by a training writing the run); the lock file
+    is not made where there is none."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(folder) / ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases a shared lock taken above
+
+
 def check_writable_folder(folder: Path, why: str) -> None:
     """An error before the work, not after it, when `folder` cannot take the files `why` writes
     (a read-only mount, a folder of another user)."""

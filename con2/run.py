@@ -24,7 +24,7 @@ from .data import ContextSet, OneClassSplit, ViewConfig, load_split
 from .data.datasets import DataError, InapplicableOption
 from .data.images import FolderImages, ImageSet
 from .data.keys import image_keys
-from .files import read_json, replacing, tensor_digest, utf8_name, write_json
+from .files import folder_in_use, read_json, replacing, tensor_digest, utf8_name, write_json
 from .model import Con2Model
 
 MODEL_FORMAT = "con2-model/1"
@@ -141,6 +141,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
                 and run_dir.name != "model.safetensors" else f"give the run's folder, {run_dir.parent}")
         raise NotADirectoryError(f"{run_dir} is a file, not a run folder ({hint})")
     for name in ("config.json", "model.json", "model.safetensors"):
+        if not (run_dir / name).exists() and folder_in_use(run_dir):  # a --resume would be refused too
+            raise FileNotFoundError(f"{run_dir} is being trained (a con2 train is writing it): its {name} is "
+                                    "written when the training ends; wait for it")
         if not (run_dir / name).exists():
             raise FileNotFoundError(
                 f"{run_dir} is not a finished con2 run: {name} is missing (train it, or --resume it)"

@@ -283,6 +283,25 @@ def test_a_second_training_into_a_folder_being_written_is_refused(tmp_path):
     assert run_finished(run)
 
 
+def test_scoring_a_run_being_trained_says_so(tmp_path):
+    """evaluate of a run in training said "model.json is missing (train it, or --resume it)"; a
+    --resume would be refused, the folder being in use."""
+    from con2.files import folder_in_use, folder_lock
+
+    run = tmp_path / "a"
+    run.mkdir()
+    (run / "config.json").write_text(tiny_cfg(run).to_json())
+    assert not folder_in_use(run) and not (run / ".lock").exists()  # no lock file made by asking
+    with folder_lock(run, "con2 train"):  # as another process's training holds it
+        assert folder_in_use(run)
+        with pytest.raises(FileNotFoundError, match=r"a is being trained \(a con2 train is writing it\): its "
+                                                    r"model.json is written when the training ends"):
+            load_run(run)
+    assert not folder_in_use(run)
+    with pytest.raises(FileNotFoundError, match=r"model.json is missing \(train it, or --resume it\)"):
+        load_run(run)
+
+
 SIGINT_ARGS = ["--dataset", "digits", "--epochs", "40", "--batch-size", "8", "--width", "4", "--device", "cpu",
                "--checkpoint-every", "1"]
 
