@@ -141,10 +141,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
                 and run_dir.name != "model.safetensors" else f"give the run's folder, {run_dir.parent}")
         raise NotADirectoryError(f"{run_dir} is a file, not a run folder ({hint})")
     for name in ("config.json", "model.json", "model.safetensors"):
-        if not (run_dir / name).exists() and folder_in_use(run_dir):  # a --resume would be refused too
-            raise FileNotFoundError(f"{run_dir} is being trained (a con2 train is writing it): its {name} is "
-                                    "written when the training ends; wait for it")
         if not (run_dir / name).exists():
+            if folder_in_use(run_dir):  # a --resume would be refused too
+                raise FileNotFoundError(f"{run_dir} is being trained (a con2 train is writing it): its {name} is "
+                                        "written when the training ends; wait for it")
             raise FileNotFoundError(
                 f"{run_dir} is not a finished con2 run: {name} is missing (train it, or --resume it)"
             )

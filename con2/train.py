@@ -369,10 +369,8 @@ class _FiniteWatch:
 class _StepLog:
     """metrics.jsonl and the progress, on rank 0: a line every LOG_EVERY steps and at epoch ends,
     with the views per second since the last line. Progress is a bar on a terminal; into a log
-    file (a batch job's) it is a plain line at most every PLAIN_PROGRESS_S seconds, as a bar's
+    file (a batch job's) it is a plain line at most every PLAIN_EVERY_S seconds, as a bar's
     carriage returns would make one ever-growing line there."""
-
-    PLAIN_PROGRESS_S = PLAIN_EVERY_S
 
     def __init__(self, run_dir: Path, total: int, initial: int, rank: int, progress: bool):
         self.file = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
@@ -406,7 +404,7 @@ class _StepLog:
             self.file.flush()
         if self.bar:
             self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", views_s=f"{rate:.0f}", refresh=False)
-        if self.plain and (now - self.t_said >= self.PLAIN_PROGRESS_S or global_step == self.total):
+        if self.plain and (now - self.t_said >= PLAIN_EVERY_S or global_step == self.total):
             self.t_said = now
             done = global_step - self.step0
             eta = (self.total - global_step) * (now - self.t_start) / max(done, 1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 
@@ -49,8 +50,6 @@ class Stopped(KeyboardInterrupt):
     replaced whole or not at all, training checkpoints, exit 130."""
 
     def __init__(self, signum: int):
-        import signal
-
         super().__init__(signal.Signals(signum).name)
 
 
@@ -61,15 +60,11 @@ def _stop_on_signal(signum, frame):
 def _stop_signals() -> list:
     """The signals a command stops on as on Ctrl-C; SIGHUP only where it is not ignored already
     (`nohup con2 train ...` must go on when the terminal closes)."""
-    import signal
-
     hangup = getattr(signal, "SIGHUP", None)
     return [signal.SIGTERM] + ([hangup] if hangup and signal.getsignal(hangup) is signal.SIG_DFL else [])
 
 
 def _run(args) -> int:
-    import signal
-
     previous = {}
     try:
         for sig in _stop_signals():  # training's step loop sets its own while it runs
