@@ -36,7 +36,7 @@ def run_demo(out: str = "runs/demo", epochs: int | None = None, normal_class: st
     untrained = build_model(cfg, split).eval()
     before, _ = evaluate_model(untrained, cfg, split, views=DEMO_VIEWS, progress=False)
     continuing = (Path(out) / CHECKPOINT_FILE).exists()  # an interrupted demo continues where it stopped
-    train(cfg, split, resume=continuing)
+    train(cfg, split, resume=continuing, continue_with="the same con2 demo command")
     after = evaluate_run(out, views=DEMO_VIEWS, split=split, progress=False)
     print(f"\nDigits, normal digit {cfg.normal_class[0]}, context {cfg.context}, {cfg.epochs} epochs, "
           f"ResNet18 width {cfg.width}, {DEMO_VIEWS} test-time views")

@@ -420,17 +420,21 @@ class _StepLog:
 
 
 def train(cfg: TrainConfig, split: OneClassSplit | None = None, progress: bool = True,
-          resume: bool = False, stop_after_steps: int | None = None, deadline: float | None = None) -> Path:
+          resume: bool = False, stop_after_steps: int | None = None, deadline: float | None = None,
+          continue_with: str | None = None) -> Path:
     """Train a Con2 (or ablation / SimCLR) model; returns the run directory.
 
     stop_after_steps: leave (after checkpointing) once this many global steps are done;
     for tests of resume. deadline: a `time.time()` after which to leave the same way, for
     time-boxed jobs (a lent GPU call, a batch-queue slot); `run_finished` tells the two apart.
-    A second training into the same run folder while one writes it is refused (folder_lock).
+    continue_with: the command that continues a stopped run, for the line printed when it stops
+    (default `con2 train --resume --out RUN`; a sweep or the demo, which resume their own runs, name
+    themselves). A second training into the same run folder while one writes it is refused (folder_lock).
     """
     grouped = dist.is_available() and dist.is_initialized()
     with contextlib.ExitStack() as held:  # the run folder's lock, from when it is written until the end
-        run_dir = _train(cfg, split, progress, resume, stop_after_steps, deadline, held.enter_context)
+        run_dir = _train(cfg, split, progress, resume, stop_after_steps, deadline, held.enter_context,
+                         continue_with)
     if not grouped and dist.is_available() and dist.is_initialized():
         # the group this training made (torchrun): left open, gloo's threads could abort the process at exit
         # ("terminate called without an active exception") after a finished run
@@ -515,7 +519,7 @@ def _open_run_folder(cfg: TrainConfig, run_dir: Path, ckpt: dict | None, resume:
     _drop_metrics_after(run_dir / "metrics.jsonl", int(ckpt["global_step"]) if ckpt is not None else 0)
 
 
-def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Path:
+def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold, continue_with) -> Path:
     cfg.validate()
     device, rank, world, local_rank = _init_distributed(cfg)
     run_dir, ckpt_path, continuing = _check_out(cfg, resume, rank)
@@ -554,6 +558,8 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
                                     "train afresh with another --out (starting again here would drop that log)")
     if ckpt is not None:  # before any file is written: weights that do not fit leave the run as it was
         _load_training_state(ckpt, ckpt_path, model, optimizer)
+    # said only for a run begun before (a sweep resumes each of its runs, most of them not yet begun)
+    restarted = resume and ckpt is None and (run_dir / "config.json").is_file()
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
         _open_run_folder(cfg, run_dir, ckpt, resume, hold)
     steps_per_epoch = source.steps_per_epoch
@@ -565,9 +571,10 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
         _set_rng_state(ckpt["rng"])
         global_step = int(ckpt["global_step"])
         say(f"resuming {run_dir} at step {global_step}/{total}", flush=True)
-    elif resume:
+    elif restarted:
         say(f"{run_dir}: no checkpoint to continue from, starting at step 0", flush=True)
 
+    continue_with = continue_with or resume_command(run_dir)
     finite = _FiniteWatch(device)
     agree = functools.partial(stop_requested, world=world, device=device, sync_point=True)
 
@@ -618,13 +625,13 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold) -> Pa
         if rank == 0:
             kept = ("the last checkpoint is kept" if ckpt_path.exists() else
                     "no checkpoint was saved yet, so a resume starts at step 0")
-            print(f"\nstopped mid-step; {kept}. Continue with {resume_command(run_dir)}", flush=True)
+            print(f"\nstopped mid-step; {kept}. Continue with {continue_with}", flush=True)
         raise
     except KeyboardInterrupt:  # at a step boundary (or before the first step)
         checkpoint()
         if rank == 0:
             print(f"\ninterrupted at step {global_step}/{total}; checkpoint saved. Continue with "
-                  f"{resume_command(run_dir)}", flush=True)
+                  f"{continue_with}", flush=True)
         raise
     finally:
         log.close()

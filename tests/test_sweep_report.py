@@ -27,7 +27,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 def fake_train(calls, fail_on=None):
     """Stands in for con2.train.train: writes an untrained tiny model as a finished run."""
 
-    def _train(cfg, split=None, progress=True, resume=False, stop_after_steps=None):
+    def _train(cfg, split=None, progress=True, resume=False, stop_after_steps=None, continue_with=None):
         key = ((cfg.normal_class or ["-"])[0], cfg.seed)
         calls.append(key)
         if key == fail_on:
@@ -463,6 +463,33 @@ def test_an_interrupted_sweep_says_to_rerun_the_sweep(tmp_path, monkeypatch, cap
     with pytest.raises(KeyboardInterrupt):
         run_sweep(base, ["8"], [0], tmp_path / "sweep", views=0, progress=False)
     assert "rerun the same con2 sweep command to continue" in capsys.readouterr().out
+
+
+def test_a_sweep_stopped_mid_training_names_the_sweep_to_continue_and_resumes_its_run(tmp_path, monkeypatch, capsys):
+    """Training's own lines in a sweep: the stop names the sweep command (not `con2 train --resume`,
+    which would leave the sweep's manifest behind), a run not yet begun is not announced as one
+    "with no checkpoint to continue from", and the rerun sweep continues the run's checkpoint."""
+    import con2.train
+
+    step, steps = con2.train._train_step, []
+
+    def interrupted_second_step(*args):
+        steps.append(1)
+        if len(steps) == 2:
+            raise KeyboardInterrupt
+        return step(*args)
+
+    monkeypatch.setattr(con2.train, "_train_step", interrupted_second_step)
+    base = TrainConfig(dataset="digits", width=8, epochs=1, batch_size=32, image_size=8, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(base, ["8"], [0], tmp_path / "sweep", views=0, progress=True)
+    out = capsys.readouterr().out
+    assert "interrupted at step 1/" in out and "Continue with the same con2 sweep command" in out
+    assert "con2 train --resume" not in out and "no checkpoint to continue from" not in out
+    run_sweep(base, ["8"], [0], tmp_path / "sweep", views=0, progress=True)
+    assert "class-8-seed0 at step 1/3" in capsys.readouterr().out  # resuming it there
+    manifest = json.loads((tmp_path / "sweep" / "manifest.json").read_text())
+    assert manifest["runs"]["class-8-seed0"]["status"] == "done"
 
 
 def test_a_sweep_refuses_an_unknown_class_before_any_run(tmp_path, monkeypatch):

@@ -250,7 +250,7 @@ def test_damaged_run_files_are_named_not_scored_or_resumed(tmp_path, monkeypatch
         evaluate_run(good, views=0, split=split, progress=False)
 
 
-def test_resume_refuses_a_run_whose_checkpoint_is_gone_but_whose_log_is_past_it(tmp_path):
+def test_resume_refuses_a_run_whose_checkpoint_is_gone_but_whose_log_is_past_it(tmp_path, capsys):
     """With checkpoint.pt deleted, --resume restarted at step 0 and erased the metrics history."""
     split = tiny_split()  # 24 images, batch 8: 3 steps an epoch, a checkpoint after each
     run = tmp_path / "a"
@@ -263,8 +263,10 @@ def test_resume_refuses_a_run_whose_checkpoint_is_gone_but_whose_log_is_past_it(
         train(tiny_cfg(run, epochs=4), split, progress=False, resume=True)
     assert (run / "metrics.jsonl").read_text() == log  # the history is kept
     (run / "metrics.jsonl").write_bytes(b'{"global_step": 2}\n\xe0\xff not utf-8\n')  # before the first: a restart
-    train(tiny_cfg(run, epochs=4), split, progress=False, resume=True)
+    capsys.readouterr()
+    train(tiny_cfg(run, epochs=4), split, progress=True, resume=True)
     assert run_finished(run)
+    assert "no checkpoint to continue from, starting at step 0" in capsys.readouterr().out  # a run begun before
 
 
 def test_a_second_training_into_a_folder_being_written_is_refused(tmp_path):
