@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .files import replacing, tensor_digest, utf8_name
+from .files import read_safetensors, replacing, tensor_digest, utf8_name
 
 BUNDLE_FORMAT = "con2-detector/1"
 # Paths that name a process's standard streams: a bundle written "to" one would replace the link
@@ -64,8 +64,6 @@ def write_bundle(path: str | Path, tensors: dict, params: dict, state: dict) -> 
 
 def read_bundle(path: str | Path) -> tuple[dict, dict, dict]:
     """(params, state, tensors) of a bundle written by write_bundle, checked; BundleError otherwise."""
-    from safetensors import safe_open
-
     path = _as_path(path, "load")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a detector bundle: a training run's folder is read by "
@@ -73,9 +71,7 @@ def read_bundle(path: str | Path) -> tuple[dict, dict, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no detector bundle at {path}")
     try:
-        with utf8_name(path) as name, safe_open(name, framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta, tensors = read_safetensors(path)
     except Exception as exc:
         raise BundleError(f"{path} is not a readable safetensors bundle ({type(exc).__name__}: {exc})") from exc
     if meta.get("format") != BUNDLE_FORMAT:

@@ -140,6 +140,15 @@ def utf8_name(path: str | Path):
     yield name
 
 
+def read_safetensors(path: str | Path) -> tuple[dict, dict]:
+    """(metadata, tensors) of the safetensors file `path`, whatever its name's encoding; safetensors'
+    own errors (a truncated or garbage file) are left to the caller to word."""
+    from safetensors import safe_open
+
+    with utf8_name(path) as name, safe_open(name, framework="pt") as fh:
+        return fh.metadata() or {}, {k: fh.get_tensor(k) for k in fh.keys()}
+
+
 def write_text(path: str | Path, text: str, make_folder: bool = True) -> None:
     """`text` into `path`; a file or class name that is not UTF-8 (its bytes held as lone surrogates,
     PEP 383) is written as those bytes, the name as the file system has it."""

@@ -24,7 +24,7 @@ from .data import ContextSet, OneClassSplit, ViewConfig, load_split
 from .data.datasets import DataError, InapplicableOption
 from .data.images import FolderImages, ImageSet
 from .data.keys import image_keys
-from .files import folder_in_use, read_json, replacing, tensor_digest, utf8_name, write_json
+from .files import folder_in_use, read_json, read_safetensors, replacing, tensor_digest, utf8_name, write_json
 from .model import Con2Model
 
 MODEL_FORMAT = "con2-model/1"
@@ -157,9 +157,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
         raise ValueError(f"{run_dir}/model.json has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
     weights = run_dir / "model.safetensors"
     try:
-        with utf8_name(weights) as name, safe_open(name, framework="pt") as fh:
-            meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta, state = read_safetensors(weights)
     except Exception as exc:  # safetensors raises its own error types for truncated / garbage files
         raise ValueError(f"{weights} is corrupt or not a safetensors file ({type(exc).__name__}: {exc})") from None
     if "sha256" in meta and meta["sha256"] != tensor_digest(state, meta):  # runs saved before it: unchecked

@@ -27,6 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler")
 
 
+def _fma_flags() -> list[str]:
+    """nvcc fuses a * b + c into one FMA by default (--fmad=true); GCC does so too with -mfma, where
+    this CPU has it, so the emulated kernels meet the GPU's rounding (a logit fused into exp's argument)."""
+    try:
+        cpu_flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                          if line.startswith("flags")), [])
+    except OSError:
+        cpu_flags = []
+    return ["-mfma", "-ffp-contract=fast"] if "fma" in cpu_flags else []
+
+
 @pytest.fixture(scope="module")
 def emu():
     from torch.utils import cpp_extension
@@ -37,7 +48,7 @@ def emu():
         name="con2_cuda_emu",
         sources=[str(ROOT / "csrc/emu/kernels_emu.cpp"), str(ROOT / "csrc/emu/emu_self_check.cpp")],
         extra_include_paths=[str(ROOT / "csrc")],
-        extra_cflags=["-O2"],
+        extra_cflags=["-O2"] + _fma_flags(),
         build_directory=str(build),
         is_python_module=False,
     )
@@ -108,6 +119,20 @@ def test_loss_kernels_match_reference(emu, kernel, m, d0, d1, n_samples, dtype):
         loss, grad = _reference(z, labels, 0.07)
         torch.testing.assert_close(losses[i], loss, rtol=2e-6, atol=2e-6)
         torch.testing.assert_close(dz, grad, rtol=1e-4, atol=2e-6 * grad.abs().max().item())
+
+
+@pytest.mark.parametrize("kernel", LOSS_KERNELS)
+def test_loss_kernels_stay_finite_for_rows_far_from_unit_length(emu, kernel):
+    """Logits |s| / tau ~ 1e11: with s * inv_tau fused into exp's argument (an FMA) the largest
+    logit's rounding error (thousands) made every exp underflow, and the loss was -inf."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 8, generator=g) * 300
+    labels = torch.arange(16) % 4
+    losses, dz0, _ = getattr(emu, kernel)(z, z, labels, labels, 1e-6)
+    loss, grad = _reference(z, labels, 1e-6)
+    assert losses.isfinite().all() and dz0.isfinite().all()
+    torch.testing.assert_close(losses[0], loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(dz0, grad, rtol=1e-3, atol=1e-5 * grad.abs().max().item())
 
 
 @pytest.mark.parametrize("kernel", LOSS_KERNELS)

@@ -166,6 +166,22 @@ def test_loss_nan_free_edge_cases(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("m", [16, 3000])  # the fused single-block path / the blockwise path on the CPU
+def test_loss_stays_finite_for_rows_far_from_unit_length(device, m):
+    """Logits |s| / tau ~ 1e11: with s * inv_tau fused into exp's argument (an FMA, -mfma) the
+    largest logit's rounding error (thousands) made every exp underflow: the loss was -inf."""
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(m, 8, generator=g) * 300).to(device)
+    labels = (torch.arange(m) % 4).to(device)
+    l_ref, g_ref = _loss_and_grad(reference.supcon_loss, z, labels, 1e-6)
+    for fn in (native.supcon_loss, lambda z, labels, t: native.con2_loss(z, z, labels, labels, 1.0, t) / 2):
+        l_nat, g_nat = _loss_and_grad(fn, z, labels, 1e-6)
+        assert torch.isfinite(l_nat) and torch.isfinite(g_nat).all()
+        torch.testing.assert_close(l_nat, l_ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(g_nat, g_ref, rtol=1e-3, atol=1e-5 * g_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_loss_non_contiguous(device):
     base, labels2 = _batch(80, 64, 4, device)
     z = base[::2, ::2]  # strided rows and columns

@@ -27,6 +27,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "reduce.cuh"
 #include "tf32.cuh"
 
 namespace con2 {
@@ -154,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(Params p) {
     float tmx = -INFINITY;
     for (int c = sub; c < kCols; c += kSubs) {
       const int64_t j = j0 + c;
-      if (j < p.m && j != i) tmx = fmaxf(tmx, s[row * kSLd + c] * p.inv_tau);
+      if (j < p.m && j != i) tmx = fmaxf(tmx, cuda::logit(s[row * kSLd + c], p.inv_tau));
     }
     if (tmx == -INFINITY) continue;  // no valid column in this tile for this thread
     float te = 0.0f;
@@ -162,7 +163,7 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(Params p) {
       const int64_t j = j0 + c;
       if (j >= p.m || j == i) continue;
       const float v = s[row * kSLd + c];
-      te += expf(v * p.inv_tau - tmx);
+      te += expf(cuda::logit(v, p.inv_tau) - tmx);
       if (lab_j[c] == li) {
         ps += v;
         pc += 1.0f;
@@ -226,8 +227,8 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(Params p) {
       const int64_t j = j0 + c;
       float hv = 0.0f;
       if (row_ok && j < p.m && j != i) {
-        const float v = s[row * kSLd + c] * p.inv_tau;
-        hv = w_i * expf(v - lse_i) + w_j[c] * expf(v - lse_j[c]);
+        const float v = cuda::logit(s[row * kSLd + c], p.inv_tau);
+        hv = w_i * expf(cuda::nonpositive(v - lse_i)) + w_j[c] * expf(cuda::nonpositive(v - lse_j[c]));
         if (lab_j[c] == li) hv -= invp_i + invp_j[c];
         hv *= p.scale;
       }

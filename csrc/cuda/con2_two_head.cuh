@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(kThreads) grad_weights_kernel(Args a) {
   float* s = a.s + (base + i) * m;
   float h = 0.0f;
   if (j != i) {
-    h = cuda::grad_weight(s[j] * a.inv_tau, lab[j] == lab[i], a.lse[base + i], a.lse[base + j], a.has_pos[base + i],
-                          a.has_pos[base + j], a.inv_pos[base + i], a.inv_pos[base + j]);
+    h = cuda::grad_weight(cuda::logit(s[j], a.inv_tau), lab[j] == lab[i], a.lse[base + i], a.lse[base + j],
+                          a.has_pos[base + i], a.has_pos[base + j], a.inv_pos[base + i], a.inv_pos[base + j]);
     h *= a.scale;
   }
   s[j] = h;

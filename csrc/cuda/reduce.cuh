@@ -13,6 +13,20 @@ __device__ __forceinline__ double dexp(double x) { return exp(x); }
 __device__ __forceinline__ float dlog(float x) { return logf(x); }
 __device__ __forceinline__ double dlog(double x) { return log(x); }
 
+// A logit s / tau, rounded on its own. Written s * inv_tau inside `exp(s * inv_tau - max)` the
+// compiler fuses it into an FMA with the subtraction (nvcc's default --fmad=true; GCC with -mfma)
+// and the largest logit's own rounding error stays in exp's argument: thousands at |s| / tau ~ 1e11
+// (rows far from unit length, a small tau), so that every exp underflowed and the loss was -inf.
+__device__ __forceinline__ float logit(float s, float inv_tau) { return __fmul_rn(s, inv_tau); }
+__device__ __forceinline__ double logit(double s, double inv_tau) { return __dmul_rn(s, inv_tau); }
+
+// exp's argument for a softmax probability, which is at most 1: drops a rounding excess (S_ij and
+// S_ji may differ in the last bit, and at huge logits one bit is worth more than exp's range).
+template <typename T>
+__device__ __forceinline__ T nonpositive(T x) {
+  return x < T(0) ? x : T(0);
+}
+
 template <typename T>
 __device__ __forceinline__ T neg_inf() {
   return -static_cast<T>(INFINITY);

@@ -50,7 +50,7 @@ __global__ void supcon_bwd_h_kernel(T* __restrict__ S, int64_t M, int64_t r0, co
   T* s = S + r * M;
   T h = T(0);
   if (j != i) {
-    h = cuda::grad_weight(s[j] * inv_tau, lab[j] == lab[i], lse[i], lse[j], w[i], w[j], invp[i], invp[j]);
+    h = cuda::grad_weight(cuda::logit(s[j], inv_tau), lab[j] == lab[i], lse[i], lse[j], w[i], w[j], invp[i], invp[j]);
     h = h * (grad[0] * scale);
   }
   s[j] = h;

@@ -38,10 +38,10 @@ __device__ __forceinline__ RowStats<T> row_stats(const T* s, int64_t m, int64_t 
   mx = block_reduce(mx, MaxOp(), neg_inf<T>(), red);
   ps = block_reduce(ps, SumOp(), T(0), red);
   pc = block_reduce(pc, SumOp(), T(0), red);
-  const T mt = mx * inv_tau;
+  const T mt = logit(mx, inv_tau);
   T se = T(0);
   for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
-    if (j != i) se += dexp(s[j] * inv_tau - mt);
+    if (j != i) se += dexp(logit(s[j], inv_tau) - mt);
   }
   se = block_reduce(se, SumOp(), T(0), red);
   const T l = mt + dlog(se);
@@ -49,13 +49,13 @@ __device__ __forceinline__ RowStats<T> row_stats(const T* s, int64_t m, int64_t 
 }
 
 // Gradient weight of a pair j != i before the 1 / (M tau) scale: w_i p_ij + w_j p_ji minus
-// (1/n_i + 1/n_j) for positives, with v = s_ij / tau, w = [anchor has positives], p = softmax
+// (1/n_i + 1/n_j) for positives, with v = logit(s_ij, inv_tau), w = [anchor has positives], p = softmax
 // probability from the row's lse, inv_pos = w / n.
 template <typename T>
 __device__ __forceinline__ T grad_weight(T v, bool positive, T lse_i, T lse_j, T w_i, T w_j, T inv_pos_i,
                                          T inv_pos_j) {
   const T pos = positive ? inv_pos_i + inv_pos_j : T(0);
-  return w_i * dexp(v - lse_i) + w_j * dexp(v - lse_j) - pos;
+  return w_i * dexp(nonpositive(v - lse_i)) + w_j * dexp(nonpositive(v - lse_j)) - pos;
 }
 
 }  // namespace cuda

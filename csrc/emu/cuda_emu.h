@@ -178,6 +178,16 @@ inline float __int_as_float(int i) {
   return f;
 }
 inline float __fdividef(float a, float b) { return a * (1.0f / b); }  // a times the reciprocal of b
+// A product rounded on its own, never fused into a following add (an FMA), as on the GPU: the
+// volatile store is a barrier to GCC's contraction, which this emulator is built with (like nvcc).
+inline float __fmul_rn(float a, float b) {
+  volatile float r = a * b;
+  return r;
+}
+inline double __dmul_rn(double a, double b) {
+  volatile double r = a * b;
+  return r;
+}
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;
