@@ -34,6 +34,7 @@ from .files import folder_lock, nearest_folder, read_json, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
 from .progress import PLAIN_EVERY_S, duration_text
+from .stop import interruption
 from .run import (build_model, context_set, data_fingerprint, fingerprints_differ, identity_mismatch, resolve_device,
                   run_finished, save_model, split_as_trained, view_config)
 
@@ -265,7 +266,7 @@ class _Interrupt:
     SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
     def __enter__(self):
-        self.requested, self.pid = False, os.getpid()
+        self.requested, self.pid, self.signum = False, os.getpid(), signal.SIGINT
         self.old = {}
         try:
             for sig in self.SIGNALS:
@@ -282,7 +283,7 @@ class _Interrupt:
             return                   # group): the main process stops them; one "stopping" line, not three
         if self.requested:
             raise _HardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
               flush=True)
 
@@ -613,7 +614,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold, conti
                         checkpoint()
                     sync_point = last_in_epoch or global_step % LOG_EVERY == 0
                     if stop_requested(interrupt.requested, world, device, sync_point):
-                        raise KeyboardInterrupt
+                        raise interruption(interrupt.signum)  # named in the CLI's last line
                     # each rank reads its own clock: under DDP they agree on the step, as for a signal
                     if global_step < total and (
                             (stop_after_steps is not None and global_step >= stop_after_steps)

@@ -73,3 +73,25 @@ def test_a_native_extension_that_does_not_load_is_a_warning(tmp_path, library):
         assert "RuntimeWarning" not in out.stderr
     else:
         assert "con2._C is installed but does not load" in out.stderr and "--no-build-isolation" in out.stderr
+
+
+def test_the_modules_the_readme_calls_leaves_import_nothing_from_con2():
+    """README's package layout marks some modules "no con2 imports" (the CLI's entry point loads them
+    before anything heavy, and everything may import them); an import from con2 there would break
+    that quietly."""
+    import ast
+    import re
+
+    layout = (ROOT / "README.md").read_text().split("## Package layout", 1)[1].split("\n## ", 1)[0]
+    leaves = []
+    for line in layout.splitlines():
+        if "(no con2 imports)" in line:
+            names = re.split(r",\s*", line.strip().split("  ")[0].removeprefix("con2/"))
+            leaves += [ROOT / "con2" / name for name in names]
+    assert {p.name for p in leaves} >= {"config.py", "metrics.py", "progress.py", "stop.py"}
+    for path in leaves:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and not (node.module or "").startswith("con2"), (path.name, node.module)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("con2") for a in node.names), path.name

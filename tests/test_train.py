@@ -327,6 +327,30 @@ def test_a_forked_worker_leaves_ctrl_c_to_the_main_process(monkeypatch, capsys):
         assert interrupt.requested and capsys.readouterr().out.count("stopping") == 1
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_signal_mid_training_is_named_in_the_commands_last_line(tmp_path, monkeypatch, capsys, signame):
+    """Training stopped by SIGTERM between steps ended with "con2 train: interrupted", where the
+    docs (and every other command) say "stopped by SIGTERM"."""
+    import signal
+
+    import con2.train
+    from con2.cli.main import main
+
+    step, calls = con2.train._train_step, []
+
+    def signalled_second_step(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), getattr(signal, signame))
+        return step(*args)
+
+    monkeypatch.setattr(con2.train, "_train_step", signalled_second_step)
+    assert main(["train"] + SIGINT_ARGS + ["--out", str(tmp_path / "r")]) == 130
+    out, err = capsys.readouterr()
+    assert f"{signame}: stopping after the current step" in out and "interrupted at step 2/" in out
+    assert err.splitlines()[-1] == f"con2 train: stopped by {signame}"
+
+
 def test_a_closed_terminal_stops_training_after_its_step_unless_nohup_ignores_it():
     """SIGHUP ended training at once, losing the steps since the last checkpoint."""
     import signal

@@ -8,6 +8,7 @@ import warnings
 
 from .. import __version__
 from ..progress import silenced
+from ..stop import Stopped
 from .output import ReaderGone, ReaderMayLeave, names_on_stdout
 
 # Commands whose result is a table on standard output: a reader leaving early ends them (exit 141,
@@ -43,14 +44,6 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = lambda message, category, *rest, **kw: print(
                 f"con2 {args.command}: warning: {message}", file=sys.stderr)
         return _run(args)
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM (a job scheduler's stop) or SIGHUP (the terminal closed), taken as Ctrl-C: files are
-    replaced whole or not at all, training checkpoints, exit 130."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
 
 
 def _stop_on_signal(signum, frame):
