@@ -185,22 +185,9 @@ def _warn_if_dark(root: Path, held: list, on_access: list) -> None:
                       f"12-bit data stored in 16-bit files is read as 16-bit: rescale such files first")
 
 
-def load_folder(cfg) -> OneClassSplit:
-    """An image-folder tree: <root>/<class>/... or <root>/{train,val,test}/<class>/...
-
-    cfg.normal_class names one or more class folders. Without train/ and test/ the seeded split of
-    con2.data.datasets' docstring is used (normals split, the other classes all to test). Images are decoded
-    with Pillow (DICOM with pydicom, con2.data.decode): all grayscale -> 1 channel, any colour image ->
-    every image RGB. With cfg.image_size every image is resized to that square (bicubic, aspect not kept, or
-    with --resize shorter-side scaled on the shorter side and centre-cropped); without it all images must
-    already share one size. Unreadable files raise a DataError naming the file, or with
-    cfg.skip_bad_files are dropped and counted in meta["skipped_files"].
-
-    Each part (train, val, test) is decoded into memory once when it fits memory_budget()
-    (_parts_held); otherwise it is a FolderImages that decodes on access, so a folder larger than
-    memory still trains (DALI or worker processes) and scores (chunk by chunk).
-    """
-    root = Path(cfg.data_root)
+def _class_folders(cfg, root: Path) -> tuple[bool, dict, list[str], tuple]:
+    """(whether `root` has its own train/ and test/, {part: {class: files}}, the sorted class names,
+    the normal classes' indices in them), every problem of the tree and of --normal-class named."""
     if not root.is_dir():
         raise DataError(f"--data-root {root} is a file, not a folder of class folders" if root.exists()
                         else f"image folder not found: {root}")
@@ -227,7 +214,6 @@ def load_folder(cfg) -> OneClassSplit:
     if not cfg.normal_class:
         raise DataError(f"--dataset folder needs --normal-class (one or more class folder names); available: "
                         f"{', '.join(class_list)}")
-    names = dict(enumerate(class_list))
     unknown = [c for c in cfg.normal_class if c not in class_list]
     if unknown:
         raise DataError(f"{root}: no class folder {unknown[0]!r}; available: {', '.join(class_list)}")
@@ -243,8 +229,12 @@ def load_folder(cfg) -> OneClassSplit:
     if empty:
         raise DataError(f"{where}: normal class folder {empty[0]!r} holds no images ({IMAGE_NAMES}); "
                         "give it some, or leave it out of --normal-class")
+    return has_tree, trees, class_list, normal
 
-    # Flatten every part to (files, labels) before decoding so one decode pass serves all parts.
+
+def _listed_parts(cfg, has_tree: bool, trees: dict, class_list: list[str], normal: tuple) -> dict:
+    """{part: (files, labels)} before any decoding, so that one pass serves all parts: the folders'
+    own train / val / test, or the seeded split of the class folders."""
     def flat(tree):
         files = [f for c in class_list for f in tree.get(c, [])]
         labels = np.array([class_list.index(c) for c in class_list for _ in tree.get(c, [])], np.int64)
@@ -262,6 +252,27 @@ def load_folder(cfg) -> OneClassSplit:
         files, labels = flat(trees["all"])
         idx = seeded_normal_split(labels, normal, cfg)
         listed = {s: ([files[i] for i in ix], labels[ix]) for s, ix in idx.items()}
+    return listed
+
+
+def load_folder(cfg) -> OneClassSplit:
+    """An image-folder tree: <root>/<class>/... or <root>/{train,val,test}/<class>/...
+
+    cfg.normal_class names one or more class folders. Without train/ and test/ the seeded split of
+    con2.data.datasets' docstring is used (normals split, the other classes all to test). Images are decoded
+    with Pillow (DICOM with pydicom, con2.data.decode): all grayscale -> 1 channel, any colour image ->
+    every image RGB. With cfg.image_size every image is resized to that square (bicubic, aspect not kept, or
+    with --resize shorter-side scaled on the shorter side and centre-cropped); without it all images must
+    already share one size. Unreadable files raise a DataError naming the file, or with
+    cfg.skip_bad_files are dropped and counted in meta["skipped_files"].
+
+    Each part (train, val, test) is decoded into memory once when it fits memory_budget()
+    (_parts_held); otherwise it is a FolderImages that decodes on access, so a folder larger than
+    memory still trains (DALI or worker processes) and scores (chunk by chunk).
+    """
+    root = Path(cfg.data_root)
+    has_tree, trees, class_list, normal = _class_folders(cfg, root)
+    listed = _listed_parts(cfg, has_tree, trees, class_list, normal)
 
     # Headers first (cheap): they size the decoded parts, which decides which are held in memory.
     all_files = [f for s in listed for f in listed[s][0]]
@@ -307,6 +318,7 @@ def load_folder(cfg) -> OneClassSplit:
                     n_train=cfg.n_train, val_fraction=cfg.split_val_fraction())
     if "val" in part_files:
         meta["val_files"] = part_files["val"]
-    split = one_class_split(root.name, parts, normal, names, None, meta)
+    split = one_class_split(root.name, parts, normal, dict(enumerate(class_list)), None, meta)
     split.train_files, split.test_files = part_files["train"], part_files["test"]
     return split
+
