@@ -138,72 +138,36 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
                  max_points: int = 300, seed: int = 0, progress: bool = True) -> Path:
     """Write the run's report.html (or `out`) and return its path. views: of the evaluation shown,
     None for the run's own (40 when it has none yet); another count than the run's is refused."""
-    from sklearn.metrics import silhouette_score
-
     from .data import ContextSet
-    from .scoring import View, ViewEncoder, unit_rows
     from .run import load_run, run_split
 
     run_dir = Path(run_dir)
-    if views is not None and (run_dir / SCORES_FILE).exists():  # the page would show the other evaluation
-        done = read_json(run_dir / METRICS_FILE).get("views") if (run_dir / METRICS_FILE).exists() else None
-        if done != views:
-            was = f"evaluated with --views {done}" if done is not None else f"evaluated ({METRICS_FILE} is missing)"
-            raise ValueError(f"{run_dir} was {was}, not --views {views}: run `con2 evaluate --run {run_dir} "
-                             f"--views {views}` first, or drop --views to report the run's evaluation")
+    _check_views_shown(run_dir, views)
     cfg, model = load_run(run_dir, device=device)
     split = run_split(run_dir, cfg)
-    if not (run_dir / SCORES_FILE).exists():
-        evaluate_run(run_dir, views=40 if views is None else views, device=device, split=split, progress=progress)
-    labels, scores = read_scores(run_dir)
-    if len(labels) != len(split.test):
-        raise ValueError(f"{run_dir}/{SCORES_FILE} has {len(labels)} rows but the test split has "
-                         f"{len(split.test)} images; rerun `con2 evaluate --run {run_dir}`")
-    metrics = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else {}
-
+    labels, scores, metrics = _evaluation(run_dir, split, views, device, progress)
     # contexts: the run's; the SimCLR baseline is shown with the context named in its config
     contexts = ContextSet(cfg.context)
-    context_label = contexts.labels()[1]
     # the test-time views of the evaluation shown (its crop range, e.g. CSI's 0.54), for the view grid
     view_cfg = scoring_view_config(cfg, split, metrics.get("crop_scale"))
-    encoder = ViewEncoder(model.encode, view_cfg, contexts, [View(0, 0, False), View(1, 1, False)],
-                          device=next(model.parameters()).device)
-
-    def pair(images: np.ndarray):
-        x = to_nchw(images)
-        return (unit_rows(encoder.encode(x, encoder.plan[0], 0).cpu()).numpy(),
-                unit_rows(encoder.encode(x, encoder.plan[1], 0).cpu()).numpy())
-
-    test_labels = binary_labels(split.test_labels, f"{split.name}: test labels")
-    groups = {"train": pair(_subsample(split.train, max_points, seed)),
-              "test normal": pair(_subsample(split.test[test_labels == 0], max_points, seed)),
-              "test anomalous": pair(_subsample(split.test[test_labels == 1], max_points, seed))}
+    groups = _context_pairs(model, split, view_cfg, contexts, max_points, seed)
     z = np.concatenate([np.concatenate([o for o, _ in groups.values()]), np.concatenate([c for _, c in groups.values()])])
-    ctx = np.repeat([0, 1], len(z) // 2)
-    silhouette = float(silhouette_score(z, ctx, metric="euclidean"))
+    silhouette = _context_silhouette(z)
 
     aug_images = to_nchw(_subsample(split.train, 8, seed))
     figures = [
         ("ROC curves", roc_figure(labels, scores)),
         ("Score histograms", histogram_figure(labels, scores)),
-        ("Representations in both contexts (PCA)", pca_figure(groups, context_label)),
+        ("Representations in both contexts (PCA)", pca_figure(groups, contexts.labels()[1])),
         ("Context augmentations", augmentation_figure(aug_images.contiguous(), contexts, view_cfg)),
     ]
     body = [f"<h1>con2 report: {html.escape(str(run_dir))}</h1>",
             f"<p>{html.escape(split.summary())}. Context <b>{html.escape(cfg.context)}</b>, objective "
-            f"<b>{html.escape(cfg.objective)}</b>, {cfg.epochs} epochs, seed {cfg.seed}.</p>"]
-    if metrics:
-        crops = (f"crop area range: {html.escape(str(metrics.get('crop_scale', list(view_cfg.scale))))}"
-                 if metrics.get("views") else "one plain view of each image, no crops")
-        body.append(f"<h2>Metrics</h2><p>test-time views: {metrics.get('views')}, aggregate: "
-                    f"{html.escape(str(metrics.get('aggregate')))}, {crops}</p>"
-                    + _md_table_html(_metrics_table(metrics, run_dir)))
-    else:
-        body.append(f"<h2>Metrics</h2><p>{METRICS_FILE} is missing from the run (the plots use "
-                    f"{SCORES_FILE}); run <code>con2 evaluate --run {html.escape(str(run_dir))}</code></p>")
-    body.append(f"<h2>Context clusters</h2><p>Silhouette score of [g(x); g(t_C(x))] with labels = context "
-                f"({len(z)} representations, unit vectors, Euclidean): <b id='silhouette'>{silhouette:.3f}</b> "
-                "(&gt; 0: context clusters present; App. E.4).</p>")
+            f"<b>{html.escape(cfg.objective)}</b>, {cfg.epochs} epochs, seed {cfg.seed}.</p>",
+            _metrics_section(run_dir, metrics, view_cfg),
+            f"<h2>Context clusters</h2><p>Silhouette score of [g(x); g(t_C(x))] with labels = context "
+            f"({len(z)} representations, unit vectors, Euclidean): <b id='silhouette'>{silhouette:.3f}</b> "
+            "(&gt; 0: context clusters present; App. E.4).</p>"]
     for title, fig in figures:
         body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{_png(fig)}'>")
     body.append(f"<h2>Configuration</h2><pre>{html.escape(cfg.to_json())}</pre>")
@@ -214,6 +178,68 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, views: int 
     out = Path(out) if out else run_dir / "report.html"
     write_text(out, _displayable(page))
     return out
+
+
+def _check_views_shown(run_dir: Path, views: int | None) -> None:
+    """Refuse --views other than those of the run's evaluation: the page would show that one."""
+    if views is None or not (run_dir / SCORES_FILE).exists():
+        return
+    done = read_json(run_dir / METRICS_FILE).get("views") if (run_dir / METRICS_FILE).exists() else None
+    if done != views:
+        was = f"evaluated with --views {done}" if done is not None else f"evaluated ({METRICS_FILE} is missing)"
+        raise ValueError(f"{run_dir} was {was}, not --views {views}: run `con2 evaluate --run {run_dir} "
+                         f"--views {views}` first, or drop --views to report the run's evaluation")
+
+
+def _evaluation(run_dir: Path, split, views: int | None, device: str, progress: bool):
+    """(test labels, scores, metrics) of the run's evaluation, made first (40 views unless `views`)
+    when the run has none; {} for metrics when only the scores are there."""
+    if not (run_dir / SCORES_FILE).exists():
+        evaluate_run(run_dir, views=40 if views is None else views, device=device, split=split, progress=progress)
+    labels, scores = read_scores(run_dir)
+    if len(labels) != len(split.test):
+        raise ValueError(f"{run_dir}/{SCORES_FILE} has {len(labels)} rows but the test split has "
+                         f"{len(split.test)} images; rerun `con2 evaluate --run {run_dir}`")
+    return labels, scores, read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else {}
+
+
+def _context_pairs(model, split, view_cfg, contexts, max_points: int, seed: int) -> dict:
+    """{group: (unit representations of the images, of their context transforms)} for up to
+    `max_points` training, test-normal and test-anomalous images each."""
+    from .scoring import View, ViewEncoder, unit_rows
+
+    encoder = ViewEncoder(model.encode, view_cfg, contexts, [View(0, 0, False), View(1, 1, False)],
+                          device=next(model.parameters()).device)
+
+    def pair(images: np.ndarray):
+        x = to_nchw(images)
+        return (unit_rows(encoder.encode(x, encoder.plan[0], 0).cpu()).numpy(),
+                unit_rows(encoder.encode(x, encoder.plan[1], 0).cpu()).numpy())
+
+    test_labels = binary_labels(split.test_labels, f"{split.name}: test labels")
+    return {"train": pair(_subsample(split.train, max_points, seed)),
+            "test normal": pair(_subsample(split.test[test_labels == 0], max_points, seed)),
+            "test anomalous": pair(_subsample(split.test[test_labels == 1], max_points, seed))}
+
+
+def _context_silhouette(z: np.ndarray) -> float:
+    """Silhouette of the representations (first half: the images, second: their contexts) labelled
+    by context: > 0 when the contexts form clusters (App. E.4)."""
+    from sklearn.metrics import silhouette_score
+
+    return float(silhouette_score(z, np.repeat([0, 1], len(z) // 2), metric="euclidean"))
+
+
+def _metrics_section(run_dir: Path, metrics: dict, view_cfg) -> str:
+    """The page's metrics: the evaluation's settings and table, or why there are none."""
+    if not metrics:
+        return (f"<h2>Metrics</h2><p>{METRICS_FILE} is missing from the run (the plots use "
+                f"{SCORES_FILE}); run <code>con2 evaluate --run {html.escape(str(run_dir))}</code></p>")
+    crops = (f"crop area range: {html.escape(str(metrics.get('crop_scale', list(view_cfg.scale))))}"
+             if metrics.get("views") else "one plain view of each image, no crops")
+    return (f"<h2>Metrics</h2><p>test-time views: {metrics.get('views')}, aggregate: "
+            f"{html.escape(str(metrics.get('aggregate')))}, {crops}</p>"
+            + _md_table_html(_metrics_table(metrics, run_dir)))
 
 
 def _displayable(text: str) -> str:
