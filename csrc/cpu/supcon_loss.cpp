@@ -1,8 +1,8 @@
 // CPU SupCon / Con2 loss: forward and backward.
 //
-// The M x M logits z z^T / tau are produced one row block at a time (a GEMM into a
-// bounded scratch block, a few MB) and reduced in place with fused, auto-vectorised loops:
-// forward keeps per-row log-sum-exp, positive sum and positive count; backward
+// The M x M similarity is produced one row block at a time (at::mm into a bounded
+// scratch block, a few MB), turned into logits s / tau and reduced in place with fused,
+// auto-vectorised loops: forward keeps per-row log-sum-exp, positive sum and positive count; backward
 // recomputes the block, turns it into H = G + G^T restricted to those rows (the
 // similarity is symmetric, so G_ji is available from the same block) and does one
 // GEMM dz[rows] = H[rows] @ z. Positive masks come from comparing labels inside the
@@ -21,19 +21,16 @@ constexpr int64_t kLanes = 8;
 // similarity fits (M <= ~2900 in float32), the fused forward+backward computes it once.
 constexpr int64_t kBlockBytes = 32 << 20;
 
-// S = rows z^T / tau, each logit rounded once, into memory: the loops below only subtract
-// logits. Scaling there instead, as s * inv_tau - max * inv_tau, let FMA contraction (-mfma)
-// keep the largest logit's rounding error in exp's argument; at |s| / tau ~ 1e11 (rows far
-// from unit length, a small tau) that error is thousands, every exp underflowed and the loss
-// was -inf. Not the GEMM's alpha: its scaled S_ij and S_ji differ in the last bit, and the
-// backward takes p_ji from S_ij (a bit there is worth more than exp's range at such logits).
-void logits_out(at::Tensor& S, const at::Tensor& rows, const at::Tensor& zt, double temperature) {
-  at::mm_out(S, rows, zt);
-  S.mul_(1.0 / temperature);
-}
+// Each row's logits s / tau are written back into the row (rounded once, in memory) before
+// any exp reads them, so the exp arguments are differences of logits. Computed in place as
+// s * inv_tau - max * inv_tau, FMA contraction (-mfma) kept the largest logit's rounding error
+// in exp's argument; at |s| / tau ~ 1e11 (rows far from unit length, a small tau) that error is
+// thousands, every exp underflowed and the loss was -inf. (Not the GEMM's alpha: its scaled
+// S_ij and S_ji differ in the last bit, and the backward takes p_ji from S_ij.)
 
 template <typename T>
-void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T* lse, T* npos, T* rowloss, int64_t begin, int64_t end) {
+void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv_tau, T* lse, T* npos,
+              T* rowloss, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     const int64_t i = r0 + r;
     T* s = S + r * M;
@@ -46,7 +43,7 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T* ls
     }
     // Three short passes over the (cache-resident) row, each a branch-free loop over
     // kLanes accumulators that the compiler vectorises:
-    // 1. positive sum / count (self included here, removed below)
+    // 1. logits into the row; positive sum / count (self included here, removed below)
     T ps[kLanes], pc[kLanes], mx[kLanes];
     for (int64_t k = 0; k < kLanes; ++k) {
       ps[k] = 0;
@@ -56,8 +53,10 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T* ls
     const int64_t main = M - M % kLanes;
     for (int64_t j = 0; j < main; j += kLanes) {
       for (int64_t k = 0; k < kLanes; ++k) {
+        const T v = s[j + k] * inv_tau;
+        s[j + k] = v;
         const T p = static_cast<T>(lab[j + k] == li);
-        ps[k] += p * s[j + k];
+        ps[k] += p * v;
         pc[k] += p;
       }
     }
@@ -67,6 +66,7 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T* ls
       cnt += pc[k];
     }
     for (int64_t j = main; j < M; ++j) {
+      s[j] *= inv_tau;
       if (lab[j] == li) {
         possum += s[j];
         cnt += 1;
@@ -100,13 +100,16 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T* ls
 }
 
 template <typename T>
-void bwd_rows(T* S, int64_t r0, int64_t M, const int64_t* lab, T coef, const T* lse,
+void bwd_rows(T* S, int64_t r0, int64_t M, const int64_t* lab, T inv_tau, T coef, const T* lse,
               const T* w, const T* invp, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     const int64_t i = r0 + r;
     T* s = S + r * M;
     const int64_t li = lab[i];
     const T lse_i = lse[i], w_i = w[i], invp_i = invp[i];
+    if (inv_tau != T(1)) {  // a fresh similarity row (the fused path passes 1: its forward left logits)
+      for (int64_t j = 0; j < M; ++j) s[j] *= inv_tau;
+    }
     for (int64_t j = 0; j < M; ++j) {
       const T v = s[j];
       const T pos = lab[j] == li ? (invp_i + invp[j]) : T(0);
@@ -131,13 +134,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cpu(const at::Tensor& 
   at::Tensor buf = at::empty({B, M}, opts);
   const at::Tensor zt = zc.t();
   AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_fwd_cpu", [&] {
+    const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
     for (int64_t r0 = 0; r0 < M; r0 += B) {
       const int64_t rb = std::min(B, M - r0);
       at::Tensor S = buf.narrow(0, 0, rb);
-      logits_out(S, zc.narrow(0, r0, rb), zt, temperature);
+      at::mm_out(S, zc.narrow(0, r0, rb), zt);
       scalar_t* sp = S.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, rb, 4, [&](int64_t b, int64_t e) {
-        fwd_rows<scalar_t>(sp, rb, r0, M, lab.const_data_ptr<int64_t>(),
+        fwd_rows<scalar_t>(sp, rb, r0, M, lab.const_data_ptr<int64_t>(), inv_tau,
                            lse.mutable_data_ptr<scalar_t>(), npos.mutable_data_ptr<scalar_t>(),
                            rowloss.mutable_data_ptr<scalar_t>(), b, e);
       });
@@ -161,14 +165,15 @@ at::Tensor supcon_bwd_impl(const at::Tensor& zc, const at::Tensor& lab, const at
   at::Tensor buf = at::empty({B, M}, zc.options());
   const at::Tensor zt = zc.t();
   AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_bwd_cpu", [&] {
+    const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
     const scalar_t coef = static_cast<scalar_t>(g / (static_cast<double>(M) * temperature));
     for (int64_t r0 = 0; r0 < M; r0 += B) {
       const int64_t rb = std::min(B, M - r0);
       at::Tensor S = buf.narrow(0, 0, rb);
-      logits_out(S, zc.narrow(0, r0, rb), zt, temperature);
+      at::mm_out(S, zc.narrow(0, r0, rb), zt);
       scalar_t* sp = S.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, rb, 4, [&](int64_t b, int64_t e) {
-        bwd_rows<scalar_t>(sp, r0, M, lab.const_data_ptr<int64_t>(), coef,
+        bwd_rows<scalar_t>(sp, r0, M, lab.const_data_ptr<int64_t>(), inv_tau, coef,
                            lse_c.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                            invp.const_data_ptr<scalar_t>(), b, e);
       });
@@ -204,15 +209,15 @@ std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const
   }
   auto opts = zc.options();
   at::Tensor lse = at::empty({M}, opts), npos = at::empty({M}, opts), rowloss = at::empty({M}, opts);
-  at::Tensor S = at::empty({M, M}, opts);
-  logits_out(S, zc, zc.t(), temperature);
+  at::Tensor S = at::mm(zc, zc.t());
   at::Tensor dz = at::empty_like(zc);
   at::Tensor loss;
   AT_DISPATCH_FLOATING_TYPES(ct, "con2_supcon_fwd_bwd_cpu", [&] {
+    const scalar_t inv_tau = static_cast<scalar_t>(1.0 / temperature);
     scalar_t* sp = S.mutable_data_ptr<scalar_t>();
     const int64_t* lp = lab.const_data_ptr<int64_t>();
     at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
-      fwd_rows<scalar_t>(sp, M, 0, M, lp, lse.mutable_data_ptr<scalar_t>(),
+      fwd_rows<scalar_t>(sp, M, 0, M, lp, inv_tau, lse.mutable_data_ptr<scalar_t>(),
                          npos.mutable_data_ptr<scalar_t>(), rowloss.mutable_data_ptr<scalar_t>(), b, e);
     });
     loss = rowloss.sum().div_(static_cast<double>(M));
@@ -220,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const
     const at::Tensor invp = (w / npos.clamp_min(1)).contiguous();
     const scalar_t coef = static_cast<scalar_t>(1.0 / (static_cast<double>(M) * temperature));
     at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
-      bwd_rows<scalar_t>(sp, 0, M, lp, coef, lse.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+      bwd_rows<scalar_t>(sp, 0, M, lp, scalar_t(1), coef, lse.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                          invp.const_data_ptr<scalar_t>(), b, e);
     });
     at::mm_out(dz, S, zc);
