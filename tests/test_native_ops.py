@@ -863,3 +863,61 @@ def test_reference_top1_over_several_bank_blocks_equals_one_block_and_ties_go_to
     torch.testing.assert_close(blocks[0], want.max(1).values, atol=1e-6, rtol=0)
     torch.testing.assert_close(blocks[0], one_block[0])
     assert torch.equal(blocks[1], one_block[1]) and blocks[1][0].item() == 3
+
+
+# ------------------------------------------------------- found by mutating the C++ kernels (24th session)
+def test_top1_cpu_kernel_over_several_bank_blocks_offsets_and_ties():
+    """Q >= 1024 makes the CPU kernel's bank blocks 4096 rows: N = 9000 spans three, so a block's
+    row offset and the earlier block winning a tie are seen (every other test fits one block).
+    One-hot planted rows make the cosines exact."""
+    g = torch.Generator().manual_seed(21)
+    q, bank, e = torch.randn(1024, 8, generator=g), torch.randn(9000, 8, generator=g), torch.eye(8)
+    q[0], bank[3], bank[5000] = e[0], 2 * e[0], 4 * e[0]  # an exact tie across blocks 0 and 1
+    q[1], bank[8999] = e[1], 3 * e[1]                      # the best row in the last block
+    q[2], bank[4100] = e[2], e[2]                          # the best row in block 1
+    v, i = native.top1_cosine(q, bank)
+    assert i[:3].tolist() == [3, 8999, 4100] and v[:3].tolist() == [1.0, 1.0, 1.0]
+    v_ref, i_ref = reference.top1_cosine(q, bank)
+    _assert_top1_equal(v, i, v_ref, i_ref)
+    torch.testing.assert_close(v, v_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mahalanobis_cpu_over_several_row_blocks():
+    """40,000 rows: three of the CPU kernel's row blocks (at most 16,384 rows), each written at its offset."""
+    g = torch.Generator().manual_seed(5)
+    x, mean, w = torch.randn(40000, 8, generator=g), torch.randn(8, generator=g), torch.randn(8, 4, generator=g)
+    torch.testing.assert_close(native.mahalanobis_sq(x, mean, w), reference.mahalanobis_sq(x, mean, w),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_mahalanobis_float64_whitening_with_float32_rows():
+    """The compute dtype is the wider of the rows' and the whitening's (as the fake kernel says)."""
+    g = torch.Generator().manual_seed(6)
+    x, mean = torch.randn(50, 6, generator=g), torch.randn(6, generator=g)
+    w = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    out = native.mahalanobis_sq(x, mean, w)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference.mahalanobis_sq(x, mean, w), rtol=1e-12, atol=1e-12)
+    torch.library.opcheck(torch.ops.con2.mahalanobis_sq.default, (x, mean, w, False))
+
+
+def test_con2_loss_gradient_reaches_a_lone_trainable_head():
+    """One head requiring grad (the other frozen) still gets its gradient from the two-head op."""
+    zc, cl = _batch(32, 16, 4, "cpu", seed=1)
+    zs, _ = _batch(32, 16, 4, "cpu", seed=2)
+    sid = torch.arange(32) // 4
+    for which in (0, 1):
+        a, b = [zc.clone(), zs.clone()], [zc.clone(), zs.clone()]
+        a[which].requires_grad_(True)
+        b[which].requires_grad_(True)
+        (gn,) = torch.autograd.grad(ops.con2_loss(a[0], a[1], cl, sid, 0.5, 0.1), a[which])
+        (gr,) = torch.autograd.grad(reference.con2_loss(b[0], b[1], cl, sid, 0.5, 0.1), b[which])
+        torch.testing.assert_close(gn, gr, rtol=1e-4, atol=1e-6)
+
+
+def test_supcon_fwd_single_row_statistics():
+    """M = 1: no other row, so loss, log-sum-exp and positive count are all 0 (lse is an output)."""
+    for dtype in (torch.float32, torch.float64):
+        z = F.normalize(torch.randn(1, 8, dtype=dtype), dim=1)
+        loss, lse, npos = torch.ops.con2.supcon_fwd(z, torch.zeros(1, dtype=torch.long), 0.1)
+        assert loss.item() == 0.0 and lse.tolist() == [0.0] and npos.tolist() == [0.0]
