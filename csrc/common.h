@@ -158,18 +158,20 @@ std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const
 std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cuda(const at::Tensor& z, const at::Tensor& labels,
                                                        double temperature);
 
-// exp() that GCC/Clang auto-vectorise (Cephes expf polynomial, ~1 ulp on [-87, 88]);
-// returns exactly 0 below -87 (including -inf) and is only used for arguments <= ~0.
+// exp() of a non-positive argument (a softmax term: a logit minus the row's max or log-sum-exp)
+// that GCC/Clang auto-vectorise (Cephes expf polynomial, ~1 ulp on [-87, 0]); exactly 0 below
+// -87 (including -inf). A positive argument (a rounding excess) is taken as 0, so the term is at
+// most 1 (at huge logits one bit of excess is worth more than exp's range).
 template <typename T>
 inline T vexp(T x) {
-  return std::exp(x);
+  return std::exp(std::min(x, T(0)));
 }
 
 template <>
 inline float vexp<float>(float x) {
   // Branch-free so that loops calling it vectorise (needs -fno-trapping-math).
   const float lo = -87.0f;
-  const float xc = std::min(std::max(x, lo), 88.0f);
+  const float xc = std::min(std::max(x, lo), 0.0f);
   const float t = xc * 1.44269504088896341f;
   const float fn = (t + 12582912.0f) - 12582912.0f;  // round to nearest, |t| < 2^22
   const int32_t n = static_cast<int32_t>(fn);

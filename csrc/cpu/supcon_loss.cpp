@@ -113,9 +113,9 @@ void bwd_rows(T* S, int64_t r0, int64_t M, const int64_t* lab, T inv_tau, T coef
     for (int64_t j = 0; j < M; ++j) {
       const T v = s[j];
       const T pos = lab[j] == li ? (invp_i + invp[j]) : T(0);
-      // softmax probabilities, at most 1: the min only drops a rounding excess (S_ij and S_ji
-      // may differ in the last bit, and at huge logits a bit is worth more than exp's range)
-      const T h = w_i * vexp<T>(std::min(v - lse_i, T(0))) + w[j] * vexp<T>(std::min(v - lse[j], T(0))) - pos;
+      // softmax probabilities, at most 1 (vexp drops a rounding excess: S_ij and S_ji may
+      // differ in the last bit)
+      const T h = w_i * vexp<T>(v - lse_i) + w[j] * vexp<T>(v - lse[j]) - pos;
       s[j] = coef * h;
     }
     s[i] = 0;
