@@ -32,6 +32,18 @@ def test_the_defaults_in_the_help_are_the_configs():
     assert f"default {DEMO['epochs']}" in demo and f"(default {DEMO['normal_class'][0]})" in demo
 
 
+def test_predicts_defaults_for_a_run_are_predict_files_own():
+    """The CLI keeps its own copy of predict's defaults (it must not import the scoring code to
+    build the parser); a change to one without the other would score differently by the CLI."""
+    import inspect
+
+    from con2.cli.detect import PREDICT_DEFAULTS
+    from con2.predict import predict_files
+
+    params = inspect.signature(predict_files).parameters
+    assert PREDICT_DEFAULTS == {k: params[k].default for k in PREDICT_DEFAULTS}
+
+
 def test_building_the_parser_loads_no_training_or_evaluation_code():
     # every `con2 ...` call, --help included, builds the whole parser first: without torch it takes
     # 0.1 s, not 4 s (and a Ctrl-C then cannot land in an import's traceback)
