@@ -25,8 +25,8 @@ inline int64_t block_rows(int64_t cols, int64_t elem_size, int64_t bytes, int64_
   return std::max<int64_t>(lo, std::min<int64_t>(hi, r));
 }
 
-// The temperatures the loss takes (con2/ops/reference.py TEMPERATURE_RANGE): below, the logits of unit
-// rows reach the diagonal mask's scale and float32 overflows; above float32's largest, 1/T is 0.
+// The temperatures the loss takes (con2/ops/reference.py TEMPERATURE_RANGE): a floor far below any
+// useful temperature (unit rows' logits reach 1e6 there); above float32's largest, 1/T is 0.
 constexpr double kMinTemperature = 1e-6;
 constexpr double kMaxTemperature = 3.4028234663852886e38;
 

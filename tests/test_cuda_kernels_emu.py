@@ -136,6 +136,16 @@ def test_loss_kernels_stay_finite_for_rows_far_from_unit_length(emu, kernel):
 
 
 @pytest.mark.parametrize("kernel", LOSS_KERNELS)
+def test_loss_kernels_let_an_overflow_show(emu, kernel):
+    """|z|^2 overflows float32: the kernels clamped the NaN exp argument to 0 (a finite gradient)
+    and the fused one turned a NaN sum into lse = 0; the CPU kernel and the reference give NaN."""
+    z = torch.tensor([[1e20, 0.0], [1e20, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    losses, dz0, _ = getattr(emu, kernel)(z, z, labels, labels, 1.0)
+    assert not losses[0].isfinite() and not dz0.isfinite().all()
+
+
+@pytest.mark.parametrize("kernel", LOSS_KERNELS)
 def test_loss_kernels_edge_cases(emu, kernel):
     run = getattr(emu, kernel)
     # M = 1 (no other row at all), a pair, rows without positives, duplicate rows, tau = 1

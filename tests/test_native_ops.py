@@ -182,6 +182,54 @@ def test_loss_stays_finite_for_rows_far_from_unit_length(device, m):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_loss_where_one_row_dominates_in_norm(device):
+    """A self logit far above the positives' (|z_0|^2 = 1e20 against 1e10): the CPU kernel summed the
+    positives with the anchor's own logit, then subtracted it, and the positives were lost (7.5e9
+    for a loss of 5e9)."""
+    import math
+
+    z = torch.tensor([[1e10, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]], device=device)
+    labels = torch.zeros(4, dtype=torch.long, device=device)
+    expected = (math.log(3) + 3 * (1e10 - (1e10 + 2) / 3)) / 4
+    assert reference.supcon_loss(z.double(), labels, 1.0).item() == pytest.approx(expected, rel=1e-9)
+    for fn in (native.supcon_loss, lambda z, labels, t: native.con2_loss(z, z, labels, labels, 1.0, t) / 2):
+        loss, grad = _loss_and_grad(fn, z, labels, 1.0)
+        assert loss.item() == pytest.approx(expected, rel=1e-6) and torch.isfinite(grad).all()
+    assert torch.ops.con2.supcon_fwd(z, labels, 1.0)[0].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_reference_loss_masks_the_anchor_whatever_the_scale():
+    """The reference (the test oracle and the fallback) masked the anchor's own logit with -1e9:
+    a row whose other logits are all below that (|s| / tau ~ 1e10) took its own into the
+    denominator (9.67e9 for a loss of 6.67e9)."""
+    import math
+
+    z = torch.tensor([[1e5, 0.0], [-1e5, 0.0], [-1e5, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])
+    x = z.clone().requires_grad_(True)
+    loss = reference.supcon_loss(x, labels, 1.0)
+    assert loss.item() == pytest.approx((math.log(2) + 2e10) / 3, rel=1e-9)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(grad).all()
+    for dtype in (torch.float64, torch.float32):  # float32's gradient is another (1e10 logits, 1e3 apart)
+        l_ref, g_ref = _loss_and_grad(reference.supcon_loss, z.to(dtype), labels, 1.0)
+        l_nat, g_nat = _loss_and_grad(native.supcon_loss, z.to(dtype), labels, 1.0)
+        assert l_ref.item() == pytest.approx(loss.item(), rel=1e-6) and l_nat.item() == pytest.approx(l_ref.item())
+        torch.testing.assert_close(g_nat, g_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_of_overflowing_rows_is_not_finite(device):
+    """|z|^2 overflows float32: the loss and its gradient say so (NaN / inf), so that a NaN check
+    skips the step, rather than a finite gradient computed from the rest."""
+    z = torch.tensor([[1e20, 0.0], [1e20, 0.0], [1.0, 0.0], [1.0, 1.0]], device=device)
+    labels = torch.tensor([0, 0, 1, 1], device=device)
+    for fn in (native.supcon_loss, lambda z, labels, t: native.con2_loss(z, z, labels, labels, 1.0, t)):
+        loss, grad = _loss_and_grad(fn, z, labels, 1.0)
+        assert not torch.isfinite(loss) and not torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_loss_non_contiguous(device):
     base, labels2 = _batch(80, 64, 4, device)
     z = base[::2, ::2]  # strided rows and columns

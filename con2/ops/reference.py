@@ -18,12 +18,8 @@ import torch
 # Intermediates (Q x N similarity blocks, Q x D whitened blocks) never exceed this.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
-# A finite "minus infinity": masking the diagonal with -inf makes rows of a
-# single-element batch all -inf, and logsumexp(-inf) - (-inf) is NaN.
-_MASKED = -1e9
-
-# The temperatures the loss takes (csrc/common.h kMinTemperature, float32's largest): below 1e-6 the
-# logits of unit rows reach the mask's scale and the float32 kernels overflow; above, 1/T is 0 in float32.
+# The temperatures the loss takes (csrc/common.h kMinTemperature, float32's largest): a floor far
+# below any useful temperature (unit rows' logits reach 1e6 there); above the ceiling, 1/T is 0 in float32.
 TEMPERATURE_RANGE = (1e-6, 3.4028234663852886e38)
 
 
@@ -116,12 +112,17 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
     z = z.to(compute_dtype(z))
     m = z.shape[0]
     logits = (z @ z.T) / temperature
+    if m == 1:  # no other row: no positive, an empty denominator; 0, with a (zero) gradient
+        return (logits * 0).sum()
+    # -inf, not a large negative number: a row whose other logits are all below it (|s| / tau ~ 1e9)
+    # would otherwise take its own logit into the denominator
     self_mask = torch.eye(m, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, _MASKED)
+    logits = logits.masked_fill(self_mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positives = (labels[:, None] == labels[None, :]) & ~self_mask
     n_pos = positives.sum(dim=1)
-    mean_log_prob_pos = (log_prob * positives).sum(dim=1) / n_pos.clamp(min=1)
+    # where, not a product: the diagonal's -inf times 0 is NaN
+    mean_log_prob_pos = torch.where(positives, log_prob, 0).sum(dim=1) / n_pos.clamp(min=1)
     return -mean_log_prob_pos.mean()
 
 

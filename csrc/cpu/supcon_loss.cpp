@@ -43,7 +43,8 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv
     }
     // Three short passes over the (cache-resident) row, each a branch-free loop over
     // kLanes accumulators that the compiler vectorises:
-    // 1. logits into the row; positive sum / count (self included here, removed below)
+    // 1. logits into the row; positive sum / count over j != i (not self included and subtracted
+    //    after: a self logit far larger than the positives' would absorb them)
     T ps[kLanes], pc[kLanes], mx[kLanes];
     for (int64_t k = 0; k < kLanes; ++k) {
       ps[k] = 0;
@@ -55,9 +56,9 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv
       for (int64_t k = 0; k < kLanes; ++k) {
         const T v = s[j + k] * inv_tau;
         s[j + k] = v;
-        const T p = static_cast<T>(lab[j + k] == li);
-        ps[k] += p * v;
-        pc[k] += p;
+        const bool positive = (lab[j + k] == li) & (j + k != i);
+        ps[k] += positive ? v : T(0);  // a select, not p * v: 0 * an infinite logit is NaN
+        pc[k] += positive ? T(1) : T(0);
       }
     }
     T possum = 0, cnt = 0;
@@ -67,13 +68,11 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv
     }
     for (int64_t j = main; j < M; ++j) {
       s[j] *= inv_tau;
-      if (lab[j] == li) {
+      if (lab[j] == li && j != i) {
         possum += s[j];
         cnt += 1;
       }
     }
-    possum -= s[i];
-    cnt -= 1;
     // 2. max over j != i: the self entry of the scratch row becomes -inf from here on
     //    (vexp(-inf) == 0 in pass 3, and the backward treats j == i separately).
     s[i] = -std::numeric_limits<T>::infinity();

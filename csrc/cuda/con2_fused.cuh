@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(Params p) {
     merge_lse(mx, se, omx, ose);
   }
   if (sub == 0 && i < p.m) {
-    const float lse = se > 0.0f ? mx + logf(se) : 0.0f;  // M = 1: no other row at all
+    const float lse = p.m > 1 ? mx + logf(se) : 0.0f;  // M = 1: no other row at all (a NaN se stays NaN)
     h.lse[i] = lse;
     h.npos[i] = pc;
     h.rowloss[i] = pc > 0.0f ? lse - ps * p.inv_tau / pc : 0.0f;

@@ -24,7 +24,7 @@ __device__ __forceinline__ double logit(double s, double inv_tau) { return __dmu
 // S_ji may differ in the last bit, and at huge logits one bit is worth more than exp's range).
 template <typename T>
 __device__ __forceinline__ T nonpositive(T x) {
-  return x < T(0) ? x : T(0);
+  return x > T(0) ? T(0) : x;  // NaN passes, as on the CPU: a non-finite input must not give a finite gradient
 }
 
 template <typename T>

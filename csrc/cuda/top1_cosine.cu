@@ -7,9 +7,10 @@
 //   kMargin of m_q is re-scored exactly (float32 dot of the float32 unit query with the
 //   original bank row, times the float32 inverse bank norm) and merged with a 64-bit
 //   atomicMax on (orderable float bits, ~index), so ties go to the lowest index.
-// The approximation error of a bf16 score of unit-norm vectors is below
-//   2^-8 (input rounding) + 2^-9 (bf16 output rounding) < 0.006, so the exact best row
-//   always has an approximate score >= m_q - 0.012; kMargin = 0.03 leaves room.
+// The approximation error of a bf16 score of unit-norm vectors is below 2 * 2^-8 (both
+//   inputs rounded to bf16's 8 significant bits) + 2^-8 (the bf16 output) < 0.012, so the
+//   exact best row always has an approximate score >= m_q - 0.024; kMargin = 0.03 covers it
+//   with float32 accumulation (a cuBLAS split-K reduction in bf16 would add ~2^-9 a split).
 // The Q x N similarity never exists in memory (scratch <= 64 MB).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
