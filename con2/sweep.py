@@ -285,7 +285,9 @@ def _train_and_evaluate(base, todo, run_keys, manifest, out, views, scorers, agg
                     print(f"[{i}/{len(todo)}] {key}: training", flush=True)
                 entry["status"] = "training"
                 write_json(out / MANIFEST, manifest)
-                train_mod.train(cfg, progress=progress, resume=True, continue_with="the same con2 sweep command")
+                # a run begun before continues (or restarts, said); a run not begun is trained afresh
+                train_mod.train(cfg, progress=progress, resume=run_dir.exists(),
+                                continue_with="the same con2 sweep command")
             else:  # its checkpoint is checked by train's resume; a finished run only here
                 wrong = identity_mismatch(read_json(run_dir / "config.json"), cfg)
                 if wrong:  # a folder left by another sweep (its manifest deleted): not this sweep's run

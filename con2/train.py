@@ -34,7 +34,7 @@ from .files import folder_lock, nearest_folder, read_json, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
 from .progress import PLAIN_EVERY_S, duration_text
-from .stop import interruption
+from .stop import Stopped, interruption
 from .run import (build_model, context_set, data_fingerprint, fingerprints_differ, identity_mismatch, resolve_device,
                   run_finished, save_model, split_as_trained, view_config)
 
@@ -282,7 +282,7 @@ class _Interrupt:
         if os.getpid() != self.pid:  # a forked DataLoader worker (Ctrl-C reaches the whole process
             return                   # group): the main process stops them; one "stopping" line, not three
         if self.requested:
-            raise _HardInterrupt
+            raise _HardInterrupt() if signum == signal.SIGINT else _HardStop(signum)
         self.requested, self.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: stopping after the current step (again to stop at once)",
               flush=True)
@@ -295,6 +295,10 @@ class _Interrupt:
 
 class _HardInterrupt(KeyboardInterrupt):
     """A second signal: leave without checkpointing the half-done step."""
+
+
+class _HardStop(_HardInterrupt, Stopped):
+    """A second SIGTERM / SIGHUP: as _HardInterrupt, named in the command's last line as a Stopped is."""
 
 
 def stop_requested(requested: bool, world: int, device: torch.device, sync_point: bool) -> bool:
@@ -559,8 +563,6 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold, conti
                                     "train afresh with another --out (starting again here would drop that log)")
     if ckpt is not None:  # before any file is written: weights that do not fit leave the run as it was
         _load_training_state(ckpt, ckpt_path, model, optimizer)
-    # said only for a run begun before (a sweep resumes each of its runs, most of them not yet begun)
-    restarted = resume and ckpt is None and (run_dir / "config.json").is_file()
     if rank == 0:  # only now: a refused --resume or pipeline leaves the run's files as they were
         _open_run_folder(cfg, run_dir, ckpt, resume, hold)
     steps_per_epoch = source.steps_per_epoch
@@ -572,7 +574,7 @@ def _train(cfg, split, progress, resume, stop_after_steps, deadline, hold, conti
         _set_rng_state(ckpt["rng"])
         global_step = int(ckpt["global_step"])
         say(f"resuming {run_dir} at step {global_step}/{total}", flush=True)
-    elif restarted:
+    elif resume:
         say(f"{run_dir}: no checkpoint to continue from, starting at step 0", flush=True)
 
     continue_with = continue_with or resume_command(run_dir)

@@ -121,13 +121,15 @@ def test_loss_kernels_match_reference(emu, kernel, m, d0, d1, n_samples, dtype):
         torch.testing.assert_close(dz, grad, rtol=1e-4, atol=2e-6 * grad.abs().max().item())
 
 
+@pytest.mark.parametrize("m", [16, 130])  # one tile / several, merged (the fused kernel's merge_lse)
 @pytest.mark.parametrize("kernel", LOSS_KERNELS)
-def test_loss_kernels_stay_finite_for_rows_far_from_unit_length(emu, kernel):
+def test_loss_kernels_stay_finite_for_rows_far_from_unit_length(emu, kernel, m):
     """Logits |s| / tau ~ 1e11: with s * inv_tau fused into exp's argument (an FMA) the largest
-    logit's rounding error (thousands) made every exp underflow, and the loss was -inf."""
+    logit's rounding error (thousands) made every exp underflow, and the loss was -inf. (On a CPU
+    without FMA the emulator cannot contract, and this checks the values only.)"""
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(16, 8, generator=g) * 300
-    labels = torch.arange(16) % 4
+    z = torch.randn(m, 8, generator=g) * 300
+    labels = torch.arange(m) % 4
     losses, dz0, _ = getattr(emu, kernel)(z, z, labels, labels, 1e-6)
     loss, grad = _reference(z, labels, 1e-6)
     assert losses.isfinite().all() and dz0.isfinite().all()
@@ -137,11 +139,17 @@ def test_loss_kernels_stay_finite_for_rows_far_from_unit_length(emu, kernel):
 
 @pytest.mark.parametrize("kernel", LOSS_KERNELS)
 def test_loss_kernels_let_an_overflow_show(emu, kernel):
-    """|z|^2 overflows float32: the kernels clamped the NaN exp argument to 0 (a finite gradient)
-    and the fused one turned a NaN sum into lse = 0; the CPU kernel and the reference give NaN."""
+    """|z|^2 overflows float32, or a row is NaN: the fused kernel turned a NaN sum into lse = 0 and
+    its max (fmaxf) dropped NaN columns, leaving a finite loss; a clamp of exp's argument must keep
+    NaN too. The CPU kernel and the reference give NaN."""
     z = torch.tensor([[1e20, 0.0], [1e20, 0.0], [1.0, 0.0], [1.0, 1.0]])
     labels = torch.tensor([0, 0, 1, 1])
     losses, dz0, _ = getattr(emu, kernel)(z, z, labels, labels, 1.0)
+    assert not losses[0].isfinite() and not dz0.isfinite().all()
+    z = F.normalize(torch.randn(65, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    z[64] = float("nan")  # alone in the last tile of 64 columns, with a label of its own
+    labels = torch.cat([torch.arange(64) % 4, torch.tensor([9])])
+    losses, dz0, _ = getattr(emu, kernel)(z, z, labels, labels, 0.1)
     assert not losses[0].isfinite() and not dz0.isfinite().all()
 
 

@@ -327,6 +327,25 @@ def test_a_forked_worker_leaves_ctrl_c_to_the_main_process(monkeypatch, capsys):
         assert interrupt.requested and capsys.readouterr().out.count("stopping") == 1
 
 
+def test_a_second_sigterm_leaves_at_once_and_is_named_like_the_first(capsys):
+    """The second signal leaves mid-step; a SIGTERM's is a Stopped (the CLI's last line names it),
+    Ctrl-C's a plain KeyboardInterrupt."""
+    import signal
+
+    from con2.stop import Stopped
+    from con2.train import _HardInterrupt, _Interrupt
+
+    for sig, named in ((signal.SIGTERM, True), (signal.SIGINT, False)):
+        with _Interrupt() as interrupt:
+            interrupt._handle(sig, None)
+            with pytest.raises(_HardInterrupt) as exc:
+                interrupt._handle(sig, None)
+        assert isinstance(exc.value, Stopped) == named
+        if named:
+            assert str(exc.value) == "SIGTERM"
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
 def test_a_signal_mid_training_is_named_in_the_commands_last_line(tmp_path, monkeypatch, capsys, signame):
     """Training stopped by SIGTERM between steps ended with "con2 train: interrupted", where the

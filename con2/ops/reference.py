@@ -112,7 +112,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
     z = z.to(compute_dtype(z))
     m = z.shape[0]
     logits = (z @ z.T) / temperature
-    if m == 1:  # no other row: no positive, an empty denominator; 0, with a (zero) gradient
+    if m == 1:  # no other row: no positive, an empty denominator; 0 (for a finite row), with a zero gradient
         return (logits * 0).sum()
     # -inf, not a large negative number: a row whose other logits are all below it (|s| / tau ~ 1e9)
     # would otherwise take its own logit into the denominator

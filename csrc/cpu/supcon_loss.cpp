@@ -26,7 +26,9 @@ constexpr int64_t kBlockBytes = 32 << 20;
 // s * inv_tau - max * inv_tau, FMA contraction (-mfma) kept the largest logit's rounding error
 // in exp's argument; at |s| / tau ~ 1e11 (rows far from unit length, a small tau) that error is
 // thousands, every exp underflowed and the loss was -inf. (Not the GEMM's alpha: its scaled
-// S_ij and S_ji differ in the last bit, and the backward takes p_ji from S_ij.)
+// S_ij and S_ji differ in the last bit, and the backward takes p_ji from S_ij.) The backward's
+// p_ji relies on at::mm(z, z^T) being exactly symmetric, as BLAS computes it here: at such
+// logits a last-bit difference between S_ij and S_ji would be worth thousands in exp's argument.
 
 template <typename T>
 void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv_tau, T* lse, T* npos,
@@ -99,14 +101,14 @@ void fwd_rows(T* S, int64_t rb, int64_t r0, int64_t M, const int64_t* lab, T inv
 }
 
 template <typename T>
-void bwd_rows(T* S, int64_t r0, int64_t M, const int64_t* lab, T inv_tau, T coef, const T* lse,
-              const T* w, const T* invp, int64_t begin, int64_t end) {
+void bwd_rows(T* S, int64_t r0, int64_t M, const int64_t* lab, bool rows_hold_logits, T inv_tau, T coef,
+              const T* lse, const T* w, const T* invp, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     const int64_t i = r0 + r;
     T* s = S + r * M;
     const int64_t li = lab[i];
     const T lse_i = lse[i], w_i = w[i], invp_i = invp[i];
-    if (inv_tau != T(1)) {  // a fresh similarity row (the fused path passes 1: its forward left logits)
+    if (!rows_hold_logits) {  // a fresh similarity row (the fused path's forward left logits there)
       for (int64_t j = 0; j < M; ++j) s[j] *= inv_tau;
     }
     for (int64_t j = 0; j < M; ++j) {
@@ -172,7 +174,7 @@ at::Tensor supcon_bwd_impl(const at::Tensor& zc, const at::Tensor& lab, const at
       at::mm_out(S, zc.narrow(0, r0, rb), zt);
       scalar_t* sp = S.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, rb, 4, [&](int64_t b, int64_t e) {
-        bwd_rows<scalar_t>(sp, r0, M, lab.const_data_ptr<int64_t>(), inv_tau, coef,
+        bwd_rows<scalar_t>(sp, r0, M, lab.const_data_ptr<int64_t>(), false, inv_tau, coef,
                            lse_c.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                            invp.const_data_ptr<scalar_t>(), b, e);
       });
@@ -224,8 +226,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_fwd_bwd_cpu(const at::Tensor& z, const
     const at::Tensor invp = (w / npos.clamp_min(1)).contiguous();
     const scalar_t coef = static_cast<scalar_t>(1.0 / (static_cast<double>(M) * temperature));
     at::parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
-      bwd_rows<scalar_t>(sp, 0, M, lp, scalar_t(1), coef, lse.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                         invp.const_data_ptr<scalar_t>(), b, e);
+      bwd_rows<scalar_t>(sp, 0, M, lp, true, inv_tau, coef, lse.const_data_ptr<scalar_t>(),
+                         w.const_data_ptr<scalar_t>(), invp.const_data_ptr<scalar_t>(), b, e);
     });
     at::mm_out(dz, S, zc);
   });

@@ -125,8 +125,12 @@ __device__ __forceinline__ void similarity_tile(const float* zi, const float* zj
   for (int c = 0; c < 2; ++c) wmma::store_matrix_sync(s + r0 * kSLd + c0 + 16 * c, acc[c], kSLd, wmma::mem_row_major);
 }
 
+// max that keeps a NaN (fmaxf drops it: a NaN row or column, an overflowing |z|^2, must not
+// leave a finite loss behind)
+__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
 __device__ __forceinline__ void merge_lse(float& mx, float& se, float omx, float ose) {
-  const float nm = fmaxf(mx, omx);
+  const float nm = max_nan(mx, omx);
   if (nm == -INFINITY) return;  // both empty
   se = (mx == -INFINITY ? 0.0f : se * expf(mx - nm)) + (omx == -INFINITY ? 0.0f : ose * expf(omx - nm));
   mx = nm;
@@ -155,7 +159,7 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(Params p) {
     float tmx = -INFINITY;
     for (int c = sub; c < kCols; c += kSubs) {
       const int64_t j = j0 + c;
-      if (j < p.m && j != i) tmx = fmaxf(tmx, cuda::logit(s[row * kSLd + c], p.inv_tau));
+      if (j < p.m && j != i) tmx = max_nan(tmx, cuda::logit(s[row * kSLd + c], p.inv_tau));
     }
     if (tmx == -INFINITY) continue;  // no valid column in this tile for this thread
     float te = 0.0f;

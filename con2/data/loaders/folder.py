@@ -321,4 +321,3 @@ def load_folder(cfg) -> OneClassSplit:
     split = one_class_split(root.name, parts, normal, dict(enumerate(class_list)), None, meta)
     split.train_files, split.test_files = part_files["train"], part_files["test"]
     return split
-
