@@ -14,6 +14,14 @@ class Stopped(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
+def stop_signals() -> list:
+    """The signals taken as Ctrl-C: SIGTERM, and SIGHUP unless it is ignored already (`nohup con2
+    train ...` must go on when the terminal closes)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    return [signal.SIGTERM] + ([hangup] if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN
+                               else [])
+
+
 def interruption(signum: int) -> KeyboardInterrupt:
     """What a stop asked by signal `signum` raises: Ctrl-C's own KeyboardInterrupt, else Stopped."""
     return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)

@@ -34,7 +34,7 @@ from .files import folder_lock, nearest_folder, read_json, replacing, write_text
 from .losses import con2_loss, content_only_loss, context_only_loss, simclr_loss, view_labels
 from .model import Con2Model
 from .progress import PLAIN_EVERY_S, duration_text
-from .stop import Stopped, interruption
+from .stop import Stopped, interruption, stop_signals
 from .run import (build_model, context_set, data_fingerprint, fingerprints_differ, identity_mismatch, resolve_device,
                   run_finished, save_model, split_as_trained, view_config)
 
@@ -263,15 +263,11 @@ class _Interrupt:
     update) would otherwise save a state that no uninterrupted run passes through. A second signal
     leaves at once, keeping the last checkpoint."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
-
     def __enter__(self):
         self.requested, self.pid, self.signum = False, os.getpid(), signal.SIGINT
         self.old = {}
         try:
-            for sig in self.SIGNALS:
-                if sig not in (signal.SIGINT, signal.SIGTERM) and signal.getsignal(sig) is signal.SIG_IGN:
-                    continue  # nohup's SIGHUP: ignored, as it asked
+            for sig in (signal.SIGINT, *stop_signals()):  # not nohup's SIGHUP: ignored, as it asked
                 self.old[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: signals go to the main thread anyway

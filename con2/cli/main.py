@@ -8,7 +8,7 @@ import warnings
 
 from .. import __version__
 from ..progress import silenced
-from ..stop import Stopped
+from ..stop import Stopped, stop_signals
 from .output import ReaderGone, ReaderMayLeave, names_on_stdout
 
 # Commands whose result is a table on standard output: a reader leaving early ends them (exit 141,
@@ -50,17 +50,10 @@ def _stop_on_signal(signum, frame):
     raise Stopped(signum)
 
 
-def _stop_signals() -> list:
-    """The signals a command stops on as on Ctrl-C; SIGHUP only where it is not ignored already
-    (`nohup con2 train ...` must go on when the terminal closes)."""
-    hangup = getattr(signal, "SIGHUP", None)
-    return [signal.SIGTERM] + ([hangup] if hangup and signal.getsignal(hangup) is signal.SIG_DFL else [])
-
-
 def _run(args) -> int:
     previous = {}
     try:
-        for sig in _stop_signals():  # training's step loop sets its own while it runs
+        for sig in stop_signals():  # training's step loop sets its own while it runs
             previous[sig] = signal.signal(sig, _stop_on_signal)
     except ValueError:  # not the main thread (main() called from a worker thread): left as they are
         pass
